@@ -26,7 +26,11 @@ pub enum DecodeError {
     InvalidUtf8 { field: &'static str },
     /// A field that must have a fixed size did not.
     #[error("{field} must be {expected} bytes, got {actual}")]
-    BadFieldSize { field: &'static str, expected: usize, actual: usize },
+    BadFieldSize {
+        field: &'static str,
+        expected: usize,
+        actual: usize,
+    },
 }
 
 /// A cursor over a body, reading the encodings of §3.
@@ -180,9 +184,15 @@ mod tests {
         let mut r = Reader::new(&[0x7F, 0xFF, 0x7F, 0xFF, 0xFF, 0xFF]);
         assert_eq!(r.bytes("f"), Err(DecodeError::Truncated { field: "f" }));
         let mut r = Reader::new(&[0x80, 0x00]);
-        assert!(matches!(r.bytes("f"), Err(DecodeError::NegativeLength { .. })));
+        assert!(matches!(
+            r.bytes("f"),
+            Err(DecodeError::NegativeLength { .. })
+        ));
         let mut r = Reader::new(&[0x7F, 0xFF, 0xFF, 0xFF, 0x00, 0x00]);
-        assert!(matches!(r.bytes("f"), Err(DecodeError::NegativeLength { .. })));
+        assert!(matches!(
+            r.bytes("f"),
+            Err(DecodeError::NegativeLength { .. })
+        ));
         let mut r = Reader::new(&[0x00, 0x02, 0xFF, 0xFE]);
         assert_eq!(r.string("s"), Err(DecodeError::InvalidUtf8 { field: "s" }));
     }

@@ -95,7 +95,12 @@ pub struct Packet {
 impl Packet {
     /// A packet with the given fields.
     pub fn new(cmd: u8, flags: Flags, session_id: i32, body: impl Into<Bytes>) -> Self {
-        Self { cmd, flags, session_id, body: body.into() }
+        Self {
+            cmd,
+            flags,
+            session_id,
+            body: body.into(),
+        }
     }
 
     /// Bytes this packet takes on the wire.
@@ -118,7 +123,13 @@ impl Packet {
 }
 
 /// Appends a 13-byte header for a body of `body_len` bytes.
-pub fn encode_header<B: BufMut>(out: &mut B, cmd: u8, flags: Flags, session_id: i32, body_len: usize) {
+pub fn encode_header<B: BufMut>(
+    out: &mut B,
+    cmd: u8,
+    flags: Flags,
+    session_id: i32,
+    body_len: usize,
+) {
     // Bodies are bounded by the frame limit, far below i32::MAX.
     debug_assert!(body_len <= i32::MAX as usize);
     out.put_i32(i32::try_from(body_len).unwrap_or(i32::MAX));
@@ -146,7 +157,10 @@ pub enum Frame {
 pub enum FrameError {
     /// The header announces a body larger than the configured limit.
     #[error("frame body of {length} bytes exceeds the limit of {max_body_bytes} bytes")]
-    TooLarge { length: usize, max_body_bytes: usize },
+    TooLarge {
+        length: usize,
+        max_body_bytes: usize,
+    },
     /// The header announces a negative body length.
     #[error("negative frame length {length}")]
     NegativeLength { length: i32 },
@@ -196,7 +210,10 @@ impl FrameDecoder {
             return Err(FrameError::NegativeLength { length });
         };
         if body_len > self.max_body_bytes {
-            return Err(FrameError::TooLarge { length: body_len, max_body_bytes: self.max_body_bytes });
+            return Err(FrameError::TooLarge {
+                length: body_len,
+                max_body_bytes: self.max_body_bytes,
+            });
         }
         if buf.len() < HEADER_BYTES + body_len {
             // Make room once for the whole frame, so a slow sender causes one allocation.
@@ -211,7 +228,12 @@ impl FrameDecoder {
         let session_id = header.get_i32();
         let _lrc = header.get_u8();
         let body = buf.split_to(body_len).freeze();
-        Ok(Some(Frame::Packet(Packet { cmd, flags, session_id, body })))
+        Ok(Some(Frame::Packet(Packet {
+            cmd,
+            flags,
+            session_id,
+            body,
+        })))
     }
 }
 
@@ -240,11 +262,18 @@ mod tests {
         assert_eq!(decoder.decode(&mut buf), Ok(Some(Frame::Heartbeat)));
         assert_eq!(decoder.decode(&mut buf), Ok(Some(Frame::Heartbeat)));
         assert_eq!(decoder.decode(&mut buf), Ok(None));
-        buf.extend_from_slice(&[0x00, 0x01, 0x0F, 0xAB, 0xCD, 0x01, 0x00, 0x00, 0x00, 0x07, 0x99]);
+        buf.extend_from_slice(&[
+            0x00, 0x01, 0x0F, 0xAB, 0xCD, 0x01, 0x00, 0x00, 0x00, 0x07, 0x99,
+        ]);
         assert_eq!(decoder.decode(&mut buf), Ok(None));
         buf.extend_from_slice(&[0x42]);
-        let Some(Frame::Packet(p)) = decoder.decode(&mut buf).unwrap() else { panic!("packet expected") };
-        assert_eq!((p.cmd, p.flags, p.session_id, &p.body[..]), (15, Flags::CRYPTO, 7, &[0x42][..]));
+        let Some(Frame::Packet(p)) = decoder.decode(&mut buf).unwrap() else {
+            panic!("packet expected")
+        };
+        assert_eq!(
+            (p.cmd, p.flags, p.session_id, &p.body[..]),
+            (15, Flags::CRYPTO, 7, &[0x42][..])
+        );
         assert!(buf.is_empty());
     }
 
@@ -252,10 +281,19 @@ mod tests {
     fn oversized_and_negative_lengths_fail_at_the_header() {
         let decoder = FrameDecoder::new(100);
         let mut buf = BytesMut::from(&[0x00, 0x00, 0x00, 0x65][..]);
-        assert_eq!(decoder.decode(&mut buf), Err(FrameError::TooLarge { length: 101, max_body_bytes: 100 }));
+        assert_eq!(
+            decoder.decode(&mut buf),
+            Err(FrameError::TooLarge {
+                length: 101,
+                max_body_bytes: 100
+            })
+        );
         assert_eq!(buf.len(), 4, "nothing consumed on error");
         let mut buf = BytesMut::from(&[0x80, 0x00, 0x00, 0x00][..]);
-        assert_eq!(decoder.decode(&mut buf), Err(FrameError::NegativeLength { length: i32::MIN }));
+        assert_eq!(
+            decoder.decode(&mut buf),
+            Err(FrameError::NegativeLength { length: i32::MIN })
+        );
     }
 
     fn hex(bytes: &[u8]) -> String {
@@ -263,6 +301,9 @@ mod tests {
     }
 
     fn hex_body(text: &str) -> Vec<u8> {
-        (0..text.len()).step_by(2).map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap()).collect()
+        (0..text.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap())
+            .collect()
     }
 }

@@ -12,12 +12,39 @@
 //! - [`message`]: one typed struct per message body, each with `decode` and `encode`.
 //! - [`crypto`]: RSA for the handshake, AES-128-CBC for sessions, zlib/gzip.
 //! - [`pipeline`]: applies the crypto and compression a packet's flags call for.
+//!
+//! The engine, on top:
+//! - [`session`]: one phone connection (handshake, fast connect, heartbeat, bound user).
+//! - [`route`]: local routes (user id + client type → connection).
+//! - [`push`]: push requests and broadcast filters; [`condition`]: the filter language.
+//! - [`flow`]: flow control; [`ack`]: pushes awaiting a write result or an ACK.
+//! - [`status`]: the terminal statuses and how a PushClient is told.
+//! - [`store`]: the route-store operations the core asks the driver to perform.
+//! - [`timer`]: the node's timer heap.
+//! - [`node`]: [`Node`], the composition, with its `handle` / `poll_output` / `poll_timeout`
+//!   / `handle_timeout` drain contract.
 #![forbid(unsafe_code)]
 
+pub mod ack;
 pub mod codec;
 pub mod command;
 pub mod condition;
+pub mod config;
 pub mod crypto;
+pub mod flow;
 pub mod frame;
+pub mod ids;
 pub mod message;
+pub mod node;
 pub mod pipeline;
+pub mod push;
+pub mod route;
+pub mod session;
+pub mod status;
+pub mod store;
+pub mod timer;
+
+pub use config::{NodeAddr, NodeConfig};
+pub use ids::{ConnId, GatewayId, Millis, PushId, RequestId};
+pub use node::{CloseReason, Event, Input, Node, NodeStats, OutFrame, Output, Seal};
+pub use status::PushStatus;

@@ -73,7 +73,11 @@ pub fn open(
 
 /// Compresses (above `compress_threshold_bytes`) and encrypts (when `cipher` is given) a body.
 /// Returns the flags describing what was done (CRYPTO, COMPRESS) and the wire body.
-pub fn seal(plain: &[u8], cipher: Option<&AesCipher>, compress_threshold_bytes: usize) -> (Flags, Bytes) {
+pub fn seal(
+    plain: &[u8],
+    cipher: Option<&AesCipher>,
+    compress_threshold_bytes: usize,
+) -> (Flags, Bytes) {
     let mut flags = Flags::NONE;
     let mut compressed = None;
     if plain.len() > compress_threshold_bytes {
@@ -86,7 +90,12 @@ pub fn seal(plain: &[u8], cipher: Option<&AesCipher>, compress_threshold_bytes: 
     let stage: &[u8] = compressed.as_deref().unwrap_or(plain);
     match cipher {
         Some(aes) => (flags.with(Flags::CRYPTO), aes.encrypt(stage).into()),
-        None => (flags, compressed.map(Bytes::from).unwrap_or_else(|| Bytes::copy_from_slice(plain))),
+        None => (
+            flags,
+            compressed
+                .map(Bytes::from)
+                .unwrap_or_else(|| Bytes::copy_from_slice(plain)),
+        ),
     }
 }
 

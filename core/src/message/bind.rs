@@ -16,14 +16,21 @@ pub struct Bind {
 impl Bind {
     /// The tags split on commas, trimmed, empty parts dropped.
     pub fn tag_list(&self) -> impl Iterator<Item = &str> {
-        self.tags.split(',').map(str::trim).filter(|t| !t.is_empty())
+        self.tags
+            .split(',')
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
     }
 }
 
 impl Body for Bind {
     fn decode(body: &[u8]) -> Result<Self, DecodeError> {
         let mut r = Reader::new(body);
-        Ok(Self { user_id: r.string("userId")?, data: r.string("data")?, tags: r.string("tags")? })
+        Ok(Self {
+            user_id: r.string("userId")?,
+            data: r.string("data")?,
+            tags: r.string("tags")?,
+        })
     }
 
     fn encode<B: BufMut>(&self, out: &mut B) {

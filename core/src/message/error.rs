@@ -73,12 +73,22 @@ pub struct ErrorMessage {
 impl ErrorMessage {
     /// An error for `cmd` with `code` and its standard reason text.
     pub fn new(cmd: u8, code: ErrorCode) -> Self {
-        Self { cmd, code: code as u8, reason: code.reason().to_owned(), data: String::new() }
+        Self {
+            cmd,
+            code: code as u8,
+            reason: code.reason().to_owned(),
+            data: String::new(),
+        }
     }
 
     /// A code-0 validation error with free text, as MPush sends for bad parameters.
     pub fn validation(cmd: Command, reason: impl Into<String>) -> Self {
-        Self { cmd: cmd.code(), code: 0, reason: reason.into(), data: String::new() }
+        Self {
+            cmd: cmd.code(),
+            code: 0,
+            reason: reason.into(),
+            data: String::new(),
+        }
     }
 
     /// The same error carrying `data`.
@@ -91,7 +101,12 @@ impl ErrorMessage {
 impl Body for ErrorMessage {
     fn decode(body: &[u8]) -> Result<Self, DecodeError> {
         let mut r = Reader::new(body);
-        Ok(Self { cmd: r.u8("cmd")?, code: r.u8("code")?, reason: r.string("reason")?, data: r.string("data")? })
+        Ok(Self {
+            cmd: r.u8("cmd")?,
+            code: r.u8("code")?,
+            reason: r.string("reason")?,
+            data: r.string("data")?,
+        })
     }
 
     fn encode<B: BufMut>(&self, out: &mut B) {

@@ -41,7 +41,9 @@ pub struct FastConnectOk {
 
 impl Body for FastConnectOk {
     fn decode(body: &[u8]) -> Result<Self, DecodeError> {
-        Ok(Self { heartbeat_ms: Reader::new(body).i32("heartbeat")? })
+        Ok(Self {
+            heartbeat_ms: Reader::new(body).i32("heartbeat")?,
+        })
     }
 
     fn encode<B: BufMut>(&self, out: &mut B) {

@@ -13,7 +13,10 @@ pub struct Kick {
 impl Body for Kick {
     fn decode(body: &[u8]) -> Result<Self, DecodeError> {
         let mut r = Reader::new(body);
-        Ok(Self { device_id: r.string("deviceId")?, user_id: r.string("userId")? })
+        Ok(Self {
+            device_id: r.string("deviceId")?,
+            user_id: r.string("userId")?,
+        })
     }
 
     fn encode<B: BufMut>(&self, out: &mut B) {

@@ -16,14 +16,22 @@ pub struct OkMessage {
 impl OkMessage {
     /// An OK for `cmd` with code 0.
     pub fn new(cmd: Command, data: impl Into<String>) -> Self {
-        Self { cmd: cmd.code(), code: 0, data: data.into() }
+        Self {
+            cmd: cmd.code(),
+            code: 0,
+            data: data.into(),
+        }
     }
 }
 
 impl Body for OkMessage {
     fn decode(body: &[u8]) -> Result<Self, DecodeError> {
         let mut r = Reader::new(body);
-        Ok(Self { cmd: r.u8("cmd")?, code: r.u8("code")?, data: r.string("data")? })
+        Ok(Self {
+            cmd: r.u8("cmd")?,
+            code: r.u8("code")?,
+            data: r.string("data")?,
+        })
     }
 
     fn encode<B: BufMut>(&self, out: &mut B) {

@@ -11,7 +11,9 @@ pub struct Push {
 
 impl Body for Push {
     fn decode(body: &[u8]) -> Result<Self, DecodeError> {
-        Ok(Self { content: Bytes::copy_from_slice(body) })
+        Ok(Self {
+            content: Bytes::copy_from_slice(body),
+        })
     }
 
     fn encode<B: BufMut>(&self, out: &mut B) {

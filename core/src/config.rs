@@ -1,0 +1,151 @@
+//! Node configuration: every rule's numbers and every bound, with units in the names.
+//! Defaults follow MPush's `reference.conf` (reference §16) where MPush has a value.
+use crate::crypto::ServerRsaKey;
+use serde::{Deserialize, Serialize};
+
+/// Where a node's gateway listens: what routes in the shared store point at, and what
+/// PushClients connect to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct NodeAddr {
+    pub host: String,
+    pub port: u16,
+}
+
+impl NodeAddr {
+    pub fn new(host: impl Into<String>, port: u16) -> Self {
+        Self {
+            host: host.into(),
+            port,
+        }
+    }
+}
+
+impl std::fmt::Display for NodeAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.host, self.port)
+    }
+}
+
+/// How a broadcast's tag filter matches a connection's tags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TagMatch {
+    /// A requested tag must equal one of the connection's comma-separated tags.
+    #[default]
+    Exact,
+    /// MPush's behaviour: a requested tag must occur as a substring of the connection's tags
+    /// string (so "tag-1" matches "tag-10"). Only for deployments that depend on it.
+    Substring,
+}
+
+/// The numbers a [`crate::Node`] runs with.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// This node's gateway address, written into the routes it owns.
+    pub node_addr: NodeAddr,
+    /// The RSA key that opens handshakes.
+    pub rsa_key: ServerRsaKey,
+    /// Heartbeat bounds; negotiated = max(min, min(client max, max)).
+    pub min_heartbeat_ms: u64,
+    pub max_heartbeat_ms: u64,
+    /// A connection is closed when this many consecutive idle checks found no traffic, plus one
+    /// (MPush `max-hb-timeout-times` = 2: closed on the 3rd miss).
+    pub max_heartbeat_misses: u32,
+    /// A connection must complete its handshake (or fast connect) within this time.
+    pub handshake_deadline_ms: u64,
+    /// Reusable sessions for fast connect live this long.
+    pub session_expire_ms: u64,
+    /// Largest frame body accepted (both links) and largest inflated body.
+    pub max_body_bytes: usize,
+    /// Server bodies larger than this are zlib-compressed.
+    pub compress_threshold_bytes: usize,
+    /// Global flow control for single-user pushes.
+    pub global_flow_limit_per_window: u64,
+    pub global_flow_max_total: u64,
+    pub flow_window_ms: u64,
+    /// Per-broadcast flow control (broadcasts without a task id).
+    pub broadcast_flow_limit_per_window: u64,
+    pub broadcast_flow_max_total: u64,
+    /// Per-second limit for task-id broadcasts when the store holds none.
+    pub task_flow_default_limit: u64,
+    /// Timeout of a single push whose request carries none (≤ 0).
+    pub default_push_timeout_ms: u64,
+    /// Longest timeout a request may ask for.
+    pub max_push_timeout_ms: u64,
+    /// A route-store request not answered in this time counts as failed.
+    pub store_timeout_ms: u64,
+    /// Routes a broadcast visits per step before it yields to other work.
+    pub broadcast_batch_size: usize,
+    pub tag_match: TagMatch,
+    /// Bounds: beyond them new work is refused with a clear status, never queued.
+    pub max_connections: usize,
+    pub max_gateway_connections: usize,
+    pub max_pending_pushes: usize,
+    pub max_broadcasts: usize,
+    pub max_store_requests: usize,
+    /// Longest user id / tags string accepted in a bind.
+    pub max_user_id_bytes: usize,
+    pub max_tags_bytes: usize,
+}
+
+impl NodeConfig {
+    /// MPush's defaults, with the given gateway address and key.
+    pub fn new(node_addr: NodeAddr, rsa_key: ServerRsaKey) -> Self {
+        Self {
+            node_addr,
+            rsa_key,
+            min_heartbeat_ms: 180_000,
+            max_heartbeat_ms: 180_000,
+            max_heartbeat_misses: 2,
+            handshake_deadline_ms: 10_000,
+            session_expire_ms: 86_400_000,
+            max_body_bytes: crate::frame::DEFAULT_MAX_BODY_BYTES,
+            compress_threshold_bytes: crate::pipeline::DEFAULT_COMPRESS_THRESHOLD_BYTES,
+            global_flow_limit_per_window: 5000,
+            global_flow_max_total: 0,
+            flow_window_ms: 1000,
+            broadcast_flow_limit_per_window: 3000,
+            broadcast_flow_max_total: 100_000,
+            task_flow_default_limit: 1000,
+            default_push_timeout_ms: 3000,
+            max_push_timeout_ms: 600_000,
+            store_timeout_ms: 3000,
+            broadcast_batch_size: 256,
+            tag_match: TagMatch::Exact,
+            max_connections: 1 << 20,
+            max_gateway_connections: 4096,
+            max_pending_pushes: 1 << 20,
+            max_broadcasts: 64,
+            max_store_requests: 1 << 20,
+            max_user_id_bytes: 256,
+            max_tags_bytes: 4096,
+        }
+    }
+
+    /// The heartbeat a client asking for at most `client_max_ms` gets (§9.1 step 4; the
+    /// client's minimum is ignored, as in MPush).
+    pub fn negotiate_heartbeat_ms(&self, client_max_ms: i32) -> u64 {
+        let client_max = u64::try_from(client_max_ms).unwrap_or(0);
+        self.min_heartbeat_ms
+            .max(client_max.min(self.max_heartbeat_ms))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heartbeat_negotiation_follows_mpush() {
+        let mut cfg = NodeConfig::new(
+            NodeAddr::new("127.0.0.1", 3001),
+            ServerRsaKey::mpush_default(),
+        );
+        assert_eq!(cfg.negotiate_heartbeat_ms(240_000), 180_000);
+        cfg.min_heartbeat_ms = 10_000;
+        assert_eq!(cfg.negotiate_heartbeat_ms(12_000), 12_000);
+        assert_eq!(cfg.negotiate_heartbeat_ms(5_000), 10_000);
+        assert_eq!(cfg.negotiate_heartbeat_ms(-1), 10_000);
+        assert_eq!(cfg.negotiate_heartbeat_ms(i32::MAX), 180_000);
+    }
+}

@@ -1,0 +1,324 @@
+//! Broadcasts (seed: `BroadcastPushTask`; reference §13.3): walk the local routes in resumable
+//! batches, send the content to every connection the filter accepts, under the broadcast's own
+//! flow control, and answer the PushClient once the walk and all its writes are done.
+//!
+//! A broadcast without a task id is limited per broadcast (default 3000/s, at most 100,000
+//! sends). With a task id, the per-second limit and a cancel flag come from the store, which
+//! also receives the progress (count sent and users reached) after every batch. Broadcasts
+//! never ask for ACKs, as in MPush.
+use super::{Event, Node, OutFrame, Seal, StorePurpose};
+use crate::ack::{InFlight, Owner};
+use crate::command::Command;
+use crate::flow::{FlowControl, FlowDecision};
+use crate::frame::Flags;
+use crate::ids::{Millis, PushId, RequestId};
+use crate::push::{Broadcast, Candidate, Origin};
+use crate::route::ClientType;
+use crate::status::{self, PushStatus};
+use crate::store::{StoreError, StoreOp, StoreReply};
+use crate::timer::Timer;
+
+/// Most user ids reported to the store per progress update.
+const MAX_PROGRESS_USERS: usize = 4096;
+
+/// One broadcast.
+#[derive(Debug, Clone)]
+pub struct BroadcastTask {
+    pub id: PushId,
+    pub origin: Origin,
+    pub request: Broadcast,
+    /// The last route visited.
+    pub cursor: Option<(String, ClientType)>,
+    pub flow: FlowControl,
+    /// Every route was visited (or the broadcast was stopped).
+    pub iteration_done: bool,
+    /// Sends whose write result is still awaited.
+    pub pending_writes: u64,
+    pub sent: u64,
+    pub delivered: u64,
+    pub step_at_ms: Option<Millis>,
+    /// A task-control read in progress.
+    pub waiting_control: Option<RequestId>,
+    /// Users reached since the last progress update (task-id broadcasts).
+    progress_users: Vec<String>,
+    progress_sent: u64,
+}
+
+impl Node {
+    pub(super) fn start_broadcast(&mut self, origin: Origin, request: Broadcast) {
+        if self.broadcasts.len() >= self.cfg.max_broadcasts {
+            let id = self.next_push_id();
+            return self.reply_broadcast(
+                id,
+                origin,
+                0,
+                Some("server busy: too many broadcasts".into()),
+            );
+        }
+        let id = self.next_push_id();
+        let flow = match request.task_id {
+            Some(_) => FlowControl::new(
+                self.cfg.task_flow_default_limit,
+                1000,
+                self.cfg.broadcast_flow_max_total,
+            ),
+            None => FlowControl::new(
+                self.cfg.broadcast_flow_limit_per_window,
+                self.cfg.flow_window_ms,
+                self.cfg.broadcast_flow_max_total,
+            ),
+        };
+        let task_id = request.task_id.clone();
+        self.broadcasts.insert(
+            id,
+            BroadcastTask {
+                id,
+                origin,
+                request,
+                cursor: None,
+                flow,
+                iteration_done: false,
+                pending_writes: 0,
+                sent: 0,
+                delivered: 0,
+                step_at_ms: None,
+                waiting_control: None,
+                progress_users: Vec::new(),
+                progress_sent: 0,
+            },
+        );
+        match task_id {
+            Some(task_id) => self.read_task_control(id, task_id),
+            None => self.run_broadcast(id),
+        }
+    }
+
+    fn read_task_control(&mut self, id: PushId, task_id: String) {
+        match self.store(
+            StoreOp::GetTaskControl { task_id },
+            StorePurpose::TaskControl { push: id },
+        ) {
+            Some(request) => {
+                if let Some(task) = self.broadcasts.get_mut(&id) {
+                    task.waiting_control = Some(request);
+                }
+            }
+            // No answer possible: go on with the limit in force.
+            None => {
+                if self
+                    .broadcasts
+                    .get(&id)
+                    .is_some_and(|t| t.step_at_ms.is_none())
+                {
+                    self.run_broadcast(id);
+                }
+            }
+        }
+    }
+
+    pub(super) fn on_task_control_reply(
+        &mut self,
+        id: PushId,
+        reply: Result<StoreReply, StoreError>,
+    ) {
+        let Some(task) = self.broadcasts.get_mut(&id) else {
+            return;
+        };
+        task.waiting_control = None;
+        match reply {
+            Ok(StoreReply::TaskControl(control)) => {
+                if control.cancelled {
+                    task.iteration_done = true;
+                    return self.maybe_finish_broadcast(id);
+                }
+                if let Some(qps) = control.qps {
+                    task.flow.set_limit(qps);
+                }
+            }
+            Ok(_) => {}
+            Err(error) => self.emit(Event::StoreFailed {
+                op: "get-task-control",
+                error,
+            }),
+        }
+        if self
+            .broadcasts
+            .get(&id)
+            .is_some_and(|t| t.step_at_ms.is_none() && !t.iteration_done)
+        {
+            self.run_broadcast(id);
+        }
+    }
+
+    /// Runs one batch of the walk, then yields (next batch at once, or after a flow delay).
+    pub(super) fn run_broadcast(&mut self, id: PushId) {
+        let now = self.now;
+        let batch_size = self.cfg.broadcast_batch_size.max(1);
+        let tag_match = self.cfg.tag_match;
+        let Some(task) = self.broadcasts.get_mut(&id) else {
+            return;
+        };
+        if task.iteration_done || task.waiting_control.is_some() {
+            return;
+        }
+        let cursor = task.cursor.as_ref().map(|(u, ct)| (u.as_str(), *ct));
+        let batch = self.routes.batch_after(cursor, batch_size);
+        if batch.is_empty() {
+            task.iteration_done = true;
+        }
+        let mut delay_ms = None;
+        for entry in batch {
+            let session = &self.sessions[&entry.conn];
+            let candidate = Candidate {
+                user_id: &entry.user_id,
+                client_type: entry.client_type,
+                tags: session.bound.as_ref().map_or("", |b| b.tags.as_str()),
+                client_version: &session.client_version,
+                os_name: &session.os_name,
+                os_version: &session.os_version,
+            };
+            let wanted = task.request.filter.matches(&candidate, tag_match) && session.writable;
+            let Some(cipher) = session.cipher.clone().filter(|_| wanted) else {
+                task.cursor = Some((entry.user_id, entry.client_type));
+                continue;
+            };
+            match task.flow.check(now) {
+                FlowDecision::Go => {}
+                FlowDecision::RetryInMs(ms) => {
+                    delay_ms = Some(ms);
+                    break;
+                }
+                FlowDecision::Exhausted => {
+                    task.iteration_done = true;
+                    break;
+                }
+            }
+            let session_id = self.in_flight.register(InFlight {
+                conn: entry.conn,
+                owner: Owner::Broadcast(id),
+            });
+            if let Some(session) = self.sessions.get_mut(&entry.conn) {
+                session.in_flight.push(session_id);
+            }
+            task.pending_writes += 1;
+            task.sent += 1;
+            task.progress_sent += 1;
+            if task.request.task_id.is_some() && task.progress_users.len() < MAX_PROGRESS_USERS {
+                task.progress_users.push(entry.user_id.clone());
+            }
+            let frame = OutFrame::Packet {
+                cmd: Command::Push.code(),
+                flags: Flags::NONE,
+                session_id,
+                body: task.request.content.clone(),
+                seal: Seal::Aes(cipher),
+            };
+            self.outputs.push_back(super::Output::Transmit {
+                conn: entry.conn,
+                frame,
+                report_write: Some(session_id),
+            });
+            task.cursor = Some((entry.user_id, entry.client_type));
+        }
+        self.stats.broadcast_deliveries += task.progress_sent;
+        let progress = task
+            .request
+            .task_id
+            .clone()
+            .filter(|_| task.progress_sent > 0)
+            .map(|task_id| StoreOp::AddTaskProgress {
+                task_id,
+                sent: std::mem::take(&mut task.progress_sent),
+                user_ids: std::mem::take(&mut task.progress_users),
+            });
+        task.progress_sent = 0;
+        let done = task.iteration_done;
+        let task_id = task.request.task_id.clone();
+        if let Some(op) = progress {
+            self.store_write(op);
+        }
+        if done {
+            return self.maybe_finish_broadcast(id);
+        }
+        let at = now + delay_ms.unwrap_or(0);
+        if let Some(task) = self.broadcasts.get_mut(&id) {
+            task.step_at_ms = Some(at);
+        }
+        self.timers.arm(at, Timer::PushStep(id));
+        if let Some(delay_ms) = delay_ms {
+            self.stats.flow_delays += 1;
+            self.emit(Event::FlowDelayed { id, delay_ms });
+            if let Some(task_id) = task_id {
+                // Over the limit: re-read the task's limit and cancel flag (MPush's Redis flow control).
+                self.read_task_control(id, task_id);
+            }
+        }
+    }
+
+    pub(super) fn on_broadcast_written(&mut self, id: PushId, ok: bool) {
+        let Some(task) = self.broadcasts.get_mut(&id) else {
+            return;
+        };
+        debug_assert!(task.pending_writes > 0);
+        task.pending_writes = task.pending_writes.saturating_sub(1);
+        if ok {
+            task.delivered += 1;
+        }
+        self.maybe_finish_broadcast(id);
+    }
+
+    fn maybe_finish_broadcast(&mut self, id: PushId) {
+        if self
+            .broadcasts
+            .get(&id)
+            .is_some_and(|t| t.iteration_done && t.pending_writes == 0)
+        {
+            self.finish_broadcast(id, None);
+        }
+    }
+
+    /// Ends a broadcast: OK to the PushClient, or a failure with `failure_reason`.
+    pub(super) fn finish_broadcast(&mut self, id: PushId, failure_reason: Option<String>) {
+        let Some(task) = self.broadcasts.remove(&id) else {
+            return;
+        };
+        if let Some(request) = task.waiting_control {
+            self.store_pending.remove(&request);
+        }
+        self.reply_broadcast(id, task.origin, task.sent, failure_reason);
+    }
+
+    fn reply_broadcast(
+        &mut self,
+        id: PushId,
+        origin: Origin,
+        sent: u64,
+        failure_reason: Option<String>,
+    ) {
+        let status = if failure_reason.is_some() {
+            PushStatus::Failure
+        } else {
+            PushStatus::Success
+        };
+        self.stats.pushes_by_status[super::status_index(status)] += 1;
+        let delivered = match origin {
+            Origin::Gateway { gw, session_id } if self.gateways.contains(&gw) => {
+                self.gateway_send(
+                    gw,
+                    status::broadcast_reply(session_id, failure_reason.as_deref()),
+                );
+                true
+            }
+            Origin::Gateway { .. } => false,
+            Origin::Local { .. } => true,
+        };
+        self.emit(Event::BroadcastFinished {
+            id,
+            origin,
+            sent,
+            status,
+            reason: failure_reason,
+            delivered,
+        });
+    }
+}

@@ -1,0 +1,718 @@
+//! The node: every rule of a pushgate server, as one sans-IO state machine.
+//!
+//! The driver feeds it what happened with [`Node::handle`] (bytes framed into [`Frame`]s from a
+//! phone or a PushClient, connections opening and closing, write results, route-store answers)
+//! and then drains what to do with [`Node::poll_output`] until it returns `None`, and arms one
+//! timer at [`Node::poll_timeout`]; when that timer fires it calls [`Node::handle_timeout`]
+//! and drains again. Time handed to the node never goes back.
+//!
+//! Inside: phone sessions (`phone.rs`), single-user push tasks (`single.rs`) and broadcasts
+//! (`broadcast.rs`) share the route table, the in-flight table of pushes awaiting a write
+//! result or an ACK, flow control, the timer heap and the pending store requests. Every
+//! table is bounded by [`NodeConfig`]; work beyond a bound is refused with a status, never
+//! queued.
+mod broadcast;
+mod phone;
+mod single;
+
+use crate::ack::InFlightTable;
+use crate::config::NodeConfig;
+use crate::crypto::AesCipher;
+use crate::flow::FlowControl;
+use crate::frame::{Flags, Frame, FrameError, Packet};
+use crate::ids::{ConnId, GatewayId, Millis, PushId, RequestId};
+use crate::push::{Origin, PushRequest};
+use crate::route::{ClientType, RouteTable};
+use crate::session::Session;
+use crate::status::{PushStatus, TimeLine};
+use crate::store::{KickNotice, StoreError, StoreOp, StoreReply, StoreRequest};
+use crate::timer::{Timer, TimerQueue};
+use bytes::{BufMut, Bytes};
+use rand_chacha::rand_core::SeedableRng;
+use rand_chacha::ChaCha20Rng;
+use std::collections::{HashMap, HashSet, VecDeque};
+
+pub use broadcast::BroadcastTask;
+pub use single::SingleTask;
+
+/// Something that happened, fed to [`Node::handle`].
+#[derive(Debug, Clone)]
+pub enum Input {
+    /// A phone connected.
+    PhoneConnected { conn: ConnId },
+    /// A frame arrived from a phone.
+    PhoneFrame { conn: ConnId, frame: Frame },
+    /// The phone's byte stream could not be framed (oversized or negative length).
+    PhoneFrameError { conn: ConnId, error: FrameError },
+    /// The phone's connection is gone.
+    PhoneClosed { conn: ConnId },
+    /// The phone's outbound queue crossed its high-water mark (false) or drained (true).
+    PhoneWritable { conn: ConnId, writable: bool },
+    /// A PUSH sent with `report_write` was written (`ok`) or could not be.
+    PhoneWritten {
+        conn: ConnId,
+        push_session_id: i32,
+        ok: bool,
+    },
+    /// A PushClient connected to the gateway port.
+    GatewayConnected { gw: GatewayId },
+    /// A frame arrived on a gateway connection.
+    GatewayFrame { gw: GatewayId, frame: Frame },
+    /// A gateway connection's stream could not be framed.
+    GatewayFrameError { gw: GatewayId, error: FrameError },
+    /// A gateway connection is gone.
+    GatewayClosed { gw: GatewayId },
+    /// A push from the node's own API.
+    LocalPush { token: u64, request: PushRequest },
+    /// The answer to a store request.
+    StoreReply {
+        request: RequestId,
+        reply: Result<StoreReply, StoreError>,
+    },
+    /// Another node asks this one to kick a connection.
+    KickNotice { notice: KickNotice },
+    /// Kick a user's local connections (all client types when `None`).
+    KickUser {
+        user_id: String,
+        client_type: Option<ClientType>,
+    },
+    /// The node is stopping: answer every pending push and close every phone.
+    Shutdown,
+}
+
+/// How a frame to a phone is protected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Seal {
+    /// Sent as encoded (OK, ERROR, FAST_CONNECT-ok, ACK).
+    Raw,
+    /// Compressed above the threshold, then encrypted with this cipher.
+    Aes(AesCipher),
+}
+
+/// A frame for a phone, still in plaintext: the driver's connection task compresses and
+/// encrypts it (the expensive part) with [`OutFrame::encode`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutFrame {
+    Heartbeat,
+    Packet {
+        cmd: u8,
+        flags: Flags,
+        session_id: i32,
+        body: Bytes,
+        seal: Seal,
+    },
+}
+
+impl OutFrame {
+    /// The wire packet (compressing bodies above `compress_threshold_bytes` when sealed);
+    /// `None` for the heartbeat byte.
+    pub fn to_packet(&self, compress_threshold_bytes: usize) -> Option<Packet> {
+        match self {
+            OutFrame::Heartbeat => None,
+            OutFrame::Packet {
+                cmd,
+                flags,
+                session_id,
+                body,
+                seal,
+            } => Some(match seal {
+                Seal::Raw => Packet::new(*cmd, *flags, *session_id, body.clone()),
+                Seal::Aes(cipher) => {
+                    let (extra, wire) =
+                        crate::pipeline::seal(body, Some(cipher), compress_threshold_bytes);
+                    Packet::new(*cmd, flags.with(extra), *session_id, wire)
+                }
+            }),
+        }
+    }
+
+    /// Appends the frame's wire bytes to `out`.
+    pub fn encode<B: BufMut>(&self, compress_threshold_bytes: usize, out: &mut B) {
+        match self.to_packet(compress_threshold_bytes) {
+            None => crate::frame::encode_heartbeat(out),
+            Some(packet) => packet.encode(out),
+        }
+    }
+}
+
+/// Why the node closes a phone connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CloseReason {
+    IdleTimeout,
+    HandshakeTimeout,
+    /// The frame stream broke (too large, negative length).
+    BadFrame,
+    /// A body could not be decrypted or decoded (ERROR 100 was sent).
+    BadBody,
+    /// An unknown or unsupported command (ERROR 101 was sent).
+    UnsupportedCommand,
+    /// Invalid handshake or bind parameters, or a request before the handshake.
+    BadRequest,
+    /// The node holds its maximum of connections.
+    ServerFull,
+    Shutdown,
+}
+
+/// Things worth logging or counting; the node's behaviour does not depend on them.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// A push request reached its terminal status. `delivered` is false when its gateway
+    /// connection was already gone and the status could not be told.
+    PushFinished {
+        id: PushId,
+        origin: Origin,
+        user_id: String,
+        client_type: Option<ClientType>,
+        status: PushStatus,
+        reason: Option<String>,
+        timeline: TimeLine,
+        delivered: bool,
+    },
+    /// A broadcast finished.
+    BroadcastFinished {
+        id: PushId,
+        origin: Origin,
+        sent: u64,
+        status: PushStatus,
+        reason: Option<String>,
+        delivered: bool,
+    },
+    HandshakeDone {
+        conn: ConnId,
+        device_id: String,
+        fast: bool,
+    },
+    Bound {
+        conn: ConnId,
+        user_id: String,
+        client_type: ClientType,
+    },
+    Unbound {
+        conn: ConnId,
+        user_id: String,
+    },
+    /// A KICK was sent to `conn` because the user bound elsewhere.
+    Kicked {
+        conn: ConnId,
+        user_id: String,
+        device_id: String,
+    },
+    Closed {
+        conn: ConnId,
+        reason: CloseReason,
+    },
+    /// An upstream PUSH from a phone (MPush hands these to a plug-in; pushgate reports them).
+    Upstream {
+        conn: ConnId,
+        user_id: Option<String>,
+        content: Bytes,
+    },
+    /// A frame or body could not be decoded.
+    DecodeError {
+        kind: &'static str,
+    },
+    /// A push waited for flow control.
+    FlowDelayed {
+        id: PushId,
+        delay_ms: u64,
+    },
+    /// A store request failed.
+    StoreFailed {
+        op: &'static str,
+        error: StoreError,
+    },
+}
+
+/// Something to do, drained with [`Node::poll_output`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Output {
+    /// Send a frame to a phone. When `report_write` is set, answer with
+    /// [`Input::PhoneWritten`] once the frame was written (or could not be).
+    Transmit {
+        conn: ConnId,
+        frame: OutFrame,
+        report_write: Option<i32>,
+    },
+    /// Close a phone connection (after sending what was queued before).
+    Close {
+        conn: ConnId,
+        reason: CloseReason,
+    },
+    /// Send a raw packet on a gateway connection.
+    GatewayTransmit {
+        gw: GatewayId,
+        packet: Packet,
+    },
+    /// Close a gateway connection.
+    GatewayClose {
+        gw: GatewayId,
+    },
+    /// Perform a store operation and answer with [`Input::StoreReply`].
+    Store(StoreRequest),
+    Event(Event),
+}
+
+/// Counters for `/v1/stats` and metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeStats {
+    pub connections: usize,
+    pub gateway_connections: usize,
+    pub bound_routes: usize,
+    pub pending_pushes: usize,
+    pub broadcasts: usize,
+    pub in_flight: usize,
+    pub pending_store_requests: usize,
+    pub handshakes: u64,
+    pub fast_connects: u64,
+    pub binds: u64,
+    pub kicks: u64,
+    pub pushes_by_status: [u64; 6],
+    pub broadcast_deliveries: u64,
+    pub flow_delays: u64,
+    pub decode_errors: u64,
+}
+
+impl NodeStats {
+    /// Finished pushes with `status`.
+    pub fn pushes(&self, status: PushStatus) -> u64 {
+        self.pushes_by_status[status_index(status)]
+    }
+}
+
+fn status_index(status: PushStatus) -> usize {
+    PushStatus::ALL
+        .iter()
+        .position(|s| *s == status)
+        .unwrap_or(0)
+}
+
+/// What a pending store request was for.
+#[derive(Debug, Clone)]
+enum StorePurpose {
+    /// Fire-and-forget writes, retried a bounded number of times on failure.
+    Write {
+        op: StoreOp,
+        attempts: u32,
+    },
+    /// A bind's route write: the reply names the route it replaced.
+    BindRoute {
+        conn: ConnId,
+        op: StoreOp,
+        attempts: u32,
+    },
+    FastConnect {
+        conn: ConnId,
+    },
+    PushRoute {
+        push: PushId,
+    },
+    TaskControl {
+        push: PushId,
+    },
+}
+
+/// Store writes are retried this many times before they are reported as failed.
+const STORE_WRITE_ATTEMPTS: u32 = 3;
+
+/// The push engine and phone sessions of one pushgate node.
+pub struct Node {
+    cfg: NodeConfig,
+    rng: ChaCha20Rng,
+    /// Epoch milliseconds at monotonic time 0 (for time lines and session expiry).
+    epoch_offset_ms: i64,
+    now: Millis,
+    sessions: HashMap<ConnId, Session>,
+    gateways: HashSet<GatewayId>,
+    routes: RouteTable,
+    singles: HashMap<PushId, SingleTask>,
+    broadcasts: HashMap<PushId, BroadcastTask>,
+    in_flight: InFlightTable,
+    global_flow: FlowControl,
+    timers: TimerQueue,
+    store_pending: HashMap<RequestId, StorePurpose>,
+    outputs: VecDeque<Output>,
+    next_request: u64,
+    next_push: u64,
+    stats: NodeStats,
+    shut_down: bool,
+}
+
+impl Node {
+    /// A node with `cfg`. `seed` feeds its random generator (server keys, session ids,
+    /// connection tokens); `epoch_offset_ms` is the wall-clock time at monotonic time 0.
+    pub fn new(cfg: NodeConfig, seed: [u8; 32], epoch_offset_ms: i64) -> Self {
+        let global_flow = FlowControl::new(
+            cfg.global_flow_limit_per_window,
+            cfg.flow_window_ms,
+            cfg.global_flow_max_total,
+        );
+        Self {
+            cfg,
+            rng: ChaCha20Rng::from_seed(seed),
+            epoch_offset_ms,
+            now: 0,
+            sessions: HashMap::new(),
+            gateways: HashSet::new(),
+            routes: RouteTable::new(),
+            singles: HashMap::new(),
+            broadcasts: HashMap::new(),
+            in_flight: InFlightTable::new(),
+            global_flow,
+            timers: TimerQueue::new(),
+            store_pending: HashMap::new(),
+            outputs: VecDeque::new(),
+            next_request: 1,
+            next_push: 1,
+            stats: NodeStats::default(),
+            shut_down: false,
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &NodeConfig {
+        &self.cfg
+    }
+
+    /// Feeds one input at `now_ms`.
+    pub fn handle(&mut self, now_ms: Millis, input: Input) {
+        self.advance(now_ms);
+        match input {
+            Input::PhoneConnected { conn } => self.on_phone_connected(conn),
+            Input::PhoneFrame { conn, frame } => self.on_phone_frame(conn, frame),
+            Input::PhoneFrameError { conn, error } => self.on_phone_frame_error(conn, error),
+            Input::PhoneClosed { conn } => self.teardown(conn, None),
+            Input::PhoneWritable { conn, writable } => {
+                if let Some(session) = self.sessions.get_mut(&conn) {
+                    session.writable = writable;
+                }
+            }
+            Input::PhoneWritten {
+                conn,
+                push_session_id,
+                ok,
+            } => self.on_written(conn, push_session_id, ok),
+            Input::GatewayConnected { gw } => {
+                self.gateways.insert(gw);
+            }
+            Input::GatewayFrame { gw, frame } => self.on_gateway_frame(gw, frame),
+            Input::GatewayFrameError { gw, error: _ } => {
+                self.stats.decode_errors += 1;
+                self.emit(Event::DecodeError {
+                    kind: "gateway-frame",
+                });
+                self.gateways.remove(&gw);
+                self.outputs.push_back(Output::GatewayClose { gw });
+            }
+            Input::GatewayClosed { gw } => {
+                self.gateways.remove(&gw);
+            }
+            Input::LocalPush { token, request } => self.submit(Origin::Local { token }, request),
+            Input::StoreReply { request, reply } => self.on_store_reply(request, reply),
+            Input::KickNotice { notice } => self.on_kick_notice(notice),
+            Input::KickUser {
+                user_id,
+                client_type,
+            } => self.kick_user(&user_id, client_type),
+            Input::Shutdown => self.shutdown(),
+        }
+        self.check_invariants();
+    }
+
+    /// The next thing to do, if any.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    /// When [`Node::handle_timeout`] should next be called.
+    pub fn poll_timeout(&self) -> Option<Millis> {
+        self.timers.next_deadline()
+    }
+
+    /// Runs every timer due at `now_ms`.
+    pub fn handle_timeout(&mut self, now_ms: Millis) {
+        self.advance(now_ms);
+        while let Some((at, timer)) = self.timers.pop_due(self.now) {
+            match timer {
+                Timer::Idle(conn) => self.on_idle_timer(conn, at),
+                Timer::PushDeadline(id) => self.on_push_deadline(id),
+                Timer::PushStep(id) => self.on_push_step(id, at),
+                Timer::StoreDeadline(request) => {
+                    if self.store_pending.contains_key(&request) {
+                        self.on_store_reply(request, Err(StoreError::Timeout));
+                    }
+                }
+            }
+        }
+        self.check_invariants();
+    }
+
+    /// Current counters.
+    pub fn stats(&self) -> NodeStats {
+        let mut stats = self.stats.clone();
+        stats.connections = self.sessions.len();
+        stats.gateway_connections = self.gateways.len();
+        stats.bound_routes = self.routes.len();
+        stats.pending_pushes = self.singles.len();
+        stats.broadcasts = self.broadcasts.len();
+        stats.in_flight = self.in_flight.len();
+        stats.pending_store_requests = self.store_pending.len();
+        stats
+    }
+
+    /// The local routes of a user.
+    pub fn routes_of(&self, user_id: &str) -> Vec<(ClientType, ConnId)> {
+        self.routes.of_user(user_id).collect()
+    }
+
+    /// Every local route (user, client type, connection).
+    pub fn local_routes(&self) -> Vec<(String, ClientType, ConnId)> {
+        self.routes
+            .iter()
+            .map(|(u, ct, c)| (u.to_owned(), ct, c))
+            .collect()
+    }
+
+    /// The live connections.
+    pub fn connections(&self) -> impl Iterator<Item = ConnId> + '_ {
+        self.sessions.keys().copied()
+    }
+
+    /// Pushes (single and broadcast) not finished yet.
+    pub fn pending_push_count(&self) -> usize {
+        self.singles.len() + self.broadcasts.len()
+    }
+
+    fn advance(&mut self, now_ms: Millis) {
+        debug_assert!(
+            now_ms >= self.now,
+            "time went back: {now_ms} < {}",
+            self.now
+        );
+        self.now = self.now.max(now_ms);
+    }
+
+    fn epoch_ms(&self) -> i64 {
+        self.epoch_offset_ms
+            .saturating_add(i64::try_from(self.now).unwrap_or(i64::MAX))
+    }
+
+    fn emit(&mut self, event: Event) {
+        self.outputs.push_back(Output::Event(event));
+    }
+
+    fn transmit(&mut self, conn: ConnId, frame: OutFrame, report_write: Option<i32>) {
+        self.outputs.push_back(Output::Transmit {
+            conn,
+            frame,
+            report_write,
+        });
+    }
+
+    fn next_push_id(&mut self) -> PushId {
+        let id = PushId(self.next_push);
+        self.next_push += 1;
+        id
+    }
+
+    /// Sends a store request; `None` when the pending-request bound is reached.
+    fn store(&mut self, op: StoreOp, purpose: StorePurpose) -> Option<RequestId> {
+        if self.store_pending.len() >= self.cfg.max_store_requests {
+            self.emit(Event::StoreFailed {
+                op: op_name(&op),
+                error: StoreError::Unavailable("too many pending store requests".into()),
+            });
+            return None;
+        }
+        let id = RequestId(self.next_request);
+        self.next_request += 1;
+        self.store_pending.insert(id, purpose);
+        self.timers.arm(
+            self.now + self.cfg.store_timeout_ms,
+            Timer::StoreDeadline(id),
+        );
+        self.outputs
+            .push_back(Output::Store(StoreRequest { id, op }));
+        Some(id)
+    }
+
+    /// A store write whose answer only matters if it failed.
+    fn store_write(&mut self, op: StoreOp) {
+        self.store(op.clone(), StorePurpose::Write { op, attempts: 1 });
+    }
+
+    fn on_store_reply(&mut self, request: RequestId, reply: Result<StoreReply, StoreError>) {
+        let Some(purpose) = self.store_pending.remove(&request) else {
+            return; // late answer to a request that already timed out
+        };
+        match purpose {
+            StorePurpose::Write { op, attempts } => {
+                if let Err(error) = reply {
+                    if attempts < STORE_WRITE_ATTEMPTS {
+                        self.store(
+                            op.clone(),
+                            StorePurpose::Write {
+                                op,
+                                attempts: attempts + 1,
+                            },
+                        );
+                    } else {
+                        self.emit(Event::StoreFailed {
+                            op: op_name(&op),
+                            error,
+                        });
+                    }
+                }
+            }
+            StorePurpose::BindRoute { conn, op, attempts } => {
+                self.on_bind_route_reply(conn, op, attempts, reply)
+            }
+            StorePurpose::FastConnect { conn } => self.on_fast_connect_reply(conn, reply),
+            StorePurpose::PushRoute { push } => self.on_push_route_reply(push, reply),
+            StorePurpose::TaskControl { push } => self.on_task_control_reply(push, reply),
+        }
+    }
+
+    fn on_gateway_frame(&mut self, gw: GatewayId, frame: Frame) {
+        self.gateways.insert(gw);
+        let Frame::Packet(packet) = frame else {
+            return; // PushClients send no heartbeats; tolerate them
+        };
+        use crate::command::Command;
+        use crate::message::{Body, ErrorCode, ErrorMessage, GatewayPush};
+        if packet.cmd != Command::GatewayPush.code() {
+            let error = ErrorMessage::new(packet.cmd, ErrorCode::UnsupportedCmd);
+            self.gateway_send(
+                gw,
+                crate::pipeline::raw_packet(
+                    Command::Error.code(),
+                    Flags::NONE,
+                    packet.session_id,
+                    &error,
+                ),
+            );
+            self.gateways.remove(&gw);
+            self.outputs.push_back(Output::GatewayClose { gw });
+            return;
+        }
+        let origin = Origin::Gateway {
+            gw,
+            session_id: packet.session_id,
+        };
+        let request = GatewayPush::decode(&packet.body)
+            .map_err(|e| e.to_string())
+            .and_then(|message| {
+                PushRequest::from_gateway(message, packet.flags).map_err(|e| e.to_string())
+            });
+        match request {
+            Ok(request) => self.submit(origin, request),
+            Err(reason) => {
+                self.stats.decode_errors += 1;
+                self.emit(Event::DecodeError {
+                    kind: "gateway-push",
+                });
+                self.refuse(
+                    origin,
+                    String::new(),
+                    None,
+                    format!("bad request: {reason}"),
+                );
+            }
+        }
+    }
+
+    fn gateway_send(&mut self, gw: GatewayId, packet: Packet) {
+        self.outputs
+            .push_back(Output::GatewayTransmit { gw, packet });
+    }
+
+    /// Starts a push request.
+    fn submit(&mut self, origin: Origin, request: PushRequest) {
+        if self.shut_down {
+            let user = match &request {
+                PushRequest::Single(s) => s.user_id.clone(),
+                PushRequest::Broadcast(_) => String::new(),
+            };
+            self.refuse(origin, user, None, "server shutting down".into());
+            return;
+        }
+        match request {
+            PushRequest::Single(push) => self.start_single(origin, push),
+            PushRequest::Broadcast(broadcast) => self.start_broadcast(origin, broadcast),
+        }
+    }
+
+    /// Answers a request that never became a task with a failure.
+    fn refuse(
+        &mut self,
+        origin: Origin,
+        user_id: String,
+        client_type: Option<ClientType>,
+        reason: String,
+    ) {
+        let id = self.next_push_id();
+        let mut timeline = TimeLine::begin(self.epoch_ms());
+        timeline.add(PushStatus::Failure.end_point(), self.epoch_ms());
+        self.report_single(
+            id,
+            origin,
+            user_id,
+            client_type,
+            PushStatus::Failure,
+            Some(reason),
+            timeline,
+        );
+    }
+
+    fn shutdown(&mut self) {
+        self.shut_down = true;
+        let singles: Vec<PushId> = self.singles.keys().copied().collect();
+        for id in singles {
+            self.finish_single(id, PushStatus::Failure, Some("server shutting down".into()));
+        }
+        let broadcasts: Vec<PushId> = self.broadcasts.keys().copied().collect();
+        for id in broadcasts {
+            self.finish_broadcast(id, Some("server shutting down".into()));
+        }
+        let conns: Vec<ConnId> = self.sessions.keys().copied().collect();
+        for conn in conns {
+            self.teardown(conn, Some(CloseReason::Shutdown));
+        }
+    }
+
+    /// Checks the node's invariants (debug builds and tests).
+    fn check_invariants(&self) {
+        if cfg!(debug_assertions) {
+            for (user, ct, conn) in self.routes.iter() {
+                let session = self.sessions.get(&conn);
+                debug_assert!(session.is_some(), "route {user}/{ct:?} names closed {conn}");
+                debug_assert!(
+                    session.is_some_and(|s| s.user_id() == Some(user) && s.client_type == ct),
+                    "route {user}/{ct:?} names {conn}, bound to someone else"
+                );
+            }
+            for (sid, entry) in self.in_flight.iter() {
+                debug_assert!(
+                    self.sessions.contains_key(&entry.conn),
+                    "in-flight push {sid} on closed {}",
+                    entry.conn
+                );
+            }
+            debug_assert!(self.sessions.len() <= self.cfg.max_connections);
+            debug_assert!(self.singles.len() <= self.cfg.max_pending_pushes);
+            debug_assert!(self.broadcasts.len() <= self.cfg.max_broadcasts);
+        }
+    }
+}
+
+fn op_name(op: &StoreOp) -> &'static str {
+    match op {
+        StoreOp::PutRoute { .. } => "put-route",
+        StoreOp::SetRouteOffline { .. } => "set-route-offline",
+        StoreOp::GetRoute { .. } => "get-route",
+        StoreOp::PutSession { .. } => "put-session",
+        StoreOp::GetSession { .. } => "get-session",
+        StoreOp::PublishKick { .. } => "publish-kick",
+        StoreOp::GetTaskControl { .. } => "get-task-control",
+        StoreOp::AddTaskProgress { .. } => "add-task-progress",
+    }
+}

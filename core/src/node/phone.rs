@@ -1,0 +1,653 @@
+//! Phone connections (reference §9): handshake, fast connect, heartbeats and idle checks,
+//! bind/unbind with routes and kicks, upstream pushes and ACKs, and teardown.
+use super::{CloseReason, Event, Node, OutFrame, Output, Seal, StorePurpose, STORE_WRITE_ATTEMPTS};
+use crate::ack::Owner;
+use crate::command::Command;
+use crate::crypto::{mix_keys, AesCipher};
+use crate::frame::{Flags, Frame, FrameError, Packet};
+use crate::ids::{ConnId, Millis};
+use crate::message::{
+    Ack, Bind, Body, ErrorCode, ErrorMessage, FastConnect, FastConnectOk, Handshake, HandshakeOk,
+    HttpResponse, Kick, OkMessage, Push,
+};
+use crate::pipeline::{self, OpenKey};
+use crate::route::ClientType;
+use crate::session::{BoundUser, Session, SessionState};
+use crate::status::PushStatus;
+use crate::store::{CachedSession, KickNotice, RouteRecord, StoreError, StoreOp, StoreReply};
+use crate::timer::Timer;
+use rand_core::RngCore;
+
+/// Reason texts MPush sends with code-0 errors.
+const PARAM_INVALID: &str = "Param invalid";
+const INVALID_PARAM: &str = "invalid param";
+const NOT_HANDSHAKE: &str = "not handshake";
+
+impl Node {
+    pub(super) fn on_phone_connected(&mut self, conn: ConnId) {
+        if self.shut_down || self.sessions.len() >= self.cfg.max_connections {
+            self.outputs.push_back(Output::Close {
+                conn,
+                reason: CloseReason::ServerFull,
+            });
+            self.emit(Event::Closed {
+                conn,
+                reason: CloseReason::ServerFull,
+            });
+            return;
+        }
+        if self.sessions.contains_key(&conn) {
+            return; // the driver never reuses ids; a repeat is ignored
+        }
+        let mut token = [0u8; 8];
+        self.rng.fill_bytes(&mut token);
+        let token: String = token.iter().map(|b| format!("{b:02x}")).collect();
+        let mut session = Session::new(conn, token, self.now);
+        let at = self.now + self.cfg.handshake_deadline_ms;
+        session.idle_check_at_ms = at;
+        self.sessions.insert(conn, session);
+        self.timers.arm(at, Timer::Idle(conn));
+    }
+
+    pub(super) fn on_phone_frame_error(&mut self, conn: ConnId, _error: FrameError) {
+        self.stats.decode_errors += 1;
+        self.emit(Event::DecodeError {
+            kind: "phone-frame",
+        });
+        self.teardown(conn, Some(CloseReason::BadFrame));
+    }
+
+    pub(super) fn on_phone_frame(&mut self, conn: ConnId, frame: Frame) {
+        let Some(session) = self.sessions.get_mut(&conn) else {
+            return; // closed by the node already; the driver may still deliver buffered frames
+        };
+        session.last_read_ms = self.now;
+        let packet = match frame {
+            Frame::Heartbeat => return self.transmit(conn, OutFrame::Heartbeat, None),
+            Frame::Packet(packet) if packet.cmd == Command::Heartbeat.code() => {
+                return self.transmit(conn, OutFrame::Heartbeat, None)
+            }
+            Frame::Packet(packet) => packet,
+        };
+        let command = match Command::try_from(packet.cmd) {
+            Ok(
+                c @ (Command::Handshake
+                | Command::FastConnect
+                | Command::Bind
+                | Command::Unbind
+                | Command::Push
+                | Command::Ack
+                | Command::HttpProxy),
+            ) => c,
+            _ => {
+                let error = ErrorMessage::new(packet.cmd, ErrorCode::UnsupportedCmd);
+                self.send_raw(conn, Command::Error, packet.session_id, &error);
+                return self.teardown(conn, Some(CloseReason::UnsupportedCommand));
+            }
+        };
+        let body = {
+            let session = &self.sessions[&conn];
+            let key = match &session.cipher {
+                Some(cipher) => OpenKey::Aes(cipher),
+                None => OpenKey::Rsa(&self.cfg.rsa_key),
+            };
+            pipeline::open(
+                packet.flags,
+                &packet.body,
+                key,
+                &mut self.rng,
+                self.cfg.max_body_bytes,
+            )
+        };
+        let result = body
+            .map_err(|e| e.to_string())
+            .and_then(|body| self.dispatch(conn, command, &packet, &body));
+        if let Err(_reason) = result {
+            self.stats.decode_errors += 1;
+            self.emit(Event::DecodeError { kind: "phone-body" });
+            let error = ErrorMessage::new(packet.cmd, ErrorCode::DispatchError);
+            self.send_raw(conn, Command::Error, packet.session_id, &error);
+            self.teardown(conn, Some(CloseReason::BadBody));
+        }
+    }
+
+    /// Handles a decrypted body; `Err` means "could not decode" (ERROR 100 and close).
+    fn dispatch(
+        &mut self,
+        conn: ConnId,
+        command: Command,
+        packet: &Packet,
+        body: &[u8],
+    ) -> Result<(), String> {
+        let sid = packet.session_id;
+        match command {
+            Command::Handshake => self.on_handshake(
+                conn,
+                sid,
+                Handshake::decode(body).map_err(|e| e.to_string())?,
+            ),
+            Command::FastConnect => self.on_fast_connect(
+                conn,
+                sid,
+                FastConnect::decode(body).map_err(|e| e.to_string())?,
+            ),
+            Command::Bind => {
+                self.on_bind(conn, sid, Bind::decode(body).map_err(|e| e.to_string())?)
+            }
+            Command::Unbind => {
+                self.on_unbind(conn, sid, Bind::decode(body).map_err(|e| e.to_string())?)
+            }
+            Command::Push => self.on_upstream(
+                conn,
+                sid,
+                packet.flags,
+                Push::decode(body).map_err(|e| e.to_string())?,
+            ),
+            Command::Ack => self.on_ack(conn, sid),
+            Command::HttpProxy => {
+                // pushgate does not proxy HTTP. MPush (proxy disabled) answers ERROR 101 and
+                // closes, which makes the SDK reconnect; answering the request with an HTTP
+                // error keeps the client connected and tells the app what happened.
+                let response = HttpResponse {
+                    status_code: 501,
+                    reason_phrase: "Not Implemented".into(),
+                    headers: String::new(),
+                    body: bytes::Bytes::from_static(b"HTTP proxy is not supported by this server"),
+                };
+                self.send_raw(conn, Command::HttpProxy, sid, &response);
+            }
+            _ => unreachable!("filtered in on_phone_frame"),
+        }
+        Ok(())
+    }
+
+    fn on_handshake(&mut self, conn: ConnId, sid: i32, hs: Handshake) {
+        if hs.device_id.is_empty() || hs.iv.len() != 16 || hs.client_key.len() != 16 {
+            let error = ErrorMessage::validation(Command::Handshake, PARAM_INVALID);
+            self.send_raw(conn, Command::Error, sid, &error);
+            return self.teardown(conn, Some(CloseReason::BadRequest));
+        }
+        let session = &self.sessions[&conn];
+        if session.is_ready() && session.device_id == hs.device_id {
+            let error = ErrorMessage::new(Command::Handshake.code(), ErrorCode::RepeatHandshake);
+            return self.send_raw(conn, Command::Error, sid, &error);
+        }
+        if session.bound.is_some() {
+            // A new device on this connection replaces the old context, routes included.
+            self.unbind_session(conn);
+        }
+        let mut iv = [0u8; 16];
+        iv.copy_from_slice(&hs.iv);
+        let mut client_key = [0u8; 16];
+        client_key.copy_from_slice(&hs.client_key);
+        let mut server_key = [0u8; 16];
+        self.rng.fill_bytes(&mut server_key);
+        let mut id_bytes = [0u8; 16];
+        self.rng.fill_bytes(&mut id_bytes);
+        let reusable_id: String = id_bytes.iter().map(|b| format!("{b:02x}")).collect();
+        let heartbeat_ms = self.cfg.negotiate_heartbeat_ms(hs.max_heartbeat_ms);
+        let expire_ms = i64::try_from(self.cfg.session_expire_ms).unwrap_or(i64::MAX);
+        let ok = HandshakeOk {
+            server_key: bytes::Bytes::copy_from_slice(&server_key),
+            heartbeat_ms: i32::try_from(heartbeat_ms).unwrap_or(i32::MAX),
+            session_id: reusable_id.clone(),
+            expire_time_ms: self.epoch_ms().saturating_add(expire_ms),
+        };
+        // HANDSHAKE-ok travels under AES(clientKey, iv); everything after under the session key.
+        self.send_sealed(
+            conn,
+            Command::Handshake,
+            Flags::NONE,
+            sid,
+            &ok,
+            AesCipher::new(client_key, iv),
+        );
+        let session_key = mix_keys(&client_key, &server_key);
+        let cached = CachedSession {
+            os_name: hs.os_name.clone(),
+            os_version: hs.os_version.clone(),
+            client_version: hs.client_version.clone(),
+            device_id: hs.device_id.clone(),
+            session_key,
+            iv,
+        };
+        self.adopt(conn, &cached, heartbeat_ms);
+        self.stats.handshakes += 1;
+        self.emit(Event::HandshakeDone {
+            conn,
+            device_id: hs.device_id,
+            fast: false,
+        });
+        let ttl_ms = self.cfg.session_expire_ms;
+        self.store_write(StoreOp::PutSession {
+            session_id: reusable_id,
+            session: cached,
+            ttl_ms,
+        });
+    }
+
+    /// Takes on a session context: cipher, device facts, heartbeat; the connection is Ready.
+    fn adopt(&mut self, conn: ConnId, cached: &CachedSession, heartbeat_ms: u64) {
+        let now = self.now;
+        let Some(session) = self.sessions.get_mut(&conn) else {
+            return;
+        };
+        session.cipher = Some(AesCipher::new(cached.session_key, cached.iv));
+        session.device_id = cached.device_id.clone();
+        session.os_name = cached.os_name.clone();
+        session.os_version = cached.os_version.clone();
+        session.client_version = cached.client_version.clone();
+        session.client_type = ClientType::from_os_name(&cached.os_name);
+        session.heartbeat_ms = heartbeat_ms;
+        session.heartbeat_misses = 0;
+        session.state = SessionState::Ready;
+        let at = now + heartbeat_ms.max(1);
+        session.idle_check_at_ms = at;
+        self.timers.arm(at, Timer::Idle(conn));
+    }
+
+    fn on_fast_connect(&mut self, conn: ConnId, sid: i32, fc: FastConnect) {
+        let purpose = StorePurpose::FastConnect { conn };
+        match self.store(
+            StoreOp::GetSession {
+                session_id: fc.session_id.clone(),
+            },
+            purpose,
+        ) {
+            Some(request) => {
+                if let Some(session) = self.sessions.get_mut(&conn) {
+                    session.state = SessionState::FastConnecting {
+                        request,
+                        packet_session_id: sid,
+                        device_id: fc.device_id,
+                        max_heartbeat_ms: fc.max_heartbeat_ms,
+                    };
+                }
+            }
+            None => {
+                let error =
+                    ErrorMessage::new(Command::FastConnect.code(), ErrorCode::SessionExpired);
+                self.send_raw(conn, Command::Error, sid, &error);
+            }
+        }
+    }
+
+    pub(super) fn on_fast_connect_reply(
+        &mut self,
+        conn: ConnId,
+        reply: Result<StoreReply, StoreError>,
+    ) {
+        let Some(session) = self.sessions.get_mut(&conn) else {
+            return;
+        };
+        let SessionState::FastConnecting {
+            packet_session_id,
+            device_id,
+            max_heartbeat_ms,
+            ..
+        } = std::mem::replace(&mut session.state, SessionState::Connected)
+        else {
+            return;
+        };
+        // A session that was Ready before (a fast connect on a live session) stays usable.
+        if session.cipher.is_some() {
+            session.state = SessionState::Ready;
+        }
+        let cached = match reply {
+            Ok(StoreReply::Session(Some(cached))) => cached,
+            Ok(_) | Err(_) => {
+                let error =
+                    ErrorMessage::new(Command::FastConnect.code(), ErrorCode::SessionExpired);
+                return self.send_raw(conn, Command::Error, packet_session_id, &error);
+            }
+        };
+        if cached.device_id != device_id {
+            let error = ErrorMessage::new(Command::FastConnect.code(), ErrorCode::InvalidDevice);
+            return self.send_raw(conn, Command::Error, packet_session_id, &error);
+        }
+        if self.sessions[&conn].bound.is_some() {
+            self.unbind_session(conn);
+        }
+        let heartbeat_ms = self.cfg.negotiate_heartbeat_ms(max_heartbeat_ms);
+        let ok = FastConnectOk {
+            heartbeat_ms: i32::try_from(heartbeat_ms).unwrap_or(i32::MAX),
+        };
+        self.send_raw(conn, Command::FastConnect, packet_session_id, &ok);
+        self.adopt(conn, &cached, heartbeat_ms);
+        self.stats.fast_connects += 1;
+        self.emit(Event::HandshakeDone {
+            conn,
+            device_id,
+            fast: true,
+        });
+    }
+
+    fn on_bind(&mut self, conn: ConnId, sid: i32, bind: Bind) {
+        if !self.sessions[&conn].is_ready() {
+            let error = ErrorMessage::validation(Command::Bind, NOT_HANDSHAKE);
+            self.send_raw(conn, Command::Error, sid, &error);
+            return self.teardown(conn, Some(CloseReason::BadRequest));
+        }
+        if bind.user_id.is_empty()
+            || bind.user_id.len() > self.cfg.max_user_id_bytes
+            || bind.tags.len() > self.cfg.max_tags_bytes
+        {
+            let error = ErrorMessage::validation(Command::Bind, INVALID_PARAM);
+            self.send_raw(conn, Command::Error, sid, &error);
+            return self.teardown(conn, Some(CloseReason::BadRequest));
+        }
+        let session = self.sessions.get_mut(&conn).expect("checked above");
+        if session.user_id() == Some(bind.user_id.as_str()) {
+            session.bound = Some(BoundUser {
+                user_id: bind.user_id,
+                tags: bind.tags,
+            });
+            return self.send_raw(
+                conn,
+                Command::Ok,
+                sid,
+                &OkMessage::new(Command::Bind, "bind success"),
+            );
+        }
+        if session.bound.is_some() {
+            self.unbind_session(conn);
+        }
+        let session = self.sessions.get_mut(&conn).expect("checked above");
+        let client_type = session.client_type;
+        session.bound = Some(BoundUser {
+            user_id: bind.user_id.clone(),
+            tags: bind.tags,
+        });
+        let record = RouteRecord {
+            host: self.cfg.node_addr.host.clone(),
+            port: self.cfg.node_addr.port,
+            device_id: session.device_id.clone(),
+            os_name: session.os_name.clone(),
+            client_version: session.client_version.clone(),
+            conn_id: Some(session.conn_token.clone()),
+        };
+        if let Some(older) = self.routes.insert(&bind.user_id, client_type, conn) {
+            if older != conn {
+                self.send_kick(older);
+            }
+        }
+        self.stats.binds += 1;
+        self.emit(Event::Bound {
+            conn,
+            user_id: bind.user_id.clone(),
+            client_type,
+        });
+        let op = StoreOp::PutRoute {
+            user_id: bind.user_id,
+            client_type,
+            route: record,
+        };
+        self.store(
+            op.clone(),
+            StorePurpose::BindRoute {
+                conn,
+                op,
+                attempts: 1,
+            },
+        );
+        self.send_raw(
+            conn,
+            Command::Ok,
+            sid,
+            &OkMessage::new(Command::Bind, "bind success"),
+        );
+    }
+
+    pub(super) fn on_bind_route_reply(
+        &mut self,
+        conn: ConnId,
+        op: StoreOp,
+        attempts: u32,
+        reply: Result<StoreReply, StoreError>,
+    ) {
+        let StoreOp::PutRoute {
+            user_id,
+            client_type,
+            route,
+        } = &op
+        else {
+            return;
+        };
+        match reply {
+            Ok(StoreReply::Previous(Some(previous))) => {
+                // An older connection of this user and type on another node gets kicked there.
+                if let Some(old_conn_id) = previous.conn_id.clone() {
+                    if !previous.is_on(&self.cfg.node_addr) && previous.conn_id != route.conn_id {
+                        let notice = KickNotice {
+                            client_type: client_type.code(),
+                            conn_id: old_conn_id,
+                            device_id: previous.device_id.clone(),
+                            target_port: previous.port,
+                            target_server: previous.host.clone(),
+                            user_id: user_id.clone(),
+                        };
+                        self.store_write(StoreOp::PublishKick { notice });
+                    }
+                }
+            }
+            Ok(_) => {}
+            Err(error) => {
+                // Retry while this connection still holds the route; give up after a few tries.
+                let still_bound = self.sessions.get(&conn).is_some_and(|s| {
+                    s.user_id() == Some(user_id.as_str()) && s.client_type == *client_type
+                });
+                if still_bound && attempts < STORE_WRITE_ATTEMPTS {
+                    self.store(
+                        op.clone(),
+                        StorePurpose::BindRoute {
+                            conn,
+                            op,
+                            attempts: attempts + 1,
+                        },
+                    );
+                } else {
+                    self.emit(Event::StoreFailed {
+                        op: "put-route",
+                        error,
+                    });
+                }
+            }
+        }
+    }
+
+    fn on_unbind(&mut self, conn: ConnId, sid: i32, unbind: Bind) {
+        if !self.sessions[&conn].is_ready() {
+            let error = ErrorMessage::validation(Command::Unbind, NOT_HANDSHAKE);
+            self.send_raw(conn, Command::Error, sid, &error);
+            return self.teardown(conn, Some(CloseReason::BadRequest));
+        }
+        if unbind.user_id.is_empty() {
+            let error = ErrorMessage::validation(Command::Unbind, INVALID_PARAM);
+            self.send_raw(conn, Command::Error, sid, &error);
+            return self.teardown(conn, Some(CloseReason::BadRequest));
+        }
+        // As in MPush, the connection's own user is unbound; the body's id is only checked.
+        self.unbind_session(conn);
+        self.send_raw(
+            conn,
+            Command::Ok,
+            sid,
+            &OkMessage::new(Command::Unbind, "unbind success"),
+        );
+    }
+
+    /// Drops the connection's user: local route (if still ours), store route offline (if it
+    /// still names this connection).
+    pub(super) fn unbind_session(&mut self, conn: ConnId) {
+        let Some(session) = self.sessions.get_mut(&conn) else {
+            return;
+        };
+        let Some(bound) = session.bound.take() else {
+            return;
+        };
+        let client_type = session.client_type;
+        let conn_token = session.conn_token.clone();
+        self.routes.remove_if(&bound.user_id, client_type, conn);
+        self.store_write(StoreOp::SetRouteOffline {
+            user_id: bound.user_id.clone(),
+            client_type,
+            node: self.cfg.node_addr.clone(),
+            conn_id: conn_token,
+        });
+        self.emit(Event::Unbound {
+            conn,
+            user_id: bound.user_id,
+        });
+    }
+
+    fn on_upstream(&mut self, conn: ConnId, sid: i32, flags: Flags, push: Push) {
+        if flags.contains(Flags::AUTO_ACK) {
+            self.send_raw(conn, Command::Ack, sid, &Ack);
+        }
+        let user_id = self.sessions[&conn].user_id().map(str::to_owned);
+        self.emit(Event::Upstream {
+            conn,
+            user_id,
+            content: push.content,
+        });
+    }
+
+    fn on_ack(&mut self, conn: ConnId, sid: i32) {
+        if let Some(entry) = self.in_flight.get(conn, sid) {
+            if let Owner::Single(id) = entry.owner {
+                if self
+                    .singles
+                    .get(&id)
+                    .is_some_and(|t| t.request.ack.needs_ack())
+                {
+                    self.finish_single(id, PushStatus::AckSuccess, None);
+                }
+            }
+        }
+        // An ACK for nothing pending (late, duplicate, or for a NO_ACK push) is ignored.
+    }
+
+    /// Sends KICK to a connection whose route was taken over.
+    pub(super) fn send_kick(&mut self, conn: ConnId) {
+        let Some(session) = self.sessions.get(&conn) else {
+            return;
+        };
+        let (Some(cipher), Some(user_id)) = (session.cipher.clone(), session.user_id()) else {
+            return;
+        };
+        let kick = Kick {
+            device_id: session.device_id.clone(),
+            user_id: user_id.to_owned(),
+        };
+        let event = Event::Kicked {
+            conn,
+            user_id: kick.user_id.clone(),
+            device_id: kick.device_id.clone(),
+        };
+        self.send_sealed(conn, Command::Kick, Flags::NONE, 0, &kick, cipher);
+        self.stats.kicks += 1;
+        self.emit(event);
+    }
+
+    pub(super) fn on_kick_notice(&mut self, notice: KickNotice) {
+        if notice.target() != self.cfg.node_addr {
+            return;
+        }
+        let Some(client_type) = ClientType::from_code(notice.client_type) else {
+            return;
+        };
+        let Some(conn) = self.routes.get(&notice.user_id, client_type) else {
+            return;
+        };
+        if self
+            .sessions
+            .get(&conn)
+            .is_some_and(|s| s.conn_token == notice.conn_id)
+        {
+            self.send_kick(conn);
+        }
+    }
+
+    pub(super) fn kick_user(&mut self, user_id: &str, client_type: Option<ClientType>) {
+        let targets: Vec<ConnId> = self
+            .routes
+            .of_user(user_id)
+            .filter(|(ct, _)| client_type.is_none_or(|want| want == *ct))
+            .map(|(_, conn)| conn)
+            .collect();
+        for conn in targets {
+            self.send_kick(conn);
+        }
+    }
+
+    pub(super) fn on_idle_timer(&mut self, conn: ConnId, at: Millis) {
+        let max_misses = self.cfg.max_heartbeat_misses;
+        let now = self.now;
+        let Some(session) = self.sessions.get_mut(&conn) else {
+            return;
+        };
+        if session.idle_check_at_ms != at {
+            return; // superseded
+        }
+        if !session.is_ready() {
+            return self.teardown(conn, Some(CloseReason::HandshakeTimeout));
+        }
+        if session.idle_check(now, max_misses) {
+            return self.teardown(conn, Some(CloseReason::IdleTimeout));
+        }
+        let next = now + session.heartbeat_ms.max(1);
+        session.idle_check_at_ms = next;
+        self.timers.arm(next, Timer::Idle(conn));
+    }
+
+    /// Forgets a connection: its routes, its pushes in flight (failed), and, when `reason` is
+    /// given, tells the driver to close it.
+    pub(super) fn teardown(&mut self, conn: ConnId, reason: Option<CloseReason>) {
+        if !self.sessions.contains_key(&conn) {
+            return;
+        }
+        self.unbind_session(conn);
+        let session = self.sessions.remove(&conn).expect("checked above");
+        for sid in session.in_flight {
+            self.on_written_failed(sid);
+        }
+        if let SessionState::FastConnecting { request, .. } = session.state {
+            self.store_pending.remove(&request);
+        }
+        if let Some(reason) = reason {
+            self.outputs.push_back(Output::Close { conn, reason });
+        }
+        let reason = reason.unwrap_or(CloseReason::Shutdown);
+        self.emit(Event::Closed { conn, reason });
+    }
+
+    pub(super) fn send_raw(&mut self, conn: ConnId, cmd: Command, sid: i32, body: &impl Body) {
+        let frame = OutFrame::Packet {
+            cmd: cmd.code(),
+            flags: Flags::NONE,
+            session_id: sid,
+            body: body.to_bytes(),
+            seal: Seal::Raw,
+        };
+        self.transmit(conn, frame, None);
+    }
+
+    fn send_sealed(
+        &mut self,
+        conn: ConnId,
+        cmd: Command,
+        flags: Flags,
+        sid: i32,
+        body: &impl Body,
+        cipher: AesCipher,
+    ) {
+        let frame = OutFrame::Packet {
+            cmd: cmd.code(),
+            flags,
+            session_id: sid,
+            body: body.to_bytes(),
+            seal: Seal::Aes(cipher),
+        };
+        self.transmit(conn, frame, None);
+    }
+}

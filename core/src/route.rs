@@ -1,0 +1,265 @@
+//! Local routes (reference §12): which connection of this node holds (user id, client type).
+//!
+//! One connection per (user, client type): a user may be online at once on one mobile, one PC,
+//! one web and one unknown device. The table is a `BTreeMap` so that a broadcast can walk it in
+//! resumable batches — a cursor is just the last key visited, valid however the table changed
+//! in between.
+use crate::ids::ConnId;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::ops::Bound;
+
+/// The device class a route is kept for, derived from the handshake's OS name (§12.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum ClientType {
+    Mobile,
+    Pc,
+    Web,
+    Unknown,
+}
+
+impl ClientType {
+    /// Lower-cased substring test in MPush's order: android/ios → mobile; windows/mac/linux →
+    /// PC; web/h5 → web; anything else → unknown.
+    pub fn from_os_name(os_name: &str) -> ClientType {
+        let os = os_name.to_ascii_lowercase();
+        if os.contains("android") || os.contains("ios") {
+            ClientType::Mobile
+        } else if os.contains("windows") || os.contains("mac") || os.contains("linux") {
+            ClientType::Pc
+        } else if os.contains("web") || os.contains("h5") {
+            ClientType::Web
+        } else {
+            ClientType::Unknown
+        }
+    }
+
+    /// MPush's wire code: 1, 2, 3 or -1.
+    pub const fn code(self) -> i32 {
+        match self {
+            ClientType::Mobile => 1,
+            ClientType::Pc => 2,
+            ClientType::Web => 3,
+            ClientType::Unknown => -1,
+        }
+    }
+
+    /// The type for a wire code; `None` for 0 and other values ("any type").
+    pub const fn from_code(code: i32) -> Option<ClientType> {
+        match code {
+            1 => Some(ClientType::Mobile),
+            2 => Some(ClientType::Pc),
+            3 => Some(ClientType::Web),
+            -1 => Some(ClientType::Unknown),
+            _ => None,
+        }
+    }
+}
+
+impl ClientType {
+    /// Every type, in table order.
+    pub const ALL: [ClientType; 4] = [
+        ClientType::Mobile,
+        ClientType::Pc,
+        ClientType::Web,
+        ClientType::Unknown,
+    ];
+
+    const fn slot(self) -> usize {
+        match self {
+            ClientType::Mobile => 0,
+            ClientType::Pc => 1,
+            ClientType::Web => 2,
+            ClientType::Unknown => 3,
+        }
+    }
+}
+
+/// One route as a broadcast sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteEntry {
+    pub user_id: String,
+    pub client_type: ClientType,
+    pub conn: ConnId,
+}
+
+/// The node's local routes: user id → one slot per client type.
+#[derive(Debug, Default, Clone)]
+pub struct RouteTable {
+    users: BTreeMap<String, [Option<ConnId>; 4]>,
+    len: usize,
+}
+
+impl RouteTable {
+    /// An empty table.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Number of routes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True when empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Number of users with at least one route.
+    pub fn user_count(&self) -> usize {
+        self.users.len()
+    }
+
+    /// The connection of (user, client type).
+    pub fn get(&self, user_id: &str, client_type: ClientType) -> Option<ConnId> {
+        self.users
+            .get(user_id)
+            .and_then(|slots| slots[client_type.slot()])
+    }
+
+    /// Every route of a user, in client-type order.
+    pub fn of_user(&self, user_id: &str) -> impl Iterator<Item = (ClientType, ConnId)> + '_ {
+        let slots = self.users.get(user_id).copied().unwrap_or([None; 4]);
+        ClientType::ALL
+            .into_iter()
+            .filter_map(move |ct| slots[ct.slot()].map(|c| (ct, c)))
+    }
+
+    /// Sets the route; returns the connection it replaced, if any.
+    pub fn insert(
+        &mut self,
+        user_id: &str,
+        client_type: ClientType,
+        conn: ConnId,
+    ) -> Option<ConnId> {
+        let slots = match self.users.get_mut(user_id) {
+            Some(slots) => slots,
+            None => self.users.entry(user_id.to_owned()).or_insert([None; 4]),
+        };
+        let previous = slots[client_type.slot()].replace(conn);
+        if previous.is_none() {
+            self.len += 1;
+        }
+        previous
+    }
+
+    /// Removes the route only if it still names `conn`; true when removed.
+    pub fn remove_if(&mut self, user_id: &str, client_type: ClientType, conn: ConnId) -> bool {
+        let Some(slots) = self.users.get_mut(user_id) else {
+            return false;
+        };
+        if slots[client_type.slot()] != Some(conn) {
+            return false;
+        }
+        slots[client_type.slot()] = None;
+        self.len -= 1;
+        if slots.iter().all(Option::is_none) {
+            self.users.remove(user_id);
+        }
+        true
+    }
+
+    /// Up to `limit` routes strictly after `cursor` in (user id, client type) order, from the
+    /// start when `None`. Resume with the last entry returned.
+    pub fn batch_after(&self, cursor: Option<(&str, ClientType)>, limit: usize) -> Vec<RouteEntry> {
+        let lower = match cursor {
+            Some((user, _)) => Bound::Included(user),
+            None => Bound::Unbounded,
+        };
+        let mut out = Vec::with_capacity(limit.min(1024));
+        'users: for (user, slots) in self.users.range::<str, _>((lower, Bound::Unbounded)) {
+            for ct in ClientType::ALL {
+                if out.len() >= limit {
+                    break 'users;
+                }
+                if let Some((cursor_user, cursor_ct)) = cursor {
+                    if user == cursor_user && ct <= cursor_ct {
+                        continue;
+                    }
+                }
+                if let Some(conn) = slots[ct.slot()] {
+                    out.push(RouteEntry {
+                        user_id: user.clone(),
+                        client_type: ct,
+                        conn,
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    /// Every route (for invariant checks and admin views).
+    pub fn iter(&self) -> impl Iterator<Item = (&str, ClientType, ConnId)> {
+        self.users.iter().flat_map(|(user, slots)| {
+            ClientType::ALL
+                .into_iter()
+                .filter_map(move |ct| slots[ct.slot()].map(|c| (user.as_str(), ct, c)))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_type_from_os_name() {
+        assert_eq!(ClientType::from_os_name("Android"), ClientType::Mobile);
+        assert_eq!(ClientType::from_os_name("iOS"), ClientType::Mobile);
+        assert_eq!(ClientType::from_os_name("windows"), ClientType::Pc);
+        assert_eq!(ClientType::from_os_name("MacOS"), ClientType::Pc);
+        assert_eq!(ClientType::from_os_name("linux"), ClientType::Pc);
+        assert_eq!(ClientType::from_os_name("web"), ClientType::Web);
+        assert_eq!(ClientType::from_os_name("h5"), ClientType::Web);
+        assert_eq!(ClientType::from_os_name("tizen"), ClientType::Unknown);
+        for ct in [
+            ClientType::Mobile,
+            ClientType::Pc,
+            ClientType::Web,
+            ClientType::Unknown,
+        ] {
+            assert_eq!(ClientType::from_code(ct.code()), Some(ct));
+        }
+        assert_eq!(ClientType::from_code(0), None);
+    }
+
+    #[test]
+    fn one_connection_per_user_and_type_and_resumable_batches() {
+        let mut t = RouteTable::new();
+        assert_eq!(t.insert("u1", ClientType::Mobile, ConnId(1)), None);
+        assert_eq!(t.insert("u1", ClientType::Pc, ConnId(2)), None);
+        assert_eq!(
+            t.insert("u1", ClientType::Mobile, ConnId(3)),
+            Some(ConnId(1))
+        );
+        assert_eq!(t.get("u1", ClientType::Mobile), Some(ConnId(3)));
+        assert!(
+            !t.remove_if("u1", ClientType::Mobile, ConnId(1)),
+            "stale owner cannot remove"
+        );
+        assert_eq!(
+            t.of_user("u1").collect::<Vec<_>>(),
+            vec![(ClientType::Mobile, ConnId(3)), (ClientType::Pc, ConnId(2))]
+        );
+        t.insert("u0", ClientType::Web, ConnId(4));
+        t.insert("u2", ClientType::Web, ConnId(5));
+        assert_eq!(t.len(), 4);
+        let first = t.batch_after(None, 2);
+        assert_eq!(
+            first.iter().map(|e| e.conn).collect::<Vec<_>>(),
+            vec![ConnId(4), ConnId(3)]
+        );
+        t.remove_if("u1", ClientType::Pc, ConnId(2));
+        t.insert("u1", ClientType::Web, ConnId(6));
+        let last = &first[1];
+        let rest = t.batch_after(Some((&last.user_id, last.client_type)), 10);
+        assert_eq!(
+            rest.iter().map(|e| e.conn).collect::<Vec<_>>(),
+            vec![ConnId(6), ConnId(5)]
+        );
+        assert_eq!(t.len(), 4);
+        assert_eq!(t.user_count(), 3);
+    }
+}

@@ -1,0 +1,253 @@
+//! Push statuses, their time line, and how each is told to a PushClient (reference §11.2).
+//!
+//! Every push request ends in exactly one [`PushStatus`]. On the gateway link MPush's Java
+//! PushClient understands OK (success) and ERROR codes 1 (offline), 2 (failure) and 3 (router
+//! change). MPush never reports a timeout; pushgate does, as ERROR code 2 with the reason
+//! `"push timeout"` (or `"ack timeout"` when the phone's ACK did not come) and a time line that
+//! ends in `timeout-end`. Code 2 is deliberate: the Java PushClient removes a request on *any*
+//! gateway ERROR before it dispatches codes 1–3, so an unknown code (such as MPush's unused 4,
+//! ACK_TIMEOUT) would leave the Java caller waiting forever. With code 2 the Java client reports
+//! failure; pushgate's own PushClient reads the reason and reports timeout.
+use crate::command::Command;
+use crate::frame::{Flags, Packet};
+use crate::message::{ErrorCode, ErrorMessage, OkMessage};
+use crate::pipeline::raw_packet;
+use crate::route::ClientType;
+use serde::Serialize;
+
+/// Reason text of a timeout before the push could be sent.
+pub const PUSH_TIMEOUT_REASON: &str = "push timeout";
+/// Reason text of a timeout waiting for the phone's ACK.
+pub const ACK_TIMEOUT_REASON: &str = "ack timeout";
+
+/// The one terminal outcome of a push request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PushStatus {
+    /// Written to the phone (no ACK asked), or a broadcast finished.
+    Success,
+    /// The phone acknowledged it.
+    AckSuccess,
+    /// The user has no live connection.
+    Offline,
+    /// The write failed, the connection was not writable or closed, or the request was refused.
+    Failure,
+    /// The user is connected to another node: look the route up again and push there.
+    RouterChange,
+    /// Not done within the request's timeout.
+    Timeout,
+}
+
+impl PushStatus {
+    /// Every status.
+    pub const ALL: [PushStatus; 6] = [
+        PushStatus::Success,
+        PushStatus::AckSuccess,
+        PushStatus::Offline,
+        PushStatus::Failure,
+        PushStatus::RouterChange,
+        PushStatus::Timeout,
+    ];
+
+    /// The kebab-case name used in logs, metrics and the HTTP API.
+    pub const fn name(self) -> &'static str {
+        match self {
+            PushStatus::Success => "success",
+            PushStatus::AckSuccess => "ack-success",
+            PushStatus::Offline => "offline",
+            PushStatus::Failure => "failure",
+            PushStatus::RouterChange => "router-change",
+            PushStatus::Timeout => "timeout",
+        }
+    }
+
+    /// The time point that closes the time line.
+    pub const fn end_point(self) -> &'static str {
+        match self {
+            PushStatus::Success | PushStatus::AckSuccess => "success-end",
+            PushStatus::Offline => "offline-end",
+            PushStatus::Failure => "failure-end",
+            PushStatus::RouterChange => "redirect-end",
+            PushStatus::Timeout => "timeout-end",
+        }
+    }
+
+    /// True for success and ack-success.
+    pub const fn is_success(self) -> bool {
+        matches!(self, PushStatus::Success | PushStatus::AckSuccess)
+    }
+}
+
+/// Named time points (epoch ms), as MPush's `TimeLine` reports them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TimeLine {
+    points: Vec<(&'static str, i64)>,
+}
+
+/// Most points a time line holds (a push records at most about six; retries add none).
+pub const MAX_TIME_POINTS: usize = 16;
+
+impl TimeLine {
+    /// A time line starting with `push-center-begin` at `epoch_ms`.
+    pub fn begin(epoch_ms: i64) -> Self {
+        let mut t = Self {
+            points: Vec::with_capacity(4),
+        };
+        t.add("push-center-begin", epoch_ms);
+        t
+    }
+
+    /// Records a point (ignored beyond [`MAX_TIME_POINTS`]).
+    pub fn add(&mut self, name: &'static str, epoch_ms: i64) {
+        if self.points.len() < MAX_TIME_POINTS {
+            self.points.push((name, epoch_ms));
+        }
+    }
+
+    /// The points in order.
+    pub fn points(&self) -> &[(&'static str, i64)] {
+        &self.points
+    }
+}
+
+/// The result of a single-user push, as JSON for a PushClient (MPush's `GatewayPushResult`:
+/// keys in alphabetical order, `clientType` omitted when not a real type).
+pub fn result_json(user_id: &str, client_type: Option<ClientType>, timeline: &TimeLine) -> String {
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Result<'a> {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        client_type: Option<i32>,
+        time_points: Vec<serde_json::Value>,
+        user_id: &'a str,
+    }
+    let time_points = timeline
+        .points()
+        .iter()
+        .flat_map(|(name, at)| [serde_json::Value::from(*name), serde_json::Value::from(*at)])
+        .collect();
+    let client_type = client_type.map(ClientType::code).filter(|c| *c > 0);
+    // Serialising strings and numbers cannot fail.
+    serde_json::to_string(&Result {
+        client_type,
+        time_points,
+        user_id,
+    })
+    .unwrap_or_default()
+}
+
+/// The gateway reply for a finished single-user push. `reason` replaces the standard reason
+/// text of failures and timeouts (a timeout without one says [`PUSH_TIMEOUT_REASON`]).
+pub fn single_reply(
+    session_id: i32,
+    status: PushStatus,
+    reason: Option<&str>,
+    data: String,
+) -> Packet {
+    let cmd = Command::GatewayPush.code();
+    let error = |code: ErrorCode, reason_text: Option<&str>| {
+        let mut message = ErrorMessage::new(cmd, code).with_data(data.clone());
+        if let Some(text) = reason_text {
+            message.reason = text.to_owned();
+        }
+        error_packet(session_id, message)
+    };
+    match status {
+        PushStatus::Success | PushStatus::AckSuccess => raw_packet(
+            Command::Ok.code(),
+            Flags::NONE,
+            session_id,
+            &OkMessage::new(Command::GatewayPush, data.clone()),
+        ),
+        PushStatus::Offline => error(ErrorCode::Offline, None),
+        PushStatus::Failure => error(ErrorCode::PushClientFailure, reason),
+        PushStatus::RouterChange => error(ErrorCode::RouterChange, None),
+        PushStatus::Timeout => error(
+            ErrorCode::PushClientFailure,
+            Some(reason.unwrap_or(PUSH_TIMEOUT_REASON)),
+        ),
+    }
+}
+
+/// The gateway reply for a finished broadcast: OK(cmd 16) with no data, or a failure with a
+/// reason (for example a condition that does not parse).
+pub fn broadcast_reply(session_id: i32, failure_reason: Option<&str>) -> Packet {
+    match failure_reason {
+        None => raw_packet(
+            Command::Ok.code(),
+            Flags::NONE,
+            session_id,
+            &OkMessage::new(Command::GatewayPush, ""),
+        ),
+        Some(reason) => {
+            let mut message =
+                ErrorMessage::new(Command::GatewayPush.code(), ErrorCode::PushClientFailure);
+            message.reason = reason.to_owned();
+            error_packet(session_id, message)
+        }
+    }
+}
+
+fn error_packet(session_id: i32, message: ErrorMessage) -> Packet {
+    raw_packet(Command::Error.code(), Flags::NONE, session_id, &message)
+}
+
+/// How a PushClient reads a gateway reply to a push (the inverse of [`single_reply`]).
+pub fn status_of_reply(cmd: u8, code: u8, reason: &str) -> PushStatus {
+    if cmd == Command::Ok.code() {
+        return PushStatus::Success;
+    }
+    match ErrorCode::from_code(code) {
+        Some(ErrorCode::Offline) => PushStatus::Offline,
+        Some(ErrorCode::RouterChange) => PushStatus::RouterChange,
+        Some(ErrorCode::AckTimeout) => PushStatus::Timeout,
+        Some(ErrorCode::PushClientFailure)
+            if reason == PUSH_TIMEOUT_REASON || reason == ACK_TIMEOUT_REASON =>
+        {
+            PushStatus::Timeout
+        }
+        _ => PushStatus::Failure,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn result_json_matches_the_captured_form() {
+        let mut t = TimeLine::begin(1795553844669);
+        t.add("before-send", 1795553844669);
+        t.add("success-end", 1795553844671);
+        assert_eq!(
+            result_json("user-1", Some(ClientType::Mobile), &t),
+            r#"{"clientType":1,"timePoints":["push-center-begin",1795553844669,"before-send",1795553844669,"success-end",1795553844671],"userId":"user-1"}"#
+        );
+        assert_eq!(
+            result_json("u", Some(ClientType::Unknown), &TimeLine::default()),
+            r#"{"timePoints":[],"userId":"u"}"#
+        );
+    }
+
+    #[test]
+    fn replies_round_trip_through_the_client_reading() {
+        for status in PushStatus::ALL {
+            let reason = (status == PushStatus::Timeout).then_some(ACK_TIMEOUT_REASON);
+            let packet = single_reply(7, status, reason, "{}".into());
+            assert_eq!(packet.session_id, 7);
+            let (code, reason) = if packet.cmd == Command::Ok.code() {
+                (0, String::new())
+            } else {
+                let m = <ErrorMessage as crate::message::Body>::decode(&packet.body).unwrap();
+                (m.code, m.reason)
+            };
+            let read = status_of_reply(packet.cmd, code, &reason);
+            let expected = if status == PushStatus::AckSuccess {
+                PushStatus::Success
+            } else {
+                status
+            };
+            assert_eq!(read, expected, "{status:?}");
+        }
+    }
+}

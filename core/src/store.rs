@@ -1,0 +1,245 @@
+//! The route store as the core sees it: requests it hands out and the answers it expects.
+//!
+//! In a cluster the store is shared (routes, reusable sessions, kick notices between nodes,
+//! broadcast task control); on one node it is an in-memory map in the driver. Either way the
+//! core never calls it: it emits [`StoreOp`]s with a [`RequestId`] and later receives the
+//! [`StoreReply`] for that id. Values keep MPush's Redis formats (reference §12) so a store can
+//! be shared with MPush's Java PushClient.
+use crate::config::NodeAddr;
+use crate::ids::RequestId;
+use crate::route::ClientType;
+use serde::{Deserialize, Serialize};
+
+/// Where a user's connection of one client type lives (MPush's `ClientLocation` JSON:
+/// `{"port":3001,"host":"…","deviceId":"…","osName":"…","clientVersion":"…","connId":"…"}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteRecord {
+    /// The node's gateway host.
+    pub host: String,
+    /// The node's gateway port.
+    pub port: u16,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub device_id: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub os_name: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub client_version: String,
+    /// The connection's cluster-unique id; absent = offline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conn_id: Option<String>,
+}
+
+impl RouteRecord {
+    /// The node this route points at.
+    pub fn node(&self) -> NodeAddr {
+        NodeAddr::new(self.host.clone(), self.port)
+    }
+
+    /// True when the route names a live connection.
+    pub fn is_online(&self) -> bool {
+        self.conn_id.is_some()
+    }
+
+    /// True when the route points at `node`.
+    pub fn is_on(&self, node: &NodeAddr) -> bool {
+        self.host == node.host && self.port == node.port
+    }
+}
+
+/// A reusable session for fast connect (MPush `mp:rs:{id}`:
+/// `osName,osVersion,clientVersion,deviceId,K,IV` with K and IV as signed decimals joined by `|`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CachedSession {
+    pub os_name: String,
+    pub os_version: String,
+    pub client_version: String,
+    pub device_id: String,
+    pub session_key: [u8; 16],
+    pub iv: [u8; 16],
+}
+
+impl CachedSession {
+    /// MPush's string form.
+    pub fn to_mpush_string(&self) -> String {
+        let join = |bytes: &[u8; 16]| {
+            bytes
+                .iter()
+                .map(|b| (*b as i8).to_string())
+                .collect::<Vec<_>>()
+                .join("|")
+        };
+        format!(
+            "{},{},{},{},{},{}",
+            self.os_name,
+            self.os_version,
+            self.client_version,
+            self.device_id,
+            join(&self.session_key),
+            join(&self.iv)
+        )
+    }
+
+    /// Parses MPush's string form; `None` unless it has exactly 6 fields and 16 numbers each
+    /// for key and IV (as MPush requires).
+    pub fn from_mpush_string(text: &str) -> Option<Self> {
+        let fields: Vec<&str> = text.split(',').collect();
+        let [os_name, os_version, client_version, device_id, key, iv] = fields.as_slice() else {
+            return None;
+        };
+        let parse = |list: &str| -> Option<[u8; 16]> {
+            let mut out = [0u8; 16];
+            let mut n = 0;
+            for part in list.split('|') {
+                *out.get_mut(n)? = part.trim().parse::<i8>().ok()? as u8;
+                n += 1;
+            }
+            (n == 16).then_some(out)
+        };
+        Some(Self {
+            os_name: (*os_name).to_owned(),
+            os_version: (*os_version).to_owned(),
+            client_version: (*client_version).to_owned(),
+            device_id: (*device_id).to_owned(),
+            session_key: parse(key)?,
+            iv: parse(iv)?,
+        })
+    }
+}
+
+/// A request to kick one connection on another node (MPush's kick pub/sub JSON:
+/// `clientType`, `connId`, `deviceId`, `targetPort`, `targetServer`, `userId`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KickNotice {
+    pub client_type: i32,
+    pub conn_id: String,
+    pub device_id: String,
+    pub target_port: u16,
+    pub target_server: String,
+    pub user_id: String,
+}
+
+impl KickNotice {
+    /// The node the notice is for.
+    pub fn target(&self) -> NodeAddr {
+        NodeAddr::new(self.target_server.clone(), self.target_port)
+    }
+}
+
+/// What a store does for the core.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreOp {
+    /// Set the route of (user, client type); answer [`StoreReply::Previous`] with the value it
+    /// replaced (atomically, so the core can kick an older connection elsewhere).
+    PutRoute {
+        user_id: String,
+        client_type: ClientType,
+        route: RouteRecord,
+    },
+    /// Mark the route of (user, client type) offline, only if it still names `conn_id` on
+    /// `node`; answer [`StoreReply::Done`].
+    SetRouteOffline {
+        user_id: String,
+        client_type: ClientType,
+        node: NodeAddr,
+        conn_id: String,
+    },
+    /// Read the route of (user, client type), or with `client_type` `None` the user's best
+    /// route (an online one first); answer [`StoreReply::Route`].
+    GetRoute {
+        user_id: String,
+        client_type: Option<ClientType>,
+    },
+    /// Keep a reusable session for `ttl_ms`; answer [`StoreReply::Done`].
+    PutSession {
+        session_id: String,
+        session: CachedSession,
+        ttl_ms: u64,
+    },
+    /// Read a reusable session; answer [`StoreReply::Session`].
+    GetSession { session_id: String },
+    /// Deliver a kick notice to the node it names; answer [`StoreReply::Done`].
+    PublishKick { notice: KickNotice },
+    /// Read a broadcast task's control record; answer [`StoreReply::TaskControl`].
+    GetTaskControl { task_id: String },
+    /// Add to a broadcast task's progress: sent count and the users reached; answer
+    /// [`StoreReply::Done`].
+    AddTaskProgress {
+        task_id: String,
+        sent: u64,
+        user_ids: Vec<String>,
+    },
+}
+
+/// A broadcast task's control record (MPush `mp:pt{taskId}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TaskControl {
+    /// Sends per second; `None` when the store holds no value.
+    pub qps: Option<u64>,
+    /// The task was cancelled.
+    pub cancelled: bool,
+}
+
+/// A store's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreReply {
+    Done,
+    Previous(Option<RouteRecord>),
+    /// The route found, with the client type it is kept under.
+    Route(Option<(ClientType, RouteRecord)>),
+    Session(Option<CachedSession>),
+    TaskControl(TaskControl),
+}
+
+/// Why a store request failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    #[error("route store unavailable: {0}")]
+    Unavailable(String),
+    #[error("route store request timed out")]
+    Timeout,
+}
+
+/// A store request as it leaves the core.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreRequest {
+    pub id: RequestId,
+    pub op: StoreOp,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn route_json_matches_mpush() {
+        let offline = r#"{"port":3001,"host":"127.0.0.1","deviceId":"device-A","osName":"android","clientVersion":"2.0"}"#;
+        let record: RouteRecord = serde_json::from_str(offline).unwrap();
+        assert!(!record.is_online());
+        assert_eq!(
+            serde_json::to_string(&record).unwrap(),
+            r#"{"host":"127.0.0.1","port":3001,"deviceId":"device-A","osName":"android","clientVersion":"2.0"}"#
+        );
+        let online: RouteRecord =
+            serde_json::from_str(r#"{"port":3001,"host":"10.0.0.5","connId":"fb6359be"}"#).unwrap();
+        assert_eq!(online.conn_id.as_deref(), Some("fb6359be"));
+    }
+
+    #[test]
+    fn cached_session_string_matches_mpush() {
+        let s = CachedSession {
+            os_name: "android".into(),
+            os_version: "6.0".into(),
+            client_version: "2.0".into(),
+            device_id: "device-A".into(),
+            session_key: [0xA4, 82, 22, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xFF],
+            iv: [0x96, 9, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+        };
+        let text = s.to_mpush_string();
+        assert!(text.starts_with("android,6.0,2.0,device-A,-92|82|22|"));
+        assert_eq!(CachedSession::from_mpush_string(&text), Some(s));
+        assert_eq!(CachedSession::from_mpush_string("a,b,c,d,1|2,3"), None);
+        assert_eq!(CachedSession::from_mpush_string("a,b"), None);
+    }
+}
