@@ -151,6 +151,8 @@ pub enum CloseReason {
     /// The node holds its maximum of connections.
     ServerFull,
     Shutdown,
+    /// The driver reported the connection gone (the peer closed it, or it broke).
+    PeerClosed,
 }
 
 /// Things worth logging or counting; the node's behaviour does not depend on them.
@@ -566,7 +568,7 @@ impl Node {
             StorePurpose::BindRoute { conn, op, attempts } => {
                 self.on_bind_route_reply(conn, op, attempts, reply)
             }
-            StorePurpose::FastConnect { conn } => self.on_fast_connect_reply(conn, reply),
+            StorePurpose::FastConnect { conn } => self.on_fast_connect_reply(conn, request, reply),
             StorePurpose::PushRoute { push } => self.on_push_route_reply(push, reply),
             StorePurpose::TaskControl { push } => self.on_task_control_reply(push, reply),
         }

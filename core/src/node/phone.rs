@@ -5,7 +5,7 @@ use crate::ack::Owner;
 use crate::command::Command;
 use crate::crypto::{mix_keys, AesCipher};
 use crate::frame::{Flags, Frame, FrameError, Packet};
-use crate::ids::{ConnId, Millis};
+use crate::ids::{ConnId, Millis, RequestId};
 use crate::message::{
     Ack, Bind, Body, ErrorCode, ErrorMessage, FastConnect, FastConnectOk, Handshake, HandshakeOk,
     HttpResponse, Kick, OkMessage, Push,
@@ -275,11 +275,16 @@ impl Node {
     pub(super) fn on_fast_connect_reply(
         &mut self,
         conn: ConnId,
+        request: RequestId,
         reply: Result<StoreReply, StoreError>,
     ) {
         let Some(session) = self.sessions.get_mut(&conn) else {
             return;
         };
+        if !matches!(&session.state, SessionState::FastConnecting { request: r, .. } if *r == request)
+        {
+            return; // an answer to an earlier attempt
+        }
         let SessionState::FastConnecting {
             packet_session_id,
             device_id,
@@ -368,7 +373,8 @@ impl Node {
         };
         if let Some(older) = self.routes.insert(&bind.user_id, client_type, conn) {
             if older != conn {
-                self.send_kick(older);
+                // The older connection loses the user; the store route is overwritten below.
+                self.kick_connection(older);
             }
         }
         self.stats.binds += 1;
@@ -527,47 +533,37 @@ impl Node {
         // An ACK for nothing pending (late, duplicate, or for a NO_ACK push) is ignored.
     }
 
-    /// Sends KICK to a connection whose route was taken over.
-    pub(super) fn send_kick(&mut self, conn: ConnId) {
-        let Some(session) = self.sessions.get(&conn) else {
-            return;
-        };
-        let (Some(cipher), Some(user_id)) = (session.cipher.clone(), session.user_id()) else {
-            return;
-        };
-        let kick = Kick {
-            device_id: session.device_id.clone(),
-            user_id: user_id.to_owned(),
-        };
-        let event = Event::Kicked {
-            conn,
-            user_id: kick.user_id.clone(),
-            device_id: kick.device_id.clone(),
-        };
-        self.send_sealed(conn, Command::Kick, Flags::NONE, 0, &kick, cipher);
+    /// Sends KICK to a connection that lost its user to a newer bind, and detaches the user
+    /// from it: its local route (if still its own) goes, so nothing more is pushed to it. The
+    /// store route is left alone — it already names the newer connection. The connection stays
+    /// open, as in MPush; the client decides what to do.
+    pub(super) fn kick_connection(&mut self, conn: ConnId) {
+        let Some(session) = self.sessions.get_mut(&conn) else { return };
+        let Some(bound) = session.bound.take() else { return };
+        let client_type = session.client_type;
+        let device_id = session.device_id.clone();
+        let cipher = session.cipher.clone();
+        self.routes.remove_if(&bound.user_id, client_type, conn);
+        if let Some(cipher) = cipher {
+            let kick = Kick { device_id: device_id.clone(), user_id: bound.user_id.clone() };
+            self.send_sealed(conn, Command::Kick, Flags::NONE, 0, &kick, cipher);
+        }
         self.stats.kicks += 1;
-        self.emit(event);
+        self.emit(Event::Kicked { conn, user_id: bound.user_id, device_id });
     }
 
     pub(super) fn on_kick_notice(&mut self, notice: KickNotice) {
         if notice.target() != self.cfg.node_addr {
             return;
         }
-        let Some(client_type) = ClientType::from_code(notice.client_type) else {
-            return;
-        };
-        let Some(conn) = self.routes.get(&notice.user_id, client_type) else {
-            return;
-        };
-        if self
-            .sessions
-            .get(&conn)
-            .is_some_and(|s| s.conn_token == notice.conn_id)
-        {
-            self.send_kick(conn);
+        let Some(client_type) = ClientType::from_code(notice.client_type) else { return };
+        let Some(conn) = self.routes.get(&notice.user_id, client_type) else { return };
+        if self.sessions.get(&conn).is_some_and(|s| s.conn_token == notice.conn_id) {
+            self.kick_connection(conn);
         }
     }
 
+    /// Kicks a user's local connections (the admin API): KICK, then the routes go offline.
     pub(super) fn kick_user(&mut self, user_id: &str, client_type: Option<ClientType>) {
         let targets: Vec<ConnId> = self
             .routes
@@ -576,7 +572,16 @@ impl Node {
             .map(|(_, conn)| conn)
             .collect();
         for conn in targets {
-            self.send_kick(conn);
+            let token = self.sessions.get(&conn).map(|s| (s.conn_token.clone(), s.client_type));
+            self.kick_connection(conn);
+            if let Some((conn_id, client_type)) = token {
+                self.store_write(StoreOp::SetRouteOffline {
+                    user_id: user_id.to_owned(),
+                    client_type,
+                    node: self.cfg.node_addr.clone(),
+                    conn_id,
+                });
+            }
         }
     }
 
@@ -617,7 +622,7 @@ impl Node {
         if let Some(reason) = reason {
             self.outputs.push_back(Output::Close { conn, reason });
         }
-        let reason = reason.unwrap_or(CloseReason::Shutdown);
+        let reason = reason.unwrap_or(CloseReason::PeerClosed);
         self.emit(Event::Closed { conn, reason });
     }
 

@@ -1,0 +1,34 @@
+//! A first end-to-end walk through the engine with the harness: handshake, bind, one push in
+//! each ack mode.
+mod harness;
+
+use harness::World;
+use pushgate_core::frame::Flags;
+use pushgate_core::status::PushStatus;
+use pushgate_core::GatewayId;
+
+#[test]
+fn handshake_bind_and_push_in_each_ack_mode() {
+    let mut w = World::new(|_| {});
+    let phone = w.online("device-A", "android", "user-1", "tag-a,tag-b");
+    assert_eq!(w.phones[&phone].answers(), vec![(5, 0, "bind success".to_owned())]);
+    let gw = GatewayId(1);
+
+    w.push_to(gw, 1, "user-1", 1, 4500, Flags::NONE, "no ack");
+    assert_eq!(w.reply(gw, 1).status, PushStatus::Success);
+
+    w.push_to(gw, 2, "user-1", 1, 4500, Flags::AUTO_ACK, "auto");
+    assert!(w.replies_to(gw, 2).is_empty(), "waits for the ACK");
+    let sid = w.pushes(phone).last().unwrap().session_id;
+    w.ack(phone, sid);
+    assert_eq!(w.reply(gw, 2).status, PushStatus::Success);
+    assert!(w.reply(gw, 2).data.contains("waiting-ack"));
+
+    w.push_to(gw, 3, "user-1", 1, 4500, Flags::BIZ_ACK, "biz, never acked");
+    w.advance(5000);
+    let reply = w.reply(gw, 3);
+    assert_eq!(reply.status, PushStatus::Timeout);
+    assert_eq!(reply.reason, "ack timeout");
+    assert_eq!(w.pushes(phone).len(), 3);
+    assert_eq!(w.node.stats().pushes(PushStatus::AckSuccess), 1);
+}
