@@ -7,6 +7,7 @@
 //! Inbound: decrypt when CRYPTO is set, with the key the connection state calls for ([`OpenKey`]:
 //! RSA before the handshake, AES afterwards), then inflate when COMPRESS is set. Inflation is
 //! bounded by the caller's limit, and an empty result after processing is an error, as in MPush.
+//! Empty bodies are never processed, in either direction (MPush's `BaseMessage` skips them).
 use crate::crypto::{self, AesCipher, ClientRsaKey, CryptoError, ServerRsaKey};
 use crate::frame::{Flags, Packet};
 use crate::message::Body;
@@ -53,6 +54,10 @@ pub fn open(
     rng: &mut impl CryptoRngCore,
     max_inflated_bytes: usize,
 ) -> Result<Bytes, PipelineError> {
+    // MPush processes only non-empty bodies: an empty one passes as it is, whatever the flags.
+    if body.is_empty() {
+        return Ok(Bytes::new());
+    }
     let processed = flags.intersects(Flags::CRYPTO.with(Flags::COMPRESS));
     let mut data = body.clone();
     if flags.contains(Flags::CRYPTO) {
@@ -78,6 +83,10 @@ pub fn seal(
     cipher: Option<&AesCipher>,
     compress_threshold_bytes: usize,
 ) -> (Flags, Bytes) {
+    // An empty body is sent as it is, with no flag added (as MPush does).
+    if plain.is_empty() {
+        return (Flags::NONE, Bytes::new());
+    }
     let mut flags = Flags::NONE;
     let mut compressed = None;
     if plain.len() > compress_threshold_bytes {

@@ -30,7 +30,8 @@ const MAX_INFLATED: usize = 64 * 1024;
 fn config(cases: u32) -> ProptestConfig {
     ProptestConfig {
         cases,
-        // Integration tests have no lib.rs for proptest's default: keep regressions beside this file.
+        // proptest's default looks for lib.rs, which integration tests lack: keep regressions
+        // beside this file.
         failure_persistence: Some(Box::new(FileFailurePersistence::WithSource(
             "proptest-regressions",
         ))),
@@ -312,7 +313,9 @@ fn field_length() -> impl Strategy<Value = usize> {
     prop_oneof![
         2 => 0usize..70000,
         1 => 0usize..300,
-        1 => prop::sample::select(vec![0usize, 1, 255, 256, 32765, 32766, 32767, 32768, 65535, 65536, 69999]),
+        1 => prop::sample::select(vec![
+            0usize, 1, 255, 256, 32765, 32766, 32767, 32768, 65535, 65536, 69999
+        ]),
     ]
 }
 
@@ -322,7 +325,11 @@ proptest! {
     /// put_bytes → Reader::bytes round-trips, uses the short form below 32767 and the extended
     /// `0x7FFF` + int form from 32767 on, and consumes exactly `prefixed_len` bytes.
     #[test]
-    fn length_prefixed_bytes_round_trip(len in field_length(), seed in any::<u64>(), trailing in vec(any::<u8>(), 0..8)) {
+    fn length_prefixed_bytes_round_trip(
+        len in field_length(),
+        seed in any::<u64>(),
+        trailing in vec(any::<u8>(), 0..8),
+    ) {
         let data = filled(len, seed);
         let mut out = Vec::new();
         put_bytes(&mut out, &data);
@@ -348,8 +355,11 @@ proptest! {
 
     /// The same for strings, whose prefix counts UTF-8 bytes.
     #[test]
-    fn length_prefixed_strings_round_trip(len in field_length(), ch in prop::sample::select(vec!['a', 'é', '漢', '😀'])) {
-        let text: String = std::iter::repeat(ch).take(len / ch.len_utf8()).collect();
+    fn length_prefixed_strings_round_trip(
+        len in field_length(),
+        ch in prop::sample::select(vec!['a', 'é', '漢', '😀']),
+    ) {
+        let text: String = std::iter::repeat_n(ch, len / ch.len_utf8()).collect();
         let mut out = BytesMut::new();
         put_string(&mut out, &text);
         prop_assert_eq!(out.len(), prefixed_len(text.len()));
@@ -471,7 +481,12 @@ proptest! {
 
     /// cc and lrc are never validated: any values decode to the same packet.
     #[test]
-    fn cc_and_lrc_are_ignored(packet in packet(), cc in any::<[u8; 2]>(), lrc in any::<u8>(), sizes in chunk_sizes()) {
+    fn cc_and_lrc_are_ignored(
+        packet in packet(),
+        cc in any::<[u8; 2]>(),
+        lrc in any::<u8>(),
+        sizes in chunk_sizes(),
+    ) {
         let mut bytes = packet.to_bytes().to_vec();
         bytes[5..7].copy_from_slice(&cc);
         bytes[12] = lrc;
@@ -513,7 +528,8 @@ proptest! {
             prop_assert_eq!(header.len(), HEADER_BYTES - 1);
         } else {
             let before = header.clone();
-            prop_assert_eq!(decoder.decode(&mut header), Err(FrameError::NegativeLength { length }));
+            let expected = Err(FrameError::NegativeLength { length });
+            prop_assert_eq!(decoder.decode(&mut header), expected);
             prop_assert_eq!(&header, &before, "nothing consumed");
         }
     }
@@ -560,7 +576,10 @@ proptest! {
     #![proptest_config(config(2048))]
 
     #[test]
-    fn arbitrary_bytes_never_panic(bytes in garbage(), limit in prop_oneof![Just(10240usize), 0usize..64]) {
+    fn arbitrary_bytes_never_panic(
+        bytes in garbage(),
+        limit in prop_oneof![Just(10240usize), 0usize..64],
+    ) {
         // Frame decoder: loop until it wants more bytes or gives up.
         let decoder = FrameDecoder::new(limit);
         let mut buf = BytesMut::from(&bytes[..]);
@@ -585,10 +604,13 @@ proptest! {
             let _ = pipeline::open(flags, &body, OpenKey::Aes(&cipher), &mut rng, MAX_INFLATED);
             let plain = pipeline::open(flags, &body, OpenKey::None, &mut rng, MAX_INFLATED);
             if flags.contains(Flags::CRYPTO) {
-                prop_assert_eq!(plain, Err(PipelineError::NoKey));
+                if !body.is_empty() {
+                    prop_assert_eq!(plain, Err(PipelineError::NoKey));
+                }
                 // RSA is slow: only the two flag sets a handshake can carry.
                 if flags.without(Flags::CRYPTO | Flags::COMPRESS) == Flags::NONE {
-                    let _ = pipeline::open(flags, &body, OpenKey::Rsa(&SERVER_RSA), &mut rng, MAX_INFLATED);
+                    let rsa = OpenKey::Rsa(&SERVER_RSA);
+                    let _ = pipeline::open(flags, &body, rsa, &mut rng, MAX_INFLATED);
                 }
             } else if !flags.contains(Flags::COMPRESS) {
                 prop_assert_eq!(plain, Ok(body.clone()));
@@ -602,13 +624,15 @@ proptest! {
         let cipher = test_cipher();
         let wire = Bytes::from(cipher.encrypt(&bytes));
         let mut rng = ChaCha8Rng::seed_from_u64(7);
-        let opened = pipeline::open(Flags::CRYPTO, &wire, OpenKey::Aes(&cipher), &mut rng, MAX_INFLATED);
+        let key = OpenKey::Aes(&cipher);
+        let opened = pipeline::open(Flags::CRYPTO, &wire, key, &mut rng, MAX_INFLATED);
         if bytes.is_empty() {
             prop_assert_eq!(opened, Err(PipelineError::EmptyBody));
         } else {
             prop_assert_eq!(opened, Ok(Bytes::from(bytes)));
         }
-        let _ = pipeline::open(Flags::CRYPTO | Flags::COMPRESS, &wire, OpenKey::Aes(&cipher), &mut rng, MAX_INFLATED);
+        let both = Flags::CRYPTO | Flags::COMPRESS;
+        let _ = pipeline::open(both, &wire, key, &mut rng, MAX_INFLATED);
     }
 }
 
@@ -616,12 +640,16 @@ proptest! {
 // The pipeline (reference §6)
 // ---------------------------------------------------------------------------------------------
 
+/// Non-empty bodies: MPush never processes an empty one (see
+/// `empty_bodies_are_left_unprocessed_like_mpush`).
 fn plaintext() -> impl Strategy<Value = Vec<u8>> {
     prop_oneof![
         // Incompressible.
-        (0usize..30000, any::<u64>()).prop_map(|(n, s)| filled(n, s)),
+        (1usize..30000, any::<u64>()).prop_map(|(n, s)| filled(n, s)),
+        // Small.
+        vec(any::<u8>(), 1..64),
         // Compressible text.
-        (0usize..30000, any::<u8>())
+        (1usize..30000, any::<u8>())
             .prop_map(|(n, b)| (0..n).map(|i| b.wrapping_add((i % 7) as u8)).collect()),
         // Around the threshold.
         (THRESHOLD - 2..THRESHOLD + 3, any::<u64>()).prop_map(|(n, s)| filled(n, s)),
@@ -659,12 +687,56 @@ proptest! {
         };
         let mut rng = ChaCha8Rng::seed_from_u64(1);
         let opened = pipeline::open(flags, &wire, key, &mut rng, MAX_INFLATED);
-        if plain.is_empty() && encrypt {
-            // §6: an empty result after decrypting is a decode error.
-            prop_assert_eq!(opened, Err(PipelineError::EmptyBody));
-        } else {
-            prop_assert_eq!(opened, Ok(Bytes::from(plain)));
-        }
+        prop_assert_eq!(opened, Ok(Bytes::from(plain)));
+    }
+}
+
+/// MPush's `BaseMessage.encodeBody` / `decodeBody` (server and Java client SDK alike) only
+/// process a body when it is non-empty: an empty body is sent with no CRYPTO/COMPRESS flag and
+/// no bytes, and an empty received body is never decrypted or inflated, whatever its flags say.
+/// (A non-empty body that decrypts to nothing is still an error, as tested above.)
+#[test]
+fn empty_bodies_are_left_unprocessed_like_mpush() {
+    let cipher = test_cipher();
+    let (flags, wire) = pipeline::seal(&[], Some(&cipher), THRESHOLD);
+    assert_eq!(
+        (flags, wire),
+        (Flags::NONE, Bytes::new()),
+        "empty body sealed"
+    );
+
+    // A PUSH with empty content keeps only its ack bit, and stays empty on the wire.
+    let empty_push = Push {
+        content: Bytes::new(),
+    };
+    let packet = pipeline::sealed_packet(
+        15,
+        Flags::AUTO_ACK,
+        1,
+        &empty_push,
+        Some(&cipher),
+        THRESHOLD,
+    );
+    assert_eq!(packet, Packet::new(15, Flags::AUTO_ACK, 1, Bytes::new()));
+
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    for flags in [
+        Flags::CRYPTO,
+        Flags::COMPRESS,
+        Flags::CRYPTO | Flags::COMPRESS,
+    ] {
+        let opened = pipeline::open(
+            flags,
+            &Bytes::new(),
+            OpenKey::Aes(&cipher),
+            &mut rng,
+            MAX_INFLATED,
+        );
+        assert_eq!(
+            opened,
+            Ok(Bytes::new()),
+            "empty body with flags {flags:?} opened"
+        );
     }
 }
 
@@ -673,10 +745,14 @@ proptest! {
 
     /// Inbound bodies may be gzip (iOS clients) as well as zlib: both inflate to the plaintext.
     #[test]
-    fn open_inflates_zlib_and_gzip(plain in plaintext().prop_filter("non-empty", |p| !p.is_empty()), gz in any::<bool>()) {
+    fn open_inflates_zlib_and_gzip(
+        plain in plaintext(),
+        gz in any::<bool>(),
+    ) {
         let compressed = if gz { crypto::gzip(&plain) } else { crypto::deflate_zlib(&plain) };
         let mut rng = ChaCha8Rng::seed_from_u64(3);
-        let opened = pipeline::open(Flags::COMPRESS, &Bytes::from(compressed), OpenKey::None, &mut rng, MAX_INFLATED);
+        let wire = Bytes::from(compressed);
+        let opened = pipeline::open(Flags::COMPRESS, &wire, OpenKey::None, &mut rng, MAX_INFLATED);
         prop_assert_eq!(opened, Ok(Bytes::from(plain)));
     }
 }
@@ -689,10 +765,12 @@ proptest! {
     #[test]
     fn rsa_seal_then_open_round_trips(plain in vec(any::<u8>(), 1..400), seed in any::<u64>()) {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let (flags, wire) = pipeline::seal_rsa(&plain, &ClientRsaKey::mpush_default(), &mut rng).unwrap();
+        let client_key = ClientRsaKey::mpush_default();
+        let (flags, wire) = pipeline::seal_rsa(&plain, &client_key, &mut rng).unwrap();
         prop_assert_eq!(flags, Flags::CRYPTO);
         prop_assert_eq!(wire.len(), plain.len().div_ceil(117) * 128);
-        let opened = pipeline::open(flags, &wire, OpenKey::Rsa(&SERVER_RSA), &mut rng, MAX_INFLATED);
+        let key = OpenKey::Rsa(&SERVER_RSA);
+        let opened = pipeline::open(flags, &wire, key, &mut rng, MAX_INFLATED);
         prop_assert_eq!(opened, Ok(Bytes::from(plain)));
     }
 }

@@ -9,11 +9,15 @@ use pushgate_core::command::Command;
 use pushgate_core::config::{NodeAddr, NodeConfig};
 use pushgate_core::crypto::{mix_keys, AesCipher, ClientRsaKey, ServerRsaKey};
 use pushgate_core::frame::{Flags, Frame, Packet};
-use pushgate_core::message::{Bind, Body, ErrorMessage, FastConnect, GatewayPush, Handshake, HandshakeOk, OkMessage};
+use pushgate_core::message::{
+    Bind, Body, ErrorMessage, FastConnect, GatewayPush, Handshake, HandshakeOk, OkMessage,
+};
 use pushgate_core::pipeline::{self, OpenKey};
 use pushgate_core::route::ClientType;
 use pushgate_core::status::{status_of_reply, PushStatus};
-use pushgate_core::store::{CachedSession, KickNotice, RouteRecord, StoreOp, StoreReply, StoreRequest, TaskControl};
+use pushgate_core::store::{
+    CachedSession, KickNotice, RouteRecord, StoreOp, StoreReply, StoreRequest, TaskControl,
+};
 use pushgate_core::{ConnId, Event, GatewayId, Input, Millis, Node, Output};
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -102,10 +106,20 @@ impl FakeStore {
     /// Applies an operation and returns its answer.
     pub fn apply(&mut self, op: &StoreOp) -> StoreReply {
         match op {
-            StoreOp::PutRoute { user_id, client_type, route } => {
-                StoreReply::Previous(self.routes.insert((user_id.clone(), *client_type), route.clone()))
-            }
-            StoreOp::SetRouteOffline { user_id, client_type, node, conn_id } => {
+            StoreOp::PutRoute {
+                user_id,
+                client_type,
+                route,
+            } => StoreReply::Previous(
+                self.routes
+                    .insert((user_id.clone(), *client_type), route.clone()),
+            ),
+            StoreOp::SetRouteOffline {
+                user_id,
+                client_type,
+                node,
+                conn_id,
+            } => {
                 if let Some(route) = self.routes.get_mut(&(user_id.clone(), *client_type)) {
                     if route.is_on(node) && route.conn_id.as_deref() == Some(conn_id.as_str()) {
                         route.conn_id = None;
@@ -113,29 +127,48 @@ impl FakeStore {
                 }
                 StoreReply::Done
             }
-            StoreOp::GetRoute { user_id, client_type } => {
+            StoreOp::GetRoute {
+                user_id,
+                client_type,
+            } => {
                 let found = match client_type {
-                    Some(ct) => self.routes.get(&(user_id.clone(), *ct)).map(|r| (*ct, r.clone())),
+                    Some(ct) => self
+                        .routes
+                        .get(&(user_id.clone(), *ct))
+                        .map(|r| (*ct, r.clone())),
                     None => {
                         let of_user = self.routes.iter().filter(|((u, _), _)| u == user_id);
-                        let mut all: Vec<_> = of_user.map(|((_, ct), r)| (*ct, r.clone())).collect();
+                        let mut all: Vec<_> =
+                            of_user.map(|((_, ct), r)| (*ct, r.clone())).collect();
                         all.sort_by_key(|(_, r)| !r.is_online());
                         all.into_iter().next()
                     }
                 };
                 StoreReply::Route(found)
             }
-            StoreOp::PutSession { session_id, session, .. } => {
+            StoreOp::PutSession {
+                session_id,
+                session,
+                ..
+            } => {
                 self.sessions.insert(session_id.clone(), session.clone());
                 StoreReply::Done
             }
-            StoreOp::GetSession { session_id } => StoreReply::Session(self.sessions.get(session_id).cloned()),
+            StoreOp::GetSession { session_id } => {
+                StoreReply::Session(self.sessions.get(session_id).cloned())
+            }
             StoreOp::PublishKick { notice } => {
                 self.kicks.push(notice.clone());
                 StoreReply::Done
             }
-            StoreOp::GetTaskControl { task_id } => StoreReply::TaskControl(self.tasks.get(task_id).copied().unwrap_or_default()),
-            StoreOp::AddTaskProgress { task_id, sent, user_ids } => {
+            StoreOp::GetTaskControl { task_id } => {
+                StoreReply::TaskControl(self.tasks.get(task_id).copied().unwrap_or_default())
+            }
+            StoreOp::AddTaskProgress {
+                task_id,
+                sent,
+                user_ids,
+            } => {
                 let entry = self.progress.entry(task_id.clone()).or_default();
                 entry.0 += sent;
                 entry.1.extend(user_ids.iter().cloned());
@@ -245,15 +278,29 @@ impl World {
             return false;
         }
         for (conn, sid) in std::mem::take(&mut self.unconfirmed) {
-            self.node.handle(self.now, Input::PhoneWritten { conn, push_session_id: sid, ok: true });
+            self.node.handle(
+                self.now,
+                Input::PhoneWritten {
+                    conn,
+                    push_session_id: sid,
+                    ok: true,
+                },
+            );
         }
         true
     }
 
     fn apply_output(&mut self, output: Output) {
         match output {
-            Output::Transmit { conn, frame, report_write } => {
-                assert!(!self.closed_by_node.contains(&conn), "frame sent to {conn} after the node closed it");
+            Output::Transmit {
+                conn,
+                frame,
+                report_write,
+            } => {
+                assert!(
+                    !self.closed_by_node.contains(&conn),
+                    "frame sent to {conn} after the node closed it"
+                );
                 let packet = frame.to_packet(self.node.config().compress_threshold_bytes);
                 if let Some(phone) = self.phones.get_mut(&conn) {
                     assert!(!phone.closed, "frame sent to closed {conn}");
@@ -272,16 +319,35 @@ impl World {
                     phone.closed = true;
                 }
                 // The driver answers unconfirmed writes of a closed connection as failed.
-                let failed: Vec<_> = self.unconfirmed.iter().filter(|(c, _)| *c == conn).copied().collect();
+                let failed: Vec<_> = self
+                    .unconfirmed
+                    .iter()
+                    .filter(|(c, _)| *c == conn)
+                    .copied()
+                    .collect();
                 self.unconfirmed.retain(|(c, _)| *c != conn);
                 for (conn, sid) in failed {
-                    self.node.handle(self.now, Input::PhoneWritten { conn, push_session_id: sid, ok: false });
+                    self.node.handle(
+                        self.now,
+                        Input::PhoneWritten {
+                            conn,
+                            push_session_id: sid,
+                            ok: false,
+                        },
+                    );
                 }
                 self.node.handle(self.now, Input::PhoneClosed { conn });
             }
             Output::GatewayTransmit { gw, packet } => {
                 let (status, reason, data) = read_reply(&packet);
-                self.replies.push(Reply { gw, session_id: packet.session_id, status, reason, data, packet });
+                self.replies.push(Reply {
+                    gw,
+                    session_id: packet.session_id,
+                    status,
+                    reason,
+                    data,
+                    packet,
+                });
             }
             Output::GatewayClose { gw } => {
                 self.gateway_closed.insert(gw);
@@ -291,7 +357,13 @@ impl World {
                 match self.store.mode {
                     StoreMode::Immediate => {
                         let reply = self.store.apply(&request.op);
-                        self.node.handle(self.now, Input::StoreReply { request: request.id, reply: Ok(reply) });
+                        self.node.handle(
+                            self.now,
+                            Input::StoreReply {
+                                request: request.id,
+                                reply: Ok(reply),
+                            },
+                        );
                     }
                     StoreMode::Hold => self.store.held.push(request),
                     StoreMode::Drop => {}
@@ -305,7 +377,13 @@ impl World {
     pub fn release_store(&mut self) {
         for request in std::mem::take(&mut self.store.held) {
             let reply = self.store.apply(&request.op);
-            self.node.handle(self.now, Input::StoreReply { request: request.id, reply: Ok(reply) });
+            self.node.handle(
+                self.now,
+                Input::StoreReply {
+                    request: request.id,
+                    reply: Ok(reply),
+                },
+            );
         }
         self.drive();
     }
@@ -313,7 +391,14 @@ impl World {
     /// Confirms (or fails) every write the node asked to hear about.
     pub fn confirm_writes(&mut self, ok: bool) {
         for (conn, sid) in std::mem::take(&mut self.unconfirmed) {
-            self.node.handle(self.now, Input::PhoneWritten { conn, push_session_id: sid, ok });
+            self.node.handle(
+                self.now,
+                Input::PhoneWritten {
+                    conn,
+                    push_session_id: sid,
+                    ok,
+                },
+            );
         }
         self.drive();
     }
@@ -393,32 +478,52 @@ impl World {
             max_heartbeat_ms,
             timestamp_ms: 0,
         };
-        let (flags, body) = pipeline::seal_rsa(&hs.to_bytes(), &self.client_key, &mut self.rng).unwrap();
+        let (flags, body) =
+            pipeline::seal_rsa(&hs.to_bytes(), &self.client_key, &mut self.rng).unwrap();
         let phone = self.phones.get_mut(&conn).unwrap();
         phone.cipher = Some(AesCipher::new(phone.client_key, phone.iv));
         let sid = phone.next_sid();
-        self.send_packet(conn, Packet::new(Command::Handshake.code(), flags, sid, body));
+        self.send_packet(
+            conn,
+            Packet::new(Command::Handshake.code(), flags, sid, body),
+        );
     }
 
     /// Sends a plaintext FAST_CONNECT with the phone's stored session, switching the phone to
     /// that session's key as the Java SDK does.
     pub fn fast_connect(&mut self, conn: ConnId, session_id: &str, key: [u8; 16], iv: [u8; 16]) {
         let phone = self.phones.get_mut(&conn).unwrap();
-        let fc = FastConnect { session_id: session_id.into(), device_id: phone.device_id.clone(), min_heartbeat_ms: 240_000, max_heartbeat_ms: 240_000 };
+        let fc = FastConnect {
+            session_id: session_id.into(),
+            device_id: phone.device_id.clone(),
+            min_heartbeat_ms: 240_000,
+            max_heartbeat_ms: 240_000,
+        };
         phone.cipher = Some(AesCipher::new(key, iv));
         phone.iv = iv;
         let sid = phone.next_sid();
-        self.send_packet(conn, pipeline::raw_packet(Command::FastConnect.code(), Flags::NONE, sid, &fc));
+        self.send_packet(
+            conn,
+            pipeline::raw_packet(Command::FastConnect.code(), Flags::NONE, sid, &fc),
+        );
     }
 
     /// Sends BIND (encrypted with the phone's session cipher).
     pub fn bind(&mut self, conn: ConnId, user_id: &str, tags: &str) {
-        let body = Bind { user_id: user_id.into(), data: String::new(), tags: tags.into() };
+        let body = Bind {
+            user_id: user_id.into(),
+            data: String::new(),
+            tags: tags.into(),
+        };
         self.send_sealed(conn, Command::Bind, Flags::NONE, &body);
     }
 
     pub fn unbind(&mut self, conn: ConnId, user_id: &str) {
-        let body = Bind { user_id: user_id.into(), data: String::new(), tags: String::new() };
+        let body = Bind {
+            user_id: user_id.into(),
+            data: String::new(),
+            tags: String::new(),
+        };
         self.send_sealed(conn, Command::Unbind, Flags::NONE, &body);
     }
 
@@ -434,22 +539,43 @@ impl World {
     pub fn send_sealed(&mut self, conn: ConnId, cmd: Command, flags: Flags, body: &impl Body) {
         let phone = self.phones.get_mut(&conn).unwrap();
         let sid = phone.next_sid();
-        let packet = pipeline::sealed_packet(cmd.code(), flags, sid, body, phone.cipher.as_ref(), pipeline::CLIENT_COMPRESS_THRESHOLD_BYTES);
+        let packet = pipeline::sealed_packet(
+            cmd.code(),
+            flags,
+            sid,
+            body,
+            phone.cipher.as_ref(),
+            pipeline::CLIENT_COMPRESS_THRESHOLD_BYTES,
+        );
         self.send_packet(conn, packet);
     }
 
     /// Sends a packet as given.
     pub fn send_packet(&mut self, conn: ConnId, packet: Packet) {
-        self.input(Input::PhoneFrame { conn, frame: Frame::Packet(packet) });
+        self.input(Input::PhoneFrame {
+            conn,
+            frame: Frame::Packet(packet),
+        });
     }
 
     pub fn heartbeat(&mut self, conn: ConnId) {
-        self.input(Input::PhoneFrame { conn, frame: Frame::Heartbeat });
+        self.input(Input::PhoneFrame {
+            conn,
+            frame: Frame::Heartbeat,
+        });
     }
 
     /// The phone ACKs the PUSH with `push_session_id`.
     pub fn ack(&mut self, conn: ConnId, push_session_id: i32) {
-        self.send_packet(conn, Packet::new(Command::Ack.code(), Flags::NONE, push_session_id, Bytes::new()));
+        self.send_packet(
+            conn,
+            Packet::new(
+                Command::Ack.code(),
+                Flags::NONE,
+                push_session_id,
+                Bytes::new(),
+            ),
+        );
     }
 
     /// The phone's connection drops.
@@ -457,46 +583,98 @@ impl World {
         if let Some(phone) = self.phones.get_mut(&conn) {
             phone.closed = true;
         }
-        let failed: Vec<_> = self.unconfirmed.iter().filter(|(c, _)| *c == conn).copied().collect();
+        let failed: Vec<_> = self
+            .unconfirmed
+            .iter()
+            .filter(|(c, _)| *c == conn)
+            .copied()
+            .collect();
         self.unconfirmed.retain(|(c, _)| *c != conn);
         for (conn, sid) in failed {
-            self.node.handle(self.now, Input::PhoneWritten { conn, push_session_id: sid, ok: false });
+            self.node.handle(
+                self.now,
+                Input::PhoneWritten {
+                    conn,
+                    push_session_id: sid,
+                    ok: false,
+                },
+            );
         }
         self.input(Input::PhoneClosed { conn });
     }
 
     /// A PushClient sends GATEWAY_PUSH with `session_id` and `flags` (ack bits).
-    pub fn gateway_push(&mut self, gw: GatewayId, session_id: i32, flags: Flags, push: &GatewayPush) {
+    pub fn gateway_push(
+        &mut self,
+        gw: GatewayId,
+        session_id: i32,
+        flags: Flags,
+        push: &GatewayPush,
+    ) {
         self.node.handle(self.now, Input::GatewayConnected { gw });
         let packet = pipeline::raw_packet(Command::GatewayPush.code(), flags, session_id, push);
-        self.input(Input::GatewayFrame { gw, frame: Frame::Packet(packet) });
+        self.input(Input::GatewayFrame {
+            gw,
+            frame: Frame::Packet(packet),
+        });
     }
 
     /// A single push to `user_id` (client type `ct`, 0 = any) with `timeout_ms`.
-    pub fn push_to(&mut self, gw: GatewayId, session_id: i32, user_id: &str, ct: i32, timeout_ms: i32, flags: Flags, content: &str) {
-        let push = GatewayPush { user_id: user_id.into(), client_type: ct, timeout_ms, content: Bytes::copy_from_slice(content.as_bytes()), ..Default::default() };
+    #[allow(clippy::too_many_arguments)]
+    pub fn push_to(
+        &mut self,
+        gw: GatewayId,
+        session_id: i32,
+        user_id: &str,
+        ct: i32,
+        timeout_ms: i32,
+        flags: Flags,
+        content: &str,
+    ) {
+        let push = GatewayPush {
+            user_id: user_id.into(),
+            client_type: ct,
+            timeout_ms,
+            content: Bytes::copy_from_slice(content.as_bytes()),
+            ..Default::default()
+        };
         self.gateway_push(gw, session_id, flags, &push);
     }
 
     /// The PUSH frames a phone received.
     pub fn pushes(&self, conn: ConnId) -> Vec<&Received> {
-        self.phones[&conn].inbox.iter().filter(|r| r.cmd == Command::Push.code()).collect()
+        self.phones[&conn]
+            .inbox
+            .iter()
+            .filter(|r| r.cmd == Command::Push.code())
+            .collect()
     }
 
     /// Frames of command `cmd` a phone received.
     pub fn received(&self, conn: ConnId, cmd: Command) -> Vec<&Received> {
-        self.phones[&conn].inbox.iter().filter(|r| r.cmd == cmd.code()).collect()
+        self.phones[&conn]
+            .inbox
+            .iter()
+            .filter(|r| r.cmd == cmd.code())
+            .collect()
     }
 
     /// The gateway replies to `session_id` on `gw`.
     pub fn replies_to(&self, gw: GatewayId, session_id: i32) -> Vec<&Reply> {
-        self.replies.iter().filter(|r| r.gw == gw && r.session_id == session_id).collect()
+        self.replies
+            .iter()
+            .filter(|r| r.gw == gw && r.session_id == session_id)
+            .collect()
     }
 
     /// The one reply to `session_id` on `gw` (panics unless exactly one).
     pub fn reply(&self, gw: GatewayId, session_id: i32) -> &Reply {
         let replies = self.replies_to(gw, session_id);
-        assert_eq!(replies.len(), 1, "expected exactly one reply to {session_id}, got {replies:#?}");
+        assert_eq!(
+            replies.len(),
+            1,
+            "expected exactly one reply to {session_id}, got {replies:#?}"
+        );
         replies[0]
     }
 }
@@ -514,7 +692,8 @@ impl Phone {
             None => OpenKey::None,
         };
         let mut rng = ChaCha8Rng::seed_from_u64(0);
-        let body = pipeline::open(packet.flags, &packet.body, key, &mut rng, 1 << 20).expect("phone could not open a frame");
+        let body = pipeline::open(packet.flags, &packet.body, key, &mut rng, 1 << 20)
+            .expect("phone could not open a frame");
         if packet.cmd == Command::Handshake.code() {
             let ok = HandshakeOk::decode(&body).expect("HANDSHAKE-ok");
             let mut server_key = [0u8; 16];
@@ -523,7 +702,12 @@ impl Phone {
             self.cipher = Some(AesCipher::new(session_key, self.iv));
             self.reusable = Some((ok.session_id.clone(), session_key));
         }
-        self.inbox.push(Received { cmd: packet.cmd, flags: packet.flags, session_id: packet.session_id, body });
+        self.inbox.push(Received {
+            cmd: packet.cmd,
+            flags: packet.flags,
+            session_id: packet.session_id,
+            body,
+        });
     }
 
     /// The OK / ERROR answers received, as (cmd answered, code, text).
@@ -534,7 +718,9 @@ impl Phone {
                 if r.cmd == Command::Ok.code() {
                     OkMessage::decode(&r.body).ok().map(|m| (m.cmd, 0, m.data))
                 } else if r.cmd == Command::Error.code() {
-                    ErrorMessage::decode(&r.body).ok().map(|m| (m.cmd, m.code, m.reason))
+                    ErrorMessage::decode(&r.body)
+                        .ok()
+                        .map(|m| (m.cmd, m.code, m.reason))
                 } else {
                     None
                 }
@@ -550,7 +736,11 @@ pub fn read_reply(packet: &Packet) -> (PushStatus, String, String) {
         (PushStatus::Success, String::new(), ok.data)
     } else {
         let error = ErrorMessage::decode(&packet.body).expect("ERROR body");
-        (status_of_reply(packet.cmd, error.code, &error.reason), error.reason, error.data)
+        (
+            status_of_reply(packet.cmd, error.code, &error.reason),
+            error.reason,
+            error.data,
+        )
     }
 }
 
