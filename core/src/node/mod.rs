@@ -394,7 +394,7 @@ impl Node {
                 ok,
             } => self.on_written(conn, push_session_id, ok),
             Input::GatewayConnected { gw } => {
-                self.gateways.insert(gw);
+                self.on_gateway_connected(gw);
             }
             Input::GatewayFrame { gw, frame } => self.on_gateway_frame(gw, frame),
             Input::GatewayFrameError { gw, error: _ } => {
@@ -574,8 +574,23 @@ impl Node {
         }
     }
 
-    fn on_gateway_frame(&mut self, gw: GatewayId, frame: Frame) {
+    /// Registers a PushClient connection; beyond the bound it is closed at once.
+    fn on_gateway_connected(&mut self, gw: GatewayId) -> bool {
+        if self.gateways.contains(&gw) {
+            return true;
+        }
+        if self.gateways.len() >= self.cfg.max_gateway_connections {
+            self.outputs.push_back(Output::GatewayClose { gw });
+            return false;
+        }
         self.gateways.insert(gw);
+        true
+    }
+
+    fn on_gateway_frame(&mut self, gw: GatewayId, frame: Frame) {
+        if !self.on_gateway_connected(gw) {
+            return;
+        }
         let Frame::Packet(packet) = frame else {
             return; // PushClients send no heartbeats; tolerate them
         };
@@ -702,6 +717,7 @@ impl Node {
             debug_assert!(self.sessions.len() <= self.cfg.max_connections);
             debug_assert!(self.singles.len() <= self.cfg.max_pending_pushes);
             debug_assert!(self.broadcasts.len() <= self.cfg.max_broadcasts);
+            debug_assert!(self.gateways.len() <= self.cfg.max_gateway_connections);
         }
     }
 }

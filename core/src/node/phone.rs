@@ -87,9 +87,10 @@ impl Node {
         };
         let body = {
             let session = &self.sessions[&conn];
+            // A HANDSHAKE is always RSA, whatever state the connection is in (as in MPush).
             let key = match &session.cipher {
-                Some(cipher) => OpenKey::Aes(cipher),
-                None => OpenKey::Rsa(&self.cfg.rsa_key),
+                Some(cipher) if command != Command::Handshake => OpenKey::Aes(cipher),
+                _ => OpenKey::Rsa(&self.cfg.rsa_key),
             };
             pipeline::open(
                 packet.flags,
@@ -538,27 +539,46 @@ impl Node {
     /// store route is left alone — it already names the newer connection. The connection stays
     /// open, as in MPush; the client decides what to do.
     pub(super) fn kick_connection(&mut self, conn: ConnId) {
-        let Some(session) = self.sessions.get_mut(&conn) else { return };
-        let Some(bound) = session.bound.take() else { return };
+        let Some(session) = self.sessions.get_mut(&conn) else {
+            return;
+        };
+        let Some(bound) = session.bound.take() else {
+            return;
+        };
         let client_type = session.client_type;
         let device_id = session.device_id.clone();
         let cipher = session.cipher.clone();
         self.routes.remove_if(&bound.user_id, client_type, conn);
         if let Some(cipher) = cipher {
-            let kick = Kick { device_id: device_id.clone(), user_id: bound.user_id.clone() };
+            let kick = Kick {
+                device_id: device_id.clone(),
+                user_id: bound.user_id.clone(),
+            };
             self.send_sealed(conn, Command::Kick, Flags::NONE, 0, &kick, cipher);
         }
         self.stats.kicks += 1;
-        self.emit(Event::Kicked { conn, user_id: bound.user_id, device_id });
+        self.emit(Event::Kicked {
+            conn,
+            user_id: bound.user_id,
+            device_id,
+        });
     }
 
     pub(super) fn on_kick_notice(&mut self, notice: KickNotice) {
         if notice.target() != self.cfg.node_addr {
             return;
         }
-        let Some(client_type) = ClientType::from_code(notice.client_type) else { return };
-        let Some(conn) = self.routes.get(&notice.user_id, client_type) else { return };
-        if self.sessions.get(&conn).is_some_and(|s| s.conn_token == notice.conn_id) {
+        let Some(client_type) = ClientType::from_code(notice.client_type) else {
+            return;
+        };
+        let Some(conn) = self.routes.get(&notice.user_id, client_type) else {
+            return;
+        };
+        if self
+            .sessions
+            .get(&conn)
+            .is_some_and(|s| s.conn_token == notice.conn_id)
+        {
             self.kick_connection(conn);
         }
     }
@@ -572,7 +592,10 @@ impl Node {
             .map(|(_, conn)| conn)
             .collect();
         for conn in targets {
-            let token = self.sessions.get(&conn).map(|s| (s.conn_token.clone(), s.client_type));
+            let token = self
+                .sessions
+                .get(&conn)
+                .map(|s| (s.conn_token.clone(), s.client_type));
             self.kick_connection(conn);
             if let Some((conn_id, client_type)) = token {
                 self.store_write(StoreOp::SetRouteOffline {
@@ -594,7 +617,9 @@ impl Node {
         if session.idle_check_at_ms != at {
             return; // superseded
         }
-        if !session.is_ready() {
+        if session.cipher.is_none() {
+            // Never completed a handshake or fast connect: the handshake deadline passed. (A
+            // live session doing a fast connect keeps its cipher and its idle checks.)
             return self.teardown(conn, Some(CloseReason::HandshakeTimeout));
         }
         if session.idle_check(now, max_misses) {
