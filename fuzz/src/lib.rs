@@ -67,7 +67,7 @@ impl Chunks {
         x ^= x << 5;
         self.state = x;
         let r = (x >> 3) as usize;
-        if x % 8 == 0 {
+        if x & 7 == 0 {
             1 + r % 2048
         } else {
             1 + r % 16
@@ -267,9 +267,10 @@ fn rsa() -> &'static ServerRsaKey {
 /// rest is the wire body, opened with `pipeline::open(.., MAX_BODY_BYTES)`.
 ///
 /// Checks: no panic; the result is never larger than the limit when inflated, never larger than
-/// the wire body otherwise, never empty when processed, and unchanged when no flag applies; a
-/// non-empty result re-sealed with the AES key (compressing above 1 KiB) opens back to itself; it
-/// is then handed to the GATEWAY_PUSH and BIND decoders.
+/// the wire body otherwise, empty exactly when the wire body is (an empty body passes whatever
+/// the flags), and unchanged when no flag applies; a non-empty result re-sealed with the AES key
+/// (compressing above 1 KiB) opens back to itself; it is then handed to the GATEWAY_PUSH and BIND
+/// decoders.
 pub fn pipeline(data: &[u8]) {
     let Some((&head, wire)) = data.split_first() else {
         return;
@@ -295,7 +296,10 @@ pub fn pipeline(data: &[u8]) {
     } else {
         assert!(plain.len() <= body.len(), "decryption grew the body");
     }
-    if processed {
+    if body.is_empty() {
+        // MPush passes an empty body through unprocessed, whatever the flags.
+        assert!(plain.is_empty(), "empty body opened to something");
+    } else if processed {
         assert!(!plain.is_empty(), "processed body opened to nothing");
     } else {
         assert_eq!(plain, body, "unprocessed body changed");

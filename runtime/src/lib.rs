@@ -1,6 +1,19 @@
-//! pushgate runtime: the tokio driver around [`pushgate_core`], the route-store back ends, the
-//! client libraries and the `pushgate` binary's subcommands.
+//! pushgate runtime: the tokio driver around [`pushgate_core`], the embedded route store, the
+//! HTTP admin API and metrics, the client libraries, and the `pushgate` binary's subcommands.
 //!
-//! The driver is not written yet; today this crate re-exports the core so downstream crates
-//! and the binary build against one name.
+//! - [`config`]: layered configuration (defaults, TOML, `PUSHGATE_*`, flags).
+//! - [`server`]: listeners and start/shutdown; [`driver`]: the node task; [`conn`]: the
+//!   per-connection tasks; [`store`]: the embedded in-memory route store.
+//! - [`http`] and [`metrics`]: the admin API and Prometheus metrics (not in the simulator).
+//! - [`client`]: `PushClient` and `DeviceClient`, and the `push` / `device` subcommands.
 pub use pushgate_core as core;
+
+pub mod client;
+pub mod config;
+pub mod conn;
+pub mod driver;
+#[cfg(not(madsim))]
+pub mod http;
+pub mod metrics;
+pub mod server;
+pub mod store;

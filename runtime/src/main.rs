@@ -1,19 +1,197 @@
-//! The `pushgate` binary. Subcommands arrive with the runtime; until then it reports what this
-//! build can do and exits non-zero for anything it cannot.
+//! The `pushgate` binary: `serve` (the node), `push` (a PushClient from the shell), `device`
+//! (a phone from the shell), `keygen` (a new RSA key pair in the config's format).
+use clap::{Args, Parser, Subcommand};
+use pushgate::config::Config;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.first().map(String::as_str) {
-        Some("--version") | Some("-V") => {
-            println!("pushgate {}", env!("CARGO_PKG_VERSION"));
-            ExitCode::SUCCESS
+#[derive(Parser, Debug)]
+#[command(name = "pushgate", version, about = "A mobile push gateway that speaks MPush's protocol")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a node: connection server (3000), gateway server (3001), HTTP admin (3002).
+    Serve(ServeArgs),
+    /// Push to a user (or broadcast) through a gateway, print the status as one JSON line.
+    Push(pushgate::client::cli::PushArgs),
+    /// Connect as a phone, bind a user and print every push received as a JSON line.
+    Device(pushgate::client::cli::DeviceArgs),
+    /// Generate a new RSA key pair for `[security]`.
+    Keygen(KeygenArgs),
+}
+
+#[derive(Args, Debug)]
+struct ServeArgs {
+    /// A TOML configuration file.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Print the effective configuration as TOML and exit.
+    #[arg(long)]
+    print_config: bool,
+    /// Override net.connect_port.
+    #[arg(long)]
+    connect_port: Option<u16>,
+    /// Override net.gateway_port.
+    #[arg(long)]
+    gateway_port: Option<u16>,
+    /// Override net.admin_port.
+    #[arg(long)]
+    admin_port: Option<u16>,
+    /// Override net.public_host (the gateway host written into routes).
+    #[arg(long)]
+    public_host: Option<String>,
+    /// Override core.min_heartbeat_ms.
+    #[arg(long)]
+    min_heartbeat_ms: Option<u64>,
+    /// Override core.max_heartbeat_ms.
+    #[arg(long)]
+    max_heartbeat_ms: Option<u64>,
+    /// Override flow.global_limit_per_second (0 = unlimited).
+    #[arg(long)]
+    global_limit_per_second: Option<u64>,
+    /// Override log.filter (e.g. "debug").
+    #[arg(long)]
+    log: Option<String>,
+}
+
+#[derive(Args, Debug)]
+struct KeygenArgs {
+    /// Key size in bits (MPush clients expect 1024; 2048 works with clients given the new key).
+    #[arg(long, default_value_t = 1024)]
+    bits: usize,
+    /// Write the `[security]` section to this file instead of stdout.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+impl ServeArgs {
+    /// The flags given, as a partial configuration.
+    fn overrides(&self) -> toml::Table {
+        let mut root = toml::Table::new();
+        let mut set = |section: &str, key: &str, value: toml::Value| {
+            let entry = root.entry(section.to_owned()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            if let toml::Value::Table(table) = entry {
+                table.insert(key.to_owned(), value);
+            }
+        };
+        let int = |v: u64| toml::Value::Integer(i64::try_from(v).unwrap_or(i64::MAX));
+        if let Some(v) = self.connect_port {
+            set("net", "connect_port", int(v.into()));
         }
-        _ => {
-            eprintln!(
-                "pushgate {}: this build contains the protocol core only; `serve` is not available yet",
-                env!("CARGO_PKG_VERSION")
-            );
+        if let Some(v) = self.gateway_port {
+            set("net", "gateway_port", int(v.into()));
+        }
+        if let Some(v) = self.admin_port {
+            set("net", "admin_port", int(v.into()));
+        }
+        if let Some(v) = &self.public_host {
+            set("net", "public_host", toml::Value::String(v.clone()));
+        }
+        if let Some(v) = self.min_heartbeat_ms {
+            set("core", "min_heartbeat_ms", int(v));
+        }
+        if let Some(v) = self.max_heartbeat_ms {
+            set("core", "max_heartbeat_ms", int(v));
+        }
+        if let Some(v) = self.global_limit_per_second {
+            set("flow", "global_limit_per_second", int(v));
+        }
+        if let Some(v) = &self.log {
+            set("log", "filter", toml::Value::String(v.clone()));
+        }
+        root
+    }
+}
+
+fn init_logging(filter: &str, json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let config = Config::load(args.config.as_deref(), Some(args.overrides()))?;
+    if args.print_config {
+        print!("{}", config.to_toml());
+        return Ok(ExitCode::SUCCESS);
+    }
+    init_logging(&config.log.filter, config.log.json);
+    let server = pushgate::server::start(&config).await?;
+    wait_for_signal().await;
+    tracing::info!("shutdown requested: answering pending pushes and closing connections");
+    server.shutdown().await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(unix)]
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+#[cfg(not(unix))]
+async fn wait_for_signal() {
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+fn keygen(args: KeygenArgs) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!((1024..=4096).contains(&args.bits), "--bits must be between 1024 and 4096");
+    let key = pushgate::core::crypto::ServerRsaKey::generate(&mut rand_core::OsRng, args.bits).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let text = format!(
+        "# pushgate RSA key pair ({} bits). Put this section in the server's config; give clients the public key.\n[security]\nprivate_key = \"{}\"\npublic_key = \"{}\"\n",
+        args.bits,
+        key.to_pkcs8_base64(),
+        key.public_key().to_x509_base64()
+    );
+    match args.out {
+        Some(path) => {
+            std::fs::write(&path, text)?;
+            eprintln!("wrote {}", path.display());
+        }
+        None => print!("{text}"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("pushgate: cannot start the async runtime: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Serve(args) => serve(args).await,
+            Command::Push(args) => pushgate::client::cli::push_command(args).await,
+            Command::Device(args) => pushgate::client::cli::device_command(args).await,
+            Command::Keygen(args) => keygen(args),
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("pushgate: {error:#}");
             ExitCode::from(2)
         }
     }

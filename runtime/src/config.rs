@@ -1,0 +1,292 @@
+//! The server's configuration: embedded defaults (MPush's, reference §16), then a TOML file,
+//! then `PUSHGATE_*` environment variables, then command-line flags — each layer overriding
+//! the one before. Every key carries its unit.
+//!
+//! Environment variables name a key by its section and field joined with a double
+//! underscore: `PUSHGATE_CORE__MIN_HEARTBEAT_MS=10000`, `PUSHGATE_NET__GATEWAY_PORT=4001`.
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use pushgate_core::config::TagMatch;
+use pushgate_core::crypto::{ClientRsaKey, ServerRsaKey, MPUSH_DEFAULT_PUBLIC_KEY_B64};
+use pushgate_core::{NodeAddr, NodeConfig};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// Everything `pushgate serve` runs with.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub net: NetConfig,
+    pub core: CoreConfig,
+    pub flow: FlowConfig,
+    pub security: SecurityConfig,
+    pub log: LogConfig,
+}
+
+/// Listeners and per-connection buffers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NetConfig {
+    /// Phones connect here (all interfaces by default).
+    pub connect_bind: String,
+    pub connect_port: u16,
+    /// PushClients connect here (loopback by default).
+    pub gateway_bind: String,
+    pub gateway_port: u16,
+    /// The HTTP admin API (loopback by default).
+    pub admin_bind: String,
+    pub admin_port: u16,
+    /// The gateway host written into this node's routes: what PushClients of other nodes dial.
+    pub public_host: String,
+    /// A phone's queued outbound bytes above this make pushes to it fail (MPush: 64 KiB).
+    pub write_high_water_bytes: usize,
+    /// ...until the queue drains below this.
+    pub write_low_water_bytes: usize,
+    /// Above this the connection is closed: a peer that never reads cannot grow memory.
+    pub write_hard_limit_bytes: usize,
+    /// Most phone connections served at once.
+    pub max_connections: usize,
+    /// Longest the server waits on shutdown for pending pushes to be answered.
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for NetConfig {
+    fn default() -> Self {
+        Self {
+            connect_bind: "0.0.0.0".into(),
+            connect_port: 3000,
+            gateway_bind: "127.0.0.1".into(),
+            gateway_port: 3001,
+            admin_bind: "127.0.0.1".into(),
+            admin_port: 3002,
+            public_host: "127.0.0.1".into(),
+            write_high_water_bytes: 64 * 1024,
+            write_low_water_bytes: 32 * 1024,
+            write_hard_limit_bytes: 1024 * 1024,
+            max_connections: 100_000,
+            shutdown_grace_ms: 5_000,
+        }
+    }
+}
+
+/// Protocol numbers (MPush `mp.core.*`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CoreConfig {
+    pub min_heartbeat_ms: u64,
+    pub max_heartbeat_ms: u64,
+    /// Closed on the (this + 1)th consecutive missed heartbeat check.
+    pub max_heartbeat_misses: u32,
+    pub handshake_deadline_ms: u64,
+    pub session_expire_ms: u64,
+    pub max_packet_bytes: usize,
+    pub compress_threshold_bytes: usize,
+    /// Timeout of a push whose request carries none (also MPush's ACK default).
+    pub default_push_timeout_ms: u64,
+    pub max_push_timeout_ms: u64,
+    pub store_timeout_ms: u64,
+    /// Broadcast tag matching: "exact" (default) or "substring" (MPush's behaviour).
+    pub tag_match: TagMatch,
+}
+
+impl Default for CoreConfig {
+    fn default() -> Self {
+        Self {
+            min_heartbeat_ms: 180_000,
+            max_heartbeat_ms: 180_000,
+            max_heartbeat_misses: 2,
+            handshake_deadline_ms: 10_000,
+            session_expire_ms: 86_400_000,
+            max_packet_bytes: 10 * 1024,
+            compress_threshold_bytes: 10 * 1024,
+            default_push_timeout_ms: 3_000,
+            max_push_timeout_ms: 600_000,
+            store_timeout_ms: 3_000,
+            tag_match: TagMatch::Exact,
+        }
+    }
+}
+
+/// Flow control (MPush `mp.push.flow-control.*`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FlowConfig {
+    /// Single-user pushes per second for the whole node; 0 = unlimited.
+    pub global_limit_per_second: u64,
+    /// Cap on single-user pushes in total; 0 = none.
+    pub global_max_total: u64,
+    /// Deliveries per second of one broadcast.
+    pub broadcast_limit_per_second: u64,
+    /// Most deliveries of one broadcast.
+    pub broadcast_max_total: u64,
+    /// Deliveries per second of a task-id broadcast whose store record sets none.
+    pub task_default_limit_per_second: u64,
+}
+
+impl Default for FlowConfig {
+    fn default() -> Self {
+        Self {
+            global_limit_per_second: 5_000,
+            global_max_total: 0,
+            broadcast_limit_per_second: 3_000,
+            broadcast_max_total: 100_000,
+            task_default_limit_per_second: 1_000,
+        }
+    }
+}
+
+/// The RSA key pair of the handshake, as base64 DER (PKCS#8 private, X.509 public), like
+/// MPush's `mp.security.*`. Empty = MPush's published default pair.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct SecurityConfig {
+    pub private_key: String,
+    pub public_key: String,
+}
+
+impl SecurityConfig {
+    /// True when the published default key is in use.
+    pub fn uses_default_key(&self) -> bool {
+        self.private_key.trim().is_empty()
+    }
+
+    /// The server key.
+    pub fn server_key(&self) -> anyhow::Result<ServerRsaKey> {
+        if self.uses_default_key() {
+            return Ok(ServerRsaKey::mpush_default());
+        }
+        ServerRsaKey::from_pkcs8_base64(&self.private_key).map_err(|e| anyhow::anyhow!("security.private_key: {e}"))
+    }
+
+    /// The public key clients must embed.
+    pub fn public_key_b64(&self) -> anyhow::Result<String> {
+        if !self.public_key.trim().is_empty() {
+            let key = ClientRsaKey::from_x509_base64(&self.public_key)
+                .map_err(|e| anyhow::anyhow!("security.public_key: {e}"))?;
+            return Ok(key.to_x509_base64());
+        }
+        if self.uses_default_key() {
+            return Ok(MPUSH_DEFAULT_PUBLIC_KEY_B64.to_owned());
+        }
+        Ok(self.server_key()?.public_key().to_x509_base64())
+    }
+}
+
+/// Logging.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// A `tracing` filter, e.g. "info" or "pushgate=debug".
+    pub filter: String,
+    /// Log lines as JSON objects.
+    pub json: bool,
+    /// Handling one input slower than this logs a slow-packet line with its time points
+    /// (MPush `profile-slowly-duration`).
+    pub profile_slowly_ms: u64,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { filter: "info".into(), json: false, profile_slowly_ms: 10 }
+    }
+}
+
+impl Config {
+    /// Defaults, then the TOML file at `path` (if given), then `PUSHGATE_*` variables, then
+    /// `overrides` (command-line flags, as a partial config).
+    pub fn load(path: Option<&Path>, overrides: Option<toml::Table>) -> anyhow::Result<Config> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = path {
+            if !path.exists() {
+                anyhow::bail!("config file {} does not exist", path.display());
+            }
+            figment = figment.merge(Toml::file(path));
+        }
+        figment = figment.merge(Env::prefixed("PUSHGATE_").split("__").filter(|key| key.as_str().contains("__")));
+        if let Some(overrides) = overrides {
+            figment = figment.merge(Serialized::defaults(overrides));
+        }
+        let config: Config = figment.extract().map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Rejects values the server cannot run with.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let c = &self.core;
+        anyhow::ensure!(c.min_heartbeat_ms > 0 && c.min_heartbeat_ms <= c.max_heartbeat_ms, "core.min_heartbeat_ms must be > 0 and <= core.max_heartbeat_ms");
+        anyhow::ensure!(c.max_packet_bytes >= 1024 && c.max_packet_bytes <= 16 * 1024 * 1024, "core.max_packet_bytes must be between 1 KiB and 16 MiB");
+        anyhow::ensure!(c.default_push_timeout_ms > 0, "core.default_push_timeout_ms must be > 0");
+        let n = &self.net;
+        anyhow::ensure!(n.write_low_water_bytes <= n.write_high_water_bytes && n.write_high_water_bytes <= n.write_hard_limit_bytes, "net.write_low_water_bytes <= net.write_high_water_bytes <= net.write_hard_limit_bytes");
+        self.security.server_key()?;
+        Ok(())
+    }
+
+    /// The effective configuration as TOML (for `--print-config`).
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_default()
+    }
+
+    /// The core's configuration.
+    pub fn node_config(&self) -> anyhow::Result<NodeConfig> {
+        let mut cfg = NodeConfig::new(NodeAddr::new(self.net.public_host.clone(), self.net.gateway_port), self.security.server_key()?);
+        let c = &self.core;
+        cfg.min_heartbeat_ms = c.min_heartbeat_ms;
+        cfg.max_heartbeat_ms = c.max_heartbeat_ms;
+        cfg.max_heartbeat_misses = c.max_heartbeat_misses;
+        cfg.handshake_deadline_ms = c.handshake_deadline_ms;
+        cfg.session_expire_ms = c.session_expire_ms;
+        cfg.max_body_bytes = c.max_packet_bytes;
+        cfg.compress_threshold_bytes = c.compress_threshold_bytes;
+        cfg.default_push_timeout_ms = c.default_push_timeout_ms;
+        cfg.max_push_timeout_ms = c.max_push_timeout_ms;
+        cfg.store_timeout_ms = c.store_timeout_ms;
+        cfg.tag_match = c.tag_match;
+        let f = &self.flow;
+        cfg.global_flow_limit_per_window = f.global_limit_per_second;
+        cfg.global_flow_max_total = f.global_max_total;
+        cfg.flow_window_ms = 1000;
+        cfg.broadcast_flow_limit_per_window = f.broadcast_limit_per_second;
+        cfg.broadcast_flow_max_total = f.broadcast_max_total;
+        cfg.task_flow_default_limit = f.task_default_limit_per_second;
+        cfg.max_connections = self.net.max_connections;
+        Ok(cfg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_round_trip_through_toml_and_validate() {
+        let config = Config::default();
+        config.validate().unwrap();
+        let text = config.to_toml();
+        let back: Config = toml::from_str(&text).unwrap();
+        assert_eq!(back, config);
+        assert!(text.contains("min_heartbeat_ms = 180000"));
+    }
+
+    #[test]
+    fn file_env_and_flags_layer_in_order() {
+        let dir = std::env::temp_dir().join(format!("pushgate-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("pushgate.toml");
+        std::fs::write(&path, "[core]\nmin_heartbeat_ms = 10000\nmax_heartbeat_ms = 60000\n[net]\ngateway_port = 4001\n").unwrap();
+        let mut flags = toml::Table::new();
+        let mut net = toml::Table::new();
+        net.insert("gateway_port".into(), toml::Value::Integer(5001));
+        flags.insert("net".into(), toml::Value::Table(net));
+        let config = Config::load(Some(&path), Some(flags)).unwrap();
+        assert_eq!(config.core.min_heartbeat_ms, 10_000);
+        assert_eq!(config.net.gateway_port, 5001, "flags win over the file");
+        assert_eq!(config.net.connect_port, 3000, "untouched keys keep defaults");
+        std::fs::write(&path, "[core]\nmin_heartbeat_ms = 0\n").unwrap();
+        assert!(Config::load(Some(&path), None).is_err());
+        std::fs::write(&path, "[core]\nno_such_key = 1\n").unwrap();
+        assert!(Config::load(Some(&path), None).is_err(), "unknown keys are errors");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}

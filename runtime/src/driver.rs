@@ -1,0 +1,461 @@
+//! The node task: owns the sans-IO [`Node`] and the embedded store, and moves inputs in and
+//! outputs out. It is the only place where core outputs become effects:
+//!
+//! - `Transmit` goes to the phone's connection task, which encodes, compresses and encrypts it
+//!   there (the expensive part runs beside the socket, not here). Queued bytes are counted per
+//!   connection: above the high-water mark the core is told the phone is not writable (pushes
+//!   to it fail, as in MPush), above the hard limit the connection is closed.
+//! - `Store` is performed on the embedded [`MemoryStore`] and its answer fed straight back.
+//! - `GatewayTransmit` goes to the PushClient's connection task.
+//! - `Event`s become log lines and metrics, and finish pushes from the local API.
+//!
+//! The drain contract of the core is kept: after every input the task drains `poll_output`
+//! until it is empty, and it sleeps until `poll_timeout` when nothing arrives.
+use crate::metrics;
+use crate::store::MemoryStore;
+use pushgate_core::frame::Packet;
+use pushgate_core::push::{Origin, PushRequest};
+use pushgate_core::route::ClientType;
+use pushgate_core::status::PushStatus;
+use pushgate_core::store::{RouteRecord, StoreOp};
+use pushgate_core::{ConnId, Event, GatewayId, Input, Millis, Node, NodeAddr, NodeStats, OutFrame, Output};
+use serde::Serialize;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+/// Capacity of the channel into the node task; senders wait when it is full (backpressure
+/// on the sockets that feed it).
+pub const NODE_QUEUE_CAPACITY: usize = 64 * 1024;
+
+/// What a phone's connection task is asked to do.
+#[derive(Debug)]
+pub enum PhoneCmd {
+    Frame { frame: OutFrame, report_write: Option<i32>, bytes: usize },
+    Close,
+}
+
+/// What a gateway connection task is asked to do.
+#[derive(Debug)]
+pub enum GatewayCmd {
+    Packet(Packet),
+    Close,
+}
+
+/// The node task's side of a phone connection.
+#[derive(Debug, Clone)]
+pub struct PhoneLink {
+    pub tx: mpsc::UnboundedSender<PhoneCmd>,
+    /// Bytes handed to the connection task and not written yet.
+    pub queued_bytes: Arc<AtomicUsize>,
+}
+
+/// The outcome of a push made through [`NodeHandle::push`].
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PushOutcome {
+    pub status: PushStatus,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub user_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_type: Option<i32>,
+    /// `[name, epoch ms, name, epoch ms, …]` as MPush reports time lines.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub time_points: Vec<serde_json::Value>,
+    /// For broadcasts: connections the content was sent to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sent: Option<u64>,
+}
+
+/// A user's routes, local and in the store.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct UserView {
+    pub user_id: String,
+    pub local: Vec<LocalRoute>,
+    pub store: Vec<StoreRoute>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LocalRoute {
+    pub client_type: i32,
+    pub conn: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StoreRoute {
+    pub client_type: i32,
+    #[serde(flatten)]
+    pub route: RouteRecord,
+}
+
+/// Messages into the node task.
+#[derive(Debug)]
+pub enum NodeMsg {
+    /// A phone connection task started.
+    PhoneOpened { conn: ConnId, link: PhoneLink },
+    /// A gateway connection task started.
+    GatewayOpened { gw: GatewayId, tx: mpsc::UnboundedSender<GatewayCmd> },
+    /// Something a connection task saw.
+    Input(Input),
+    Push { request: PushRequest, reply: oneshot::Sender<PushOutcome> },
+    Stats { reply: oneshot::Sender<NodeStats> },
+    User { user_id: String, reply: oneshot::Sender<UserView> },
+    Kick { user_id: String, client_type: Option<ClientType>, reply: oneshot::Sender<usize> },
+    /// Answer every pending push, close every phone, then report.
+    Shutdown { done: oneshot::Sender<()> },
+}
+
+/// A cloneable handle to the node task.
+#[derive(Debug, Clone)]
+pub struct NodeHandle {
+    tx: mpsc::Sender<NodeMsg>,
+}
+
+/// The node task is gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the node is not running")]
+pub struct NodeGone;
+
+impl NodeHandle {
+    /// Sends a message to the node task.
+    pub async fn send(&self, msg: NodeMsg) -> Result<(), NodeGone> {
+        self.tx.send(msg).await.map_err(|_| NodeGone)
+    }
+
+    /// Pushes and waits for the terminal status.
+    pub async fn push(&self, request: PushRequest) -> Result<PushOutcome, NodeGone> {
+        let (reply, rx) = oneshot::channel();
+        self.send(NodeMsg::Push { request, reply }).await?;
+        rx.await.map_err(|_| NodeGone)
+    }
+
+    pub async fn stats(&self) -> Result<NodeStats, NodeGone> {
+        let (reply, rx) = oneshot::channel();
+        self.send(NodeMsg::Stats { reply }).await?;
+        rx.await.map_err(|_| NodeGone)
+    }
+
+    pub async fn user(&self, user_id: String) -> Result<UserView, NodeGone> {
+        let (reply, rx) = oneshot::channel();
+        self.send(NodeMsg::User { user_id, reply }).await?;
+        rx.await.map_err(|_| NodeGone)
+    }
+
+    /// Kicks a user's local connections; returns how many.
+    pub async fn kick(&self, user_id: String, client_type: Option<ClientType>) -> Result<usize, NodeGone> {
+        let (reply, rx) = oneshot::channel();
+        self.send(NodeMsg::Kick { user_id, client_type, reply }).await?;
+        rx.await.map_err(|_| NodeGone)
+    }
+}
+
+/// Limits the node task enforces on connection queues.
+#[derive(Debug, Clone, Copy)]
+pub struct QueueLimits {
+    pub high_water_bytes: usize,
+    pub hard_limit_bytes: usize,
+    /// Handling one message slower than this is logged.
+    pub slow_ms: u64,
+}
+
+/// The node task's state.
+pub struct Driver {
+    node: Node,
+    store: MemoryStore,
+    node_addr: NodeAddr,
+    start: Instant,
+    phones: HashMap<ConnId, (PhoneLink, bool)>,
+    gateways: HashMap<GatewayId, mpsc::UnboundedSender<GatewayCmd>>,
+    local_waiters: HashMap<u64, oneshot::Sender<PushOutcome>>,
+    next_token: u64,
+    limits: QueueLimits,
+}
+
+/// Starts the node task; returns its handle.
+pub fn spawn(node: Node, limits: QueueLimits) -> (NodeHandle, tokio::task::JoinHandle<()>) {
+    let (tx, rx) = mpsc::channel(NODE_QUEUE_CAPACITY);
+    let node_addr = node.config().node_addr.clone();
+    let driver = Driver {
+        node,
+        store: MemoryStore::new(),
+        node_addr,
+        start: Instant::now(),
+        phones: HashMap::new(),
+        gateways: HashMap::new(),
+        local_waiters: HashMap::new(),
+        next_token: 1,
+        limits,
+    };
+    let join = tokio::spawn(driver.run(rx));
+    (NodeHandle { tx }, join)
+}
+
+impl Driver {
+    fn now_ms(&self) -> Millis {
+        u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    async fn run(mut self, mut rx: mpsc::Receiver<NodeMsg>) {
+        loop {
+            let deadline = self.node.poll_timeout().map(|at| self.start + Duration::from_millis(at));
+            tokio::select! {
+                msg = rx.recv() => {
+                    let Some(msg) = msg else { break };
+                    if self.on_msg(msg) {
+                        break;
+                    }
+                    // Take what else is waiting before sleeping again (bounded, to stay fair).
+                    for _ in 0..1024 {
+                        match rx.try_recv() {
+                            Ok(msg) => {
+                                if self.on_msg(msg) {
+                                    return;
+                                }
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                }
+                _ = sleep_until(deadline) => {
+                    let now = self.now_ms();
+                    self.node.handle_timeout(now);
+                    self.drain();
+                }
+            }
+        }
+    }
+
+    /// Handles one message; true when the task must stop.
+    fn on_msg(&mut self, msg: NodeMsg) -> bool {
+        let started = Instant::now();
+        let now = self.now_ms();
+        let kind = msg_kind(&msg);
+        match msg {
+            NodeMsg::PhoneOpened { conn, link } => {
+                self.phones.insert(conn, (link, true));
+                metrics::connection_opened();
+                self.node.handle(now, Input::PhoneConnected { conn });
+            }
+            NodeMsg::GatewayOpened { gw, tx } => {
+                self.gateways.insert(gw, tx);
+                self.node.handle(now, Input::GatewayConnected { gw });
+            }
+            NodeMsg::Input(input) => {
+                match &input {
+                    Input::PhoneClosed { conn } => {
+                        if self.phones.remove(conn).is_some() {
+                            metrics::connection_closed();
+                        }
+                    }
+                    Input::PhoneWritable { conn, writable } => {
+                        if let Some((_, flag)) = self.phones.get_mut(conn) {
+                            *flag = *writable;
+                        }
+                    }
+                    Input::GatewayClosed { gw } => {
+                        self.gateways.remove(gw);
+                    }
+                    _ => {}
+                }
+                self.node.handle(now, input);
+            }
+            NodeMsg::Push { request, reply } => {
+                let token = self.next_token;
+                self.next_token += 1;
+                self.local_waiters.insert(token, reply);
+                self.node.handle(now, Input::LocalPush { token, request });
+            }
+            NodeMsg::Stats { reply } => {
+                let _ = reply.send(self.node.stats());
+            }
+            NodeMsg::User { user_id, reply } => {
+                let local = self
+                    .node
+                    .routes_of(&user_id)
+                    .into_iter()
+                    .map(|(ct, conn)| LocalRoute { client_type: ct.code(), conn: conn.0 })
+                    .collect();
+                let store = self
+                    .store
+                    .routes_of(&user_id)
+                    .into_iter()
+                    .map(|(ct, route)| StoreRoute { client_type: ct.code(), route })
+                    .collect();
+                let _ = reply.send(UserView { user_id, local, store });
+            }
+            NodeMsg::Kick { user_id, client_type, reply } => {
+                let count = self.node.routes_of(&user_id).iter().filter(|(ct, _)| client_type.is_none_or(|c| c == *ct)).count();
+                self.node.handle(now, Input::KickUser { user_id, client_type });
+                let _ = reply.send(count);
+            }
+            NodeMsg::Shutdown { done } => {
+                self.node.handle(now, Input::Shutdown);
+                self.drain();
+                for (_, tx) in self.gateways.drain() {
+                    let _ = tx.send(GatewayCmd::Close);
+                }
+                let _ = done.send(());
+                return true;
+            }
+        }
+        self.drain();
+        let elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        if elapsed_ms > self.limits.slow_ms {
+            tracing::warn!(target: "pushgate::profile", kind, elapsed_ms, "slow packet: handling took longer than profile_slowly_ms");
+        }
+        false
+    }
+
+    /// Executes every pending output of the core.
+    fn drain(&mut self) {
+        while let Some(output) = self.node.poll_output() {
+            match output {
+                Output::Transmit { conn, frame, report_write } => self.transmit(conn, frame, report_write),
+                Output::Close { conn, reason } => {
+                    tracing::debug!(%conn, ?reason, "closing phone connection");
+                    if let Some((link, _)) = self.phones.remove(&conn) {
+                        metrics::connection_closed();
+                        let _ = link.tx.send(PhoneCmd::Close);
+                    }
+                }
+                Output::GatewayTransmit { gw, packet } => {
+                    if let Some(tx) = self.gateways.get(&gw) {
+                        let _ = tx.send(GatewayCmd::Packet(packet));
+                    }
+                }
+                Output::GatewayClose { gw } => {
+                    if let Some(tx) = self.gateways.remove(&gw) {
+                        let _ = tx.send(GatewayCmd::Close);
+                    }
+                }
+                Output::Store(request) => {
+                    let now = self.now_ms();
+                    let is_kick = matches!(request.op, StoreOp::PublishKick { .. });
+                    let reply = self.store.apply(now, request.op);
+                    self.node.handle(now, Input::StoreReply { request: request.id, reply });
+                    if is_kick {
+                        // One embedded store serves one node: notices for this node come back here.
+                        for notice in self.store.take_kicks() {
+                            if notice.target() == self.node_addr {
+                                self.node.handle(now, Input::KickNotice { notice });
+                            }
+                        }
+                    }
+                }
+                Output::Event(event) => self.on_event(event),
+            }
+        }
+    }
+
+    fn transmit(&mut self, conn: ConnId, frame: OutFrame, report_write: Option<i32>) {
+        let now = self.now_ms();
+        let Some((link, writable)) = self.phones.get_mut(&conn) else {
+            // The connection task is gone; the core hears PhoneClosed from it shortly.
+            return;
+        };
+        let bytes = frame_bytes(&frame);
+        let queued = link.queued_bytes.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        if link.tx.send(PhoneCmd::Frame { frame, report_write, bytes }).is_err() {
+            return;
+        }
+        if queued > self.limits.hard_limit_bytes {
+            tracing::warn!(%conn, queued, "phone does not read: outbound queue over its hard limit, closing");
+            if let Some((link, _)) = self.phones.remove(&conn) {
+                metrics::connection_closed();
+                let _ = link.tx.send(PhoneCmd::Close);
+            }
+            self.node.handle(now, Input::PhoneClosed { conn });
+        } else if queued > self.limits.high_water_bytes && *writable {
+            *writable = false;
+            self.node.handle(now, Input::PhoneWritable { conn, writable: false });
+        }
+    }
+
+    fn on_event(&mut self, event: Event) {
+        metrics::record(&event);
+        match event {
+            Event::PushFinished { id, origin, user_id, client_type, status, reason, timeline, delivered } => {
+                let time_points: Vec<serde_json::Value> =
+                    timeline.points().iter().flat_map(|(name, at)| [serde_json::Value::from(*name), serde_json::Value::from(*at)]).collect();
+                tracing::info!(
+                    target: "pushgate::push",
+                    push = id.0,
+                    user = %user_id,
+                    client_type = client_type.map(|c| c.code()),
+                    status = status.name(),
+                    reason = reason.as_deref().unwrap_or(""),
+                    delivered,
+                    time_line = %serde_json::Value::from(time_points.clone()),
+                    "push finished"
+                );
+                if !delivered {
+                    tracing::warn!(target: "pushgate::push", push = id.0, status = status.name(), "the pushclient connection is closed, so it cannot be told");
+                }
+                if let Origin::Local { token } = origin {
+                    if let Some(waiter) = self.local_waiters.remove(&token) {
+                        let _ = waiter.send(PushOutcome {
+                            status,
+                            reason,
+                            user_id,
+                            client_type: client_type.map(|c| c.code()),
+                            time_points,
+                            sent: None,
+                        });
+                    }
+                }
+            }
+            Event::BroadcastFinished { id, origin, sent, status, reason, delivered } => {
+                tracing::info!(target: "pushgate::push", push = id.0, broadcast = true, sent, status = status.name(), reason = reason.as_deref().unwrap_or(""), delivered, "broadcast finished");
+                if let Origin::Local { token } = origin {
+                    if let Some(waiter) = self.local_waiters.remove(&token) {
+                        let outcome = PushOutcome { status, reason, user_id: String::new(), client_type: None, time_points: Vec::new(), sent: Some(sent) };
+                        let _ = waiter.send(outcome);
+                    }
+                }
+            }
+            Event::StoreFailed { op, error } => tracing::warn!(op, %error, "route store request failed"),
+            Event::DecodeError { kind } => tracing::debug!(kind, "decode error"),
+            Event::Closed { conn, reason } => tracing::debug!(%conn, ?reason, "connection closed"),
+            Event::Kicked { conn, user_id, device_id } => tracing::info!(%conn, user = %user_id, device = %device_id, "kicked"),
+            Event::Upstream { conn, user_id, content } => {
+                tracing::debug!(%conn, user = user_id.as_deref().unwrap_or(""), bytes = content.len(), "upstream push")
+            }
+            other => tracing::trace!(?other, "event"),
+        }
+    }
+}
+
+/// Bytes a frame will take on the wire (an estimate good enough for queue accounting:
+/// header, body, and the AES padding block).
+fn frame_bytes(frame: &OutFrame) -> usize {
+    match frame {
+        OutFrame::Heartbeat => 1,
+        OutFrame::Packet { body, .. } => pushgate_core::frame::HEADER_BYTES + body.len() + 16,
+    }
+}
+
+fn msg_kind(msg: &NodeMsg) -> &'static str {
+    match msg {
+        NodeMsg::PhoneOpened { .. } => "phone-opened",
+        NodeMsg::GatewayOpened { .. } => "gateway-opened",
+        NodeMsg::Input(Input::PhoneFrame { .. }) => "phone-frame",
+        NodeMsg::Input(Input::GatewayFrame { .. }) => "gateway-frame",
+        NodeMsg::Input(_) => "input",
+        NodeMsg::Push { .. } => "local-push",
+        NodeMsg::Stats { .. } => "stats",
+        NodeMsg::User { .. } => "user",
+        NodeMsg::Kick { .. } => "kick",
+        NodeMsg::Shutdown { .. } => "shutdown",
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,216 @@
+//! The HTTP admin API (JSON), on the admin port (loopback by default):
+//!
+//! - `POST /v1/push` — a single push (`userId`, optional `clientType`, `content`, `ack`,
+//!   `timeoutMs`) or a broadcast (`broadcast: true` with optional `tags`, `condition`,
+//!   `userIds`, `clientType`, `taskId`); answers with the terminal status and its time line.
+//! - `GET /v1/users/{id}` — the user's routes (local and in the store);
+//!   `DELETE /v1/users/{id}` — kick the user's local connections (`?clientType=N` for one type).
+//! - `GET /v1/stats` — connections, bound routes, pushes by status.
+//! - `GET /healthz`, `GET /metrics` (Prometheus text), `GET /v1/public-key`.
+use crate::driver::{NodeHandle, PushOutcome};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use bytes::Bytes;
+use pushgate_core::condition::Condition;
+use pushgate_core::push::{AckMode, Broadcast, BroadcastFilter, PushRequest, SinglePush};
+use pushgate_core::route::ClientType;
+use pushgate_core::PushStatus;
+use serde::Deserialize;
+use serde_json::json;
+use tokio::net::TcpListener;
+
+#[derive(Clone)]
+struct AppState {
+    node: NodeHandle,
+    metrics: crate::metrics::PrometheusHandle,
+    public_key: String,
+}
+
+/// Serves the admin API on `listener` until the task is aborted.
+pub async fn serve(listener: TcpListener, node: NodeHandle, public_key: String) {
+    let state = AppState { node, metrics: crate::metrics::install(), public_key };
+    if let Err(error) = axum::serve(listener, router(state)).await {
+        tracing::error!(%error, "admin HTTP server stopped");
+    }
+}
+
+fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/push", post(push))
+        .route("/v1/users/{id}", get(user).delete(kick))
+        .route("/v1/stats", get(stats))
+        .route("/v1/public-key", get(public_key))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+/// The body of `POST /v1/push`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PushBody {
+    #[serde(default)]
+    pub user_id: Option<String>,
+    #[serde(default)]
+    pub client_type: Option<i32>,
+    pub content: String,
+    #[serde(default)]
+    pub ack: Option<String>,
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    #[serde(default)]
+    pub broadcast: bool,
+    #[serde(default)]
+    pub tags: Option<Vec<String>>,
+    #[serde(default)]
+    pub condition: Option<String>,
+    #[serde(default)]
+    pub user_ids: Option<Vec<String>>,
+    #[serde(default)]
+    pub task_id: Option<String>,
+}
+
+fn bad_request(message: impl Into<String>) -> Response {
+    (StatusCode::BAD_REQUEST, Json(json!({ "error": message.into() }))).into_response()
+}
+
+fn unavailable() -> Response {
+    (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "error": "node is not running" }))).into_response()
+}
+
+/// Turns the JSON body into a push request, or says what is wrong with it.
+pub fn push_request(body: PushBody) -> Result<PushRequest, String> {
+    let client_type = match body.client_type {
+        None | Some(0) => None,
+        Some(code) => Some(ClientType::from_code(code).ok_or_else(|| format!("unknown clientType {code}"))?),
+    };
+    let content = Bytes::from(body.content.into_bytes());
+    if body.broadcast {
+        let condition = match body.condition.as_deref().map(str::trim).filter(|c| !c.is_empty()) {
+            Some(text) => Some(Condition::parse(text).map_err(|e| e.to_string())?),
+            None => None,
+        };
+        let filter = BroadcastFilter {
+            tags: body.tags.filter(|t| !t.is_empty()),
+            condition,
+            user_ids: body.user_ids.map(|ids| ids.into_iter().collect()),
+            client_type,
+        };
+        return Ok(PushRequest::Broadcast(Broadcast { content, filter, task_id: body.task_id.filter(|t| !t.is_empty()) }));
+    }
+    let user_id = body.user_id.filter(|u| !u.is_empty()).ok_or("userId is required (or set broadcast: true)")?;
+    let ack = match body.ack.as_deref().unwrap_or("none") {
+        "none" => AckMode::None,
+        "auto" => AckMode::Auto,
+        "biz" => AckMode::Biz,
+        other => return Err(format!("ack must be none, auto or biz, not {other:?}")),
+    };
+    Ok(PushRequest::Single(SinglePush { user_id, client_type, timeout_ms: body.timeout_ms.unwrap_or(0), content, ack }))
+}
+
+async fn push(State(state): State<AppState>, Json(body): Json<PushBody>) -> Response {
+    let request = match push_request(body) {
+        Ok(request) => request,
+        Err(message) => return bad_request(message),
+    };
+    match state.node.push(request).await {
+        Ok(outcome) => push_response(outcome),
+        Err(_) => unavailable(),
+    }
+}
+
+fn push_response(outcome: PushOutcome) -> Response {
+    // The request was handled: the status is in the body. A refused request (for example a
+    // busy node) is a failure status too.
+    let code = if outcome.status == PushStatus::Failure && outcome.reason.as_deref().is_some_and(|r| r.starts_with("server busy")) {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    (code, Json(outcome)).into_response()
+}
+
+async fn user(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+    match state.node.user(id).await {
+        Ok(view) => Json(view).into_response(),
+        Err(_) => unavailable(),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct KickQuery {
+    client_type: Option<i32>,
+}
+
+async fn kick(State(state): State<AppState>, Path(id): Path<String>, Query(query): Query<KickQuery>) -> Response {
+    let client_type = match query.client_type {
+        None | Some(0) => None,
+        Some(code) => match ClientType::from_code(code) {
+            Some(ct) => Some(ct),
+            None => return bad_request(format!("unknown clientType {code}")),
+        },
+    };
+    match state.node.kick(id, client_type).await {
+        Ok(kicked) => Json(json!({ "kicked": kicked })).into_response(),
+        Err(_) => unavailable(),
+    }
+}
+
+async fn stats(State(state): State<AppState>) -> Response {
+    let Ok(stats) = state.node.stats().await else { return unavailable() };
+    let by_status: serde_json::Map<String, serde_json::Value> =
+        PushStatus::ALL.iter().map(|s| (s.name().to_owned(), json!(stats.pushes(*s)))).collect();
+    Json(json!({
+        "connections": stats.connections,
+        "gatewayConnections": stats.gateway_connections,
+        "boundRoutes": stats.bound_routes,
+        "pendingPushes": stats.pending_pushes,
+        "broadcasts": stats.broadcasts,
+        "inFlight": stats.in_flight,
+        "handshakes": stats.handshakes,
+        "fastConnects": stats.fast_connects,
+        "binds": stats.binds,
+        "kicks": stats.kicks,
+        "pushes": by_status,
+        "broadcastDeliveries": stats.broadcast_deliveries,
+        "flowDelays": stats.flow_delays,
+        "decodeErrors": stats.decode_errors,
+    }))
+    .into_response()
+}
+
+async fn public_key(State(state): State<AppState>) -> Response {
+    Json(json!({ "publicKey": state.public_key })).into_response()
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render()).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(json: serde_json::Value) -> PushBody {
+        serde_json::from_value(json).unwrap()
+    }
+
+    #[test]
+    fn push_bodies_become_requests_or_clear_errors() {
+        let single = push_request(body(json!({"userId": "u", "content": "hi", "ack": "biz", "clientType": 1}))).unwrap();
+        let PushRequest::Single(s) = single else { panic!("single expected") };
+        assert_eq!((s.ack, s.client_type), (AckMode::Biz, Some(ClientType::Mobile)));
+        assert!(push_request(body(json!({"content": "hi"}))).unwrap_err().contains("userId"));
+        assert!(push_request(body(json!({"userId": "u", "content": "hi", "ack": "maybe"}))).unwrap_err().contains("ack"));
+        let err = push_request(body(json!({"broadcast": true, "content": "x", "condition": "userId %"}))).unwrap_err();
+        assert!(err.contains("condition parse error"), "{err}");
+        let b = push_request(body(json!({"broadcast": true, "content": "x", "tags": ["a"], "userIds": ["u1"]}))).unwrap();
+        let PushRequest::Broadcast(b) = b else { panic!("broadcast expected") };
+        assert_eq!(b.filter.tags, Some(vec!["a".to_owned()]));
+        assert!(serde_json::from_value::<PushBody>(json!({"content": "x", "bogus": 1})).is_err());
+    }
+}

@@ -1,0 +1,206 @@
+//! `pushgate serve`: binds the three listeners (phones, PushClients, HTTP admin), starts the
+//! node task and accepts connections until shut down.
+//!
+//! Shutdown (SIGINT/SIGTERM in the binary, [`RunningServer::shutdown`] in tests): stop
+//! accepting, let the node answer every pending push and close every phone, then wait — at
+//! most `net.shutdown_grace_ms` — for the connection tasks to flush what they hold.
+use crate::config::Config;
+use crate::conn::{self, ConnSettings};
+use crate::driver::{self, GatewayCmd, NodeHandle, NodeMsg, PhoneLink, QueueLimits};
+use pushgate_core::{ConnId, GatewayId, Node};
+use rand_core::{OsRng, RngCore};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+/// A started server.
+pub struct RunningServer {
+    pub connect_addr: SocketAddr,
+    pub gateway_addr: SocketAddr,
+    /// `None` in the simulator, which has no HTTP server.
+    pub admin_addr: Option<SocketAddr>,
+    handle: NodeHandle,
+    node_task: JoinHandle<()>,
+    accept_tasks: Vec<JoinHandle<()>>,
+    live_connections: Arc<AtomicUsize>,
+    shutdown_grace: Duration,
+}
+
+/// Counts a live connection task for as long as it exists.
+struct LiveGuard(Arc<AtomicUsize>);
+
+impl LiveGuard {
+    fn new(counter: &Arc<AtomicUsize>) -> Self {
+        counter.fetch_add(1, Ordering::Relaxed);
+        Self(counter.clone())
+    }
+}
+
+impl Drop for LiveGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Binds the listeners and starts serving. Port 0 binds a free port (see the addresses).
+pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
+    config.validate()?;
+    if config.security.uses_default_key() {
+        tracing::warn!(
+            "USING MPUSH'S PUBLISHED DEFAULT RSA KEY: anyone can decrypt handshakes. Run `pushgate keygen` and set security.private_key for production"
+        );
+    }
+    let net = &config.net;
+    let connect = TcpListener::bind((net.connect_bind.as_str(), net.connect_port)).await.map_err(|e| anyhow::anyhow!("bind {}:{}: {e}", net.connect_bind, net.connect_port))?;
+    let gateway = TcpListener::bind((net.gateway_bind.as_str(), net.gateway_port)).await.map_err(|e| anyhow::anyhow!("bind {}:{}: {e}", net.gateway_bind, net.gateway_port))?;
+    let connect_addr = connect.local_addr()?;
+    let gateway_addr = gateway.local_addr()?;
+
+    // Routes must name the gateway port actually bound (port 0 picks one).
+    let mut node_config = config.node_config()?;
+    node_config.node_addr.port = gateway_addr.port();
+    let mut seed = [0u8; 32];
+    OsRng.fill_bytes(&mut seed);
+    let epoch_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0);
+    let settings = ConnSettings {
+        max_body_bytes: node_config.max_body_bytes,
+        compress_threshold_bytes: node_config.compress_threshold_bytes,
+        low_water_bytes: net.write_low_water_bytes,
+    };
+    let limits = QueueLimits {
+        high_water_bytes: net.write_high_water_bytes,
+        hard_limit_bytes: net.write_hard_limit_bytes,
+        slow_ms: config.log.profile_slowly_ms,
+    };
+    let (handle, node_task) = driver::spawn(Node::new(node_config, seed, epoch_ms), limits);
+    let live = Arc::new(AtomicUsize::new(0));
+    let next_id = Arc::new(AtomicU64::new(1));
+    #[cfg_attr(madsim, allow(unused_mut))]
+    let mut accept_tasks = vec![
+        tokio::spawn(accept_phones(connect, handle.clone(), settings, next_id.clone(), live.clone())),
+        tokio::spawn(accept_gateways(gateway, handle.clone(), settings.max_body_bytes, next_id, live.clone())),
+    ];
+
+    #[cfg(not(madsim))]
+    let admin_addr = {
+        let admin = TcpListener::bind((net.admin_bind.as_str(), net.admin_port)).await.map_err(|e| anyhow::anyhow!("bind {}:{}: {e}", net.admin_bind, net.admin_port))?;
+        let addr = admin.local_addr()?;
+        accept_tasks.push(tokio::spawn(crate::http::serve(admin, handle.clone(), config.security.public_key_b64()?)));
+        Some(addr)
+    };
+    #[cfg(madsim)]
+    let admin_addr = None;
+
+    tracing::info!(%connect_addr, %gateway_addr, admin_addr = ?admin_addr, "pushgate serving");
+    Ok(RunningServer {
+        connect_addr,
+        gateway_addr,
+        admin_addr,
+        handle,
+        node_task,
+        accept_tasks,
+        live_connections: live,
+        shutdown_grace: Duration::from_millis(net.shutdown_grace_ms),
+    })
+}
+
+async fn accept_phones(listener: TcpListener, node: NodeHandle, settings: ConnSettings, next_id: Arc<AtomicU64>, live: Arc<AtomicUsize>) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                // Out of file descriptors and similar: back off instead of spinning.
+                tracing::warn!(%error, "accept failed on the connection port");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let conn = ConnId(next_id.fetch_add(1, Ordering::Relaxed));
+        let (tx, rx) = mpsc::unbounded_channel();
+        let link = PhoneLink { tx, queued_bytes: Arc::new(AtomicUsize::new(0)) };
+        tracing::debug!(%conn, %peer, "phone connected");
+        if node.send(NodeMsg::PhoneOpened { conn, link: link.clone() }).await.is_err() {
+            return;
+        }
+        let guard = LiveGuard::new(&live);
+        let node = node.clone();
+        tokio::spawn(async move {
+            let _guard = guard;
+            conn::run_phone(conn, stream, node, link, rx, settings).await;
+        });
+    }
+}
+
+async fn accept_gateways(listener: TcpListener, node: NodeHandle, max_body_bytes: usize, next_id: Arc<AtomicU64>, live: Arc<AtomicUsize>) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                tracing::warn!(%error, "accept failed on the gateway port");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let gw = GatewayId(next_id.fetch_add(1, Ordering::Relaxed));
+        let (tx, rx) = mpsc::unbounded_channel::<GatewayCmd>();
+        tracing::debug!(%gw, %peer, "pushclient connected");
+        if node.send(NodeMsg::GatewayOpened { gw, tx }).await.is_err() {
+            return;
+        }
+        let guard = LiveGuard::new(&live);
+        let node = node.clone();
+        tokio::spawn(async move {
+            let _guard = guard;
+            conn::run_gateway(gw, stream, node, rx, max_body_bytes).await;
+        });
+    }
+}
+
+impl RunningServer {
+    /// A handle to the node task (local pushes, stats, kicks).
+    pub fn handle(&self) -> NodeHandle {
+        self.handle.clone()
+    }
+
+    /// Connection tasks still running.
+    pub fn live_connections(&self) -> usize {
+        self.live_connections.load(Ordering::Relaxed)
+    }
+
+    /// Stops accepting, answers every pending push, closes every connection, and returns once
+    /// the connections have flushed or the grace period ran out.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        for task in &self.accept_tasks {
+            task.abort();
+        }
+        let deadline = tokio::time::Instant::now() + self.shutdown_grace;
+        let (done, rx) = oneshot::channel();
+        if self.handle.send(NodeMsg::Shutdown { done }).await.is_ok() {
+            let _ = tokio::time::timeout(remaining(deadline), rx).await;
+        }
+        let _ = tokio::time::timeout(remaining(deadline), self.node_task).await;
+        while self.live_connections.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let left = self.live_connections.load(Ordering::Relaxed);
+        if left > 0 {
+            tracing::warn!(left, "shutdown grace period over with connections still open");
+        }
+        tracing::info!("pushgate stopped");
+        Ok(())
+    }
+}
+
+/// Time left until `deadline` (zero once it passed).
+fn remaining(deadline: tokio::time::Instant) -> Duration {
+    deadline.saturating_duration_since(tokio::time::Instant::now())
+}
