@@ -128,7 +128,7 @@ impl KickNotice {
 }
 
 /// What a store does for the core.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum StoreOp {
     /// Set the route of (user, client type); answer [`StoreReply::Previous`] with the value it
     /// replaced (atomically, so the core can kick an older connection elsewhere).
@@ -173,7 +173,7 @@ pub enum StoreOp {
 }
 
 /// A broadcast task's control record (MPush `mp:pt{taskId}`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct TaskControl {
     /// Sends per second; `None` when the store holds no value.
     pub qps: Option<u64>,
@@ -182,7 +182,7 @@ pub struct TaskControl {
 }
 
 /// A store's answer.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum StoreReply {
     Done,
     Previous(Option<RouteRecord>),
@@ -193,7 +193,7 @@ pub enum StoreReply {
 }
 
 /// Why a store request failed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 pub enum StoreError {
     #[error("route store unavailable: {0}")]
     Unavailable(String),

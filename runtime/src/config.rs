@@ -20,7 +20,28 @@ pub struct Config {
     pub core: CoreConfig,
     pub flow: FlowConfig,
     pub security: SecurityConfig,
+    pub store: StoreConfig,
     pub log: LogConfig,
+}
+
+/// Where the route store lives.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `host:port` of a store node shared with other pushgate nodes (`pushgate store-node`);
+    /// empty = the embedded in-memory store (one node).
+    pub address: String,
+}
+
+impl StoreConfig {
+    /// The store to use.
+    pub fn spec(&self) -> anyhow::Result<crate::driver::StoreSpec> {
+        if self.address.trim().is_empty() {
+            return Ok(crate::driver::StoreSpec::Memory);
+        }
+        let addr = self.address.trim().parse().map_err(|e| anyhow::anyhow!("store.address {:?}: {e}", self.address))?;
+        Ok(crate::driver::StoreSpec::Remote(addr))
+    }
 }
 
 /// Listeners and per-connection buffers.
@@ -220,6 +241,7 @@ impl Config {
         let n = &self.net;
         anyhow::ensure!(n.write_low_water_bytes <= n.write_high_water_bytes && n.write_high_water_bytes <= n.write_hard_limit_bytes, "net.write_low_water_bytes <= net.write_high_water_bytes <= net.write_hard_limit_bytes");
         self.security.server_key()?;
+        self.store.spec()?;
         Ok(())
     }
 

@@ -13,12 +13,13 @@
 //! until it is empty, and it sleeps until `poll_timeout` when nothing arrives.
 use crate::metrics;
 use crate::store::MemoryStore;
+use crate::store_net::{FromStore, RemoteStore, StoreLinkEvent};
 use pushgate_core::frame::Packet;
 use pushgate_core::push::{Origin, PushRequest};
 use pushgate_core::route::ClientType;
 use pushgate_core::status::PushStatus;
-use pushgate_core::store::{RouteRecord, StoreOp};
-use pushgate_core::{ConnId, Event, GatewayId, Input, Millis, Node, NodeAddr, NodeStats, OutFrame, Output};
+use pushgate_core::store::{RouteRecord, StoreError, StoreOp};
+use pushgate_core::{ConnId, Event, GatewayId, Input, Millis, Node, NodeAddr, NodeStats, OutFrame, Output, RequestId};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -55,6 +56,7 @@ pub struct PhoneLink {
 
 /// The outcome of a push made through [`NodeHandle::push`].
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct PushOutcome {
     pub status: PushStatus,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -73,6 +75,7 @@ pub struct PushOutcome {
 
 /// A user's routes, local and in the store.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct UserView {
     pub user_id: String,
     pub local: Vec<LocalRoute>,
@@ -80,12 +83,14 @@ pub struct UserView {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct LocalRoute {
     pub client_type: i32,
     pub conn: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct StoreRoute {
     pub client_type: i32,
     #[serde(flatten)]
@@ -162,10 +167,24 @@ pub struct QueueLimits {
     pub slow_ms: u64,
 }
 
+/// Where the route store lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreSpec {
+    /// In this process (a single node).
+    Memory,
+    /// A store node shared with other pushgate nodes.
+    Remote(std::net::SocketAddr),
+}
+
+enum StoreBackend {
+    Memory(MemoryStore),
+    Remote(RemoteStore),
+}
+
 /// The node task's state.
 pub struct Driver {
     node: Node,
-    store: MemoryStore,
+    store: StoreBackend,
     node_addr: NodeAddr,
     start: Instant,
     phones: HashMap<ConnId, (PhoneLink, bool)>,
@@ -176,12 +195,19 @@ pub struct Driver {
 }
 
 /// Starts the node task; returns its handle.
-pub fn spawn(node: Node, limits: QueueLimits) -> (NodeHandle, tokio::task::JoinHandle<()>) {
+pub fn spawn(node: Node, limits: QueueLimits, store: StoreSpec) -> (NodeHandle, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(NODE_QUEUE_CAPACITY);
     let node_addr = node.config().node_addr.clone();
+    let (store, store_rx) = match store {
+        StoreSpec::Memory => (StoreBackend::Memory(MemoryStore::new()), None),
+        StoreSpec::Remote(addr) => {
+            let (remote, delivered) = RemoteStore::start(addr, node_addr.clone());
+            (StoreBackend::Remote(remote), Some(delivered))
+        }
+    };
     let driver = Driver {
         node,
-        store: MemoryStore::new(),
+        store,
         node_addr,
         start: Instant::now(),
         phones: HashMap::new(),
@@ -190,7 +216,7 @@ pub fn spawn(node: Node, limits: QueueLimits) -> (NodeHandle, tokio::task::JoinH
         next_token: 1,
         limits,
     };
-    let join = tokio::spawn(driver.run(rx));
+    let join = tokio::spawn(driver.run(rx, store_rx));
     (NodeHandle { tx }, join)
 }
 
@@ -199,10 +225,24 @@ impl Driver {
         u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    async fn run(mut self, mut rx: mpsc::Receiver<NodeMsg>) {
+    async fn run(mut self, mut rx: mpsc::Receiver<NodeMsg>, mut store_rx: Option<mpsc::UnboundedReceiver<StoreLinkEvent>>) {
         loop {
             let deadline = self.node.poll_timeout().map(|at| self.start + Duration::from_millis(at));
             tokio::select! {
+                message = recv_store(&mut store_rx) => {
+                    let now = self.now_ms();
+                    match message {
+                        Some(StoreLinkEvent::Connected) => self.node.handle(now, Input::StoreConnected),
+                        Some(StoreLinkEvent::Message(FromStore::Reply { id, result })) => {
+                            self.node.handle(now, Input::StoreReply { request: RequestId(id), reply: result })
+                        }
+                        Some(StoreLinkEvent::Message(FromStore::Kick(notice))) => {
+                            self.node.handle(now, Input::KickNotice { notice })
+                        }
+                        None => store_rx = None,
+                    }
+                    self.drain();
+                }
                 msg = rx.recv() => {
                     let Some(msg) = msg else { break };
                     if self.on_msg(msg) {
@@ -279,12 +319,15 @@ impl Driver {
                     .into_iter()
                     .map(|(ct, conn)| LocalRoute { client_type: ct.code(), conn: conn.0 })
                     .collect();
-                let store = self
-                    .store
-                    .routes_of(&user_id)
-                    .into_iter()
-                    .map(|(ct, route)| StoreRoute { client_type: ct.code(), route })
-                    .collect();
+                // A remote store is not read from here (that would block the node task).
+                let store = match &self.store {
+                    StoreBackend::Memory(memory) => memory
+                        .routes_of(&user_id)
+                        .into_iter()
+                        .map(|(ct, route)| StoreRoute { client_type: ct.code(), route })
+                        .collect(),
+                    StoreBackend::Remote(_) => Vec::new(),
+                };
                 let _ = reply.send(UserView { user_id, local, store });
             }
             NodeMsg::Kick { user_id, client_type, reply } => {
@@ -334,14 +377,25 @@ impl Driver {
                 }
                 Output::Store(request) => {
                     let now = self.now_ms();
-                    let is_kick = matches!(request.op, StoreOp::PublishKick { .. });
-                    let reply = self.store.apply(now, request.op);
-                    self.node.handle(now, Input::StoreReply { request: request.id, reply });
-                    if is_kick {
-                        // One embedded store serves one node: notices for this node come back here.
-                        for notice in self.store.take_kicks() {
-                            if notice.target() == self.node_addr {
-                                self.node.handle(now, Input::KickNotice { notice });
+                    match &mut self.store {
+                        StoreBackend::Memory(memory) => {
+                            let is_kick = matches!(request.op, StoreOp::PublishKick { .. });
+                            let reply = memory.apply(now, request.op);
+                            self.node.handle(now, Input::StoreReply { request: request.id, reply });
+                            if is_kick {
+                                // One embedded store serves one node: notices for this node come back here.
+                                let kicks = memory.take_kicks();
+                                for notice in kicks {
+                                    if notice.target() == self.node_addr {
+                                        self.node.handle(now, Input::KickNotice { notice });
+                                    }
+                                }
+                            }
+                        }
+                        StoreBackend::Remote(remote) => {
+                            if !remote.request(request.id.0, request.op) {
+                                let reply = Err(StoreError::Unavailable("no link to the route store".into()));
+                                self.node.handle(now, Input::StoreReply { request: request.id, reply });
                             }
                         }
                     }
@@ -450,6 +504,13 @@ fn msg_kind(msg: &NodeMsg) -> &'static str {
         NodeMsg::User { .. } => "user",
         NodeMsg::Kick { .. } => "kick",
         NodeMsg::Shutdown { .. } => "shutdown",
+    }
+}
+
+async fn recv_store(rx: &mut Option<mpsc::UnboundedReceiver<StoreLinkEvent>>) -> Option<StoreLinkEvent> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 

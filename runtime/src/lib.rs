@@ -3,7 +3,8 @@
 //!
 //! - [`config`]: layered configuration (defaults, TOML, `PUSHGATE_*`, flags).
 //! - [`server`]: listeners and start/shutdown; [`driver`]: the node task; [`conn`]: the
-//!   per-connection tasks; [`store`]: the embedded in-memory route store.
+//!   per-connection tasks; [`store`]: the embedded in-memory route store; [`store_net`]: the
+//!   store node several nodes share, and the driver's link to it.
 //! - [`http`] and [`metrics`]: the admin API and Prometheus metrics (not in the simulator).
 //! - [`client`]: `PushClient` and `DeviceClient`, and the `push` / `device` subcommands.
 pub use pushgate_core as core;
@@ -17,3 +18,4 @@ pub mod http;
 pub mod metrics;
 pub mod server;
 pub mod store;
+pub mod store_net;

@@ -79,7 +79,7 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
         hard_limit_bytes: net.write_hard_limit_bytes,
         slow_ms: config.log.profile_slowly_ms,
     };
-    let (handle, node_task) = driver::spawn(Node::new(node_config, seed, epoch_ms), limits);
+    let (handle, node_task) = driver::spawn(Node::new(node_config, seed, epoch_ms), limits, config.store.spec()?);
     let live = Arc::new(AtomicUsize::new(0));
     let next_id = Arc::new(AtomicU64::new(1));
     #[cfg_attr(madsim, allow(unused_mut))]

@@ -76,6 +76,9 @@ pub enum Input {
         user_id: String,
         client_type: Option<ClientType>,
     },
+    /// The link to the route store came up (again): the store may have lost writes or restarted
+    /// empty, so the node writes every local route again.
+    StoreConnected,
     /// The node is stopping: answer every pending push and close every phone.
     Shutdown,
 }
@@ -415,6 +418,7 @@ impl Node {
                 user_id,
                 client_type,
             } => self.kick_user(&user_id, client_type),
+            Input::StoreConnected => self.republish_routes(),
             Input::Shutdown => self.shutdown(),
         }
         self.check_invariants();

@@ -384,25 +384,37 @@ impl Node {
             user_id: bind.user_id.clone(),
             client_type,
         });
-        let op = StoreOp::PutRoute {
-            user_id: bind.user_id,
-            client_type,
-            route: record,
-        };
-        self.store(
-            op.clone(),
-            StorePurpose::BindRoute {
-                conn,
-                op,
-                attempts: 1,
-            },
-        );
+        self.put_route(conn, bind.user_id, client_type, record);
         self.send_raw(
             conn,
             Command::Ok,
             sid,
             &OkMessage::new(Command::Bind, "bind success"),
         );
+    }
+
+    /// Writes a connection's route to the store (the answer may name an older route to kick).
+    fn put_route(&mut self, conn: ConnId, user_id: String, client_type: ClientType, route: RouteRecord) {
+        let op = StoreOp::PutRoute { user_id, client_type, route };
+        self.store(op.clone(), StorePurpose::BindRoute { conn, op, attempts: 1 });
+    }
+
+    /// Writes every local route to the store again (after the store link came back).
+    pub(super) fn republish_routes(&mut self) {
+        let routes: Vec<(String, ClientType, ConnId)> =
+            self.routes.iter().map(|(u, ct, c)| (u.to_owned(), ct, c)).collect();
+        for (user_id, client_type, conn) in routes {
+            let Some(session) = self.sessions.get(&conn) else { continue };
+            let record = RouteRecord {
+                host: self.cfg.node_addr.host.clone(),
+                port: self.cfg.node_addr.port,
+                device_id: session.device_id.clone(),
+                os_name: session.os_name.clone(),
+                client_version: session.client_version.clone(),
+                conn_id: Some(session.conn_token.clone()),
+            };
+            self.put_route(conn, user_id, client_type, record);
+        }
     }
 
     pub(super) fn on_bind_route_reply(
@@ -443,7 +455,10 @@ impl Node {
                 let still_bound = self.sessions.get(&conn).is_some_and(|s| {
                     s.user_id() == Some(user_id.as_str()) && s.client_type == *client_type
                 });
-                if still_bound && attempts < STORE_WRITE_ATTEMPTS {
+                // An unavailable store is not retried here: the route is written again when
+                // the store link comes back (`republish_routes`).
+                let retry = !matches!(error, StoreError::Unavailable(_));
+                if still_bound && retry && attempts < STORE_WRITE_ATTEMPTS {
                     self.store(
                         op.clone(),
                         StorePurpose::BindRoute {

@@ -45,7 +45,11 @@ pub struct PushArgs {
     #[arg(long, default_value = "127.0.0.1:3001")]
     pub gateway: SocketAddr,
     /// The user to push to (required unless --broadcast).
-    #[arg(long, required_unless_present = "broadcast", conflicts_with = "broadcast")]
+    #[arg(
+        long,
+        required_unless_present = "broadcast",
+        conflicts_with = "broadcast"
+    )]
     pub user: Option<String>,
     /// The content (sent as UTF-8 bytes).
     #[arg(long)]
@@ -152,9 +156,7 @@ pub async fn push_command(args: PushArgs) -> anyhow::Result<ExitCode> {
             .context("broadcast")?;
         (broadcast_line(&result), result.status.is_success())
     } else {
-        let user = args
-            .user
-            .context("--user is required unless --broadcast")?;
+        let user = args.user.context("--user is required unless --broadcast")?;
         let result = client
             .push(SinglePushRequest {
                 user_id: user,
@@ -337,8 +339,17 @@ mod tests {
             (AckArg::None, 3000, None, false)
         );
         let Cmd::Push(args) = parse(&[
-            "push", "--user", "u1", "--content", "hi", "--ack", "biz", "--client-type", "-1",
-            "--timeout-ms", "500",
+            "push",
+            "--user",
+            "u1",
+            "--content",
+            "hi",
+            "--ack",
+            "biz",
+            "--client-type",
+            "-1",
+            "--timeout-ms",
+            "500",
         ])
         .unwrap() else {
             panic!()
@@ -362,9 +373,13 @@ mod tests {
         };
         assert_eq!(args.tags, vec!["a", "b"]);
         assert_eq!(args.condition.as_deref(), Some("userId == 'u'"));
-        assert!(parse(&["push", "--content", "x"]).is_err(), "no user, no broadcast");
-        let Cmd::Push(args) = parse(&["push", "--user", "u", "--content", "x", "--tags", "a"])
-            .unwrap() else {
+        assert!(
+            parse(&["push", "--content", "x"]).is_err(),
+            "no user, no broadcast"
+        );
+        let Cmd::Push(args) =
+            parse(&["push", "--user", "u", "--content", "x", "--tags", "a"]).unwrap()
+        else {
             panic!()
         };
         assert!(args.validate().is_err(), "tags only for broadcasts");

@@ -16,16 +16,15 @@
 //! Unlike the SDK it never reconnects on its own: the caller connects again, passing
 //! [`DeviceClient::stored_session`] to fast-connect.
 use super::{
-    connect_tcp, lock, now_epoch_ms, read_frame, run_writer, take_pending, ClientError,
-    Outbound, Pending, CLIENT_MAX_BODY_BYTES,
+    connect_tcp, lock, now_epoch_ms, read_frame, run_writer, take_pending, ClientError, Outbound,
+    Pending, CLIENT_MAX_BODY_BYTES,
 };
 use bytes::{Bytes, BytesMut};
 use pushgate_core::command::Command;
 use pushgate_core::crypto::{mix_keys, AesCipher, ClientRsaKey, AES_IV_BYTES, AES_KEY_BYTES};
 use pushgate_core::frame::{Flags, Frame, FrameDecoder, Packet};
 use pushgate_core::message::{
-    Ack, Bind, Body, ErrorMessage, FastConnect, FastConnectOk, Handshake, HandshakeOk, Kick,
-    Push,
+    Ack, Bind, Body, ErrorMessage, FastConnect, FastConnectOk, Handshake, HandshakeOk, Kick, Push,
 };
 use pushgate_core::pipeline::{
     open, raw_packet, seal_rsa, sealed_packet, OpenKey, CLIENT_COMPRESS_THRESHOLD_BYTES,
@@ -299,14 +298,8 @@ impl DeviceClient {
             )
             .await?;
             let cipher = session.cipher();
-            let reply = await_reply(
-                &mut stream,
-                &mut inbound,
-                &decoder,
-                sid,
-                handshake_timeout,
-            )
-            .await?;
+            let reply =
+                await_reply(&mut stream, &mut inbound, &decoder, sid, handshake_timeout).await?;
             let body = open_body(&reply, &cipher, &mut rng)?;
             if reply.cmd == Command::FastConnect.code() {
                 let ok = FastConnectOk::decode(&body)
@@ -658,7 +651,11 @@ async fn await_reply(
             match read_frame(stream, inbound, decoder).await? {
                 Frame::Packet(packet) if packet.session_id == sid => return Ok(packet),
                 Frame::Packet(packet) => {
-                    tracing::debug!(cmd = packet.cmd, sid = packet.session_id, "ignored while connecting");
+                    tracing::debug!(
+                        cmd = packet.cmd,
+                        sid = packet.session_id,
+                        "ignored while connecting"
+                    );
                 }
                 Frame::Heartbeat => {}
             }
@@ -802,11 +799,15 @@ async fn run_reader<R: AsyncRead + Unpin>(mut st: ReaderState<R>) {
         };
         let packet = match frame {
             Frame::Heartbeat => {
-                st.shared.heartbeats_received.fetch_add(1, Ordering::Relaxed);
+                st.shared
+                    .heartbeats_received
+                    .fetch_add(1, Ordering::Relaxed);
                 continue;
             }
             Frame::Packet(packet) if packet.cmd == Command::Heartbeat.code() => {
-                st.shared.heartbeats_received.fetch_add(1, Ordering::Relaxed);
+                st.shared
+                    .heartbeats_received
+                    .fetch_add(1, Ordering::Relaxed);
                 continue;
             }
             Frame::Packet(packet) => packet,
@@ -841,9 +842,7 @@ fn dispatch<R>(st: &ReaderState<R>, packet: Packet) {
                 content: packet.body,
             });
             if ack {
-                let _ = st
-                    .tx
-                    .send(Outbound::packet(&ack_packet(packet.session_id)));
+                let _ = st.tx.send(Outbound::packet(&ack_packet(packet.session_id)));
             }
         }
         Ok(Command::Kick) => match Kick::decode(&packet.body) {
@@ -855,7 +854,9 @@ fn dispatch<R>(st: &ReaderState<R>, packet: Packet) {
             }
             Err(e) => {
                 st.shared
-                    .emit(DeviceEvent::Error(ClientError::Protocol(format!("KICK body: {e}"))));
+                    .emit(DeviceEvent::Error(ClientError::Protocol(format!(
+                        "KICK body: {e}"
+                    ))));
             }
         },
         Ok(Command::Error) => {
@@ -866,7 +867,11 @@ fn dispatch<R>(st: &ReaderState<R>, packet: Packet) {
             st.shared.emit(DeviceEvent::Error(event));
         }
         _ => {
-            tracing::debug!(cmd = packet.cmd, sid = packet.session_id, "device: packet ignored");
+            tracing::debug!(
+                cmd = packet.cmd,
+                sid = packet.session_id,
+                "device: packet ignored"
+            );
         }
     }
 }
@@ -918,7 +923,10 @@ mod tests {
         assert!(session.is_valid_at(999));
         assert!(!session.is_valid_at(1000));
         let printed = format!("{session:?}");
-        assert!(!printed.contains("session_key") && !printed.contains("iv"), "{printed}");
+        assert!(
+            !printed.contains("session_key") && !printed.contains("iv"),
+            "{printed}"
+        );
         let empty = StoredSession {
             session_id: String::new(),
             ..session

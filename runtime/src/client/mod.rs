@@ -12,8 +12,7 @@ pub mod push;
 
 pub use device::{AckPolicy, DeviceClient, DeviceEvent, DeviceOptions, StoredSession};
 pub use push::{
-    BroadcastRequest, PushClient, PushClientOptions, PushResult, RouteResolver,
-    SinglePushRequest,
+    BroadcastRequest, PushClient, PushClientOptions, PushResult, RouteResolver, SinglePushRequest,
 };
 
 use bytes::{Bytes, BytesMut};
@@ -64,7 +63,9 @@ pub(crate) fn take_pending(pending: &Pending, session_id: i32) -> Option<oneshot
 
 /// Locks a std mutex, ignoring poisoning (the maps stay consistent: one insert or remove).
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// What the writer task is asked to do.

@@ -182,8 +182,7 @@ pub struct ResultData {
 /// Parses a gateway result's `data` JSON (tolerant: empty or malformed data gives nothing).
 pub fn parse_result_data(data: &str) -> ResultData {
     let mut out = ResultData::default();
-    let Ok(serde_json::Value::Object(map)) = serde_json::from_str::<serde_json::Value>(data)
-    else {
+    let Ok(serde_json::Value::Object(map)) = serde_json::from_str::<serde_json::Value>(data) else {
         return out;
     };
     out.user_id = map
@@ -485,8 +484,7 @@ impl PushClient {
             condition: req.condition.unwrap_or_default(),
         };
         message.set_tags(&req.tags);
-        let build =
-            |sid| raw_packet(Command::GatewayPush.code(), Flags::NONE, sid, &message);
+        let build = |sid| raw_packet(Command::GatewayPush.code(), Flags::NONE, sid, &message);
         let conn = self.conn(self.gateway).await?;
         if req.task_id.is_some() {
             conn.send(build, timeout).await?;
@@ -553,8 +551,7 @@ impl PushClient {
             return Ok(conn.clone());
         }
         let fresh = Arc::new(
-            GatewayConn::open(addr, Duration::from_millis(self.options.connect_timeout_ms))
-                .await?,
+            GatewayConn::open(addr, Duration::from_millis(self.options.connect_timeout_ms)).await?,
         );
         let mut conns = lock(&self.conns);
         match conns.get(&addr) {
@@ -676,7 +673,10 @@ mod tests {
         // A reply naming no user keeps the request's.
         let bare = broadcast_reply(5, None);
         let r = single_result(bare, &request(AckMode::None)).unwrap();
-        assert_eq!((r.status, r.user_id.as_str()), (PushStatus::Success, "user-1"));
+        assert_eq!(
+            (r.status, r.user_id.as_str()),
+            (PushStatus::Success, "user-1")
+        );
         // Anything but OK/ERROR is a protocol error.
         let odd = Packet::new(Command::Push.code(), Flags::NONE, 5, Bytes::new());
         assert!(matches!(

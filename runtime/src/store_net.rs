@@ -1,0 +1,275 @@
+//! The route store over the network: a store node that several pushgate nodes share, and the
+//! client side the driver uses to reach it.
+//!
+//! Wire format: frames of a 4-byte big-endian length and a JSON body, at most
+//! [`MAX_STORE_FRAME_BYTES`]. A node sends `Subscribe` once per connection (so kick notices for
+//! it are delivered) and `Request`s with ids; the store answers each with a `Reply` carrying the
+//! same id, in order, and pushes `Kick`s to the node they name. The store node is the embedded
+//! [`MemoryStore`] behind one task, so operations are applied one at a time, in arrival order.
+//!
+//! In the simulator the store node runs on its own simulated host, so partitions, crashes and
+//! delays between nodes and store are real to the nodes.
+use crate::store::MemoryStore;
+use bytes::{Buf, BufMut, BytesMut};
+use pushgate_core::store::{KickNotice, StoreError, StoreOp, StoreReply};
+use pushgate_core::{Millis, NodeAddr};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+
+/// Largest store frame accepted.
+pub const MAX_STORE_FRAME_BYTES: usize = 1024 * 1024;
+
+/// From a node to the store.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ToStore {
+    Subscribe { node: NodeAddr },
+    Request { id: u64, op: StoreOp },
+}
+
+/// From the store to a node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum FromStore {
+    Reply { id: u64, result: Result<StoreReply, StoreError> },
+    Kick(KickNotice),
+}
+
+/// What the link to the store hands the node task.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StoreLinkEvent {
+    /// The link is up (again); the node should write its routes again.
+    Connected,
+    Message(FromStore),
+}
+
+/// Appends one frame.
+pub fn encode_frame<T: Serialize>(message: &T, out: &mut BytesMut) {
+    // Store messages are plain data: serialising cannot fail.
+    let body = serde_json::to_vec(message).unwrap_or_default();
+    out.put_u32(u32::try_from(body.len()).unwrap_or(u32::MAX));
+    out.put_slice(&body);
+}
+
+/// Takes one frame off `buf`: `Ok(None)` when more bytes are needed.
+pub fn decode_frame<T: for<'de> Deserialize<'de>>(buf: &mut BytesMut) -> Result<Option<T>, String> {
+    if buf.len() < 4 {
+        return Ok(None);
+    }
+    let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+    if len > MAX_STORE_FRAME_BYTES {
+        return Err(format!("store frame of {len} bytes is over the limit"));
+    }
+    if buf.len() < 4 + len {
+        return Ok(None);
+    }
+    buf.advance(4);
+    let body = buf.split_to(len);
+    serde_json::from_slice(&body).map(Some).map_err(|e| format!("bad store frame: {e}"))
+}
+
+async fn read_frame<T: for<'de> Deserialize<'de>>(stream: &mut (impl AsyncReadExt + Unpin), buf: &mut BytesMut) -> Option<T> {
+    loop {
+        match decode_frame(buf) {
+            Ok(Some(message)) => return Some(message),
+            Ok(None) => {}
+            Err(error) => {
+                tracing::warn!(%error, "store link");
+                return None;
+            }
+        }
+        buf.reserve(4096);
+        match stream.read_buf(buf).await {
+            Ok(0) | Err(_) => return None,
+            Ok(_) => {}
+        }
+    }
+}
+
+enum StoreTaskMsg {
+    Op { op: StoreOp, reply: mpsc::UnboundedSender<FromStore>, id: u64 },
+    Subscribe { node: NodeAddr, tx: mpsc::UnboundedSender<FromStore> },
+}
+
+/// Serves the store on `listener` until the task is dropped.
+pub async fn serve_store(listener: TcpListener) {
+    let (tx, mut rx) = mpsc::unbounded_channel::<StoreTaskMsg>();
+    // One task owns the data: operations apply one at a time, in arrival order.
+    tokio::spawn(async move {
+        let start = tokio::time::Instant::now();
+        let mut store = MemoryStore::new();
+        let mut subscribers: HashMap<NodeAddr, mpsc::UnboundedSender<FromStore>> = HashMap::new();
+        while let Some(msg) = rx.recv().await {
+            let now: Millis = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
+            match msg {
+                StoreTaskMsg::Subscribe { node, tx } => {
+                    subscribers.insert(node, tx);
+                }
+                StoreTaskMsg::Op { op, reply, id } => {
+                    let result = store.apply(now, op);
+                    let _ = reply.send(FromStore::Reply { id, result });
+                    for notice in store.take_kicks() {
+                        if let Some(sub) = subscribers.get(&notice.target()) {
+                            let _ = sub.send(FromStore::Kick(notice));
+                        }
+                    }
+                }
+            }
+        }
+    });
+    loop {
+        let Ok((stream, _peer)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(serve_store_conn(stream, tx.clone()));
+    }
+}
+
+async fn serve_store_conn(mut stream: TcpStream, store: mpsc::UnboundedSender<StoreTaskMsg>) {
+    let (out_tx, mut out_rx) = mpsc::unbounded_channel::<FromStore>();
+    let mut inbound = BytesMut::new();
+    loop {
+        tokio::select! {
+            message = read_frame::<ToStore>(&mut stream, &mut inbound) => {
+                let Some(message) = message else { return };
+                let msg = match message {
+                    ToStore::Subscribe { node } => StoreTaskMsg::Subscribe { node, tx: out_tx.clone() },
+                    ToStore::Request { id, op } => StoreTaskMsg::Op { op, reply: out_tx.clone(), id },
+                };
+                if store.send(msg).is_err() {
+                    return;
+                }
+            }
+            out = out_rx.recv() => {
+                let Some(first) = out else { return };
+                let mut buf = BytesMut::new();
+                encode_frame(&first, &mut buf);
+                while let Ok(more) = out_rx.try_recv() {
+                    encode_frame(&more, &mut buf);
+                }
+                if stream.write_all(&buf).await.is_err() || stream.flush().await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// The node side of a remote store: requests go out through a connection task that
+/// reconnects with backoff; answers and kick notices come back through `deliver`.
+#[derive(Debug, Clone)]
+pub struct RemoteStore {
+    tx: mpsc::UnboundedSender<ToStore>,
+    connected: Arc<AtomicBool>,
+}
+
+impl RemoteStore {
+    /// Starts the connection task. The receiver gets every message from the store.
+    pub fn start(addr: SocketAddr, node: NodeAddr) -> (Self, mpsc::UnboundedReceiver<StoreLinkEvent>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (deliver, delivered) = mpsc::unbounded_channel();
+        let connected = Arc::new(AtomicBool::new(false));
+        tokio::spawn(run_remote(addr, node, rx, deliver, connected.clone()));
+        (Self { tx, connected }, delivered)
+    }
+
+    /// True while the link to the store is up.
+    pub fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+
+    /// Sends a request; false when the link is down (the caller answers it as unavailable).
+    pub fn request(&self, id: u64, op: StoreOp) -> bool {
+        self.is_connected() && self.tx.send(ToStore::Request { id, op }).is_ok()
+    }
+}
+
+async fn run_remote(
+    addr: SocketAddr,
+    node: NodeAddr,
+    mut rx: mpsc::UnboundedReceiver<ToStore>,
+    deliver: mpsc::UnboundedSender<StoreLinkEvent>,
+    connected: Arc<AtomicBool>,
+) {
+    let mut backoff_ms = 50;
+    loop {
+        let mut stream = match TcpStream::connect(addr).await {
+            Ok(stream) => stream,
+            Err(_) => {
+                tokio::time::sleep(Duration::from_millis(backoff_ms)).await;
+                backoff_ms = (backoff_ms * 2).min(2_000);
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        backoff_ms = 50;
+        let mut out = BytesMut::new();
+        encode_frame(&ToStore::Subscribe { node: node.clone() }, &mut out);
+        if stream.write_all(&out).await.is_err() || stream.flush().await.is_err() {
+            continue;
+        }
+        // Requests queued while the link was down were already answered as unavailable.
+        while rx.try_recv().is_ok() {}
+        connected.store(true, Ordering::Relaxed);
+        tracing::info!(%addr, "connected to the route store");
+        if deliver.send(StoreLinkEvent::Connected).is_err() {
+            return;
+        }
+        let mut inbound = BytesMut::new();
+        loop {
+            tokio::select! {
+                message = read_frame::<FromStore>(&mut stream, &mut inbound) => {
+                    match message {
+                        Some(message) => {
+                            if deliver.send(StoreLinkEvent::Message(message)).is_err() {
+                                return; // the node task is gone
+                            }
+                        }
+                        None => break,
+                    }
+                }
+                request = rx.recv() => {
+                    let Some(request) = request else { return };
+                    let mut out = BytesMut::new();
+                    encode_frame(&request, &mut out);
+                    while let Ok(more) = rx.try_recv() {
+                        encode_frame(&more, &mut out);
+                    }
+                    if stream.write_all(&out).await.is_err() || stream.flush().await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        connected.store(false, Ordering::Relaxed);
+        tracing::warn!(%addr, "lost the route store; reconnecting");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pushgate_core::route::ClientType;
+
+    #[test]
+    fn frames_round_trip_and_oversized_ones_are_refused() {
+        let mut buf = BytesMut::new();
+        let message = ToStore::Request { id: 7, op: StoreOp::GetRoute { user_id: "u".into(), client_type: Some(ClientType::Mobile) } };
+        encode_frame(&message, &mut buf);
+        encode_frame(&FromStore::Reply { id: 7, result: Err(StoreError::Timeout) }, &mut buf);
+        let first: ToStore = decode_frame(&mut buf).unwrap().unwrap();
+        assert_eq!(first, message);
+        let second: FromStore = decode_frame(&mut buf).unwrap().unwrap();
+        assert_eq!(second, FromStore::Reply { id: 7, result: Err(StoreError::Timeout) });
+        assert!(buf.is_empty());
+        let mut big = BytesMut::from(&[0xFF, 0xFF, 0xFF, 0xFF][..]);
+        assert!(decode_frame::<ToStore>(&mut big).is_err());
+    }
+}
