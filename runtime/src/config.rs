@@ -223,7 +223,11 @@ impl Config {
             }
             figment = figment.merge(Toml::file(path));
         }
-        figment = figment.merge(Env::prefixed("PUSHGATE_").split("__").filter(|key| key.as_str().contains("__")));
+        // Only `PUSHGATE_<SECTION>__<KEY>` names are configuration; other PUSHGATE_* variables
+        // (tools, tests) are left alone. The filter runs before `split` maps `__` to `.`.
+        figment = figment.merge(
+            Env::prefixed("PUSHGATE_").filter(|key| key.as_str().contains("__")).split("__"),
+        );
         if let Some(overrides) = overrides {
             figment = figment.merge(Serialized::defaults(overrides));
         }
@@ -310,5 +314,21 @@ mod tests {
         std::fs::write(&path, "[core]\nno_such_key = 1\n").unwrap();
         assert!(Config::load(Some(&path), None).is_err(), "unknown keys are errors");
         std::fs::remove_dir_all(&dir).ok();
+    }
+}
+
+#[cfg(test)]
+mod env_tests {
+    use super::*;
+
+    #[test]
+    fn environment_variables_override_the_file() {
+        // A name no other test uses: tests run in parallel threads of one process.
+        std::env::set_var("PUSHGATE_FLOW__BROADCAST_MAX_TOTAL", "777");
+        std::env::set_var("PUSHGATE_UNRELATED", "ignored");
+        let config = Config::load(None, None);
+        std::env::remove_var("PUSHGATE_FLOW__BROADCAST_MAX_TOTAL");
+        std::env::remove_var("PUSHGATE_UNRELATED");
+        assert_eq!(config.unwrap().flow.broadcast_max_total, 777);
     }
 }

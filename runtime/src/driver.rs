@@ -286,10 +286,8 @@ impl Driver {
             }
             NodeMsg::Input(input) => {
                 match &input {
-                    Input::PhoneClosed { conn } => {
-                        if self.phones.remove(conn).is_some() {
-                            metrics::connection_closed();
-                        }
+                    Input::PhoneClosed { conn } if self.phones.remove(conn).is_some() => {
+                        metrics::connection_closed();
                     }
                     Input::PhoneWritable { conn, writable } => {
                         if let Some((_, flag)) = self.phones.get_mut(conn) {

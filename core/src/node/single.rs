@@ -43,6 +43,9 @@ pub struct SingleTask {
     pub state: SingleState,
     /// When the armed step timer is due (validates timer entries).
     pub step_at_ms: Option<Millis>,
+    /// The client type of the connection or route the push went to (reported in the result,
+    /// also when the request asked for any type).
+    pub resolved_type: Option<ClientType>,
 }
 
 impl Node {
@@ -69,6 +72,7 @@ impl Node {
             timeline: TimeLine::begin(self.epoch_ms()),
             state: SingleState::Ready,
             step_at_ms: None,
+            resolved_type: None,
         };
         self.singles.insert(id, task);
         self.timers.arm(deadline_ms, Timer::PushDeadline(id));
@@ -153,7 +157,9 @@ impl Node {
             session.in_flight.push(session_id);
         }
         let epoch = self.epoch_ms();
+        let client_type = self.sessions.get(&conn).map(|s| s.client_type);
         let task = self.singles.get_mut(&id).expect("checked above");
+        task.resolved_type = client_type;
         task.timeline.add("before-send", epoch);
         task.state = SingleState::Sent {
             conn,
@@ -189,6 +195,9 @@ impl Node {
         }
         match reply {
             Ok(StoreReply::Route(Some((route_type, route)))) if route.is_online() => {
+                if let Some(task) = self.singles.get_mut(&id) {
+                    task.resolved_type = Some(route_type);
+                }
                 if route.is_on(&self.cfg.node_addr) {
                     // The store says "here" but no local connection exists: the route is stale.
                     if let Some(conn_id) = route.conn_id {
@@ -315,7 +324,7 @@ impl Node {
             id,
             task.origin,
             task.request.user_id,
-            task.request.client_type,
+            task.resolved_type.or(task.request.client_type),
             status,
             reason,
             task.timeline,

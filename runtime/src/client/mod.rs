@@ -28,7 +28,7 @@ use tokio::sync::{mpsc, oneshot};
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// The socket failed (connect, read or write).
-    #[error("i/o error: {0}")]
+    #[error(transparent)]
     Io(#[from] io::Error),
     /// The peer sent something this client cannot understand.
     #[error("protocol error: {0}")]
