@@ -1,0 +1,187 @@
+//! Core-only benchmark: how far one sans-IO `Node` goes with no I/O at all — the ceiling the
+//! runtime should approach.
+//!
+//! 1. Binds N sessions (default 1,000,000; `BENCH_SESSIONS`) through fast connect (the store
+//!    answers with a cached session, so no RSA) and an encrypted BIND; reports binds/s and the
+//!    heap bytes held per bound session (a counting allocator).
+//! 2. Single pushes (`BENCH_PUSHES`, default 1,000,000) to random bound users, NO_ACK: the
+//!    GATEWAY_PUSH frame in, the PUSH out, the write confirmed, the status out; pushes/s without
+//!    and with sealing each PUSH (AES, what a connection task does per push).
+//! 3. A broadcast to every session: deliveries/s.
+//!
+//! Run: `cargo bench -p pushgate --bench core_node` (release profile). Prints a table.
+use bytes::Bytes;
+use pushgate::core::command::Command;
+use pushgate::core::config::{NodeAddr, NodeConfig};
+use pushgate::core::crypto::{AesCipher, ServerRsaKey};
+use pushgate::core::frame::{Flags, Frame, Packet};
+use pushgate::core::message::{Bind, FastConnect, GatewayPush};
+use pushgate::core::pipeline::{raw_packet, sealed_packet};
+use pushgate::core::store::{CachedSession, StoreOp, StoreReply};
+use pushgate::core::{ConnId, GatewayId, Input, Node, OutFrame, Output};
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+
+/// Counts live heap bytes.
+struct Counting;
+
+static LIVE_BYTES: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: forwards to the system allocator unchanged; only counts.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LIVE_BYTES.fetch_add(layout.size(), Ordering::Relaxed);
+        System.alloc(layout)
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE_BYTES.fetch_sub(layout.size(), Ordering::Relaxed);
+        System.dealloc(ptr, layout)
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        LIVE_BYTES.fetch_add(new_size, Ordering::Relaxed);
+        LIVE_BYTES.fetch_sub(layout.size(), Ordering::Relaxed);
+        System.realloc(ptr, layout, new_size)
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// Drains the node, answering store requests from `session` and confirming writes.
+/// Returns (frames transmitted, statuses sent).
+fn drain(node: &mut Node, now: u64, session: &CachedSession, seal: bool, threshold: usize) -> (u64, u64) {
+    let mut frames = 0;
+    let mut statuses = 0;
+    while let Some(output) = node.poll_output() {
+        match output {
+            Output::Transmit { conn, frame, report_write } => {
+                frames += 1;
+                if seal {
+                    std::hint::black_box(frame.to_packet(threshold));
+                }
+                if let Some(sid) = report_write {
+                    node.handle(now, Input::PhoneWritten { conn, push_session_id: sid, ok: true });
+                }
+            }
+            Output::Store(request) => {
+                let reply = match request.op {
+                    StoreOp::GetSession { .. } => StoreReply::Session(Some(session.clone())),
+                    StoreOp::PutRoute { .. } => StoreReply::Previous(None),
+                    StoreOp::GetRoute { .. } => StoreReply::Route(None),
+                    _ => StoreReply::Done,
+                };
+                node.handle(now, Input::StoreReply { request: request.id, reply: Ok(reply) });
+            }
+            Output::GatewayTransmit { .. } => statuses += 1,
+            _ => {}
+        }
+    }
+    (frames, statuses)
+}
+
+fn main() {
+    let sessions = env_usize("BENCH_SESSIONS", 1_000_000);
+    let pushes = env_usize("BENCH_PUSHES", 1_000_000);
+    let mut cfg = NodeConfig::new(NodeAddr::new("127.0.0.1", 3001), ServerRsaKey::mpush_default());
+    cfg.global_flow_limit_per_window = 0; // no rate limit: measure the engine
+    cfg.broadcast_flow_limit_per_window = 0;
+    cfg.broadcast_flow_max_total = 0;
+    cfg.broadcast_batch_size = 4096;
+    let threshold = cfg.compress_threshold_bytes;
+    let mut node = Node::new(cfg, [7; 32], 1_795_000_000_000);
+    let key = [0x11; 16];
+    let iv = [0x22; 16];
+    let cipher = AesCipher::new(key, iv);
+    let session = CachedSession {
+        os_name: "android".into(),
+        os_version: "10".into(),
+        client_version: "1.0".into(),
+        device_id: "bench".into(),
+        session_key: key,
+        iv,
+    };
+    let fast = raw_packet(
+        Command::FastConnect.code(),
+        Flags::NONE,
+        1,
+        &FastConnect { session_id: "s".into(), device_id: "bench".into(), min_heartbeat_ms: 180_000, max_heartbeat_ms: 180_000 },
+    );
+    let users: Vec<String> = (0..sessions).map(|i| format!("user-{i}")).collect();
+
+    // 1. Bind.
+    let heap_before = LIVE_BYTES.load(Ordering::Relaxed);
+    let started = Instant::now();
+    let mut now = 0u64;
+    for (i, user) in users.iter().enumerate() {
+        let conn = ConnId(i as u64 + 1);
+        node.handle(now, Input::PhoneConnected { conn });
+        node.handle(now, Input::PhoneFrame { conn, frame: Frame::Packet(fast.clone()) });
+        drain(&mut node, now, &session, false, threshold);
+        let bind = sealed_packet(Command::Bind.code(), Flags::NONE, 2, &Bind { user_id: user.clone(), ..Default::default() }, Some(&cipher), 1024);
+        node.handle(now, Input::PhoneFrame { conn, frame: Frame::Packet(bind) });
+        drain(&mut node, now, &session, false, threshold);
+        if i % 65_536 == 0 {
+            now += 1;
+        }
+    }
+    let bind_secs = started.elapsed().as_secs_f64();
+    let heap_after = LIVE_BYTES.load(Ordering::Relaxed);
+    let stats = node.stats();
+    assert_eq!(stats.bound_routes, sessions, "every session bound");
+    let users_bytes: usize = users.iter().map(|u| u.capacity() + std::mem::size_of::<String>()).sum();
+    let per_session = (heap_after - heap_before).saturating_sub(users_bytes) as f64 / sessions as f64;
+
+    // 2. Single pushes, NO_ACK.
+    let gw = GatewayId(1);
+    node.handle(now, Input::GatewayConnected { gw });
+    let content = Bytes::from(vec![b'x'; 64]);
+    let mut rng_state = 0x9E37_79B9_7F4A_7C15u64;
+    let mut run_pushes = |node: &mut Node, seal: bool, count: usize| {
+        let started = Instant::now();
+        let mut statuses = 0;
+        for i in 0..count {
+            rng_state ^= rng_state << 13;
+            rng_state ^= rng_state >> 7;
+            rng_state ^= rng_state << 17;
+            let user = &users[(rng_state % sessions as u64) as usize];
+            let push = GatewayPush { user_id: user.clone(), client_type: 1, timeout_ms: 3000, content: content.clone(), ..Default::default() };
+            let packet: Packet = raw_packet(Command::GatewayPush.code(), Flags::NONE, i as i32, &push);
+            node.handle(now, Input::GatewayFrame { gw, frame: Frame::Packet(packet) });
+            statuses += drain(node, now, &session, seal, threshold).1;
+        }
+        assert_eq!(statuses, count as u64, "one status per push");
+        count as f64 / started.elapsed().as_secs_f64()
+    };
+    let plain_rate = run_pushes(&mut node, false, pushes);
+    let sealed_rate = run_pushes(&mut node, true, pushes / 4);
+
+    // 3. Broadcast to everyone.
+    let broadcast = GatewayPush { content: content.clone(), ..Default::default() };
+    let started = Instant::now();
+    node.handle(now, Input::GatewayFrame { gw, frame: Frame::Packet(raw_packet(Command::GatewayPush.code(), Flags::NONE, -1, &broadcast)) });
+    let mut delivered = drain(&mut node, now, &session, false, threshold).0;
+    while let Some(at) = node.poll_timeout() {
+        if at > now + 1 {
+            break;
+        }
+        node.handle_timeout(now);
+        delivered += drain(&mut node, now, &session, false, threshold).0;
+    }
+    let broadcast_rate = delivered as f64 / started.elapsed().as_secs_f64();
+
+    println!("core-only benchmark (one Node, no I/O, release build)");
+    println!("| measure | value |");
+    println!("|---|---|");
+    println!("| sessions bound (fast connect + AES bind) | {sessions} |");
+    println!("| binds per second | {:.0} |", sessions as f64 / bind_secs);
+    println!("| heap bytes per bound session (core state only) | {per_session:.0} |");
+    println!("| single pushes per second, NO_ACK (route, flow, in-flight, status) | {plain_rate:.0} |");
+    println!("| single pushes per second, with the PUSH sealed (AES) | {sealed_rate:.0} |");
+    println!("| broadcast deliveries per second ({delivered} phones) | {broadcast_rate:.0} |");
+    std::hint::black_box(OutFrame::Heartbeat);
+}
