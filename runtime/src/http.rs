@@ -176,6 +176,10 @@ async fn stats(State(state): State<AppState>) -> Response {
         "binds": stats.binds,
         "kicks": stats.kicks,
         "pushes": by_status,
+        "broadcastsFinished": {
+            "success": stats.broadcasts(PushStatus::Success),
+            "failure": stats.broadcasts(PushStatus::Failure),
+        },
         "broadcastDeliveries": stats.broadcast_deliveries,
         "flowDelays": stats.flow_delays,
         "decodeErrors": stats.decode_errors,

@@ -300,7 +300,7 @@ impl Node {
         } else {
             PushStatus::Success
         };
-        self.stats.pushes_by_status[super::status_index(status)] += 1;
+        self.stats.broadcasts_by_status[super::status_index(status)] += 1;
         let delivered = match origin {
             Origin::Gateway { gw, session_id } if self.gateways.contains(&gw) => {
                 self.gateway_send(

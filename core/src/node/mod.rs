@@ -271,16 +271,24 @@ pub struct NodeStats {
     pub fast_connects: u64,
     pub binds: u64,
     pub kicks: u64,
+    /// Finished single-user pushes by status (index: [`PushStatus::ALL`]).
     pub pushes_by_status: [u64; 6],
+    /// Finished broadcasts by status (success or failure).
+    pub broadcasts_by_status: [u64; 6],
     pub broadcast_deliveries: u64,
     pub flow_delays: u64,
     pub decode_errors: u64,
 }
 
 impl NodeStats {
-    /// Finished pushes with `status`.
+    /// Finished single-user pushes with `status`.
     pub fn pushes(&self, status: PushStatus) -> u64 {
         self.pushes_by_status[status_index(status)]
+    }
+
+    /// Finished broadcasts with `status`.
+    pub fn broadcasts(&self, status: PushStatus) -> u64 {
+        self.broadcasts_by_status[status_index(status)]
     }
 }
 

@@ -835,15 +835,16 @@ async fn run_reader<R: AsyncRead + Unpin>(mut st: ReaderState<R>) {
 fn dispatch<R>(st: &ReaderState<R>, packet: Packet) {
     match Command::try_from(packet.cmd) {
         Ok(Command::Push) => {
-            let ack = st.policy.acks_on_delivery(packet.flags);
+            // The ACK is queued before the application hears of the push: an application that
+            // closes the connection at once must not overtake it (close is queued behind it).
+            if st.policy.acks_on_delivery(packet.flags) {
+                let _ = st.tx.send(Outbound::packet(&ack_packet(packet.session_id)));
+            }
             st.shared.emit(DeviceEvent::Push {
                 session_id: packet.session_id,
                 flags: packet.flags,
                 content: packet.body,
             });
-            if ack {
-                let _ = st.tx.send(Outbound::packet(&ack_packet(packet.session_id)));
-            }
         }
         Ok(Command::Kick) => match Kick::decode(&packet.body) {
             Ok(kick) => {
