@@ -11,7 +11,10 @@ use pushgate_core::GatewayId;
 fn handshake_bind_and_push_in_each_ack_mode() {
     let mut w = World::new(|_| {});
     let phone = w.online("device-A", "android", "user-1", "tag-a,tag-b");
-    assert_eq!(w.phones[&phone].answers(), vec![(5, 0, "bind success".to_owned())]);
+    assert_eq!(
+        w.phones[&phone].answers(),
+        vec![(5, 0, "bind success".to_owned())]
+    );
     let gw = GatewayId(1);
 
     w.push_to(gw, 1, "user-1", 1, 4500, Flags::NONE, "no ack");

@@ -49,23 +49,43 @@ unsafe impl GlobalAlloc for Counting {
 static ALLOCATOR: Counting = Counting;
 
 fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 /// Drains the node, answering store requests from `session` and confirming writes.
 /// Returns (frames transmitted, statuses sent).
-fn drain(node: &mut Node, now: u64, session: &CachedSession, seal: bool, threshold: usize) -> (u64, u64) {
+fn drain(
+    node: &mut Node,
+    now: u64,
+    session: &CachedSession,
+    seal: bool,
+    threshold: usize,
+) -> (u64, u64) {
     let mut frames = 0;
     let mut statuses = 0;
     while let Some(output) = node.poll_output() {
         match output {
-            Output::Transmit { conn, frame, report_write } => {
+            Output::Transmit {
+                conn,
+                frame,
+                report_write,
+            } => {
                 frames += 1;
                 if seal {
                     std::hint::black_box(frame.to_packet(threshold));
                 }
                 if let Some(sid) = report_write {
-                    node.handle(now, Input::PhoneWritten { conn, push_session_id: sid, ok: true });
+                    node.handle(
+                        now,
+                        Input::PhoneWritten {
+                            conn,
+                            push_session_id: sid,
+                            ok: true,
+                        },
+                    );
                 }
             }
             Output::Store(request) => {
@@ -75,7 +95,13 @@ fn drain(node: &mut Node, now: u64, session: &CachedSession, seal: bool, thresho
                     StoreOp::GetRoute { .. } => StoreReply::Route(None),
                     _ => StoreReply::Done,
                 };
-                node.handle(now, Input::StoreReply { request: request.id, reply: Ok(reply) });
+                node.handle(
+                    now,
+                    Input::StoreReply {
+                        request: request.id,
+                        reply: Ok(reply),
+                    },
+                );
             }
             Output::GatewayTransmit { .. } => statuses += 1,
             _ => {}
@@ -87,7 +113,10 @@ fn drain(node: &mut Node, now: u64, session: &CachedSession, seal: bool, thresho
 fn main() {
     let sessions = env_usize("BENCH_SESSIONS", 1_000_000);
     let pushes = env_usize("BENCH_PUSHES", 1_000_000);
-    let mut cfg = NodeConfig::new(NodeAddr::new("127.0.0.1", 3001), ServerRsaKey::mpush_default());
+    let mut cfg = NodeConfig::new(
+        NodeAddr::new("127.0.0.1", 3001),
+        ServerRsaKey::mpush_default(),
+    );
     cfg.global_flow_limit_per_window = 0; // no rate limit: measure the engine
     cfg.broadcast_flow_limit_per_window = 0;
     cfg.broadcast_flow_max_total = 0;
@@ -109,7 +138,12 @@ fn main() {
         Command::FastConnect.code(),
         Flags::NONE,
         1,
-        &FastConnect { session_id: "s".into(), device_id: "bench".into(), min_heartbeat_ms: 180_000, max_heartbeat_ms: 180_000 },
+        &FastConnect {
+            session_id: "s".into(),
+            device_id: "bench".into(),
+            min_heartbeat_ms: 180_000,
+            max_heartbeat_ms: 180_000,
+        },
     );
     let users: Vec<String> = (0..sessions).map(|i| format!("user-{i}")).collect();
 
@@ -120,10 +154,32 @@ fn main() {
     for (i, user) in users.iter().enumerate() {
         let conn = ConnId(i as u64 + 1);
         node.handle(now, Input::PhoneConnected { conn });
-        node.handle(now, Input::PhoneFrame { conn, frame: Frame::Packet(fast.clone()) });
+        node.handle(
+            now,
+            Input::PhoneFrame {
+                conn,
+                frame: Frame::Packet(fast.clone()),
+            },
+        );
         drain(&mut node, now, &session, false, threshold);
-        let bind = sealed_packet(Command::Bind.code(), Flags::NONE, 2, &Bind { user_id: user.clone(), ..Default::default() }, Some(&cipher), 1024);
-        node.handle(now, Input::PhoneFrame { conn, frame: Frame::Packet(bind) });
+        let bind = sealed_packet(
+            Command::Bind.code(),
+            Flags::NONE,
+            2,
+            &Bind {
+                user_id: user.clone(),
+                ..Default::default()
+            },
+            Some(&cipher),
+            1024,
+        );
+        node.handle(
+            now,
+            Input::PhoneFrame {
+                conn,
+                frame: Frame::Packet(bind),
+            },
+        );
         drain(&mut node, now, &session, false, threshold);
         if i % 65_536 == 0 {
             now += 1;
@@ -133,8 +189,12 @@ fn main() {
     let heap_after = LIVE_BYTES.load(Ordering::Relaxed);
     let stats = node.stats();
     assert_eq!(stats.bound_routes, sessions, "every session bound");
-    let users_bytes: usize = users.iter().map(|u| u.capacity() + std::mem::size_of::<String>()).sum();
-    let per_session = (heap_after - heap_before).saturating_sub(users_bytes) as f64 / sessions as f64;
+    let users_bytes: usize = users
+        .iter()
+        .map(|u| u.capacity() + std::mem::size_of::<String>())
+        .sum();
+    let per_session =
+        (heap_after - heap_before).saturating_sub(users_bytes) as f64 / sessions as f64;
 
     // 2. Single pushes, NO_ACK.
     let gw = GatewayId(1);
@@ -149,9 +209,22 @@ fn main() {
             rng_state ^= rng_state >> 7;
             rng_state ^= rng_state << 17;
             let user = &users[(rng_state % sessions as u64) as usize];
-            let push = GatewayPush { user_id: user.clone(), client_type: 1, timeout_ms: 3000, content: content.clone(), ..Default::default() };
-            let packet: Packet = raw_packet(Command::GatewayPush.code(), Flags::NONE, i as i32, &push);
-            node.handle(now, Input::GatewayFrame { gw, frame: Frame::Packet(packet) });
+            let push = GatewayPush {
+                user_id: user.clone(),
+                client_type: 1,
+                timeout_ms: 3000,
+                content: content.clone(),
+                ..Default::default()
+            };
+            let packet: Packet =
+                raw_packet(Command::GatewayPush.code(), Flags::NONE, i as i32, &push);
+            node.handle(
+                now,
+                Input::GatewayFrame {
+                    gw,
+                    frame: Frame::Packet(packet),
+                },
+            );
             statuses += drain(node, now, &session, seal, threshold).1;
         }
         assert_eq!(statuses, count as u64, "one status per push");
@@ -161,9 +234,23 @@ fn main() {
     let sealed_rate = run_pushes(&mut node, true, pushes / 4);
 
     // 3. Broadcast to everyone.
-    let broadcast = GatewayPush { content: content.clone(), ..Default::default() };
+    let broadcast = GatewayPush {
+        content: content.clone(),
+        ..Default::default()
+    };
     let started = Instant::now();
-    node.handle(now, Input::GatewayFrame { gw, frame: Frame::Packet(raw_packet(Command::GatewayPush.code(), Flags::NONE, -1, &broadcast)) });
+    node.handle(
+        now,
+        Input::GatewayFrame {
+            gw,
+            frame: Frame::Packet(raw_packet(
+                Command::GatewayPush.code(),
+                Flags::NONE,
+                -1,
+                &broadcast,
+            )),
+        },
+    );
     let mut delivered = drain(&mut node, now, &session, false, threshold).0;
     while let Some(at) = node.poll_timeout() {
         if at > now + 1 {
@@ -180,7 +267,9 @@ fn main() {
     println!("| sessions bound (fast connect + AES bind) | {sessions} |");
     println!("| binds per second | {:.0} |", sessions as f64 / bind_secs);
     println!("| heap bytes per bound session (core state only) | {per_session:.0} |");
-    println!("| single pushes per second, NO_ACK (route, flow, in-flight, status) | {plain_rate:.0} |");
+    println!(
+        "| single pushes per second, NO_ACK (route, flow, in-flight, status) | {plain_rate:.0} |"
+    );
     println!("| single pushes per second, with the PUSH sealed (AES) | {sealed_rate:.0} |");
     println!("| broadcast deliveries per second ({delivered} phones) | {broadcast_rate:.0} |");
     std::hint::black_box(OutFrame::Heartbeat);

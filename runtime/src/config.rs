@@ -39,7 +39,11 @@ impl StoreConfig {
         if self.address.trim().is_empty() {
             return Ok(crate::driver::StoreSpec::Memory);
         }
-        let addr = self.address.trim().parse().map_err(|e| anyhow::anyhow!("store.address {:?}: {e}", self.address))?;
+        let addr = self
+            .address
+            .trim()
+            .parse()
+            .map_err(|e| anyhow::anyhow!("store.address {:?}: {e}", self.address))?;
         Ok(crate::driver::StoreSpec::Remote(addr))
     }
 }
@@ -176,7 +180,8 @@ impl SecurityConfig {
         if self.uses_default_key() {
             return Ok(ServerRsaKey::mpush_default());
         }
-        ServerRsaKey::from_pkcs8_base64(&self.private_key).map_err(|e| anyhow::anyhow!("security.private_key: {e}"))
+        ServerRsaKey::from_pkcs8_base64(&self.private_key)
+            .map_err(|e| anyhow::anyhow!("security.private_key: {e}"))
     }
 
     /// The public key clients must embed.
@@ -208,7 +213,11 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        Self { filter: "info".into(), json: false, profile_slowly_ms: 10 }
+        Self {
+            filter: "info".into(),
+            json: false,
+            profile_slowly_ms: 10,
+        }
     }
 }
 
@@ -226,12 +235,16 @@ impl Config {
         // Only `PUSHGATE_<SECTION>__<KEY>` names are configuration; other PUSHGATE_* variables
         // (tools, tests) are left alone. The filter runs before `split` maps `__` to `.`.
         figment = figment.merge(
-            Env::prefixed("PUSHGATE_").filter(|key| key.as_str().contains("__")).split("__"),
+            Env::prefixed("PUSHGATE_")
+                .filter(|key| key.as_str().contains("__"))
+                .split("__"),
         );
         if let Some(overrides) = overrides {
             figment = figment.merge(Serialized::defaults(overrides));
         }
-        let config: Config = figment.extract().map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
+        let config: Config = figment
+            .extract()
+            .map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
         config.validate()?;
         Ok(config)
     }
@@ -239,11 +252,24 @@ impl Config {
     /// Rejects values the server cannot run with.
     pub fn validate(&self) -> anyhow::Result<()> {
         let c = &self.core;
-        anyhow::ensure!(c.min_heartbeat_ms > 0 && c.min_heartbeat_ms <= c.max_heartbeat_ms, "core.min_heartbeat_ms must be > 0 and <= core.max_heartbeat_ms");
-        anyhow::ensure!(c.max_packet_bytes >= 1024 && c.max_packet_bytes <= 16 * 1024 * 1024, "core.max_packet_bytes must be between 1 KiB and 16 MiB");
-        anyhow::ensure!(c.default_push_timeout_ms > 0, "core.default_push_timeout_ms must be > 0");
+        anyhow::ensure!(
+            c.min_heartbeat_ms > 0 && c.min_heartbeat_ms <= c.max_heartbeat_ms,
+            "core.min_heartbeat_ms must be > 0 and <= core.max_heartbeat_ms"
+        );
+        anyhow::ensure!(
+            c.max_packet_bytes >= 1024 && c.max_packet_bytes <= 16 * 1024 * 1024,
+            "core.max_packet_bytes must be between 1 KiB and 16 MiB"
+        );
+        anyhow::ensure!(
+            c.default_push_timeout_ms > 0,
+            "core.default_push_timeout_ms must be > 0"
+        );
         let n = &self.net;
-        anyhow::ensure!(n.write_low_water_bytes <= n.write_high_water_bytes && n.write_high_water_bytes <= n.write_hard_limit_bytes, "net.write_low_water_bytes <= net.write_high_water_bytes <= net.write_hard_limit_bytes");
+        anyhow::ensure!(
+            n.write_low_water_bytes <= n.write_high_water_bytes
+                && n.write_high_water_bytes <= n.write_hard_limit_bytes,
+            "net.write_low_water_bytes <= net.write_high_water_bytes <= net.write_hard_limit_bytes"
+        );
         self.security.server_key()?;
         self.store.spec()?;
         Ok(())
@@ -256,7 +282,10 @@ impl Config {
 
     /// The core's configuration.
     pub fn node_config(&self) -> anyhow::Result<NodeConfig> {
-        let mut cfg = NodeConfig::new(NodeAddr::new(self.net.public_host.clone(), self.net.gateway_port), self.security.server_key()?);
+        let mut cfg = NodeConfig::new(
+            NodeAddr::new(self.net.public_host.clone(), self.net.gateway_port),
+            self.security.server_key()?,
+        );
         let c = &self.core;
         cfg.min_heartbeat_ms = c.min_heartbeat_ms;
         cfg.max_heartbeat_ms = c.max_heartbeat_ms;
@@ -308,11 +337,17 @@ mod tests {
         let config = Config::load(Some(&path), Some(flags)).unwrap();
         assert_eq!(config.core.min_heartbeat_ms, 10_000);
         assert_eq!(config.net.gateway_port, 5001, "flags win over the file");
-        assert_eq!(config.net.connect_port, 3000, "untouched keys keep defaults");
+        assert_eq!(
+            config.net.connect_port, 3000,
+            "untouched keys keep defaults"
+        );
         std::fs::write(&path, "[core]\nmin_heartbeat_ms = 0\n").unwrap();
         assert!(Config::load(Some(&path), None).is_err());
         std::fs::write(&path, "[core]\nno_such_key = 1\n").unwrap();
-        assert!(Config::load(Some(&path), None).is_err(), "unknown keys are errors");
+        assert!(
+            Config::load(Some(&path), None).is_err(),
+            "unknown keys are errors"
+        );
         std::fs::remove_dir_all(&dir).ok();
     }
 }

@@ -99,7 +99,11 @@ async fn write_phone_batch(
     let mut frames = 0;
     while let Some(cmd) = next.take() {
         match cmd {
-            PhoneCmd::Frame { frame, report_write, bytes } => {
+            PhoneCmd::Frame {
+                frame,
+                report_write,
+                bytes,
+            } => {
                 frame.encode(settings.compress_threshold_bytes, &mut out);
                 accounted += bytes;
                 if let Some(sid) = report_write {
@@ -116,11 +120,16 @@ async fn write_phone_batch(
             next = rx.try_recv().ok();
         }
     }
-    let written = out.is_empty() || (stream.write_all(&out).await.is_ok() && stream.flush().await.is_ok());
+    let written =
+        out.is_empty() || (stream.write_all(&out).await.is_ok() && stream.flush().await.is_ok());
     let before = link.queued_bytes.fetch_sub(accounted, Ordering::Relaxed);
     let after = before.saturating_sub(accounted);
     for sid in reports {
-        let input = Input::PhoneWritten { conn, push_session_id: sid, ok: written };
+        let input = Input::PhoneWritten {
+            conn,
+            push_session_id: sid,
+            ok: written,
+        };
         if node.send(NodeMsg::Input(input)).await.is_err() {
             return false;
         }
@@ -130,7 +139,12 @@ async fn write_phone_batch(
         return false;
     }
     if before > settings.low_water_bytes && after <= settings.low_water_bytes {
-        let _ = node.send(NodeMsg::Input(Input::PhoneWritable { conn, writable: true })).await;
+        let _ = node
+            .send(NodeMsg::Input(Input::PhoneWritable {
+                conn,
+                writable: true,
+            }))
+            .await;
     }
     if close {
         let _ = stream.shutdown().await;

@@ -19,7 +19,9 @@ use pushgate_core::push::{Origin, PushRequest};
 use pushgate_core::route::ClientType;
 use pushgate_core::status::PushStatus;
 use pushgate_core::store::{RouteRecord, StoreError, StoreOp};
-use pushgate_core::{ConnId, Event, GatewayId, Input, Millis, Node, NodeAddr, NodeStats, OutFrame, Output, RequestId};
+use pushgate_core::{
+    ConnId, Event, GatewayId, Input, Millis, Node, NodeAddr, NodeStats, OutFrame, Output, RequestId,
+};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -35,7 +37,11 @@ pub const NODE_QUEUE_CAPACITY: usize = 64 * 1024;
 /// What a phone's connection task is asked to do.
 #[derive(Debug)]
 pub enum PhoneCmd {
-    Frame { frame: OutFrame, report_write: Option<i32>, bytes: usize },
+    Frame {
+        frame: OutFrame,
+        report_write: Option<i32>,
+        bytes: usize,
+    },
     Close,
 }
 
@@ -101,17 +107,37 @@ pub struct StoreRoute {
 #[derive(Debug)]
 pub enum NodeMsg {
     /// A phone connection task started.
-    PhoneOpened { conn: ConnId, link: PhoneLink },
+    PhoneOpened {
+        conn: ConnId,
+        link: PhoneLink,
+    },
     /// A gateway connection task started.
-    GatewayOpened { gw: GatewayId, tx: mpsc::UnboundedSender<GatewayCmd> },
+    GatewayOpened {
+        gw: GatewayId,
+        tx: mpsc::UnboundedSender<GatewayCmd>,
+    },
     /// Something a connection task saw.
     Input(Input),
-    Push { request: PushRequest, reply: oneshot::Sender<PushOutcome> },
-    Stats { reply: oneshot::Sender<NodeStats> },
-    User { user_id: String, reply: oneshot::Sender<UserView> },
-    Kick { user_id: String, client_type: Option<ClientType>, reply: oneshot::Sender<usize> },
+    Push {
+        request: PushRequest,
+        reply: oneshot::Sender<PushOutcome>,
+    },
+    Stats {
+        reply: oneshot::Sender<NodeStats>,
+    },
+    User {
+        user_id: String,
+        reply: oneshot::Sender<UserView>,
+    },
+    Kick {
+        user_id: String,
+        client_type: Option<ClientType>,
+        reply: oneshot::Sender<usize>,
+    },
     /// Answer every pending push, close every phone, then report.
-    Shutdown { done: oneshot::Sender<()> },
+    Shutdown {
+        done: oneshot::Sender<()>,
+    },
 }
 
 /// A cloneable handle to the node task.
@@ -151,9 +177,18 @@ impl NodeHandle {
     }
 
     /// Kicks a user's local connections; returns how many.
-    pub async fn kick(&self, user_id: String, client_type: Option<ClientType>) -> Result<usize, NodeGone> {
+    pub async fn kick(
+        &self,
+        user_id: String,
+        client_type: Option<ClientType>,
+    ) -> Result<usize, NodeGone> {
         let (reply, rx) = oneshot::channel();
-        self.send(NodeMsg::Kick { user_id, client_type, reply }).await?;
+        self.send(NodeMsg::Kick {
+            user_id,
+            client_type,
+            reply,
+        })
+        .await?;
         rx.await.map_err(|_| NodeGone)
     }
 }
@@ -195,7 +230,11 @@ pub struct Driver {
 }
 
 /// Starts the node task; returns its handle.
-pub fn spawn(node: Node, limits: QueueLimits, store: StoreSpec) -> (NodeHandle, tokio::task::JoinHandle<()>) {
+pub fn spawn(
+    node: Node,
+    limits: QueueLimits,
+    store: StoreSpec,
+) -> (NodeHandle, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(NODE_QUEUE_CAPACITY);
     let node_addr = node.config().node_addr.clone();
     let (store, store_rx) = match store {
@@ -225,9 +264,16 @@ impl Driver {
         u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    async fn run(mut self, mut rx: mpsc::Receiver<NodeMsg>, mut store_rx: Option<mpsc::UnboundedReceiver<StoreLinkEvent>>) {
+    async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<NodeMsg>,
+        mut store_rx: Option<mpsc::UnboundedReceiver<StoreLinkEvent>>,
+    ) {
         loop {
-            let deadline = self.node.poll_timeout().map(|at| self.start + Duration::from_millis(at));
+            let deadline = self
+                .node
+                .poll_timeout()
+                .map(|at| self.start + Duration::from_millis(at));
             tokio::select! {
                 message = recv_store(&mut store_rx) => {
                     let now = self.now_ms();
@@ -315,22 +361,47 @@ impl Driver {
                     .node
                     .routes_of(&user_id)
                     .into_iter()
-                    .map(|(ct, conn)| LocalRoute { client_type: ct.code(), conn: conn.0 })
+                    .map(|(ct, conn)| LocalRoute {
+                        client_type: ct.code(),
+                        conn: conn.0,
+                    })
                     .collect();
                 // A remote store is not read from here (that would block the node task).
                 let store = match &self.store {
                     StoreBackend::Memory(memory) => memory
                         .routes_of(&user_id)
                         .into_iter()
-                        .map(|(ct, route)| StoreRoute { client_type: ct.code(), route })
+                        .map(|(ct, route)| StoreRoute {
+                            client_type: ct.code(),
+                            route,
+                        })
                         .collect(),
                     StoreBackend::Remote(_) => Vec::new(),
                 };
-                let _ = reply.send(UserView { user_id, local, store });
+                let _ = reply.send(UserView {
+                    user_id,
+                    local,
+                    store,
+                });
             }
-            NodeMsg::Kick { user_id, client_type, reply } => {
-                let count = self.node.routes_of(&user_id).iter().filter(|(ct, _)| client_type.is_none_or(|c| c == *ct)).count();
-                self.node.handle(now, Input::KickUser { user_id, client_type });
+            NodeMsg::Kick {
+                user_id,
+                client_type,
+                reply,
+            } => {
+                let count = self
+                    .node
+                    .routes_of(&user_id)
+                    .iter()
+                    .filter(|(ct, _)| client_type.is_none_or(|c| c == *ct))
+                    .count();
+                self.node.handle(
+                    now,
+                    Input::KickUser {
+                        user_id,
+                        client_type,
+                    },
+                );
                 let _ = reply.send(count);
             }
             NodeMsg::Shutdown { done } => {
@@ -355,7 +426,11 @@ impl Driver {
     fn drain(&mut self) {
         while let Some(output) = self.node.poll_output() {
             match output {
-                Output::Transmit { conn, frame, report_write } => self.transmit(conn, frame, report_write),
+                Output::Transmit {
+                    conn,
+                    frame,
+                    report_write,
+                } => self.transmit(conn, frame, report_write),
                 Output::Close { conn, reason } => {
                     tracing::debug!(%conn, ?reason, "closing phone connection");
                     if let Some((link, _)) = self.phones.remove(&conn) {
@@ -379,7 +454,13 @@ impl Driver {
                         StoreBackend::Memory(memory) => {
                             let is_kick = matches!(request.op, StoreOp::PublishKick { .. });
                             let reply = memory.apply(now, request.op);
-                            self.node.handle(now, Input::StoreReply { request: request.id, reply });
+                            self.node.handle(
+                                now,
+                                Input::StoreReply {
+                                    request: request.id,
+                                    reply,
+                                },
+                            );
                             if is_kick {
                                 // One embedded store serves one node: notices for this node come back here.
                                 let kicks = memory.take_kicks();
@@ -392,8 +473,16 @@ impl Driver {
                         }
                         StoreBackend::Remote(remote) => {
                             if !remote.request(request.id.0, request.op) {
-                                let reply = Err(StoreError::Unavailable("no link to the route store".into()));
-                                self.node.handle(now, Input::StoreReply { request: request.id, reply });
+                                let reply = Err(StoreError::Unavailable(
+                                    "no link to the route store".into(),
+                                ));
+                                self.node.handle(
+                                    now,
+                                    Input::StoreReply {
+                                        request: request.id,
+                                        reply,
+                                    },
+                                );
                             }
                         }
                     }
@@ -411,7 +500,15 @@ impl Driver {
         };
         let bytes = frame_bytes(&frame);
         let queued = link.queued_bytes.fetch_add(bytes, Ordering::Relaxed) + bytes;
-        if link.tx.send(PhoneCmd::Frame { frame, report_write, bytes }).is_err() {
+        if link
+            .tx
+            .send(PhoneCmd::Frame {
+                frame,
+                report_write,
+                bytes,
+            })
+            .is_err()
+        {
             return;
         }
         if queued > self.limits.hard_limit_bytes {
@@ -423,16 +520,36 @@ impl Driver {
             self.node.handle(now, Input::PhoneClosed { conn });
         } else if queued > self.limits.high_water_bytes && *writable {
             *writable = false;
-            self.node.handle(now, Input::PhoneWritable { conn, writable: false });
+            self.node.handle(
+                now,
+                Input::PhoneWritable {
+                    conn,
+                    writable: false,
+                },
+            );
         }
     }
 
     fn on_event(&mut self, event: Event) {
         metrics::record(&event);
         match event {
-            Event::PushFinished { id, origin, user_id, client_type, status, reason, timeline, delivered } => {
-                let time_points: Vec<serde_json::Value> =
-                    timeline.points().iter().flat_map(|(name, at)| [serde_json::Value::from(*name), serde_json::Value::from(*at)]).collect();
+            Event::PushFinished {
+                id,
+                origin,
+                user_id,
+                client_type,
+                status,
+                reason,
+                timeline,
+                delivered,
+            } => {
+                let time_points: Vec<serde_json::Value> = timeline
+                    .points()
+                    .iter()
+                    .flat_map(|(name, at)| {
+                        [serde_json::Value::from(*name), serde_json::Value::from(*at)]
+                    })
+                    .collect();
                 tracing::info!(
                     target: "pushgate::push",
                     push = id.0,
@@ -460,20 +577,44 @@ impl Driver {
                     }
                 }
             }
-            Event::BroadcastFinished { id, origin, sent, status, reason, delivered } => {
+            Event::BroadcastFinished {
+                id,
+                origin,
+                sent,
+                status,
+                reason,
+                delivered,
+            } => {
                 tracing::info!(target: "pushgate::push", push = id.0, broadcast = true, sent, status = status.name(), reason = reason.as_deref().unwrap_or(""), delivered, "broadcast finished");
                 if let Origin::Local { token } = origin {
                     if let Some(waiter) = self.local_waiters.remove(&token) {
-                        let outcome = PushOutcome { status, reason, user_id: String::new(), client_type: None, time_points: Vec::new(), sent: Some(sent) };
+                        let outcome = PushOutcome {
+                            status,
+                            reason,
+                            user_id: String::new(),
+                            client_type: None,
+                            time_points: Vec::new(),
+                            sent: Some(sent),
+                        };
                         let _ = waiter.send(outcome);
                     }
                 }
             }
-            Event::StoreFailed { op, error } => tracing::warn!(op, %error, "route store request failed"),
+            Event::StoreFailed { op, error } => {
+                tracing::warn!(op, %error, "route store request failed")
+            }
             Event::DecodeError { kind } => tracing::debug!(kind, "decode error"),
             Event::Closed { conn, reason } => tracing::debug!(%conn, ?reason, "connection closed"),
-            Event::Kicked { conn, user_id, device_id } => tracing::info!(%conn, user = %user_id, device = %device_id, "kicked"),
-            Event::Upstream { conn, user_id, content } => {
+            Event::Kicked {
+                conn,
+                user_id,
+                device_id,
+            } => tracing::info!(%conn, user = %user_id, device = %device_id, "kicked"),
+            Event::Upstream {
+                conn,
+                user_id,
+                content,
+            } => {
                 tracing::debug!(%conn, user = user_id.as_deref().unwrap_or(""), bytes = content.len(), "upstream push")
             }
             other => tracing::trace!(?other, "event"),
@@ -505,7 +646,9 @@ fn msg_kind(msg: &NodeMsg) -> &'static str {
     }
 }
 
-async fn recv_store(rx: &mut Option<mpsc::UnboundedReceiver<StoreLinkEvent>>) -> Option<StoreLinkEvent> {
+async fn recv_store(
+    rx: &mut Option<mpsc::UnboundedReceiver<StoreLinkEvent>>,
+) -> Option<StoreLinkEvent> {
     match rx {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,

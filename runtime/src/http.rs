@@ -31,7 +31,11 @@ struct AppState {
 
 /// Serves the admin API on `listener` until the task is aborted.
 pub async fn serve(listener: TcpListener, node: NodeHandle, public_key: String) {
-    let state = AppState { node, metrics: crate::metrics::install(), public_key };
+    let state = AppState {
+        node,
+        metrics: crate::metrics::install(),
+        public_key,
+    };
     if let Err(error) = axum::serve(listener, router(state)).await {
         tracing::error!(%error, "admin HTTP server stopped");
     }
@@ -74,22 +78,37 @@ pub struct PushBody {
 }
 
 fn bad_request(message: impl Into<String>) -> Response {
-    (StatusCode::BAD_REQUEST, Json(json!({ "error": message.into() }))).into_response()
+    (
+        StatusCode::BAD_REQUEST,
+        Json(json!({ "error": message.into() })),
+    )
+        .into_response()
 }
 
 fn unavailable() -> Response {
-    (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "error": "node is not running" }))).into_response()
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(json!({ "error": "node is not running" })),
+    )
+        .into_response()
 }
 
 /// Turns the JSON body into a push request, or says what is wrong with it.
 pub fn push_request(body: PushBody) -> Result<PushRequest, String> {
     let client_type = match body.client_type {
         None | Some(0) => None,
-        Some(code) => Some(ClientType::from_code(code).ok_or_else(|| format!("unknown clientType {code}"))?),
+        Some(code) => {
+            Some(ClientType::from_code(code).ok_or_else(|| format!("unknown clientType {code}"))?)
+        }
     };
     let content = Bytes::from(body.content.into_bytes());
     if body.broadcast {
-        let condition = match body.condition.as_deref().map(str::trim).filter(|c| !c.is_empty()) {
+        let condition = match body
+            .condition
+            .as_deref()
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+        {
             Some(text) => Some(Condition::parse(text).map_err(|e| e.to_string())?),
             None => None,
         };
@@ -99,16 +118,29 @@ pub fn push_request(body: PushBody) -> Result<PushRequest, String> {
             user_ids: body.user_ids.map(|ids| ids.into_iter().collect()),
             client_type,
         };
-        return Ok(PushRequest::Broadcast(Broadcast { content, filter, task_id: body.task_id.filter(|t| !t.is_empty()) }));
+        return Ok(PushRequest::Broadcast(Broadcast {
+            content,
+            filter,
+            task_id: body.task_id.filter(|t| !t.is_empty()),
+        }));
     }
-    let user_id = body.user_id.filter(|u| !u.is_empty()).ok_or("userId is required (or set broadcast: true)")?;
+    let user_id = body
+        .user_id
+        .filter(|u| !u.is_empty())
+        .ok_or("userId is required (or set broadcast: true)")?;
     let ack = match body.ack.as_deref().unwrap_or("none") {
         "none" => AckMode::None,
         "auto" => AckMode::Auto,
         "biz" => AckMode::Biz,
         other => return Err(format!("ack must be none, auto or biz, not {other:?}")),
     };
-    Ok(PushRequest::Single(SinglePush { user_id, client_type, timeout_ms: body.timeout_ms.unwrap_or(0), content, ack }))
+    Ok(PushRequest::Single(SinglePush {
+        user_id,
+        client_type,
+        timeout_ms: body.timeout_ms.unwrap_or(0),
+        content,
+        ack,
+    }))
 }
 
 async fn push(State(state): State<AppState>, Json(body): Json<PushBody>) -> Response {
@@ -125,7 +157,12 @@ async fn push(State(state): State<AppState>, Json(body): Json<PushBody>) -> Resp
 fn push_response(outcome: PushOutcome) -> Response {
     // The request was handled: the status is in the body. A refused request (for example a
     // busy node) is a failure status too.
-    let code = if outcome.status == PushStatus::Failure && outcome.reason.as_deref().is_some_and(|r| r.starts_with("server busy")) {
+    let code = if outcome.status == PushStatus::Failure
+        && outcome
+            .reason
+            .as_deref()
+            .is_some_and(|r| r.starts_with("server busy"))
+    {
         StatusCode::SERVICE_UNAVAILABLE
     } else {
         StatusCode::OK
@@ -146,7 +183,11 @@ struct KickQuery {
     client_type: Option<i32>,
 }
 
-async fn kick(State(state): State<AppState>, Path(id): Path<String>, Query(query): Query<KickQuery>) -> Response {
+async fn kick(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(query): Query<KickQuery>,
+) -> Response {
     let client_type = match query.client_type {
         None | Some(0) => None,
         Some(code) => match ClientType::from_code(code) {
@@ -161,9 +202,13 @@ async fn kick(State(state): State<AppState>, Path(id): Path<String>, Query(query
 }
 
 async fn stats(State(state): State<AppState>) -> Response {
-    let Ok(stats) = state.node.stats().await else { return unavailable() };
-    let by_status: serde_json::Map<String, serde_json::Value> =
-        PushStatus::ALL.iter().map(|s| (s.name().to_owned(), json!(stats.pushes(*s)))).collect();
+    let Ok(stats) = state.node.stats().await else {
+        return unavailable();
+    };
+    let by_status: serde_json::Map<String, serde_json::Value> = PushStatus::ALL
+        .iter()
+        .map(|s| (s.name().to_owned(), json!(stats.pushes(*s))))
+        .collect();
     Json(json!({
         "connections": stats.connections,
         "gatewayConnections": stats.gateway_connections,
@@ -192,7 +237,14 @@ async fn public_key(State(state): State<AppState>) -> Response {
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
-    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render()).into_response()
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        state.metrics.render(),
+    )
+        .into_response()
 }
 
 #[cfg(test)]
@@ -205,15 +257,37 @@ mod tests {
 
     #[test]
     fn push_bodies_become_requests_or_clear_errors() {
-        let single = push_request(body(json!({"userId": "u", "content": "hi", "ack": "biz", "clientType": 1}))).unwrap();
-        let PushRequest::Single(s) = single else { panic!("single expected") };
-        assert_eq!((s.ack, s.client_type), (AckMode::Biz, Some(ClientType::Mobile)));
-        assert!(push_request(body(json!({"content": "hi"}))).unwrap_err().contains("userId"));
-        assert!(push_request(body(json!({"userId": "u", "content": "hi", "ack": "maybe"}))).unwrap_err().contains("ack"));
-        let err = push_request(body(json!({"broadcast": true, "content": "x", "condition": "userId %"}))).unwrap_err();
+        let single = push_request(body(
+            json!({"userId": "u", "content": "hi", "ack": "biz", "clientType": 1}),
+        ))
+        .unwrap();
+        let PushRequest::Single(s) = single else {
+            panic!("single expected")
+        };
+        assert_eq!(
+            (s.ack, s.client_type),
+            (AckMode::Biz, Some(ClientType::Mobile))
+        );
+        assert!(push_request(body(json!({"content": "hi"})))
+            .unwrap_err()
+            .contains("userId"));
+        assert!(push_request(body(
+            json!({"userId": "u", "content": "hi", "ack": "maybe"})
+        ))
+        .unwrap_err()
+        .contains("ack"));
+        let err = push_request(body(
+            json!({"broadcast": true, "content": "x", "condition": "userId %"}),
+        ))
+        .unwrap_err();
         assert!(err.contains("condition parse error"), "{err}");
-        let b = push_request(body(json!({"broadcast": true, "content": "x", "tags": ["a"], "userIds": ["u1"]}))).unwrap();
-        let PushRequest::Broadcast(b) = b else { panic!("broadcast expected") };
+        let b = push_request(body(
+            json!({"broadcast": true, "content": "x", "tags": ["a"], "userIds": ["u1"]}),
+        ))
+        .unwrap();
+        let PushRequest::Broadcast(b) = b else {
+            panic!("broadcast expected")
+        };
         assert_eq!(b.filter.tags, Some(vec!["a".to_owned()]));
         assert!(serde_json::from_value::<PushBody>(json!({"content": "x", "bogus": 1})).is_err());
     }

@@ -6,7 +6,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser, Debug)]
-#[command(name = "pushgate", version, about = "A mobile push gateway that speaks MPush's protocol")]
+#[command(
+    name = "pushgate",
+    version,
+    about = "A mobile push gateway that speaks MPush's protocol"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -82,7 +86,9 @@ impl ServeArgs {
     fn overrides(&self) -> toml::Table {
         let mut root = toml::Table::new();
         let mut set = |section: &str, key: &str, value: toml::Value| {
-            let entry = root.entry(section.to_owned()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            let entry = root
+                .entry(section.to_owned())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
             if let toml::Value::Table(table) = entry {
                 table.insert(key.to_owned(), value);
             }
@@ -117,9 +123,13 @@ impl ServeArgs {
 }
 
 fn init_logging(filter: &str, json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter));
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr);
     if json {
         builder.json().init();
     } else {
@@ -164,7 +174,9 @@ async fn wait_for_signal() {
 
 async fn store_node(args: StoreNodeArgs) -> anyhow::Result<ExitCode> {
     init_logging("info", false);
-    let listener = tokio::net::TcpListener::bind(&args.listen).await.map_err(|e| anyhow::anyhow!("bind {}: {e}", args.listen))?;
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("bind {}: {e}", args.listen))?;
     tracing::info!(addr = %listener.local_addr()?, "route store serving");
     tokio::select! {
         _ = pushgate::store_net::serve_store(listener) => {}
@@ -174,8 +186,12 @@ async fn store_node(args: StoreNodeArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn keygen(args: KeygenArgs) -> anyhow::Result<ExitCode> {
-    anyhow::ensure!((1024..=4096).contains(&args.bits), "--bits must be between 1024 and 4096");
-    let key = pushgate::core::crypto::ServerRsaKey::generate(&mut rand_core::OsRng, args.bits).map_err(|e| anyhow::anyhow!("{e}"))?;
+    anyhow::ensure!(
+        (1024..=4096).contains(&args.bits),
+        "--bits must be between 1024 and 4096"
+    );
+    let key = pushgate::core::crypto::ServerRsaKey::generate(&mut rand_core::OsRng, args.bits)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let text = format!(
         "# pushgate RSA key pair ({} bits). Put this section in the server's config; give clients the public key.\n[security]\nprivate_key = \"{}\"\npublic_key = \"{}\"\n",
         args.bits,
@@ -194,7 +210,10 @@ fn keygen(args: KeygenArgs) -> anyhow::Result<ExitCode> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("pushgate: cannot start the async runtime: {error}");

@@ -36,11 +36,16 @@ mod imp {
                 let builder = metrics_exporter_prometheus::PrometheusBuilder::new()
                     .set_buckets_for_metric(
                         metrics_exporter_prometheus::Matcher::Full(ACK_LATENCY.to_owned()),
-                        &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0],
+                        &[
+                            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+                            2.5, 5.0, 10.0,
+                        ],
                     )
                     .and_then(|b| {
                         b.set_buckets_for_metric(
-                            metrics_exporter_prometheus::Matcher::Full(FLOW_DELAY_SECONDS.to_owned()),
+                            metrics_exporter_prometheus::Matcher::Full(
+                                FLOW_DELAY_SECONDS.to_owned(),
+                            ),
                             &[0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0],
                         )
                     })
@@ -65,13 +70,19 @@ mod imp {
 
     pub fn record(event: &Event) {
         match event {
-            Event::PushFinished { status, timeline, .. } => {
+            Event::PushFinished {
+                status, timeline, ..
+            } => {
                 metrics::counter!(PUSHES, "status" => status.name()).increment(1);
                 if *status == PushStatus::AckSuccess {
                     let points = timeline.points();
-                    let sent = points.iter().find(|(name, _)| *name == "before-send").map(|(_, at)| *at);
+                    let sent = points
+                        .iter()
+                        .find(|(name, _)| *name == "before-send")
+                        .map(|(_, at)| *at);
                     if let (Some(sent), Some((_, end))) = (sent, points.last()) {
-                        metrics::histogram!(ACK_LATENCY).record((end - sent).max(0) as f64 / 1000.0);
+                        metrics::histogram!(ACK_LATENCY)
+                            .record((end - sent).max(0) as f64 / 1000.0);
                     }
                 }
             }
@@ -79,7 +90,8 @@ mod imp {
                 metrics::counter!(BROADCASTS, "status" => status.name()).increment(1);
             }
             Event::HandshakeDone { fast, .. } => {
-                metrics::counter!(HANDSHAKES, "kind" => if *fast { "fast" } else { "full" }).increment(1);
+                metrics::counter!(HANDSHAKES, "kind" => if *fast { "fast" } else { "full" })
+                    .increment(1);
             }
             Event::Bound { .. } => metrics::counter!(BINDS).increment(1),
             Event::Kicked { .. } => metrics::counter!(KICKS).increment(1),
@@ -87,8 +99,12 @@ mod imp {
                 metrics::counter!(FLOW_DELAYS).increment(1);
                 metrics::histogram!(FLOW_DELAY_SECONDS).record(*delay_ms as f64 / 1000.0);
             }
-            Event::DecodeError { kind } => metrics::counter!(DECODE_ERRORS, "kind" => *kind).increment(1),
-            Event::StoreFailed { op, .. } => metrics::counter!(STORE_FAILURES, "op" => *op).increment(1),
+            Event::DecodeError { kind } => {
+                metrics::counter!(DECODE_ERRORS, "kind" => *kind).increment(1)
+            }
+            Event::StoreFailed { op, .. } => {
+                metrics::counter!(STORE_FAILURES, "op" => *op).increment(1)
+            }
             _ => {}
         }
     }

@@ -55,8 +55,12 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
         );
     }
     let net = &config.net;
-    let connect = TcpListener::bind((net.connect_bind.as_str(), net.connect_port)).await.map_err(|e| anyhow::anyhow!("bind {}:{}: {e}", net.connect_bind, net.connect_port))?;
-    let gateway = TcpListener::bind((net.gateway_bind.as_str(), net.gateway_port)).await.map_err(|e| anyhow::anyhow!("bind {}:{}: {e}", net.gateway_bind, net.gateway_port))?;
+    let connect = TcpListener::bind((net.connect_bind.as_str(), net.connect_port))
+        .await
+        .map_err(|e| anyhow::anyhow!("bind {}:{}: {e}", net.connect_bind, net.connect_port))?;
+    let gateway = TcpListener::bind((net.gateway_bind.as_str(), net.gateway_port))
+        .await
+        .map_err(|e| anyhow::anyhow!("bind {}:{}: {e}", net.gateway_bind, net.gateway_port))?;
     let connect_addr = connect.local_addr()?;
     let gateway_addr = gateway.local_addr()?;
 
@@ -79,20 +83,42 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
         hard_limit_bytes: net.write_hard_limit_bytes,
         slow_ms: config.log.profile_slowly_ms,
     };
-    let (handle, node_task) = driver::spawn(Node::new(node_config, seed, epoch_ms), limits, config.store.spec()?);
+    let (handle, node_task) = driver::spawn(
+        Node::new(node_config, seed, epoch_ms),
+        limits,
+        config.store.spec()?,
+    );
     let live = Arc::new(AtomicUsize::new(0));
     let next_id = Arc::new(AtomicU64::new(1));
     #[cfg_attr(madsim, allow(unused_mut))]
     let mut accept_tasks = vec![
-        tokio::spawn(accept_phones(connect, handle.clone(), settings, next_id.clone(), live.clone())),
-        tokio::spawn(accept_gateways(gateway, handle.clone(), settings.max_body_bytes, next_id, live.clone())),
+        tokio::spawn(accept_phones(
+            connect,
+            handle.clone(),
+            settings,
+            next_id.clone(),
+            live.clone(),
+        )),
+        tokio::spawn(accept_gateways(
+            gateway,
+            handle.clone(),
+            settings.max_body_bytes,
+            next_id,
+            live.clone(),
+        )),
     ];
 
     #[cfg(not(madsim))]
     let admin_addr = {
-        let admin = TcpListener::bind((net.admin_bind.as_str(), net.admin_port)).await.map_err(|e| anyhow::anyhow!("bind {}:{}: {e}", net.admin_bind, net.admin_port))?;
+        let admin = TcpListener::bind((net.admin_bind.as_str(), net.admin_port))
+            .await
+            .map_err(|e| anyhow::anyhow!("bind {}:{}: {e}", net.admin_bind, net.admin_port))?;
         let addr = admin.local_addr()?;
-        accept_tasks.push(tokio::spawn(crate::http::serve(admin, handle.clone(), config.security.public_key_b64()?)));
+        accept_tasks.push(tokio::spawn(crate::http::serve(
+            admin,
+            handle.clone(),
+            config.security.public_key_b64()?,
+        )));
         Some(addr)
     };
     #[cfg(madsim)]
@@ -111,7 +137,13 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
     })
 }
 
-async fn accept_phones(listener: TcpListener, node: NodeHandle, settings: ConnSettings, next_id: Arc<AtomicU64>, live: Arc<AtomicUsize>) {
+async fn accept_phones(
+    listener: TcpListener,
+    node: NodeHandle,
+    settings: ConnSettings,
+    next_id: Arc<AtomicU64>,
+    live: Arc<AtomicUsize>,
+) {
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -125,9 +157,19 @@ async fn accept_phones(listener: TcpListener, node: NodeHandle, settings: ConnSe
         let _ = stream.set_nodelay(true);
         let conn = ConnId(next_id.fetch_add(1, Ordering::Relaxed));
         let (tx, rx) = mpsc::unbounded_channel();
-        let link = PhoneLink { tx, queued_bytes: Arc::new(AtomicUsize::new(0)) };
+        let link = PhoneLink {
+            tx,
+            queued_bytes: Arc::new(AtomicUsize::new(0)),
+        };
         tracing::debug!(%conn, %peer, "phone connected");
-        if node.send(NodeMsg::PhoneOpened { conn, link: link.clone() }).await.is_err() {
+        if node
+            .send(NodeMsg::PhoneOpened {
+                conn,
+                link: link.clone(),
+            })
+            .await
+            .is_err()
+        {
             return;
         }
         let guard = LiveGuard::new(&live);
@@ -139,7 +181,13 @@ async fn accept_phones(listener: TcpListener, node: NodeHandle, settings: ConnSe
     }
 }
 
-async fn accept_gateways(listener: TcpListener, node: NodeHandle, max_body_bytes: usize, next_id: Arc<AtomicU64>, live: Arc<AtomicUsize>) {
+async fn accept_gateways(
+    listener: TcpListener,
+    node: NodeHandle,
+    max_body_bytes: usize,
+    next_id: Arc<AtomicU64>,
+    live: Arc<AtomicUsize>,
+) {
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -188,12 +236,17 @@ impl RunningServer {
             let _ = tokio::time::timeout(remaining(deadline), rx).await;
         }
         let _ = tokio::time::timeout(remaining(deadline), self.node_task).await;
-        while self.live_connections.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < deadline {
+        while self.live_connections.load(Ordering::Relaxed) > 0
+            && tokio::time::Instant::now() < deadline
+        {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let left = self.live_connections.load(Ordering::Relaxed);
         if left > 0 {
-            tracing::warn!(left, "shutdown grace period over with connections still open");
+            tracing::warn!(
+                left,
+                "shutdown grace period over with connections still open"
+            );
         }
         tracing::info!("pushgate stopped");
         Ok(())

@@ -6,7 +6,9 @@
 //! handed back to the caller to deliver locally. Back ends shared between nodes (a store node,
 //! Redis) implement the same operations.
 use pushgate_core::route::ClientType;
-use pushgate_core::store::{CachedSession, KickNotice, RouteRecord, StoreError, StoreOp, StoreReply, TaskControl};
+use pushgate_core::store::{
+    CachedSession, KickNotice, RouteRecord, StoreError, StoreOp, StoreReply, TaskControl,
+};
 use pushgate_core::Millis;
 use std::collections::{BTreeMap, HashMap};
 
@@ -32,8 +34,17 @@ impl MemoryStore {
     /// Performs `op` at `now_ms`.
     pub fn apply(&mut self, now_ms: Millis, op: StoreOp) -> Result<StoreReply, StoreError> {
         Ok(match op {
-            StoreOp::PutRoute { user_id, client_type, route } => StoreReply::Previous(self.routes.insert((user_id, client_type), route)),
-            StoreOp::SetRouteOffline { user_id, client_type, node, conn_id } => {
+            StoreOp::PutRoute {
+                user_id,
+                client_type,
+                route,
+            } => StoreReply::Previous(self.routes.insert((user_id, client_type), route)),
+            StoreOp::SetRouteOffline {
+                user_id,
+                client_type,
+                node,
+                conn_id,
+            } => {
                 if let Some(route) = self.routes.get_mut(&(user_id, client_type)) {
                     if route.is_on(&node) && route.conn_id.as_deref() == Some(conn_id.as_str()) {
                         route.conn_id = None;
@@ -41,18 +52,30 @@ impl MemoryStore {
                 }
                 StoreReply::Done
             }
-            StoreOp::GetRoute { user_id, client_type } => StoreReply::Route(self.route(&user_id, client_type)),
-            StoreOp::PutSession { session_id, session, ttl_ms } => {
+            StoreOp::GetRoute {
+                user_id,
+                client_type,
+            } => StoreReply::Route(self.route(&user_id, client_type)),
+            StoreOp::PutSession {
+                session_id,
+                session,
+                ttl_ms,
+            } => {
                 if self.sessions.len() >= MAX_SESSIONS {
                     self.sessions.retain(|_, (_, expires)| *expires > now_ms);
                 }
                 if self.sessions.len() < MAX_SESSIONS {
-                    self.sessions.insert(session_id, (session, now_ms.saturating_add(ttl_ms)));
+                    self.sessions
+                        .insert(session_id, (session, now_ms.saturating_add(ttl_ms)));
                 }
                 StoreReply::Done
             }
             StoreOp::GetSession { session_id } => {
-                let live = self.sessions.get(&session_id).filter(|(_, expires)| *expires > now_ms).map(|(s, _)| s.clone());
+                let live = self
+                    .sessions
+                    .get(&session_id)
+                    .filter(|(_, expires)| *expires > now_ms)
+                    .map(|(s, _)| s.clone());
                 if live.is_none() {
                     self.sessions.remove(&session_id);
                 }
@@ -62,7 +85,9 @@ impl MemoryStore {
                 self.kicks.push(notice);
                 StoreReply::Done
             }
-            StoreOp::GetTaskControl { task_id } => StoreReply::TaskControl(self.tasks.get(&task_id).copied().unwrap_or_default()),
+            StoreOp::GetTaskControl { task_id } => {
+                StoreReply::TaskControl(self.tasks.get(&task_id).copied().unwrap_or_default())
+            }
             StoreOp::AddTaskProgress { task_id, sent, .. } => {
                 *self.progress.entry(task_id).or_default() += sent;
                 StoreReply::Done
@@ -71,9 +96,16 @@ impl MemoryStore {
     }
 
     /// The route of (user, type), or with no type the user's best route (online first).
-    pub fn route(&self, user_id: &str, client_type: Option<ClientType>) -> Option<(ClientType, RouteRecord)> {
+    pub fn route(
+        &self,
+        user_id: &str,
+        client_type: Option<ClientType>,
+    ) -> Option<(ClientType, RouteRecord)> {
         match client_type {
-            Some(ct) => self.routes.get(&(user_id.to_owned(), ct)).map(|r| (ct, r.clone())),
+            Some(ct) => self
+                .routes
+                .get(&(user_id.to_owned(), ct))
+                .map(|r| (ct, r.clone())),
             None => {
                 let mut best = None;
                 for ct in ClientType::ALL {
@@ -93,7 +125,11 @@ impl MemoryStore {
     pub fn routes_of(&self, user_id: &str) -> Vec<(ClientType, RouteRecord)> {
         ClientType::ALL
             .into_iter()
-            .filter_map(|ct| self.routes.get(&(user_id.to_owned(), ct)).map(|r| (ct, r.clone())))
+            .filter_map(|ct| {
+                self.routes
+                    .get(&(user_id.to_owned(), ct))
+                    .map(|r| (ct, r.clone()))
+            })
             .collect()
     }
 
@@ -132,9 +168,16 @@ mod tests {
     #[test]
     fn routes_are_replaced_atomically_and_cleared_only_by_their_owner() {
         let mut s = MemoryStore::new();
-        let put = |conn| StoreOp::PutRoute { user_id: "u".into(), client_type: ClientType::Mobile, route: route(Some(conn)) };
+        let put = |conn| StoreOp::PutRoute {
+            user_id: "u".into(),
+            client_type: ClientType::Mobile,
+            route: route(Some(conn)),
+        };
         assert_eq!(s.apply(0, put("a")).unwrap(), StoreReply::Previous(None));
-        assert_eq!(s.apply(0, put("b")).unwrap(), StoreReply::Previous(Some(route(Some("a")))));
+        assert_eq!(
+            s.apply(0, put("b")).unwrap(),
+            StoreReply::Previous(Some(route(Some("a"))))
+        );
         let offline = |conn: &str| StoreOp::SetRouteOffline {
             user_id: "u".into(),
             client_type: ClientType::Mobile,
@@ -142,9 +185,16 @@ mod tests {
             conn_id: conn.into(),
         };
         s.apply(0, offline("a")).unwrap();
-        assert!(s.route("u", None).unwrap().1.is_online(), "a stale owner cannot clear it");
+        assert!(
+            s.route("u", None).unwrap().1.is_online(),
+            "a stale owner cannot clear it"
+        );
         s.apply(0, offline("b")).unwrap();
-        assert!(!s.route("u", Some(ClientType::Mobile)).unwrap().1.is_online());
+        assert!(!s
+            .route("u", Some(ClientType::Mobile))
+            .unwrap()
+            .1
+            .is_online());
     }
 
     #[test]
@@ -158,8 +208,34 @@ mod tests {
             session_key: [1; 16],
             iv: [2; 16],
         };
-        s.apply(0, StoreOp::PutSession { session_id: "x".into(), session: session.clone(), ttl_ms: 1000 }).unwrap();
-        assert_eq!(s.apply(999, StoreOp::GetSession { session_id: "x".into() }).unwrap(), StoreReply::Session(Some(session)));
-        assert_eq!(s.apply(1000, StoreOp::GetSession { session_id: "x".into() }).unwrap(), StoreReply::Session(None));
+        s.apply(
+            0,
+            StoreOp::PutSession {
+                session_id: "x".into(),
+                session: session.clone(),
+                ttl_ms: 1000,
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            s.apply(
+                999,
+                StoreOp::GetSession {
+                    session_id: "x".into()
+                }
+            )
+            .unwrap(),
+            StoreReply::Session(Some(session))
+        );
+        assert_eq!(
+            s.apply(
+                1000,
+                StoreOp::GetSession {
+                    session_id: "x".into()
+                }
+            )
+            .unwrap(),
+            StoreReply::Session(None)
+        );
     }
 }

@@ -36,7 +36,10 @@ pub enum ToStore {
 /// From the store to a node.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum FromStore {
-    Reply { id: u64, result: Result<StoreReply, StoreError> },
+    Reply {
+        id: u64,
+        result: Result<StoreReply, StoreError>,
+    },
     Kick(KickNotice),
 }
 
@@ -70,10 +73,15 @@ pub fn decode_frame<T: for<'de> Deserialize<'de>>(buf: &mut BytesMut) -> Result<
     }
     buf.advance(4);
     let body = buf.split_to(len);
-    serde_json::from_slice(&body).map(Some).map_err(|e| format!("bad store frame: {e}"))
+    serde_json::from_slice(&body)
+        .map(Some)
+        .map_err(|e| format!("bad store frame: {e}"))
 }
 
-async fn read_frame<T: for<'de> Deserialize<'de>>(stream: &mut (impl AsyncReadExt + Unpin), buf: &mut BytesMut) -> Option<T> {
+async fn read_frame<T: for<'de> Deserialize<'de>>(
+    stream: &mut (impl AsyncReadExt + Unpin),
+    buf: &mut BytesMut,
+) -> Option<T> {
     loop {
         match decode_frame(buf) {
             Ok(Some(message)) => return Some(message),
@@ -92,8 +100,15 @@ async fn read_frame<T: for<'de> Deserialize<'de>>(stream: &mut (impl AsyncReadEx
 }
 
 enum StoreTaskMsg {
-    Op { op: StoreOp, reply: mpsc::UnboundedSender<FromStore>, id: u64 },
-    Subscribe { node: NodeAddr, tx: mpsc::UnboundedSender<FromStore> },
+    Op {
+        op: StoreOp,
+        reply: mpsc::UnboundedSender<FromStore>,
+        id: u64,
+    },
+    Subscribe {
+        node: NodeAddr,
+        tx: mpsc::UnboundedSender<FromStore>,
+    },
 }
 
 /// Serves the store on `listener` until the task is dropped.
@@ -172,7 +187,10 @@ pub struct RemoteStore {
 
 impl RemoteStore {
     /// Starts the connection task. The receiver gets every message from the store.
-    pub fn start(addr: SocketAddr, node: NodeAddr) -> (Self, mpsc::UnboundedReceiver<StoreLinkEvent>) {
+    pub fn start(
+        addr: SocketAddr,
+        node: NodeAddr,
+    ) -> (Self, mpsc::UnboundedReceiver<StoreLinkEvent>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let (deliver, delivered) = mpsc::unbounded_channel();
         let connected = Arc::new(AtomicBool::new(false));
@@ -261,13 +279,31 @@ mod tests {
     #[test]
     fn frames_round_trip_and_oversized_ones_are_refused() {
         let mut buf = BytesMut::new();
-        let message = ToStore::Request { id: 7, op: StoreOp::GetRoute { user_id: "u".into(), client_type: Some(ClientType::Mobile) } };
+        let message = ToStore::Request {
+            id: 7,
+            op: StoreOp::GetRoute {
+                user_id: "u".into(),
+                client_type: Some(ClientType::Mobile),
+            },
+        };
         encode_frame(&message, &mut buf);
-        encode_frame(&FromStore::Reply { id: 7, result: Err(StoreError::Timeout) }, &mut buf);
+        encode_frame(
+            &FromStore::Reply {
+                id: 7,
+                result: Err(StoreError::Timeout),
+            },
+            &mut buf,
+        );
         let first: ToStore = decode_frame(&mut buf).unwrap().unwrap();
         assert_eq!(first, message);
         let second: FromStore = decode_frame(&mut buf).unwrap().unwrap();
-        assert_eq!(second, FromStore::Reply { id: 7, result: Err(StoreError::Timeout) });
+        assert_eq!(
+            second,
+            FromStore::Reply {
+                id: 7,
+                result: Err(StoreError::Timeout)
+            }
+        );
         assert!(buf.is_empty());
         let mut big = BytesMut::from(&[0xFF, 0xFF, 0xFF, 0xFF][..]);
         assert!(decode_frame::<ToStore>(&mut big).is_err());

@@ -394,17 +394,39 @@ impl Node {
     }
 
     /// Writes a connection's route to the store (the answer may name an older route to kick).
-    fn put_route(&mut self, conn: ConnId, user_id: String, client_type: ClientType, route: RouteRecord) {
-        let op = StoreOp::PutRoute { user_id, client_type, route };
-        self.store(op.clone(), StorePurpose::BindRoute { conn, op, attempts: 1 });
+    fn put_route(
+        &mut self,
+        conn: ConnId,
+        user_id: String,
+        client_type: ClientType,
+        route: RouteRecord,
+    ) {
+        let op = StoreOp::PutRoute {
+            user_id,
+            client_type,
+            route,
+        };
+        self.store(
+            op.clone(),
+            StorePurpose::BindRoute {
+                conn,
+                op,
+                attempts: 1,
+            },
+        );
     }
 
     /// Writes every local route to the store again (after the store link came back).
     pub(super) fn republish_routes(&mut self) {
-        let routes: Vec<(String, ClientType, ConnId)> =
-            self.routes.iter().map(|(u, ct, c)| (u.to_owned(), ct, c)).collect();
+        let routes: Vec<(String, ClientType, ConnId)> = self
+            .routes
+            .iter()
+            .map(|(u, ct, c)| (u.to_owned(), ct, c))
+            .collect();
         for (user_id, client_type, conn) in routes {
-            let Some(session) = self.sessions.get(&conn) else { continue };
+            let Some(session) = self.sessions.get(&conn) else {
+                continue;
+            };
             let record = RouteRecord {
                 host: self.cfg.node_addr.host.clone(),
                 port: self.cfg.node_addr.port,
