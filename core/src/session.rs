@@ -27,6 +27,8 @@ pub enum SessionState {
 pub struct BoundUser {
     pub user_id: String,
     pub tags: String,
+    /// The version of this bind, written into its store route ([`crate::store::RouteRecord`]).
+    pub route_version: u64,
 }
 
 /// One phone connection.

@@ -28,9 +28,35 @@ pub struct RouteRecord {
     /// The connection's cluster-unique id; absent = offline.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub conn_id: Option<String>,
+    /// The version of the bind this route describes: the binding node's clock in µs-ish units,
+    /// monotonic per node. A store never lets an older bind overwrite a newer one, because
+    /// writes from a partitioned or restarted node can arrive late. 0 = unversioned (written by
+    /// MPush), older than any versioned route.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub version: u64,
+}
+
+fn is_zero(value: &u64) -> bool {
+    *value == 0
 }
 
 impl RouteRecord {
+    /// Whether writing `self` may replace `stored` (a newer or the same bind).
+    pub fn supersedes(&self, stored: &RouteRecord) -> bool {
+        self.version >= stored.version
+    }
+
+    /// Applies an offline mark: only the binding it names — node, connection and bind version —
+    /// goes offline. True when it did.
+    pub fn take_offline(&mut self, node: &NodeAddr, conn_id: &str, version: u64) -> bool {
+        if self.is_on(node) && self.conn_id.as_deref() == Some(conn_id) && self.version == version {
+            self.conn_id = None;
+            true
+        } else {
+            false
+        }
+    }
+
     /// The node this route points at.
     pub fn node(&self) -> NodeAddr {
         NodeAddr::new(self.host.clone(), self.port)
@@ -118,6 +144,10 @@ pub struct KickNotice {
     pub target_port: u16,
     pub target_server: String,
     pub user_id: String,
+    /// The version of the binding being superseded: a connection that bound again since (a
+    /// newer version) is not kicked. 0 (MPush's notices) = any binding of that connection.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub version: u64,
 }
 
 impl KickNotice {
@@ -130,20 +160,24 @@ impl KickNotice {
 /// What a store does for the core.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum StoreOp {
-    /// Set the route of (user, client type); answer [`StoreReply::Previous`] with the value it
-    /// replaced (atomically, so the core can kick an older connection elsewhere).
+    /// Set the route of (user, client type) unless the store holds a newer bind
+    /// ([`RouteRecord::supersedes`]); answer [`StoreReply::Previous`] with the value it
+    /// replaced (atomically, so the core can kick an older connection elsewhere), or
+    /// [`StoreReply::Stale`] when it was not applied.
     PutRoute {
         user_id: String,
         client_type: ClientType,
         route: RouteRecord,
     },
-    /// Mark the route of (user, client type) offline, only if it still names `conn_id` on
-    /// `node`; answer [`StoreReply::Done`].
+    /// Mark the route of (user, client type) offline, only if it still describes the binding
+    /// `conn_id` on `node` with bind `version` ([`RouteRecord::take_offline`]); answer
+    /// [`StoreReply::Done`].
     SetRouteOffline {
         user_id: String,
         client_type: ClientType,
         node: NodeAddr,
         conn_id: String,
+        version: u64,
     },
     /// Read the route of (user, client type), or with `client_type` `None` the user's best
     /// route (an online one first); answer [`StoreReply::Route`].
@@ -186,6 +220,10 @@ pub struct TaskControl {
 pub enum StoreReply {
     Done,
     Previous(Option<RouteRecord>),
+    /// A PutRoute that was not applied: the store holds a newer bind ([`RouteRecord::supersedes`]).
+    Stale {
+        current: RouteRecord,
+    },
     /// The route found, with the client type it is kept under.
     Route(Option<(ClientType, RouteRecord)>),
     Session(Option<CachedSession>),

@@ -750,6 +750,7 @@ fn binding_over_an_online_route_on_another_node_publishes_a_kick_notice() {
             target_port: 3001,
             target_server: "10.0.0.2".into(),
             user_id: "u1".into(),
+            version: 0,
         }]
     );
     assert!(w.received(phone, Command::Kick).is_empty());
@@ -776,6 +777,7 @@ fn kick_notice_kicks_only_the_connection_it_names() {
         target_port: 3001,
         target_server: host.into(),
         user_id: "u1".into(),
+        version: 0,
     };
     w.input(Input::KickNotice {
         notice: notice("not-this-one", "127.0.0.1"),

@@ -52,3 +52,27 @@ fn routes_are_written_again_when_the_store_link_comes_back() {
     w.push_to(gw, 1, "user-1", 2, 1000, Flags::NONE, "to the PC");
     assert_eq!(w.reply(gw, 1).status, PushStatus::Success);
 }
+
+#[test]
+fn a_connection_that_rebinds_during_a_paused_broadcast_gets_it_once() {
+    use bytes::Bytes;
+    use pushgate_core::message::GatewayPush;
+    let mut w = World::new(|cfg| {
+        cfg.broadcast_flow_limit_per_window = 1;
+        cfg.broadcast_batch_size = 1;
+    });
+    let a = w.online("device-A", "android", "a-user", "");
+    w.online("device-B", "android", "b-user", "");
+    let gw = GatewayId(1);
+    let broadcast = GatewayPush {
+        content: Bytes::from_static(b"news"),
+        ..Default::default()
+    };
+    w.gateway_push(gw, 1, Flags::NONE, &broadcast);
+    assert_eq!(w.pushes(a).len(), 1, "the walk reached a-user first");
+    // Paused by flow control; the same connection re-binds as a user the walk has not reached.
+    w.bind(a, "z-user", "");
+    w.advance(5_000);
+    assert_eq!(w.pushes(a).len(), 1, "not a second time");
+    assert_eq!(w.reply(gw, 1).status, PushStatus::Success);
+}

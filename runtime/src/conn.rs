@@ -42,6 +42,7 @@ pub async fn run_phone(
             inbound.reserve(READ_CHUNK_BYTES);
         }
         tokio::select! {
+            biased;
             cmd = rx.recv() => {
                 let Some(cmd) = cmd else { break };
                 if !write_phone_batch(conn, &mut stream, &node, &link, &mut rx, cmd, settings).await {
@@ -169,6 +170,7 @@ pub async fn run_gateway(
             inbound.reserve(READ_CHUNK_BYTES);
         }
         tokio::select! {
+            biased;
             cmd = rx.recv() => {
                 let Some(cmd) = cmd else { break };
                 let mut out = BytesMut::new();

@@ -274,7 +274,15 @@ impl Driver {
                 .node
                 .poll_timeout()
                 .map(|at| self.start + Duration::from_millis(at));
+            // `biased`: branches are polled in this order, so a run is the same for the same
+            // inputs (the simulator checks it), and due timers are never starved by traffic.
             tokio::select! {
+                biased;
+                _ = sleep_until(deadline) => {
+                    let now = self.now_ms();
+                    self.node.handle_timeout(now);
+                    self.drain();
+                }
                 message = recv_store(&mut store_rx) => {
                     let now = self.now_ms();
                     match message {
@@ -305,11 +313,6 @@ impl Driver {
                             Err(_) => break,
                         }
                     }
-                }
-                _ = sleep_until(deadline) => {
-                    let now = self.now_ms();
-                    self.node.handle_timeout(now);
-                    self.drain();
                 }
             }
         }

@@ -8,7 +8,6 @@ use crate::config::Config;
 use crate::conn::{self, ConnSettings};
 use crate::driver::{self, GatewayCmd, NodeHandle, NodeMsg, PhoneLink, QueueLimits};
 use pushgate_core::{ConnId, GatewayId, Node};
-use rand_core::{OsRng, RngCore};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -67,8 +66,7 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
     // Routes must name the gateway port actually bound (port 0 picks one).
     let mut node_config = config.node_config()?;
     node_config.node_addr.port = gateway_addr.port();
-    let mut seed = [0u8; 32];
-    OsRng.fill_bytes(&mut seed);
+    let seed = node_seed();
     let epoch_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
@@ -256,4 +254,18 @@ impl RunningServer {
 /// Time left until `deadline` (zero once it passed).
 fn remaining(deadline: tokio::time::Instant) -> Duration {
     deadline.saturating_duration_since(tokio::time::Instant::now())
+}
+
+/// The seed of the node's random generator: the OS's randomness, or the simulator's
+/// deterministic one (so a simulated run replays exactly from its seed).
+fn node_seed() -> [u8; 32] {
+    let mut seed = [0u8; 32];
+    #[cfg(not(madsim))]
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut seed);
+    #[cfg(madsim)]
+    {
+        use tokio::madsim::rand::Rng;
+        tokio::madsim::rand::thread_rng().fill(&mut seed[..]);
+    }
+    seed
 }

@@ -38,17 +38,22 @@ impl MemoryStore {
                 user_id,
                 client_type,
                 route,
-            } => StoreReply::Previous(self.routes.insert((user_id, client_type), route)),
+            } => match self.routes.get(&(user_id.clone(), client_type)) {
+                // A late write of an older bind: keep the newer one.
+                Some(current) if !route.supersedes(current) => StoreReply::Stale {
+                    current: current.clone(),
+                },
+                _ => StoreReply::Previous(self.routes.insert((user_id, client_type), route)),
+            },
             StoreOp::SetRouteOffline {
                 user_id,
                 client_type,
                 node,
                 conn_id,
+                version,
             } => {
                 if let Some(route) = self.routes.get_mut(&(user_id, client_type)) {
-                    if route.is_on(&node) && route.conn_id.as_deref() == Some(conn_id.as_str()) {
-                        route.conn_id = None;
-                    }
+                    route.take_offline(&node, &conn_id, version);
                 }
                 StoreReply::Done
             }
@@ -154,7 +159,7 @@ mod tests {
     use super::*;
     use pushgate_core::NodeAddr;
 
-    fn route(conn: Option<&str>) -> RouteRecord {
+    fn route(conn: Option<&str>, version: u64) -> RouteRecord {
         RouteRecord {
             host: "127.0.0.1".into(),
             port: 3001,
@@ -162,34 +167,51 @@ mod tests {
             os_name: "android".into(),
             client_version: "1".into(),
             conn_id: conn.map(str::to_owned),
+            version,
         }
     }
 
     #[test]
-    fn routes_are_replaced_atomically_and_cleared_only_by_their_owner() {
+    fn routes_follow_the_newest_bind_and_are_cleared_only_by_it() {
         let mut s = MemoryStore::new();
-        let put = |conn| StoreOp::PutRoute {
+        let put = |conn, version| StoreOp::PutRoute {
             user_id: "u".into(),
             client_type: ClientType::Mobile,
-            route: route(Some(conn)),
+            route: route(Some(conn), version),
         };
-        assert_eq!(s.apply(0, put("a")).unwrap(), StoreReply::Previous(None));
         assert_eq!(
-            s.apply(0, put("b")).unwrap(),
-            StoreReply::Previous(Some(route(Some("a"))))
+            s.apply(0, put("a", 10)).unwrap(),
+            StoreReply::Previous(None)
         );
-        let offline = |conn: &str| StoreOp::SetRouteOffline {
+        assert_eq!(
+            s.apply(0, put("b", 20)).unwrap(),
+            StoreReply::Previous(Some(route(Some("a"), 10)))
+        );
+        // A late write of the older bind does not undo the newer one.
+        assert_eq!(
+            s.apply(0, put("a", 10)).unwrap(),
+            StoreReply::Stale {
+                current: route(Some("b"), 20)
+            }
+        );
+        let offline = |conn: &str, version| StoreOp::SetRouteOffline {
             user_id: "u".into(),
             client_type: ClientType::Mobile,
             node: NodeAddr::new("127.0.0.1", 3001),
             conn_id: conn.into(),
+            version,
         };
-        s.apply(0, offline("a")).unwrap();
+        s.apply(0, offline("a", 10)).unwrap();
         assert!(
             s.route("u", None).unwrap().1.is_online(),
             "a stale owner cannot clear it"
         );
-        s.apply(0, offline("b")).unwrap();
+        s.apply(0, offline("b", 19)).unwrap();
+        assert!(
+            s.route("u", None).unwrap().1.is_online(),
+            "nor an older bind of the same connection"
+        );
+        s.apply(0, offline("b", 20)).unwrap();
         assert!(!s
             .route("u", Some(ClientType::Mobile))
             .unwrap()

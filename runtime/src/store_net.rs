@@ -152,6 +152,7 @@ async fn serve_store_conn(mut stream: TcpStream, store: mpsc::UnboundedSender<St
     let mut inbound = BytesMut::new();
     loop {
         tokio::select! {
+            biased;
             message = read_frame::<ToStore>(&mut stream, &mut inbound) => {
                 let Some(message) = message else { return };
                 let msg = match message {
@@ -243,6 +244,7 @@ async fn run_remote(
         let mut inbound = BytesMut::new();
         loop {
             tokio::select! {
+                biased;
                 message = read_frame::<FromStore>(&mut stream, &mut inbound) => {
                     match message {
                         Some(message) => {

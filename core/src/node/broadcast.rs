@@ -11,12 +11,13 @@ use crate::ack::{InFlight, Owner};
 use crate::command::Command;
 use crate::flow::{FlowControl, FlowDecision};
 use crate::frame::Flags;
-use crate::ids::{Millis, PushId, RequestId};
+use crate::ids::{ConnId, Millis, PushId, RequestId};
 use crate::push::{Broadcast, Candidate, Origin};
 use crate::route::ClientType;
 use crate::status::{self, PushStatus};
 use crate::store::{StoreError, StoreOp, StoreReply};
 use crate::timer::Timer;
+use std::collections::HashSet;
 
 /// Most user ids reported to the store per progress update.
 const MAX_PROGRESS_USERS: usize = 4096;
@@ -34,6 +35,9 @@ pub struct BroadcastTask {
     pub iteration_done: bool,
     /// Sends whose write result is still awaited.
     pub pending_writes: u64,
+    /// Connections already sent to: a connection that re-binds under a user the walk has not
+    /// reached yet must not get the broadcast twice. Bounded by the broadcast's total cap.
+    pub reached: HashSet<ConnId>,
     pub sent: u64,
     pub delivered: u64,
     pub step_at_ms: Option<Millis>,
@@ -79,6 +83,7 @@ impl Node {
                 flow,
                 iteration_done: false,
                 pending_writes: 0,
+                reached: HashSet::new(),
                 sent: 0,
                 delivered: 0,
                 step_at_ms: None,
@@ -177,7 +182,9 @@ impl Node {
                 os_name: &session.os_name,
                 os_version: &session.os_version,
             };
-            let wanted = task.request.filter.matches(&candidate, tag_match) && session.writable;
+            let wanted = !task.reached.contains(&entry.conn)
+                && task.request.filter.matches(&candidate, tag_match)
+                && session.writable;
             let Some(cipher) = session.cipher.clone().filter(|_| wanted) else {
                 task.cursor = Some((entry.user_id, entry.client_type));
                 continue;
@@ -200,6 +207,7 @@ impl Node {
             if let Some(session) = self.sessions.get_mut(&entry.conn) {
                 session.in_flight.push(session_id);
             }
+            task.reached.insert(entry.conn);
             task.pending_writes += 1;
             task.sent += 1;
             task.progress_sent += 1;

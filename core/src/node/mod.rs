@@ -346,6 +346,8 @@ pub struct Node {
     outputs: VecDeque<Output>,
     next_request: u64,
     next_push: u64,
+    /// The last bind version handed out (see `next_route_version`).
+    last_route_version: u64,
     stats: NodeStats,
     shut_down: bool,
 }
@@ -376,6 +378,7 @@ impl Node {
             outputs: VecDeque::new(),
             next_request: 1,
             next_push: 1,
+            last_route_version: 0,
             stats: NodeStats::default(),
             shut_down: false,
         }
@@ -657,11 +660,11 @@ impl Node {
     /// Starts a push request.
     fn submit(&mut self, origin: Origin, request: PushRequest) {
         if self.shut_down {
-            let user = match &request {
-                PushRequest::Single(s) => s.user_id.clone(),
-                PushRequest::Broadcast(_) => String::new(),
+            let (user, client_type) = match &request {
+                PushRequest::Single(s) => (s.user_id.clone(), s.client_type),
+                PushRequest::Broadcast(_) => (String::new(), None),
             };
-            self.refuse(origin, user, None, "server shutting down".into());
+            self.refuse(origin, user, client_type, "server shutting down".into());
             return;
         }
         match request {

@@ -344,10 +344,16 @@ impl Node {
         }
         let session = self.sessions.get_mut(&conn).expect("checked above");
         if session.user_id() == Some(bind.user_id.as_str()) {
-            session.bound = Some(BoundUser {
-                user_id: bind.user_id,
-                tags: bind.tags,
-            });
+            // Same user again: new tags and a new bind, written to the store. The latest bind
+            // wins everywhere, also against a concurrent bind of the same user on another node.
+            let route_version = self.next_route_version();
+            if let Some(bound) = self.sessions.get_mut(&conn).and_then(|s| s.bound.as_mut()) {
+                bound.tags = bind.tags;
+                bound.route_version = route_version;
+            }
+            if let Some((user_id, client_type, record)) = self.route_record(conn) {
+                self.put_route(conn, user_id, client_type, record);
+            }
             return self.send_raw(
                 conn,
                 Command::Ok,
@@ -358,20 +364,15 @@ impl Node {
         if session.bound.is_some() {
             self.unbind_session(conn);
         }
+        let route_version = self.next_route_version();
         let session = self.sessions.get_mut(&conn).expect("checked above");
         let client_type = session.client_type;
         session.bound = Some(BoundUser {
             user_id: bind.user_id.clone(),
             tags: bind.tags,
+            route_version,
         });
-        let record = RouteRecord {
-            host: self.cfg.node_addr.host.clone(),
-            port: self.cfg.node_addr.port,
-            device_id: session.device_id.clone(),
-            os_name: session.os_name.clone(),
-            client_version: session.client_version.clone(),
-            conn_id: Some(session.conn_token.clone()),
-        };
+        let (_, _, record) = self.route_record(conn).expect("bound above");
         if let Some(older) = self.routes.insert(&bind.user_id, client_type, conn) {
             if older != conn {
                 // The older connection loses the user; the store route is overwritten below.
@@ -416,26 +417,39 @@ impl Node {
         );
     }
 
-    /// Writes every local route to the store again (after the store link came back).
+    /// The store route describing a bound connection's current bind.
+    fn route_record(&self, conn: ConnId) -> Option<(String, ClientType, RouteRecord)> {
+        let session = self.sessions.get(&conn)?;
+        let bound = session.bound.as_ref()?;
+        let record = RouteRecord {
+            host: self.cfg.node_addr.host.clone(),
+            port: self.cfg.node_addr.port,
+            device_id: session.device_id.clone(),
+            os_name: session.os_name.clone(),
+            client_version: session.client_version.clone(),
+            conn_id: Some(session.conn_token.clone()),
+            version: bound.route_version,
+        };
+        Some((bound.user_id.clone(), session.client_type, record))
+    }
+
+    /// A new bind version: the node's clock (epoch ms × 1000), strictly increasing per node.
+    fn next_route_version(&mut self) -> u64 {
+        let clock = u64::try_from(self.epoch_ms())
+            .unwrap_or(0)
+            .saturating_mul(1000);
+        self.last_route_version = clock.max(self.last_route_version + 1);
+        self.last_route_version
+    }
+
+    /// Writes every local route to the store again (after the store link came back). Each
+    /// keeps its bind's version, so a route the store learned of a newer bind is not undone.
     pub(super) fn republish_routes(&mut self) {
-        let routes: Vec<(String, ClientType, ConnId)> = self
-            .routes
-            .iter()
-            .map(|(u, ct, c)| (u.to_owned(), ct, c))
-            .collect();
-        for (user_id, client_type, conn) in routes {
-            let Some(session) = self.sessions.get(&conn) else {
-                continue;
-            };
-            let record = RouteRecord {
-                host: self.cfg.node_addr.host.clone(),
-                port: self.cfg.node_addr.port,
-                device_id: session.device_id.clone(),
-                os_name: session.os_name.clone(),
-                client_version: session.client_version.clone(),
-                conn_id: Some(session.conn_token.clone()),
-            };
-            self.put_route(conn, user_id, client_type, record);
+        let conns: Vec<ConnId> = self.routes.iter().map(|(_, _, c)| c).collect();
+        for conn in conns {
+            if let Some((user_id, client_type, record)) = self.route_record(conn) {
+                self.put_route(conn, user_id, client_type, record);
+            }
         }
     }
 
@@ -466,9 +480,22 @@ impl Node {
                             target_port: previous.port,
                             target_server: previous.host.clone(),
                             user_id: user_id.clone(),
+                            version: previous.version,
                         };
                         self.store_write(StoreOp::PublishKick { notice });
                     }
+                }
+            }
+            Ok(StoreReply::Stale { current }) => {
+                // The store knows a newer bind of this user and type on another connection:
+                // this one lost the race and gives the user up, as if kicked by it.
+                let still_this_bind = self
+                    .sessions
+                    .get(&conn)
+                    .and_then(|s| s.bound.as_ref())
+                    .is_some_and(|b| b.route_version == route.version);
+                if still_this_bind && current.conn_id != route.conn_id {
+                    self.kick_connection(conn);
                 }
             }
             Ok(_) => {}
@@ -537,6 +564,7 @@ impl Node {
             client_type,
             node: self.cfg.node_addr.clone(),
             conn_id: conn_token,
+            version: bound.route_version,
         });
         self.emit(Event::Unbound {
             conn,
@@ -611,11 +639,15 @@ impl Node {
         let Some(conn) = self.routes.get(&notice.user_id, client_type) else {
             return;
         };
-        if self
-            .sessions
-            .get(&conn)
-            .is_some_and(|s| s.conn_token == notice.conn_id)
-        {
+        // Only the binding the notice names: a connection that bound again since is newer.
+        let named = self.sessions.get(&conn).is_some_and(|s| {
+            s.conn_token == notice.conn_id
+                && (notice.version == 0
+                    || s.bound
+                        .as_ref()
+                        .is_some_and(|b| b.route_version == notice.version))
+        });
+        if named {
             self.kick_connection(conn);
         }
     }
@@ -629,17 +661,15 @@ impl Node {
             .map(|(_, conn)| conn)
             .collect();
         for conn in targets {
-            let token = self
-                .sessions
-                .get(&conn)
-                .map(|s| (s.conn_token.clone(), s.client_type));
+            let binding = self.route_record(conn);
             self.kick_connection(conn);
-            if let Some((conn_id, client_type)) = token {
+            if let Some((user_id, client_type, record)) = binding {
                 self.store_write(StoreOp::SetRouteOffline {
-                    user_id: user_id.to_owned(),
+                    user_id,
                     client_type,
                     node: self.cfg.node_addr.clone(),
-                    conn_id,
+                    conn_id: record.conn_id.unwrap_or_default(),
+                    version: record.version,
                 });
             }
         }

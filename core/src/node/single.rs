@@ -206,6 +206,7 @@ impl Node {
                             client_type: route_type,
                             node: self.cfg.node_addr.clone(),
                             conn_id,
+                            version: route.version,
                         });
                     }
                     self.finish_single(id, PushStatus::Offline, None);

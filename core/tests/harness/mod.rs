@@ -110,20 +110,24 @@ impl FakeStore {
                 user_id,
                 client_type,
                 route,
-            } => StoreReply::Previous(
-                self.routes
-                    .insert((user_id.clone(), *client_type), route.clone()),
-            ),
+            } => match self.routes.get(&(user_id.clone(), *client_type)) {
+                Some(current) if !route.supersedes(current) => StoreReply::Stale {
+                    current: current.clone(),
+                },
+                _ => StoreReply::Previous(
+                    self.routes
+                        .insert((user_id.clone(), *client_type), route.clone()),
+                ),
+            },
             StoreOp::SetRouteOffline {
                 user_id,
                 client_type,
                 node,
                 conn_id,
+                version,
             } => {
                 if let Some(route) = self.routes.get_mut(&(user_id.clone(), *client_type)) {
-                    if route.is_on(node) && route.conn_id.as_deref() == Some(conn_id.as_str()) {
-                        route.conn_id = None;
-                    }
+                    route.take_offline(node, conn_id, *version);
                 }
                 StoreReply::Done
             }
@@ -186,6 +190,8 @@ impl FakeStore {
             os_name: "android".into(),
             client_version: "1.0".into(),
             conn_id: conn_id.map(str::to_owned),
+            // Older than any bind the node makes (like a route written by MPush).
+            version: 0,
         }
     }
 }
