@@ -1,0 +1,93 @@
+//! Every seed that ever failed, run every time (also by the plain `cargo test` of the sim
+//! package under `--cfg madsim`). A seed stays here after its bug is fixed. Seeds whose bug is
+//! still open are also listed in `sim/src/known.rs`: their violations are printed, not failed.
+//!
+//! To add one: append `(seed, "what it found")` below. The descriptions say what the seed found
+//! when it was added; a change of the simulator or of the nodes sends a seed down another path. Replay one with
+//! `PUSHGATE_SIM_TRACE=1 MADSIM_TEST_SEED=<seed> ... cargo test -p pushgate-sim --test sim`.
+#![cfg(madsim)]
+
+use pushgate_sim::summary;
+
+/// (seed, what it found).
+const REGRESSIONS: &[(u64, &str)] = &[
+    (
+        8,
+        "oracle: two concurrent binds of one user; the kick check must accept a concurrent binder",
+    ),
+    (
+        25,
+        "B1: delayed PutRoute from a partitioned node overwrote the newer route (liveness)",
+    ),
+    (
+        38,
+        "B2: broadcast delivered twice to a connection that re-bound during the broadcast",
+    ),
+    (
+        43,
+        "oracle: bytes that met a clog arrive up to 10 s after it (madsim retry backoff)",
+    ),
+    (
+        68,
+        "B1: a stale PutRoute's Previous made its node kick the live connection",
+    ),
+    (
+        70,
+        "B1: store route left offline while the user is bound elsewhere (offline for a live user)",
+    ),
+    (
+        122,
+        "B1: SetRouteOffline retried after a timeout landed after the same connection's re-bind",
+    ),
+    (
+        179,
+        "oracle: bytes to a phone lost when it closes while they are stuck in a clog",
+    ),
+    (
+        309,
+        "B1: a stale online route names a connection nobody holds",
+    ),
+    (
+        21,
+        "B1: republish_routes after the store came back overwrote a newer route and kicked it",
+    ),
+    (
+        767,
+        "oracle: a phone crashed after its client auto-ACKed a push, before its app saw it",
+    ),
+];
+
+fn run_seed(seed: u64) -> pushgate_sim::RunReport {
+    std::thread::spawn(move || {
+        let runtime =
+            madsim::runtime::Runtime::with_seed_and_config(seed, madsim::Config::default());
+        runtime.block_on(pushgate_sim::run())
+    })
+    .join()
+    .unwrap_or_else(|_| {
+        panic!(
+            "seed {seed} panicked; replay: {}",
+            summary::replay_command(seed, "sim")
+        )
+    })
+}
+
+#[test]
+fn regressions() {
+    let mut failed = Vec::new();
+    for (seed, what) in REGRESSIONS {
+        let report = run_seed(*seed);
+        match (report.violations.is_empty(), summary::known_bug(*seed)) {
+            (true, _) => println!("regression seed {seed} ok ({what})"),
+            (false, Some(bug)) => println!(
+                "regression seed {seed} fails as known ({bug}): {}",
+                report.violations[0]
+            ),
+            (false, None) => {
+                println!("{}", summary::failure(&report, "sim"));
+                failed.push(*seed);
+            }
+        }
+    }
+    assert!(failed.is_empty(), "regression seeds failed: {failed:?}");
+}
