@@ -5,7 +5,7 @@
 //! idle connection holds little memory.
 use crate::driver::{GatewayCmd, NodeHandle, NodeMsg, PhoneCmd, PhoneLink};
 use bytes::BytesMut;
-use pushgate_core::frame::{Frame, FrameDecoder};
+use pushgate_core::frame::{Frame, FrameDecoder, FrameError};
 use pushgate_core::{ConnId, GatewayId, Input};
 use std::sync::atomic::Ordering;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -50,32 +50,11 @@ pub async fn run_phone(
                 }
             }
             read = stream.read_buf(&mut inbound), if reading => {
-                match read {
-                    Ok(0) | Err(_) => {
-                        let _ = node.send(NodeMsg::Input(Input::PhoneClosed { conn })).await;
-                        break;
-                    }
-                    Ok(_) => {
-                        loop {
-                            match decoder.decode(&mut inbound) {
-                                Ok(Some(frame)) => {
-                                    if node.send(NodeMsg::Input(Input::PhoneFrame { conn, frame })).await.is_err() {
-                                        return;
-                                    }
-                                }
-                                Ok(None) => break,
-                                Err(error) => {
-                                    // The node answers with a Close; stop reading until then.
-                                    reading = false;
-                                    let _ = node.send(NodeMsg::Input(Input::PhoneFrameError { conn, error })).await;
-                                    break;
-                                }
-                            }
-                        }
-                        if inbound.is_empty() && inbound.capacity() > READ_CHUNK_BYTES {
-                            inbound = BytesMut::new();
-                        }
-                    }
+                match forward_frames(Side::Phone(conn), read, &decoder, &mut inbound, &node).await {
+                    ReadOutcome::Open => {}
+                    ReadOutcome::StopReading => reading = false,
+                    ReadOutcome::Closed => break,
+                    ReadOutcome::NodeGone => return,
                 }
             }
         }
@@ -200,29 +179,92 @@ pub async fn run_gateway(
                 }
             }
             read = stream.read_buf(&mut inbound), if reading => {
-                match read {
-                    Ok(0) | Err(_) => {
-                        let _ = node.send(NodeMsg::Input(Input::GatewayClosed { gw })).await;
-                        break;
-                    }
-                    Ok(_) => loop {
-                        match decoder.decode(&mut inbound) {
-                            Ok(Some(Frame::Heartbeat)) => {}
-                            Ok(Some(frame)) => {
-                                if node.send(NodeMsg::Input(Input::GatewayFrame { gw, frame })).await.is_err() {
-                                    return;
-                                }
-                            }
-                            Ok(None) => break,
-                            Err(error) => {
-                                reading = false;
-                                let _ = node.send(NodeMsg::Input(Input::GatewayFrameError { gw, error })).await;
-                                break;
-                            }
-                        }
-                    },
+                match forward_frames(Side::Gateway(gw), read, &decoder, &mut inbound, &node).await {
+                    ReadOutcome::Open => {}
+                    ReadOutcome::StopReading => reading = false,
+                    ReadOutcome::Closed => break,
+                    ReadOutcome::NodeGone => return,
                 }
             }
         }
     }
+}
+
+/// Which kind of connection a task serves: how its frames become node inputs.
+#[derive(Debug, Clone, Copy)]
+enum Side {
+    Phone(ConnId),
+    Gateway(GatewayId),
+}
+
+impl Side {
+    fn frame(self, frame: Frame) -> Option<Input> {
+        match (self, frame) {
+            (Side::Phone(conn), frame) => Some(Input::PhoneFrame { conn, frame }),
+            // PushClients send no heartbeats; a stray one is ignored.
+            (Side::Gateway(_), Frame::Heartbeat) => None,
+            (Side::Gateway(gw), frame) => Some(Input::GatewayFrame { gw, frame }),
+        }
+    }
+
+    fn frame_error(self, error: FrameError) -> Input {
+        match self {
+            Side::Phone(conn) => Input::PhoneFrameError { conn, error },
+            Side::Gateway(gw) => Input::GatewayFrameError { gw, error },
+        }
+    }
+
+    fn closed(self) -> Input {
+        match self {
+            Side::Phone(conn) => Input::PhoneClosed { conn },
+            Side::Gateway(gw) => Input::GatewayClosed { gw },
+        }
+    }
+}
+
+/// What a read left the connection in.
+enum ReadOutcome {
+    Open,
+    /// The stream could not be framed: the node was told and answers with a close.
+    StopReading,
+    /// The peer closed (or the socket broke): the node was told.
+    Closed,
+    NodeGone,
+}
+
+/// After a read: hands every whole frame buffered in `inbound` to the node, and releases the
+/// buffer when it is empty and large, so an idle connection holds little memory.
+async fn forward_frames(
+    side: Side,
+    read: std::io::Result<usize>,
+    decoder: &FrameDecoder,
+    inbound: &mut BytesMut,
+    node: &NodeHandle,
+) -> ReadOutcome {
+    if !matches!(read, Ok(n) if n > 0) {
+        let _ = node.send(NodeMsg::Input(side.closed())).await;
+        return ReadOutcome::Closed;
+    }
+    let mut outcome = ReadOutcome::Open;
+    loop {
+        match decoder.decode(inbound) {
+            Ok(Some(frame)) => {
+                if let Some(input) = side.frame(frame) {
+                    if node.send(NodeMsg::Input(input)).await.is_err() {
+                        return ReadOutcome::NodeGone;
+                    }
+                }
+            }
+            Ok(None) => break,
+            Err(error) => {
+                let _ = node.send(NodeMsg::Input(side.frame_error(error))).await;
+                outcome = ReadOutcome::StopReading;
+                break;
+            }
+        }
+    }
+    if inbound.is_empty() && inbound.capacity() > READ_CHUNK_BYTES {
+        *inbound = BytesMut::new();
+    }
+    outcome
 }

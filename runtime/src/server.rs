@@ -8,11 +8,12 @@ use crate::config::Config;
 use crate::conn::{self, ConnSettings};
 use crate::driver::{self, GatewayCmd, NodeHandle, NodeMsg, PhoneLink, QueueLimits};
 use pushgate_core::{ConnId, GatewayId, Node};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
@@ -135,6 +136,40 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
     })
 }
 
+/// Accepts connections until the task is aborted. `start` registers each with the node and
+/// returns its connection task, or `None` when the node is gone (which ends the loop).
+async fn accept_loop<F, Fut, Task>(
+    listener: TcpListener,
+    port: &'static str,
+    live: Arc<AtomicUsize>,
+    mut start: F,
+) where
+    F: FnMut(TcpStream) -> Fut,
+    Fut: Future<Output = Option<Task>>,
+    Task: Future<Output = ()> + Send + 'static,
+{
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _peer)) => stream,
+            Err(error) => {
+                // Out of file descriptors and similar: back off instead of spinning.
+                tracing::warn!(%error, port, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let Some(task) = start(stream).await else {
+            return;
+        };
+        let guard = LiveGuard::new(&live);
+        tokio::spawn(async move {
+            let _guard = guard;
+            task.await;
+        });
+    }
+}
+
 async fn accept_phones(
     listener: TcpListener,
     node: NodeHandle,
@@ -142,41 +177,25 @@ async fn accept_phones(
     next_id: Arc<AtomicU64>,
     live: Arc<AtomicUsize>,
 ) {
-    loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(error) => {
-                // Out of file descriptors and similar: back off instead of spinning.
-                tracing::warn!(%error, "accept failed on the connection port");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
+    accept_loop(listener, "connection", live, |stream| {
+        let node = node.clone();
         let conn = ConnId(next_id.fetch_add(1, Ordering::Relaxed));
-        let (tx, rx) = mpsc::unbounded_channel();
-        let link = PhoneLink {
-            tx,
-            queued_bytes: Arc::new(AtomicUsize::new(0)),
-        };
-        tracing::debug!(%conn, %peer, "phone connected");
-        if node
-            .send(NodeMsg::PhoneOpened {
+        async move {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let link = PhoneLink {
+                tx,
+                queued_bytes: Arc::new(AtomicUsize::new(0)),
+            };
+            node.send(NodeMsg::PhoneOpened {
                 conn,
                 link: link.clone(),
             })
             .await
-            .is_err()
-        {
-            return;
+            .ok()?;
+            Some(conn::run_phone(conn, stream, node, link, rx, settings))
         }
-        let guard = LiveGuard::new(&live);
-        let node = node.clone();
-        tokio::spawn(async move {
-            let _guard = guard;
-            conn::run_phone(conn, stream, node, link, rx, settings).await;
-        });
-    }
+    })
+    .await;
 }
 
 async fn accept_gateways(
@@ -186,29 +205,16 @@ async fn accept_gateways(
     next_id: Arc<AtomicU64>,
     live: Arc<AtomicUsize>,
 ) {
-    loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(error) => {
-                tracing::warn!(%error, "accept failed on the gateway port");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        let gw = GatewayId(next_id.fetch_add(1, Ordering::Relaxed));
-        let (tx, rx) = mpsc::unbounded_channel::<GatewayCmd>();
-        tracing::debug!(%gw, %peer, "pushclient connected");
-        if node.send(NodeMsg::GatewayOpened { gw, tx }).await.is_err() {
-            return;
-        }
-        let guard = LiveGuard::new(&live);
+    accept_loop(listener, "gateway", live, |stream| {
         let node = node.clone();
-        tokio::spawn(async move {
-            let _guard = guard;
-            conn::run_gateway(gw, stream, node, rx, max_body_bytes).await;
-        });
-    }
+        let gw = GatewayId(next_id.fetch_add(1, Ordering::Relaxed));
+        async move {
+            let (tx, rx) = mpsc::unbounded_channel::<GatewayCmd>();
+            node.send(NodeMsg::GatewayOpened { gw, tx }).await.ok()?;
+            Some(conn::run_gateway(gw, stream, node, rx, max_body_bytes))
+        }
+    })
+    .await;
 }
 
 impl RunningServer {
