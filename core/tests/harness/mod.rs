@@ -321,28 +321,7 @@ impl World {
             }
             Output::Close { conn, .. } => {
                 self.closed_by_node.insert(conn);
-                if let Some(phone) = self.phones.get_mut(&conn) {
-                    phone.closed = true;
-                }
-                // The driver answers unconfirmed writes of a closed connection as failed.
-                let failed: Vec<_> = self
-                    .unconfirmed
-                    .iter()
-                    .filter(|(c, _)| *c == conn)
-                    .copied()
-                    .collect();
-                self.unconfirmed.retain(|(c, _)| *c != conn);
-                for (conn, sid) in failed {
-                    self.node.handle(
-                        self.now,
-                        Input::PhoneWritten {
-                            conn,
-                            push_session_id: sid,
-                            ok: false,
-                        },
-                    );
-                }
-                self.node.handle(self.now, Input::PhoneClosed { conn });
+                self.connection_gone(conn);
             }
             Output::GatewayTransmit { gw, packet } => {
                 let (status, reason, data) = read_reply(&packet);
@@ -584,8 +563,9 @@ impl World {
         );
     }
 
-    /// The phone's connection drops.
-    pub fn drop_phone(&mut self, conn: ConnId) {
+    /// What a driver does when a connection is gone: the phone is closed, its unconfirmed
+    /// writes are answered as failed, and the node hears PhoneClosed.
+    fn connection_gone(&mut self, conn: ConnId) {
         if let Some(phone) = self.phones.get_mut(&conn) {
             phone.closed = true;
         }
@@ -597,16 +577,20 @@ impl World {
             .collect();
         self.unconfirmed.retain(|(c, _)| *c != conn);
         for (conn, sid) in failed {
-            self.node.handle(
-                self.now,
-                Input::PhoneWritten {
-                    conn,
-                    push_session_id: sid,
-                    ok: false,
-                },
-            );
+            let written = Input::PhoneWritten {
+                conn,
+                push_session_id: sid,
+                ok: false,
+            };
+            self.node.handle(self.now, written);
         }
-        self.input(Input::PhoneClosed { conn });
+        self.node.handle(self.now, Input::PhoneClosed { conn });
+    }
+
+    /// The phone's connection drops.
+    pub fn drop_phone(&mut self, conn: ConnId) {
+        self.connection_gone(conn);
+        self.drive();
     }
 
     /// A PushClient sends GATEWAY_PUSH with `session_id` and `flags` (ack bits).
