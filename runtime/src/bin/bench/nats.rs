@@ -1,0 +1,1 @@
+//! A minimal NATS core client for the benchmark (PUB, SUB, PING/PONG).
