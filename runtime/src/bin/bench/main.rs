@@ -1,7 +1,267 @@
 //! `pushgate-bench`: the load generator of the side-by-side benchmark. It drives pushgate (MPush's
 //! phone and gateway protocols), mosquitto (MQTT 3.1.1) and nats-server (NATS core) with the
 //! same workloads and the same client-side effort per message.
+//!
+//! - `pushgate-bench run --target T ...` runs the workloads against one running server and
+//!   writes that target's points as JSON (`bench/run.sh` starts and stops the servers).
+//! - `pushgate-bench report RUN.json...` merges targets' files into one report: a side-by-side
+//!   table with ratios and the targets as pass/fail lines, the merged JSON, and a PNG
+//!   of p99 latency against achieved throughput.
+//!
+//! The generator runs on one tokio thread (it gets one core of its own).
+mod latency;
 mod mqtt;
 mod nats;
+mod payload;
+mod plot;
+mod point;
+mod pushgate_target;
+mod report;
+mod resources;
+mod targets;
+mod tracker;
+mod workload;
 
-fn main() {}
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use pushgate_core::push::AckMode;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Instant;
+use targets::{Endpoints, TargetKind};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "pushgate-bench",
+    about = "Load generator: pushgate vs mosquitto vs NATS"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run workloads against one running server and write its points as JSON.
+    Run(RunArgs),
+    /// Merge target files into one report: table, JSON, PNG plot.
+    Report(ReportArgs),
+}
+
+/// A workload name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum WorkloadName {
+    Idle,
+    Single,
+    Fanout,
+}
+
+/// An ack mode name (pushgate only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum AckName {
+    None,
+    Auto,
+    Biz,
+}
+
+#[derive(Debug, clap::Args, serde::Serialize)]
+struct RunArgs {
+    /// The server under test.
+    #[arg(long, value_enum)]
+    target: TargetKind,
+    /// Where phones / subscribers connect (pushgate: its connection port).
+    #[arg(long)]
+    connect: SocketAddr,
+    /// pushgate's gateway port (PushClient); the peers' publisher uses --connect.
+    #[arg(long)]
+    gateway: Option<SocketAddr>,
+    /// The server's pid: its RSS and CPU time are read from /proc.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Where to write this target's points (JSON).
+    #[arg(long)]
+    out: PathBuf,
+    /// Workloads to run.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "idle,single,fanout"
+    )]
+    #[serde(skip)]
+    workloads: Vec<WorkloadName>,
+    /// Idle workload: connections to open.
+    #[arg(long, default_value_t = 19_000)]
+    idle_connections: usize,
+    /// Single workload: distinct users (receivers).
+    #[arg(long, default_value_t = 1_000)]
+    users: usize,
+    /// Single workload, closed loop: messages in flight (one point each).
+    #[arg(long, value_delimiter = ',', default_value = "1000,64")]
+    windows: Vec<usize>,
+    /// Single workload, open loop: offered rates in messages/s (one point each).
+    #[arg(long, value_delimiter = ',', default_value = "20000,50000")]
+    rates_per_s: Vec<f64>,
+    /// pushgate's ack modes to run the single workload in.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "none,auto,biz"
+    )]
+    #[serde(skip)]
+    ack_modes: Vec<AckName>,
+    /// Fan-out workload: receivers (one set of points each).
+    #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
+    fanout_sizes: Vec<usize>,
+    /// Fan-out workload: broadcasts in flight (one point each).
+    #[arg(long, value_delimiter = ',', default_value = "1,8")]
+    fanout_windows: Vec<usize>,
+    /// Warm-up before each measurement (ms).
+    #[arg(long, default_value_t = 500)]
+    warmup_ms: u64,
+    /// Measurement time of each point (ms).
+    #[arg(long, default_value_t = 3_000)]
+    measure_ms: u64,
+    /// Longest wait for in-flight messages after each point (ms).
+    #[arg(long, default_value_t = 5_000)]
+    drain_ms: u64,
+    /// Connections opened at once.
+    #[arg(long, default_value_t = 64)]
+    connect_concurrency: usize,
+    /// Stop each single-push point after this many messages (0: only the time limit).
+    #[arg(long, default_value_t = 0)]
+    max_messages: u64,
+    /// Stop each fan-out point after this many broadcasts (0: only the time limit).
+    #[arg(long, default_value_t = 0)]
+    max_broadcasts: u64,
+}
+
+#[derive(Debug, clap::Args)]
+struct ReportArgs {
+    /// Target files written by `run`.
+    #[arg(required = true)]
+    inputs: Vec<PathBuf>,
+    /// The merged report (JSON).
+    #[arg(long)]
+    out: PathBuf,
+    /// The latency-vs-throughput plot (PNG); needs a TrueType font (--font, or DejaVu Sans /
+    /// Liberation Sans where Debian installs them).
+    #[arg(long)]
+    png: Option<PathBuf>,
+    #[arg(long)]
+    font: Option<PathBuf>,
+    /// A note to keep in the report (repeatable), e.g. how the servers were configured.
+    #[arg(long = "note")]
+    notes: Vec<String>,
+    /// Write the table here too (text).
+    #[arg(long)]
+    table: Option<PathBuf>,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(args) => run(args),
+        Command::Report(args) => report::report(
+            &args.inputs,
+            &args.out,
+            args.png.as_deref(),
+            args.font.as_deref(),
+            &args.notes,
+            args.table.as_deref(),
+        ),
+    };
+    if let Err(error) = result {
+        eprintln!("pushgate-bench: {error:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(args: RunArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(args.measure_ms > 0, "--measure-ms must be > 0");
+    anyhow::ensure!(args.users > 0, "--users must be > 0");
+    anyhow::ensure!(
+        args.windows.iter().all(|w| *w > 0) && args.fanout_windows.iter().all(|w| *w > 0),
+        "windows must be > 0"
+    );
+    anyhow::ensure!(
+        args.rates_per_s.iter().all(|r| r.is_finite() && *r > 0.0),
+        "--rates-per-s must be positive numbers"
+    );
+    let send = match (args.target, args.gateway) {
+        (TargetKind::Pushgate, Some(gateway)) => gateway,
+        (TargetKind::Pushgate, None) => anyhow::bail!("--gateway is required for pushgate"),
+        (_, _) => args.connect,
+    };
+    let has = |w| args.workloads.contains(&w);
+    let plan = workload::Plan {
+        ends: Endpoints {
+            kind: args.target,
+            connect: args.connect,
+            send,
+        },
+        server_pid: args.server_pid,
+        idle_connections: args.idle_connections,
+        users: args.users,
+        windows: args.windows.clone(),
+        rates_per_s: args.rates_per_s.clone(),
+        ack_modes: args
+            .ack_modes
+            .iter()
+            .map(|a| match a {
+                AckName::None => AckMode::None,
+                AckName::Auto => AckMode::Auto,
+                AckName::Biz => AckMode::Biz,
+            })
+            .collect(),
+        fanout_sizes: args.fanout_sizes.clone(),
+        fanout_windows: args.fanout_windows.clone(),
+        warmup_ms: args.warmup_ms,
+        measure_ms: args.measure_ms,
+        drain_ms: args.drain_ms,
+        connect_concurrency: args.connect_concurrency,
+        max_messages: args.max_messages,
+        max_broadcasts: args.max_broadcasts,
+        idle: has(WorkloadName::Idle),
+        single: has(WorkloadName::Single),
+        fanout: has(WorkloadName::Fanout),
+    };
+    if let Some(pid) = args.server_pid {
+        resources::rss_bytes(pid).with_context(|| format!("--server-pid {pid}"))?;
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    payload::epoch();
+    let started = Instant::now();
+    let points = runtime.block_on(workload::run(&plan))?;
+    let mut parameters = serde_json::to_value(&args)?;
+    if let Some(map) = parameters.as_object_mut() {
+        let workloads: Vec<String> = args
+            .workloads
+            .iter()
+            .map(|w| format!("{w:?}").to_lowercase())
+            .collect();
+        map.insert("workloads".into(), serde_json::json!(workloads));
+        let acks: Vec<String> = args
+            .ack_modes
+            .iter()
+            .map(|a| format!("{a:?}").to_lowercase())
+            .collect();
+        map.insert("ack_modes".into(), serde_json::json!(acks));
+    }
+    let run = point::TargetRun {
+        target: args.target.name().to_owned(),
+        server_pid: args.server_pid,
+        started_unix_s: point::unix_now_s(),
+        duration_s: started.elapsed().as_secs_f64(),
+        parameters,
+        points,
+    };
+    report::write_json(&args.out, &run)?;
+    // Connections still open are dropped with the runtime.
+    drop(runtime);
+    Ok(())
+}

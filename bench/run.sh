@@ -1,0 +1,200 @@
+#!/usr/bin/env bash
+# The side-by-side benchmark: pushgate vs mosquitto vs nats-server, one command.
+#
+#   bench/run.sh [--quick] [--targets pushgate,mosquitto,nats] [--workloads idle,single,fanout]
+#                [--name NAME] [--no-build] [-- EXTRA pushgate-bench run FLAGS]
+#
+# For each target it starts the server pinned to CPU 0 (pushgate with bench/pushgate.toml, the
+# peers through bench/peers.sh), runs `pushgate-bench run` pinned to CPU 1 against it, and stops
+# the server by pid. Then `pushgate-bench report` prints the side-by-side table with the ratios
+# pushgate / peer and the issue's targets as pass/fail lines, and writes
+#   bench/results/NAME.json   every point of every target (NAME: a UTC timestamp by default)
+#   bench/results/NAME.txt    the table
+#   bench/results/NAME.png    p99 latency vs achieved throughput
+# --quick runs short points with fewer connections (a minute or so) to check the set-up.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+root="$(cd "$here/.." && pwd)"
+cd "$root"
+
+quick=0
+build=1
+targets="pushgate,mosquitto,nats"
+workloads="idle,single,fanout"
+name="$(date -u +%Y%m%dT%H%M%SZ)"
+extra=()
+while [ "$#" -gt 0 ]; do
+    case "$1" in
+    --quick) quick=1 ;;
+    --no-build) build=0 ;;
+    --targets) targets="${2:?--targets needs a list}"; shift ;;
+    --workloads) workloads="${2:?--workloads needs a list}"; shift ;;
+    --name) name="${2:?--name needs a value}"; shift ;;
+    --) shift; extra=("$@"); break ;;
+    -h | --help) sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "run.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
+    esac
+    shift
+done
+for t in ${targets//,/ }; do
+    case "$t" in pushgate | mosquitto | nats) ;; *) echo "run.sh: unknown target '$t'" >&2; exit 2 ;; esac
+done
+[[ "$name" =~ ^[A-Za-z0-9._-]+$ ]] || { echo "run.sh: --name may hold letters, digits, . _ - only" >&2; exit 2; }
+
+# 19,000 idle connections on each side need the descriptors.
+ulimit -n 20000 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+if [ "$(ulimit -n)" -lt 19500 ]; then
+    echo "run.sh: warning: only $(ulimit -n) open files allowed; the idle workload may fail" >&2
+fi
+
+# The server on one core, the load generator on another, when there are two.
+if [ "$(nproc)" -ge 2 ]; then
+    server_cpu=0
+    load_cpu=1
+else
+    server_cpu=0
+    load_cpu=0
+    echo "run.sh: warning: one CPU only: server and load generator share it" >&2
+fi
+
+if [ "$build" -eq 1 ]; then
+    cargo build --release -p pushgate --bins
+fi
+bin="$root/target/release"
+[ -x "$bin/pushgate" ] && [ -x "$bin/pushgate-bench" ] || { echo "run.sh: build first (cargo build --release -p pushgate --bins)" >&2; exit 1; }
+
+# The plot's text needs a TrueType font (drawn by pure-Rust code, no fontconfig).
+font=/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf
+if [ ! -f "$font" ]; then
+    echo "run.sh: installing fonts-dejavu-core for the plot" >&2
+    apt_get() { if [ "$(id -u)" -eq 0 ]; then env DEBIAN_FRONTEND=noninteractive apt-get "$@"; else sudo env DEBIAN_FRONTEND=noninteractive apt-get "$@"; fi; }
+    apt_get install -y --no-install-recommends fonts-dejavu-core >/dev/null 2>&1 \
+        || { apt_get update >/dev/null 2>&1 && apt_get install -y --no-install-recommends fonts-dejavu-core >/dev/null 2>&1; } \
+        || echo "run.sh: warning: could not install fonts-dejavu-core: no plot" >&2
+fi
+if [[ ",$targets," == *,mosquitto,* || ",$targets," == *,nats,* ]]; then
+    "$here/peers.sh" install
+fi
+
+if [ "$quick" -eq 1 ]; then
+    sizes=(--idle-connections 2000 --users 1000 --windows 1000,64 --rates-per-s 20000,50000
+        --fanout-sizes 1000,2000 --fanout-windows 1,8 --warmup-ms 200 --measure-ms 1000 --drain-ms 3000)
+else
+    sizes=(--idle-connections 19000 --users 1000 --windows 1000,64 --rates-per-s 10000,20000,50000
+        --fanout-sizes 1000,10000 --fanout-windows 1,8 --warmup-ms 500 --measure-ms 3000 --drain-ms 5000)
+fi
+
+results="$here/results"
+parts="$results/$name.parts"
+mkdir -p "$parts"
+server_pid=""
+started_peer=""
+
+cleanup() {
+    if [ -n "$server_pid" ] && kill -0 "$server_pid" 2>/dev/null; then
+        kill "$server_pid" 2>/dev/null || true
+        wait "$server_pid" 2>/dev/null || true
+    fi
+    if [ -n "$started_peer" ]; then
+        "$here/peers.sh" stop "$started_peer" "$parts" || true
+    fi
+}
+trap cleanup EXIT
+
+port_accepts() {
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}
+
+# A loopback port nothing listens on or is bound to, from a range the kernel does not hand out
+# on its own (a random start, so concurrent runs rarely collide).
+next_port=$((20000 + RANDOM % 8000))
+port_in_use() {
+    port_accepts "$1" || [ -n "$(ss -Htan "sport = :$1" 2>/dev/null)" ]
+}
+# Sets $port (not a $(...) subshell: next_port must advance in this shell).
+free_port() {
+    while port_in_use "$next_port"; do
+        next_port=$((next_port + 1))
+    done
+    port="$next_port"
+    next_port=$((next_port + 1))
+}
+
+wait_ports() {
+    local deadline=$((SECONDS + 20)) port
+    for port in "$@"; do
+        until port_accepts "$port"; do
+            if ! kill -0 "$server_pid" 2>/dev/null; then
+                echo "run.sh: pushgate exited during start-up:" >&2
+                tail -n 20 "$parts/pushgate.log" >&2
+                return 1
+            fi
+            [ "$SECONDS" -lt "$deadline" ] || { echo "run.sh: pushgate did not open port $port" >&2; return 1; }
+            sleep 0.05
+        done
+    done
+}
+
+generator() {
+    taskset -c "$load_cpu" "$bin/pushgate-bench" run --workloads "$workloads" "${sizes[@]}" "$@" "${extra[@]}"
+}
+
+started_at=$SECONDS
+for target in ${targets//,/ }; do
+    echo "=== $target ===" >&2
+    case "$target" in
+    pushgate)
+        for attempt in 1 2 3; do
+            free_port
+            connect_port="$port"
+            free_port
+            gateway_port="$port"
+            free_port
+            admin_port="$port"
+            PUSHGATE_NET__CONNECT_PORT="$connect_port" PUSHGATE_NET__GATEWAY_PORT="$gateway_port" \
+                PUSHGATE_NET__ADMIN_PORT="$admin_port" \
+                taskset -c "$server_cpu" "$bin/pushgate" serve --config "$here/pushgate.toml" \
+                </dev/null >"$parts/pushgate.log" 2>&1 &
+            server_pid=$!
+            if wait_ports "$connect_port" "$gateway_port" "$admin_port"; then
+                break
+            fi
+            kill "$server_pid" 2>/dev/null || true
+            wait "$server_pid" 2>/dev/null || true
+            server_pid=""
+            [ "$attempt" -lt 3 ] || { echo "run.sh: pushgate would not start" >&2; exit 1; }
+        done
+        generator --target pushgate --connect "127.0.0.1:$connect_port" \
+            --gateway "127.0.0.1:$gateway_port" --server-pid "$server_pid" --out "$parts/pushgate.json"
+        kill "$server_pid"
+        wait "$server_pid" 2>/dev/null || true
+        server_pid=""
+        ;;
+    mosquitto | nats)
+        free_port
+        "$here/peers.sh" start "$target" "$port" "$server_cpu" "$parts"
+        started_peer="$target"
+        generator --target "$target" --connect "127.0.0.1:$port" \
+            --server-pid "$(cat "$parts/$target.pid")" --out "$parts/$target.json"
+        "$here/peers.sh" stop "$target" "$parts"
+        started_peer=""
+        ;;
+    esac
+done
+
+inputs=()
+for target in ${targets//,/ }; do
+    inputs+=("$parts/$target.json")
+done
+mode="full"
+[ "$quick" -eq 1 ] && mode="quick"
+"$bin/pushgate-bench" report "${inputs[@]}" \
+    --out "$results/$name.json" --table "$results/$name.txt" --png "$results/$name.png" --font "$font" \
+    --note "run: bench/run.sh ($mode), $(nproc) CPUs; servers pinned to CPU $server_cpu, load generator (1 tokio thread) to CPU $load_cpu; 64-byte payloads" \
+    --note "pushgate: bench/pushgate.toml - flow control off (limits 0 = unlimited) so the server is measured, not the limiter; per-push INFO log lines off (log.filter = warn)" \
+    --note "peers: mosquitto and nats-server from Debian, bench/mosquitto.conf and bench/nats.conf; MQTT and NATS messages are QoS 0 / core publishes (no status), compared with pushgate ack none" \
+    --note "single: 1 sender -> 1,000 users in turn; closed loop = fixed number in flight (sent, not yet received by the phone and, for pushgate, its status not back); open loop latency from the intended send time" \
+    --note "fan-out: pushgate broadcast to every bound phone vs one publish to a topic all N subscribers hold; a broadcast is in flight until the last phone has it" \
+    --note "pg/peer ratios: higher is better for rates, lower is better for latencies and RSS"
+echo "run.sh: done in $((SECONDS - started_at)) s (after the build); results in bench/results/$name.{json,txt,png}" >&2

@@ -1,0 +1,101 @@
+//! The record of one measurement point and of one target's run: what the JSON files hold.
+//! `pushgate-bench run` writes a [`TargetRun`]; `pushgate-bench report` merges them into a
+//! [`RunReport`].
+use crate::latency::LatencySummary;
+use crate::resources::CpuUse;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Which workload a point belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Workload {
+    Idle,
+    Single,
+    Fanout,
+}
+
+/// One measured point of one target.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Point {
+    pub target: String,
+    pub workload: Option<Workload>,
+    /// Identifies the same point across targets, e.g. `single/closed/w1000` (pushgate's
+    /// ack modes other than none add `/auto-ack` or `/biz-ack`: the peers have no row for them).
+    pub key: String,
+    /// Human-readable, e.g. `single closed, 1000 in flight, ack none`.
+    pub title: String,
+    // ---- parameters
+    pub payload_bytes: usize,
+    /// Idle: connections opened. Single: distinct users. Fan-out: receivers.
+    pub connections: usize,
+    /// Closed loop: messages (single) or broadcasts (fan-out) in flight.
+    pub window: Option<usize>,
+    /// Open loop: offered messages per second.
+    pub offered_per_s: Option<f64>,
+    /// pushgate: none / auto / biz; peers: qos0.
+    pub ack: String,
+    pub warmup_ms: u64,
+    pub measure_ms: u64,
+    // ---- results
+    /// Idle: connections per second. Single / fan-out: deliveries per second in the window.
+    pub achieved_per_s: f64,
+    pub sent: u64,
+    pub delivered: u64,
+    pub lost: u64,
+    pub incomplete: u64,
+    pub unexpected: u64,
+    /// Open loop only: messages not sent because the in-flight cap was reached (the target
+    /// fell hopelessly behind).
+    pub not_sent: u64,
+    pub statuses: BTreeMap<String, u64>,
+    pub errors: u64,
+    pub first_error: Option<String>,
+    pub delivery: Option<LatencySummary>,
+    pub status: Option<LatencySummary>,
+    pub last_delivery: Option<LatencySummary>,
+    pub rss_before_bytes: Option<u64>,
+    pub rss_after_bytes: Option<u64>,
+    /// Idle: server RSS growth per connection.
+    pub rss_per_connection_bytes: Option<f64>,
+    pub cpu: CpuUse,
+}
+
+/// One target's run (`pushgate-bench run`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TargetRun {
+    pub target: String,
+    pub server_pid: Option<u32>,
+    pub started_unix_s: u64,
+    pub duration_s: f64,
+    /// The command line's parameters, as given.
+    pub parameters: serde_json::Value,
+    pub points: Vec<Point>,
+}
+
+/// A whole run (`pushgate-bench report`): every target, the target checks, and notes.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RunReport {
+    pub created_unix_s: u64,
+    pub machine: BTreeMap<String, String>,
+    pub notes: Vec<String>,
+    pub runs: Vec<TargetRun>,
+    pub checks: Vec<Check>,
+}
+
+/// One of the targets the issue sets, evaluated on this run.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Check {
+    pub name: String,
+    /// `None` when the run lacks the points to decide.
+    pub pass: Option<bool>,
+    pub detail: String,
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now_s() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}

@@ -1,0 +1,134 @@
+//! The pushgate side of the benchmark, built from the project's own clients: phones are
+//! [`DeviceClient`]s (RSA handshake, AES session, bind — what MPush's SDK does), the sender is
+//! one [`PushClient`] on the gateway port.
+//!
+//! Per message the PushClient encodes one GATEWAY_PUSH frame and its writer task writes
+//! whatever is queued in one write; each phone's reader task reads what the socket has, splits
+//! frames, decrypts the body and (for AUTO_ACK / BIZ_ACK pushes) queues the ACK. That is the
+//! same framing and batching effort as the MQTT and NATS clients of this tool, plus what the
+//! protocol itself demands (AES, ACKs, statuses).
+use crate::payload::Stamp;
+use crate::tracker::{Outcome, Tracker};
+use anyhow::Context;
+use bytes::Bytes;
+use pushgate::client::{
+    AckPolicy, BroadcastRequest, DeviceClient, DeviceEvent, DeviceOptions, PushClient,
+    SinglePushRequest,
+};
+use pushgate_core::push::AckMode;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::task::JoinHandle;
+
+/// How long a phone waits for its handshake and bind answers (a server busy with thousands of
+/// RSA handshakes answers late, not never).
+const PHONE_TIMEOUT_MS: u64 = 20_000;
+/// The timeout of every push and broadcast request.
+pub const PUSH_TIMEOUT_MS: u64 = 10_000;
+
+/// A connected, bound phone whose pushes go to the tracker. Dropping it closes it.
+pub struct Phone {
+    _client: DeviceClient,
+    events: JoinHandle<()>,
+}
+
+impl Drop for Phone {
+    fn drop(&mut self) {
+        self.events.abort();
+    }
+}
+
+impl Phone {
+    /// Connects (full handshake), binds `user_id` and starts handing pushes to `tracker`.
+    /// The phone ACKs AUTO_ACK and BIZ_ACK pushes as soon as they arrive (an app that
+    /// acknowledges business pushes at once).
+    pub async fn connect(
+        addr: SocketAddr,
+        device_id: String,
+        user_id: &str,
+        tracker: Arc<Tracker>,
+    ) -> anyhow::Result<Phone> {
+        let mut opts = DeviceOptions::new(device_id);
+        opts.ack_policy = AckPolicy::Biz;
+        opts.handshake_timeout_ms = PHONE_TIMEOUT_MS;
+        opts.request_timeout_ms = PHONE_TIMEOUT_MS;
+        opts.connect_timeout_ms = PHONE_TIMEOUT_MS;
+        let client = DeviceClient::connect(addr, opts)
+            .await
+            .with_context(|| format!("phone {user_id}: connect"))?;
+        client
+            .bind(user_id, &[])
+            .await
+            .with_context(|| format!("phone {user_id}: bind"))?;
+        let mut rx = client
+            .take_events()
+            .await
+            .context("phone events already taken")?;
+        let events = tokio::spawn(async move {
+            while let Some(event) = rx.recv().await {
+                match event {
+                    DeviceEvent::Push { content, .. } => tracker.on_delivery(&content),
+                    DeviceEvent::Closed => break,
+                    DeviceEvent::Kick { .. } | DeviceEvent::Error(_) => {}
+                }
+            }
+        });
+        Ok(Phone {
+            _client: client,
+            events,
+        })
+    }
+}
+
+/// The PushClient side.
+pub struct Pusher {
+    client: Arc<PushClient>,
+    tracker: Arc<Tracker>,
+}
+
+impl Pusher {
+    pub async fn connect(gateway: SocketAddr, tracker: Arc<Tracker>) -> anyhow::Result<Self> {
+        let client = PushClient::connect(gateway)
+            .await
+            .with_context(|| format!("PushClient: connect {gateway}"))?;
+        Ok(Self {
+            client: Arc::new(client),
+            tracker,
+        })
+    }
+
+    /// Pushes `payload` to `user_id`; the status goes to the tracker when it comes.
+    pub fn push(&self, user_id: &str, stamp: Stamp, ack: AckMode) {
+        let request = SinglePushRequest {
+            ack,
+            timeout_ms: PUSH_TIMEOUT_MS,
+            ..SinglePushRequest::new(user_id, Bytes::copy_from_slice(&stamp.encode()))
+        };
+        let client = self.client.clone();
+        let tracker = self.tracker.clone();
+        tokio::spawn(async move {
+            let outcome = match client.push(request).await {
+                Ok(result) => Outcome::Status(result.status),
+                Err(error) => Outcome::ClientError(error.to_string()),
+            };
+            tracker.on_status(stamp.point_id, stamp.seq, outcome);
+        });
+    }
+
+    /// Broadcasts `payload` to every bound phone; the finishing status goes to the tracker.
+    pub fn broadcast(&self, stamp: Stamp) {
+        let request = BroadcastRequest {
+            timeout_ms: PUSH_TIMEOUT_MS,
+            ..BroadcastRequest::new(Bytes::copy_from_slice(&stamp.encode()))
+        };
+        let client = self.client.clone();
+        let tracker = self.tracker.clone();
+        tokio::spawn(async move {
+            let outcome = match client.broadcast(request).await {
+                Ok(result) => Outcome::Status(result.status),
+                Err(error) => Outcome::ClientError(error.to_string()),
+            };
+            tracker.on_status(stamp.point_id, stamp.seq, outcome);
+        });
+    }
+}

@@ -1,0 +1,498 @@
+//! The side-by-side report: merges the targets' files of one run, evaluates the issue's
+//! targets (pass / fail lines), prints a table with the ratios pushgate / peer, and writes the
+//! merged JSON and the plot.
+use crate::latency::LatencySummary;
+use crate::point::{unix_now_s, Check, Point, RunReport, TargetRun, Workload};
+use anyhow::Context;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+
+/// Generator CPU at or above this means the load generator may be what limits a point.
+const GENERATOR_SATURATED_PCT: f64 = 90.0;
+/// Other processes using more than this (percent of a core) during a point disturb it.
+const OTHERS_BUSY_PCT: f64 = 15.0;
+/// The peers, in column order.
+const PEERS: [&str; 2] = ["mosquitto", "nats"];
+
+/// Writes `value` as pretty JSON (creating the parent directory).
+pub fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> anyhow::Result<()> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+    }
+    let text = serde_json::to_string_pretty(value)?;
+    std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))
+}
+
+/// `pushgate-bench report`.
+pub fn report(
+    inputs: &[std::path::PathBuf],
+    out: &Path,
+    png: Option<&Path>,
+    font: Option<&Path>,
+    notes: &[String],
+    table_out: Option<&Path>,
+) -> anyhow::Result<()> {
+    let mut runs = Vec::new();
+    for input in inputs {
+        let text = std::fs::read_to_string(input)
+            .with_context(|| format!("reading {}", input.display()))?;
+        let run: TargetRun = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not a pushgate-bench run file", input.display()))?;
+        runs.push(run);
+    }
+    let mut report = RunReport {
+        created_unix_s: unix_now_s(),
+        machine: machine(),
+        notes: notes.to_vec(),
+        runs,
+        checks: Vec::new(),
+    };
+    report.checks = checks(&report);
+    let table = render(&report);
+    print!("{table}");
+    if let Some(path) = table_out {
+        std::fs::write(path, &table).with_context(|| format!("writing {}", path.display()))?;
+    }
+    write_json(out, &report)?;
+    eprintln!("pushgate-bench: wrote {}", out.display());
+    if let Some(png) = png {
+        match crate::plot::find_font(font) {
+            Some(font) => {
+                crate::plot::plot(&report, png, &font)?;
+                eprintln!("pushgate-bench: wrote {}", png.display());
+            }
+            None => eprintln!(
+                "pushgate-bench: no TrueType font found (install fonts-dejavu-core or pass --font): no plot"
+            ),
+        }
+    }
+    Ok(())
+}
+
+fn machine() -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    if let Ok(text) = std::fs::read_to_string("/proc/cpuinfo") {
+        if let Some(model) = text.lines().find(|l| l.starts_with("model name")) {
+            if let Some((_, name)) = model.split_once(':') {
+                out.insert("cpu".into(), name.trim().to_owned());
+            }
+        }
+    }
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    out.insert("cores_available".into(), cores.to_string());
+    if let Ok(release) = std::fs::read_to_string("/proc/sys/kernel/osrelease") {
+        out.insert("kernel".into(), release.trim().to_owned());
+    }
+    out
+}
+
+fn find<'a>(report: &'a RunReport, target: &str, key: &str) -> Option<&'a Point> {
+    report
+        .runs
+        .iter()
+        .filter(|r| r.target == target)
+        .flat_map(|r| r.points.iter())
+        .find(|p| p.key == key)
+}
+
+/// The point of `target` with the highest achieved rate among keys starting with `prefix`
+/// (and not carrying an ack suffix).
+fn best<'a>(report: &'a RunReport, target: &str, prefix: &str) -> Option<&'a Point> {
+    report
+        .runs
+        .iter()
+        .filter(|r| r.target == target)
+        .flat_map(|r| r.points.iter())
+        .filter(|p| p.key.starts_with(prefix) && !p.key.ends_with("-ack"))
+        .max_by(|a, b| a.achieved_per_s.total_cmp(&b.achieved_per_s))
+}
+
+fn kib(point: &Point) -> Option<f64> {
+    point.rss_per_connection_bytes.map(|b| b / 1024.0)
+}
+
+/// The targets, on this run's numbers.
+pub fn checks(report: &RunReport) -> Vec<Check> {
+    let mut out = Vec::new();
+    let pg_idle = find(report, "pushgate", "idle").and_then(kib);
+    let mosq_idle = find(report, "mosquitto", "idle").and_then(kib);
+    out.push(match pg_idle {
+        Some(pg) => Check {
+            name: "idle bound connection <= 1.0 KiB server RSS".into(),
+            pass: Some(pg <= 1.0),
+            detail: format!("pushgate {pg:.2} KiB/conn"),
+        },
+        None => missing("idle bound connection <= 1.0 KiB server RSS"),
+    });
+    out.push(match (pg_idle, mosq_idle) {
+        (Some(pg), Some(mosq)) => Check {
+            name: "idle RSS per connection <= 1.5x mosquitto's".into(),
+            pass: Some(pg <= 1.5 * mosq),
+            detail: format!(
+                "pushgate {pg:.2} KiB vs mosquitto {mosq:.2} KiB ({})",
+                ratio_text(pg, mosq)
+            ),
+        },
+        _ => missing("idle RSS per connection <= 1.5x mosquitto's"),
+    });
+    let pg_single = best(report, "pushgate", "single/closed/");
+    let mosq_single = best(report, "mosquitto", "single/closed/");
+    out.push(match (pg_single, mosq_single) {
+        (Some(pg), Some(mosq)) => Check {
+            name: "single-user push throughput >= 3x mosquitto's 1->1 rate".into(),
+            pass: Some(pg.achieved_per_s >= 3.0 * mosq.achieved_per_s),
+            detail: format!(
+                "pushgate {:.0}/s ({}) vs mosquitto {:.0}/s ({}): {}",
+                pg.achieved_per_s,
+                pg.title,
+                mosq.achieved_per_s,
+                mosq.title,
+                ratio_text(pg.achieved_per_s, mosq.achieved_per_s)
+            ),
+        },
+        _ => missing("single-user push throughput >= 3x mosquitto's 1->1 rate"),
+    });
+    let at_20k = find(report, "pushgate", "single/open/20000");
+    out.push(match at_20k.and_then(|p| p.status.map(|s| (p, s))) {
+        Some((point, status)) => {
+            let delivery = point.delivery.unwrap_or_default();
+            let mut others = String::new();
+            for (suffix, name) in [("/auto-ack", "auto-ack"), ("/biz-ack", "biz-ack")] {
+                if let Some(s) = find(report, "pushgate", &format!("single/open/20000{suffix}"))
+                    .and_then(|p| p.status)
+                {
+                    let _ = write!(others, "; {name} status p99 {:.2} ms", s.p99_us / 1000.0);
+                }
+            }
+            Check {
+                name: "single push p99 < 2 ms at 20k pushes/s (open loop, ack none)".into(),
+                pass: Some(status.p99_us < 2000.0 && point.lost == 0),
+                detail: format!(
+                    "status p99 {:.2} ms, delivery p99 {:.2} ms at {:.0}/s achieved{others}",
+                    status.p99_us / 1000.0,
+                    delivery.p99_us / 1000.0,
+                    point.achieved_per_s
+                ),
+            }
+        }
+        None => missing("single push p99 < 2 ms at 20k pushes/s (open loop, ack none)"),
+    });
+    let pg_fan = best(report, "pushgate", "fanout/10000/");
+    let nats_fan = best(report, "nats", "fanout/10000/");
+    out.push(match (pg_fan, nats_fan) {
+        (Some(pg), Some(nats)) => Check {
+            name: "broadcast deliveries/s to 10k phones >= nats-server's".into(),
+            pass: Some(pg.achieved_per_s >= nats.achieved_per_s),
+            detail: format!(
+                "pushgate {:.0}/s vs nats {:.0}/s ({})",
+                pg.achieved_per_s,
+                nats.achieved_per_s,
+                ratio_text(pg.achieved_per_s, nats.achieved_per_s)
+            ),
+        },
+        _ => missing("broadcast deliveries/s to 10k phones >= nats-server's"),
+    });
+    // Not a throughput target but the one that must never fail: every push answered.
+    let pushgate_points: Vec<&Point> = report
+        .runs
+        .iter()
+        .filter(|r| r.target == "pushgate")
+        .flat_map(|r| r.points.iter())
+        .filter(|p| p.workload == Some(Workload::Single))
+        .collect();
+    if !pushgate_points.is_empty() {
+        let sent: u64 = pushgate_points.iter().map(|p| p.sent).sum();
+        let answered: u64 = pushgate_points
+            .iter()
+            .map(|p| p.statuses.values().sum::<u64>())
+            .sum();
+        let failed: u64 = pushgate_points.iter().map(|p| p.errors).sum();
+        let lost: u64 = pushgate_points.iter().map(|p| p.lost).sum();
+        out.push(Check {
+            name: "every single push answered with success, none lost (all ack modes)".into(),
+            pass: Some(answered == sent && failed == 0 && lost == 0),
+            detail: format!(
+                "{sent} sent, {answered} statuses, {failed} not success, {lost} never delivered"
+            ),
+        });
+    }
+    out
+}
+
+fn missing(name: &str) -> Check {
+    Check {
+        name: name.into(),
+        pass: None,
+        detail: "not measured in this run".into(),
+    }
+}
+
+fn ratio_text(a: f64, b: f64) -> String {
+    if b > 0.0 {
+        format!("{:.2}x", a / b)
+    } else {
+        "n/a".into()
+    }
+}
+
+/// One table row's metric of a point.
+struct Metric {
+    name: &'static str,
+    value: fn(&Point) -> Option<f64>,
+    /// Printed with this many decimals.
+    decimals: usize,
+    /// Whether a ratio pushgate / peer means something for it.
+    ratio: bool,
+}
+
+fn ms(s: Option<LatencySummary>, pick: fn(&LatencySummary) -> f64) -> Option<f64> {
+    s.filter(|s| s.count > 0).map(|s| pick(&s) / 1000.0)
+}
+
+fn metrics(workload: Workload) -> Vec<Metric> {
+    let cpu_server = Metric {
+        name: "CPU server %",
+        value: |p| Some(p.cpu.server_pct),
+        decimals: 0,
+        ratio: false,
+    };
+    let cpu_generator = Metric {
+        name: "CPU generator %",
+        value: |p| Some(p.cpu.generator_pct),
+        decimals: 0,
+        ratio: false,
+    };
+    let cpu_other = Metric {
+        name: "CPU others %",
+        value: |p| Some(p.cpu.other_pct),
+        decimals: 0,
+        ratio: false,
+    };
+    match workload {
+        Workload::Idle => vec![
+            Metric {
+                name: "RSS KiB/conn",
+                value: kib,
+                decimals: 2,
+                ratio: true,
+            },
+            Metric {
+                name: "connects/s",
+                value: |p| Some(p.achieved_per_s),
+                decimals: 0,
+                ratio: true,
+            },
+            cpu_server,
+            cpu_generator,
+            cpu_other,
+        ],
+        Workload::Single => vec![
+            Metric {
+                name: "msgs/s",
+                value: |p| Some(p.achieved_per_s),
+                decimals: 0,
+                ratio: true,
+            },
+            Metric {
+                name: "deliv p50 ms",
+                value: |p| ms(p.delivery, |s| s.p50_us),
+                decimals: 3,
+                ratio: true,
+            },
+            Metric {
+                name: "deliv p99 ms",
+                value: |p| ms(p.delivery, |s| s.p99_us),
+                decimals: 3,
+                ratio: true,
+            },
+            Metric {
+                name: "deliv p999 ms",
+                value: |p| ms(p.delivery, |s| s.p999_us),
+                decimals: 3,
+                ratio: true,
+            },
+            Metric {
+                name: "status p99 ms",
+                value: |p| ms(p.status, |s| s.p99_us),
+                decimals: 3,
+                ratio: false,
+            },
+            Metric {
+                name: "lost+not sent",
+                value: |p| Some((p.lost + p.not_sent) as f64),
+                decimals: 0,
+                ratio: false,
+            },
+            cpu_server,
+            cpu_generator,
+            cpu_other,
+        ],
+        Workload::Fanout => vec![
+            Metric {
+                name: "deliveries/s",
+                value: |p| Some(p.achieved_per_s),
+                decimals: 0,
+                ratio: true,
+            },
+            Metric {
+                name: "deliv p50 ms",
+                value: |p| ms(p.delivery, |s| s.p50_us),
+                decimals: 3,
+                ratio: true,
+            },
+            Metric {
+                name: "deliv p99 ms",
+                value: |p| ms(p.delivery, |s| s.p99_us),
+                decimals: 3,
+                ratio: true,
+            },
+            Metric {
+                name: "last phone p99 ms",
+                value: |p| ms(p.last_delivery, |s| s.p99_us),
+                decimals: 3,
+                ratio: true,
+            },
+            Metric {
+                name: "status p99 ms",
+                value: |p| ms(p.status, |s| s.p99_us),
+                decimals: 3,
+                ratio: false,
+            },
+            Metric {
+                name: "lost",
+                value: |p| Some(p.lost as f64),
+                decimals: 0,
+                ratio: false,
+            },
+            cpu_server,
+            cpu_generator,
+            cpu_other,
+        ],
+    }
+}
+
+/// The whole text: table, checks, warnings, notes.
+pub fn render(report: &RunReport) -> String {
+    // Rows in the order the points were run, pushgate's first.
+    let mut keys: Vec<(String, String, Workload)> = Vec::new();
+    let mut ordered: Vec<&TargetRun> = report.runs.iter().collect();
+    ordered.sort_by_key(|r| (r.target != "pushgate", r.target.clone()));
+    for run in &ordered {
+        for point in &run.points {
+            let Some(workload) = point.workload else {
+                continue;
+            };
+            if !keys.iter().any(|(k, _, _)| *k == point.key) {
+                // The peers' titles name qos0; the row names what both mean.
+                let title = point
+                    .title
+                    .replace(", ack none", "")
+                    .replace(", ack qos0", "");
+                keys.push((point.key.clone(), title, workload));
+            }
+        }
+    }
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<46} {:<17} {:>11} {:>11} {:>11} {:>9} {:>9}",
+        "point", "metric", "pushgate", "mosquitto", "nats", "pg/mosq", "pg/nats"
+    );
+    let _ = writeln!(out, "{}", "-".repeat(46 + 17 + 11 * 3 + 9 * 2 + 6));
+    for (key, title, workload) in &keys {
+        let by_target = |target: &str| find(report, target, key);
+        let pg = by_target("pushgate");
+        for (i, metric) in metrics(*workload).iter().enumerate() {
+            let cell = |p: Option<&Point>| -> (String, Option<f64>) {
+                match p.and_then(|p| (metric.value)(p)) {
+                    Some(v) => (format!("{v:.*}", metric.decimals), Some(v)),
+                    None => ("-".into(), None),
+                }
+            };
+            let (pg_text, pg_value) = cell(pg);
+            let peer_cells: Vec<(String, Option<f64>)> =
+                PEERS.iter().map(|peer| cell(by_target(peer))).collect();
+            let ratios: Vec<String> = peer_cells
+                .iter()
+                .map(|(_, peer)| match (pg_value, peer, metric.ratio) {
+                    (Some(a), Some(b), true) if *b > 0.0 => format!("{:.2}", a / b),
+                    _ => "".into(),
+                })
+                .collect();
+            let label = if i == 0 { title.as_str() } else { "" };
+            let _ = writeln!(
+                out,
+                "{:<46} {:<17} {:>11} {:>11} {:>11} {:>9} {:>9}",
+                truncate(label, 46),
+                metric.name,
+                pg_text,
+                peer_cells[0].0,
+                peer_cells[1].0,
+                ratios[0],
+                ratios[1]
+            );
+        }
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(out, "Targets:");
+    for check in &report.checks {
+        let verdict = match check.pass {
+            Some(true) => "PASS",
+            Some(false) => "FAIL",
+            None => "n/a ",
+        };
+        let _ = writeln!(out, "  [{verdict}] {}: {}", check.name, check.detail);
+    }
+    let saturated: Vec<String> = report
+        .runs
+        .iter()
+        .flat_map(|r| r.points.iter())
+        .filter(|p| p.cpu.generator_pct >= GENERATOR_SATURATED_PCT)
+        .map(|p| format!("{} / {}", p.target, p.title))
+        .collect();
+    if !saturated.is_empty() {
+        let _ = writeln!(out);
+        let _ = writeln!(
+            out,
+            "Load generator at >= {GENERATOR_SATURATED_PCT:.0}% of its core (these figures may be the generator's limit, not the server's):"
+        );
+        for line in saturated {
+            let _ = writeln!(out, "  - {line}");
+        }
+    }
+    let disturbed: Vec<String> = report
+        .runs
+        .iter()
+        .flat_map(|r| r.points.iter())
+        .filter(|p| p.cpu.other_pct >= OTHERS_BUSY_PCT)
+        .map(|p| format!("{} / {} ({:.0}%)", p.target, p.title, p.cpu.other_pct))
+        .collect();
+    if !disturbed.is_empty() {
+        let _ = writeln!(out);
+        let _ = writeln!(
+            out,
+            "Other processes used >= {OTHERS_BUSY_PCT:.0}% of a core during (these figures are disturbed; run again on a quiet machine):"
+        );
+        for line in disturbed {
+            let _ = writeln!(out, "  - {line}");
+        }
+    }
+    if !report.notes.is_empty() {
+        let _ = writeln!(out);
+        let _ = writeln!(out, "Notes:");
+        for note in &report.notes {
+            let _ = writeln!(out, "  - {note}");
+        }
+    }
+    out
+}
+
+fn truncate(text: &str, max_chars: usize) -> String {
+    if text.chars().count() <= max_chars {
+        text.to_owned()
+    } else {
+        text.chars().take(max_chars - 1).collect::<String>() + "~"
+    }
+}

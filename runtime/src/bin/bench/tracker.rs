@@ -1,0 +1,431 @@
+//! The bookkeeping shared by the sending side and every receiving connection of one target:
+//! which messages are in flight, when each was (meant to be) sent, and the latency
+//! histograms of the current measurement point.
+//!
+//! Every receiving connection calls [`Tracker::on_delivery`] with the payload it got (the
+//! stamp in it names the point and the message); the PushClient side calls
+//! [`Tracker::on_status`]. A message counts as in flight from [`Tracker::sent_single`] until
+//! the phone has it and, for pushgate, its status has come back to the PushClient too (a
+//! status that is not a success completes it without a delivery). The window logic of the
+//! closed loop reads [`Tracker::in_flight`] and sleeps on [`Tracker::progress`], so it is the
+//! same for every target.
+//!
+//! Latencies are recorded for messages whose send time lies in the measurement window
+//! (warm-up and drain excluded); throughput counts deliveries received inside the window.
+use crate::latency::{Latency, LatencySummary};
+use crate::payload::{now_ns, Stamp};
+use pushgate_core::status::PushStatus;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Mutex, MutexGuard};
+use tokio::sync::Notify;
+
+/// The measurement window of a point, in ns since the payload epoch: `[from_ns, to_ns)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    pub from_ns: u64,
+    pub to_ns: u64,
+}
+
+impl Window {
+    fn contains(&self, ns: u64) -> bool {
+        (self.from_ns..self.to_ns).contains(&ns)
+    }
+}
+
+/// How a status came back (or did not).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Status(PushStatus),
+    /// The client failed (closed connection, unreadable answer).
+    ClientError(String),
+}
+
+impl Outcome {
+    fn is_success(&self) -> bool {
+        matches!(self, Outcome::Status(s) if s.is_success())
+    }
+
+    fn name(&self) -> String {
+        match self {
+            Outcome::Status(s) => s.name().to_owned(),
+            Outcome::ClientError(_) => "client-error".to_owned(),
+        }
+    }
+}
+
+/// What a finished point counted.
+#[derive(Debug, Clone, Default)]
+pub struct Counts {
+    /// Messages (single) or broadcasts (fan-out) sent.
+    pub sent: u64,
+    /// Deliveries received (all, and inside the measurement window).
+    pub delivered: u64,
+    pub delivered_in_window: u64,
+    /// Time of the last delivery inside the window (ns since the epoch), 0 if none.
+    pub last_in_window_ns: u64,
+    /// Single: messages never delivered (status success but no delivery, or no status and no
+    /// delivery before the drain ended). Fan-out: deliveries missing from broadcasts.
+    pub lost: u64,
+    /// Broadcasts not complete when the drain ended (fan-out only).
+    pub incomplete: u64,
+    /// Deliveries of a message already delivered or not known (for single pushes), or beyond
+    /// N for a broadcast.
+    pub unexpected: u64,
+    /// Payloads of an earlier point, or unreadable.
+    pub stale: u64,
+    /// Statuses by name ("success", "ack-success", "offline", ..., "client-error").
+    pub statuses: BTreeMap<String, u64>,
+    /// The first client error text, if any.
+    pub first_error: Option<String>,
+    pub delivery: LatencySummary,
+    pub status: LatencySummary,
+    /// Fan-out: time until the last of the N phones had a broadcast.
+    pub last_delivery: LatencySummary,
+}
+
+struct Slot {
+    sent_ns: u64,
+    delivered: bool,
+    answered: bool,
+}
+
+struct Cast {
+    sent_ns: u64,
+    remaining: usize,
+    answered: bool,
+}
+
+enum Work {
+    Nothing,
+    Single {
+        slots: HashMap<u32, Slot>,
+    },
+    Fanout {
+        phones: usize,
+        casts: HashMap<u32, Cast>,
+        last: Latency,
+    },
+}
+
+struct State {
+    point_id: u32,
+    needs_status: bool,
+    window: Window,
+    work: Work,
+    counts: Counts,
+    delivery: Latency,
+    status: Latency,
+}
+
+/// See the module documentation.
+pub struct Tracker {
+    state: Mutex<State>,
+    progress: Notify,
+}
+
+impl Default for Tracker {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Tracker {
+    pub fn new() -> Self {
+        Self {
+            state: Mutex::new(State {
+                point_id: 0,
+                needs_status: false,
+                window: Window {
+                    from_ns: 0,
+                    to_ns: 0,
+                },
+                work: Work::Nothing,
+                counts: Counts::default(),
+                delivery: Latency::new(),
+                status: Latency::new(),
+            }),
+            progress: Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn begin(&self, needs_status: bool, window: Window, work: Work) -> u32 {
+        let mut st = self.lock();
+        st.point_id = st.point_id.wrapping_add(1);
+        st.needs_status = needs_status;
+        st.window = window;
+        st.work = work;
+        st.counts = Counts::default();
+        st.delivery = Latency::new();
+        st.status = Latency::new();
+        st.point_id
+    }
+
+    /// Starts a point of single pushes; returns its id (for the payload stamps).
+    pub fn begin_single(&self, needs_status: bool, window: Window) -> u32 {
+        self.begin(
+            needs_status,
+            window,
+            Work::Single {
+                slots: HashMap::new(),
+            },
+        )
+    }
+
+    /// Starts a fan-out point: every broadcast is to reach `phones` receivers.
+    pub fn begin_fanout(&self, phones: usize, needs_status: bool, window: Window) -> u32 {
+        self.begin(
+            needs_status,
+            window,
+            Work::Fanout {
+                phones,
+                casts: HashMap::new(),
+                last: Latency::new(),
+            },
+        )
+    }
+
+    /// A single push / publish `seq` is about to be written, stamped `sent_ns`.
+    pub fn sent(&self, seq: u32, sent_ns: u64) {
+        let mut st = self.lock();
+        st.counts.sent += 1;
+        match &mut st.work {
+            Work::Single { slots } => {
+                slots.insert(
+                    seq,
+                    Slot {
+                        sent_ns,
+                        delivered: false,
+                        answered: false,
+                    },
+                );
+            }
+            Work::Fanout { phones, casts, .. } => {
+                let remaining = *phones;
+                casts.insert(
+                    seq,
+                    Cast {
+                        sent_ns,
+                        remaining,
+                        answered: false,
+                    },
+                );
+            }
+            Work::Nothing => {}
+        }
+    }
+
+    /// Messages (or broadcasts) sent and not complete yet.
+    pub fn in_flight(&self) -> usize {
+        match &self.lock().work {
+            Work::Single { slots } => slots.len(),
+            Work::Fanout { casts, .. } => casts.len(),
+            Work::Nothing => 0,
+        }
+    }
+
+    /// Resolves after some message completed since the last call (or at once if one did).
+    pub async fn progress(&self) {
+        self.progress.notified().await;
+    }
+
+    /// A receiving connection got `payload`.
+    pub fn on_delivery(&self, payload: &[u8]) {
+        let now = now_ns();
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        let Some(stamp) = Stamp::decode(payload).filter(|s| s.point_id == st.point_id) else {
+            st.counts.stale += 1;
+            return;
+        };
+        let in_window = st.window.contains(now);
+        let timed = st.window.contains(stamp.sent_ns);
+        let mut completed = false;
+        match &mut st.work {
+            Work::Single { slots } => {
+                let Some(slot) = slots.get_mut(&stamp.seq).filter(|s| !s.delivered) else {
+                    st.counts.unexpected += 1;
+                    return;
+                };
+                slot.delivered = true;
+                if !st.needs_status || slot.answered {
+                    slots.remove(&stamp.seq);
+                    completed = true;
+                }
+            }
+            Work::Fanout { casts, last, .. } => {
+                let Some(cast) = casts.get_mut(&stamp.seq).filter(|c| c.remaining > 0) else {
+                    st.counts.unexpected += 1;
+                    return;
+                };
+                cast.remaining -= 1;
+                if cast.remaining == 0 {
+                    if timed {
+                        last.record_ns(now.saturating_sub(cast.sent_ns));
+                    }
+                    if !st.needs_status || cast.answered {
+                        casts.remove(&stamp.seq);
+                        completed = true;
+                    }
+                }
+            }
+            Work::Nothing => {
+                st.counts.stale += 1;
+                return;
+            }
+        }
+        st.counts.delivered += 1;
+        if in_window {
+            st.counts.delivered_in_window += 1;
+            st.counts.last_in_window_ns = now;
+        }
+        if timed {
+            st.delivery.record_ns(now.saturating_sub(stamp.sent_ns));
+        }
+        drop(guard);
+        if completed {
+            self.progress.notify_one();
+        }
+    }
+
+    /// The PushClient got the status of push (or broadcast) `seq` of point `point_id`.
+    pub fn on_status(&self, point_id: u32, seq: u32, outcome: Outcome) {
+        let now = now_ns();
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        if point_id != st.point_id {
+            return;
+        }
+        *st.counts.statuses.entry(outcome.name()).or_default() += 1;
+        if let Outcome::ClientError(text) = &outcome {
+            st.counts.first_error.get_or_insert_with(|| text.clone());
+        }
+        let success = outcome.is_success();
+        let mut completed = false;
+        match &mut st.work {
+            Work::Single { slots } => {
+                if let Some(slot) = slots.get_mut(&seq) {
+                    if st.window.contains(slot.sent_ns) {
+                        st.status.record_ns(now.saturating_sub(slot.sent_ns));
+                    }
+                    slot.answered = true;
+                    if slot.delivered || !success {
+                        slots.remove(&seq);
+                        completed = true;
+                    }
+                }
+            }
+            Work::Fanout { casts, .. } => {
+                if let Some(cast) = casts.get_mut(&seq) {
+                    if st.window.contains(cast.sent_ns) {
+                        st.status.record_ns(now.saturating_sub(cast.sent_ns));
+                    }
+                    cast.answered = true;
+                    if cast.remaining == 0 || !success {
+                        casts.remove(&seq);
+                        completed = true;
+                    }
+                }
+            }
+            Work::Nothing => {}
+        }
+        drop(guard);
+        if completed {
+            self.progress.notify_one();
+        }
+    }
+
+    /// Ends the point: what it counted (what is still in flight counts as lost).
+    pub fn finish(&self) -> Counts {
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        let work = std::mem::replace(&mut st.work, Work::Nothing);
+        let mut counts = std::mem::take(&mut st.counts);
+        counts.delivery = st.delivery.summary();
+        counts.status = st.status.summary();
+        match work {
+            Work::Single { slots } => {
+                counts.lost = slots.values().filter(|s| !s.delivered).count() as u64;
+            }
+            Work::Fanout { casts, last, .. } => {
+                counts.incomplete = casts.values().filter(|c| c.remaining > 0).count() as u64;
+                counts.lost = casts.values().map(|c| c.remaining as u64).sum();
+                counts.last_delivery = last.summary();
+            }
+            Work::Nothing => {}
+        }
+        // Later deliveries of this point are stale.
+        st.point_id = st.point_id.wrapping_add(1);
+        counts
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn payload(point_id: u32, seq: u32, sent_ns: u64) -> [u8; 64] {
+        Stamp {
+            sent_ns,
+            point_id,
+            seq,
+        }
+        .encode()
+    }
+
+    #[test]
+    fn single_completes_on_delivery_and_status() {
+        let tracker = Tracker::new();
+        let window = Window {
+            from_ns: 0,
+            to_ns: u64::MAX,
+        };
+        let point = tracker.begin_single(true, window);
+        tracker.sent(1, now_ns());
+        tracker.sent(2, now_ns());
+        tracker.on_delivery(&payload(point, 1, now_ns()));
+        assert_eq!(tracker.in_flight(), 2, "status still missing");
+        tracker.on_status(point, 1, Outcome::Status(PushStatus::Success));
+        assert_eq!(tracker.in_flight(), 1);
+        tracker.on_status(point, 2, Outcome::Status(PushStatus::Offline));
+        assert_eq!(tracker.in_flight(), 0, "a failed status completes it");
+        tracker.on_delivery(&payload(point, 1, 0));
+        tracker.on_delivery(&payload(point + 5, 1, 0));
+        let counts = tracker.finish();
+        assert_eq!(counts.sent, 2);
+        assert_eq!(counts.delivered, 1);
+        assert_eq!(counts.unexpected, 1);
+        assert_eq!(counts.stale, 1);
+        assert_eq!(counts.statuses.get("offline"), Some(&1));
+        assert_eq!(counts.delivery.count, 1);
+        assert_eq!(counts.status.count, 2);
+    }
+
+    #[test]
+    fn fanout_waits_for_every_phone() {
+        let tracker = Tracker::new();
+        let window = Window {
+            from_ns: 0,
+            to_ns: u64::MAX,
+        };
+        let point = tracker.begin_fanout(3, false, window);
+        tracker.sent(1, now_ns());
+        tracker.on_delivery(&payload(point, 1, 1));
+        tracker.on_delivery(&payload(point, 1, 1));
+        assert_eq!(tracker.in_flight(), 1);
+        tracker.on_delivery(&payload(point, 1, 1));
+        assert_eq!(tracker.in_flight(), 0);
+        tracker.sent(2, now_ns());
+        tracker.on_delivery(&payload(point, 2, 1));
+        let counts = tracker.finish();
+        assert_eq!(counts.delivered, 4);
+        assert_eq!(counts.incomplete, 1);
+        assert_eq!(counts.lost, 2);
+        assert_eq!(counts.last_delivery.count, 1);
+    }
+}

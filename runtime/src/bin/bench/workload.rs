@@ -1,0 +1,584 @@
+//! The three workloads, the same for every target:
+//!
+//! - **idle**: open N receivers (pushgate: handshake + bind; the peers: CONNECT + SUBSCRIBE to
+//!   a per-user topic), `connect_concurrency` at a time; report connects per second and the
+//!   server's RSS growth per connection (VmRSS before, and after a settling pause).
+//! - **single**: one sender, U receivers, message k to user k mod U. Closed loop: a fixed
+//!   number of messages in flight (sent, and not yet both received by the phone and — for
+//!   pushgate — answered with a status). Open loop: a fixed rate, each message stamped with
+//!   its *intended* send time, so a server that falls behind shows it in the latencies (no
+//!   coordinated omission). pushgate runs each point in every ack mode asked for.
+//! - **fanout**: N receivers; closed loop over broadcasts (`window` broadcasts in flight, each
+//!   complete when all N phones have it); deliveries per second, per-delivery latency and the
+//!   time until the last phone had each broadcast.
+//!
+//! Every point runs `warmup_ms`, then measures for `measure_ms`, then stops sending and waits
+//! at most `drain_ms` for what is in flight. CPU use of both processes is taken over the
+//! measurement window.
+use crate::payload::{now_ns, Stamp, PAYLOAD_BYTES};
+use crate::point::{Point, Workload};
+use crate::resources::{rss_bytes, CpuMark};
+use crate::targets::{user_address, Endpoints, Receiver, Role, Sender, TargetKind};
+use crate::tracker::{Counts, Tracker, Window};
+use anyhow::Context;
+use pushgate_core::push::AckMode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+
+/// Most messages an open-loop point keeps in flight before it stops sending (bounded memory
+/// when a target falls hopelessly behind; such messages are reported as `not_sent`).
+const OPEN_LOOP_MAX_IN_FLIGHT: usize = 200_000;
+/// How often the open-loop pacer wakes the sender.
+const PACER_TICK: Duration = Duration::from_micros(100);
+/// How long the closed loop sleeps at most before it looks at the clock again.
+const CLOSED_LOOP_POLL: Duration = Duration::from_millis(20);
+/// A publisher's buffer is written once it holds this much, even mid-batch: the same bound as
+/// the PushClient writer's coalescing (256 KiB per write).
+const MAX_BATCH_BYTES: usize = 256 * 1024;
+/// Pause after opening or closing many connections, so the server settles.
+const SETTLE: Duration = Duration::from_millis(1000);
+
+/// Which workloads and points to run on one target.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub ends: Endpoints,
+    pub server_pid: Option<u32>,
+    pub idle_connections: usize,
+    pub users: usize,
+    pub windows: Vec<usize>,
+    pub rates_per_s: Vec<f64>,
+    pub ack_modes: Vec<AckMode>,
+    pub fanout_sizes: Vec<usize>,
+    pub fanout_windows: Vec<usize>,
+    pub warmup_ms: u64,
+    pub measure_ms: u64,
+    pub drain_ms: u64,
+    pub connect_concurrency: usize,
+    /// Stop a single-push point after this many messages; 0: no limit.
+    pub max_messages: u64,
+    /// Stop a fan-out point after this many broadcasts; 0: no limit.
+    pub max_broadcasts: u64,
+    pub idle: bool,
+    pub single: bool,
+    pub fanout: bool,
+}
+
+/// Runs the plan; each point is printed as it finishes.
+pub async fn run(plan: &Plan) -> anyhow::Result<Vec<Point>> {
+    let tracker = Arc::new(Tracker::new());
+    let mut points = Vec::new();
+    let target = plan.ends.kind;
+
+    if plan.idle && plan.idle_connections > 0 {
+        let point = idle_point(plan, &tracker).await?;
+        print_point(&point);
+        points.push(point);
+    }
+    if !(plan.single || plan.fanout) {
+        return Ok(points);
+    }
+    let mut sender = Sender::connect(plan.ends, tracker.clone()).await?;
+    let mut users = Vec::new();
+    if plan.single {
+        users = connect_many(plan, Role::User, 0..plan.users, &tracker)
+            .await
+            .context("connecting the single-push receivers")?;
+        let acks: Vec<AckMode> = if target == TargetKind::Pushgate {
+            plan.ack_modes.clone()
+        } else {
+            vec![AckMode::None]
+        };
+        let addresses: Vec<String> = (0..plan.users)
+            .map(|n| user_address(target, Role::User, n))
+            .collect();
+        for &ack in &acks {
+            for &window in &plan.windows {
+                let shape = Shape::Closed(window);
+                let point = single_point(plan, &tracker, &mut sender, &addresses, shape, ack)
+                    .await
+                    .with_context(|| format!("single, {window} in flight"))?;
+                print_point(&point);
+                points.push(point);
+            }
+            for &rate in &plan.rates_per_s {
+                let shape = Shape::Open(rate);
+                let point = single_point(plan, &tracker, &mut sender, &addresses, shape, ack)
+                    .await
+                    .with_context(|| format!("single, {rate}/s"))?;
+                print_point(&point);
+                points.push(point);
+            }
+        }
+    }
+    if plan.fanout {
+        // pushgate's broadcast reaches every bound phone: the single-push phones serve as the
+        // first fan-out receivers. The peers' fan-out receivers hold the shared topic instead.
+        let mut fans = if target == TargetKind::Pushgate {
+            std::mem::take(&mut users)
+        } else {
+            Vec::new()
+        };
+        drop(users);
+        let mut sizes = plan.fanout_sizes.clone();
+        sizes.sort_unstable();
+        for size in sizes {
+            if fans.len() > size {
+                fans.truncate(size);
+                tokio::time::sleep(SETTLE).await;
+            }
+            if fans.len() < size {
+                let more = connect_many(plan, Role::Fan, fans.len()..size, &tracker)
+                    .await
+                    .with_context(|| format!("connecting {size} fan-out receivers"))?;
+                fans.extend(more);
+            }
+            for &window in &plan.fanout_windows {
+                let point = fanout_point(plan, &tracker, &mut sender, size, window)
+                    .await
+                    .with_context(|| format!("fan-out to {size}, {window} in flight"))?;
+                print_point(&point);
+                points.push(point);
+            }
+        }
+    }
+    Ok(points)
+}
+
+/// Opens receivers `range` in `role`, `connect_concurrency` at a time.
+async fn connect_many(
+    plan: &Plan,
+    role: Role,
+    range: std::ops::Range<usize>,
+    tracker: &Arc<Tracker>,
+) -> anyhow::Result<Vec<Receiver>> {
+    let mut out = Vec::with_capacity(range.len());
+    let mut tasks = JoinSet::new();
+    let mut next = range.start;
+    let concurrency = plan.connect_concurrency.max(1);
+    loop {
+        while next < range.end && tasks.len() < concurrency {
+            let (ends, tracker, n) = (plan.ends, tracker.clone(), next);
+            tasks.spawn(async move { Receiver::connect(ends, role, n, tracker).await });
+            next += 1;
+        }
+        match tasks.join_next().await {
+            Some(joined) => out.push(joined.context("connect task failed")??),
+            None => break,
+        }
+    }
+    Ok(out)
+}
+
+async fn idle_point(plan: &Plan, tracker: &Arc<Tracker>) -> anyhow::Result<Point> {
+    let n = plan.idle_connections;
+    let rss_before = plan.server_pid.map(rss_bytes).transpose()?;
+    let cpu = CpuMark::now(plan.server_pid);
+    let started = Instant::now();
+    let receivers = connect_many(plan, Role::Idle, 0..n, tracker)
+        .await
+        .with_context(|| format!("opening {n} idle connections"))?;
+    let elapsed = started.elapsed();
+    let cpu = cpu.since(plan.server_pid);
+    tokio::time::sleep(SETTLE).await;
+    let rss_after = plan.server_pid.map(rss_bytes).transpose()?;
+    let per_connection = match (rss_before, rss_after) {
+        (Some(before), Some(after)) => Some((after as f64 - before as f64) / n as f64),
+        _ => None,
+    };
+    drop(receivers);
+    tokio::time::sleep(SETTLE).await;
+    Ok(Point {
+        target: plan.ends.kind.name().to_owned(),
+        workload: Some(Workload::Idle),
+        key: "idle".to_owned(),
+        title: format!("idle, {n} connections"),
+        payload_bytes: 0,
+        connections: n,
+        ack: ack_name(plan.ends.kind, AckMode::None),
+        achieved_per_s: n as f64 / elapsed.as_secs_f64().max(1e-9),
+        rss_before_bytes: rss_before,
+        rss_after_bytes: rss_after,
+        rss_per_connection_bytes: per_connection,
+        cpu,
+        ..Point::default()
+    })
+}
+
+/// How a single-push point drives its sender.
+#[derive(Debug, Clone, Copy)]
+enum Shape {
+    /// A fixed number in flight.
+    Closed(usize),
+    /// A fixed rate (per second).
+    Open(f64),
+}
+
+fn ack_name(target: TargetKind, ack: AckMode) -> String {
+    if target != TargetKind::Pushgate {
+        return "qos0".to_owned();
+    }
+    match ack {
+        AckMode::None => "none",
+        AckMode::Auto => "auto",
+        AckMode::Biz => "biz",
+    }
+    .to_owned()
+}
+
+fn ack_suffix(target: TargetKind, ack: AckMode) -> &'static str {
+    match (target, ack) {
+        (TargetKind::Pushgate, AckMode::Auto) => "/auto-ack",
+        (TargetKind::Pushgate, AckMode::Biz) => "/biz-ack",
+        _ => "",
+    }
+}
+
+/// The measurement window of a point starting now.
+fn window_from_now(plan: &Plan) -> Window {
+    let from_ns = now_ns() + plan.warmup_ms * 1_000_000;
+    Window {
+        from_ns,
+        to_ns: from_ns + plan.measure_ms * 1_000_000,
+    }
+}
+
+/// Runs one single-push point.
+async fn single_point(
+    plan: &Plan,
+    tracker: &Arc<Tracker>,
+    sender: &mut Sender,
+    addresses: &[String],
+    shape: Shape,
+    ack: AckMode,
+) -> anyhow::Result<Point> {
+    let target = plan.ends.kind;
+    let window = window_from_now(plan);
+    let point_id = tracker.begin_single(sender.has_statuses(), window);
+    let start_ns = now_ns();
+    let mut seq: u32 = 0;
+    let mut not_sent = 0u64;
+    let mut cpu_mark = None;
+    let mut cpu = None;
+    let limit = if plan.max_messages == 0 {
+        u64::MAX
+    } else {
+        plan.max_messages
+    };
+    let pacer = match shape {
+        Shape::Open(_) => Some(Pacer::start()),
+        Shape::Closed(_) => None,
+    };
+    loop {
+        let now = now_ns();
+        if cpu_mark.is_none() && now >= window.from_ns {
+            cpu_mark = Some(CpuMark::now(plan.server_pid));
+        }
+        if now >= window.to_ns || u64::from(seq) >= limit {
+            break;
+        }
+        match shape {
+            Shape::Closed(in_flight) => {
+                let free = in_flight.saturating_sub(tracker.in_flight());
+                for _ in 0..free {
+                    if u64::from(seq) >= limit {
+                        break;
+                    }
+                    send_one(tracker, sender, addresses, point_id, seq, now_ns(), ack);
+                    seq += 1;
+                    if sender.buffered_bytes() >= MAX_BATCH_BYTES {
+                        sender.flush().await?;
+                    }
+                }
+                sender.flush().await?;
+                let _ = tokio::time::timeout(CLOSED_LOOP_POLL, tracker.progress()).await;
+            }
+            Shape::Open(rate) => {
+                let interval_ns = 1e9 / rate.max(1e-3);
+                let due = ((now - start_ns) as f64 / interval_ns) as u64;
+                let backlog = tracker.in_flight();
+                let mut room = OPEN_LOOP_MAX_IN_FLIGHT.saturating_sub(backlog);
+                while u64::from(seq) < due.min(limit) {
+                    let intended = start_ns + (f64::from(seq) * interval_ns) as u64;
+                    if room == 0 {
+                        not_sent += 1;
+                    } else {
+                        room -= 1;
+                        send_one(tracker, sender, addresses, point_id, seq, intended, ack);
+                    }
+                    seq += 1;
+                    if sender.buffered_bytes() >= MAX_BATCH_BYTES {
+                        sender.flush().await?;
+                    }
+                }
+                sender.flush().await?;
+                if let Some(pacer) = &pacer {
+                    pacer.tick().await;
+                }
+            }
+        }
+        if cpu.is_none() && now_ns() >= window.to_ns {
+            cpu = cpu_mark.map(|m: CpuMark| m.since(plan.server_pid));
+        }
+    }
+    let cpu = cpu
+        .or_else(|| cpu_mark.map(|m| m.since(plan.server_pid)))
+        .unwrap_or_default();
+    drop(pacer);
+    drain(plan, tracker).await;
+    let counts = tracker.finish();
+    let (key, title) = match shape {
+        Shape::Closed(w) => (
+            format!("single/closed/w{w}"),
+            format!("single, closed loop, {w} in flight"),
+        ),
+        Shape::Open(rate) => (
+            format!("single/open/{}", rate as u64),
+            format!("single, open loop, {} msgs/s", rate as u64),
+        ),
+    };
+    let mut point = point_from_counts(plan, Workload::Single, counts, window, sender, limit);
+    point.key = format!("{key}{}", ack_suffix(target, ack));
+    point.title = format!("{title}, ack {}", ack_name(target, ack));
+    point.connections = addresses.len();
+    point.ack = ack_name(target, ack);
+    match shape {
+        Shape::Closed(w) => point.window = Some(w),
+        Shape::Open(rate) => point.offered_per_s = Some(rate),
+    }
+    point.not_sent = not_sent;
+    point.cpu = cpu;
+    Ok(point)
+}
+
+fn send_one(
+    tracker: &Tracker,
+    sender: &mut Sender,
+    addresses: &[String],
+    point_id: u32,
+    seq: u32,
+    sent_ns: u64,
+    ack: AckMode,
+) {
+    let stamp = Stamp {
+        sent_ns,
+        point_id,
+        seq,
+    };
+    tracker.sent(seq, sent_ns);
+    let address = &addresses[seq as usize % addresses.len()];
+    sender.send_single(address, stamp, ack);
+}
+
+/// Runs one fan-out point to `phones` receivers with `in_flight` broadcasts at a time.
+async fn fanout_point(
+    plan: &Plan,
+    tracker: &Arc<Tracker>,
+    sender: &mut Sender,
+    phones: usize,
+    in_flight: usize,
+) -> anyhow::Result<Point> {
+    let window = window_from_now(plan);
+    let point_id = tracker.begin_fanout(phones, sender.has_statuses(), window);
+    let mut seq: u32 = 0;
+    let mut cpu_mark = None;
+    let mut cpu = None;
+    let limit = if plan.max_broadcasts == 0 {
+        u64::MAX
+    } else {
+        plan.max_broadcasts
+    };
+    loop {
+        let now = now_ns();
+        if cpu_mark.is_none() && now >= window.from_ns {
+            cpu_mark = Some(CpuMark::now(plan.server_pid));
+        }
+        if now >= window.to_ns || u64::from(seq) >= limit {
+            break;
+        }
+        let free = in_flight.saturating_sub(tracker.in_flight());
+        for _ in 0..free {
+            if u64::from(seq) >= limit {
+                break;
+            }
+            let stamp = Stamp {
+                sent_ns: now_ns(),
+                point_id,
+                seq,
+            };
+            tracker.sent(seq, stamp.sent_ns);
+            sender.send_broadcast(stamp);
+            seq += 1;
+            if sender.buffered_bytes() >= MAX_BATCH_BYTES {
+                sender.flush().await?;
+            }
+        }
+        sender.flush().await?;
+        let _ = tokio::time::timeout(CLOSED_LOOP_POLL, tracker.progress()).await;
+        if cpu.is_none() && now_ns() >= window.to_ns {
+            cpu = cpu_mark.map(|m: CpuMark| m.since(plan.server_pid));
+        }
+    }
+    let cpu = cpu
+        .or_else(|| cpu_mark.map(|m| m.since(plan.server_pid)))
+        .unwrap_or_default();
+    drain(plan, tracker).await;
+    let counts = tracker.finish();
+    let last = counts.last_delivery;
+    let mut point = point_from_counts(plan, Workload::Fanout, counts, window, sender, limit);
+    point.key = format!("fanout/{phones}/w{in_flight}");
+    point.title = format!("fan-out to {phones}, {in_flight} broadcasts in flight");
+    point.connections = phones;
+    point.window = Some(in_flight);
+    point.ack = ack_name(plan.ends.kind, AckMode::None);
+    point.last_delivery = Some(last);
+    point.cpu = cpu;
+    Ok(point)
+}
+
+/// Waits until nothing is in flight, at most `drain_ms`.
+async fn drain(plan: &Plan, tracker: &Tracker) {
+    let deadline = Instant::now() + Duration::from_millis(plan.drain_ms);
+    while tracker.in_flight() > 0 && Instant::now() < deadline {
+        let _ = tokio::time::timeout(CLOSED_LOOP_POLL, tracker.progress()).await;
+    }
+}
+
+fn point_from_counts(
+    plan: &Plan,
+    workload: Workload,
+    counts: Counts,
+    window: Window,
+    sender: &Sender,
+    limit: u64,
+) -> Point {
+    // A point stopped early by a message limit ends its window at its last delivery.
+    let end_ns = if counts.last_in_window_ns > 0 && counts.sent >= limit {
+        counts.last_in_window_ns.min(window.to_ns)
+    } else {
+        window.to_ns
+    };
+    let seconds = (end_ns.saturating_sub(window.from_ns)) as f64 / 1e9;
+    let errors = counts
+        .statuses
+        .iter()
+        .filter(|(name, _)| name.as_str() != "success" && name.as_str() != "ack-success")
+        .map(|(_, n)| *n)
+        .sum();
+    Point {
+        target: plan.ends.kind.name().to_owned(),
+        workload: Some(workload),
+        payload_bytes: PAYLOAD_BYTES,
+        warmup_ms: plan.warmup_ms,
+        measure_ms: plan.measure_ms,
+        achieved_per_s: if seconds > 0.0 {
+            counts.delivered_in_window as f64 / seconds
+        } else {
+            0.0
+        },
+        sent: counts.sent,
+        delivered: counts.delivered,
+        lost: counts.lost,
+        incomplete: counts.incomplete,
+        unexpected: counts.unexpected,
+        errors,
+        first_error: counts.first_error,
+        delivery: Some(counts.delivery),
+        status: sender.has_statuses().then_some(counts.status),
+        statuses: counts.statuses,
+        rss_after_bytes: plan.server_pid.and_then(|pid| rss_bytes(pid).ok()),
+        ..Point::default()
+    }
+}
+
+/// One line per finished point, for the operator watching the run.
+fn print_point(point: &Point) {
+    let latency = |s: &Option<crate::latency::LatencySummary>| {
+        s.map(|s| {
+            format!(
+                "p50 {:.3} p99 {:.3} p999 {:.3} ms",
+                s.p50_us / 1000.0,
+                s.p99_us / 1000.0,
+                s.p999_us / 1000.0
+            )
+        })
+        .unwrap_or_default()
+    };
+    let mut line = format!(
+        "[{}] {}: {:.0}/s",
+        point.target, point.title, point.achieved_per_s
+    );
+    if let Some(per_connection) = point.rss_per_connection_bytes {
+        line += &format!(", RSS {:.2} KiB/conn", per_connection / 1024.0);
+    }
+    if point.workload != Some(Workload::Idle) {
+        line += &format!(
+            ", sent {} delivered {} lost {}, delivery {}",
+            point.sent,
+            point.delivered,
+            point.lost,
+            latency(&point.delivery)
+        );
+        if point.status.is_some() {
+            line += &format!(", status {}", latency(&point.status));
+        }
+        if point.errors > 0 || point.not_sent > 0 {
+            line += &format!(
+                ", statuses {:?}, not sent {}",
+                point.statuses, point.not_sent
+            );
+        }
+    }
+    line += &format!(
+        ", CPU server {:.0}% generator {:.0}% others {:.0}%",
+        point.cpu.server_pct, point.cpu.generator_pct, point.cpu.other_pct
+    );
+    eprintln!("{line}");
+}
+
+/// Wakes the open-loop sender every [`PACER_TICK`] from a thread of its own (tokio's timers
+/// have a 1 ms granularity, too coarse for a 20k/s schedule measured in µs).
+struct Pacer {
+    notify: Arc<Notify>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Pacer {
+    fn start() -> Pacer {
+        let notify = Arc::new(Notify::new());
+        let stop = Arc::new(AtomicBool::new(false));
+        let (n, s) = (notify.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            // A 1 µs timer slack (default 50 µs) keeps the ticks close to PACER_TICK.
+            // SAFETY: prctl(PR_SET_TIMERSLACK) only changes this thread's timer slack.
+            unsafe {
+                libc::prctl(libc::PR_SET_TIMERSLACK, 1_000u64, 0u64, 0u64, 0u64);
+            }
+            while !s.load(Ordering::Relaxed) {
+                std::thread::sleep(PACER_TICK);
+                n.notify_one();
+            }
+        });
+        Pacer {
+            notify,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    async fn tick(&self) {
+        self.notify.notified().await;
+    }
+}
+
+impl Drop for Pacer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
