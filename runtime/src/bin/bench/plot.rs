@@ -27,11 +27,23 @@ pub fn find_font(given: Option<&Path>) -> Option<PathBuf> {
         .find(|p| p.exists())
 }
 
-/// One line of the plot.
+/// One series of the plot: a line through the open-loop points (by offered rate) and
+/// unconnected triangles at the closed-loop points (which run the target at saturation).
 struct Series {
     label: String,
     color: RGBColor,
-    points: Vec<(f64, f64)>,
+    /// (offered rate, (achieved rate, p99 ms)).
+    open: Vec<(f64, (f64, f64))>,
+    closed: Vec<(f64, f64)>,
+}
+
+impl Series {
+    fn all(&self) -> impl Iterator<Item = (f64, f64)> + '_ {
+        self.open
+            .iter()
+            .map(|p| p.1)
+            .chain(self.closed.iter().copied())
+    }
 }
 
 fn series(report: &RunReport) -> Vec<Series> {
@@ -46,19 +58,26 @@ fn series(report: &RunReport) -> Vec<Series> {
         RGBColor(227, 119, 194),
         RGBColor(127, 127, 127),
     ];
-    let mut add = |label: String, x: f64, y_ms: f64| {
+    let mut add = |label: String, offered: Option<f64>, x: f64, y_ms: f64| {
         if x <= 0.0 || y_ms <= 0.0 {
             return;
         }
-        if let Some(s) = out.iter_mut().find(|s| s.label == label) {
-            s.points.push((x, y_ms));
-        } else {
-            let color = palette[out.len() % palette.len()];
-            out.push(Series {
-                label,
-                color,
-                points: vec![(x, y_ms)],
-            });
+        let index = match out.iter().position(|s| s.label == label) {
+            Some(index) => index,
+            None => {
+                let color = palette[out.len() % palette.len()];
+                out.push(Series {
+                    label,
+                    color,
+                    open: Vec::new(),
+                    closed: Vec::new(),
+                });
+                out.len() - 1
+            }
+        };
+        match offered {
+            Some(rate) => out[index].open.push((rate, (x, y_ms))),
+            None => out[index].closed.push((x, y_ms)),
         }
     };
     for run in &report.runs {
@@ -67,21 +86,24 @@ fn series(report: &RunReport) -> Vec<Series> {
             .iter()
             .filter(|p| p.workload == Some(Workload::Single))
         {
-            let name = if run.target == "pushgate" {
-                format!("pushgate ack {}", point.ack)
-            } else {
-                run.target.clone()
-            };
+            let order = point.offered_per_s;
+            let pushgate = run.target == "pushgate";
+            // Deliveries for every target (pushgate's in ack none, where it compares with the
+            // peers' QoS 0); statuses for each of pushgate's ack modes.
             if let Some(d) = point.delivery.filter(|d| d.count > 0) {
-                add(
-                    format!("{name}: delivery p99"),
-                    point.achieved_per_s,
-                    d.p99_us / 1000.0,
-                );
+                if !pushgate || point.ack == "none" {
+                    let label = if pushgate {
+                        "pushgate (ack none): delivery p99".to_owned()
+                    } else {
+                        format!("{}: delivery p99", run.target)
+                    };
+                    add(label, order, point.achieved_per_s, d.p99_us / 1000.0);
+                }
             }
             if let Some(s) = point.status.filter(|s| s.count > 0) {
                 add(
-                    format!("{name}: status p99"),
+                    format!("pushgate (ack {}): status p99", point.ack),
+                    order,
                     point.achieved_per_s,
                     s.p99_us / 1000.0,
                 );
@@ -89,7 +111,7 @@ fn series(report: &RunReport) -> Vec<Series> {
         }
     }
     for s in &mut out {
-        s.points.sort_by(|a, b| a.0.total_cmp(&b.0));
+        s.open.sort_by(|a, b| a.0.total_cmp(&b.0));
     }
     out
 }
@@ -108,12 +130,12 @@ pub fn plot(report: &RunReport, png: &Path, font: &Path) -> anyhow::Result<()> {
     );
     let x_max = lines
         .iter()
-        .flat_map(|s| s.points.iter().map(|p| p.0))
+        .flat_map(|s| s.all().map(|p| p.0))
         .fold(0.0, f64::max)
         * 1.1;
     let (y_min, y_max) = lines
         .iter()
-        .flat_map(|s| s.points.iter().map(|p| p.1))
+        .flat_map(|s| s.all().map(|p| p.1))
         .fold((f64::MAX, 0.0f64), |(lo, hi), y| (lo.min(y), hi.max(y)));
     let y_range = (y_min / 2.0).max(0.001)..(y_max * 2.0);
     if let Some(parent) = png.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -124,7 +146,7 @@ pub fn plot(report: &RunReport, png: &Path, font: &Path) -> anyhow::Result<()> {
     root.fill(&WHITE).map_err(|e| draw_error(&e))?;
     let mut chart = ChartBuilder::on(&root)
         .caption(
-            "p99 latency vs achieved throughput (single-user messages, 64 B)",
+            "p99 latency vs achieved throughput, single-user messages (64 B)",
             ("sans-serif", 26),
         )
         .margin(20)
@@ -134,7 +156,7 @@ pub fn plot(report: &RunReport, png: &Path, font: &Path) -> anyhow::Result<()> {
         .map_err(|e| draw_error(&e))?;
     chart
         .configure_mesh()
-        .x_desc("achieved messages/s (deliveries in the measurement window)")
+        .x_desc("achieved messages/s  (dots + lines: open loop at fixed rates; triangles: closed loop, 64 / 1000 in flight)")
         .y_desc("p99 latency, ms (log scale)")
         .x_label_formatter(&|x| format!("{:.0}k", x / 1000.0))
         .y_label_formatter(&|y| format!("{y}"))
@@ -146,7 +168,7 @@ pub fn plot(report: &RunReport, png: &Path, font: &Path) -> anyhow::Result<()> {
         let color = line.color;
         let style = ShapeStyle::from(&color).stroke_width(2);
         chart
-            .draw_series(LineSeries::new(line.points.iter().copied(), style))
+            .draw_series(LineSeries::new(line.open.iter().map(|p| p.1), style))
             .map_err(|e| draw_error(&e))?
             .label(line.label.clone())
             .legend(move |(x, y)| {
@@ -154,9 +176,16 @@ pub fn plot(report: &RunReport, png: &Path, font: &Path) -> anyhow::Result<()> {
             });
         chart
             .draw_series(
-                line.points
+                line.open
                     .iter()
-                    .map(|p| Circle::new(*p, 4, color.filled())),
+                    .map(|p| Circle::new(p.1, 4, color.filled())),
+            )
+            .map_err(|e| draw_error(&e))?;
+        chart
+            .draw_series(
+                line.closed
+                    .iter()
+                    .map(|p| TriangleMarker::new(*p, 7, color.filled())),
             )
             .map_err(|e| draw_error(&e))?;
     }
