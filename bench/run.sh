@@ -81,8 +81,13 @@ if [ "$quick" -eq 1 ]; then
     sizes=(--idle-connections 2000 --users 1000 --windows 1000,64 --rates-per-s 20000,50000
         --fanout-sizes 1000,2000 --fanout-windows 1,8 --warmup-ms 200 --measure-ms 1000 --drain-ms 3000)
 else
-    sizes=(--idle-connections 19000 --users 1000 --windows 1000,64 --rates-per-s 10000,20000,50000
+    sizes=(--idle-connections 19000 --users 1000 --windows 1000,64 --rates-per-s 5000,10000,20000,50000,100000
         --fanout-sizes 1000,10000 --fanout-windows 1,8 --warmup-ms 500 --measure-ms 3000 --drain-ms 5000)
+fi
+
+load="$(cut -d' ' -f1 /proc/loadavg)"
+if awk -v l="$load" 'BEGIN { exit !(l > 0.5) }'; then
+    echo "run.sh: warning: the machine is busy (load average $load): figures will be disturbed; the report flags the points" >&2
 fi
 
 results="$here/results"

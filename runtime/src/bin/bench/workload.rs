@@ -38,6 +38,8 @@ const CLOSED_LOOP_POLL: Duration = Duration::from_millis(20);
 /// A publisher's buffer is written once it holds this much, even mid-batch: the same bound as
 /// the PushClient writer's coalescing (256 KiB per write).
 const MAX_BATCH_BYTES: usize = 256 * 1024;
+/// A drain past `drain_ms` ends once nothing completed for this long.
+const DRAIN_STALL: Duration = Duration::from_millis(500);
 /// Pause after opening or closing many connections, so the server settles.
 const SETTLE: Duration = Duration::from_millis(1000);
 
@@ -438,11 +440,25 @@ async fn fanout_point(
     Ok(point)
 }
 
-/// Waits until nothing is in flight, at most `drain_ms`.
+/// Waits until nothing is in flight: at least up to `drain_ms`, and beyond it (to at most four
+/// times that) while messages still complete, so the next point does not start on a backlog.
 async fn drain(plan: &Plan, tracker: &Tracker) {
-    let deadline = Instant::now() + Duration::from_millis(plan.drain_ms);
-    while tracker.in_flight() > 0 && Instant::now() < deadline {
+    let started = Instant::now();
+    let soft = Duration::from_millis(plan.drain_ms);
+    let hard = soft * 4;
+    let mut last = tracker.in_flight();
+    let mut last_progress = Instant::now();
+    while last > 0 {
+        let elapsed = started.elapsed();
+        if elapsed >= hard || (elapsed >= soft && last_progress.elapsed() >= DRAIN_STALL) {
+            break;
+        }
         let _ = tokio::time::timeout(CLOSED_LOOP_POLL, tracker.progress()).await;
+        let now = tracker.in_flight();
+        if now < last {
+            last_progress = Instant::now();
+        }
+        last = now;
     }
 }
 
