@@ -46,5 +46,5 @@ pub mod timer;
 
 pub use config::{NodeAddr, NodeConfig};
 pub use ids::{ConnId, GatewayId, Millis, PushId, RequestId};
-pub use node::{CloseReason, Event, Input, Node, NodeStats, OutFrame, Output, Seal};
+pub use node::{CloseReason, Event, Input, KickCause, Node, NodeStats, OutFrame, Output, Seal};
 pub use status::PushStatus;

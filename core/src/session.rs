@@ -53,6 +53,9 @@ pub struct Session {
     /// When the armed idle timer is due (validates timer entries).
     pub idle_check_at_ms: Millis,
     pub bound: Option<BoundUser>,
+    /// When this node made the connection ready (its first handshake or fast connect), on the
+    /// bind-version clock; 0 before. Written into store routes as `connVersion`.
+    pub conn_version: u64,
     /// False while the driver reports the outbound queue over its high-water mark.
     pub writable: bool,
     /// Push sessionIds sent on this connection whose write or ACK is still awaited.
@@ -77,6 +80,7 @@ impl Session {
             heartbeat_misses: 0,
             idle_check_at_ms: 0,
             bound: None,
+            conn_version: 0,
             writable: true,
             in_flight: Vec::new(),
         }

@@ -34,6 +34,12 @@ pub struct RouteRecord {
     /// MPush), older than any versioned route.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub version: u64,
+    /// When the binding node made this connection ready (handshake or fast connect), on the
+    /// same clock as `version`. A device keeps one connection at a time and opens a new one only
+    /// after giving up the old, so between two connections of one device the newer connection
+    /// is the device's current one, whenever each bind happened to be processed. 0 = unknown.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub conn_version: u64,
 }
 
 fn is_zero(value: &u64) -> bool {
@@ -42,8 +48,34 @@ fn is_zero(value: &u64) -> bool {
 
 impl RouteRecord {
     /// Whether writing `self` may replace `stored` (a newer or the same bind).
+    ///
+    /// Against a route of another connection of the same device, the newer connection wins,
+    /// even when its bind was processed first: a bind that a stalled node processes late, after
+    /// the device gave that connection up and bound again elsewhere, must neither displace the
+    /// device's live connection nor, once that late route went offline, keep the live one out.
+    /// Otherwise (other devices, the same connection, or unknown ages) the newer bind wins.
     pub fn supersedes(&self, stored: &RouteRecord) -> bool {
-        self.version >= stored.version
+        if self.compares_by_connection_age(stored) {
+            self.conn_version >= stored.conn_version
+        } else {
+            self.version >= stored.version
+        }
+    }
+
+    /// True when `stored` is online for a newer connection of this route's device: a bind on
+    /// this route's connection came too late ([`RouteRecord::supersedes`]).
+    pub fn is_late_against(&self, stored: &RouteRecord) -> bool {
+        self.compares_by_connection_age(stored) && self.conn_version < stored.conn_version
+    }
+
+    /// Whether the two routes are decided by connection age: routes of two connections of the
+    /// same device (the stored one online or not), both ages known.
+    fn compares_by_connection_age(&self, stored: &RouteRecord) -> bool {
+        !self.device_id.is_empty()
+            && self.device_id == stored.device_id
+            && self.conn_id != stored.conn_id
+            && self.conn_version != 0
+            && stored.conn_version != 0
     }
 
     /// Applies an offline mark: only the binding it names — node, connection and bind version —
@@ -262,6 +294,69 @@ mod tests {
         let online: RouteRecord =
             serde_json::from_str(r#"{"port":3001,"host":"10.0.0.5","connId":"fb6359be"}"#).unwrap();
         assert_eq!(online.conn_id.as_deref(), Some("fb6359be"));
+    }
+
+    fn bind(device: &str, conn: &str, conn_version: u64, version: u64) -> RouteRecord {
+        RouteRecord {
+            host: "10.0.0.1".into(),
+            port: 3001,
+            device_id: device.into(),
+            os_name: "android".into(),
+            client_version: "2.0".into(),
+            conn_id: Some(conn.into()),
+            version,
+            conn_version,
+        }
+    }
+
+    #[test]
+    fn a_newer_bind_supersedes_an_older_one_of_another_device() {
+        let first = bind("device-A", "c1", 10, 11);
+        let later = bind("device-B", "c2", 5, 20);
+        assert!(later.supersedes(&first));
+        assert!(!first.supersedes(&later));
+        // The same connection binding again: the bind version decides.
+        let again = bind("device-A", "c1", 10, 30);
+        assert!(again.supersedes(&first));
+        assert!(!first.supersedes(&again));
+    }
+
+    #[test]
+    fn a_device_newer_connection_wins_whenever_its_bind_was_processed() {
+        // The device bound on c2 (connected at 20) while its bind on c1 (connected at 10)
+        // waited in a stalled node, which processed it later (version 40).
+        let live = bind("device-A", "c2", 20, 21);
+        let late = bind("device-A", "c1", 10, 40);
+        assert!(!late.supersedes(&live));
+        assert!(late.is_late_against(&live));
+        assert!(live.supersedes(&late));
+        assert!(!live.is_late_against(&late));
+        // Offline routes too: the late route, gone offline, does not keep the live connection
+        // out, and the live connection's route, gone offline, is not replaced by the late one.
+        let mut late_offline = late.clone();
+        late_offline.conn_id = None;
+        assert!(live.supersedes(&late_offline));
+        let mut live_offline = live.clone();
+        live_offline.conn_id = None;
+        assert!(!late.supersedes(&live_offline));
+        // Routes without connection ages (MPush's) fall back to the bind version.
+        let unknown_age = RouteRecord {
+            conn_version: 0,
+            ..late.clone()
+        };
+        assert!(unknown_age.supersedes(&live));
+    }
+
+    #[test]
+    fn conn_version_travels_in_json_and_defaults_to_zero() {
+        let record = bind("device-A", "c1", 7, 9);
+        let json = serde_json::to_string(&record).unwrap();
+        assert!(json.contains(r#""connVersion":7"#), "{json}");
+        let back: RouteRecord = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, record);
+        let mpush: RouteRecord =
+            serde_json::from_str(r#"{"port":3001,"host":"10.0.0.5","connId":"fb6359be"}"#).unwrap();
+        assert_eq!((mpush.version, mpush.conn_version), (0, 0));
     }
 
     #[test]

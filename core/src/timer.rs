@@ -19,6 +19,8 @@ pub enum Timer {
     PushStep(PushId),
     /// A store request's deadline.
     StoreDeadline(RequestId),
+    /// Routes whose store write failed are written again.
+    RouteRepair,
 }
 
 /// A min-heap of timers.

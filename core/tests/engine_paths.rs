@@ -20,7 +20,7 @@ use pushgate_core::pipeline;
 use pushgate_core::route::ClientType;
 use pushgate_core::status::PushStatus;
 use pushgate_core::store::{KickNotice, TaskControl};
-use pushgate_core::{CloseReason, ConnId, Event, GatewayId, Input};
+use pushgate_core::{CloseReason, ConnId, Event, GatewayId, Input, KickCause};
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use std::collections::BTreeSet;
@@ -699,7 +699,7 @@ fn second_device_of_the_same_type_kicks_the_first_and_takes_the_route() {
     assert!(w.received(second, Command::Kick).is_empty());
     assert!(!closed(&w, first), "the kicked connection stays open");
     assert!(w.events.iter().any(
-        |e| matches!(e, Event::Kicked { conn, user_id, device_id } if *conn == first && user_id == "u1" && device_id == "dev-A")
+        |e| matches!(e, Event::Kicked { conn, user_id, device_id, cause: KickCause::NewerBind } if *conn == first && user_id == "u1" && device_id == "dev-A")
     ));
     assert_eq!(w.node.stats().kicks, 1);
     assert_eq!(w.node.routes_of("u1"), vec![(ClientType::Mobile, second)]);

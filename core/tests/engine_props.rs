@@ -59,7 +59,9 @@ use pushgate_core::push::{AckMode, Origin};
 use pushgate_core::route::ClientType;
 use pushgate_core::status::TimeLine;
 use pushgate_core::store::{KickNotice, StoreOp, TaskControl};
-use pushgate_core::{CloseReason, ConnId, Event, GatewayId, Input, Millis, PushId, PushStatus};
+use pushgate_core::{
+    CloseReason, ConnId, Event, GatewayId, Input, KickCause, Millis, PushId, PushStatus,
+};
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// Cases per run unless `PROPTEST_CASES` says otherwise.
@@ -472,6 +474,8 @@ struct PhoneModel {
     last_read: Millis,
     /// When it last took on a session (handshake or fast connect).
     adopted_at: Option<Millis>,
+    /// Order in which the node first made it ready (the node's connection version).
+    ready_order: Option<u64>,
     /// When the node closed it for a missing handshake or idleness (timer closes).
     closed_at: Option<(Millis, CloseReason)>,
 }
@@ -563,6 +567,10 @@ struct Run {
     events_seen: usize,
     /// A BIND a Ready phone sent in this step: it must be answered "bind success".
     expect_bind_ok: Option<(ConnId, usize)>,
+    /// Connections made ready so far (see `PhoneModel::ready_order`).
+    ready_counter: u64,
+    /// Connections whose bind in this step lost to a newer connection of their device.
+    lost_binds: Vec<ConnId>,
     /// A violation found in the middle of a compound action.
     deferred: Option<String>,
 }
@@ -623,6 +631,8 @@ impl Run {
             replies_seen: 0,
             events_seen: 0,
             expect_bind_ok: None,
+            ready_counter: 0,
+            lost_binds: Vec::new(),
             deferred: None,
         }
     }
@@ -681,7 +691,7 @@ impl Run {
             kicks_before,
             events_before,
         )?;
-        self.check_kicks(action, &binds_before)?;
+        self.check_kicks(action, &binds_before, events_before)?;
         if matches!(action, Action::Shutdown) {
             // Every pending push is answered and every phone closed at once.
             for (key, push) in &self.pushes {
@@ -883,21 +893,66 @@ impl Run {
     }
 
     /// KICKs go exactly where the action calls for them.
-    fn check_kicks(&mut self, action: &Action, binds_before: &[(ConnId, usize)]) -> Check {
+    fn check_kicks(
+        &mut self,
+        action: &Action,
+        binds_before: &[(ConnId, usize)],
+        events_before: usize,
+    ) -> Check {
         let mut kicked = std::mem::take(&mut self.kicked);
         kicked.sort();
+        let lost_binds = std::mem::take(&mut self.lost_binds);
+        // A bind that came late — a newer connection of the same device holds the user, here
+        // or (as the store answered) elsewhere — is kicked at once.
+        let mut late = Vec::new();
+        for event in &self.w.events[events_before..] {
+            let Event::Kicked {
+                conn,
+                user_id,
+                cause: KickCause::LateBind,
+                ..
+            } = event
+            else {
+                continue;
+            };
+            let phone = &self.phones[conn];
+            let held_in_store = self
+                .w
+                .store
+                .routes
+                .get(&(user_id.clone(), phone.ct))
+                .is_some_and(|route| {
+                    // An offline route does not say whose it was: any of the device's.
+                    route.device_id == device_id(phone.dev)
+                        && (!route.is_online() || self.tokens.get(conn) != route.conn_id.as_ref())
+                });
+            ensure!(
+                lost_binds.contains(conn) || held_in_store,
+                "{conn} was kicked as a late bind of {user_id}, but no other connection of its \
+                 device holds that user (here or in the store)"
+            );
+            late.push((*conn, user_id.clone()));
+        }
         let Some(mut expected) = self.expect_kicks.take() else {
             return Ok(());
         };
+        expected.extend(late.iter().map(|(conn, _)| *conn));
         if matches!(action, Action::Bind(..) | Action::Online(..)) {
-            // The previous holder of the route a successful BIND took.
+            // The previous holder of the route a successful BIND took — also when the store
+            // then answered that the bind came late (the local holder was kicked before).
             for (conn, phone) in &self.phones {
                 let before = binds_before
                     .iter()
                     .find(|(c, _)| c == conn)
                     .map_or(0, |(_, b)| *b);
-                let Some((user, _)) = phone.bound.as_ref().filter(|_| phone.binds_ok > before)
-                else {
+                if phone.binds_ok <= before {
+                    continue;
+                }
+                let late_in_store = late
+                    .iter()
+                    .find(|(c, _)| c == conn && !lost_binds.contains(c))
+                    .map(|(_, user)| user);
+                let Some(user) = phone.bound.as_ref().map(|(u, _)| u).or(late_in_store) else {
                     continue;
                 };
                 if let Some(older) = self.routes_before.get(&(user.clone(), phone.ct)) {
@@ -941,6 +996,7 @@ impl Run {
                         connected_at: self.w.now,
                         last_read: self.w.now,
                         adopted_at: None,
+                        ready_order: None,
                         closed_at: None,
                     },
                 );
@@ -1496,6 +1552,8 @@ impl Run {
                     phone.fc_pending = None;
                     phone.hs_saved = None;
                     phone.adopted_at = Some(now);
+                    self.note_ready(conn);
+                    let phone = self.phone(conn);
                     let dev = phone.dev;
                     let wp = &self.w.phones[&conn];
                     if let Some((id, key)) = wp.reusable.clone() {
@@ -1515,6 +1573,7 @@ impl Run {
                     let phone = self.phone(conn);
                     phone.ready = true;
                     phone.adopted_at = Some(now);
+                    self.note_ready(conn);
                 }
                 Command::Ok => {
                     let ok = OkMessage::decode(&frame.body).map_err(|e| e.to_string())?;
@@ -1679,8 +1738,27 @@ impl Run {
         }
         self.unbind_model(conn);
         let ct = self.phones[&conn].ct;
+        if let Some(&holder) = self.routes.get(&(user.clone(), ct)) {
+            let (this, held) = (&self.phones[&conn], &self.phones[&holder]);
+            if holder != conn && held.dev == this.dev && held.ready_order > this.ready_order {
+                // A late bind from an older connection of the holder's device: answered, then
+                // kicked (the KICK that follows unbinds it); the holder keeps the user.
+                self.phone(conn).bound = Some((user, tags));
+                self.lost_binds.push(conn);
+                return;
+            }
+        }
         self.routes.insert((user.clone(), ct), conn);
         self.phone(conn).bound = Some((user, tags));
+    }
+
+    /// The node made `conn` ready for the first time (its connection version is taken now).
+    fn note_ready(&mut self, conn: ConnId) {
+        if self.phones[&conn].ready_order.is_none() {
+            self.ready_counter += 1;
+            let order = self.ready_counter;
+            self.phone(conn).ready_order = Some(order);
+        }
     }
 
     fn unbind_model(&mut self, conn: ConnId) {

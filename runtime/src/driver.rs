@@ -612,7 +612,8 @@ impl Driver {
                 conn,
                 user_id,
                 device_id,
-            } => tracing::info!(%conn, user = %user_id, device = %device_id, "kicked"),
+                cause,
+            } => tracing::info!(%conn, user = %user_id, device = %device_id, ?cause, "kicked"),
             Event::Upstream {
                 conn,
                 user_id,

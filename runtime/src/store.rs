@@ -33,6 +33,7 @@ impl MemoryStore {
 
     /// Performs `op` at `now_ms`.
     pub fn apply(&mut self, now_ms: Millis, op: StoreOp) -> Result<StoreReply, StoreError> {
+        tracing::trace!(?op, "store op");
         Ok(match op {
             StoreOp::PutRoute {
                 user_id,
@@ -168,6 +169,7 @@ mod tests {
             client_version: "1".into(),
             conn_id: conn.map(str::to_owned),
             version,
+            conn_version: 0,
         }
     }
 

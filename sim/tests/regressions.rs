@@ -55,6 +55,26 @@ const REGRESSIONS: &[(u64, &str)] = &[
         767,
         "oracle: a phone crashed after its client auto-ACKed a push, before its app saw it",
     ),
+    (
+        644,
+        "B3: a BIND processed after a node pause outranked the device's newer connection elsewhere, kicked it, and left the route offline",
+    ),
+    (
+        106,
+        "B3: a late bind from a paused node (presumed like 644)",
+    ),
+    (
+        661,
+        "B4: a route write that timed out during a store outage was never written again (liveness)",
+    ),
+    (
+        495,
+        "B4: a node's route writes failed for good behind a stalled store link; pushes elsewhere saw the user offline until they were written again",
+    ),
+    (
+        827,
+        "B4: route writes lost to a partition and an outage; pushes elsewhere saw the user offline until they were written again",
+    ),
 ];
 
 fn run_seed(seed: u64) -> pushgate_sim::RunReport {

@@ -30,7 +30,7 @@ use crate::timer::{Timer, TimerQueue};
 use bytes::{BufMut, Bytes};
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha20Rng;
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 
 pub use broadcast::BroadcastTask;
 pub use single::SingleTask;
@@ -158,6 +158,18 @@ pub enum CloseReason {
     PeerClosed,
 }
 
+/// Why a connection lost its user to a KICK.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KickCause {
+    /// A newer bind of the same user and client type took the route (here, through the
+    /// store's answer, or by a kick notice from another node).
+    NewerBind,
+    /// Its own bind came late: a newer connection of the same device holds the user.
+    LateBind,
+    /// An operator kicked the user (admin API).
+    Operator,
+}
+
 /// Things worth logging or counting; the node's behaviour does not depend on them.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
@@ -196,11 +208,12 @@ pub enum Event {
         conn: ConnId,
         user_id: String,
     },
-    /// A KICK was sent to `conn` because the user bound elsewhere.
+    /// A KICK was sent to `conn`: it lost its user.
     Kicked {
         conn: ConnId,
         user_id: String,
         device_id: String,
+        cause: KickCause,
     },
     Closed {
         conn: ConnId,
@@ -327,6 +340,14 @@ enum StorePurpose {
 /// Store writes are retried this many times before they are reported as failed.
 const STORE_WRITE_ATTEMPTS: u32 = 3;
 
+/// How long after a route write or offline mark failed for good it is sent again (and again,
+/// while it keeps failing), so a store outage or lost answers never leave a bound user without
+/// a route, or a closed connection's route online, once the store answers again.
+const ROUTE_REPAIR_INTERVAL_MS: Millis = 1000;
+
+/// Most offline marks kept for the repair rounds; the oldest are dropped beyond it.
+const MAX_OFFLINE_MARKS_TO_REPAIR: usize = 65_536;
+
 /// The push engine and phone sessions of one pushgate node.
 pub struct Node {
     cfg: NodeConfig,
@@ -346,8 +367,16 @@ pub struct Node {
     outputs: VecDeque<Output>,
     next_request: u64,
     next_push: u64,
-    /// The last bind version handed out (see `next_route_version`).
+    /// The last bind version handed out (see `next_version`).
     last_route_version: u64,
+    /// Bound connections whose route write failed for good: written again by the next
+    /// [`Timer::RouteRepair`] (armed while this is not empty).
+    routes_to_repair: BTreeSet<ConnId>,
+    /// Offline marks (`SetRouteOffline`) that failed for good, sent again by the next repair
+    /// round; at most [`MAX_OFFLINE_MARKS_TO_REPAIR`].
+    offline_marks_to_repair: VecDeque<StoreOp>,
+    /// A [`Timer::RouteRepair`] is armed.
+    repair_armed: bool,
     stats: NodeStats,
     shut_down: bool,
 }
@@ -379,6 +408,9 @@ impl Node {
             next_request: 1,
             next_push: 1,
             last_route_version: 0,
+            routes_to_repair: BTreeSet::new(),
+            offline_marks_to_repair: VecDeque::new(),
+            repair_armed: false,
             stats: NodeStats::default(),
             shut_down: false,
         }
@@ -458,6 +490,7 @@ impl Node {
                         self.on_store_reply(request, Err(StoreError::Timeout));
                     }
                 }
+                Timer::RouteRepair => self.repair_routes(),
             }
         }
         self.check_invariants();
@@ -573,10 +606,11 @@ impl Node {
                             },
                         );
                     } else {
-                        self.emit(Event::StoreFailed {
-                            op: op_name(&op),
-                            error,
-                        });
+                        let name = op_name(&op);
+                        if matches!(op, StoreOp::SetRouteOffline { .. }) {
+                            self.schedule_offline_mark_repair(op);
+                        }
+                        self.emit(Event::StoreFailed { op: name, error });
                     }
                 }
             }

@@ -1,6 +1,9 @@
 //! Phone connections (reference §9): handshake, fast connect, heartbeats and idle checks,
 //! bind/unbind with routes and kicks, upstream pushes and ACKs, and teardown.
-use super::{CloseReason, Event, Node, OutFrame, Output, Seal, StorePurpose, STORE_WRITE_ATTEMPTS};
+use super::{
+    CloseReason, Event, KickCause, Node, OutFrame, Output, Seal, StorePurpose,
+    MAX_OFFLINE_MARKS_TO_REPAIR, ROUTE_REPAIR_INTERVAL_MS, STORE_WRITE_ATTEMPTS,
+};
 use crate::ack::Owner;
 use crate::command::Command;
 use crate::crypto::{mix_keys, AesCipher};
@@ -230,9 +233,13 @@ impl Node {
     /// Takes on a session context: cipher, device facts, heartbeat; the connection is Ready.
     fn adopt(&mut self, conn: ConnId, cached: &CachedSession, heartbeat_ms: u64) {
         let now = self.now;
+        let ready_version = self.next_version();
         let Some(session) = self.sessions.get_mut(&conn) else {
             return;
         };
+        if session.conn_version == 0 {
+            session.conn_version = ready_version;
+        }
         session.cipher = Some(AesCipher::new(cached.session_key, cached.iv));
         session.device_id = cached.device_id.clone();
         session.os_name = cached.os_name.clone();
@@ -346,7 +353,7 @@ impl Node {
         if session.user_id() == Some(bind.user_id.as_str()) {
             // Same user again: new tags and a new bind, written to the store. The latest bind
             // wins everywhere, also against a concurrent bind of the same user on another node.
-            let route_version = self.next_route_version();
+            let route_version = self.next_version();
             if let Some(bound) = self.sessions.get_mut(&conn).and_then(|s| s.bound.as_mut()) {
                 bound.tags = bind.tags;
                 bound.route_version = route_version;
@@ -364,7 +371,7 @@ impl Node {
         if session.bound.is_some() {
             self.unbind_session(conn);
         }
-        let route_version = self.next_route_version();
+        let route_version = self.next_version();
         let session = self.sessions.get_mut(&conn).expect("checked above");
         let client_type = session.client_type;
         session.bound = Some(BoundUser {
@@ -373,10 +380,23 @@ impl Node {
             route_version,
         });
         let (_, _, record) = self.route_record(conn).expect("bound above");
+        if let Some(holder) = self.newer_connection_holding(&record, &bind.user_id, client_type) {
+            // A late bind from a connection its device has given up: the device's newer
+            // connection here keeps the user, and this one is answered and then kicked, as a
+            // bind that lost the race in the store would be.
+            debug_assert_ne!(holder, conn);
+            self.send_raw(
+                conn,
+                Command::Ok,
+                sid,
+                &OkMessage::new(Command::Bind, "bind success"),
+            );
+            return self.kick_connection(conn, KickCause::LateBind);
+        }
         if let Some(older) = self.routes.insert(&bind.user_id, client_type, conn) {
             if older != conn {
                 // The older connection loses the user; the store route is overwritten below.
-                self.kick_connection(older);
+                self.kick_connection(older, KickCause::NewerBind);
             }
         }
         self.stats.binds += 1;
@@ -417,6 +437,19 @@ impl Node {
         );
     }
 
+    /// The local connection holding (user, client type) whose route `record` may not replace
+    /// ([`RouteRecord::supersedes`]): a newer connection of the same device.
+    fn newer_connection_holding(
+        &self,
+        record: &RouteRecord,
+        user_id: &str,
+        client_type: ClientType,
+    ) -> Option<ConnId> {
+        let holder = self.routes.get(user_id, client_type)?;
+        let (_, _, held) = self.route_record(holder)?;
+        (!record.supersedes(&held)).then_some(holder)
+    }
+
     /// The store route describing a bound connection's current bind.
     fn route_record(&self, conn: ConnId) -> Option<(String, ClientType, RouteRecord)> {
         let session = self.sessions.get(&conn)?;
@@ -429,12 +462,14 @@ impl Node {
             client_version: session.client_version.clone(),
             conn_id: Some(session.conn_token.clone()),
             version: bound.route_version,
+            conn_version: session.conn_version,
         };
         Some((bound.user_id.clone(), session.client_type, record))
     }
 
-    /// A new bind version: the node's clock (epoch ms × 1000), strictly increasing per node.
-    fn next_route_version(&mut self) -> u64 {
+    /// A new bind or connection version: the node's clock (epoch ms × 1000), strictly
+    /// increasing per node.
+    fn next_version(&mut self) -> u64 {
         let clock = u64::try_from(self.epoch_ms())
             .unwrap_or(0)
             .saturating_mul(1000);
@@ -444,7 +479,55 @@ impl Node {
 
     /// Writes every local route to the store again (after the store link came back). Each
     /// keeps its bind's version, so a route the store learned of a newer bind is not undone.
+    /// Writes `conn`'s route again at the next repair round.
+    fn schedule_route_repair(&mut self, conn: ConnId) {
+        self.routes_to_repair.insert(conn);
+        self.arm_repair();
+    }
+
+    /// Sends an offline mark again at the next repair round. Marks are idempotent and name
+    /// the binding they mean, so a late one never touches a newer route.
+    pub(super) fn schedule_offline_mark_repair(&mut self, mark: StoreOp) {
+        debug_assert!(matches!(mark, StoreOp::SetRouteOffline { .. }));
+        if self.offline_marks_to_repair.len() >= MAX_OFFLINE_MARKS_TO_REPAIR {
+            self.offline_marks_to_repair.pop_front();
+        }
+        self.offline_marks_to_repair.push_back(mark);
+        self.arm_repair();
+    }
+
+    fn arm_repair(&mut self) {
+        if !self.repair_armed {
+            self.repair_armed = true;
+            self.timers
+                .arm(self.now + ROUTE_REPAIR_INTERVAL_MS, Timer::RouteRepair);
+        }
+    }
+
+    /// A repair round: sends the failed offline marks again, and writes the route of every
+    /// connection that still holds the binding whose write failed (its current bind, which may
+    /// be newer by now). What fails again comes back for the next round.
+    pub(super) fn repair_routes(&mut self) {
+        self.repair_armed = false;
+        for mark in std::mem::take(&mut self.offline_marks_to_repair) {
+            self.store_write(mark);
+        }
+        let conns = std::mem::take(&mut self.routes_to_repair);
+        for conn in conns {
+            let Some((user_id, client_type, record)) = self.route_record(conn) else {
+                continue;
+            };
+            if self.routes.get(&user_id, client_type) == Some(conn) {
+                self.put_route(conn, user_id, client_type, record);
+            }
+        }
+    }
+
     pub(super) fn republish_routes(&mut self) {
+        self.routes_to_repair.clear();
+        for mark in std::mem::take(&mut self.offline_marks_to_repair) {
+            self.store_write(mark);
+        }
         let conns: Vec<ConnId> = self.routes.iter().map(|(_, _, c)| c).collect();
         for conn in conns {
             if let Some((user_id, client_type, record)) = self.route_record(conn) {
@@ -495,17 +578,22 @@ impl Node {
                     .and_then(|s| s.bound.as_ref())
                     .is_some_and(|b| b.route_version == route.version);
                 if still_this_bind && current.conn_id != route.conn_id {
-                    self.kick_connection(conn);
+                    let cause = if route.is_late_against(&current) {
+                        KickCause::LateBind
+                    } else {
+                        KickCause::NewerBind
+                    };
+                    self.kick_connection(conn, cause);
                 }
             }
             Ok(_) => {}
             Err(error) => {
-                // Retry while this connection still holds the route; give up after a few tries.
+                // Retry while this connection still holds the route; after a few tries (or at
+                // once when the store is unreachable) the route waits for the next repair round
+                // or for the store link to come back (`republish_routes`).
                 let still_bound = self.sessions.get(&conn).is_some_and(|s| {
                     s.user_id() == Some(user_id.as_str()) && s.client_type == *client_type
                 });
-                // An unavailable store is not retried here: the route is written again when
-                // the store link comes back (`republish_routes`).
                 let retry = !matches!(error, StoreError::Unavailable(_));
                 if still_bound && retry && attempts < STORE_WRITE_ATTEMPTS {
                     self.store(
@@ -517,6 +605,9 @@ impl Node {
                         },
                     );
                 } else {
+                    if still_bound {
+                        self.schedule_route_repair(conn);
+                    }
                     self.emit(Event::StoreFailed {
                         op: "put-route",
                         error,
@@ -603,7 +694,7 @@ impl Node {
     /// from it: its local route (if still its own) goes, so nothing more is pushed to it. The
     /// store route is left alone — it already names the newer connection. The connection stays
     /// open, as in MPush; the client decides what to do.
-    pub(super) fn kick_connection(&mut self, conn: ConnId) {
+    pub(super) fn kick_connection(&mut self, conn: ConnId, cause: KickCause) {
         let Some(session) = self.sessions.get_mut(&conn) else {
             return;
         };
@@ -613,7 +704,18 @@ impl Node {
         let client_type = session.client_type;
         let device_id = session.device_id.clone();
         let cipher = session.cipher.clone();
+        let conn_token = session.conn_token.clone();
         self.routes.remove_if(&bound.user_id, client_type, conn);
+        // The kicked binding goes offline in the store unless something newer is there already
+        // (the mark names this binding): a newer bind whose own write never lands must not
+        // leave the store naming a connection that no longer holds the user.
+        self.store_write(StoreOp::SetRouteOffline {
+            user_id: bound.user_id.clone(),
+            client_type,
+            node: self.cfg.node_addr.clone(),
+            conn_id: conn_token,
+            version: bound.route_version,
+        });
         if let Some(cipher) = cipher {
             let kick = Kick {
                 device_id: device_id.clone(),
@@ -626,6 +728,7 @@ impl Node {
             conn,
             user_id: bound.user_id,
             device_id,
+            cause,
         });
     }
 
@@ -648,7 +751,7 @@ impl Node {
                         .is_some_and(|b| b.route_version == notice.version))
         });
         if named {
-            self.kick_connection(conn);
+            self.kick_connection(conn, KickCause::NewerBind);
         }
     }
 
@@ -661,17 +764,7 @@ impl Node {
             .map(|(_, conn)| conn)
             .collect();
         for conn in targets {
-            let binding = self.route_record(conn);
-            self.kick_connection(conn);
-            if let Some((user_id, client_type, record)) = binding {
-                self.store_write(StoreOp::SetRouteOffline {
-                    user_id,
-                    client_type,
-                    node: self.cfg.node_addr.clone(),
-                    conn_id: record.conn_id.unwrap_or_default(),
-                    version: record.version,
-                });
-            }
+            self.kick_connection(conn, KickCause::Operator);
         }
     }
 

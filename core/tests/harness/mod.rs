@@ -192,6 +192,7 @@ impl FakeStore {
             conn_id: conn_id.map(str::to_owned),
             // Older than any bind the node makes (like a route written by MPush).
             version: 0,
+            conn_version: 0,
         }
     }
 }
