@@ -75,8 +75,9 @@ mod tests {
         latency.record_ns(u64::MAX);
         let s = latency.summary();
         assert_eq!(s.count, 1001);
-        assert!((s.p50_us - 500.0).abs() < 1.0, "{s:?}");
-        assert!((s.p99_us - 990.0).abs() < 2.0, "{s:?}");
+        // Three significant digits: a percentile reads as the top of its bucket, within 1%.
+        assert!((s.p50_us - 500.0).abs() < 5.0, "{s:?}");
+        assert!((s.p99_us - 990.0).abs() < 10.0, "{s:?}");
         assert!(s.max_us >= 59_000_000.0, "clamped, not dropped: {s:?}");
     }
 }
