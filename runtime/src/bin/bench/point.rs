@@ -54,6 +54,10 @@ pub struct Point {
     pub delivery: Option<LatencySummary>,
     pub status: Option<LatencySummary>,
     pub last_delivery: Option<LatencySummary>,
+    /// Open loop: how late the generator sent each message after its intended time (this
+    /// delay is inside every latency of the point; it is the generator's, not the server's).
+    #[serde(default)]
+    pub send_lag: Option<LatencySummary>,
     pub rss_before_bytes: Option<u64>,
     pub rss_after_bytes: Option<u64>,
     /// Idle: server RSS growth per connection.

@@ -237,138 +237,157 @@ fn ratio_text(a: f64, b: f64) -> String {
     }
 }
 
-/// One table row's metric of a point.
-struct Metric {
-    name: &'static str,
-    value: fn(&Point) -> Option<f64>,
-    /// Printed with this many decimals.
-    decimals: usize,
-    /// Whether a ratio pushgate / peer means something for it.
-    ratio: bool,
+/// One cell of the table: its text, and the number a ratio pushgate / peer is taken of.
+struct Cell {
+    text: String,
+    ratio_of: Option<f64>,
 }
 
-fn ms(s: Option<LatencySummary>, pick: fn(&LatencySummary) -> f64) -> Option<f64> {
-    s.filter(|s| s.count > 0).map(|s| pick(&s) / 1000.0)
+/// One table row's metric of a point (`None`: not applicable to that point).
+struct Metric {
+    name: &'static str,
+    cell: fn(&Point) -> Option<Cell>,
+    /// Rows whose cells are all "0" are left out (lost messages: shown only when some are).
+    hide_zero: bool,
+}
+
+/// A latency in ms with as many decimals as it deserves.
+fn fmt_ms(us: f64) -> String {
+    let ms = us / 1000.0;
+    if ms < 1.0 {
+        format!("{ms:.3}")
+    } else if ms < 100.0 {
+        format!("{ms:.2}")
+    } else {
+        format!("{ms:.0}")
+    }
+}
+
+/// "p50/p99/p999" in ms; the ratio is taken of p99.
+fn percentiles(s: Option<LatencySummary>, with_p999: bool) -> Option<Cell> {
+    let s = s.filter(|s| s.count > 0)?;
+    let mut text = format!("{}/{}", fmt_ms(s.p50_us), fmt_ms(s.p99_us));
+    if with_p999 {
+        text += &format!("/{}", fmt_ms(s.p999_us));
+    }
+    Some(Cell {
+        text,
+        ratio_of: Some(s.p99_us),
+    })
+}
+
+fn number(value: f64, decimals: usize) -> Option<Cell> {
+    Some(Cell {
+        text: format!("{value:.decimals$}"),
+        ratio_of: Some(value),
+    })
+}
+
+fn cpu(p: &Point) -> Option<Cell> {
+    Some(Cell {
+        text: format!(
+            "{:.0}/{:.0}/{:.0}",
+            p.cpu.server_pct, p.cpu.generator_pct, p.cpu.other_pct
+        ),
+        ratio_of: None,
+    })
 }
 
 fn metrics(workload: Workload) -> Vec<Metric> {
-    let cpu_server = Metric {
-        name: "CPU server %",
-        value: |p| Some(p.cpu.server_pct),
-        decimals: 0,
-        ratio: false,
-    };
-    let cpu_generator = Metric {
-        name: "CPU generator %",
-        value: |p| Some(p.cpu.generator_pct),
-        decimals: 0,
-        ratio: false,
-    };
-    let cpu_other = Metric {
-        name: "CPU others %",
-        value: |p| Some(p.cpu.other_pct),
-        decimals: 0,
-        ratio: false,
+    let cpu_row = Metric {
+        name: "CPU srv/gen/other %",
+        cell: cpu,
+        hide_zero: false,
     };
     match workload {
         Workload::Idle => vec![
             Metric {
                 name: "RSS KiB/conn",
-                value: kib,
-                decimals: 2,
-                ratio: true,
+                cell: |p| kib(p).and_then(|k| number(k, 2)),
+                hide_zero: false,
             },
             Metric {
                 name: "connects/s",
-                value: |p| Some(p.achieved_per_s),
-                decimals: 0,
-                ratio: true,
+                cell: |p| number(p.achieved_per_s, 0),
+                hide_zero: false,
             },
-            cpu_server,
-            cpu_generator,
-            cpu_other,
+            cpu_row,
         ],
         Workload::Single => vec![
             Metric {
                 name: "msgs/s",
-                value: |p| Some(p.achieved_per_s),
-                decimals: 0,
-                ratio: true,
+                cell: |p| number(p.achieved_per_s, 0),
+                hide_zero: false,
             },
             Metric {
-                name: "deliv p50 ms",
-                value: |p| ms(p.delivery, |s| s.p50_us),
-                decimals: 3,
-                ratio: true,
+                name: "deliv p50/p99/p999 ms",
+                cell: |p| percentiles(p.delivery, true),
+                hide_zero: false,
             },
             Metric {
-                name: "deliv p99 ms",
-                value: |p| ms(p.delivery, |s| s.p99_us),
-                decimals: 3,
-                ratio: true,
+                name: "status p50/p99/p999",
+                cell: |p| percentiles(p.status, true),
+                hide_zero: false,
             },
             Metric {
-                name: "deliv p999 ms",
-                value: |p| ms(p.delivery, |s| s.p999_us),
-                decimals: 3,
-                ratio: true,
+                name: "gen. send lag p99/p999",
+                cell: |p| {
+                    let s = p.send_lag.filter(|s| s.count > 0)?;
+                    Some(Cell {
+                        text: format!("{}/{}", fmt_ms(s.p99_us), fmt_ms(s.p999_us)),
+                        ratio_of: None,
+                    })
+                },
+                hide_zero: false,
             },
             Metric {
-                name: "status p99 ms",
-                value: |p| ms(p.status, |s| s.p99_us),
-                decimals: 3,
-                ratio: false,
+                name: "lost/not sent",
+                cell: |p| {
+                    Some(Cell {
+                        text: if p.lost + p.not_sent == 0 {
+                            "0".into()
+                        } else {
+                            format!("{}/{}", p.lost, p.not_sent)
+                        },
+                        ratio_of: None,
+                    })
+                },
+                hide_zero: true,
             },
-            Metric {
-                name: "lost+not sent",
-                value: |p| Some((p.lost + p.not_sent) as f64),
-                decimals: 0,
-                ratio: false,
-            },
-            cpu_server,
-            cpu_generator,
-            cpu_other,
+            cpu_row,
         ],
         Workload::Fanout => vec![
             Metric {
                 name: "deliveries/s",
-                value: |p| Some(p.achieved_per_s),
-                decimals: 0,
-                ratio: true,
+                cell: |p| number(p.achieved_per_s, 0),
+                hide_zero: false,
             },
             Metric {
-                name: "deliv p50 ms",
-                value: |p| ms(p.delivery, |s| s.p50_us),
-                decimals: 3,
-                ratio: true,
+                name: "deliv p50/p99/p999 ms",
+                cell: |p| percentiles(p.delivery, true),
+                hide_zero: false,
             },
             Metric {
-                name: "deliv p99 ms",
-                value: |p| ms(p.delivery, |s| s.p99_us),
-                decimals: 3,
-                ratio: true,
+                name: "last phone p50/p99",
+                cell: |p| percentiles(p.last_delivery, false),
+                hide_zero: false,
             },
             Metric {
-                name: "last phone p99 ms",
-                value: |p| ms(p.last_delivery, |s| s.p99_us),
-                decimals: 3,
-                ratio: true,
-            },
-            Metric {
-                name: "status p99 ms",
-                value: |p| ms(p.status, |s| s.p99_us),
-                decimals: 3,
-                ratio: false,
+                name: "status p50/p99",
+                cell: |p| percentiles(p.status, false),
+                hide_zero: false,
             },
             Metric {
                 name: "lost",
-                value: |p| Some(p.lost as f64),
-                decimals: 0,
-                ratio: false,
+                cell: |p| {
+                    number(p.lost as f64, 0).map(|c| Cell {
+                        ratio_of: None,
+                        ..c
+                    })
+                },
+                hide_zero: true,
             },
-            cpu_server,
-            cpu_generator,
-            cpu_other,
+            cpu_row,
         ],
     }
 }
@@ -395,46 +414,57 @@ pub fn render(report: &RunReport) -> String {
         }
     }
     let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "{:<46} {:<17} {:>11} {:>11} {:>11} {:>9} {:>9}",
+    let header = format!(
+        "{:<46} {:<23} {:>19} {:>19} {:>19} {:>8} {:>8}",
         "point", "metric", "pushgate", "mosquitto", "nats", "pg/mosq", "pg/nats"
     );
-    let _ = writeln!(out, "{}", "-".repeat(46 + 17 + 11 * 3 + 9 * 2 + 6));
+    let _ = writeln!(out, "{header}");
+    let _ = writeln!(out, "{}", "-".repeat(header.len()));
     for (key, title, workload) in &keys {
         let by_target = |target: &str| find(report, target, key);
-        let pg = by_target("pushgate");
-        for (i, metric) in metrics(*workload).iter().enumerate() {
-            let cell = |p: Option<&Point>| -> (String, Option<f64>) {
-                match p.and_then(|p| (metric.value)(p)) {
-                    Some(v) => (format!("{v:.*}", metric.decimals), Some(v)),
-                    None => ("-".into(), None),
-                }
-            };
-            let (pg_text, pg_value) = cell(pg);
-            let peer_cells: Vec<(String, Option<f64>)> =
-                PEERS.iter().map(|peer| cell(by_target(peer))).collect();
-            let ratios: Vec<String> = peer_cells
+        let targets = [
+            by_target("pushgate"),
+            by_target(PEERS[0]),
+            by_target(PEERS[1]),
+        ];
+        let mut first = true;
+        for metric in metrics(*workload) {
+            let cells: Vec<Option<Cell>> = targets
                 .iter()
-                .map(|(_, peer)| match (pg_value, peer, metric.ratio) {
-                    (Some(a), Some(b), true) if *b > 0.0 => format!("{:.2}", a / b),
-                    _ => "".into(),
-                })
+                .map(|p| p.and_then(|p| (metric.cell)(p)))
                 .collect();
-            let label = if i == 0 { title.as_str() } else { "" };
+            if cells.iter().all(Option::is_none)
+                || (metric.hide_zero && cells.iter().flatten().all(|c| c.text == "0"))
+            {
+                continue;
+            }
+            let text = |c: &Option<Cell>| c.as_ref().map_or("-".to_owned(), |c| c.text.clone());
+            let ratio = |peer: &Option<Cell>| match (
+                cells[0].as_ref().and_then(|c| c.ratio_of),
+                peer.as_ref().and_then(|c| c.ratio_of),
+            ) {
+                (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
+                _ => String::new(),
+            };
+            let label = if first { title.as_str() } else { "" };
+            first = false;
             let _ = writeln!(
                 out,
-                "{:<46} {:<17} {:>11} {:>11} {:>11} {:>9} {:>9}",
+                "{:<46} {:<23} {:>19} {:>19} {:>19} {:>8} {:>8}",
                 truncate(label, 46),
                 metric.name,
-                pg_text,
-                peer_cells[0].0,
-                peer_cells[1].0,
-                ratios[0],
-                ratios[1]
+                text(&cells[0]),
+                text(&cells[1]),
+                text(&cells[2]),
+                ratio(&cells[1]),
+                ratio(&cells[2])
             );
         }
     }
+    let _ = writeln!(
+        out,
+        "(latency cells: ms; ratios of latencies are of p99; CPU: server / load generator / everything else, % of one core)"
+    );
     let _ = writeln!(out);
     let _ = writeln!(out, "Targets:");
     for check in &report.checks {

@@ -15,6 +15,7 @@
 //! Every point runs `warmup_ms`, then measures for `measure_ms`, then stops sending and waits
 //! at most `drain_ms` for what is in flight. CPU use of both processes is taken over the
 //! measurement window.
+use crate::latency::Latency;
 use crate::payload::{now_ns, Stamp, PAYLOAD_BYTES};
 use crate::point::{Point, Workload};
 use crate::resources::{rss_bytes, CpuMark};
@@ -273,6 +274,8 @@ async fn single_point(
         Shape::Open(_) => Some(Pacer::start()),
         Shape::Closed(_) => None,
     };
+    // Open loop: how late the generator itself sent each message (part of every latency).
+    let mut send_lag = Latency::new();
     loop {
         let now = now_ns();
         if cpu_mark.is_none() && now >= window.from_ns {
@@ -304,6 +307,9 @@ async fn single_point(
                 let mut room = OPEN_LOOP_MAX_IN_FLIGHT.saturating_sub(backlog);
                 while u64::from(seq) < due.min(limit) {
                     let intended = start_ns + (f64::from(seq) * interval_ns) as u64;
+                    if window.from_ns <= intended && intended < window.to_ns {
+                        send_lag.record_ns(now_ns().saturating_sub(intended));
+                    }
                     if room == 0 {
                         not_sent += 1;
                     } else {
@@ -348,7 +354,10 @@ async fn single_point(
     point.ack = ack_name(target, ack);
     match shape {
         Shape::Closed(w) => point.window = Some(w),
-        Shape::Open(rate) => point.offered_per_s = Some(rate),
+        Shape::Open(rate) => {
+            point.offered_per_s = Some(rate);
+            point.send_lag = Some(send_lag.summary());
+        }
     }
     point.not_sent = not_sent;
     point.cpu = cpu;
@@ -539,6 +548,9 @@ fn print_point(point: &Point) {
         );
         if point.status.is_some() {
             line += &format!(", status {}", latency(&point.status));
+        }
+        if point.send_lag.is_some() {
+            line += &format!(", generator send lag {}", latency(&point.send_lag));
         }
         if point.errors > 0 || point.not_sent > 0 {
             line += &format!(
