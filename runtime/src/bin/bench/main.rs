@@ -12,6 +12,7 @@
 mod latency;
 mod mqtt;
 mod nats;
+mod pacer;
 mod payload;
 mod plot;
 mod point;

@@ -16,6 +16,7 @@
 //! at most `drain_ms` for what is in flight. CPU use of both processes is taken over the
 //! measurement window.
 use crate::latency::Latency;
+use crate::pacer::Pacer;
 use crate::payload::{now_ns, Stamp, PAYLOAD_BYTES};
 use crate::point::{Point, Workload};
 use crate::resources::{rss_bytes, CpuMark};
@@ -23,17 +24,13 @@ use crate::targets::{user_address, Endpoints, Receiver, Role, Sender, TargetKind
 use crate::tracker::{Counts, Tracker, Window};
 use anyhow::Context;
 use pushgate_core::push::AckMode;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
 /// Most messages an open-loop point keeps in flight before it stops sending (bounded memory
 /// when a target falls hopelessly behind; such messages are reported as `not_sent`).
 const OPEN_LOOP_MAX_IN_FLIGHT: usize = 200_000;
-/// How often the open-loop pacer wakes the sender.
-const PACER_TICK: Duration = Duration::from_micros(100);
 /// How long the closed loop sleeps at most before it looks at the clock again.
 const CLOSED_LOOP_POLL: Duration = Duration::from_millis(20);
 /// A publisher's buffer is written once it holds this much, even mid-batch: the same bound as
@@ -271,7 +268,8 @@ async fn single_point(
         plan.max_messages
     };
     let pacer = match shape {
-        Shape::Open(_) => Some(Pacer::start()),
+        // One tick per message interval (several messages per tick above 20,000/s).
+        Shape::Open(rate) => Some(Pacer::start(Duration::from_secs_f64(1.0 / rate.max(1e-3)))?),
         Shape::Closed(_) => None,
     };
     // Open loop: how late the generator itself sent each message (part of every latency).
@@ -323,7 +321,7 @@ async fn single_point(
                 }
                 sender.flush().await?;
                 if let Some(pacer) = &pacer {
-                    pacer.tick().await;
+                    pacer.tick().await?;
                 }
             }
         }
@@ -564,49 +562,4 @@ fn print_point(point: &Point) {
         point.cpu.server_pct, point.cpu.generator_pct, point.cpu.other_pct
     );
     eprintln!("{line}");
-}
-
-/// Wakes the open-loop sender every [`PACER_TICK`] from a thread of its own (tokio's timers
-/// have a 1 ms granularity, too coarse for a 20k/s schedule measured in µs).
-struct Pacer {
-    notify: Arc<Notify>,
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Pacer {
-    fn start() -> Pacer {
-        let notify = Arc::new(Notify::new());
-        let stop = Arc::new(AtomicBool::new(false));
-        let (n, s) = (notify.clone(), stop.clone());
-        let thread = std::thread::spawn(move || {
-            // A 1 µs timer slack (default 50 µs) keeps the ticks close to PACER_TICK.
-            // SAFETY: prctl(PR_SET_TIMERSLACK) only changes this thread's timer slack.
-            unsafe {
-                libc::prctl(libc::PR_SET_TIMERSLACK, 1_000u64, 0u64, 0u64, 0u64);
-            }
-            while !s.load(Ordering::Relaxed) {
-                std::thread::sleep(PACER_TICK);
-                n.notify_one();
-            }
-        });
-        Pacer {
-            notify,
-            stop,
-            thread: Some(thread),
-        }
-    }
-
-    async fn tick(&self) {
-        self.notify.notified().await;
-    }
-}
-
-impl Drop for Pacer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
 }
