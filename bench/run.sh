@@ -61,6 +61,13 @@ fi
 if [ "$build" -eq 1 ]; then
     cargo build --release -p pushgate --bins
 fi
+# What was built, for the report.
+revision="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+changed="$(git status --porcelain -- core runtime Cargo.toml Cargo.lock 2>/dev/null | wc -l)"
+provenance="pushgate built from git $revision"
+[ "$changed" -eq 0 ] || provenance="$provenance plus $changed uncommitted file(s) in core/, runtime/ or Cargo files"
+[ "$build" -eq 1 ] || provenance="$provenance (--no-build: the binaries found in target/release)"
+
 bin="$root/target/release"
 [ -x "$bin/pushgate" ] && [ -x "$bin/pushgate-bench" ] || { echo "run.sh: build first (cargo build --release -p pushgate --bins)" >&2; exit 1; }
 
@@ -196,6 +203,7 @@ mode="full"
 [ "$quick" -eq 1 ] && mode="quick"
 "$bin/pushgate-bench" report "${inputs[@]}" \
     --out "$results/$name.json" --table "$results/$name.txt" --png "$results/$name.png" --font "$font" \
+    --note "$provenance; mosquitto $(mosquitto -h 2>/dev/null | head -1 | awk '{print $3}'), nats-server $(nats-server --version 2>/dev/null | awk '{print $2}')" \
     --note "run: bench/run.sh ($mode), $(nproc) CPUs; servers pinned to CPU $server_cpu, load generator (1 tokio thread) to CPU $load_cpu; 64-byte payloads" \
     --note "pushgate: bench/pushgate.toml - flow control off (limits 0 = unlimited) so the server is measured, not the limiter; per-push INFO log lines off (log.filter = warn)" \
     --note "peers: mosquitto and nats-server from Debian, bench/mosquitto.conf and bench/nats.conf; MQTT and NATS messages are QoS 0 / core publishes (no status), compared with pushgate ack none" \
