@@ -113,6 +113,8 @@ async fn bench_runs_every_workload_and_accounts_for_every_message() {
             &MESSAGES.to_string(),
             "--max-broadcasts",
             &BROADCASTS.to_string(),
+            "--settle-ms",
+            "200",
         ]
         .iter()
         .map(|s| s.to_string())

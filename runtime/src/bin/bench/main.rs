@@ -130,6 +130,10 @@ struct RunArgs {
     /// Connections opened at once.
     #[arg(long, default_value_t = 64)]
     connect_concurrency: usize,
+    /// Pause after opening or closing many connections (ms): the idle workload reads the
+    /// server's RSS after it.
+    #[arg(long, default_value_t = 1_000)]
+    settle_ms: u64,
     /// Stop each single-push point after this many messages (0: only the time limit).
     #[arg(long, default_value_t = 0)]
     max_messages: u64,
@@ -222,6 +226,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         measure_ms: args.measure_ms,
         drain_ms: args.drain_ms,
         connect_concurrency: args.connect_concurrency,
+        settle_ms: args.settle_ms,
         max_messages: args.max_messages,
         max_broadcasts: args.max_broadcasts,
         idle: has(WorkloadName::Idle),

@@ -38,8 +38,6 @@ const CLOSED_LOOP_POLL: Duration = Duration::from_millis(20);
 const MAX_BATCH_BYTES: usize = 256 * 1024;
 /// A drain past `drain_ms` ends once nothing completed for this long.
 const DRAIN_STALL: Duration = Duration::from_millis(500);
-/// Pause after opening or closing many connections, so the server settles.
-const SETTLE: Duration = Duration::from_millis(1000);
 
 /// Which workloads and points to run on one target.
 #[derive(Debug, Clone)]
@@ -57,6 +55,9 @@ pub struct Plan {
     pub measure_ms: u64,
     pub drain_ms: u64,
     pub connect_concurrency: usize,
+    /// Pause after opening or closing many connections, so the server settles (and its RSS
+    /// is read after it).
+    pub settle_ms: u64,
     /// Stop a single-push point after this many messages; 0: no limit.
     pub max_messages: u64,
     /// Stop a fan-out point after this many broadcasts; 0: no limit.
@@ -127,7 +128,7 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Vec<Point>> {
         for size in sizes {
             if fans.len() > size {
                 fans.truncate(size);
-                tokio::time::sleep(SETTLE).await;
+                tokio::time::sleep(Duration::from_millis(plan.settle_ms)).await;
             }
             if fans.len() < size {
                 let more = connect_many(plan, Role::Fan, fans.len()..size, &tracker)
@@ -182,14 +183,14 @@ async fn idle_point(plan: &Plan, tracker: &Arc<Tracker>) -> anyhow::Result<Point
         .with_context(|| format!("opening {n} idle connections"))?;
     let elapsed = started.elapsed();
     let cpu = cpu.since(plan.server_pid);
-    tokio::time::sleep(SETTLE).await;
+    tokio::time::sleep(Duration::from_millis(plan.settle_ms)).await;
     let rss_after = plan.server_pid.map(rss_bytes).transpose()?;
     let per_connection = match (rss_before, rss_after) {
         (Some(before), Some(after)) => Some((after as f64 - before as f64) / n as f64),
         _ => None,
     };
     drop(receivers);
-    tokio::time::sleep(SETTLE).await;
+    tokio::time::sleep(Duration::from_millis(plan.settle_ms)).await;
     Ok(Point {
         target: plan.ends.kind.name().to_owned(),
         workload: Some(Workload::Idle),
