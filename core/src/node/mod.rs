@@ -370,7 +370,7 @@ pub struct Node {
     /// The last bind version handed out (see `next_version`).
     last_route_version: u64,
     /// Bound connections whose route write failed for good: written again by the next
-    /// [`Timer::RouteRepair`] (armed while this is not empty).
+    /// [`Timer::RouteRepair`].
     routes_to_repair: BTreeSet<ConnId>,
     /// Offline marks (`SetRouteOffline`) that failed for good, sent again by the next repair
     /// round; at most [`MAX_OFFLINE_MARKS_TO_REPAIR`].

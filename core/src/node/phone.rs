@@ -496,6 +496,12 @@ impl Node {
         self.arm_repair();
     }
 
+    fn resend_offline_marks(&mut self) {
+        for mark in std::mem::take(&mut self.offline_marks_to_repair) {
+            self.store_write(mark);
+        }
+    }
+
     fn arm_repair(&mut self) {
         if !self.repair_armed {
             self.repair_armed = true;
@@ -509,9 +515,7 @@ impl Node {
     /// be newer by now). What fails again comes back for the next round.
     pub(super) fn repair_routes(&mut self) {
         self.repair_armed = false;
-        for mark in std::mem::take(&mut self.offline_marks_to_repair) {
-            self.store_write(mark);
-        }
+        self.resend_offline_marks();
         let conns = std::mem::take(&mut self.routes_to_repair);
         for conn in conns {
             let Some((user_id, client_type, record)) = self.route_record(conn) else {
@@ -525,9 +529,7 @@ impl Node {
 
     pub(super) fn republish_routes(&mut self) {
         self.routes_to_repair.clear();
-        for mark in std::mem::take(&mut self.offline_marks_to_repair) {
-            self.store_write(mark);
-        }
+        self.resend_offline_marks();
         let conns: Vec<ConnId> = self.routes.iter().map(|(_, _, c)| c).collect();
         for conn in conns {
             if let Some((user_id, client_type, record)) = self.route_record(conn) {
@@ -641,12 +643,21 @@ impl Node {
     /// Drops the connection's user: local route (if still ours), store route offline (if it
     /// still names this connection).
     pub(super) fn unbind_session(&mut self, conn: ConnId) {
-        let Some(session) = self.sessions.get_mut(&conn) else {
-            return;
-        };
-        let Some(bound) = session.bound.take() else {
-            return;
-        };
+        if let Some(bound) = self.release_binding(conn) {
+            self.emit(Event::Unbound {
+                conn,
+                user_id: bound.user_id,
+            });
+        }
+    }
+
+    /// Takes `conn`'s user away: the local route goes, and the binding goes offline in the
+    /// store unless something newer is there already (the mark names this binding), so a
+    /// store never keeps naming a connection that no longer holds the user — also when the
+    /// newer bind that displaced it never got its own write through.
+    fn release_binding(&mut self, conn: ConnId) -> Option<BoundUser> {
+        let session = self.sessions.get_mut(&conn)?;
+        let bound = session.bound.take()?;
         let client_type = session.client_type;
         let conn_token = session.conn_token.clone();
         self.routes.remove_if(&bound.user_id, client_type, conn);
@@ -657,10 +668,7 @@ impl Node {
             conn_id: conn_token,
             version: bound.route_version,
         });
-        self.emit(Event::Unbound {
-            conn,
-            user_id: bound.user_id,
-        });
+        Some(bound)
     }
 
     fn on_upstream(&mut self, conn: ConnId, sid: i32, flags: Flags, push: Push) {
@@ -695,28 +703,12 @@ impl Node {
     /// store route is left alone — it already names the newer connection. The connection stays
     /// open, as in MPush; the client decides what to do.
     pub(super) fn kick_connection(&mut self, conn: ConnId, cause: KickCause) {
-        let Some(session) = self.sessions.get_mut(&conn) else {
+        let Some(bound) = self.release_binding(conn) else {
             return;
         };
-        let Some(bound) = session.bound.take() else {
-            return;
-        };
-        let client_type = session.client_type;
+        let session = &self.sessions[&conn];
         let device_id = session.device_id.clone();
-        let cipher = session.cipher.clone();
-        let conn_token = session.conn_token.clone();
-        self.routes.remove_if(&bound.user_id, client_type, conn);
-        // The kicked binding goes offline in the store unless something newer is there already
-        // (the mark names this binding): a newer bind whose own write never lands must not
-        // leave the store naming a connection that no longer holds the user.
-        self.store_write(StoreOp::SetRouteOffline {
-            user_id: bound.user_id.clone(),
-            client_type,
-            node: self.cfg.node_addr.clone(),
-            conn_id: conn_token,
-            version: bound.route_version,
-        });
-        if let Some(cipher) = cipher {
+        if let Some(cipher) = session.cipher.clone() {
             let kick = Kick {
                 device_id: device_id.clone(),
                 user_id: bound.user_id.clone(),
