@@ -9,6 +9,8 @@
 //!   of p99 latency against achieved throughput.
 //!
 //! The generator runs on one tokio thread (it gets one core of its own).
+#[cfg(test)]
+mod broker_check;
 mod latency;
 mod mqtt;
 mod nats;

@@ -929,30 +929,7 @@ mod tests {
             .expect("BENCH_NATS_ADDR is host:port")
     }
 
-    type Received = tokio::sync::mpsc::UnboundedReceiver<(usize, Vec<u8>)>;
-
-    /// Counts deliveries per subscriber until `expected` are all in, or panics after 30 s.
-    async fn collect(
-        rx: &mut Received,
-        subscribers: usize,
-        expected: impl Fn(usize) -> usize,
-    ) -> Vec<Vec<Vec<u8>>> {
-        let mut got = vec![Vec::new(); subscribers];
-        let total: usize = (0..subscribers).map(&expected).sum();
-        let mut seen = 0;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        while seen < total {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some((i, payload))) => {
-                    got[i].push(payload);
-                    seen += 1;
-                }
-                Ok(None) => panic!("all readers ended with {seen} of {total} deliveries"),
-                Err(_) => panic!("only {seen} of {total} deliveries within 30 s"),
-            }
-        }
-        got
-    }
+    use crate::broker_check::{collect, own_rss_kib};
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     #[ignore = "needs a running nats-server at BENCH_NATS_ADDR"]
@@ -1015,17 +992,6 @@ mod tests {
         }
     }
 
-    fn rss_kib() -> u64 {
-        std::fs::read_to_string("/proc/self/status")
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find(|l| l.starts_with("VmRSS:"))
-                    .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-            })
-            .unwrap_or(0)
-    }
-
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     #[ignore = "needs a running nats-server at BENCH_NATS_ADDR and ulimit -n above BENCH_CONNECTIONS"]
     async fn against_nats_many_idle_subscribers() {
@@ -1041,7 +1007,7 @@ mod tests {
         let run = std::process::id();
         let subject = format!("bench.{run}.all");
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let rss_before_kib = rss_kib();
+        let rss_before_kib = own_rss_kib();
         let started = std::time::Instant::now();
         let mut readers = Vec::with_capacity(connections);
         let mut pending = tokio::task::JoinSet::new();
@@ -1070,8 +1036,8 @@ mod tests {
             "nats: {connections} subscribers in {elapsed:?} ({:.0} conn/s, {in_flight} in flight); \
              load generator RSS +{} KiB ({:.2} KiB/conn)",
             connections as f64 / elapsed.as_secs_f64(),
-            rss_kib().saturating_sub(rss_before_kib),
-            rss_kib().saturating_sub(rss_before_kib) as f64 / connections as f64,
+            own_rss_kib().saturating_sub(rss_before_kib),
+            own_rss_kib().saturating_sub(rss_before_kib) as f64 / connections as f64,
         );
         let mut publisher = NatsPublisher::connect(addr, &format!("bench-{run}-p"))
             .await
