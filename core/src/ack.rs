@@ -5,7 +5,7 @@
 //! ahead of its entry (MPush registers its wait after the write and loses fast ACKs). Ids come
 //! from one node-wide counter that skips ids still in use when it wraps.
 use crate::ids::{ConnId, PushId};
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 
 /// Who a PUSH frame belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,14 +26,14 @@ pub struct InFlight {
 /// The in-flight table.
 #[derive(Debug, Default)]
 pub struct InFlightTable {
-    entries: HashMap<i32, InFlight>,
+    entries: FxHashMap<i32, InFlight>,
     next_session_id: i32,
 }
 
 impl InFlightTable {
     pub fn new() -> Self {
         Self {
-            entries: HashMap::new(),
+            entries: FxHashMap::default(),
             next_session_id: 1,
         }
     }

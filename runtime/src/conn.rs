@@ -1,20 +1,25 @@
 //! Connection tasks: one per phone and one per PushClient. Each owns its socket. It reads,
-//! splits frames and hands them to the node task; it receives frames to send, encodes (and for
+//! splits frames and hands them to the node task; it takes frames to send, encodes (and for
 //! phones compresses and encrypts) them, and writes every frame that is ready in one write.
-//! Buffers are allocated while a connection is active and released when it goes idle, so an
-//! idle connection holds little memory.
-use crate::driver::{GatewayCmd, NodeHandle, NodeMsg, PhoneCmd, PhoneLink};
+//!
+//! A phone is idle almost all of the time, so an idle phone task holds no buffers: the read
+//! buffer is allocated when the socket becomes readable and released as soon as it holds no
+//! partial frame, the outbound queue ([`PhoneQueue`]) owns no memory while empty, and the
+//! work done on activity runs in boxed futures that exist only while they run. What stays is
+//! the socket, the queue and a small task.
+use crate::driver::{GatewayCmd, NodeHandle, NodeMsg};
+use crate::phone_queue::PhoneQueue;
 use bytes::BytesMut;
 use pushgate_core::frame::{Frame, FrameDecoder, FrameError};
 use pushgate_core::{ConnId, GatewayId, Input};
-use std::sync::atomic::Ordering;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use std::sync::Arc;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
-/// Most frames coalesced into one write.
+/// Most frames coalesced into one write on a PushClient connection.
 pub const MAX_FRAMES_PER_WRITE: usize = 256;
-/// Read buffer growth step.
+/// Read buffer size: allocated when the socket has bytes, released when they are consumed.
 const READ_CHUNK_BYTES: usize = 4096;
 
 /// Per-connection settings.
@@ -25,32 +30,40 @@ pub struct ConnSettings {
     pub low_water_bytes: usize,
 }
 
+/// What woke a phone task.
+enum Wake {
+    Queue,
+    Read(std::io::Result<usize>),
+}
+
 /// Runs a phone connection until either side closes it.
 pub async fn run_phone(
     conn: ConnId,
     mut stream: TcpStream,
     node: NodeHandle,
-    link: PhoneLink,
-    mut rx: mpsc::UnboundedReceiver<PhoneCmd>,
+    queue: Arc<PhoneQueue>,
     settings: ConnSettings,
 ) {
     let decoder = FrameDecoder::new(settings.max_body_bytes);
     let mut inbound = BytesMut::new();
     let mut reading = true;
     loop {
-        if inbound.capacity() - inbound.len() < 64 {
-            inbound.reserve(READ_CHUNK_BYTES);
-        }
-        tokio::select! {
+        let wake = tokio::select! {
             biased;
-            cmd = rx.recv() => {
-                let Some(cmd) = cmd else { break };
-                if !write_phone_batch(conn, &mut stream, &node, &link, &mut rx, cmd, settings).await {
+            () = queue.ready() => Wake::Queue,
+            read = read_some(&mut stream, &mut inbound), if reading => Wake::Read(read),
+        };
+        match wake {
+            Wake::Queue => {
+                let write = write_phone_batch(conn, &mut stream, &node, &queue, settings);
+                if !Box::pin(write).await {
                     break;
                 }
             }
-            read = stream.read_buf(&mut inbound), if reading => {
-                match forward_frames(Side::Phone(conn), read, &decoder, &mut inbound, &node).await {
+            Wake::Read(read) => {
+                let forward =
+                    forward_frames(Side::Phone(conn), read, &decoder, &mut inbound, &node);
+                match Box::pin(forward).await {
                     ReadOutcome::Open => {}
                     ReadOutcome::StopReading => reading = false,
                     ReadOutcome::Closed => break,
@@ -61,49 +74,70 @@ pub async fn run_phone(
     }
 }
 
-/// Writes `first` and every other ready command in one batch; false when the task must end.
+/// Waits until the socket has bytes (or is closed) and reads them into `inbound`, which is
+/// given room only now. Cancel-safe: nothing is read unless it is returned.
+#[cfg(not(madsim))]
+async fn read_some(stream: &mut TcpStream, inbound: &mut BytesMut) -> std::io::Result<usize> {
+    loop {
+        stream.readable().await?;
+        make_room(inbound);
+        match stream.try_read_buf(inbound) {
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
+                release_if_empty(inbound);
+            }
+            read => return read,
+        }
+    }
+}
+
+/// The simulator's sockets have no readiness API (and hold their own receive buffer): read
+/// straight into `inbound`. Decoding, forwarding and release are the same as in production.
+#[cfg(madsim)]
+async fn read_some(stream: &mut TcpStream, inbound: &mut BytesMut) -> std::io::Result<usize> {
+    use tokio::io::AsyncReadExt;
+    make_room(inbound);
+    stream.read_buf(inbound).await
+}
+
+fn make_room(inbound: &mut BytesMut) {
+    if inbound.capacity() - inbound.len() < 64 {
+        inbound.reserve(READ_CHUNK_BYTES);
+    }
+}
+
+/// Drops the read buffer when it holds no partial frame.
+fn release_if_empty(inbound: &mut BytesMut) {
+    if inbound.is_empty() && inbound.capacity() > 0 {
+        *inbound = BytesMut::new();
+    }
+}
+
+/// Writes everything queued in one write; false when the task must end.
 async fn write_phone_batch(
     conn: ConnId,
     stream: &mut TcpStream,
     node: &NodeHandle,
-    link: &PhoneLink,
-    rx: &mut mpsc::UnboundedReceiver<PhoneCmd>,
-    first: PhoneCmd,
+    queue: &PhoneQueue,
     settings: ConnSettings,
 ) -> bool {
+    let batch = queue.take();
     let mut out = BytesMut::new();
     let mut reports = Vec::new();
     let mut accounted = 0usize;
-    let mut close = false;
-    let mut next = Some(first);
-    let mut frames = 0;
-    while let Some(cmd) = next.take() {
-        match cmd {
-            PhoneCmd::Frame {
-                frame,
-                report_write,
-                bytes,
-            } => {
-                frame.encode(settings.compress_threshold_bytes, &mut out);
-                accounted += bytes;
-                if let Some(sid) = report_write {
-                    reports.push(sid);
-                }
-                frames += 1;
-            }
-            PhoneCmd::Close => {
-                close = true;
-                break;
-            }
-        }
-        if frames < MAX_FRAMES_PER_WRITE {
-            next = rx.try_recv().ok();
+    for queued in &batch.frames {
+        queued
+            .frame
+            .encode(settings.compress_threshold_bytes, &mut out);
+        accounted += queued.bytes;
+        if let Some(sid) = queued.report_write {
+            reports.push(sid);
         }
     }
+    drop(batch.frames);
     let written =
         out.is_empty() || (stream.write_all(&out).await.is_ok() && stream.flush().await.is_ok());
-    let before = link.queued_bytes.fetch_sub(accounted, Ordering::Relaxed);
-    let after = before.saturating_sub(accounted);
+    drop(out);
+    let (before, after) = queue.written(accounted);
     for sid in reports {
         let input = Input::PhoneWritten {
             conn,
@@ -126,7 +160,7 @@ async fn write_phone_batch(
             }))
             .await;
     }
-    if close {
+    if batch.close {
         let _ = stream.shutdown().await;
         return false;
     }
@@ -145,9 +179,6 @@ pub async fn run_gateway(
     let mut inbound = BytesMut::new();
     let mut reading = true;
     loop {
-        if inbound.capacity() - inbound.len() < 64 {
-            inbound.reserve(READ_CHUNK_BYTES);
-        }
         tokio::select! {
             biased;
             cmd = rx.recv() => {
@@ -178,7 +209,7 @@ pub async fn run_gateway(
                     break;
                 }
             }
-            read = stream.read_buf(&mut inbound), if reading => {
+            read = read_some(&mut stream, &mut inbound), if reading => {
                 match forward_frames(Side::Gateway(gw), read, &decoder, &mut inbound, &node).await {
                     ReadOutcome::Open => {}
                     ReadOutcome::StopReading => reading = false,
@@ -233,7 +264,7 @@ enum ReadOutcome {
 }
 
 /// After a read: hands every whole frame buffered in `inbound` to the node, and releases the
-/// buffer when it is empty and large, so an idle connection holds little memory.
+/// buffer when no partial frame is left in it, so an idle connection holds no read buffer.
 async fn forward_frames(
     side: Side,
     read: std::io::Result<usize>,
@@ -263,8 +294,45 @@ async fn forward_frames(
             }
         }
     }
-    if inbound.is_empty() && inbound.capacity() > READ_CHUNK_BYTES {
-        *inbound = BytesMut::new();
-    }
+    release_if_empty(inbound);
     outcome
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An idle phone's task is this future plus a task header: it must stay small, because
+    /// 19,000 idle phones hold 19,000 of them.
+    #[test]
+    fn an_idle_phone_task_is_small() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            let stream = TcpStream::connect(listener.local_addr().expect("addr"))
+                .await
+                .expect("connect");
+            let (node, _rx) = NodeHandle::channel(1);
+            let settings = ConnSettings {
+                max_body_bytes: 1024,
+                compress_threshold_bytes: 1024,
+                low_water_bytes: 1024,
+            };
+            let task = run_phone(
+                ConnId(1),
+                stream,
+                node,
+                Arc::new(PhoneQueue::new()),
+                settings,
+            );
+            let bytes = std::mem::size_of_val(&task);
+            eprintln!("run_phone future: {bytes} bytes");
+            assert!(bytes <= 600, "an idle phone task holds {bytes} bytes");
+        });
+    }
 }

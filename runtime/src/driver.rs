@@ -12,6 +12,7 @@
 //! The drain contract of the core is kept: after every input the task drains `poll_output`
 //! until it is empty, and it sleeps until `poll_timeout` when nothing arrives.
 use crate::metrics;
+use crate::phone_queue::{PhoneQueue, QueuedFrame};
 use crate::store::MemoryStore;
 use crate::store_net::{FromStore, RemoteStore, StoreLinkEvent};
 use pushgate_core::frame::Packet;
@@ -22,9 +23,8 @@ use pushgate_core::store::{RouteRecord, StoreError, StoreOp};
 use pushgate_core::{
     ConnId, Event, GatewayId, Input, Millis, Node, NodeAddr, NodeStats, OutFrame, Output, RequestId,
 };
+use rustc_hash::FxHashMap;
 use serde::Serialize;
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
@@ -34,30 +34,11 @@ use tokio::time::Instant;
 /// on the sockets that feed it).
 pub const NODE_QUEUE_CAPACITY: usize = 64 * 1024;
 
-/// What a phone's connection task is asked to do.
-#[derive(Debug)]
-pub enum PhoneCmd {
-    Frame {
-        frame: OutFrame,
-        report_write: Option<i32>,
-        bytes: usize,
-    },
-    Close,
-}
-
 /// What a gateway connection task is asked to do.
 #[derive(Debug)]
 pub enum GatewayCmd {
     Packet(Packet),
     Close,
-}
-
-/// The node task's side of a phone connection.
-#[derive(Debug, Clone)]
-pub struct PhoneLink {
-    pub tx: mpsc::UnboundedSender<PhoneCmd>,
-    /// Bytes handed to the connection task and not written yet.
-    pub queued_bytes: Arc<AtomicUsize>,
 }
 
 /// The outcome of a push made through [`NodeHandle::push`].
@@ -109,7 +90,7 @@ pub enum NodeMsg {
     /// A phone connection task started.
     PhoneOpened {
         conn: ConnId,
-        link: PhoneLink,
+        queue: Arc<PhoneQueue>,
     },
     /// A gateway connection task started.
     GatewayOpened {
@@ -152,6 +133,12 @@ pub struct NodeHandle {
 pub struct NodeGone;
 
 impl NodeHandle {
+    /// A handle and the receiving end of its queue, with room for `capacity` messages.
+    pub fn channel(capacity: usize) -> (Self, mpsc::Receiver<NodeMsg>) {
+        let (tx, rx) = mpsc::channel(capacity);
+        (Self { tx }, rx)
+    }
+
     /// Sends a message to the node task.
     pub async fn send(&self, msg: NodeMsg) -> Result<(), NodeGone> {
         self.tx.send(msg).await.map_err(|_| NodeGone)
@@ -222,9 +209,10 @@ pub struct Driver {
     store: StoreBackend,
     node_addr: NodeAddr,
     start: Instant,
-    phones: HashMap<ConnId, (PhoneLink, bool)>,
-    gateways: HashMap<GatewayId, mpsc::UnboundedSender<GatewayCmd>>,
-    local_waiters: HashMap<u64, oneshot::Sender<PushOutcome>>,
+    /// Each phone's outbound queue, and whether the core was last told it is writable.
+    phones: FxHashMap<ConnId, (Arc<PhoneQueue>, bool)>,
+    gateways: FxHashMap<GatewayId, mpsc::UnboundedSender<GatewayCmd>>,
+    local_waiters: FxHashMap<u64, oneshot::Sender<PushOutcome>>,
     next_token: u64,
     limits: QueueLimits,
 }
@@ -235,7 +223,7 @@ pub fn spawn(
     limits: QueueLimits,
     store: StoreSpec,
 ) -> (NodeHandle, tokio::task::JoinHandle<()>) {
-    let (tx, rx) = mpsc::channel(NODE_QUEUE_CAPACITY);
+    let (handle, rx) = NodeHandle::channel(NODE_QUEUE_CAPACITY);
     let node_addr = node.config().node_addr.clone();
     let (store, store_rx) = match store {
         StoreSpec::Memory => (StoreBackend::Memory(MemoryStore::new()), None),
@@ -249,14 +237,14 @@ pub fn spawn(
         store,
         node_addr,
         start: Instant::now(),
-        phones: HashMap::new(),
-        gateways: HashMap::new(),
-        local_waiters: HashMap::new(),
+        phones: FxHashMap::default(),
+        gateways: FxHashMap::default(),
+        local_waiters: FxHashMap::default(),
         next_token: 1,
         limits,
     };
     let join = tokio::spawn(driver.run(rx, store_rx));
-    (NodeHandle { tx }, join)
+    (handle, join)
 }
 
 impl Driver {
@@ -324,8 +312,8 @@ impl Driver {
         let now = self.now_ms();
         let kind = msg_kind(&msg);
         match msg {
-            NodeMsg::PhoneOpened { conn, link } => {
-                self.phones.insert(conn, (link, true));
+            NodeMsg::PhoneOpened { conn, queue } => {
+                self.phones.insert(conn, (queue, true));
                 metrics::connection_opened();
                 self.node.handle(now, Input::PhoneConnected { conn });
             }
@@ -436,9 +424,9 @@ impl Driver {
                 } => self.transmit(conn, frame, report_write),
                 Output::Close { conn, reason } => {
                     tracing::debug!(%conn, ?reason, "closing phone connection");
-                    if let Some((link, _)) = self.phones.remove(&conn) {
+                    if let Some((queue, _)) = self.phones.remove(&conn) {
                         metrics::connection_closed();
-                        let _ = link.tx.send(PhoneCmd::Close);
+                        queue.close();
                     }
                 }
                 Output::GatewayTransmit { gw, packet } => {
@@ -497,28 +485,21 @@ impl Driver {
 
     fn transmit(&mut self, conn: ConnId, frame: OutFrame, report_write: Option<i32>) {
         let now = self.now_ms();
-        let Some((link, writable)) = self.phones.get_mut(&conn) else {
+        let Some((queue, writable)) = self.phones.get_mut(&conn) else {
             // The connection task is gone; the core hears PhoneClosed from it shortly.
             return;
         };
         let bytes = frame_bytes(&frame);
-        let queued = link.queued_bytes.fetch_add(bytes, Ordering::Relaxed) + bytes;
-        if link
-            .tx
-            .send(PhoneCmd::Frame {
-                frame,
-                report_write,
-                bytes,
-            })
-            .is_err()
-        {
-            return;
-        }
+        let queued = queue.push(QueuedFrame {
+            frame,
+            report_write,
+            bytes,
+        });
         if queued > self.limits.hard_limit_bytes {
             tracing::warn!(%conn, queued, "phone does not read: outbound queue over its hard limit, closing");
-            if let Some((link, _)) = self.phones.remove(&conn) {
+            if let Some((queue, _)) = self.phones.remove(&conn) {
                 metrics::connection_closed();
-                let _ = link.tx.send(PhoneCmd::Close);
+                queue.close();
             }
             self.node.handle(now, Input::PhoneClosed { conn });
         } else if queued > self.limits.high_water_bytes && *writable {

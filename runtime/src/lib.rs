@@ -16,6 +16,7 @@ pub mod driver;
 #[cfg(not(madsim))]
 pub mod http;
 pub mod metrics;
+pub mod phone_queue;
 pub mod server;
 pub mod store;
 pub mod store_net;

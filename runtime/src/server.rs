@@ -6,7 +6,8 @@
 //! most `net.shutdown_grace_ms` — for the connection tasks to flush what they hold.
 use crate::config::Config;
 use crate::conn::{self, ConnSettings};
-use crate::driver::{self, GatewayCmd, NodeHandle, NodeMsg, PhoneLink, QueueLimits};
+use crate::driver::{self, GatewayCmd, NodeHandle, NodeMsg, QueueLimits};
+use crate::phone_queue::PhoneQueue;
 use pushgate_core::{ConnId, GatewayId, Node};
 use std::future::Future;
 use std::net::SocketAddr;
@@ -181,18 +182,14 @@ async fn accept_phones(
         let node = node.clone();
         let conn = ConnId(next_id.fetch_add(1, Ordering::Relaxed));
         async move {
-            let (tx, rx) = mpsc::unbounded_channel();
-            let link = PhoneLink {
-                tx,
-                queued_bytes: Arc::new(AtomicUsize::new(0)),
-            };
+            let queue = Arc::new(PhoneQueue::new());
             node.send(NodeMsg::PhoneOpened {
                 conn,
-                link: link.clone(),
+                queue: queue.clone(),
             })
             .await
             .ok()?;
-            Some(conn::run_phone(conn, stream, node, link, rx, settings))
+            Some(conn::run_phone(conn, stream, node, queue, settings))
         }
     })
     .await;

@@ -17,7 +17,7 @@ use crate::route::ClientType;
 use crate::status::{self, PushStatus};
 use crate::store::{StoreError, StoreOp, StoreReply};
 use crate::timer::Timer;
-use std::collections::HashSet;
+use rustc_hash::FxHashSet;
 
 /// Most user ids reported to the store per progress update.
 const MAX_PROGRESS_USERS: usize = 4096;
@@ -37,7 +37,7 @@ pub struct BroadcastTask {
     pub pending_writes: u64,
     /// Connections already sent to: a connection that re-binds under a user the walk has not
     /// reached yet must not get the broadcast twice. Bounded by the broadcast's total cap.
-    pub reached: HashSet<ConnId>,
+    pub reached: FxHashSet<ConnId>,
     pub sent: u64,
     pub delivered: u64,
     pub step_at_ms: Option<Millis>,
@@ -83,7 +83,7 @@ impl Node {
                 flow,
                 iteration_done: false,
                 pending_writes: 0,
-                reached: HashSet::new(),
+                reached: FxHashSet::default(),
                 sent: 0,
                 delivered: 0,
                 step_at_ms: None,

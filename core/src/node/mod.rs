@@ -30,7 +30,8 @@ use crate::timer::{Timer, TimerQueue};
 use bytes::{BufMut, Bytes};
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha20Rng;
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use rustc_hash::{FxHashMap, FxHashSet};
+use std::collections::{BTreeSet, VecDeque};
 
 pub use broadcast::BroadcastTask;
 pub use single::SingleTask;
@@ -355,15 +356,15 @@ pub struct Node {
     /// Epoch milliseconds at monotonic time 0 (for time lines and session expiry).
     epoch_offset_ms: i64,
     now: Millis,
-    sessions: HashMap<ConnId, Session>,
-    gateways: HashSet<GatewayId>,
+    sessions: FxHashMap<ConnId, Session>,
+    gateways: FxHashSet<GatewayId>,
     routes: RouteTable,
-    singles: HashMap<PushId, SingleTask>,
-    broadcasts: HashMap<PushId, BroadcastTask>,
+    singles: FxHashMap<PushId, SingleTask>,
+    broadcasts: FxHashMap<PushId, BroadcastTask>,
     in_flight: InFlightTable,
     global_flow: FlowControl,
     timers: TimerQueue,
-    store_pending: HashMap<RequestId, StorePurpose>,
+    store_pending: FxHashMap<RequestId, StorePurpose>,
     outputs: VecDeque<Output>,
     next_request: u64,
     next_push: u64,
@@ -395,15 +396,15 @@ impl Node {
             rng: ChaCha20Rng::from_seed(seed),
             epoch_offset_ms,
             now: 0,
-            sessions: HashMap::new(),
-            gateways: HashSet::new(),
+            sessions: FxHashMap::default(),
+            gateways: FxHashSet::default(),
             routes: RouteTable::new(),
-            singles: HashMap::new(),
-            broadcasts: HashMap::new(),
+            singles: FxHashMap::default(),
+            broadcasts: FxHashMap::default(),
             in_flight: InFlightTable::new(),
             global_flow,
             timers: TimerQueue::new(),
-            store_pending: HashMap::new(),
+            store_pending: FxHashMap::default(),
             outputs: VecDeque::new(),
             next_request: 1,
             next_push: 1,
