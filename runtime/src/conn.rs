@@ -13,6 +13,7 @@ use bytes::BytesMut;
 use pushgate_core::frame::{Frame, FrameDecoder, FrameError};
 use pushgate_core::{ConnId, GatewayId, Input};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -48,11 +49,20 @@ pub async fn run_phone(
     let mut inbound = BytesMut::new();
     let mut reading = true;
     loop {
-        let wake = tokio::select! {
-            biased;
-            () = queue.ready() => Wake::Queue,
-            read = read_some(&mut stream, &mut inbound), if reading => Wake::Read(read),
-        };
+        // One poll for both sources, queue first: nothing but a waker is registered while the
+        // phone is idle (no wait-list nodes or read futures kept in the task).
+        let wake = std::future::poll_fn(|cx| {
+            if queue.poll_ready(cx).is_ready() {
+                return Poll::Ready(Wake::Queue);
+            }
+            if reading {
+                if let Poll::Ready(read) = poll_read_some(&mut stream, &mut inbound, cx) {
+                    return Poll::Ready(Wake::Read(read));
+                }
+            }
+            Poll::Pending
+        })
+        .await;
         match wake {
             Wake::Queue => {
                 let write = write_phone_batch(conn, &mut stream, &node, &queue, settings);
@@ -74,18 +84,30 @@ pub async fn run_phone(
     }
 }
 
-/// Waits until the socket has bytes (or is closed) and reads them into `inbound`, which is
-/// given room only now. Cancel-safe: nothing is read unless it is returned.
-#[cfg(not(madsim))]
+/// Waits until the socket has bytes (or is closed) and reads them into `inbound`.
 async fn read_some(stream: &mut TcpStream, inbound: &mut BytesMut) -> std::io::Result<usize> {
+    std::future::poll_fn(|cx| poll_read_some(stream, inbound, cx)).await
+}
+
+/// Reads what the socket has into `inbound`, which is given room only once the socket is
+/// readable; pending (with the waker registered) while there is nothing to read.
+#[cfg(not(madsim))]
+fn poll_read_some(
+    stream: &mut TcpStream,
+    inbound: &mut BytesMut,
+    cx: &mut Context<'_>,
+) -> Poll<std::io::Result<usize>> {
     loop {
-        stream.readable().await?;
+        if let Err(error) = std::task::ready!(stream.poll_read_ready(cx)) {
+            return Poll::Ready(Err(error));
+        }
         make_room(inbound);
         match stream.try_read_buf(inbound) {
+            // Readiness was stale (and is now cleared): poll again to register the waker.
             Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
                 release_if_empty(inbound);
             }
-            read => return read,
+            read => return Poll::Ready(read),
         }
     }
 }
@@ -93,12 +115,29 @@ async fn read_some(stream: &mut TcpStream, inbound: &mut BytesMut) -> std::io::R
 /// The simulator's sockets have no readiness API (and hold their own receive buffer): read
 /// straight into `inbound`. Decoding, forwarding and release are the same as in production.
 #[cfg(madsim)]
-async fn read_some(stream: &mut TcpStream, inbound: &mut BytesMut) -> std::io::Result<usize> {
-    use tokio::io::AsyncReadExt;
-    make_room(inbound);
-    stream.read_buf(inbound).await
+fn poll_read_some(
+    stream: &mut TcpStream,
+    inbound: &mut BytesMut,
+    cx: &mut Context<'_>,
+) -> Poll<std::io::Result<usize>> {
+    use tokio::io::AsyncRead;
+    let start = inbound.len();
+    inbound.resize(start + READ_CHUNK_BYTES, 0);
+    let mut buf = tokio::io::ReadBuf::new(&mut inbound[start..]);
+    let polled = std::pin::Pin::new(&mut *stream).poll_read(cx, &mut buf);
+    let read = buf.filled().len();
+    inbound.truncate(start + read);
+    match polled {
+        Poll::Ready(Ok(())) => Poll::Ready(Ok(read)),
+        Poll::Ready(Err(error)) => Poll::Ready(Err(error)),
+        Poll::Pending => {
+            release_if_empty(inbound);
+            Poll::Pending
+        }
+    }
 }
 
+#[cfg(not(madsim))]
 fn make_room(inbound: &mut BytesMut) {
     if inbound.capacity() - inbound.len() < 64 {
         inbound.reserve(READ_CHUNK_BYTES);
@@ -332,7 +371,7 @@ mod tests {
             );
             let bytes = std::mem::size_of_val(&task);
             eprintln!("run_phone future: {bytes} bytes");
-            assert!(bytes <= 600, "an idle phone task holds {bytes} bytes");
+            assert!(bytes <= 320, "an idle phone task holds {bytes} bytes");
         });
     }
 }

@@ -1,10 +1,11 @@
 //! The outbound queue between the node task and one phone's connection task.
 //!
 //! The node task appends frames; the connection task takes everything queued in one go,
-//! encodes it and writes it in one write. It is a mutex-guarded `VecDeque` and a `Notify`
-//! rather than a channel because a phone is idle almost all of the time: an empty queue owns
-//! no heap memory (a channel keeps a block of slots allocated for its whole life), and a
-//! burst of frames costs one wake-up of the connection task, not one per frame.
+//! encodes it and writes it in one write. It is a mutex-guarded `VecDeque` and the waiting
+//! task's waker rather than a channel because a phone is idle almost all of the time: an empty
+//! queue owns no heap memory (a channel keeps a block of slots allocated for its whole life),
+//! the connection task waits on it with a plain poll (no wait-list node stored in the task),
+//! and a burst of frames costs one wake-up of the connection task, not one per frame.
 //!
 //! The queue also counts the bytes handed over and not yet written, which is what the node
 //! task's flow control (high-water mark, hard limit) and the low-water "writable again" report
@@ -12,7 +13,7 @@
 use pushgate_core::OutFrame;
 use std::collections::VecDeque;
 use std::sync::Mutex;
-use tokio::sync::Notify;
+use std::task::{Context, Poll, Waker};
 
 /// One frame for the phone.
 #[derive(Debug)]
@@ -37,13 +38,14 @@ struct State {
     frames: VecDeque<QueuedFrame>,
     queued_bytes: usize,
     close: bool,
+    /// The connection task, when it waits for frames.
+    waiter: Option<Waker>,
 }
 
 /// The queue; shared by the node task (producer) and the connection task (consumer).
 #[derive(Debug, Default)]
 pub struct PhoneQueue {
     state: Mutex<State>,
-    ready: Notify,
 }
 
 impl PhoneQueue {
@@ -58,15 +60,13 @@ impl PhoneQueue {
         if state.close {
             return state.queued_bytes;
         }
-        let was_empty = state.frames.is_empty();
         state.queued_bytes += frame.bytes;
         state.frames.push_back(frame);
         let queued = state.queued_bytes;
+        let waiter = state.waiter.take();
         drop(state);
-        // The consumer takes everything at once, so a non-empty queue already has a wake-up
-        // pending (or being served).
-        if was_empty {
-            self.ready.notify_one();
+        if let Some(waiter) = waiter {
+            waiter.wake();
         }
         queued
     }
@@ -78,21 +78,31 @@ impl PhoneQueue {
             return;
         }
         state.close = true;
+        let waiter = state.waiter.take();
         drop(state);
-        self.ready.notify_one();
+        if let Some(waiter) = waiter {
+            waiter.wake();
+        }
     }
 
-    /// Waits until there is something to take (frames or a close).
-    pub async fn ready(&self) {
-        loop {
-            {
-                let state = self.lock();
-                if !state.frames.is_empty() || state.close {
-                    return;
-                }
-            }
-            self.ready.notified().await;
+    /// Ready when there is something to take (frames or a close); otherwise the task of `cx`
+    /// is woken by the next [`PhoneQueue::push`] or [`PhoneQueue::close`]. One task waits on a
+    /// queue at a time (the connection task).
+    pub fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut state = self.lock();
+        if !state.frames.is_empty() || state.close {
+            return Poll::Ready(());
         }
+        match &mut state.waiter {
+            Some(waiter) if waiter.will_wake(cx.waker()) => {}
+            slot => *slot = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+
+    /// Waits until there is something to take.
+    pub async fn ready(&self) {
+        std::future::poll_fn(|cx| self.poll_ready(cx)).await
     }
 
     /// Takes every queued frame (and the close request, if any).
