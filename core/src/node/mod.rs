@@ -356,7 +356,9 @@ pub struct Node {
     /// Epoch milliseconds at monotonic time 0 (for time lines and session expiry).
     epoch_offset_ms: i64,
     now: Millis,
-    sessions: FxHashMap<ConnId, Session>,
+    /// Boxed: the table keeps spare slots (up to half of it after a resize), and a spare slot
+    /// of a pointer costs 16 bytes where one of a `Session` costs over 300.
+    sessions: FxHashMap<ConnId, Box<Session>>,
     gateways: FxHashSet<GatewayId>,
     routes: RouteTable,
     singles: FxHashMap<PushId, SingleTask>,

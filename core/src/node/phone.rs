@@ -48,7 +48,7 @@ impl Node {
         let mut session = Session::new(conn, token, self.now);
         let at = self.now + self.cfg.handshake_deadline_ms;
         session.idle_check_at_ms = at;
-        self.sessions.insert(conn, session);
+        self.sessions.insert(conn, Box::new(session));
         self.timers.arm(at, Timer::Idle(conn));
     }
 
