@@ -3,11 +3,13 @@
 //! One connection per (user, client type): a user may be online at once on one mobile, one PC,
 //! one web and one unknown device. The table is a `BTreeMap` so that a broadcast can walk it in
 //! resumable batches — a cursor is just the last key visited, valid however the table changed
-//! in between.
+//! in between. User ids are shared (`Arc<str>`), so handing a batch or a cursor to a broadcast
+//! copies no strings.
 use crate::ids::ConnId;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::ops::Bound;
+use std::sync::Arc;
 
 /// The device class a route is kept for, derived from the handshake's OS name (§12.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -78,7 +80,7 @@ impl ClientType {
 /// One route as a broadcast sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouteEntry {
-    pub user_id: String,
+    pub user_id: Arc<str>,
     pub client_type: ClientType,
     pub conn: ConnId,
 }
@@ -86,7 +88,7 @@ pub struct RouteEntry {
 /// The node's local routes: user id → one slot per client type.
 #[derive(Debug, Default, Clone)]
 pub struct RouteTable {
-    users: BTreeMap<String, [Option<ConnId>; 4]>,
+    users: BTreeMap<Arc<str>, [Option<ConnId>; 4]>,
     len: usize,
 }
 
@@ -135,7 +137,7 @@ impl RouteTable {
     ) -> Option<ConnId> {
         let slots = match self.users.get_mut(user_id) {
             Some(slots) => slots,
-            None => self.users.entry(user_id.to_owned()).or_insert([None; 4]),
+            None => self.users.entry(Arc::from(user_id)).or_insert([None; 4]),
         };
         let previous = slots[client_type.slot()].replace(conn);
         if previous.is_none() {
@@ -168,15 +170,21 @@ impl RouteTable {
             None => Bound::Unbounded,
         };
         let mut out = Vec::with_capacity(limit.min(1024));
-        'users: for (user, slots) in self.users.range::<str, _>((lower, Bound::Unbounded)) {
+        let range = self.users.range::<str, _>((lower, Bound::Unbounded));
+        'users: for (index, (user, slots)) in range.enumerate() {
+            // The range starts at the cursor's user, so only its first user can be the cursor's.
+            let done_through = match cursor {
+                Some((cursor_user, cursor_ct)) if index == 0 && **user == *cursor_user => {
+                    Some(cursor_ct)
+                }
+                _ => None,
+            };
             for ct in ClientType::ALL {
                 if out.len() >= limit {
                     break 'users;
                 }
-                if let Some((cursor_user, cursor_ct)) = cursor {
-                    if user == cursor_user && ct <= cursor_ct {
-                        continue;
-                    }
+                if done_through.is_some_and(|done| ct <= done) {
+                    continue;
                 }
                 if let Some(conn) = slots[ct.slot()] {
                     out.push(RouteEntry {
@@ -195,7 +203,7 @@ impl RouteTable {
         self.users.iter().flat_map(|(user, slots)| {
             ClientType::ALL
                 .into_iter()
-                .filter_map(move |ct| slots[ct.slot()].map(|c| (user.as_str(), ct, c)))
+                .filter_map(move |ct| slots[ct.slot()].map(|c| (&**user, ct, c)))
         })
     }
 }
@@ -261,5 +269,39 @@ mod tests {
         );
         assert_eq!(t.len(), 4);
         assert_eq!(t.user_count(), 3);
+    }
+
+    proptest::proptest! {
+        /// Walking the table in batches of any size, from the start or from any route,
+        /// visits exactly the routes after the cursor, in (user, client type) order.
+        #[test]
+        fn batches_resume_after_the_cursor(
+            routes in proptest::collection::vec((0u8..12, 0usize..4), 0..40),
+            limit in 1usize..7,
+            start in proptest::option::of((0u8..12, 0usize..4)),
+        ) {
+            let mut t = RouteTable::new();
+            for (i, (user, ct)) in routes.iter().enumerate() {
+                t.insert(&format!("u{user:02}"), ClientType::ALL[*ct], ConnId(i as u64));
+            }
+            let all: Vec<(String, ClientType, ConnId)> =
+                t.iter().map(|(u, ct, c)| (u.to_owned(), ct, c)).collect();
+            let start = start.map(|(user, ct)| (format!("u{user:02}"), ClientType::ALL[ct]));
+            let expected: Vec<ConnId> = all
+                .iter()
+                .filter(|(u, ct, _)| start.as_ref().is_none_or(|(su, sct)| (u, ct) > (su, sct)))
+                .map(|(_, _, c)| *c)
+                .collect();
+            let mut cursor = start;
+            let mut walked = Vec::new();
+            loop {
+                let batch = t.batch_after(cursor.as_ref().map(|(u, ct)| (u.as_str(), *ct)), limit);
+                proptest::prop_assert!(batch.len() <= limit);
+                let Some(last) = batch.last() else { break };
+                cursor = Some((last.user_id.to_string(), last.client_type));
+                walked.extend(batch.iter().map(|e| e.conn));
+            }
+            proptest::prop_assert_eq!(walked, expected);
+        }
     }
 }

@@ -33,6 +33,8 @@ use tokio::time::Instant;
 /// Capacity of the channel into the node task; senders wait when it is full (backpressure
 /// on the sockets that feed it).
 pub const NODE_QUEUE_CAPACITY: usize = 64 * 1024;
+/// Most messages handled in one wake-up before timers and the store get their turn.
+const MAX_MESSAGES_PER_WAKE: usize = 1025;
 
 /// What a gateway connection task is asked to do.
 #[derive(Debug)]
@@ -209,6 +211,9 @@ pub struct Driver {
     store: StoreBackend,
     node_addr: NodeAddr,
     start: Instant,
+    /// The time of the current wake-up ([`Driver::tick`]): every message handled in one
+    /// wake-up is handled at it, so a burst reads the clock once, not once per message.
+    now: Millis,
     /// Each phone's outbound queue, and whether the core was last told it is writable.
     phones: FxHashMap<ConnId, (Arc<PhoneQueue>, bool)>,
     gateways: FxHashMap<GatewayId, mpsc::UnboundedSender<GatewayCmd>>,
@@ -237,6 +242,7 @@ pub fn spawn(
         store,
         node_addr,
         start: Instant::now(),
+        now: 0,
         phones: FxHashMap::default(),
         gateways: FxHashMap::default(),
         local_waiters: FxHashMap::default(),
@@ -248,8 +254,20 @@ pub fn spawn(
 }
 
 impl Driver {
-    fn now_ms(&self) -> Millis {
-        u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX)
+    /// Reads the clock for a wake-up; returns the instant read.
+    fn tick(&mut self) -> Instant {
+        let at = Instant::now();
+        self.now = u64::try_from(at.duration_since(self.start).as_millis()).unwrap_or(u64::MAX);
+        at
+    }
+
+    /// Warns when one wake-up kept the node task busy longer than `profile_slowly_ms`
+    /// (every push waiting behind it was delayed that long).
+    fn check_slow(&self, woke: Instant, messages: usize, kind: &'static str) {
+        let elapsed_ms = u64::try_from(woke.elapsed().as_millis()).unwrap_or(u64::MAX);
+        if elapsed_ms > self.limits.slow_ms {
+            tracing::warn!(target: "pushgate::profile", kind, messages, elapsed_ms, "slow packet: handling took longer than profile_slowly_ms");
+        }
     }
 
     async fn run(
@@ -267,12 +285,14 @@ impl Driver {
             tokio::select! {
                 biased;
                 _ = sleep_until(deadline) => {
-                    let now = self.now_ms();
-                    self.node.handle_timeout(now);
+                    let woke = self.tick();
+                    self.node.handle_timeout(self.now);
                     self.drain();
+                    self.check_slow(woke, 1, "timers");
                 }
                 message = recv_store(&mut store_rx) => {
-                    let now = self.now_ms();
+                    let woke = self.tick();
+                    let now = self.now;
                     match message {
                         Some(StoreLinkEvent::Connected) => self.node.handle(now, Input::StoreConnected),
                         Some(StoreLinkEvent::Message(FromStore::Reply { id, result })) => {
@@ -284,33 +304,34 @@ impl Driver {
                         None => store_rx = None,
                     }
                     self.drain();
+                    self.check_slow(woke, 1, "store");
                 }
                 msg = rx.recv() => {
                     let Some(msg) = msg else { break };
+                    let woke = self.tick();
+                    let mut kind = msg_kind(&msg);
                     if self.on_msg(msg) {
                         break;
                     }
                     // Take what else is waiting before sleeping again (bounded, to stay fair).
-                    for _ in 0..1024 {
-                        match rx.try_recv() {
-                            Ok(msg) => {
-                                if self.on_msg(msg) {
-                                    return;
-                                }
-                            }
-                            Err(_) => break,
+                    let mut messages = 1;
+                    while messages < MAX_MESSAGES_PER_WAKE {
+                        let Ok(msg) = rx.try_recv() else { break };
+                        messages += 1;
+                        kind = msg_kind(&msg);
+                        if self.on_msg(msg) {
+                            return;
                         }
                     }
+                    self.check_slow(woke, messages, kind);
                 }
             }
         }
     }
 
-    /// Handles one message; true when the task must stop.
+    /// Handles one message at the wake-up's time; true when the task must stop.
     fn on_msg(&mut self, msg: NodeMsg) -> bool {
-        let started = Instant::now();
-        let now = self.now_ms();
-        let kind = msg_kind(&msg);
+        let now = self.now;
         match msg {
             NodeMsg::PhoneOpened { conn, queue } => {
                 self.phones.insert(conn, (queue, true));
@@ -406,10 +427,6 @@ impl Driver {
             }
         }
         self.drain();
-        let elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        if elapsed_ms > self.limits.slow_ms {
-            tracing::warn!(target: "pushgate::profile", kind, elapsed_ms, "slow packet: handling took longer than profile_slowly_ms");
-        }
         false
     }
 
@@ -440,7 +457,7 @@ impl Driver {
                     }
                 }
                 Output::Store(request) => {
-                    let now = self.now_ms();
+                    let now = self.now;
                     match &mut self.store {
                         StoreBackend::Memory(memory) => {
                             let is_kick = matches!(request.op, StoreOp::PublishKick { .. });
@@ -484,7 +501,7 @@ impl Driver {
     }
 
     fn transmit(&mut self, conn: ConnId, frame: OutFrame, report_write: Option<i32>) {
-        let now = self.now_ms();
+        let now = self.now;
         let Some((queue, writable)) = self.phones.get_mut(&conn) else {
             // The connection task is gone; the core hears PhoneClosed from it shortly.
             return;
@@ -527,13 +544,16 @@ impl Driver {
                 timeline,
                 delivered,
             } => {
-                let time_points: Vec<serde_json::Value> = timeline
-                    .points()
-                    .iter()
-                    .flat_map(|(name, at)| {
-                        [serde_json::Value::from(*name), serde_json::Value::from(*at)]
-                    })
-                    .collect();
+                // Built only when someone reads it: a push log line or a local caller.
+                let time_points = || -> Vec<serde_json::Value> {
+                    timeline
+                        .points()
+                        .iter()
+                        .flat_map(|(name, at)| {
+                            [serde_json::Value::from(*name), serde_json::Value::from(*at)]
+                        })
+                        .collect()
+                };
                 tracing::info!(
                     target: "pushgate::push",
                     push = id.0,
@@ -542,7 +562,7 @@ impl Driver {
                     status = status.name(),
                     reason = reason.as_deref().unwrap_or(""),
                     delivered,
-                    time_line = %serde_json::Value::from(time_points.clone()),
+                    time_line = %serde_json::Value::from(time_points()),
                     "push finished"
                 );
                 if !delivered {
@@ -555,7 +575,7 @@ impl Driver {
                             reason,
                             user_id,
                             client_type: client_type.map(|c| c.code()),
-                            time_points,
+                            time_points: time_points(),
                             sent: None,
                         });
                     }

@@ -18,6 +18,7 @@ use crate::status::{self, PushStatus};
 use crate::store::{StoreError, StoreOp, StoreReply};
 use crate::timer::Timer;
 use rustc_hash::FxHashSet;
+use std::sync::Arc;
 
 /// Most user ids reported to the store per progress update.
 const MAX_PROGRESS_USERS: usize = 4096;
@@ -29,7 +30,7 @@ pub struct BroadcastTask {
     pub origin: Origin,
     pub request: Broadcast,
     /// The last route visited.
-    pub cursor: Option<(String, ClientType)>,
+    pub cursor: Option<(Arc<str>, ClientType)>,
     pub flow: FlowControl,
     /// Every route was visited (or the broadcast was stopped).
     pub iteration_done: bool,
@@ -166,7 +167,7 @@ impl Node {
         if task.iteration_done || task.waiting_control.is_some() {
             return;
         }
-        let cursor = task.cursor.as_ref().map(|(u, ct)| (u.as_str(), *ct));
+        let cursor = task.cursor.as_ref().map(|(u, ct)| (&**u, *ct));
         let batch = self.routes.batch_after(cursor, batch_size);
         if batch.is_empty() {
             task.iteration_done = true;
@@ -212,7 +213,7 @@ impl Node {
             task.sent += 1;
             task.progress_sent += 1;
             if task.request.task_id.is_some() && task.progress_users.len() < MAX_PROGRESS_USERS {
-                task.progress_users.push(entry.user_id.clone());
+                task.progress_users.push(entry.user_id.to_string());
             }
             let frame = OutFrame::Packet {
                 cmd: Command::Push.code(),
