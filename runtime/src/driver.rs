@@ -34,7 +34,7 @@ use tokio::time::Instant;
 /// on the sockets that feed it).
 pub const NODE_QUEUE_CAPACITY: usize = 64 * 1024;
 /// Most messages handled in one wake-up before timers and the store get their turn.
-const MAX_MESSAGES_PER_WAKE: usize = 1025;
+const MAX_MESSAGES_PER_WAKE: usize = 1024;
 
 /// What a gateway connection task is asked to do.
 #[derive(Debug)]

@@ -100,11 +100,6 @@ impl PhoneQueue {
         Poll::Pending
     }
 
-    /// Waits until there is something to take.
-    pub async fn ready(&self) {
-        std::future::poll_fn(|cx| self.poll_ready(cx)).await
-    }
-
     /// Takes every queued frame (and the close request, if any).
     pub fn take(&self) -> Batch {
         let mut state = self.lock();
@@ -127,11 +122,6 @@ impl PhoneQueue {
         (before, state.queued_bytes)
     }
 
-    /// Bytes queued and not yet written.
-    pub fn queued_bytes(&self) -> usize {
-        self.lock().queued_bytes
-    }
-
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         // A panic while holding this lock leaves plain data behind; keep using it.
         self.state
@@ -143,6 +133,16 @@ impl PhoneQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl PhoneQueue {
+        fn queued_bytes(&self) -> usize {
+            self.lock().queued_bytes
+        }
+
+        async fn ready(&self) {
+            std::future::poll_fn(|cx| self.poll_ready(cx)).await
+        }
+    }
 
     fn frame(bytes: usize) -> QueuedFrame {
         QueuedFrame {
