@@ -97,11 +97,14 @@ pub fn pushgate_bin() -> &'static Path {
         if let Some(path) = std::env::var_os("PUSHGATE_BIN") {
             return PathBuf::from(path);
         }
-        build_pushgate().unwrap_or_else(|e| panic!("cannot build the pushgate binary: {e:#}"))
+        build_workspace_bin("pushgate")
+            .unwrap_or_else(|e| panic!("cannot build the pushgate binary: {e:#}"))
     })
 }
 
-fn build_pushgate() -> anyhow::Result<PathBuf> {
+/// Builds the binary `name` of the `pushgate` package with `cargo build` (a quick no-op when
+/// it is up to date) and returns the executable's path, as cargo names it.
+pub fn build_workspace_bin(name: &str) -> anyhow::Result<PathBuf> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let output = Command::new(cargo)
         .current_dir(workspace_root())
@@ -110,7 +113,7 @@ fn build_pushgate() -> anyhow::Result<PathBuf> {
             "-p",
             "pushgate",
             "--bin",
-            "pushgate",
+            name,
             "--message-format=json",
         ])
         .stdin(Stdio::null())
@@ -127,7 +130,7 @@ fn build_pushgate() -> anyhow::Result<PathBuf> {
             continue;
         };
         if message["reason"] == "compiler-artifact"
-            && message["target"]["name"] == "pushgate"
+            && message["target"]["name"] == name
             && message["target"]["kind"]
                 .as_array()
                 .is_some_and(|k| k.iter().any(|k| k == "bin"))
@@ -137,7 +140,7 @@ fn build_pushgate() -> anyhow::Result<PathBuf> {
             }
         }
     }
-    anyhow::bail!("cargo build named no pushgate executable")
+    anyhow::bail!("cargo build named no {name} executable")
 }
 
 /// A `Command` for the binary with a clean environment: no `PUSHGATE_*` and no `RUST_LOG`

@@ -5,7 +5,7 @@
 //! machine, but the tool cannot silently rot either.
 #![cfg(not(madsim))]
 
-use pushgate_tests::{bounded, workspace_root, CliProcess, ScratchDir, TestServer};
+use pushgate_tests::{bounded, build_workspace_bin, CliProcess, ScratchDir, TestServer};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -22,31 +22,8 @@ const BROADCASTS: u64 = 20;
 fn bench_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let output = Command::new(cargo)
-            .current_dir(workspace_root())
-            .args([
-                "build",
-                "-p",
-                "pushgate",
-                "--bin",
-                "pushgate-bench",
-                "--message-format=json",
-            ])
-            .stdin(Stdio::null())
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("run cargo build");
-        assert!(
-            output.status.success(),
-            "cargo build of pushgate-bench failed"
-        );
-        String::from_utf8_lossy(&output.stdout)
-            .lines()
-            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-            .find(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "pushgate-bench")
-            .and_then(|m| m["executable"].as_str().map(PathBuf::from))
-            .expect("cargo named no pushgate-bench executable")
+        build_workspace_bin("pushgate-bench")
+            .unwrap_or_else(|e| panic!("cannot build the pushgate-bench binary: {e:#}"))
     })
 }
 

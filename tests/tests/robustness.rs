@@ -10,7 +10,9 @@ use pushgate_core::frame::{Flags, Frame, Packet};
 use pushgate_core::message::{Bind, Body, ErrorMessage};
 use pushgate_core::push::AckMode;
 use pushgate_core::PushStatus;
-use pushgate_tests::{bounded, expect_closed, expect_push, expect_silence, RawConn, TestServer};
+use pushgate_tests::{
+    bounded, expect_closed, expect_push, expect_silence, RawConn, RawEnd, TestServer,
+};
 use serde_json::json;
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -424,6 +426,36 @@ async fn upstream_push_is_acked_only_when_asked() {
         device.push_upstream(&b"no ack"[..], false).await.unwrap();
         expect_silence(&device, Duration::from_millis(300)).await;
         assert!(!device.is_closed());
+
+        // The device client drops ACKs nobody waits for, so "only when asked" is checked on a
+        // bare connection: a captured MPush client, whose every frame is seen.
+        let file = pushgate_tests::vectors::load("handshake-bind-push.json");
+        let phone = pushgate_tests::vectors::Phone::of(&file, 0);
+        let mut raw = RawConn::connect(server.connect).await;
+        let session = phone.connect_and_bind(&mut raw, 180_000).await;
+        let upstream = |flags: Flags, session_id: i32| {
+            Packet::new(
+                Command::Push.code(),
+                flags,
+                session_id,
+                session.encrypt(b"upstream"),
+            )
+            .to_bytes()
+        };
+        raw.send(&upstream(Flags::CRYPTO, 41)).await;
+        assert_eq!(
+            raw.read_frame(Duration::from_millis(300)).await,
+            Err(RawEnd::TimedOut),
+            "no ACK for an upstream push that did not ask for one"
+        );
+        raw.send(&upstream(Flags::CRYPTO.with(Flags::AUTO_ACK), 42))
+            .await;
+        let ack = raw.expect_packet(WAIT).await;
+        assert_eq!(
+            (ack.cmd, ack.session_id),
+            (Command::Ack.code(), 42),
+            "{ack:?}"
+        );
     })
     .await;
 }

@@ -301,7 +301,8 @@ async fn single_point(
             }
             Shape::Open(rate) => {
                 let interval_ns = 1e9 / rate.max(1e-3);
-                let due = ((now - start_ns) as f64 / interval_ns) as u64;
+                // Message k is due at start + k * interval: every one whose time has come.
+                let due = ((now - start_ns) as f64 / interval_ns) as u64 + 1;
                 let backlog = tracker.in_flight();
                 let mut room = OPEN_LOOP_MAX_IN_FLIGHT.saturating_sub(backlog);
                 while u64::from(seq) < due.min(limit) {
