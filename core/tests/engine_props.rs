@@ -1724,6 +1724,8 @@ impl Run {
         let push = self.pushes.get_mut(&key).expect("known");
         push.sent_ct.get_or_insert(ct);
         push.receipts.push((conn, sid));
+        // Only an ACK sent after this PUSH arrived can acknowledge it.
+        self.acks.remove(&(conn, sid));
         push.reached.extend(reached);
         self.phone(conn).last_push_sid = Some(sid);
         Ok(())

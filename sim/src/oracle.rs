@@ -123,10 +123,18 @@ pub struct BindRec {
 /// What a phone received on one connection.
 #[derive(Debug, Clone)]
 pub struct Receipt {
-    pub session_id: i32,
-    pub flags: Flags,
-    pub at: u64,
-    pub acked: bool,
+    /// The client library ACKed it on arrival, before the phone's app saw it (so before this
+    /// oracle heard of it: no time is known, only that it preceded the receipt).
+    pub auto_acked: bool,
+    /// When the phone's app sent its business ACK, if it did.
+    pub acked_at: Option<u64>,
+}
+
+impl Receipt {
+    /// Whether the phone had ACKed it by `at`.
+    fn acked_by(&self, at: u64) -> bool {
+        self.auto_acked || self.acked_at.is_some_and(|acked| acked <= at)
+    }
 }
 
 /// One phone connection.
@@ -684,7 +692,6 @@ impl Oracle {
         content: &[u8],
         auto_acked: bool,
     ) {
-        let now = self.now();
         let text = String::from_utf8_lossy(content).into_owned();
         let (phone, node, client_type) = {
             let c = &self.conns[conn];
@@ -783,23 +790,21 @@ impl Oracle {
         }
         let c = &mut self.conns[conn];
         c.by_session.insert(session_id, text.clone());
-        c.received.insert(
-            text,
-            Receipt {
-                session_id,
-                flags,
-                at: now,
-                acked: auto_acked,
-            },
-        );
+        // A content received again (a re-push after a router change) keeps its first ACK.
+        let receipt = c.received.entry(text).or_insert(Receipt {
+            auto_acked: false,
+            acked_at: None,
+        });
+        receipt.auto_acked |= auto_acked;
     }
 
     pub fn acked(&mut self, conn: usize, session_id: i32) {
+        let now = self.now();
         let c = &mut self.conns[conn];
         let phone = c.phone;
         if let Some(content) = c.by_session.get(&session_id).cloned() {
             if let Some(r) = c.received.get_mut(&content) {
-                r.acked = true;
+                r.acked_at.get_or_insert(now);
             }
             self.trace(format!(
                 "phone{phone} c{conn} ACK {content} sid={session_id}"
@@ -947,8 +952,11 @@ impl Oracle {
                             self.checked("2-success-means-received");
                             let content = format!("p-{id}");
                             match self.receipt_of(&content) {
-                                Some((_, r)) if *status == PushStatus::AckSuccess && !r.acked => {
-                                    let text = format!("p-{id} to {:?} is ack-success but the phone never ACKed it", p.user);
+                                // The ACK must have been sent before the status came back.
+                                Some((_, r))
+                                    if *status == PushStatus::AckSuccess && !r.acked_by(end) =>
+                                {
+                                    let text = format!("p-{id} to {:?} is ack-success but the phone had not ACKed it (ACK at {:?}, status at {end})", p.user, r.acked_at);
                                     self.violate("2-success-means-received", text);
                                 }
                                 Some(_) => {}
