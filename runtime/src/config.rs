@@ -24,18 +24,42 @@ pub struct Config {
     pub log: LogConfig,
 }
 
+/// Printed above `store.redis_url` by `--print-config`.
+const STORE_COMMENT: &str = "\
+# Redis shared with other pushgate and MPush nodes (MPush's keys and formats); empty = not Redis.
+#   redis://HOST:PORT[/DB]                              one Redis server
+#   redis+sentinel://HOST:PORT[,HOST:PORT...]/SERVICE[/DB]  the master the Sentinels name for SERVICE
+#   redis+cluster://HOST:PORT[,HOST:PORT...]            Redis Cluster seed nodes
+# A password goes in the user info: redis://:PASSWORD@HOST:PORT.
+# Also PUSHGATE_STORE__REDIS_URL, or `pushgate serve --redis URL`.
+";
+
 /// Where the route store lives.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(default, deny_unknown_fields)]
 pub struct StoreConfig {
+    /// Redis shared with other pushgate (and MPush) nodes, in MPush's data model. Forms:
+    /// `redis://HOST:PORT[/DB]` (one server),
+    /// `redis+sentinel://HOST:PORT[,HOST:PORT…]/SERVICE[/DB]` (the master Sentinel names),
+    /// `redis+cluster://HOST:PORT[,HOST:PORT…]` (Redis Cluster seed nodes); a password goes
+    /// in the user info (`redis://:PASSWORD@HOST:PORT`). Empty = not Redis.
+    /// Environment: `PUSHGATE_STORE__REDIS_URL`; flag: `pushgate serve --redis URL`.
+    pub redis_url: String,
     /// `host:port` of a store node shared with other pushgate nodes (`pushgate store-node`);
-    /// empty = the embedded in-memory store (one node).
+    /// empty (and no `redis_url`) = the embedded in-memory store (one node).
     pub address: String,
 }
 
 impl StoreConfig {
     /// The store to use.
     pub fn spec(&self) -> anyhow::Result<crate::driver::StoreSpec> {
+        if !self.redis_url.trim().is_empty() {
+            anyhow::ensure!(
+                self.address.trim().is_empty(),
+                "store.redis_url and store.address are both set: choose one route store"
+            );
+            return self.redis_spec();
+        }
         if self.address.trim().is_empty() {
             return Ok(crate::driver::StoreSpec::Memory);
         }
@@ -45,6 +69,17 @@ impl StoreConfig {
             .parse()
             .map_err(|e| anyhow::anyhow!("store.address {:?}: {e}", self.address))?;
         Ok(crate::driver::StoreSpec::Remote(addr))
+    }
+
+    #[cfg(not(madsim))]
+    fn redis_spec(&self) -> anyhow::Result<crate::driver::StoreSpec> {
+        let target = crate::redis_store::RedisTarget::parse(&self.redis_url)?;
+        Ok(crate::driver::StoreSpec::Redis(target))
+    }
+
+    #[cfg(madsim)]
+    fn redis_spec(&self) -> anyhow::Result<crate::driver::StoreSpec> {
+        anyhow::bail!("store.redis_url: Redis is not available in the simulator")
     }
 }
 
@@ -277,7 +312,16 @@ impl Config {
 
     /// The effective configuration as TOML (for `--print-config`).
     pub fn to_toml(&self) -> String {
-        toml::to_string_pretty(self).unwrap_or_default()
+        let text = toml::to_string_pretty(self).unwrap_or_default();
+        let mut out = String::with_capacity(text.len() + STORE_COMMENT.len());
+        for line in text.lines() {
+            if line.starts_with("redis_url = ") {
+                out.push_str(STORE_COMMENT);
+            }
+            out.push_str(line);
+            out.push('\n');
+        }
+        out
     }
 
     /// The core's configuration.

@@ -192,17 +192,22 @@ pub struct QueueLimits {
 }
 
 /// Where the route store lives.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreSpec {
     /// In this process (a single node).
     Memory,
     /// A store node shared with other pushgate nodes.
     Remote(std::net::SocketAddr),
+    /// Redis (standalone, Sentinel or Cluster), shared with other pushgate and MPush nodes.
+    #[cfg(not(madsim))]
+    Redis(crate::redis_store::RedisTarget),
 }
 
 enum StoreBackend {
     Memory(MemoryStore),
     Remote(RemoteStore),
+    #[cfg(not(madsim))]
+    Redis(crate::redis_store::RedisStore),
 }
 
 /// The node task's state.
@@ -235,6 +240,16 @@ pub fn spawn(
         StoreSpec::Remote(addr) => {
             let (remote, delivered) = RemoteStore::start(addr, node_addr.clone());
             (StoreBackend::Remote(remote), Some(delivered))
+        }
+        #[cfg(not(madsim))]
+        StoreSpec::Redis(target) => {
+            let options = crate::redis_store::RedisOptions {
+                op_timeout: Duration::from_millis(node.config().store_timeout_ms.max(1)),
+                ..Default::default()
+            };
+            let (redis, delivered) =
+                crate::redis_store::RedisStore::start(target, node_addr.clone(), options);
+            (StoreBackend::Redis(redis), Some(delivered))
         }
     };
     let driver = Driver {
@@ -389,6 +404,8 @@ impl Driver {
                         })
                         .collect(),
                     StoreBackend::Remote(_) => Vec::new(),
+                    #[cfg(not(madsim))]
+                    StoreBackend::Redis(_) => Vec::new(),
                 };
                 let _ = reply.send(UserView {
                     user_id,
@@ -481,16 +498,13 @@ impl Driver {
                         }
                         StoreBackend::Remote(remote) => {
                             if !remote.request(request.id.0, request.op) {
-                                let reply = Err(StoreError::Unavailable(
-                                    "no link to the route store".into(),
-                                ));
-                                self.node.handle(
-                                    now,
-                                    Input::StoreReply {
-                                        request: request.id,
-                                        reply,
-                                    },
-                                );
+                                self.refuse_store_request(request.id);
+                            }
+                        }
+                        #[cfg(not(madsim))]
+                        StoreBackend::Redis(redis) => {
+                            if !redis.request(request.id.0, request.op) {
+                                self.refuse_store_request(request.id);
                             }
                         }
                     }
@@ -498,6 +512,13 @@ impl Driver {
                 Output::Event(event) => self.on_event(event),
             }
         }
+    }
+
+    /// Answers a store request the link refused (it is down) as unavailable.
+    fn refuse_store_request(&mut self, id: RequestId) {
+        let reply = Err(StoreError::Unavailable("no link to the route store".into()));
+        self.node
+            .handle(self.now, Input::StoreReply { request: id, reply });
     }
 
     fn transmit(&mut self, conn: ConnId, frame: OutFrame, report_write: Option<i32>) {

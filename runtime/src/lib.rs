@@ -4,7 +4,8 @@
 //! - [`config`]: layered configuration (defaults, TOML, `PUSHGATE_*`, flags).
 //! - [`server`]: listeners and start/shutdown; [`driver`]: the node task; [`conn`]: the
 //!   per-connection tasks; [`store`]: the embedded in-memory route store; [`store_net`]: the
-//!   store node several nodes share, and the driver's link to it.
+//!   store node several nodes share, and the driver's link to it; [`redis_store`]: the route
+//!   store on Redis in MPush's data model (not in the simulator).
 //! - [`http`] and [`metrics`]: the admin API and Prometheus metrics (not in the simulator).
 //! - [`client`]: `PushClient` and `DeviceClient`, and the `push` / `device` subcommands.
 pub use pushgate_core as core;
@@ -17,6 +18,8 @@ pub mod driver;
 pub mod http;
 pub mod metrics;
 pub mod phone_queue;
+#[cfg(not(madsim))]
+pub mod redis_store;
 pub mod server;
 pub mod store;
 pub mod store_net;

@@ -69,6 +69,11 @@ struct ServeArgs {
     /// Override log.filter (e.g. "debug").
     #[arg(long)]
     log: Option<String>,
+    /// Override store.redis_url: share routes through Redis. `redis://HOST:PORT[/DB]`,
+    /// `redis+sentinel://HOST:PORT[,HOST:PORT…]/SERVICE[/DB]` or
+    /// `redis+cluster://HOST:PORT[,HOST:PORT…]`.
+    #[arg(long, value_name = "URL")]
+    redis: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -117,6 +122,9 @@ impl ServeArgs {
         }
         if let Some(v) = &self.log {
             set("log", "filter", toml::Value::String(v.clone()));
+        }
+        if let Some(v) = &self.redis {
+            set("store", "redis_url", toml::Value::String(v.clone()));
         }
         root
     }

@@ -1,0 +1,316 @@
+//! The task between the node and Redis: it opens the connections (following Sentinel to the
+//! current master), subscribes to this node's kick channel, runs every request as its own
+//! pipelined command sequence with at most [`RedisOptions::max_in_flight`] in flight and a
+//! deadline each, pings to find a dead link, and reconnects with backoff.
+//!
+//! Requests are refused (the driver answers them as unavailable) while the link is down, and
+//! those accepted but not yet sent when it goes down are answered as unavailable. Each outage
+//! is logged once when it starts and once when it ends, with its length.
+use super::conn::{self, DataConn};
+use super::keys;
+use super::ops::{self, OpResult};
+use super::target::RedisTarget;
+use crate::store_net::{FromStore, StoreLinkEvent};
+use futures_util::StreamExt;
+use pushgate_core::store::{StoreError, StoreOp};
+use pushgate_core::NodeAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, Semaphore};
+
+/// Metric names of the Redis store.
+pub mod names {
+    /// Histogram of op latencies in seconds, label `op`.
+    pub const LATENCY: &str = "pushgate_store_redis_latency_seconds";
+    /// Counter of failed ops, labels `op`, `kind` (timeout, unavailable).
+    pub const ERRORS: &str = "pushgate_store_redis_errors_total";
+    /// Counter of links opened after the first.
+    pub const RECONNECTS: &str = "pushgate_store_redis_reconnects_total";
+    /// Counter of outages (link lost, or the first connect failing).
+    pub const OUTAGES: &str = "pushgate_store_redis_outages_total";
+    /// 1 while the link is up.
+    pub const CONNECTED: &str = "pushgate_store_redis_connected";
+}
+
+/// How the link behaves.
+#[derive(Debug, Clone)]
+pub struct RedisOptions {
+    /// Deadline of one op, waiting for a slot included (then answered as timeout); also the
+    /// connect timeout.
+    pub op_timeout: Duration,
+    /// Most ops in flight at once; more wait for a slot.
+    pub max_in_flight: usize,
+    /// A PING this often finds a link that died without closing.
+    pub ping_interval: Duration,
+    /// First and longest wait between connection attempts (doubling in between).
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+}
+
+impl Default for RedisOptions {
+    fn default() -> Self {
+        Self {
+            op_timeout: Duration::from_secs(3),
+            max_in_flight: 1024,
+            ping_interval: Duration::from_secs(1),
+            backoff_min: Duration::from_millis(50),
+            backoff_max: Duration::from_secs(2),
+        }
+    }
+}
+
+struct Request {
+    id: u64,
+    op: StoreOp,
+}
+
+/// The node side of the Redis store.
+#[derive(Debug, Clone)]
+pub struct RedisStore {
+    tx: mpsc::UnboundedSender<Request>,
+    connected: Arc<AtomicBool>,
+}
+
+impl RedisStore {
+    /// Starts the link task; the receiver gets replies, kick notices and `Connected` events.
+    pub fn start(
+        target: RedisTarget,
+        node: NodeAddr,
+        options: RedisOptions,
+    ) -> (Self, mpsc::UnboundedReceiver<StoreLinkEvent>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (deliver, delivered) = mpsc::unbounded_channel();
+        let connected = Arc::new(AtomicBool::new(false));
+        tokio::spawn(run_link(
+            target,
+            node,
+            options,
+            rx,
+            deliver,
+            connected.clone(),
+        ));
+        (Self { tx, connected }, delivered)
+    }
+
+    /// True while the link to Redis is up.
+    pub fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+
+    /// Sends a request; false when the link is down (the caller answers it as unavailable).
+    pub fn request(&self, id: u64, op: StoreOp) -> bool {
+        self.is_connected() && self.tx.send(Request { id, op }).is_ok()
+    }
+}
+
+/// The name of an op in metrics.
+fn op_name(op: &StoreOp) -> &'static str {
+    match op {
+        StoreOp::PutRoute { .. } => "put_route",
+        StoreOp::SetRouteOffline { .. } => "set_route_offline",
+        StoreOp::GetRoute { .. } => "get_route",
+        StoreOp::PutSession { .. } => "put_session",
+        StoreOp::GetSession { .. } => "get_session",
+        StoreOp::PublishKick { .. } => "publish_kick",
+        StoreOp::GetTaskControl { .. } => "get_task_control",
+        StoreOp::AddTaskProgress { .. } => "add_task_progress",
+    }
+}
+
+/// Whether `error` means the connection is gone or points at the wrong server (a replica
+/// after a failover answers writes with READONLY).
+fn link_lost(error: &redis::RedisError) -> bool {
+    error.is_io_error()
+        || error.is_connection_dropped()
+        || error.is_unrecoverable_error()
+        || error.is_connection_refusal()
+        || error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly)
+}
+
+async fn run_link(
+    target: RedisTarget,
+    node: NodeAddr,
+    options: RedisOptions,
+    mut rx: mpsc::UnboundedReceiver<Request>,
+    deliver: mpsc::UnboundedSender<StoreLinkEvent>,
+    connected: Arc<AtomicBool>,
+) {
+    let slots = Arc::new(Semaphore::new(options.max_in_flight.max(1)));
+    let channel = keys::kick_channel(&node);
+    let mut backoff = options.backoff_min;
+    // When the current outage began (None while up); the first connect counts as one.
+    let mut outage: Option<(Instant, String)> = Some((Instant::now(), String::new()));
+    let mut links = 0u64;
+    loop {
+        let opened = match conn::open(&target, options.op_timeout).await {
+            Ok(mut opened) => {
+                match tokio::time::timeout(options.op_timeout, opened.pubsub.subscribe(&channel))
+                    .await
+                {
+                    Ok(Ok(())) => Ok(opened),
+                    Ok(Err(error)) => Err(format!("SUBSCRIBE {channel}: {error}")),
+                    Err(_) => Err(format!("SUBSCRIBE {channel} timed out")),
+                }
+            }
+            Err(error) => Err(error),
+        };
+        let opened = match opened {
+            Ok(opened) => opened,
+            Err(error) => {
+                if let Some((_, reason)) = &mut outage {
+                    if reason.is_empty() {
+                        tracing::warn!(redis = %target, %error, "cannot reach Redis; retrying with backoff");
+                        metrics::counter!(names::OUTAGES).increment(1);
+                        *reason = error;
+                    } else {
+                        tracing::debug!(redis = %target, %error, "Redis still unreachable");
+                    }
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(options.backoff_max);
+                if deliver.is_closed() {
+                    return;
+                }
+                continue;
+            }
+        };
+        backoff = options.backoff_min;
+        links += 1;
+        if links > 1 {
+            metrics::counter!(names::RECONNECTS).increment(1);
+        }
+        let data = opened.data;
+        let mut kicks = opened.pubsub.into_on_message();
+        connected.store(true, Ordering::Relaxed);
+        metrics::gauge!(names::CONNECTED).set(1.0);
+        match outage.take() {
+            Some((since, _)) if links > 1 => {
+                tracing::info!(redis = %target, server = %opened.server, outage_ms = since.elapsed().as_millis() as u64, "Redis link restored")
+            }
+            _ => {
+                tracing::info!(redis = %target, server = %opened.server, %channel, "connected to Redis")
+            }
+        }
+        if deliver.send(StoreLinkEvent::Connected).is_err() {
+            return;
+        }
+        let (lost_tx, mut lost_rx) = mpsc::unbounded_channel::<String>();
+        let mut ping = tokio::time::interval(options.ping_interval);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ping.tick().await;
+        let reason = loop {
+            tokio::select! {
+                biased;
+                reason = lost_rx.recv() => break reason.unwrap_or_default(),
+                message = kicks.next() => {
+                    let Some(message) = message else { break "the pub/sub connection closed".to_owned() };
+                    let Some(notice) = ops::parse_kick(message.get_payload_bytes()) else { continue };
+                    if notice.target() != node {
+                        tracing::debug!(?notice, "a kick notice for another node: ignored");
+                        continue;
+                    }
+                    if deliver.send(StoreLinkEvent::Message(FromStore::Kick(notice))).is_err() {
+                        return;
+                    }
+                }
+                request = rx.recv() => {
+                    let Some(request) = request else { return };
+                    tokio::spawn(perform(
+                        data.clone(),
+                        request,
+                        slots.clone(),
+                        options.op_timeout,
+                        deliver.clone(),
+                        lost_tx.clone(),
+                    ));
+                }
+                _ = ping.tick() => {
+                    let mut data = data.clone();
+                    let lost = lost_tx.clone();
+                    let limit = options.op_timeout;
+                    tokio::spawn(async move {
+                        let pong = tokio::time::timeout(limit, redis::cmd("PING").query_async::<String>(&mut data)).await;
+                        match pong {
+                            Ok(Ok(_)) => {}
+                            Ok(Err(error)) => {
+                                if link_lost(&error) {
+                                    let _ = lost.send(format!("PING: {error}"));
+                                }
+                            }
+                            Err(_) => {
+                                let _ = lost.send("PING timed out".to_owned());
+                            }
+                        }
+                    });
+                }
+            }
+        };
+        connected.store(false, Ordering::Relaxed);
+        metrics::gauge!(names::CONNECTED).set(0.0);
+        metrics::counter!(names::OUTAGES).increment(1);
+        tracing::warn!(redis = %target, %reason, "lost the Redis link; reconnecting");
+        outage = Some((Instant::now(), reason));
+        // Accepted while up but not sent: answered now, as the driver answers refused ones.
+        while let Ok(request) = rx.try_recv() {
+            let result = Err(StoreError::Unavailable("the Redis link is down".into()));
+            let _ = deliver.send(StoreLinkEvent::Message(FromStore::Reply {
+                id: request.id,
+                result,
+            }));
+        }
+    }
+}
+
+/// Runs one request: waits for a slot, performs the op within `limit`, answers, then sends
+/// the route's status event (online list and channel).
+async fn perform(
+    mut data: DataConn,
+    request: Request,
+    slots: Arc<Semaphore>,
+    limit: Duration,
+    deliver: mpsc::UnboundedSender<StoreLinkEvent>,
+    lost: mpsc::UnboundedSender<String>,
+) {
+    let started = Instant::now();
+    let name = op_name(&request.op);
+    let outcome = tokio::time::timeout(limit, async {
+        let _slot = slots.acquire_owned().await;
+        ops::execute(&mut data, request.op).await
+    })
+    .await;
+    let (result, event) = match outcome {
+        Ok(OpResult { reply, event }) => match reply {
+            Ok(reply) => (Ok(reply), event),
+            Err(error) => {
+                if let ops::OpError::Redis(redis_error) = &error {
+                    if link_lost(redis_error) {
+                        let _ = lost.send(format!("{name}: {redis_error}"));
+                    }
+                }
+                (Err(error.to_store_error()), None)
+            }
+        },
+        Err(_) => (Err(StoreError::Timeout), None),
+    };
+    metrics::histogram!(names::LATENCY, "op" => name).record(started.elapsed().as_secs_f64());
+    if let Err(error) = &result {
+        let kind = match error {
+            StoreError::Timeout => "timeout",
+            StoreError::Unavailable(_) => "unavailable",
+        };
+        metrics::counter!(names::ERRORS, "op" => name, "kind" => kind).increment(1);
+        tracing::debug!(op = name, %error, "Redis store op failed");
+    }
+    let _ = deliver.send(StoreLinkEvent::Message(FromStore::Reply {
+        id: request.id,
+        result,
+    }));
+    if let Some(event) = event {
+        match tokio::time::timeout(limit, ops::send_status_event(&mut data, event)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::debug!(%error, "online list / status event not sent"),
+            Err(_) => tracing::debug!("online list / status event timed out"),
+        }
+    }
+}
