@@ -14,6 +14,7 @@
 //! - [`RawConn`] is a bare TCP connection that speaks frames byte for byte, for the tests that
 //!   must send what no well-behaved client sends.
 //! - [`vectors`] loads the captured MPush traffic and replays its client side.
+//! - [`redis`] starts real Redis servers (standalone, Cluster, Sentinel) for the store tests.
 //! - [`http`] is a tiny HTTP/1.1 client for the admin API, and [`Metrics`] reads its
 //!   Prometheus text.
 //!
@@ -21,6 +22,7 @@
 #![cfg(not(madsim))]
 
 pub mod http;
+pub mod redis;
 pub mod vectors;
 
 pub use pushgate;
