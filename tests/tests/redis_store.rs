@@ -4,6 +4,7 @@
 //! what pushgate writes has MPush's keys and values.
 //!
 //! These tests start `redis-server` themselves; without it they fail with the install command.
+use futures_util::StreamExt;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use pushgate::redis_store::{keys, RedisOptions, RedisStore, RedisTarget};
@@ -11,7 +12,7 @@ use pushgate::store::MemoryStore;
 use pushgate::store_net::{FromStore, StoreLinkEvent};
 use pushgate_core::route::ClientType;
 use pushgate_core::store::{
-    CachedSession, KickNotice, RouteRecord, StoreError, StoreOp, StoreReply,
+    CachedSession, KickNotice, RouteRecord, StoreError, StoreOp, StoreReply, TaskControl,
 };
 use pushgate_core::NodeAddr;
 use pushgate_tests::redis::{RedisCluster, RedisServer};
@@ -379,4 +380,490 @@ fn contract_redis_cluster_answers_as_memory_store() {
         started.elapsed()
     );
     assert!(ops > 500, "too few ops ran: {ops}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// MPush's own data (cluster-data.json)
+
+/// Every command MPush sent to Redis in the captured run, as argument lists.
+fn mpush_commands() -> Vec<Vec<String>> {
+    let path = pushgate_tests::shared_path("vectors/cluster-data.json");
+    let text =
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    let data: serde_json::Value = serde_json::from_str(&text).expect("cluster-data.json is JSON");
+    let mut out = Vec::new();
+    for step in data["redis_commands"].as_array().expect("redis_commands") {
+        for command in step["commands"].as_array().expect("commands") {
+            let args: Vec<String> = command["cmd"]
+                .as_array()
+                .expect("cmd")
+                .iter()
+                .map(|a| a.as_str().expect("a string argument").to_owned())
+                .collect();
+            out.push(args);
+        }
+    }
+    assert!(out.len() > 50, "cluster-data.json has too few commands");
+    out
+}
+
+fn mpush_hsets() -> Vec<(String, String, String)> {
+    mpush_commands()
+        .into_iter()
+        .filter(|c| c[0] == "HSET" && c[1].starts_with("mp:ur:"))
+        .map(|c| (c[1].clone(), c[2].clone(), c[3].clone()))
+        .collect()
+}
+
+async fn direct(redis: &RedisServer) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(redis.url())
+        .expect("client")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("a direct connection")
+}
+
+fn mpush_node() -> NodeAddr {
+    NodeAddr::new("127.0.0.1", 26001)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_and_sessions_mpush_wrote_read_back() {
+    let redis = RedisServer::start();
+    let mut raw = direct(&redis).await;
+    let mut linked = Linked::connect(&redis.url(), mpush_node()).await;
+    let hsets = mpush_hsets();
+    assert!(hsets.len() >= 10);
+    for (key, field, value) in hsets {
+        let () = redis::cmd("HSET")
+            .arg(&key)
+            .arg(&field)
+            .arg(&value)
+            .query_async::<i64>(&mut raw)
+            .await
+            .map(|_| ())
+            .unwrap();
+        let user_id = key.strip_prefix("mp:ur:").unwrap().to_owned();
+        let client_type = ClientType::from_code(field.parse().unwrap()).unwrap();
+        let want: RouteRecord = serde_json::from_str(&value).unwrap();
+        assert_eq!((want.version, want.conn_version), (0, 0));
+        assert_eq!(
+            linked
+                .apply(StoreOp::GetRoute {
+                    user_id,
+                    client_type: Some(client_type)
+                })
+                .await,
+            Ok(StoreReply::Route(Some((client_type, want)))),
+            "{value}"
+        );
+    }
+    // The final state: user-1 offline on mobile (device-B) and PC: the best route is mobile's.
+    let best = linked
+        .apply(StoreOp::GetRoute {
+            user_id: "user-1".into(),
+            client_type: None,
+        })
+        .await;
+    match best {
+        Ok(StoreReply::Route(Some((ClientType::Mobile, route)))) => {
+            assert_eq!(route.device_id, "device-B");
+            assert!(!route.is_online());
+        }
+        other => panic!("best route of user-1: {other:?}"),
+    }
+    let sets: Vec<Vec<String>> = mpush_commands()
+        .into_iter()
+        .filter(|c| c[0] == "SET" && c[1].starts_with("mp:rs:"))
+        .collect();
+    assert!(sets.len() >= 5);
+    for set in sets {
+        let () = redis::cmd("SET")
+            .arg(&set[1])
+            .arg(&set[2])
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+        let session_id = set[1].strip_prefix("mp:rs:").unwrap().to_owned();
+        let want = CachedSession::from_mpush_string(&set[2]).expect("MPush's session text");
+        assert_eq!(
+            linked.apply(StoreOp::GetSession { session_id }).await,
+            Ok(StoreReply::Session(Some(want)))
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_mpush_wrote_counts_as_the_oldest_bind() {
+    let redis = RedisServer::start();
+    let mut raw = direct(&redis).await;
+    let mut linked = Linked::connect(&redis.url(), mpush_node()).await;
+    let (key, field, value) = mpush_hsets().into_iter().next().unwrap();
+    let java: RouteRecord = serde_json::from_str(&value).unwrap();
+    assert!(java.is_online());
+    let _: i64 = redis::cmd("HSET")
+        .arg(&key)
+        .arg(&field)
+        .arg(&value)
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    let user_id = key.strip_prefix("mp:ur:").unwrap().to_owned();
+    // Any versioned bind replaces it, even one of the same device with a connection age
+    // (MPush's route has none), and the answer carries MPush's route (to kick it).
+    let ours = RouteRecord {
+        host: "127.0.0.1".into(),
+        port: 26011,
+        device_id: java.device_id.clone(),
+        os_name: "android".into(),
+        client_version: "2.0".into(),
+        conn_id: Some("pg-conn-1".into()),
+        version: 1,
+        conn_version: 1,
+    };
+    assert_eq!(
+        linked
+            .apply(StoreOp::PutRoute {
+                user_id: user_id.clone(),
+                client_type: ClientType::Mobile,
+                route: ours.clone(),
+            })
+            .await,
+        Ok(StoreReply::Previous(Some(java.clone())))
+    );
+    // MPush's offline mark for its connection (bind version 0) no longer matches.
+    assert_eq!(
+        linked
+            .apply(StoreOp::SetRouteOffline {
+                user_id: user_id.clone(),
+                client_type: ClientType::Mobile,
+                node: mpush_node(),
+                conn_id: java.conn_id.clone().unwrap(),
+                version: 0,
+            })
+            .await,
+        Ok(StoreReply::Done)
+    );
+    assert_eq!(
+        linked
+            .apply(StoreOp::GetRoute {
+                user_id,
+                client_type: Some(ClientType::Mobile)
+            })
+            .await,
+        Ok(StoreReply::Route(Some((ClientType::Mobile, ours))))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_pushgate_writes_is_what_mpush_writes() {
+    let redis = RedisServer::start();
+    let mut raw = direct(&redis).await;
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut events = client.get_async_pubsub().await.unwrap();
+    events.subscribe(keys::ONLINE_CHANNEL).await.unwrap();
+    events.subscribe(keys::OFFLINE_CHANNEL).await.unwrap();
+    let mut events = events.into_on_message();
+    let mut linked = Linked::connect(&redis.url(), mpush_node()).await;
+
+    // Bind: MPush's online route, then its offline marker (byte for byte: MPush's key order).
+    let commands = mpush_commands();
+    let online_json = &commands
+        .iter()
+        .find(|c| c[0] == "HSET" && c[1] == "mp:ur:user-1" && c[2] == "1")
+        .unwrap()[3];
+    let offline_json = r#"{"port":26001,"host":"127.0.0.1","deviceId":"device-A","osName":"android","clientVersion":"2.0"}"#;
+    assert!(commands
+        .iter()
+        .any(|c| c[0] == "HSET" && c[3] == offline_json));
+    let route: RouteRecord = serde_json::from_str(online_json).unwrap();
+    assert_eq!(
+        linked
+            .apply(StoreOp::PutRoute {
+                user_id: "user-1".into(),
+                client_type: ClientType::Mobile,
+                route: route.clone(),
+            })
+            .await,
+        Ok(StoreReply::Previous(None))
+    );
+    let stored: String = redis::cmd("HGET")
+        .arg("mp:ur:user-1")
+        .arg("1")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&stored).unwrap(),
+        serde_json::from_str::<serde_json::Value>(online_json).unwrap(),
+        "the same keys and values as MPush's route"
+    );
+    let message = tokio::time::timeout(Duration::from_secs(3), events.next())
+        .await
+        .expect("an online event")
+        .unwrap();
+    assert_eq!(
+        (
+            message.get_channel_name(),
+            message.get_payload::<String>().unwrap()
+        ),
+        ("/mpush/online/", "user-1".to_owned())
+    );
+    let score: Option<f64> = redis::cmd("ZSCORE")
+        .arg("mp:oul:127.0.0.1")
+        .arg("user-1")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert_eq!(score, Some(0.0));
+
+    assert_eq!(
+        linked
+            .apply(StoreOp::SetRouteOffline {
+                user_id: "user-1".into(),
+                client_type: ClientType::Mobile,
+                node: mpush_node(),
+                conn_id: route.conn_id.clone().unwrap(),
+                version: 0,
+            })
+            .await,
+        Ok(StoreReply::Done)
+    );
+    let stored: String = redis::cmd("HGET")
+        .arg("mp:ur:user-1")
+        .arg("1")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert_eq!(
+        stored, offline_json,
+        "MPush's offline marker, byte for byte"
+    );
+    let message = tokio::time::timeout(Duration::from_secs(3), events.next())
+        .await
+        .expect("an offline event")
+        .unwrap();
+    assert_eq!(
+        (
+            message.get_channel_name(),
+            message.get_payload::<String>().unwrap()
+        ),
+        ("/mpush/offline/", "user-1".to_owned())
+    );
+    let score: Option<f64> = redis::cmd("ZSCORE")
+        .arg("mp:oul:127.0.0.1")
+        .arg("user-1")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert_eq!(score, None);
+
+    // A versioned route keeps its versions through the offline mark.
+    let versioned = RouteRecord {
+        conn_id: Some("c-9".into()),
+        version: 1_764_650_000_000_123,
+        conn_version: 1_764_650_000_000_001,
+        ..route.clone()
+    };
+    linked
+        .apply(StoreOp::PutRoute {
+            user_id: "user-9".into(),
+            client_type: ClientType::Pc,
+            route: versioned.clone(),
+        })
+        .await
+        .unwrap();
+    linked
+        .apply(StoreOp::SetRouteOffline {
+            user_id: "user-9".into(),
+            client_type: ClientType::Pc,
+            node: mpush_node(),
+            conn_id: "c-9".into(),
+            version: versioned.version,
+        })
+        .await
+        .unwrap();
+    let stored: String = redis::cmd("HGET")
+        .arg("mp:ur:user-9")
+        .arg("2")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert_eq!(
+        serde_json::from_str::<RouteRecord>(&stored).unwrap(),
+        RouteRecord {
+            conn_id: None,
+            ..versioned
+        },
+        "{stored}"
+    );
+
+    // Sessions: MPush's text, with its TTL.
+    let set = commands
+        .iter()
+        .find(|c| c[0] == "SET" && c[1].starts_with("mp:rs:"))
+        .unwrap();
+    let session = CachedSession::from_mpush_string(&set[2]).unwrap();
+    linked
+        .apply(StoreOp::PutSession {
+            session_id: set[1].strip_prefix("mp:rs:").unwrap().into(),
+            session,
+            ttl_ms: 86_400_000,
+        })
+        .await
+        .unwrap();
+    let text: String = redis::cmd("GET")
+        .arg(&set[1])
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert_eq!(&text, &set[2]);
+    let ttl: i64 = redis::cmd("TTL")
+        .arg(&set[1])
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert!((86_390..=86_400).contains(&ttl), "TTL {ttl}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kick_notices_travel_in_mpush_json() {
+    let redis = RedisServer::start();
+    let mut raw = direct(&redis).await;
+    let mut linked = Linked::connect(&redis.url(), mpush_node()).await;
+    let publish = mpush_commands()
+        .into_iter()
+        .find(|c| c[0] == "PUBLISH" && c[1].starts_with("/mpush/kick/"))
+        .expect("MPush's cross-server kick");
+    assert_eq!(publish[1], keys::kick_channel(&mpush_node()));
+    let mpush_json: serde_json::Value = serde_json::from_str(&publish[2]).unwrap();
+
+    // MPush's notice, published as MPush did, reaches this node.
+    let receivers: i64 = redis::cmd("PUBLISH")
+        .arg(&publish[1])
+        .arg(&publish[2])
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert_eq!(receivers, 1, "the store subscribed to its kick channel");
+    let kicks = linked.take_kicks(1, Duration::from_secs(3)).await;
+    let notice = KickNotice {
+        client_type: 1,
+        conn_id: "11c9ec34".into(),
+        device_id: "device-D".into(),
+        target_port: 26001,
+        target_server: "127.0.0.1".into(),
+        user_id: "user-2".into(),
+        version: 0,
+    };
+    assert_eq!(kicks, vec![notice.clone()]);
+    // Garbage on the channel is dropped, not delivered, and does not break the link.
+    let _: i64 = redis::cmd("PUBLISH")
+        .arg(&publish[1])
+        .arg("{\\clientType\\\":1")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+
+    // pushgate's notice has MPush's keys and values.
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut sub = client.get_async_pubsub().await.unwrap();
+    sub.subscribe(&publish[1]).await.unwrap();
+    let mut sub = sub.into_on_message();
+    assert_eq!(
+        linked
+            .apply(StoreOp::PublishKick {
+                notice: notice.clone()
+            })
+            .await,
+        Ok(StoreReply::Done)
+    );
+    let message = tokio::time::timeout(Duration::from_secs(3), sub.next())
+        .await
+        .expect("the kick message")
+        .unwrap();
+    let sent: serde_json::Value =
+        serde_json::from_str(&message.get_payload::<String>().unwrap()).unwrap();
+    assert_eq!(sent, mpush_json);
+    assert_eq!(
+        linked.take_kicks(1, Duration::from_secs(3)).await,
+        vec![notice]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broadcast_task_control_and_progress_in_mpush_keys() {
+    let redis = RedisServer::start();
+    let mut raw = direct(&redis).await;
+    let mut linked = Linked::connect(&redis.url(), mpush_node()).await;
+    let control = |task: &str| StoreOp::GetTaskControl {
+        task_id: task.into(),
+    };
+    assert_eq!(
+        linked.apply(control("task-1")).await,
+        Ok(StoreReply::TaskControl(TaskControl::default()))
+    );
+    let _: i64 = redis::cmd("HSET")
+        .arg("mp:pttask-1")
+        .arg("q")
+        .arg("200")
+        .arg("c")
+        .arg("1")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert_eq!(
+        linked.apply(control("task-1")).await,
+        Ok(StoreReply::TaskControl(TaskControl {
+            qps: Some(200),
+            cancelled: true
+        }))
+    );
+    // MPush's progress of the captured run: HINCRBY sc 1 and no users (no LPUSH).
+    assert_eq!(
+        linked
+            .apply(StoreOp::AddTaskProgress {
+                task_id: "task-1".into(),
+                sent: 1,
+                user_ids: vec![],
+            })
+            .await,
+        Ok(StoreReply::Done)
+    );
+    let sc: String = redis::cmd("HGET")
+        .arg("mp:pttask-1")
+        .arg("sc")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert_eq!(sc, "1");
+    let exists: i64 = redis::cmd("EXISTS")
+        .arg("task-1:sui")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert_eq!(exists, 0);
+    linked
+        .apply(StoreOp::AddTaskProgress {
+            task_id: "task-1".into(),
+            sent: 2,
+            user_ids: vec!["user-1".into(), "user-2".into()],
+        })
+        .await
+        .unwrap();
+    let users: Vec<String> = redis::cmd("LRANGE")
+        .arg("task-1:sui")
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert_eq!(users, vec!["user-2".to_owned(), "user-1".to_owned()]);
+    let sc: String = redis::cmd("HGET")
+        .arg("mp:pttask-1")
+        .arg("sc")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert_eq!(sc, "3");
 }
