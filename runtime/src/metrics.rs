@@ -17,6 +17,13 @@ pub mod names {
     pub const FLOW_DELAY_SECONDS: &str = "pushgate_flow_control_delay_seconds";
     pub const DECODE_ERRORS: &str = "pushgate_decode_errors_total";
     pub const STORE_FAILURES: &str = "pushgate_store_failures_total";
+    /// Redis store: op latency in seconds (label `op`), failed ops (labels `op`, `kind`:
+    /// timeout or unavailable), links opened after the first, outages, and 1 while linked.
+    pub const STORE_LATENCY: &str = "pushgate_store_latency_seconds";
+    pub const STORE_ERRORS: &str = "pushgate_store_errors_total";
+    pub const STORE_RECONNECTS: &str = "pushgate_store_reconnects_total";
+    pub const STORE_OUTAGES: &str = "pushgate_store_outages_total";
+    pub const STORE_CONNECTED: &str = "pushgate_store_connected";
 }
 
 #[cfg(not(madsim))]
@@ -47,6 +54,15 @@ mod imp {
                                 FLOW_DELAY_SECONDS.to_owned(),
                             ),
                             &[0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0],
+                        )
+                    })
+                    .and_then(|b| {
+                        b.set_buckets_for_metric(
+                            metrics_exporter_prometheus::Matcher::Full(STORE_LATENCY.to_owned()),
+                            &[
+                                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+                                0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                            ],
                         )
                     })
                     .unwrap_or_else(|_| metrics_exporter_prometheus::PrometheusBuilder::new());

@@ -119,6 +119,18 @@ async fn routes_are_written_again_after_redis_restarts_empty() {
         let logs = a.logs();
         assert!(logs.contains("lost the Redis link"), "{logs}");
         assert!(logs.contains("Redis link restored"), "{logs}");
+        let metrics = a.metrics().await;
+        assert!(metrics.count("pushgate_store_reconnects_total", &[]) >= 1.0);
+        assert!(metrics.count("pushgate_store_outages_total", &[]) >= 1.0);
+        assert_eq!(metrics.value("pushgate_store_connected", &[]), Some(1.0));
+        assert!(
+            metrics.count(
+                "pushgate_store_latency_seconds_count",
+                &[("op", "put_route")]
+            ) >= 2.0,
+            "{}",
+            metrics.0
+        );
         // A subscribed to its kick channel again: a bind on B still kicks A's connection.
         let _second = b.bound_device("device-2", "user-x", &[]).await;
         match phone.next_event_within(WAIT).await {

@@ -15,7 +15,7 @@ use pushgate_core::store::{
     CachedSession, KickNotice, RouteRecord, StoreError, StoreOp, StoreReply, TaskControl,
 };
 use pushgate_core::NodeAddr;
-use pushgate_tests::redis::{RedisCluster, RedisServer};
+use pushgate_tests::redis::{raw_command, RedisCluster, RedisSentinel, RedisServer};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -253,23 +253,23 @@ fn prefixed(op: StoreOp, prefix: &str) -> StoreOp {
     }
 }
 
-/// Runs `cases` generated sequences against MemoryStore and the Redis at `url`; returns
+/// How the contract suite reads Redis directly (task progress).
+enum Direct {
+    /// One server (`redis://…`).
+    Single(String),
+    /// Cluster nodes (`redis://…` each).
+    Cluster(Vec<String>),
+}
+
+/// Runs `cases` generated sequences against MemoryStore and the Redis store at `url`; returns
 /// (cases, ops) run.
-fn contract(url: &str, cases: u32, label: &str) -> (u64, u64) {
+fn contract(url: &str, direct: Direct, cases: u32, label: &str) -> (u64, u64) {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .expect("a runtime");
     let linked = tokio::sync::Mutex::new(runtime.block_on(Linked::connect(url, this_node())));
-    let direct = redis::Client::open(match url.strip_prefix("redis+cluster://") {
-        Some(nodes) => format!("redis://{}", nodes.split(',').next().unwrap_or_default()),
-        None => url.to_owned(),
-    })
-    .expect("a client");
-    let cluster_nodes: Option<Vec<String>> = url
-        .strip_prefix("redis+cluster://")
-        .map(|nodes| nodes.split(',').map(|n| format!("redis://{n}")).collect());
     static CASE: AtomicU64 = AtomicU64::new(0);
     let ops_run = AtomicU64::new(0);
     let cases_run = AtomicU64::new(0);
@@ -312,15 +312,16 @@ fn contract(url: &str, cases: u32, label: &str) -> (u64, u64) {
             // Broadcast progress: sent counts (HINCRBY sc) and users reached (LPUSH {t}:sui).
             for t in 0..2 {
                 let task_id = format!("{prefix}t{t}");
-                let (sent, listed) = match &cluster_nodes {
-                    Some(nodes) => {
+                let (sent, listed) = match &direct {
+                    Direct::Cluster(nodes) => {
                         let client = redis::cluster::ClusterClient::new(nodes.clone())
                             .expect("cluster client");
                         let mut conn = client.get_connection().expect("cluster connection");
                         read_progress(&mut conn, &task_id)
                     }
-                    None => {
-                        let mut conn = direct.get_connection().expect("connection");
+                    Direct::Single(url) => {
+                        let client = redis::Client::open(url.as_str()).expect("client");
+                        let mut conn = client.get_connection().expect("connection");
                         read_progress(&mut conn, &task_id)
                     }
                 };
@@ -361,7 +362,7 @@ fn read_progress(conn: &mut impl redis::ConnectionLike, task_id: &str) -> (u64, 
 fn contract_standalone_redis_answers_as_memory_store() {
     let redis = RedisServer::start();
     let started = Instant::now();
-    let (cases, ops) = contract(&redis.url(), 256, "s");
+    let (cases, ops) = contract(&redis.url(), Direct::Single(redis.url()), 256, "s");
     let elapsed = started.elapsed();
     eprintln!(
         "standalone contract: {cases} cases, {ops} ops in {elapsed:?} ({:.0} µs per op incl. MemoryStore)",
@@ -374,7 +375,12 @@ fn contract_standalone_redis_answers_as_memory_store() {
 fn contract_redis_cluster_answers_as_memory_store() {
     let cluster = RedisCluster::start();
     let started = Instant::now();
-    let (cases, ops) = contract(&cluster.url(), 128, "c");
+    let nodes = cluster
+        .nodes
+        .iter()
+        .map(|n| format!("redis://127.0.0.1:{}", n.port))
+        .collect();
+    let (cases, ops) = contract(&cluster.url(), Direct::Cluster(nodes), 128, "c");
     eprintln!(
         "cluster contract: {cases} cases, {ops} ops in {:?}",
         started.elapsed()
@@ -866,4 +872,104 @@ async fn broadcast_task_control_and_progress_in_mpush_keys() {
         .await
         .unwrap();
     assert_eq!(sc, "3");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sentinel
+
+/// Waits until the Sentinel knows the replica and the replica is in sync with the master.
+fn wait_sentinel_ready(setup: &RedisSentinel) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let replicas = raw_command(
+            setup.sentinel.port,
+            &[
+                "SENTINEL",
+                "REPLICAS",
+                pushgate_tests::redis::SENTINEL_SERVICE,
+            ],
+        )
+        .unwrap_or_default();
+        let link = raw_command(setup.replica.port(), &["INFO", "replication"]).unwrap_or_default();
+        if replicas.contains(&setup.replica.port().to_string())
+            && link.contains("master_link_status:up")
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the Sentinel setup did not settle: {replicas} {link}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn contract_sentinel_master_answers_as_memory_store() {
+    let setup = RedisSentinel::start();
+    wait_sentinel_ready(&setup);
+    let (cases, ops) = contract(&setup.url(), Direct::Single(setup.master.url()), 48, "n");
+    eprintln!("sentinel contract: {cases} cases, {ops} ops");
+    assert!(ops > 200, "too few ops ran: {ops}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sentinel_failover_is_followed_to_the_new_master() {
+    let mut setup = RedisSentinel::start();
+    wait_sentinel_ready(&setup);
+    let mut linked = Linked::connect(&setup.url(), this_node()).await;
+    let route = RouteRecord {
+        host: "h1".into(),
+        port: 3001,
+        device_id: "dA".into(),
+        os_name: "android".into(),
+        client_version: "2.0".into(),
+        conn_id: Some("c1".into()),
+        version: 10,
+        conn_version: 5,
+    };
+    let put = |route: RouteRecord| StoreOp::PutRoute {
+        user_id: "fo-user".into(),
+        client_type: ClientType::Mobile,
+        route,
+    };
+    assert_eq!(
+        linked.apply(put(route.clone())).await,
+        Ok(StoreReply::Previous(None))
+    );
+    // Replicated before the master dies (WAIT: one replica acknowledged).
+    let acked = raw_command(setup.master.port(), &["WAIT", "1", "2000"]).unwrap();
+    assert!(acked.starts_with(":1"), "WAIT: {acked}");
+
+    setup.master.process.kill();
+    let started = Instant::now();
+    // The link notices, asks the Sentinel again until it names the promoted replica, and
+    // reports a new connection (the node then writes its routes again).
+    loop {
+        match tokio::time::timeout(Duration::from_secs(30), linked.rx.recv()).await {
+            Ok(Some(StoreLinkEvent::Connected)) => break,
+            Ok(Some(_)) => {}
+            other => panic!("no reconnect after the failover: {other:?}"),
+        }
+    }
+    eprintln!("sentinel failover followed in {:?}", started.elapsed());
+    assert_eq!(setup.master_port(), Some(setup.replica.port()));
+    assert_eq!(
+        linked
+            .apply(StoreOp::GetRoute {
+                user_id: "fo-user".into(),
+                client_type: Some(ClientType::Mobile),
+            })
+            .await,
+        Ok(StoreReply::Route(Some((ClientType::Mobile, route.clone()))))
+    );
+    // Writes go to the new master.
+    let newer = RouteRecord {
+        version: 11,
+        ..route.clone()
+    };
+    assert_eq!(
+        linked.apply(put(newer)).await,
+        Ok(StoreReply::Previous(Some(route)))
+    );
 }

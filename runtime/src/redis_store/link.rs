@@ -10,6 +10,7 @@ use super::conn::{self, DataConn};
 use super::keys;
 use super::ops::{self, OpResult};
 use super::target::RedisTarget;
+use crate::metrics::names;
 use crate::store_net::{FromStore, StoreLinkEvent};
 use futures_util::StreamExt;
 use pushgate_core::store::{StoreError, StoreOp};
@@ -18,20 +19,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, Semaphore};
-
-/// Metric names of the Redis store.
-pub mod names {
-    /// Histogram of op latencies in seconds, label `op`.
-    pub const LATENCY: &str = "pushgate_store_redis_latency_seconds";
-    /// Counter of failed ops, labels `op`, `kind` (timeout, unavailable).
-    pub const ERRORS: &str = "pushgate_store_redis_errors_total";
-    /// Counter of links opened after the first.
-    pub const RECONNECTS: &str = "pushgate_store_redis_reconnects_total";
-    /// Counter of outages (link lost, or the first connect failing).
-    pub const OUTAGES: &str = "pushgate_store_redis_outages_total";
-    /// 1 while the link is up.
-    pub const CONNECTED: &str = "pushgate_store_redis_connected";
-}
 
 /// How the link behaves.
 #[derive(Debug, Clone)]
@@ -161,7 +148,7 @@ async fn run_link(
                 if let Some((_, reason)) = &mut outage {
                     if reason.is_empty() {
                         tracing::warn!(redis = %target, %error, "cannot reach Redis; retrying with backoff");
-                        metrics::counter!(names::OUTAGES).increment(1);
+                        metrics::counter!(names::STORE_OUTAGES).increment(1);
                         *reason = error;
                     } else {
                         tracing::debug!(redis = %target, %error, "Redis still unreachable");
@@ -178,12 +165,12 @@ async fn run_link(
         backoff = options.backoff_min;
         links += 1;
         if links > 1 {
-            metrics::counter!(names::RECONNECTS).increment(1);
+            metrics::counter!(names::STORE_RECONNECTS).increment(1);
         }
         let data = opened.data;
         let mut kicks = opened.pubsub.into_on_message();
         connected.store(true, Ordering::Relaxed);
-        metrics::gauge!(names::CONNECTED).set(1.0);
+        metrics::gauge!(names::STORE_CONNECTED).set(1.0);
         match outage.take() {
             Some((since, _)) if links > 1 => {
                 tracing::info!(redis = %target, server = %opened.server, outage_ms = since.elapsed().as_millis() as u64, "Redis link restored")
@@ -247,8 +234,8 @@ async fn run_link(
             }
         };
         connected.store(false, Ordering::Relaxed);
-        metrics::gauge!(names::CONNECTED).set(0.0);
-        metrics::counter!(names::OUTAGES).increment(1);
+        metrics::gauge!(names::STORE_CONNECTED).set(0.0);
+        metrics::counter!(names::STORE_OUTAGES).increment(1);
         tracing::warn!(redis = %target, %reason, "lost the Redis link; reconnecting");
         outage = Some((Instant::now(), reason));
         // Accepted while up but not sent: answered now, as the driver answers refused ones.
@@ -293,13 +280,13 @@ async fn perform(
         },
         Err(_) => (Err(StoreError::Timeout), None),
     };
-    metrics::histogram!(names::LATENCY, "op" => name).record(started.elapsed().as_secs_f64());
+    metrics::histogram!(names::STORE_LATENCY, "op" => name).record(started.elapsed().as_secs_f64());
     if let Err(error) = &result {
         let kind = match error {
             StoreError::Timeout => "timeout",
             StoreError::Unavailable(_) => "unavailable",
         };
-        metrics::counter!(names::ERRORS, "op" => name, "kind" => kind).increment(1);
+        metrics::counter!(names::STORE_ERRORS, "op" => name, "kind" => kind).increment(1);
         tracing::debug!(op = name, %error, "Redis store op failed");
     }
     let _ = deliver.send(StoreLinkEvent::Message(FromStore::Reply {
