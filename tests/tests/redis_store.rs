@@ -973,3 +973,168 @@ async fn a_sentinel_failover_is_followed_to_the_new_master() {
         Ok(StoreReply::Previous(Some(route)))
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Round trips, deadlines
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_trips_and_pipelined_throughput_against_local_redis() {
+    let redis = RedisServer::start();
+    let mut linked = Linked::connect(&redis.url(), this_node()).await;
+    let route = |n: u64| RouteRecord {
+        host: "h1".into(),
+        port: 3001,
+        device_id: format!("d{n}"),
+        os_name: "android".into(),
+        client_version: "2.0".into(),
+        conn_id: Some(format!("c{n}")),
+        version: n + 1,
+        conn_version: n + 1,
+    };
+    // One op at a time: the round trip of each kind.
+    const SEQUENTIAL: u64 = 1000;
+    for (name, make) in [
+        (
+            "put_route",
+            Box::new(|n: u64| StoreOp::PutRoute {
+                user_id: format!("rt{}", n % 100),
+                client_type: ClientType::Mobile,
+                route: route(n),
+            }) as Box<dyn Fn(u64) -> StoreOp>,
+        ),
+        (
+            "get_route",
+            Box::new(|n: u64| StoreOp::GetRoute {
+                user_id: format!("rt{}", n % 100),
+                client_type: None,
+            }),
+        ),
+        (
+            "set_route_offline",
+            Box::new(move |n: u64| StoreOp::SetRouteOffline {
+                user_id: format!("rt{}", n % 100),
+                client_type: ClientType::Mobile,
+                node: this_node(),
+                conn_id: format!("c{n}"),
+                version: n + 1,
+            }),
+        ),
+    ] {
+        let started = Instant::now();
+        for n in 0..SEQUENTIAL {
+            linked.apply(make(n)).await.expect("an answer");
+        }
+        let per_op = started.elapsed() / SEQUENTIAL as u32;
+        eprintln!("{name}: {per_op:?} per op, one at a time");
+    }
+    // Many in flight: pipelined on one connection.
+    const PIPELINED: u64 = 20_000;
+    let started = Instant::now();
+    let mut answered = 0u64;
+    let mut sent = 0u64;
+    while answered < PIPELINED {
+        while sent < PIPELINED && sent - answered < 512 {
+            sent += 1;
+            assert!(linked.store.request(
+                1_000_000 + sent,
+                StoreOp::PutRoute {
+                    user_id: format!("pl{}", sent % 5000),
+                    client_type: ClientType::Mobile,
+                    route: route(sent),
+                }
+            ));
+        }
+        match tokio::time::timeout(Duration::from_secs(5), linked.rx.recv()).await {
+            Ok(Some(StoreLinkEvent::Message(FromStore::Reply { result, .. }))) => {
+                assert!(result.is_ok(), "{result:?}");
+                answered += 1;
+            }
+            other => panic!("pipelined: {other:?}"),
+        }
+    }
+    let elapsed = started.elapsed();
+    eprintln!(
+        "pipelined put_route (512 in flight): {PIPELINED} in {elapsed:?} = {:.0} ops/s",
+        PIPELINED as f64 / elapsed.as_secs_f64()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_redis_is_answered_within_the_deadline_and_the_link_recovers() {
+    let redis = RedisServer::start();
+    let target = RedisTarget::parse(&redis.url()).unwrap();
+    let options = RedisOptions {
+        op_timeout: Duration::from_millis(300),
+        ping_interval: Duration::from_millis(100),
+        ..RedisOptions::default()
+    };
+    let (store, mut rx) = RedisStore::start(target, this_node(), options);
+    assert_eq!(
+        tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .unwrap(),
+        Some(StoreLinkEvent::Connected)
+    );
+    // Redis answers nothing for 1.5 s.
+    redis.command(&["CLIENT", "PAUSE", "1500", "ALL"]);
+    let started = Instant::now();
+    let get = StoreOp::GetRoute {
+        user_id: "stalled".into(),
+        client_type: None,
+    };
+    let accepted = store.request(1, get.clone());
+    if accepted {
+        loop {
+            match tokio::time::timeout(Duration::from_secs(2), rx.recv()).await {
+                Ok(Some(StoreLinkEvent::Message(FromStore::Reply { id: 1, result }))) => {
+                    assert!(
+                        matches!(
+                            result,
+                            Err(StoreError::Timeout) | Err(StoreError::Unavailable(_))
+                        ),
+                        "{result:?}"
+                    );
+                    break;
+                }
+                Ok(Some(_)) => {}
+                other => panic!("no answer while Redis stalls: {other:?}"),
+            }
+        }
+    }
+    let waited = started.elapsed();
+    assert!(
+        waited < Duration::from_millis(800),
+        "answered after {waited:?}"
+    );
+    // The ping finds the stall; after the pause the link is back and ops succeed.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut id = 10;
+    loop {
+        id += 1;
+        if store.request(id, get.clone()) {
+            match tokio::time::timeout(Duration::from_secs(2), async {
+                loop {
+                    match rx.recv().await {
+                        Some(StoreLinkEvent::Message(FromStore::Reply { id: got, result }))
+                            if got == id =>
+                        {
+                            return result
+                        }
+                        Some(_) => {}
+                        None => panic!("the link task ended"),
+                    }
+                }
+            })
+            .await
+            {
+                Ok(Ok(reply)) => {
+                    assert_eq!(reply, StoreReply::Route(None));
+                    break;
+                }
+                _ => {}
+            }
+        }
+        assert!(Instant::now() < deadline, "the link did not recover");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

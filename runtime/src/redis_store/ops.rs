@@ -270,38 +270,35 @@ pub fn parse_kick(payload: &[u8]) -> Option<KickNotice> {
     }
 }
 
-/// Sends what a route change means for MPush's online list and status channels.
-pub async fn send_status_event<C: ConnectionLike + Send>(
+/// Sends what a route change means for MPush's online list and status channels: the ZADD or
+/// ZREM and the PUBLISH go out together (pipelined on the connection, one round trip), each
+/// routed on its own in a cluster.
+pub async fn send_status_event<C: ConnectionLike + Send + Clone>(
     conn: &mut C,
     event: StatusEvent,
 ) -> RedisResult<()> {
-    match event {
+    let (list, channel, user_id) = match event {
         StatusEvent::Online { host, user_id } => {
-            redis::cmd("ZADD")
-                .arg(keys::online_users(&host))
-                .arg("0.0")
-                .arg(&user_id)
-                .query_async::<i64>(conn)
-                .await?;
-            redis::cmd("PUBLISH")
-                .arg(keys::ONLINE_CHANNEL)
-                .arg(&user_id)
-                .query_async::<i64>(conn)
-                .await?;
+            let mut zadd = redis::cmd("ZADD");
+            zadd.arg(keys::online_users(&host)).arg("0.0").arg(&user_id);
+            (zadd, keys::ONLINE_CHANNEL, user_id)
         }
         StatusEvent::Offline { host, user_id } => {
-            redis::cmd("ZREM")
-                .arg(keys::online_users(&host))
-                .arg(&user_id)
-                .query_async::<i64>(conn)
-                .await?;
-            redis::cmd("PUBLISH")
-                .arg(keys::OFFLINE_CHANNEL)
-                .arg(&user_id)
-                .query_async::<i64>(conn)
-                .await?;
+            let mut zrem = redis::cmd("ZREM");
+            zrem.arg(keys::online_users(&host)).arg(&user_id);
+            (zrem, keys::OFFLINE_CHANNEL, user_id)
         }
-    }
+    };
+    let mut publish = redis::cmd("PUBLISH");
+    publish.arg(channel).arg(&user_id);
+    let mut second = conn.clone();
+    let (listed, published) = futures_util::future::join(
+        list.query_async::<i64>(conn),
+        publish.query_async::<i64>(&mut second),
+    )
+    .await;
+    listed?;
+    published?;
     Ok(())
 }
 
