@@ -151,8 +151,12 @@ impl RedisServer {
 
     /// A server with extra arguments (e.g. `--replicaof 127.0.0.1 PORT`).
     pub fn start_with(extra: &[&str]) -> Self {
+        Self::start_on(free_redis_port(), extra)
+    }
+
+    /// A server on `port` (one picked earlier with [`free_redis_port`]).
+    pub fn start_on(port: u16, extra: &[&str]) -> Self {
         let dir = ScratchDir::new("redis");
-        let port = free_redis_port();
         let mut args = server_args(port, dir.path());
         args.extend(extra.iter().map(|s| s.to_string()));
         Self {

@@ -1,10 +1,11 @@
 //! `pushgate serve --redis …` end to end: real nodes sharing a real Redis. A push reaching the
 //! wrong node answers router-change; binding a user and type on another node kicks the older
-//! connection through Redis pub/sub; a Redis restarted empty gets the routes written again.
+//! connection through Redis pub/sub; a Redis restarted empty gets the routes written again; a
+//! node whose Redis is away serves its own users and writes their routes when Redis comes.
 use pushgate::client::{DeviceEvent, DeviceOptions, SinglePushRequest};
 use pushgate_core::push::AckMode;
 use pushgate_core::PushStatus;
-use pushgate_tests::redis::RedisServer;
+use pushgate_tests::redis::{free_redis_port, RedisServer};
 use pushgate_tests::{bounded, eventually, expect_push, ServerOptions, TestServer};
 use std::time::Duration;
 
@@ -158,6 +159,42 @@ async fn a_bad_redis_url_is_a_clear_error() {
         assert!(text.contains("has no port"), "{text}");
         assert!(!text.contains("secret"), "{text}");
         assert!(!text.contains("panicked"), "{text}");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_serves_its_own_users_while_redis_is_away_and_writes_routes_when_it_comes() {
+    bounded(LIMIT, async {
+        let port = free_redis_port();
+        let a = node_on(&format!("redis://127.0.0.1:{port}")).await;
+        let phone = a.bound_device("device-1", "user-away", &[]).await;
+        let result = a
+            .push_client()
+            .await
+            .push(push("user-away", "local"))
+            .await
+            .unwrap();
+        assert_eq!(result.status, PushStatus::AckSuccess, "{result:?}");
+        assert_eq!(expect_push(&phone, WAIT).await.content, &b"local"[..]);
+        let logs = a.logs();
+        assert_eq!(
+            logs.matches("cannot reach Redis").count(),
+            1,
+            "one line per outage:\n{logs}"
+        );
+
+        let redis = RedisServer::start_on(port, &[]);
+        eventually(Duration::from_secs(10), "the route written", || {
+            let found = redis
+                .command(&["HLEN", "mp:ur:user-away"])
+                .starts_with(":1");
+            async move { found.then_some(()) }
+        })
+        .await;
+        let stored = redis.command(&["HGET", "mp:ur:user-away", "1"]);
+        assert!(stored.contains("\"deviceId\":\"device-1\""), "{stored}");
+        assert!(stored.contains("\"connId\""), "online: {stored}");
     })
     .await;
 }
