@@ -1112,7 +1112,7 @@ async fn a_stalled_redis_is_answered_within_the_deadline_and_the_link_recovers()
     loop {
         id += 1;
         if store.request(id, get.clone()) {
-            match tokio::time::timeout(Duration::from_secs(2), async {
+            let answer = tokio::time::timeout(Duration::from_secs(2), async {
                 loop {
                     match rx.recv().await {
                         Some(StoreLinkEvent::Message(FromStore::Reply { id: got, result }))
@@ -1125,16 +1125,88 @@ async fn a_stalled_redis_is_answered_within_the_deadline_and_the_link_recovers()
                     }
                 }
             })
-            .await
-            {
-                Ok(Ok(reply)) => {
-                    assert_eq!(reply, StoreReply::Route(None));
-                    break;
-                }
-                _ => {}
+            .await;
+            if let Ok(Ok(reply)) = answer {
+                assert_eq!(reply, StoreReply::Route(None));
+                break;
             }
         }
         assert!(Instant::now() < deadline, "the link did not recover");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manual_sentinel_failover_with_the_old_master_alive_is_followed() {
+    let setup = RedisSentinel::start();
+    wait_sentinel_ready(&setup);
+    let mut linked = Linked::connect(&setup.url(), this_node()).await;
+    let route = |version: u64| RouteRecord {
+        host: "h1".into(),
+        port: 3001,
+        device_id: "dA".into(),
+        os_name: "android".into(),
+        client_version: "2.0".into(),
+        conn_id: Some("c1".into()),
+        version,
+        conn_version: 5,
+    };
+    let put = |version: u64| StoreOp::PutRoute {
+        user_id: "mf-user".into(),
+        client_type: ClientType::Mobile,
+        route: route(version),
+    };
+    linked.apply(put(1)).await.unwrap();
+    let reply = raw_command(
+        setup.sentinel.port,
+        &[
+            "SENTINEL",
+            "FAILOVER",
+            pushgate_tests::redis::SENTINEL_SERVICE,
+        ],
+    )
+    .unwrap();
+    assert!(reply.starts_with("+OK"), "SENTINEL FAILOVER: {reply}");
+    // Keep writing: the old master, now a replica, refuses writes (READONLY) or the Sentinel
+    // disconnects its clients; either way the link finds the new master.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut version = 1;
+    let mut reconnected = false;
+    while !reconnected {
+        assert!(
+            Instant::now() < deadline,
+            "the link did not follow the failover"
+        );
+        version += 1;
+        linked.next_id += 1;
+        let id = linked.next_id;
+        if !linked.store.request(id, put(version)) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        }
+        loop {
+            match tokio::time::timeout(Duration::from_secs(5), linked.rx.recv()).await {
+                Ok(Some(StoreLinkEvent::Connected)) => reconnected = true,
+                Ok(Some(StoreLinkEvent::Message(FromStore::Reply { id: got, .. })))
+                    if got == id =>
+                {
+                    break
+                }
+                Ok(Some(_)) => {}
+                other => panic!("during the failover: {other:?}"),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(setup.master_port(), Some(setup.replica.port()));
+    version += 1;
+    assert!(matches!(
+        linked.apply(put(version)).await,
+        Ok(StoreReply::Previous(Some(_)))
+    ));
+    let stored = raw_command(setup.replica.port(), &["HGET", "mp:ur:mf-user", "1"]).unwrap();
+    assert!(
+        stored.contains(&format!("\"version\":{version}")),
+        "the write reached the new master: {stored}"
+    );
 }

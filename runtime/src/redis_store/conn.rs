@@ -50,6 +50,21 @@ pub struct Opened {
     pub pubsub: PubSub,
     /// The server the pub/sub connection reached (for logs).
     pub server: String,
+    /// For a Sentinel target: the client that asks the Sentinels which server is the master,
+    /// kept to notice a failover while the old master still answers.
+    pub sentinel: Option<redis::sentinel::SentinelClient>,
+}
+
+/// Asks the Sentinels which server is the master now (`host:port`).
+pub async fn sentinel_master(
+    sentinel: &mut redis::sentinel::SentinelClient,
+    timeout: Duration,
+) -> Result<String, String> {
+    let client = tokio::time::timeout(timeout, sentinel.async_get_client())
+        .await
+        .map_err(|_| "the Sentinels did not answer in time".to_owned())?
+        .map_err(|e| format!("asking the Sentinels: {e}"))?;
+    Ok(client.get_connection_info().addr().to_string())
 }
 
 /// Opens both connections to `target` within `timeout` each. For a Sentinel target the
@@ -88,7 +103,9 @@ pub async fn open(target: &RedisTarget, timeout: Duration) -> Result<Opened, Str
                 .await
                 .map_err(|_| "the Sentinels did not answer in time".to_owned())?
                 .map_err(|e| format!("asking the Sentinels for {service}: {e}"))?;
-            open_single(client, &config, timeout).await
+            let mut opened = open_single(client, &config, timeout).await?;
+            opened.sentinel = Some(sentinel);
+            Ok(opened)
         }
         RedisTarget::Cluster { nodes } => {
             let client = redis::cluster::ClusterClient::builder(nodes.clone())
@@ -110,6 +127,7 @@ pub async fn open(target: &RedisTarget, timeout: Duration) -> Result<Opened, Str
                             data: DataConn::Cluster(data),
                             pubsub,
                             server: client.get_connection_info().addr().to_string(),
+                            sentinel: None,
                         })
                     }
                     Ok(Err(error)) => last = error.to_string(),
@@ -140,5 +158,6 @@ async fn open_single(
         data: DataConn::Single(data),
         pubsub,
         server: client.get_connection_info().addr().to_string(),
+        sentinel: None,
     })
 }

@@ -183,6 +183,15 @@ async fn run_link(
             return;
         }
         let (lost_tx, mut lost_rx) = mpsc::unbounded_channel::<String>();
+        if let Some(sentinel) = opened.sentinel {
+            tokio::spawn(watch_sentinel(
+                sentinel,
+                opened.server.clone(),
+                options.ping_interval,
+                options.op_timeout,
+                lost_tx.clone(),
+            ));
+        }
         let mut ping = tokio::time::interval(options.ping_interval);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ping.tick().await;
@@ -245,6 +254,32 @@ async fn run_link(
                 id: request.id,
                 result,
             }));
+        }
+    }
+}
+
+/// Asks the Sentinels every `interval` which server is the master; reports the link lost when
+/// they name another than `master`. Ends when the link it watches is gone.
+async fn watch_sentinel(
+    mut sentinel: redis::sentinel::SentinelClient,
+    master: String,
+    interval: Duration,
+    limit: Duration,
+    lost: mpsc::UnboundedSender<String>,
+) {
+    loop {
+        tokio::time::sleep(interval).await;
+        if lost.is_closed() {
+            return;
+        }
+        match conn::sentinel_master(&mut sentinel, limit).await {
+            Ok(now) if now != master => {
+                let _ = lost.send(format!("the Sentinels name {now} as master, not {master}"));
+                return;
+            }
+            Ok(_) => {}
+            // The Sentinels unreachable: the master link itself is still checked by PING.
+            Err(error) => tracing::debug!(%error, "Sentinel check failed"),
         }
     }
 }
