@@ -396,6 +396,32 @@ mod tests {
     }
 }
 
+#[cfg(all(test, not(madsim)))]
+mod store_tests {
+    use super::*;
+    use crate::driver::StoreSpec;
+
+    #[test]
+    fn redis_url_selects_the_redis_store_and_is_checked() {
+        let mut store = StoreConfig {
+            redis_url: "redis+sentinel://127.0.0.1:26379/mymaster".into(),
+            address: String::new(),
+        };
+        assert!(matches!(store.spec().unwrap(), StoreSpec::Redis(_)));
+        store.address = "127.0.0.1:3003".into();
+        assert!(store.spec().is_err(), "two stores at once");
+        store.address.clear();
+        store.redis_url = "redis://:pw@no-port".into();
+        let error = store.spec().unwrap_err().to_string();
+        assert!(error.contains("store.redis_url"), "{error}");
+        assert!(!error.contains("pw@"), "{error}");
+        let text = Config::default().to_toml();
+        assert!(text.contains("#   redis+cluster://"), "{text}");
+        let back: Config = toml::from_str(&text).unwrap();
+        assert_eq!(back, Config::default());
+    }
+}
+
 #[cfg(test)]
 mod env_tests {
     use super::*;
