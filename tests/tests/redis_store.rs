@@ -92,6 +92,13 @@ impl Linked {
 const HOSTS: [(&str, u16); 2] = [("h1", 3001), ("h2", 3002)];
 const DEVICES: [&str; 3] = ["", "dA", "dB"];
 const CONNS: [Option<&str>; 3] = [None, Some("c1"), Some("c2")];
+/// Versions as nodes make them (epoch ms × 1000, about 2^51 today).
+const EPOCH_VERSION: u64 = 1_764_650_000_000_000;
+
+/// A bind version: small ones, and ones the size nodes write.
+fn version() -> impl Strategy<Value = u64> {
+    prop_oneof![0..4u64, (0..3u64).prop_map(|k| EPOCH_VERSION + k)]
+}
 
 fn client_type() -> impl Strategy<Value = ClientType> {
     prop_oneof![
@@ -111,8 +118,8 @@ fn route() -> impl Strategy<Value = RouteRecord> {
         0..2usize,
         0..3usize,
         0..3usize,
-        0..4u64,
-        0..3u64,
+        version(),
+        prop_oneof![0..3u64, (1..3u64).prop_map(|k| EPOCH_VERSION + k)],
         any::<bool>(),
     )
         .prop_map(|(h, d, c, version, conn_version, android)| RouteRecord {
@@ -147,7 +154,7 @@ fn op() -> impl Strategy<Value = StoreOp> {
         6 => (user(), client_type(), route()).prop_map(|(user_id, client_type, route)| {
             StoreOp::PutRoute { user_id, client_type, route }
         }),
-        4 => (user(), client_type(), 0..2usize, 1..3usize, 0..4u64).prop_map(
+        4 => (user(), client_type(), 0..2usize, 1..3usize, version()).prop_map(
             |(user_id, client_type, h, c, version)| StoreOp::SetRouteOffline {
                 user_id,
                 client_type,
@@ -553,11 +560,26 @@ async fn a_route_mpush_wrote_counts_as_the_oldest_bind() {
     assert_eq!(
         linked
             .apply(StoreOp::GetRoute {
-                user_id,
+                user_id: user_id.clone(),
                 client_type: Some(ClientType::Mobile)
             })
             .await,
         Ok(StoreReply::Route(Some((ClientType::Mobile, ours))))
+    );
+    // A version Lua cannot compare exactly (above 2^53) is refused, not compared wrongly.
+    let refused = linked
+        .apply(StoreOp::PutRoute {
+            user_id,
+            client_type: ClientType::Mobile,
+            route: RouteRecord {
+                version: u64::MAX,
+                ..java
+            },
+        })
+        .await;
+    assert!(
+        matches!(refused, Err(StoreError::Unavailable(ref reason)) if reason.contains("2^53")),
+        "{refused:?}"
     );
 }
 

@@ -134,12 +134,12 @@ async fn run<C: ConnectionLike + Send>(
             ttl_ms,
         } => {
             let key = keys::session(&session_id);
-            let mut cmd = redis::cmd("SET");
             if ttl_ms == 0 {
                 // Expired at once, as the embedded store has it: no session to find.
                 redis::cmd("DEL").arg(&key).query_async::<()>(conn).await?;
                 return Ok(StoreReply::Done);
             }
+            let mut cmd = redis::cmd("SET");
             cmd.arg(&key).arg(session.to_mpush_string());
             if ttl_ms % 1000 == 0 {
                 cmd.arg("EX").arg(ttl_ms / 1000);
