@@ -227,11 +227,13 @@ pub struct Driver {
     limits: QueueLimits,
 }
 
-/// Starts the node task; returns its handle.
+/// Starts the node task; returns its handle. The node's time is measured from `start`, the
+/// instant its epoch offset was read.
 pub fn spawn(
     node: Node,
     limits: QueueLimits,
     store: StoreSpec,
+    start: Instant,
 ) -> (NodeHandle, tokio::task::JoinHandle<()>) {
     let (handle, rx) = NodeHandle::channel(NODE_QUEUE_CAPACITY);
     let node_addr = node.config().node_addr.clone();
@@ -256,7 +258,7 @@ pub fn spawn(
         node,
         store,
         node_addr,
-        start: Instant::now(),
+        start,
         now: 0,
         phones: FxHashMap::default(),
         gateways: FxHashMap::default(),

@@ -70,6 +70,10 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
     let mut node_config = config.node_config()?;
     node_config.node_addr.port = gateway_addr.port();
     let seed = node_seed();
+    // The node's clock is `epoch_ms` plus the time since `clock_start`: both read together, so
+    // building the node (key set-up) does not put its clock, and its bind versions, behind
+    // other nodes' (a later bind elsewhere must get a newer version).
+    let clock_start = tokio::time::Instant::now();
     let epoch_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
@@ -88,6 +92,7 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
         Node::new(node_config, seed, epoch_ms),
         limits,
         config.store.spec()?,
+        clock_start,
     );
     let live = Arc::new(AtomicUsize::new(0));
     let next_id = Arc::new(AtomicU64::new(1));

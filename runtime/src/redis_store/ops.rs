@@ -82,14 +82,17 @@ async fn run<C: ConnectionLike + Send>(
             let json = serde_json::to_string(&route)
                 .map_err(|e| OpError::Refused(format!("route to JSON: {e}")))?;
             match scripts::put_route(conn, &user_id, client_type, &route, &json).await? {
-                scripts::PutOutcome::Stale(current) => StoreReply::Stale {
-                    current: parse_route(&current).ok_or_else(|| {
-                        OpError::Refused(format!(
-                            "the stored route of {user_id} type {} is not a route: {current:?}",
-                            client_type.code()
-                        ))
-                    })?,
-                },
+                scripts::PutOutcome::Stale(current) => {
+                    tracing::debug!(user = %user_id, client_type = client_type.code(), version = route.version, conn_version = route.conn_version, stored = %current, "put-route: the store holds a newer bind");
+                    StoreReply::Stale {
+                        current: parse_route(&current).ok_or_else(|| {
+                            OpError::Refused(format!(
+                                "the stored route of {user_id} type {} is not a route: {current:?}",
+                                client_type.code()
+                            ))
+                        })?,
+                    }
+                }
                 scripts::PutOutcome::Written(previous) => {
                     let host = route.host.clone();
                     *event = Some(if route.is_online() {
