@@ -325,3 +325,26 @@ impl RedisSentinel {
             .ok()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_binary_fails_with_the_install_command() {
+        let outcome = std::panic::catch_unwind(|| redis_bin("redis-server-not-installed-here"));
+        let payload = outcome.expect_err("a missing binary must fail the test");
+        let message = payload
+            .downcast_ref::<String>()
+            .cloned()
+            .unwrap_or_default();
+        assert!(message.contains(INSTALL_HINT), "{message}");
+    }
+
+    #[test]
+    fn the_debian_binaries_are_found() {
+        for name in ["redis-server", "redis-sentinel", "redis-cli"] {
+            assert!(redis_bin(name).is_file());
+        }
+    }
+}
