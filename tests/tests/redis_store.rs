@@ -1232,3 +1232,66 @@ async fn a_manual_sentinel_failover_with_the_old_master_alive_is_followed() {
         "the write reached the new master: {stored}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_binds_from_two_nodes_keep_the_newest() {
+    // MPush reads then writes a route (HGET, HSET): two nodes binding one user at once can
+    // leave the older bind stored. The script decides and writes in one step.
+    let redis = RedisServer::start();
+    let mut a = Linked::connect(&redis.url(), NodeAddr::new("h1", 3001)).await;
+    let mut b = Linked::connect(&redis.url(), NodeAddr::new("h2", 3002)).await;
+    const BINDS: u64 = 400;
+    let route = |n: u64| RouteRecord {
+        host: if n % 2 == 0 { "h1" } else { "h2" }.into(),
+        port: if n % 2 == 0 { 3001 } else { 3002 },
+        device_id: format!("d{n}"),
+        os_name: "android".into(),
+        client_version: "2.0".into(),
+        conn_id: Some(format!("c{n}")),
+        // Versions in a scrambled order, all distinct.
+        version: EPOCH_VERSION + (n * 7919) % BINDS,
+        conn_version: EPOCH_VERSION,
+    };
+    for n in 0..BINDS {
+        let link = if n % 2 == 0 { &a } else { &b };
+        assert!(link.store.request(
+            n + 1,
+            StoreOp::PutRoute {
+                user_id: "race".into(),
+                client_type: ClientType::Mobile,
+                route: route(n),
+            }
+        ));
+    }
+    // Every write answered; exactly the writes that saw an older route were applied.
+    let mut applied = 0;
+    for link in [&mut a, &mut b] {
+        let mut answered = 0;
+        while answered < BINDS / 2 {
+            match tokio::time::timeout(Duration::from_secs(5), link.rx.recv()).await {
+                Ok(Some(StoreLinkEvent::Message(FromStore::Reply { result, .. }))) => {
+                    answered += 1;
+                    match result {
+                        Ok(StoreReply::Previous(_)) => applied += 1,
+                        Ok(StoreReply::Stale { .. }) => {}
+                        other => panic!("{other:?}"),
+                    }
+                }
+                other => panic!("concurrent binds: {other:?}"),
+            }
+        }
+    }
+    assert!(applied >= 1);
+    let newest = (0..BINDS)
+        .map(route)
+        .max_by_key(|r| r.version)
+        .expect("binds");
+    assert_eq!(
+        a.apply(StoreOp::GetRoute {
+            user_id: "race".into(),
+            client_type: Some(ClientType::Mobile),
+        })
+        .await,
+        Ok(StoreReply::Route(Some((ClientType::Mobile, newest))))
+    );
+}
