@@ -15,10 +15,11 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RouteRecord {
+    /// The node's gateway port. (Fields are declared in the order MPush writes them, so an
+    /// unversioned route serialises to MPush's exact bytes.)
+    pub port: u16,
     /// The node's gateway host.
     pub host: String,
-    /// The node's gateway port.
-    pub port: u16,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub device_id: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -287,10 +288,7 @@ mod tests {
         let offline = r#"{"port":3001,"host":"127.0.0.1","deviceId":"device-A","osName":"android","clientVersion":"2.0"}"#;
         let record: RouteRecord = serde_json::from_str(offline).unwrap();
         assert!(!record.is_online());
-        assert_eq!(
-            serde_json::to_string(&record).unwrap(),
-            r#"{"host":"127.0.0.1","port":3001,"deviceId":"device-A","osName":"android","clientVersion":"2.0"}"#
-        );
+        assert_eq!(serde_json::to_string(&record).unwrap(), offline);
         let online: RouteRecord =
             serde_json::from_str(r#"{"port":3001,"host":"10.0.0.5","connId":"fb6359be"}"#).unwrap();
         assert_eq!(online.conn_id.as_deref(), Some("fb6359be"));
