@@ -90,6 +90,12 @@ impl RouteRecord {
         }
     }
 
+    /// True when this route describes the bind `version` made on `node` (online or offline):
+    /// a node's bind versions are strictly increasing, so the pair names one bind.
+    pub fn is_bind(&self, node: &NodeAddr, version: u64) -> bool {
+        self.is_on(node) && self.version == version
+    }
+
     /// The node this route points at.
     pub fn node(&self) -> NodeAddr {
         NodeAddr::new(self.host.clone(), self.port)
@@ -211,6 +217,18 @@ pub enum StoreOp {
         node: NodeAddr,
         conn_id: String,
         version: u64,
+    },
+    /// Put `previous` back as the route of (user, client type) if the store still holds the
+    /// bind `version` of `node` (online or already marked offline): that bind replaced
+    /// `previous` but its connection closed before the node learned it had (a BIND read just
+    /// before its phone's close), so it never took effect and the connection it displaced
+    /// keeps the user ([`RouteRecord::is_bind`]). Answer [`StoreReply::Done`].
+    RestoreRoute {
+        user_id: String,
+        client_type: ClientType,
+        node: NodeAddr,
+        version: u64,
+        previous: RouteRecord,
     },
     /// Read the route of (user, client type), or with `client_type` `None` the user's best
     /// route (an online one first); answer [`StoreReply::Route`].

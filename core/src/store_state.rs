@@ -10,7 +10,9 @@
 //!   when it is the newer bind ([`RouteRecord::supersedes`]); it answers the route it replaced,
 //!   or `Stale` with the newer route it left alone. Routes are never deleted, only taken
 //!   offline, and an offline mark applies only to the binding it names
-//!   ([`RouteRecord::take_offline`]), so a late mark never touches a newer bind.
+//!   ([`RouteRecord::take_offline`]), so a late mark never touches a newer bind. A bind whose
+//!   connection closed before it took effect is undone the same way: `RestoreRoute` puts the
+//!   route it replaced back only while the store still holds that bind.
 //! - **Sessions** (`mp:rs:{id}`): kept for their TTL; a read after it finds nothing. At most
 //!   [`MAX_SESSIONS`] are kept (expired ones are dropped first, then new ones are refused).
 //! - **Kick notices** are published: the caller takes them with [`StoreState::poll_kick`] and
@@ -77,6 +79,20 @@ impl StoreState {
             } => {
                 if let Some(route) = self.routes.get_mut(&(user_id, client_type)) {
                     route.take_offline(&node, &conn_id, version);
+                }
+                StoreReply::Done
+            }
+            StoreOp::RestoreRoute {
+                user_id,
+                client_type,
+                node,
+                version,
+                previous,
+            } => {
+                if let Some(route) = self.routes.get_mut(&(user_id, client_type)) {
+                    if route.is_bind(&node, version) {
+                        *route = previous;
+                    }
                 }
                 StoreReply::Done
             }
@@ -296,6 +312,40 @@ mod tests {
             .unwrap()
             .1
             .is_online());
+    }
+
+    #[test]
+    fn a_restore_undoes_only_the_bind_it_names() {
+        let mut s = StoreState::new();
+        let far = RouteRecord {
+            host: "10.0.0.2".into(),
+            ..route(Some("far"), 1)
+        };
+        s.apply(
+            0,
+            StoreOp::PutRoute {
+                user_id: "u".into(),
+                client_type: ClientType::Mobile,
+                route: far.clone(),
+            },
+        );
+        s.apply(0, put("dead", 10));
+        s.apply(0, offline("dead", 10));
+        let restore = |version| StoreOp::RestoreRoute {
+            user_id: "u".into(),
+            client_type: ClientType::Mobile,
+            node: NodeAddr::new("127.0.0.1", 3001),
+            version,
+            previous: far.clone(),
+        };
+        s.apply(0, restore(9));
+        assert_eq!(s.route("u", None).unwrap().1.version, 10, "another bind");
+        s.apply(0, restore(10));
+        assert_eq!(s.route("u", None).unwrap().1, far);
+        // Once a newer bind holds the route, a late restore does nothing.
+        s.apply(0, put("newer", 20));
+        s.apply(0, restore(10));
+        assert_eq!(s.route("u", None).unwrap().1, route(Some("newer"), 20));
     }
 
     #[test]

@@ -19,7 +19,7 @@ use pushgate_core::message::{
 use pushgate_core::pipeline;
 use pushgate_core::route::ClientType;
 use pushgate_core::status::PushStatus;
-use pushgate_core::store::{KickNotice, TaskControl};
+use pushgate_core::store::{KickNotice, RouteRecord, TaskControl};
 use pushgate_core::{CloseReason, ConnId, Event, GatewayId, Input, KickCause};
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -764,6 +764,72 @@ fn binding_over_an_online_route_on_another_node_publishes_a_kick_notice() {
     );
     w.online("dev-B", "android", "u2", "");
     assert_eq!(w.store.kicks.len(), 1);
+}
+
+/// Found by the simulation (fresh seeds, B5): a BIND that waited in a paused node (or behind a
+/// clogged link) while its phone gave up is read just before the phone's close. Its route
+/// write displaced the user's live connection on another node, and the kick notice it sent
+/// took the user from that connection, so nobody held the user. Now a bind whose connection
+/// is gone when the store answers kicks nobody and puts the displaced route back.
+#[test]
+fn a_bind_whose_connection_closed_before_the_store_answered_gives_the_route_back() {
+    let mut w = World::new(|_| {});
+    let far = FakeStore::route("10.0.0.2", 3001, Some("far-conn"));
+    w.store
+        .state
+        .routes
+        .insert(("u1".into(), ClientType::Mobile), far.clone());
+    let phone = w.connect("dev-A", "android");
+    w.handshake(phone);
+    w.store.mode = StoreMode::Hold;
+    w.bind(phone, "u1", "");
+    w.drop_phone(phone);
+    // The route write, then the offline mark of the closed connection, reach the store.
+    w.release_store();
+    assert!(w.store.kicks.is_empty(), "nobody is kicked for a dead bind");
+    w.store.mode = StoreMode::Immediate;
+    w.release_store();
+    w.settle();
+    assert_eq!(
+        w.store.state.routes[&("u1".to_owned(), ClientType::Mobile)],
+        far,
+        "the displaced connection's route is back"
+    );
+    assert!(w.store.kicks.is_empty());
+    assert!(w.node.routes_of("u1").is_empty());
+}
+
+/// The same race, but another bind of the user came in between: the store keeps the newer
+/// bind, and the undo of the dead one touches nothing.
+#[test]
+fn undoing_a_dead_bind_never_touches_a_newer_one() {
+    let mut w = World::new(|_| {});
+    let far = FakeStore::route("10.0.0.2", 3001, Some("far-conn"));
+    w.store
+        .state
+        .routes
+        .insert(("u1".into(), ClientType::Mobile), far);
+    let phone = w.connect("dev-A", "android");
+    w.handshake(phone);
+    w.store.mode = StoreMode::Hold;
+    w.bind(phone, "u1", "");
+    w.drop_phone(phone);
+    w.release_store(); // PutRoute (displaces far) and the offline mark; RestoreRoute is held
+    let newer = RouteRecord {
+        version: u64::MAX / 2,
+        ..FakeStore::route("10.0.0.3", 3001, Some("newest"))
+    };
+    w.store
+        .state
+        .routes
+        .insert(("u1".into(), ClientType::Mobile), newer.clone());
+    w.store.mode = StoreMode::Immediate;
+    w.release_store();
+    w.settle();
+    assert_eq!(
+        w.store.state.routes[&("u1".to_owned(), ClientType::Mobile)],
+        newer
+    );
 }
 
 #[test]
