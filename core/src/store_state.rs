@@ -77,8 +77,19 @@ impl StoreState {
                 conn_id,
                 version,
             } => {
-                if let Some(route) = self.routes.get_mut(&(user_id, client_type)) {
-                    route.take_offline(&node, &conn_id, version);
+                match self.routes.get_mut(&(user_id.clone(), client_type)) {
+                    Some(route) => {
+                        if !route.take_offline(&node, &conn_id, version) {
+                            route.remember_ended(&node, version);
+                        }
+                    }
+                    // The mark overtook its bind's write: keep an empty, offline route that
+                    // only remembers the ended bind (any other bind supersedes it).
+                    None => {
+                        let mut ended = RouteRecord::default();
+                        ended.remember_ended(&node, version);
+                        self.routes.insert((user_id, client_type), ended);
+                    }
                 }
                 StoreReply::Done
             }
@@ -91,7 +102,13 @@ impl StoreState {
             } => {
                 if let Some(route) = self.routes.get_mut(&(user_id, client_type)) {
                     if route.is_bind(&node, version) {
-                        *route = previous;
+                        let mut restored = previous;
+                        // The displaced connection may have ended meanwhile.
+                        if route.knows_ended(&restored.node(), restored.version) {
+                            restored.conn_id = None;
+                        }
+                        restored.ended = std::mem::take(&mut route.ended);
+                        *route = restored;
                     }
                 }
                 StoreReply::Done
@@ -146,12 +163,23 @@ impl StoreState {
         route: RouteRecord,
     ) -> StoreReply {
         let key = (user_id, client_type);
+        let mut route = route;
         match self.routes.get(&key) {
-            // A late write of an older bind: keep the newer one.
-            Some(current) if !route.supersedes(current) => StoreReply::Stale {
-                current: current.clone(),
-            },
-            _ => StoreReply::Previous(self.routes.insert(key, route)),
+            // A late write of an older bind, or of a bind that already ended: keep what is
+            // stored.
+            Some(current)
+                if !route.supersedes(current)
+                    || current.knows_ended(&route.node(), route.version) =>
+            {
+                StoreReply::Stale {
+                    current: current.clone(),
+                }
+            }
+            Some(current) => {
+                route.ended = current.ended.clone();
+                StoreReply::Previous(self.routes.insert(key, route))
+            }
+            None => StoreReply::Previous(self.routes.insert(key, route)),
         }
     }
 
@@ -266,6 +294,7 @@ mod tests {
             conn_id: conn.map(str::to_owned),
             version,
             conn_version: 0,
+            ended: Vec::new(),
         }
     }
 
@@ -346,6 +375,106 @@ mod tests {
         s.apply(0, put("newer", 20));
         s.apply(0, restore(10));
         assert_eq!(s.route("u", None).unwrap().1, route(Some("newer"), 20));
+    }
+
+    /// Found by the simulation (fresh seeds, B6): a route write delivered late on an old store
+    /// link, after the offline mark of its bind, brought a closed connection back online.
+    #[test]
+    fn an_offline_mark_that_overtakes_its_write_keeps_the_bind_offline() {
+        let mut s = StoreState::new();
+        // The mark arrives first, with nothing stored: an empty offline route remembers the bind.
+        s.apply(0, offline("late", 10));
+        assert!(matches!(
+            s.apply(0, put("late", 10)),
+            StoreReply::Stale { .. }
+        ));
+        // Any other bind supersedes what only remembers an ended bind.
+        assert!(matches!(
+            s.apply(0, put("older-device", 5)),
+            StoreReply::Previous(Some(_))
+        ));
+        assert!(matches!(
+            s.apply(0, put("late", 10)),
+            StoreReply::Stale { .. }
+        ));
+        s.apply(0, offline("older-device", 5));
+        assert!(!s.route("u", None).unwrap().1.is_online());
+        // The mark arrives while another bind is stored: remembered there, and carried along
+        // when a newer bind replaces that one.
+        s.apply(0, put("other", 20));
+        s.apply(0, offline("late2", 30));
+        s.apply(0, put("newer", 25));
+        assert!(matches!(
+            s.apply(0, put("late2", 30)),
+            StoreReply::Stale { .. }
+        ));
+        let (_, stored) = s.route("u", None).unwrap();
+        assert_eq!(stored.conn_id.as_deref(), Some("newer"));
+        assert_eq!(stored.ended.len(), 2, "late@10 and late2@30");
+        // A bind that never ended still wins.
+        assert!(matches!(
+            s.apply(0, put("newest", 40)),
+            StoreReply::Previous(Some(_))
+        ));
+    }
+
+    #[test]
+    fn ended_binds_are_bounded() {
+        let mut s = StoreState::new();
+        s.apply(0, put("a", 100));
+        for v in 0..(crate::store::MAX_ENDED_BINDS as u64 + 3) {
+            s.apply(0, offline("x", v + 1));
+        }
+        let (_, stored) = s.route("u", None).unwrap();
+        assert_eq!(stored.ended.len(), crate::store::MAX_ENDED_BINDS);
+        assert_eq!(
+            stored.ended.last().unwrap().version,
+            crate::store::MAX_ENDED_BINDS as u64 + 3
+        );
+    }
+
+    /// A restore puts the displaced route back offline when that connection's own mark came
+    /// while the dead bind was stored.
+    #[test]
+    fn a_restore_of_a_connection_that_ended_meanwhile_is_offline() {
+        let mut s = StoreState::new();
+        let far_node = NodeAddr::new("10.0.0.2", 3001);
+        let far = RouteRecord {
+            host: far_node.host.clone(),
+            ..route(Some("far"), 1)
+        };
+        s.apply(
+            0,
+            StoreOp::PutRoute {
+                user_id: "u".into(),
+                client_type: ClientType::Mobile,
+                route: far.clone(),
+            },
+        );
+        s.apply(0, put("dead", 10));
+        s.apply(
+            0,
+            StoreOp::SetRouteOffline {
+                user_id: "u".into(),
+                client_type: ClientType::Mobile,
+                node: far_node,
+                conn_id: "far".into(),
+                version: 1,
+            },
+        );
+        s.apply(
+            0,
+            StoreOp::RestoreRoute {
+                user_id: "u".into(),
+                client_type: ClientType::Mobile,
+                node: NodeAddr::new("127.0.0.1", 3001),
+                version: 10,
+                previous: far.clone(),
+            },
+        );
+        let (_, stored) = s.route("u", None).unwrap();
+        assert!(stored.is_bind(&far.node(), 1));
+        assert!(!stored.is_online());
     }
 
     #[test]

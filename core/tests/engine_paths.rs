@@ -19,7 +19,7 @@ use pushgate_core::message::{
 use pushgate_core::pipeline;
 use pushgate_core::route::ClientType;
 use pushgate_core::status::PushStatus;
-use pushgate_core::store::{KickNotice, RouteRecord, TaskControl};
+use pushgate_core::store::{KickNotice, RouteRecord, StoreOp, TaskControl};
 use pushgate_core::{CloseReason, ConnId, Event, GatewayId, Input, KickCause};
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -797,6 +797,39 @@ fn a_bind_whose_connection_closed_before_the_store_answered_gives_the_route_back
     );
     assert!(w.store.kicks.is_empty());
     assert!(w.node.routes_of("u1").is_empty());
+}
+
+/// The same race, and the displaced connection closed too before the route came back: its
+/// offline mark reached the store while the dead bind was stored, so the route comes back
+/// offline, never as a connection nobody holds.
+#[test]
+fn a_displaced_connection_that_closed_meanwhile_comes_back_offline() {
+    let mut w = World::new(|_| {});
+    let far = FakeStore::route("10.0.0.2", 3001, Some("far-conn"));
+    w.store
+        .state
+        .routes
+        .insert(("u1".into(), ClientType::Mobile), far.clone());
+    let phone = w.connect("dev-A", "android");
+    w.handshake(phone);
+    w.store.mode = StoreMode::Hold;
+    w.bind(phone, "u1", "");
+    w.drop_phone(phone);
+    w.release_store(); // the route write and the offline mark; RestoreRoute is held
+                       // The far node's connection closes; its mark finds the dead bind stored.
+    w.store.apply(&StoreOp::SetRouteOffline {
+        user_id: "u1".into(),
+        client_type: ClientType::Mobile,
+        node: far.node(),
+        conn_id: "far-conn".into(),
+        version: far.version,
+    });
+    w.store.mode = StoreMode::Immediate;
+    w.release_store();
+    w.settle();
+    let stored = &w.store.state.routes[&("u1".to_owned(), ClientType::Mobile)];
+    assert!(stored.is_bind(&far.node(), far.version), "{stored:?}");
+    assert!(!stored.is_online());
 }
 
 /// The same race, but another bind of the user came in between: the store keeps the newer

@@ -463,6 +463,7 @@ impl Node {
             conn_id: Some(session.conn_token.clone()),
             version: bound.route_version,
             conn_version: session.conn_version,
+            ended: Vec::new(),
         };
         Some((bound.user_id.clone(), session.client_type, record))
     }

@@ -118,6 +118,7 @@ impl FakeStore {
             // Older than any bind the node makes (like a route written by MPush).
             version: 0,
             conn_version: 0,
+            ended: Vec::new(),
         }
     }
 }
