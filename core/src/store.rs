@@ -274,7 +274,7 @@ pub enum StoreOp {
         client_type: ClientType,
         node: NodeAddr,
         version: u64,
-        previous: RouteRecord,
+        previous: Box<RouteRecord>,
     },
     /// Read the route of (user, client type), or with `client_type` `None` the user's best
     /// route (an online one first); answer [`StoreReply::Route`].

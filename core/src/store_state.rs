@@ -102,7 +102,7 @@ impl StoreState {
             } => {
                 if let Some(route) = self.routes.get_mut(&(user_id, client_type)) {
                     if route.is_bind(&node, version) {
-                        let mut restored = previous;
+                        let mut restored = *previous;
                         // The displaced connection may have ended meanwhile.
                         if route.knows_ended(&restored.node(), restored.version) {
                             restored.conn_id = None;
@@ -365,7 +365,7 @@ mod tests {
             client_type: ClientType::Mobile,
             node: NodeAddr::new("127.0.0.1", 3001),
             version,
-            previous: far.clone(),
+            previous: Box::new(far.clone()),
         };
         s.apply(0, restore(9));
         assert_eq!(s.route("u", None).unwrap().1.version, 10, "another bind");
@@ -469,7 +469,7 @@ mod tests {
                 client_type: ClientType::Mobile,
                 node: NodeAddr::new("127.0.0.1", 3001),
                 version: 10,
-                previous: far.clone(),
+                previous: Box::new(far.clone()),
             },
         );
         let (_, stored) = s.route("u", None).unwrap();

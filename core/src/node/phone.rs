@@ -574,7 +574,7 @@ impl Node {
                         client_type: *client_type,
                         node: self.cfg.node_addr.clone(),
                         version: route.version,
-                        previous,
+                        previous: Box::new(previous),
                     });
                 }
                 // An older connection of this user and type on another node gets kicked there.
