@@ -19,7 +19,8 @@
 //! - [`push`]: push requests and broadcast filters; [`condition`]: the filter language.
 //! - [`flow`]: flow control; [`ack`]: pushes awaiting a write result or an ACK.
 //! - [`status`]: the terminal statuses and how a PushClient is told.
-//! - [`store`]: the route-store operations the core asks the driver to perform.
+//! - [`store`]: the route-store operations the core asks the driver to perform;
+//!   [`store_state`]: what each operation does to a store (every store applies it).
 //! - [`timer`]: the node's timer heap.
 //! - [`node`]: [`Node`], the composition, with its `handle` / `poll_output` / `poll_timeout`
 //!   / `handle_timeout` drain contract.
@@ -42,6 +43,7 @@ pub mod route;
 pub mod session;
 pub mod status;
 pub mod store;
+pub mod store_state;
 pub mod timer;
 
 pub use config::{NodeAddr, NodeConfig};

@@ -10,15 +10,28 @@ use crate::ids::RequestId;
 use crate::route::ClientType;
 use serde::{Deserialize, Serialize};
 
+/// Most ended binds a route remembers ([`RouteRecord::ended`]).
+pub const MAX_ENDED_BINDS: usize = 4;
+
+/// A bind known to have ended, named by its node and bind version (a node's versions are
+/// strictly increasing, so the pair names one bind).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndedBind {
+    pub host: String,
+    pub port: u16,
+    pub version: u64,
+}
+
 /// Where a user's connection of one client type lives (MPush's `ClientLocation` JSON:
 /// `{"port":3001,"host":"…","deviceId":"…","osName":"…","clientVersion":"…","connId":"…"}`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RouteRecord {
+    /// The node's gateway port. (Fields are declared in the order MPush writes them, so an
+    /// unversioned route serialises to MPush's exact bytes.)
+    pub port: u16,
     /// The node's gateway host.
     pub host: String,
-    /// The node's gateway port.
-    pub port: u16,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub device_id: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -40,6 +53,12 @@ pub struct RouteRecord {
     /// is the device's current one, whenever each bind happened to be processed. 0 = unknown.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub conn_version: u64,
+    /// Binds of this user and client type whose offline mark reached the store while it held
+    /// another route (marks can overtake their bind's own write, e.g. a write delivered late
+    /// on an old link, or a route put back by [`StoreOp::RestoreRoute`]): none of them may
+    /// come back online. Kept by the store, at most [`MAX_ENDED_BINDS`], newest last.
+    #[serde(default, rename = "endedBinds", skip_serializing_if = "Vec::is_empty")]
+    pub ended: Vec<EndedBind>,
 }
 
 fn is_zero(value: &u64) -> bool {
@@ -87,6 +106,38 @@ impl RouteRecord {
         } else {
             false
         }
+    }
+
+    /// True when this route describes the bind `version` made on `node` (online or offline):
+    /// a node's bind versions are strictly increasing, so the pair names one bind.
+    pub fn is_bind(&self, node: &NodeAddr, version: u64) -> bool {
+        self.is_on(node) && self.version == version
+    }
+
+    /// True when the bind `version` of `node` has ended as far as this stored route knows:
+    /// it is this route, taken offline, or one of the binds it remembers as ended.
+    pub fn knows_ended(&self, node: &NodeAddr, version: u64) -> bool {
+        (self.is_bind(node, version) && !self.is_online())
+            || self
+                .ended
+                .iter()
+                .any(|e| e.host == node.host && e.port == node.port && e.version == version)
+    }
+
+    /// Remembers that the bind `version` of `node` ended (the oldest memory goes beyond
+    /// [`MAX_ENDED_BINDS`]).
+    pub fn remember_ended(&mut self, node: &NodeAddr, version: u64) {
+        if self.knows_ended(node, version) {
+            return;
+        }
+        if self.ended.len() >= MAX_ENDED_BINDS {
+            self.ended.remove(0);
+        }
+        self.ended.push(EndedBind {
+            host: node.host.clone(),
+            port: node.port,
+            version,
+        });
     }
 
     /// The node this route points at.
@@ -193,7 +244,8 @@ impl KickNotice {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum StoreOp {
     /// Set the route of (user, client type) unless the store holds a newer bind
-    /// ([`RouteRecord::supersedes`]); answer [`StoreReply::Previous`] with the value it
+    /// ([`RouteRecord::supersedes`]) or knows this bind already ended
+    /// ([`RouteRecord::knows_ended`]); answer [`StoreReply::Previous`] with the value it
     /// replaced (atomically, so the core can kick an older connection elsewhere), or
     /// [`StoreReply::Stale`] when it was not applied.
     PutRoute {
@@ -202,14 +254,27 @@ pub enum StoreOp {
         route: RouteRecord,
     },
     /// Mark the route of (user, client type) offline, only if it still describes the binding
-    /// `conn_id` on `node` with bind `version` ([`RouteRecord::take_offline`]); answer
-    /// [`StoreReply::Done`].
+    /// `conn_id` on `node` with bind `version` ([`RouteRecord::take_offline`]); otherwise
+    /// the store remembers that bind as ended, so its write arriving later, or a restore of
+    /// it, cannot bring it back online. Answer [`StoreReply::Done`].
     SetRouteOffline {
         user_id: String,
         client_type: ClientType,
         node: NodeAddr,
         conn_id: String,
         version: u64,
+    },
+    /// Put `previous` back as the route of (user, client type) if the store still holds the
+    /// bind `version` of `node` (online or already marked offline): that bind replaced
+    /// `previous` but its connection closed before the node learned it had (a BIND read just
+    /// before its phone's close), so it never took effect and the connection it displaced
+    /// keeps the user ([`RouteRecord::is_bind`]). Answer [`StoreReply::Done`].
+    RestoreRoute {
+        user_id: String,
+        client_type: ClientType,
+        node: NodeAddr,
+        version: u64,
+        previous: Box<RouteRecord>,
     },
     /// Read the route of (user, client type), or with `client_type` `None` the user's best
     /// route (an online one first); answer [`StoreReply::Route`].
@@ -287,10 +352,7 @@ mod tests {
         let offline = r#"{"port":3001,"host":"127.0.0.1","deviceId":"device-A","osName":"android","clientVersion":"2.0"}"#;
         let record: RouteRecord = serde_json::from_str(offline).unwrap();
         assert!(!record.is_online());
-        assert_eq!(
-            serde_json::to_string(&record).unwrap(),
-            r#"{"host":"127.0.0.1","port":3001,"deviceId":"device-A","osName":"android","clientVersion":"2.0"}"#
-        );
+        assert_eq!(serde_json::to_string(&record).unwrap(), offline);
         let online: RouteRecord =
             serde_json::from_str(r#"{"port":3001,"host":"10.0.0.5","connId":"fb6359be"}"#).unwrap();
         assert_eq!(online.conn_id.as_deref(), Some("fb6359be"));
@@ -306,6 +368,7 @@ mod tests {
             conn_id: Some(conn.into()),
             version,
             conn_version,
+            ended: Vec::new(),
         }
     }
 

@@ -19,7 +19,7 @@ use pushgate_core::message::{
 use pushgate_core::pipeline;
 use pushgate_core::route::ClientType;
 use pushgate_core::status::PushStatus;
-use pushgate_core::store::{KickNotice, TaskControl};
+use pushgate_core::store::{KickNotice, RouteRecord, StoreOp, TaskControl};
 use pushgate_core::{CloseReason, ConnId, Event, GatewayId, Input, KickCause};
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -110,6 +110,7 @@ fn broadcasts_finished(w: &World) -> Vec<(u64, PushStatus, Option<String>)> {
 /// The `connId` the node wrote into the store for (user, type).
 fn store_token(w: &World, user: &str, ct: ClientType) -> Option<String> {
     w.store
+        .state
         .routes
         .get(&(user.to_owned(), ct))
         .and_then(|r| r.conn_id.clone())
@@ -403,11 +404,11 @@ fn unknown_user_is_offline() {
 #[test]
 fn offline_store_route_is_offline() {
     let mut w = World::new(|_| {});
-    w.store.routes.insert(
+    w.store.state.routes.insert(
         ("u1".into(), ClientType::Mobile),
         FakeStore::route("127.0.0.1", 3001, None),
     );
-    w.store.routes.insert(
+    w.store.state.routes.insert(
         ("u2".into(), ClientType::Mobile),
         FakeStore::route("10.0.0.2", 3001, None),
     );
@@ -424,7 +425,7 @@ fn offline_store_route_is_offline() {
 #[test]
 fn store_route_on_another_node_is_router_change() {
     let mut w = World::new(|_| {});
-    w.store.routes.insert(
+    w.store.state.routes.insert(
         ("u1".into(), ClientType::Mobile),
         FakeStore::route("10.0.0.2", 3001, Some("abc")),
     );
@@ -574,7 +575,7 @@ fn closed_connection_drops_its_local_route_and_marks_the_store_route_offline() {
     assert!(store_token(&w, "u1", ClientType::Mobile).is_some());
     w.drop_phone(phone);
     assert!(w.node.routes_of("u1").is_empty());
-    let route = &w.store.routes[&("u1".to_owned(), ClientType::Mobile)];
+    let route = &w.store.state.routes[&("u1".to_owned(), ClientType::Mobile)];
     assert_eq!(route.conn_id, None, "rewritten offline, not deleted");
     assert_eq!((route.host.as_str(), route.port), ("127.0.0.1", 3001));
     w.push_to(GW, 1, "u1", 1, 3000, Flags::NONE, "x");
@@ -584,7 +585,7 @@ fn closed_connection_drops_its_local_route_and_marks_the_store_route_offline() {
 #[test]
 fn store_route_to_this_node_without_a_local_connection_is_offline_and_marked_offline() {
     let mut w = World::new(|_| {});
-    w.store.routes.insert(
+    w.store.state.routes.insert(
         ("u1".into(), ClientType::Mobile),
         FakeStore::route("127.0.0.1", 3001, Some("stale-conn")),
     );
@@ -596,7 +597,7 @@ fn store_route_to_this_node_without_a_local_connection_is_offline_and_marked_off
         "SetRouteOffline cleaned the stale route"
     );
     // Same with "any client type" (0).
-    w.store.routes.insert(
+    w.store.state.routes.insert(
         ("u2".into(), ClientType::Pc),
         FakeStore::route("127.0.0.1", 3001, Some("stale-2")),
     );
@@ -661,7 +662,7 @@ fn old_connection_closing_after_a_newer_one_took_its_route_leaves_the_route_alon
 
     // The same across nodes: the user bound again on another node (the store route names it),
     // then the local connection goes away. Its offline write must not touch the new route.
-    w.store.routes.insert(
+    w.store.state.routes.insert(
         ("u1".into(), ClientType::Mobile),
         FakeStore::route("10.0.0.2", 3001, Some("remote")),
     );
@@ -736,7 +737,7 @@ fn devices_of_different_types_keep_both_routes_without_a_kick() {
 #[test]
 fn binding_over_an_online_route_on_another_node_publishes_a_kick_notice() {
     let mut w = World::new(|_| {});
-    w.store.routes.insert(
+    w.store.state.routes.insert(
         ("u1".into(), ClientType::Mobile),
         FakeStore::route("10.0.0.2", 3001, Some("abc")),
     );
@@ -757,12 +758,111 @@ fn binding_over_an_online_route_on_another_node_publishes_a_kick_notice() {
     assert_eq!(w.node.routes_of("u1"), vec![(ClientType::Mobile, phone)]);
 
     // A stale route naming this very node is not "another node": no notice.
-    w.store.routes.insert(
+    w.store.state.routes.insert(
         ("u2".into(), ClientType::Mobile),
         FakeStore::route("127.0.0.1", 3001, Some("old-here")),
     );
     w.online("dev-B", "android", "u2", "");
     assert_eq!(w.store.kicks.len(), 1);
+}
+
+/// Found by the simulation (fresh seeds, B5): a BIND that waited in a paused node (or behind a
+/// clogged link) while its phone gave up is read just before the phone's close. Its route
+/// write displaced the user's live connection on another node, and the kick notice it sent
+/// took the user from that connection, so nobody held the user. Now a bind whose connection
+/// is gone when the store answers kicks nobody and puts the displaced route back.
+#[test]
+fn a_bind_whose_connection_closed_before_the_store_answered_gives_the_route_back() {
+    let mut w = World::new(|_| {});
+    let far = FakeStore::route("10.0.0.2", 3001, Some("far-conn"));
+    w.store
+        .state
+        .routes
+        .insert(("u1".into(), ClientType::Mobile), far.clone());
+    let phone = w.connect("dev-A", "android");
+    w.handshake(phone);
+    w.store.mode = StoreMode::Hold;
+    w.bind(phone, "u1", "");
+    w.drop_phone(phone);
+    // The route write, then the offline mark of the closed connection, reach the store.
+    w.release_store();
+    assert!(w.store.kicks.is_empty(), "nobody is kicked for a dead bind");
+    w.store.mode = StoreMode::Immediate;
+    w.release_store();
+    w.settle();
+    assert_eq!(
+        w.store.state.routes[&("u1".to_owned(), ClientType::Mobile)],
+        far,
+        "the displaced connection's route is back"
+    );
+    assert!(w.store.kicks.is_empty());
+    assert!(w.node.routes_of("u1").is_empty());
+}
+
+/// The same race, and the displaced connection closed too before the route came back: its
+/// offline mark reached the store while the dead bind was stored, so the route comes back
+/// offline, never as a connection nobody holds.
+#[test]
+fn a_displaced_connection_that_closed_meanwhile_comes_back_offline() {
+    let mut w = World::new(|_| {});
+    let far = FakeStore::route("10.0.0.2", 3001, Some("far-conn"));
+    w.store
+        .state
+        .routes
+        .insert(("u1".into(), ClientType::Mobile), far.clone());
+    let phone = w.connect("dev-A", "android");
+    w.handshake(phone);
+    w.store.mode = StoreMode::Hold;
+    w.bind(phone, "u1", "");
+    w.drop_phone(phone);
+    w.release_store(); // the route write and the offline mark; RestoreRoute is held
+                       // The far node's connection closes; its mark finds the dead bind stored.
+    w.store.apply(&StoreOp::SetRouteOffline {
+        user_id: "u1".into(),
+        client_type: ClientType::Mobile,
+        node: far.node(),
+        conn_id: "far-conn".into(),
+        version: far.version,
+    });
+    w.store.mode = StoreMode::Immediate;
+    w.release_store();
+    w.settle();
+    let stored = &w.store.state.routes[&("u1".to_owned(), ClientType::Mobile)];
+    assert!(stored.is_bind(&far.node(), far.version), "{stored:?}");
+    assert!(!stored.is_online());
+}
+
+/// The same race, but another bind of the user came in between: the store keeps the newer
+/// bind, and the undo of the dead one touches nothing.
+#[test]
+fn undoing_a_dead_bind_never_touches_a_newer_one() {
+    let mut w = World::new(|_| {});
+    let far = FakeStore::route("10.0.0.2", 3001, Some("far-conn"));
+    w.store
+        .state
+        .routes
+        .insert(("u1".into(), ClientType::Mobile), far);
+    let phone = w.connect("dev-A", "android");
+    w.handshake(phone);
+    w.store.mode = StoreMode::Hold;
+    w.bind(phone, "u1", "");
+    w.drop_phone(phone);
+    w.release_store(); // PutRoute (displaces far) and the offline mark; RestoreRoute is held
+    let newer = RouteRecord {
+        version: u64::MAX / 2,
+        ..FakeStore::route("10.0.0.3", 3001, Some("newest"))
+    };
+    w.store
+        .state
+        .routes
+        .insert(("u1".into(), ClientType::Mobile), newer.clone());
+    w.store.mode = StoreMode::Immediate;
+    w.release_store();
+    w.settle();
+    assert_eq!(
+        w.store.state.routes[&("u1".to_owned(), ClientType::Mobile)],
+        newer
+    );
 }
 
 #[test]
@@ -821,7 +921,7 @@ fn fast_connect_with_a_cached_session_resumes_it() {
         .expect("HANDSHAKE-ok read");
     let iv = w.phones[&first].iv;
     assert!(
-        w.store.sessions.contains_key(&session_id),
+        w.store.state.has_session(&session_id),
         "cached in the store"
     );
 
@@ -1463,7 +1563,7 @@ fn broadcast_stops_at_the_total_cap_and_still_completes() {
 fn task_broadcast_respects_the_stored_qps_and_records_progress() {
     let mut w = World::new(|_| {});
     let phones = many_online(&mut w, 12, |i| format!("u{i:02}"));
-    w.store.tasks.insert(
+    w.store.state.tasks.insert(
         "t1".into(),
         TaskControl {
             qps: Some(5),
@@ -1479,9 +1579,9 @@ fn task_broadcast_respects_the_stored_qps_and_records_progress() {
     w.advance(1000);
     assert_eq!(reached(&w, &phones).len(), 12);
     assert_eq!(w.reply(GW, 1).status, PushStatus::Success);
-    let (sent, users) = w.store.progress["t1"].clone();
-    assert_eq!(sent, 12);
-    let mut sorted = users.clone();
+    let progress = w.store.state.task_progress("t1");
+    assert_eq!(progress.sent, 12);
+    let mut sorted: Vec<String> = progress.user_ids.into_iter().collect();
     sorted.sort();
     let all: Vec<String> = phones.iter().map(|(u, _)| u.clone()).collect();
     assert_eq!(sorted, all, "every user recorded once");
@@ -1491,7 +1591,7 @@ fn task_broadcast_respects_the_stored_qps_and_records_progress() {
 fn cancelled_task_broadcast_stops_and_completes() {
     let mut w = World::new(|_| {});
     let phones = many_online(&mut w, 12, |i| format!("u{i:02}"));
-    w.store.tasks.insert(
+    w.store.state.tasks.insert(
         "t2".into(),
         TaskControl {
             qps: Some(5),
@@ -1502,13 +1602,13 @@ fn cancelled_task_broadcast_stops_and_completes() {
     broadcast(&mut w, 1, |p| p.task_id = "t2".into());
     w.release_store(); // task control → first window of 5; progress and a re-read are held
     assert_eq!(reached(&w, &phones).len(), 5);
-    w.store.tasks.get_mut("t2").unwrap().cancelled = true;
+    w.store.state.tasks.get_mut("t2").unwrap().cancelled = true;
     w.release_store();
     assert_eq!(w.reply(GW, 1).status, PushStatus::Success);
     w.store.mode = StoreMode::Immediate;
     w.settle();
     assert_eq!(reached(&w, &phones).len(), 5, "nothing after the cancel");
-    assert_eq!(w.store.progress["t2"].0, 5);
+    assert_eq!(w.store.state.task_progress("t2").sent, 5);
     assert_eq!(w.node.stats().broadcasts, 0);
 }
 
@@ -1712,7 +1812,7 @@ fn snapshot_failure() {
 #[test]
 fn snapshot_router_change() {
     let mut w = World::new(|_| {});
-    w.store.routes.insert(
+    w.store.state.routes.insert(
         ("u1".into(), ClientType::Pc),
         FakeStore::route("10.0.0.2", 3001, Some("abc")),
     );

@@ -588,14 +588,14 @@ type Check = Result<(), String>;
 impl Run {
     fn new(knobs: &Knobs) -> Self {
         let mut w = World::with_config(knobs.config(), 7);
-        w.store.tasks.insert(
+        w.store.state.tasks.insert(
             TASKS[0].into(),
             TaskControl {
                 qps: Some(1),
                 cancelled: false,
             },
         );
-        w.store.tasks.insert(
+        w.store.state.tasks.insert(
             TASKS[1].into(),
             TaskControl {
                 qps: None,
@@ -669,7 +669,7 @@ impl Run {
         self.pending_before = self.w.unconfirmed.iter().copied().collect();
         self.step_action = Some(action.clone());
         let events_before = self.w.events.len();
-        let store_before = self.w.store.routes.clone();
+        let store_before = self.w.store.state.routes.clone();
         let kicks_before = self.w.store.kicks.len();
         self.expect_kicks = self.expected_kicks(action);
         self.routes_before = self.routes.clone();
@@ -757,7 +757,7 @@ impl Run {
     fn kick_notice_conn_id(&self, user: &str, ct: ClientType, matching: bool) -> String {
         Some(ct)
             .filter(|_| matching)
-            .and_then(|ct| self.w.store.routes.get(&(user.to_owned(), ct)))
+            .and_then(|ct| self.w.store.state.routes.get(&(user.to_owned(), ct)))
             .and_then(|route| route.conn_id.clone())
             .unwrap_or_else(|| "0123456789abcdef".into())
     }
@@ -798,7 +798,13 @@ impl Run {
             let key = (user.clone(), phone.ct);
             // Where this step's write went depends on the store's mode (no BIND step changes it).
             let written = match self.w.store.mode {
-                StoreMode::Immediate => self.w.store.routes.get(&key).map(|r| r.conn_id.clone()),
+                StoreMode::Immediate => self
+                    .w
+                    .store
+                    .state
+                    .routes
+                    .get(&key)
+                    .map(|r| r.conn_id.clone()),
                 StoreMode::Hold => {
                     self.w
                         .store
@@ -919,6 +925,7 @@ impl Run {
             let held_in_store = self
                 .w
                 .store
+                .state
                 .routes
                 .get(&(user_id.clone(), phone.ct))
                 .is_some_and(|route| {
@@ -1289,7 +1296,7 @@ impl Run {
             Action::ForeignRoute(user, ct) => {
                 let ct = ct_of_code(CT_CODES[usize::from(ct) + 1]).expect("a real type");
                 let user = USERS[usize::from(user)];
-                self.w.store.routes.insert(
+                self.w.store.state.routes.insert(
                     (user.to_owned(), ct),
                     harness::FakeStore::route(FOREIGN_HOST, 3001, Some(FOREIGN_TOKEN)),
                 );
@@ -2308,7 +2315,7 @@ impl Run {
         if self.store_exact {
             // Every connection is gone, so every route this node wrote is offline (§9.10).
             let node = self.w.node.config().node_addr.clone();
-            for ((user, ct), route) in &self.w.store.routes {
+            for ((user, ct), route) in &self.w.store.state.routes {
                 ensure!(
                     !route.is_on(&node) || !route.is_online(),
                     "the store still has {user}/{ct:?} online on this node: {route:?}"

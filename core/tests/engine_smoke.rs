@@ -42,12 +42,12 @@ fn routes_are_written_again_when_the_store_link_comes_back() {
     let mut w = World::new(|_| {});
     w.online("device-A", "android", "user-1", "");
     w.online("device-B", "windows", "user-1", "");
-    assert_eq!(w.store.routes.len(), 2);
+    assert_eq!(w.store.state.routes.len(), 2);
     // The store restarts empty; when the link is back the node writes its routes again.
-    w.store.routes.clear();
+    w.store.state.routes.clear();
     w.input(Input::StoreConnected);
-    assert_eq!(w.store.routes.len(), 2);
-    assert!(w.store.routes.values().all(|r| r.is_online()));
+    assert_eq!(w.store.state.routes.len(), 2);
+    assert!(w.store.state.routes.values().all(|r| r.is_online()));
     let gw = GatewayId(1);
     w.push_to(gw, 1, "user-1", 2, 1000, Flags::NONE, "to the PC");
     assert_eq!(w.reply(gw, 1).status, PushStatus::Success);

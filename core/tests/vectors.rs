@@ -1896,6 +1896,7 @@ fn gateway_too_long() {
 #[test]
 fn every_vector_file_has_a_test() {
     let covered = [
+        "cluster-data.json",
         "fast-connect-fallback.json",
         "fast-connect.json",
         "gateway-broadcast.json",
@@ -1915,4 +1916,118 @@ fn every_vector_file_has_a_test() {
         files, covered,
         "a vector file without a test (or a test without its file)"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// cluster-data.json: what MPush writes into Redis
+// ---------------------------------------------------------------------------------------------
+
+/// Every Redis command of the capture, as argument lists.
+fn cluster_commands() -> (Value, Vec<Vec<String>>) {
+    let path = format!("{VECTORS_DIR}/cluster-data.json");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {path}: {e}"));
+    let data: Value = serde_json::from_str(&text).expect("cluster-data.json is JSON");
+    let commands = data["redis_commands"]
+        .as_array()
+        .expect("redis_commands")
+        .iter()
+        .flat_map(|step| step["commands"].as_array().expect("commands").iter())
+        .map(|c| {
+            c["cmd"]
+                .as_array()
+                .expect("cmd")
+                .iter()
+                .map(|a| a.as_str().expect("string argument").to_owned())
+                .collect()
+        })
+        .collect();
+    (data, commands)
+}
+
+/// Every route MPush wrote (`HSET mp:ur:{user} {type} {json}`) reads as a route, and an
+/// unversioned route written back is MPush's exact text.
+#[test]
+fn cluster_routes_read_and_write_as_mpush_does() {
+    use pushgate_core::route::ClientType;
+    use pushgate_core::store::RouteRecord;
+    let (data, commands) = cluster_commands();
+    let mut values: Vec<(String, String)> = commands
+        .iter()
+        .filter(|c| c[0] == "HSET" && c[1].starts_with("mp:ur:"))
+        .map(|c| (c[2].clone(), c[3].clone()))
+        .collect();
+    for (_, hash) in data["redis_final"].as_object().expect("redis_final") {
+        if hash["type"] == "hash" && hash["value"].get("1").is_some() {
+            for (field, value) in hash["value"].as_object().expect("hash") {
+                values.push((field.clone(), value.as_str().expect("route").to_owned()));
+            }
+        }
+    }
+    assert!(values.len() >= 12, "the capture has its route writes");
+    let (mut online, mut offline) = (0, 0);
+    for (field, text) in values {
+        let code: i32 = field.parse().expect("client type field");
+        assert!(ClientType::from_code(code).is_some(), "{field}");
+        let route: RouteRecord = serde_json::from_str(&text).expect("route JSON");
+        assert_eq!((route.version, route.conn_version), (0, 0), "{text}");
+        assert_eq!(serde_json::to_string(&route).unwrap(), text, "byte-exact");
+        if route.is_online() {
+            online += 1;
+        } else {
+            offline += 1;
+        }
+    }
+    assert!(online > 0 && offline > 0, "online and offline routes");
+}
+
+/// Every reusable session MPush wrote (`SET mp:rs:{id}`) parses and prints back exactly.
+#[test]
+fn cluster_sessions_round_trip() {
+    use pushgate_core::store::CachedSession;
+    let (_, commands) = cluster_commands();
+    let sets: Vec<&Vec<String>> = commands
+        .iter()
+        .filter(|c| c[0] == "SET" && c[1].starts_with("mp:rs:"))
+        .collect();
+    assert_eq!(sets.len(), 5);
+    for set in sets {
+        let session = CachedSession::from_mpush_string(&set[2]).expect("MPush session text");
+        assert_eq!(session.to_mpush_string(), set[2]);
+    }
+    // MPush keeps a session 86,400 s.
+    assert!(commands
+        .iter()
+        .any(|c| c[0] == "EXPIRE" && c[1].starts_with("mp:rs:") && c[2] == "86400"));
+}
+
+/// The cross-server kick MPush published reads as a notice for the node its channel names,
+/// and a notice written back has the same keys and values.
+#[test]
+fn cluster_kick_notices_read_as_mpush_writes_them() {
+    use pushgate_core::store::KickNotice;
+    let (data, commands) = cluster_commands();
+    let kicks: Vec<&Vec<String>> = commands
+        .iter()
+        .filter(|c| c[0] == "PUBLISH" && c[1].starts_with("/mpush/kick/"))
+        .collect();
+    assert_eq!(kicks.len(), 1);
+    for kick in kicks {
+        let notice: KickNotice = serde_json::from_str(&kick[2]).expect("kick JSON");
+        let target = notice.target();
+        assert_eq!(
+            kick[1],
+            format!("/mpush/kick/{}:{}", target.host, target.port)
+        );
+        assert_eq!(notice.version, 0, "MPush's notices carry no version");
+        let back: Value = serde_json::to_value(&notice).unwrap();
+        let original: Value = serde_json::from_str(&kick[2]).unwrap();
+        assert_eq!(back, original);
+    }
+    // Online and offline events carry the bare user id.
+    for message in data["pubsub"].as_array().expect("pubsub") {
+        let channel = message["channel"].as_str().unwrap();
+        if channel == "/mpush/online/" || channel == "/mpush/offline/" {
+            assert!(message["message"].as_str().unwrap().starts_with("user-"));
+        }
+    }
 }

@@ -610,7 +610,10 @@ impl Node {
                         );
                     } else {
                         let name = op_name(&op);
-                        if matches!(op, StoreOp::SetRouteOffline { .. }) {
+                        if matches!(
+                            op,
+                            StoreOp::SetRouteOffline { .. } | StoreOp::RestoreRoute { .. }
+                        ) {
                             self.schedule_offline_mark_repair(op);
                         }
                         self.emit(Event::StoreFailed { op: name, error });
@@ -778,6 +781,7 @@ fn op_name(op: &StoreOp) -> &'static str {
     match op {
         StoreOp::PutRoute { .. } => "put-route",
         StoreOp::SetRouteOffline { .. } => "set-route-offline",
+        StoreOp::RestoreRoute { .. } => "restore-route",
         StoreOp::GetRoute { .. } => "get-route",
         StoreOp::PutSession { .. } => "put-session",
         StoreOp::GetSession { .. } => "get-session",

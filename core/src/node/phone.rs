@@ -463,6 +463,7 @@ impl Node {
             conn_id: Some(session.conn_token.clone()),
             version: bound.route_version,
             conn_version: session.conn_version,
+            ended: Vec::new(),
         };
         Some((bound.user_id.clone(), session.client_type, record))
     }
@@ -488,7 +489,10 @@ impl Node {
     /// Sends an offline mark again at the next repair round. Marks are idempotent and name
     /// the binding they mean, so a late one never touches a newer route.
     pub(super) fn schedule_offline_mark_repair(&mut self, mark: StoreOp) {
-        debug_assert!(matches!(mark, StoreOp::SetRouteOffline { .. }));
+        debug_assert!(matches!(
+            mark,
+            StoreOp::SetRouteOffline { .. } | StoreOp::RestoreRoute { .. }
+        ));
         if self.offline_marks_to_repair.len() >= MAX_OFFLINE_MARKS_TO_REPAIR {
             self.offline_marks_to_repair.pop_front();
         }
@@ -555,9 +559,27 @@ impl Node {
         };
         match reply {
             Ok(StoreReply::Previous(Some(previous))) => {
+                let holds_user = self.sessions.get(&conn).is_some_and(|s| {
+                    s.user_id() == Some(user_id.as_str()) && s.client_type == *client_type
+                });
+                let displaced_elsewhere = previous.is_online()
+                    && !previous.is_on(&self.cfg.node_addr)
+                    && previous.conn_id != route.conn_id;
+                if displaced_elsewhere && !holds_user {
+                    // The connection closed (or gave the user up) before its bind took effect:
+                    // the connection it displaced on another node keeps the user, and its
+                    // route goes back, unless a newer bind came since.
+                    return self.store_write(StoreOp::RestoreRoute {
+                        user_id: user_id.clone(),
+                        client_type: *client_type,
+                        node: self.cfg.node_addr.clone(),
+                        version: route.version,
+                        previous: Box::new(previous),
+                    });
+                }
                 // An older connection of this user and type on another node gets kicked there.
                 if let Some(old_conn_id) = previous.conn_id.clone() {
-                    if !previous.is_on(&self.cfg.node_addr) && previous.conn_id != route.conn_id {
+                    if displaced_elsewhere {
                         let notice = KickNotice {
                             client_type: client_type.code(),
                             conn_id: old_conn_id,

@@ -13,15 +13,13 @@ use pushgate_core::message::{
     Bind, Body, ErrorMessage, FastConnect, GatewayPush, Handshake, HandshakeOk, OkMessage,
 };
 use pushgate_core::pipeline::{self, OpenKey};
-use pushgate_core::route::ClientType;
 use pushgate_core::status::{status_of_reply, PushStatus};
-use pushgate_core::store::{
-    CachedSession, KickNotice, RouteRecord, StoreOp, StoreReply, StoreRequest, TaskControl,
-};
+use pushgate_core::store::{KickNotice, RouteRecord, StoreOp, StoreReply, StoreRequest};
+use pushgate_core::store_state::StoreState;
 use pushgate_core::{ConnId, Event, GatewayId, Input, Millis, Node, Output};
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::OnceLock;
 
 /// Epoch ms at virtual time 0.
@@ -76,15 +74,14 @@ pub enum StoreMode {
     Drop,
 }
 
-/// An in-memory route store with the semantics the core expects.
+/// The route store around the node: the core's own store semantics ([`StoreState`]) behind a
+/// switch that answers at once, holds requests, or drops them.
 #[derive(Debug)]
 pub struct FakeStore {
     pub mode: StoreMode,
-    pub routes: BTreeMap<(String, ClientType), RouteRecord>,
-    pub sessions: HashMap<String, CachedSession>,
+    pub state: StoreState,
+    /// Every kick notice published, in order.
     pub kicks: Vec<KickNotice>,
-    pub tasks: HashMap<String, TaskControl>,
-    pub progress: HashMap<String, (u64, Vec<String>)>,
     pub held: Vec<StoreRequest>,
     pub requests_seen: usize,
 }
@@ -93,92 +90,20 @@ impl FakeStore {
     fn new() -> Self {
         Self {
             mode: StoreMode::Immediate,
-            routes: BTreeMap::new(),
-            sessions: HashMap::new(),
+            state: StoreState::new(),
             kicks: Vec::new(),
-            tasks: HashMap::new(),
-            progress: HashMap::new(),
             held: Vec::new(),
             requests_seen: 0,
         }
     }
 
-    /// Applies an operation and returns its answer.
+    /// Applies an operation (at time 0: sessions never expire here) and returns its answer.
     pub fn apply(&mut self, op: &StoreOp) -> StoreReply {
-        match op {
-            StoreOp::PutRoute {
-                user_id,
-                client_type,
-                route,
-            } => match self.routes.get(&(user_id.clone(), *client_type)) {
-                Some(current) if !route.supersedes(current) => StoreReply::Stale {
-                    current: current.clone(),
-                },
-                _ => StoreReply::Previous(
-                    self.routes
-                        .insert((user_id.clone(), *client_type), route.clone()),
-                ),
-            },
-            StoreOp::SetRouteOffline {
-                user_id,
-                client_type,
-                node,
-                conn_id,
-                version,
-            } => {
-                if let Some(route) = self.routes.get_mut(&(user_id.clone(), *client_type)) {
-                    route.take_offline(node, conn_id, *version);
-                }
-                StoreReply::Done
-            }
-            StoreOp::GetRoute {
-                user_id,
-                client_type,
-            } => {
-                let found = match client_type {
-                    Some(ct) => self
-                        .routes
-                        .get(&(user_id.clone(), *ct))
-                        .map(|r| (*ct, r.clone())),
-                    None => {
-                        let of_user = self.routes.iter().filter(|((u, _), _)| u == user_id);
-                        let mut all: Vec<_> =
-                            of_user.map(|((_, ct), r)| (*ct, r.clone())).collect();
-                        all.sort_by_key(|(_, r)| !r.is_online());
-                        all.into_iter().next()
-                    }
-                };
-                StoreReply::Route(found)
-            }
-            StoreOp::PutSession {
-                session_id,
-                session,
-                ..
-            } => {
-                self.sessions.insert(session_id.clone(), session.clone());
-                StoreReply::Done
-            }
-            StoreOp::GetSession { session_id } => {
-                StoreReply::Session(self.sessions.get(session_id).cloned())
-            }
-            StoreOp::PublishKick { notice } => {
-                self.kicks.push(notice.clone());
-                StoreReply::Done
-            }
-            StoreOp::GetTaskControl { task_id } => {
-                StoreReply::TaskControl(self.tasks.get(task_id).copied().unwrap_or_default())
-            }
-            StoreOp::AddTaskProgress {
-                task_id,
-                sent,
-                user_ids,
-            } => {
-                let entry = self.progress.entry(task_id.clone()).or_default();
-                entry.0 += sent;
-                entry.1.extend(user_ids.iter().cloned());
-                StoreReply::Done
-            }
+        let reply = self.state.apply(0, op.clone());
+        while let Some(notice) = self.state.poll_kick() {
+            self.kicks.push(notice);
         }
+        reply
     }
 
     /// A route as this node would write it, for seeding stale or remote routes.
@@ -193,6 +118,7 @@ impl FakeStore {
             // Older than any bind the node makes (like a route written by MPush).
             version: 0,
             conn_version: 0,
+            ended: Vec::new(),
         }
     }
 }

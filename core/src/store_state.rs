@@ -1,0 +1,582 @@
+//! The route store's semantics, written once: what every [`StoreOp`] does to a store's data and
+//! what it answers.
+//!
+//! Every store pushgate runs or models applies ops through [`StoreState::apply`]: the embedded
+//! single-node store, the simulator's store node and the core's test harness. The Redis back
+//! end implements the same contract in Lua scripts and is held to it by the contract tests
+//! (the same op sequences, the same replies). The rules:
+//!
+//! - **Routes** (`mp:ur:{user}` by client type): a `PutRoute` replaces the stored route only
+//!   when it is the newer bind ([`RouteRecord::supersedes`]); it answers the route it replaced,
+//!   or `Stale` with the newer route it left alone. Routes are never deleted, only taken
+//!   offline, and an offline mark applies only to the binding it names
+//!   ([`RouteRecord::take_offline`]), so a late mark never touches a newer bind. A bind whose
+//!   connection closed before it took effect is undone the same way: `RestoreRoute` puts the
+//!   route it replaced back only while the store still holds that bind.
+//! - **Sessions** (`mp:rs:{id}`): kept for their TTL; a read after it finds nothing. At most
+//!   [`MAX_SESSIONS`] are kept (expired ones are dropped first, then new ones are refused).
+//! - **Kick notices** are published: the caller takes them with [`StoreState::poll_kick`] and
+//!   delivers each to the node it names (pub/sub: at most once).
+//! - **Broadcast task control** (`mp:pt{task}`): qps and the cancel flag, read by the node; set
+//!   by the business side ([`StoreState::set_task_control`]). Progress (`sc`, `{task}:sui`) adds
+//!   up the sends and keeps the users reached, at most [`MAX_TASK_USERS`] per task.
+//!
+//! Pure data and no clock: time comes in as `now_ms`.
+use crate::ids::Millis;
+use crate::route::ClientType;
+use crate::store::{CachedSession, KickNotice, RouteRecord, StoreOp, StoreReply, TaskControl};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+/// Most reusable sessions kept.
+pub const MAX_SESSIONS: usize = 1 << 20;
+/// Most user ids kept per broadcast task's progress list (the newest win).
+pub const MAX_TASK_USERS: usize = 100_000;
+/// Most kick notices waiting for [`StoreState::poll_kick`]; older ones are dropped (pub/sub
+/// is at most once).
+pub const MAX_PENDING_KICKS: usize = 65_536;
+
+/// A broadcast task's progress: sends counted (`sc`) and the users reached (`{task}:sui`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TaskProgress {
+    pub sent: u64,
+    /// Newest last; at most [`MAX_TASK_USERS`].
+    pub user_ids: VecDeque<String>,
+}
+
+/// A store's data and the rules of every op.
+#[derive(Debug, Clone, Default)]
+pub struct StoreState {
+    /// Routes by (user, client type). Writing here directly skips the version rules: that is
+    /// for seeding a store as a Java node or an operator would, never for a node's writes.
+    pub routes: BTreeMap<(String, ClientType), RouteRecord>,
+    /// Session and the time it expires.
+    sessions: HashMap<String, (CachedSession, Millis)>,
+    /// Broadcast task control records, as the business side sets them.
+    pub tasks: HashMap<String, TaskControl>,
+    progress: HashMap<String, TaskProgress>,
+    kicks: VecDeque<KickNotice>,
+}
+
+impl StoreState {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Performs `op` at `now_ms` and answers it.
+    pub fn apply(&mut self, now_ms: Millis, op: StoreOp) -> StoreReply {
+        match op {
+            StoreOp::PutRoute {
+                user_id,
+                client_type,
+                route,
+            } => self.put_route(user_id, client_type, route),
+            StoreOp::SetRouteOffline {
+                user_id,
+                client_type,
+                node,
+                conn_id,
+                version,
+            } => {
+                match self.routes.get_mut(&(user_id.clone(), client_type)) {
+                    Some(route) => {
+                        if !route.take_offline(&node, &conn_id, version) {
+                            route.remember_ended(&node, version);
+                        }
+                    }
+                    // The mark overtook its bind's write: keep an empty, offline route that
+                    // only remembers the ended bind (any other bind supersedes it).
+                    None => {
+                        let mut ended = RouteRecord::default();
+                        ended.remember_ended(&node, version);
+                        self.routes.insert((user_id, client_type), ended);
+                    }
+                }
+                StoreReply::Done
+            }
+            StoreOp::RestoreRoute {
+                user_id,
+                client_type,
+                node,
+                version,
+                previous,
+            } => {
+                if let Some(route) = self.routes.get_mut(&(user_id, client_type)) {
+                    if route.is_bind(&node, version) {
+                        let mut restored = *previous;
+                        // The displaced connection may have ended meanwhile.
+                        if route.knows_ended(&restored.node(), restored.version) {
+                            restored.conn_id = None;
+                        }
+                        restored.ended = std::mem::take(&mut route.ended);
+                        *route = restored;
+                    }
+                }
+                StoreReply::Done
+            }
+            StoreOp::GetRoute {
+                user_id,
+                client_type,
+            } => StoreReply::Route(self.route(&user_id, client_type)),
+            StoreOp::PutSession {
+                session_id,
+                session,
+                ttl_ms,
+            } => {
+                self.put_session(now_ms, session_id, session, ttl_ms);
+                StoreReply::Done
+            }
+            StoreOp::GetSession { session_id } => {
+                StoreReply::Session(self.session(now_ms, &session_id))
+            }
+            StoreOp::PublishKick { notice } => {
+                if self.kicks.len() >= MAX_PENDING_KICKS {
+                    self.kicks.pop_front();
+                }
+                self.kicks.push_back(notice);
+                StoreReply::Done
+            }
+            StoreOp::GetTaskControl { task_id } => {
+                StoreReply::TaskControl(self.tasks.get(&task_id).copied().unwrap_or_default())
+            }
+            StoreOp::AddTaskProgress {
+                task_id,
+                sent,
+                user_ids,
+            } => {
+                let progress = self.progress.entry(task_id).or_default();
+                progress.sent = progress.sent.saturating_add(sent);
+                for user in user_ids {
+                    if progress.user_ids.len() >= MAX_TASK_USERS {
+                        progress.user_ids.pop_front();
+                    }
+                    progress.user_ids.push_back(user);
+                }
+                StoreReply::Done
+            }
+        }
+    }
+
+    fn put_route(
+        &mut self,
+        user_id: String,
+        client_type: ClientType,
+        route: RouteRecord,
+    ) -> StoreReply {
+        let key = (user_id, client_type);
+        let mut route = route;
+        match self.routes.get(&key) {
+            // A late write of an older bind, or of a bind that already ended: keep what is
+            // stored.
+            Some(current)
+                if !route.supersedes(current)
+                    || current.knows_ended(&route.node(), route.version) =>
+            {
+                StoreReply::Stale {
+                    current: current.clone(),
+                }
+            }
+            Some(current) => {
+                route.ended = current.ended.clone();
+                StoreReply::Previous(self.routes.insert(key, route))
+            }
+            None => StoreReply::Previous(self.routes.insert(key, route)),
+        }
+    }
+
+    fn put_session(
+        &mut self,
+        now_ms: Millis,
+        session_id: String,
+        session: CachedSession,
+        ttl_ms: u64,
+    ) {
+        if self.sessions.len() >= MAX_SESSIONS && !self.sessions.contains_key(&session_id) {
+            self.sessions.retain(|_, (_, expires)| *expires > now_ms);
+        }
+        if self.sessions.len() < MAX_SESSIONS || self.sessions.contains_key(&session_id) {
+            self.sessions
+                .insert(session_id, (session, now_ms.saturating_add(ttl_ms)));
+        }
+    }
+
+    /// The live session `session_id` (an expired one is forgotten).
+    fn session(&mut self, now_ms: Millis, session_id: &str) -> Option<CachedSession> {
+        let live = self
+            .sessions
+            .get(session_id)
+            .filter(|(_, expires)| *expires > now_ms)
+            .map(|(session, _)| session.clone());
+        if live.is_none() {
+            self.sessions.remove(session_id);
+        }
+        live
+    }
+
+    /// The route of (user, type), or with no type the user's best route: the first online one
+    /// in [`ClientType::ALL`] order, else the first one.
+    pub fn route(
+        &self,
+        user_id: &str,
+        client_type: Option<ClientType>,
+    ) -> Option<(ClientType, RouteRecord)> {
+        match client_type {
+            Some(ct) => self
+                .routes
+                .get(&(user_id.to_owned(), ct))
+                .map(|r| (ct, r.clone())),
+            None => {
+                let all = self.routes_of(user_id);
+                let online = all.iter().position(|(_, r)| r.is_online());
+                online
+                    .or((!all.is_empty()).then_some(0))
+                    .map(|i| all[i].clone())
+            }
+        }
+    }
+
+    /// Every route of a user, in [`ClientType::ALL`] order.
+    pub fn routes_of(&self, user_id: &str) -> Vec<(ClientType, RouteRecord)> {
+        ClientType::ALL
+            .into_iter()
+            .filter_map(|ct| {
+                self.routes
+                    .get(&(user_id.to_owned(), ct))
+                    .map(|r| (ct, r.clone()))
+            })
+            .collect()
+    }
+
+    /// Every route held, in key order.
+    pub fn all_routes(&self) -> impl Iterator<Item = (&str, ClientType, &RouteRecord)> {
+        self.routes
+            .iter()
+            .map(|((user, ct), route)| (user.as_str(), *ct, route))
+    }
+
+    /// Sets a broadcast task's control record (qps, cancel flag), as the business side does.
+    pub fn set_task_control(&mut self, task_id: &str, control: TaskControl) {
+        self.tasks.insert(task_id.to_owned(), control);
+    }
+
+    /// A broadcast task's progress.
+    pub fn task_progress(&self, task_id: &str) -> TaskProgress {
+        self.progress.get(task_id).cloned().unwrap_or_default()
+    }
+
+    /// Sessions kept (expired ones included until read or swept).
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// True when a session is kept under `session_id` (expired or not).
+    pub fn has_session(&self, session_id: &str) -> bool {
+        self.sessions.contains_key(session_id)
+    }
+
+    /// The next kick notice published and not yet taken.
+    pub fn poll_kick(&mut self) -> Option<KickNotice> {
+        self.kicks.pop_front()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::NodeAddr;
+
+    fn route(conn: Option<&str>, version: u64) -> RouteRecord {
+        RouteRecord {
+            host: "127.0.0.1".into(),
+            port: 3001,
+            device_id: "d".into(),
+            os_name: "android".into(),
+            client_version: "1".into(),
+            conn_id: conn.map(str::to_owned),
+            version,
+            conn_version: 0,
+            ended: Vec::new(),
+        }
+    }
+
+    fn put(conn: &str, version: u64) -> StoreOp {
+        StoreOp::PutRoute {
+            user_id: "u".into(),
+            client_type: ClientType::Mobile,
+            route: route(Some(conn), version),
+        }
+    }
+
+    fn offline(conn: &str, version: u64) -> StoreOp {
+        StoreOp::SetRouteOffline {
+            user_id: "u".into(),
+            client_type: ClientType::Mobile,
+            node: NodeAddr::new("127.0.0.1", 3001),
+            conn_id: conn.into(),
+            version,
+        }
+    }
+
+    #[test]
+    fn routes_follow_the_newest_bind_and_are_cleared_only_by_it() {
+        let mut s = StoreState::new();
+        assert_eq!(s.apply(0, put("a", 10)), StoreReply::Previous(None));
+        assert_eq!(
+            s.apply(0, put("b", 20)),
+            StoreReply::Previous(Some(route(Some("a"), 10)))
+        );
+        // A late write of the older bind does not undo the newer one.
+        assert_eq!(
+            s.apply(0, put("a", 10)),
+            StoreReply::Stale {
+                current: route(Some("b"), 20)
+            }
+        );
+        s.apply(0, offline("a", 10));
+        assert!(s.route("u", None).unwrap().1.is_online(), "a stale owner");
+        s.apply(0, offline("b", 19));
+        assert!(s.route("u", None).unwrap().1.is_online(), "an older bind");
+        s.apply(0, offline("b", 20));
+        assert!(!s
+            .route("u", Some(ClientType::Mobile))
+            .unwrap()
+            .1
+            .is_online());
+    }
+
+    #[test]
+    fn a_restore_undoes_only_the_bind_it_names() {
+        let mut s = StoreState::new();
+        let far = RouteRecord {
+            host: "10.0.0.2".into(),
+            ..route(Some("far"), 1)
+        };
+        s.apply(
+            0,
+            StoreOp::PutRoute {
+                user_id: "u".into(),
+                client_type: ClientType::Mobile,
+                route: far.clone(),
+            },
+        );
+        s.apply(0, put("dead", 10));
+        s.apply(0, offline("dead", 10));
+        let restore = |version| StoreOp::RestoreRoute {
+            user_id: "u".into(),
+            client_type: ClientType::Mobile,
+            node: NodeAddr::new("127.0.0.1", 3001),
+            version,
+            previous: Box::new(far.clone()),
+        };
+        s.apply(0, restore(9));
+        assert_eq!(s.route("u", None).unwrap().1.version, 10, "another bind");
+        s.apply(0, restore(10));
+        assert_eq!(s.route("u", None).unwrap().1, far);
+        // Once a newer bind holds the route, a late restore does nothing.
+        s.apply(0, put("newer", 20));
+        s.apply(0, restore(10));
+        assert_eq!(s.route("u", None).unwrap().1, route(Some("newer"), 20));
+    }
+
+    /// Found by the simulation (fresh seeds, B6): a route write delivered late on an old store
+    /// link, after the offline mark of its bind, brought a closed connection back online.
+    #[test]
+    fn an_offline_mark_that_overtakes_its_write_keeps_the_bind_offline() {
+        let mut s = StoreState::new();
+        // The mark arrives first, with nothing stored: an empty offline route remembers the bind.
+        s.apply(0, offline("late", 10));
+        assert!(matches!(
+            s.apply(0, put("late", 10)),
+            StoreReply::Stale { .. }
+        ));
+        // Any other bind supersedes what only remembers an ended bind.
+        assert!(matches!(
+            s.apply(0, put("older-device", 5)),
+            StoreReply::Previous(Some(_))
+        ));
+        assert!(matches!(
+            s.apply(0, put("late", 10)),
+            StoreReply::Stale { .. }
+        ));
+        s.apply(0, offline("older-device", 5));
+        assert!(!s.route("u", None).unwrap().1.is_online());
+        // The mark arrives while another bind is stored: remembered there, and carried along
+        // when a newer bind replaces that one.
+        s.apply(0, put("other", 20));
+        s.apply(0, offline("late2", 30));
+        s.apply(0, put("newer", 25));
+        assert!(matches!(
+            s.apply(0, put("late2", 30)),
+            StoreReply::Stale { .. }
+        ));
+        let (_, stored) = s.route("u", None).unwrap();
+        assert_eq!(stored.conn_id.as_deref(), Some("newer"));
+        assert_eq!(stored.ended.len(), 2, "late@10 and late2@30");
+        // A bind that never ended still wins.
+        assert!(matches!(
+            s.apply(0, put("newest", 40)),
+            StoreReply::Previous(Some(_))
+        ));
+    }
+
+    #[test]
+    fn ended_binds_are_bounded() {
+        let mut s = StoreState::new();
+        s.apply(0, put("a", 100));
+        for v in 0..(crate::store::MAX_ENDED_BINDS as u64 + 3) {
+            s.apply(0, offline("x", v + 1));
+        }
+        let (_, stored) = s.route("u", None).unwrap();
+        assert_eq!(stored.ended.len(), crate::store::MAX_ENDED_BINDS);
+        assert_eq!(
+            stored.ended.last().unwrap().version,
+            crate::store::MAX_ENDED_BINDS as u64 + 3
+        );
+    }
+
+    /// A restore puts the displaced route back offline when that connection's own mark came
+    /// while the dead bind was stored.
+    #[test]
+    fn a_restore_of_a_connection_that_ended_meanwhile_is_offline() {
+        let mut s = StoreState::new();
+        let far_node = NodeAddr::new("10.0.0.2", 3001);
+        let far = RouteRecord {
+            host: far_node.host.clone(),
+            ..route(Some("far"), 1)
+        };
+        s.apply(
+            0,
+            StoreOp::PutRoute {
+                user_id: "u".into(),
+                client_type: ClientType::Mobile,
+                route: far.clone(),
+            },
+        );
+        s.apply(0, put("dead", 10));
+        s.apply(
+            0,
+            StoreOp::SetRouteOffline {
+                user_id: "u".into(),
+                client_type: ClientType::Mobile,
+                node: far_node,
+                conn_id: "far".into(),
+                version: 1,
+            },
+        );
+        s.apply(
+            0,
+            StoreOp::RestoreRoute {
+                user_id: "u".into(),
+                client_type: ClientType::Mobile,
+                node: NodeAddr::new("127.0.0.1", 3001),
+                version: 10,
+                previous: Box::new(far.clone()),
+            },
+        );
+        let (_, stored) = s.route("u", None).unwrap();
+        assert!(stored.is_bind(&far.node(), 1));
+        assert!(!stored.is_online());
+    }
+
+    #[test]
+    fn best_route_is_the_first_online_one() {
+        let mut s = StoreState::new();
+        s.routes
+            .insert(("u".into(), ClientType::Mobile), route(None, 1));
+        s.routes
+            .insert(("u".into(), ClientType::Web), route(Some("w"), 1));
+        assert_eq!(s.route("u", None).unwrap().0, ClientType::Web);
+        s.apply(
+            0,
+            StoreOp::SetRouteOffline {
+                user_id: "u".into(),
+                client_type: ClientType::Web,
+                node: NodeAddr::new("127.0.0.1", 3001),
+                conn_id: "w".into(),
+                version: 1,
+            },
+        );
+        assert_eq!(s.route("u", None).unwrap().0, ClientType::Mobile);
+        assert_eq!(s.route("nobody", None), None);
+    }
+
+    #[test]
+    fn sessions_expire_at_their_ttl() {
+        let mut s = StoreState::new();
+        let session = CachedSession {
+            os_name: "android".into(),
+            os_version: "6".into(),
+            client_version: "1".into(),
+            device_id: "d".into(),
+            session_key: [1; 16],
+            iv: [2; 16],
+        };
+        s.apply(
+            0,
+            StoreOp::PutSession {
+                session_id: "x".into(),
+                session: session.clone(),
+                ttl_ms: 1000,
+            },
+        );
+        let get = || StoreOp::GetSession {
+            session_id: "x".into(),
+        };
+        assert_eq!(s.apply(999, get()), StoreReply::Session(Some(session)));
+        assert_eq!(s.apply(1000, get()), StoreReply::Session(None));
+        assert_eq!(s.session_count(), 0);
+    }
+
+    #[test]
+    fn kicks_are_published_once_and_task_progress_adds_up() {
+        let mut s = StoreState::new();
+        let notice = KickNotice {
+            client_type: 1,
+            conn_id: "c".into(),
+            device_id: "d".into(),
+            target_port: 3001,
+            target_server: "10.0.0.2".into(),
+            user_id: "u".into(),
+            version: 3,
+        };
+        s.apply(
+            0,
+            StoreOp::PublishKick {
+                notice: notice.clone(),
+            },
+        );
+        assert_eq!(s.poll_kick(), Some(notice));
+        assert_eq!(s.poll_kick(), None);
+        for n in 0..2 {
+            s.apply(
+                0,
+                StoreOp::AddTaskProgress {
+                    task_id: "t".into(),
+                    sent: 2,
+                    user_ids: vec![format!("a{n}"), format!("b{n}")],
+                },
+            );
+        }
+        let progress = s.task_progress("t");
+        assert_eq!(progress.sent, 4);
+        assert_eq!(progress.user_ids, ["a0", "b0", "a1", "b1"]);
+        s.set_task_control(
+            "t",
+            TaskControl {
+                qps: Some(5),
+                cancelled: true,
+            },
+        );
+        assert_eq!(
+            s.apply(
+                0,
+                StoreOp::GetTaskControl {
+                    task_id: "t".into()
+                }
+            ),
+            StoreReply::TaskControl(TaskControl {
+                qps: Some(5),
+                cancelled: true
+            })
+        );
+    }
+}
