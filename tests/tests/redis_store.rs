@@ -135,6 +135,7 @@ fn route() -> impl Strategy<Value = RouteRecord> {
             conn_id: CONNS[c].map(str::to_owned),
             version,
             conn_version,
+            ended: Vec::new(),
         })
 }
 
@@ -161,6 +162,15 @@ fn op() -> impl Strategy<Value = StoreOp> {
                 node: NodeAddr::new(HOSTS[h].0, HOSTS[h].1),
                 conn_id: CONNS[c].unwrap_or_default().into(),
                 version,
+            }
+        ),
+        2 => (user(), client_type(), 0..2usize, version(), route()).prop_map(
+            |(user_id, client_type, h, version, previous)| StoreOp::RestoreRoute {
+                user_id,
+                client_type,
+                node: NodeAddr::new(HOSTS[h].0, HOSTS[h].1),
+                version,
+                previous: Box::new(previous),
             }
         ),
         4 => (user(), proptest::option::of(client_type())).prop_map(|(user_id, client_type)| {
@@ -221,6 +231,19 @@ fn prefixed(op: StoreOp, prefix: &str) -> StoreOp {
             node,
             conn_id,
             version,
+        },
+        StoreOp::RestoreRoute {
+            user_id,
+            client_type,
+            node,
+            version,
+            previous,
+        } => StoreOp::RestoreRoute {
+            user_id: p(user_id),
+            client_type,
+            node,
+            version,
+            previous,
         },
         StoreOp::GetRoute {
             user_id,
@@ -332,7 +355,9 @@ fn contract(url: &str, direct: Direct, cases: u32, label: &str) -> (u64, u64) {
                         read_progress(&mut conn, &task_id)
                     }
                 };
-                prop_assert_eq!(sent, memory.task_progress(&task_id), "sc of {}", task_id);
+                let progress = memory.state().task_progress(&task_id);
+                prop_assert_eq!(sent, progress.sent, "sc of {}", task_id);
+                prop_assert_eq!(listed, progress.user_ids.len(), "users of {}", task_id);
                 prop_assert_eq!(
                     listed,
                     users_reached.get(&task_id).copied().unwrap_or(0),
@@ -533,6 +558,7 @@ async fn a_route_mpush_wrote_counts_as_the_oldest_bind() {
         conn_id: Some("pg-conn-1".into()),
         version: 1,
         conn_version: 1,
+        ended: Vec::new(),
     };
     assert_eq!(
         linked
@@ -544,7 +570,8 @@ async fn a_route_mpush_wrote_counts_as_the_oldest_bind() {
             .await,
         Ok(StoreReply::Previous(Some(java.clone())))
     );
-    // MPush's offline mark for its connection (bind version 0) no longer matches.
+    // MPush's offline mark for its connection (bind version 0) no longer matches: the route
+    // stays online and remembers that bind as ended.
     assert_eq!(
         linked
             .apply(StoreOp::SetRouteOffline {
@@ -564,7 +591,17 @@ async fn a_route_mpush_wrote_counts_as_the_oldest_bind() {
                 client_type: Some(ClientType::Mobile)
             })
             .await,
-        Ok(StoreReply::Route(Some((ClientType::Mobile, ours))))
+        Ok(StoreReply::Route(Some((
+            ClientType::Mobile,
+            RouteRecord {
+                ended: vec![pushgate_core::store::EndedBind {
+                    host: "127.0.0.1".into(),
+                    port: 26001,
+                    version: 0,
+                }],
+                ..ours
+            }
+        ))))
     );
     // A version Lua cannot compare exactly (above 2^53) is refused, not compared wrongly.
     let refused = linked
@@ -949,6 +986,7 @@ async fn a_sentinel_failover_is_followed_to_the_new_master() {
         conn_id: Some("c1".into()),
         version: 10,
         conn_version: 5,
+        ended: Vec::new(),
     };
     let put = |route: RouteRecord| StoreOp::PutRoute {
         user_id: "fo-user".into(),
@@ -1012,6 +1050,7 @@ async fn round_trips_and_pipelined_throughput_against_local_redis() {
         conn_id: Some(format!("c{n}")),
         version: n + 1,
         conn_version: n + 1,
+        ended: Vec::new(),
     };
     // One op at a time: the round trip of each kind.
     const SEQUENTIAL: u64 = 1000;
@@ -1172,6 +1211,7 @@ async fn a_manual_sentinel_failover_with_the_old_master_alive_is_followed() {
         conn_id: Some("c1".into()),
         version,
         conn_version: 5,
+        ended: Vec::new(),
     };
     let put = |version: u64| StoreOp::PutRoute {
         user_id: "mf-user".into(),
@@ -1251,6 +1291,7 @@ async fn concurrent_binds_from_two_nodes_keep_the_newest() {
         // Versions in a scrambled order, all distinct.
         version: EPOCH_VERSION + (n * 7919) % BINDS,
         conn_version: EPOCH_VERSION,
+        ended: Vec::new(),
     };
     for n in 0..BINDS {
         let link = if n % 2 == 0 { &a } else { &b };

@@ -96,6 +96,7 @@ fn op_name(op: &StoreOp) -> &'static str {
     match op {
         StoreOp::PutRoute { .. } => "put_route",
         StoreOp::SetRouteOffline { .. } => "set_route_offline",
+        StoreOp::RestoreRoute { .. } => "restore_route",
         StoreOp::GetRoute { .. } => "get_route",
         StoreOp::PutSession { .. } => "put_session",
         StoreOp::GetSession { .. } => "get_session",

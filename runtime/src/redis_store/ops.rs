@@ -10,6 +10,7 @@ use pushgate_core::route::ClientType;
 use pushgate_core::store::{
     CachedSession, KickNotice, RouteRecord, StoreError, StoreOp, StoreReply, TaskControl,
 };
+use pushgate_core::store_state::MAX_TASK_USERS;
 use redis::aio::ConnectionLike;
 use redis::{RedisError, RedisResult};
 
@@ -127,6 +128,47 @@ async fn run<C: ConnectionLike + Send>(
             }
             StoreReply::Done
         }
+        StoreOp::RestoreRoute {
+            user_id,
+            client_type,
+            node,
+            version,
+            previous,
+        } => {
+            if version > scripts::MAX_EXACT_VERSION
+                || previous.version > scripts::MAX_EXACT_VERSION
+                || previous.conn_version > scripts::MAX_EXACT_VERSION
+            {
+                return Err(OpError::Refused(format!(
+                    "route versions above 2^53 cannot be compared in Redis (version {version}, previous {})",
+                    previous.version
+                )));
+            }
+            let json = serde_json::to_string(&previous)
+                .map_err(|e| OpError::Refused(format!("route to JSON: {e}")))?;
+            let restored = scripts::restore_route(
+                conn,
+                &user_id,
+                client_type,
+                &node,
+                version,
+                &previous,
+                &json,
+            )
+            .await?;
+            *event = match restored {
+                scripts::Restored::Online => Some(StatusEvent::Online {
+                    host: previous.host.clone(),
+                    user_id,
+                }),
+                scripts::Restored::Offline => Some(StatusEvent::Offline {
+                    host: node.host,
+                    user_id,
+                }),
+                scripts::Restored::Nothing => None,
+            };
+            StoreReply::Done
+        }
         StoreOp::GetRoute {
             user_id,
             client_type,
@@ -191,11 +233,19 @@ async fn run<C: ConnectionLike + Send>(
                 .query_async::<i64>(conn)
                 .await?;
             // MPush sent LPUSH with no values, which Redis rejects: skipped here.
+            // The newest MAX_TASK_USERS are kept (LPUSH puts the newest first).
             if !user_ids.is_empty() {
+                let key = keys::task_users(&task_id);
                 redis::cmd("LPUSH")
-                    .arg(keys::task_users(&task_id))
+                    .arg(&key)
                     .arg(&user_ids)
                     .query_async::<i64>(conn)
+                    .await?;
+                redis::cmd("LTRIM")
+                    .arg(&key)
+                    .arg(0)
+                    .arg(MAX_TASK_USERS - 1)
+                    .query_async::<()>(conn)
                     .await?;
             }
             StoreReply::Done

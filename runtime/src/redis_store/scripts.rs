@@ -1,6 +1,8 @@
-//! The two route writes that must be atomic, as Lua scripts run inside Redis: a versioned
-//! `PutRoute` ([`RouteRecord::supersedes`]) and a guarded `SetRouteOffline`
-//! ([`RouteRecord::take_offline`]). MPush reads a route, decides, then writes it (HGET then
+//! The route writes that must be atomic, as Lua scripts run inside Redis, implementing the
+//! rules of `StoreState` (pushgate-core's `store_state`): a versioned `PutRoute`
+//! ([`RouteRecord::supersedes`], [`RouteRecord::knows_ended`]), a guarded `SetRouteOffline`
+//! ([`RouteRecord::take_offline`], else [`RouteRecord::remember_ended`]) and a guarded
+//! `RestoreRoute` ([`RouteRecord::is_bind`]). MPush reads a route, decides, then writes it (HGET then
 //! HSET): two nodes binding one user at once can both win. Here the read, the decision and the
 //! write are one script, so Redis applies them one at a time.
 //!
@@ -14,7 +16,7 @@
 //! ([`MAX_EXACT_VERSION`]) instead of comparing them wrongly.
 use super::keys;
 use pushgate_core::route::ClientType;
-use pushgate_core::store::RouteRecord;
+use pushgate_core::store::{RouteRecord, MAX_ENDED_BINDS};
 use pushgate_core::NodeAddr;
 use redis::aio::ConnectionLike;
 use redis::{RedisResult, Script};
@@ -23,18 +25,69 @@ use std::sync::LazyLock;
 /// Largest version the scripts compare exactly (2^53: Lua numbers are doubles).
 pub const MAX_EXACT_VERSION: u64 = 1 << 53;
 
-/// Helpers shared by both scripts: a decoded field as a string or a number, or the empty
-/// value when absent, null or of another type (what serde's defaults give for absent keys).
+/// Helpers shared by the scripts: a decoded field as a string or a number (the empty value
+/// when absent, null or of another type, as serde's defaults give for absent keys); the rules
+/// of [`RouteRecord`] on a decoded route (`is_on`, `is_bind`, `knows_ended`,
+/// `remember_ended`); and the route's JSON in serde's key order (MPush's order for MPush's
+/// keys), integers written exactly.
 const LUA_HELPERS: &str = r#"
 local function str(v) if type(v) == 'string' then return v end return '' end
 local function num(v) if type(v) == 'number' then return v end return 0 end
+local function int(n) return string.format('%.0f', n) end
+local function ended_of(r)
+  if type(r['endedBinds']) == 'table' then return r['endedBinds'] end
+  return {}
+end
+local function is_on(r, host, port) return str(r['host']) == host and num(r['port']) == port end
+local function is_bind(r, host, port, version) return is_on(r, host, port) and num(r['version']) == version end
+local function is_online(r) return type(r['connId']) == 'string' end
+local function knows_ended(r, host, port, version)
+  if is_bind(r, host, port, version) and not is_online(r) then return true end
+  for _, e in ipairs(ended_of(r)) do
+    if type(e) == 'table' and str(e['host']) == host and num(e['port']) == port and num(e['version']) == version then
+      return true
+    end
+  end
+  return false
+end
+local function remember_ended(r, host, port, version)
+  if knows_ended(r, host, port, version) then return false end
+  local ended = ended_of(r)
+  if #ended >= MAX_ENDED then table.remove(ended, 1) end
+  table.insert(ended, {host = host, port = port, version = version})
+  r['endedBinds'] = ended
+  return true
+end
+local function encode_route(r)
+  local parts = {'"port":' .. int(num(r['port'])), '"host":' .. cjson.encode(str(r['host']))}
+  for _, k in ipairs({'deviceId', 'osName', 'clientVersion'}) do
+    local v = str(r[k])
+    if v ~= '' then table.insert(parts, '"' .. k .. '":' .. cjson.encode(v)) end
+  end
+  if is_online(r) then table.insert(parts, '"connId":' .. cjson.encode(r['connId'])) end
+  if num(r['version']) ~= 0 then table.insert(parts, '"version":' .. int(r['version'])) end
+  if num(r['connVersion']) ~= 0 then table.insert(parts, '"connVersion":' .. int(r['connVersion'])) end
+  local ended = ended_of(r)
+  if #ended > 0 then
+    local items = {}
+    for _, e in ipairs(ended) do
+      table.insert(items, '{"host":' .. cjson.encode(str(e['host'])) .. ',"port":' .. int(num(e['port']))
+        .. ',"version":' .. int(num(e['version'])) .. '}')
+    end
+    table.insert(parts, '"endedBinds":[' .. table.concat(items, ',') .. ']')
+  end
+  return '{' .. table.concat(parts, ',') .. '}'
+end
 "#;
 
 /// KEYS[1] = `mp:ur:{userId}`; ARGV = field, new route JSON, new deviceId, '1' when the new
-/// route has a connId, that connId, new version, new connVersion.
-/// Returns `{1, previous or nil}` when written, `{0, current}` when the stored route is newer.
+/// route has a connId, that connId, new version, new connVersion, new host, new port.
+/// Returns `{1, previous or nil}` when written, `{0, current}` when the stored route is the
+/// newer bind ([`RouteRecord::supersedes`]) or knows this bind ended
+/// ([`RouteRecord::knows_ended`]). The written route keeps the stored route's ended binds.
 const PUT_ROUTE_BODY: &str = r#"
 local cur = redis.call('HGET', KEYS[1], ARGV[1])
+local value = ARGV[2]
 if cur then
   local ok, old = pcall(cjson.decode, cur)
   if ok and type(old) == 'table' then
@@ -60,45 +113,78 @@ if cur then
     else
       wins = new_version >= num(old['version'])
     end
-    if not wins then
+    if not wins or knows_ended(old, ARGV[8], tonumber(ARGV[9]), new_version) then
       return {0, cur}
+    end
+    local new = cjson.decode(value)
+    if #ended_of(old) > 0 or #ended_of(new) > 0 then
+      new['endedBinds'] = ended_of(old)
+      value = encode_route(new)
     end
   end
 end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('HSET', KEYS[1], ARGV[1], value)
 return {1, cur}
 "#;
 
 /// KEYS[1] = `mp:ur:{userId}`; ARGV = field, node host, node port, connId, version.
-/// Rewrites the route without its connId (MPush's offline marker, in MPush's key order) when
-/// it still names that node, connection and bind version. Returns 1 when it did, else 0.
+/// Takes the route offline (rewritten without its connId, MPush's offline marker) when it
+/// still names that node, connection and bind version, and returns 1. Otherwise remembers
+/// the bind as ended (in the stored route, or in an empty offline route when none is stored)
+/// and returns 0.
 const SET_ROUTE_OFFLINE_BODY: &str = r#"
+local host = ARGV[2]
+local port = tonumber(ARGV[3])
+local version = tonumber(ARGV[5])
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+local r
+if cur then
+  local ok, decoded = pcall(cjson.decode, cur)
+  if not ok or type(decoded) ~= 'table' then return 0 end
+  r = decoded
+  if is_on(r, host, port) and r['connId'] == ARGV[4] and num(r['version']) == version then
+    r['connId'] = nil
+    redis.call('HSET', KEYS[1], ARGV[1], encode_route(r))
+    return 1
+  end
+else
+  r = {port = 0, host = ''}
+end
+if remember_ended(r, host, port, version) or not cur then
+  redis.call('HSET', KEYS[1], ARGV[1], encode_route(r))
+end
+return 0
+"#;
+
+/// KEYS[1] = `mp:ur:{userId}`; ARGV = field, node host, node port, bind version, previous
+/// route JSON, its host, port and version. Puts the previous route back while the stored route
+/// is that bind ([`RouteRecord::is_bind`]), offline when the stored route knows the previous
+/// bind ended, keeping the stored ended binds. Returns 2 when the restored route is online,
+/// 1 when offline, 0 when nothing changed.
+const RESTORE_ROUTE_BODY: &str = r#"
 local cur = redis.call('HGET', KEYS[1], ARGV[1])
 if not cur then return 0 end
 local ok, r = pcall(cjson.decode, cur)
 if not ok or type(r) ~= 'table' then return 0 end
-if str(r['host']) ~= ARGV[2] or num(r['port']) ~= tonumber(ARGV[3])
-  or r['connId'] ~= ARGV[4] or num(r['version']) ~= tonumber(ARGV[5]) then
-  return 0
-end
-local parts = {'"port":' .. string.format('%d', num(r['port'])), '"host":' .. cjson.encode(str(r['host']))}
-for _, k in ipairs({'deviceId', 'osName', 'clientVersion'}) do
-  local v = str(r[k])
-  if v ~= '' then table.insert(parts, '"' .. k .. '":' .. cjson.encode(v)) end
-end
-if ARGV[5] ~= '0' then table.insert(parts, '"version":' .. ARGV[5]) end
-local conn_version = num(r['connVersion'])
-if conn_version ~= 0 then
-  table.insert(parts, '"connVersion":' .. string.format('%.0f', conn_version))
-end
-redis.call('HSET', KEYS[1], ARGV[1], '{' .. table.concat(parts, ',') .. '}')
+if not is_bind(r, ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])) then return 0 end
+local previous = cjson.decode(ARGV[5])
+if knows_ended(r, ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[8])) then previous['connId'] = nil end
+previous['endedBinds'] = ended_of(r)
+redis.call('HSET', KEYS[1], ARGV[1], encode_route(previous))
+if is_online(previous) then return 2 end
 return 1
 "#;
 
-static PUT_ROUTE: LazyLock<Script> =
-    LazyLock::new(|| Script::new(&format!("{LUA_HELPERS}{PUT_ROUTE_BODY}")));
-static SET_ROUTE_OFFLINE: LazyLock<Script> =
-    LazyLock::new(|| Script::new(&format!("{LUA_HELPERS}{SET_ROUTE_OFFLINE_BODY}")));
+/// The scripts' source: the helpers (with [`MAX_ENDED_BINDS`]) before a body.
+fn script(body: &str) -> Script {
+    Script::new(&format!(
+        "local MAX_ENDED = {MAX_ENDED_BINDS}\n{LUA_HELPERS}{body}"
+    ))
+}
+
+static PUT_ROUTE: LazyLock<Script> = LazyLock::new(|| script(PUT_ROUTE_BODY));
+static SET_ROUTE_OFFLINE: LazyLock<Script> = LazyLock::new(|| script(SET_ROUTE_OFFLINE_BODY));
+static RESTORE_ROUTE: LazyLock<Script> = LazyLock::new(|| script(RESTORE_ROUTE_BODY));
 
 /// What the put-route script did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -126,6 +212,8 @@ pub async fn put_route<C: ConnectionLike>(
         .arg(route.conn_id.as_deref().unwrap_or(""))
         .arg(route.version)
         .arg(route.conn_version)
+        .arg(&route.host)
+        .arg(route.port)
         .invoke_async(conn)
         .await?;
     Ok(match (written, stored) {
@@ -153,4 +241,42 @@ pub async fn set_route_offline<C: ConnectionLike>(
         .invoke_async(conn)
         .await?;
     Ok(taken == 1)
+}
+
+/// What the restore script did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Restored {
+    Nothing,
+    Online,
+    Offline,
+}
+
+/// Runs the restore script.
+#[allow(clippy::too_many_arguments)]
+pub async fn restore_route<C: ConnectionLike>(
+    conn: &mut C,
+    user_id: &str,
+    client_type: ClientType,
+    node: &NodeAddr,
+    version: u64,
+    previous: &RouteRecord,
+    previous_json: &str,
+) -> RedisResult<Restored> {
+    let outcome: i64 = RESTORE_ROUTE
+        .key(keys::user_routes(user_id))
+        .arg(keys::client_type_field(client_type))
+        .arg(&node.host)
+        .arg(node.port)
+        .arg(version)
+        .arg(previous_json)
+        .arg(&previous.host)
+        .arg(previous.port)
+        .arg(previous.version)
+        .invoke_async(conn)
+        .await?;
+    Ok(match outcome {
+        2 => Restored::Online,
+        1 => Restored::Offline,
+        _ => Restored::Nothing,
+    })
 }
