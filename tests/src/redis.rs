@@ -61,15 +61,16 @@ pub fn raw_command(port: u16, args: &[&str]) -> std::io::Result<String> {
     Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
 }
 
-/// Waits until the server on `port` answers PING.
-fn wait_ready(port: u16, child: &mut Child, what: &str) {
+/// Waits until the server on `port` answers PING; an error when it exited (its port taken
+/// meanwhile, most likely).
+fn wait_ready(port: u16, child: &mut Child, what: &str) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         if let Ok(Some(status)) = child.try_wait() {
-            panic!("{what} on port {port} exited at start: {status}");
+            return Err(format!("{what} on port {port} exited at start: {status}"));
         }
         if raw_command(port, &["PING"]).is_ok_and(|r| r.starts_with("+PONG")) {
-            return;
+            return Ok(());
         }
         assert!(
             Instant::now() < deadline,
@@ -88,6 +89,11 @@ pub struct RedisProcess {
 
 impl RedisProcess {
     fn spawn(bin: &str, args: &[String], port: u16) -> Self {
+        Self::try_spawn(bin, args, port).unwrap_or_else(|error| panic!("{error}"))
+    }
+
+    /// Starts `bin`; an error when it exited at once (its port taken meanwhile).
+    fn try_spawn(bin: &str, args: &[String], port: u16) -> Result<Self, String> {
         let mut child = Command::new(redis_bin(bin))
             .args(args)
             .stdin(Stdio::null())
@@ -95,8 +101,27 @@ impl RedisProcess {
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {bin}: {e}; {INSTALL_HINT}"));
-        wait_ready(port, &mut child, bin);
-        Self { child, port }
+        match wait_ready(port, &mut child, bin) {
+            Ok(()) => Ok(Self { child, port }),
+            Err(error) => {
+                let _ = child.wait();
+                Err(error)
+            }
+        }
+    }
+
+    /// Starts `bin` with the arguments `args_for(port)` on a free port, trying other ports
+    /// when one was taken between picking and binding.
+    fn spawn_on_free_port(bin: &str, args_for: impl Fn(u16) -> Vec<String>) -> Self {
+        let mut last = String::new();
+        for _ in 0..3 {
+            let port = free_redis_port();
+            match Self::try_spawn(bin, &args_for(port), port) {
+                Ok(process) => return process,
+                Err(error) => last = error,
+            }
+        }
+        panic!("{bin} could not start on three free ports: {last}");
     }
 
     pub fn pid(&self) -> u32 {
@@ -151,7 +176,13 @@ impl RedisServer {
 
     /// A server with extra arguments (e.g. `--replicaof 127.0.0.1 PORT`).
     pub fn start_with(extra: &[&str]) -> Self {
-        Self::start_on(free_redis_port(), extra)
+        let dir = ScratchDir::new("redis");
+        let process = RedisProcess::spawn_on_free_port("redis-server", |port| {
+            let mut args = server_args(port, dir.path());
+            args.extend(extra.iter().map(|s| s.to_string()));
+            args
+        });
+        Self { process, dir }
     }
 
     /// A server on `port` (one picked earlier with [`free_redis_port`]).
@@ -199,21 +230,22 @@ impl RedisCluster {
         let dir = ScratchDir::new("redis-cluster");
         let mut nodes = Vec::new();
         for i in 0..3 {
-            let port = free_redis_port();
             let node_dir = dir.path().join(format!("n{i}"));
             std::fs::create_dir_all(&node_dir).expect("node dir");
-            let mut args = server_args(port, &node_dir);
-            args.extend(
-                [
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-config-file",
-                    "nodes.conf",
-                ]
-                .iter()
-                .map(|s| s.to_string()),
-            );
-            nodes.push(RedisProcess::spawn("redis-server", &args, port));
+            nodes.push(RedisProcess::spawn_on_free_port("redis-server", |port| {
+                let mut args = server_args(port, &node_dir);
+                args.extend(
+                    [
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        "nodes.conf",
+                    ]
+                    .iter()
+                    .map(|s| s.to_string()),
+                );
+                args
+            }));
         }
         let addrs: Vec<String> = nodes
             .iter()
@@ -280,20 +312,21 @@ impl RedisSentinel {
         let master_port = master.port().to_string();
         let replica = RedisServer::start_with(&["--replicaof", "127.0.0.1", &master_port]);
         let dir = ScratchDir::new("redis-sentinel");
-        let port = free_redis_port();
         let config = dir.path().join("sentinel.conf");
-        std::fs::write(
-            &config,
-            format!(
-                "port {port}\nbind 127.0.0.1\ndaemonize no\ndir {}\n\
-                 sentinel monitor {SENTINEL_SERVICE} 127.0.0.1 {master_port} 1\n\
-                 sentinel down-after-milliseconds {SENTINEL_SERVICE} 1000\n\
-                 sentinel failover-timeout {SENTINEL_SERVICE} 5000\n",
-                dir.path().display()
-            ),
-        )
-        .expect("write sentinel.conf");
-        let sentinel = RedisProcess::spawn("redis-sentinel", &[config.display().to_string()], port);
+        let sentinel = RedisProcess::spawn_on_free_port("redis-sentinel", |port| {
+            std::fs::write(
+                &config,
+                format!(
+                    "port {port}\nbind 127.0.0.1\ndaemonize no\ndir {}\n\
+                     sentinel monitor {SENTINEL_SERVICE} 127.0.0.1 {master_port} 1\n\
+                     sentinel down-after-milliseconds {SENTINEL_SERVICE} 1000\n\
+                     sentinel failover-timeout {SENTINEL_SERVICE} 5000\n",
+                    dir.path().display()
+                ),
+            )
+            .expect("write sentinel.conf");
+            vec![config.display().to_string()]
+        });
         Self {
             master,
             replica,
