@@ -18,5 +18,7 @@ pub mod http;
 pub mod metrics;
 pub mod phone_queue;
 pub mod server;
+#[cfg(madsim)]
+pub mod sim_hooks;
 pub mod store;
 pub mod store_net;

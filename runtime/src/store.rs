@@ -15,8 +15,9 @@ use std::collections::{BTreeMap, HashMap};
 /// Most reusable sessions kept; the oldest-expiring are dropped first beyond it.
 pub const MAX_SESSIONS: usize = 1 << 20;
 
-/// The embedded single-node store.
-#[derive(Debug, Default)]
+/// The embedded single-node store. `Clone` takes a snapshot (the simulator's store model
+/// restores one to play a failover that lost the last writes).
+#[derive(Debug, Default, Clone)]
 pub struct MemoryStore {
     routes: BTreeMap<(String, ClientType), RouteRecord>,
     sessions: HashMap<String, (CachedSession, Millis)>,
