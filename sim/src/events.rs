@@ -69,6 +69,9 @@ pub struct NodeSide {
     pub route_reads: Vec<RouteRead>,
     /// When the store lost data (crash, failover).
     pub store_losses: Vec<u64>,
+    /// Routes a failover brought back online after the store had replaced them or marked
+    /// them offline: (user, client type code, connection id, version).
+    pub resurrected: Vec<(String, i32, Option<String>, u64)>,
 }
 
 /// The flow window of the simulated nodes (`flow.*_limit_per_second`).

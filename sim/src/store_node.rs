@@ -21,6 +21,7 @@ use crate::world::lock_std;
 use bytes::BytesMut;
 use pushgate::store::MemoryStore;
 use pushgate::store_net::{decode_frame, encode_frame, FromStore, ToStore};
+use pushgate_core::route::ClientType;
 use pushgate_core::store::{StoreOp, StoreReply};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -49,6 +50,8 @@ pub struct StoreModel {
     /// Nodes whose kick notices are lost.
     pub deaf: Mutex<BTreeSet<usize>>,
     rng: Mutex<StdRng>,
+    /// The incarnation serving now.
+    current: Mutex<Option<Arc<Mutex<Live>>>>,
 }
 
 /// One incarnation of the store host.
@@ -69,13 +72,19 @@ impl StoreModel {
             slow_ms: AtomicU64::new(0),
             deaf: Mutex::new(BTreeSet::new()),
             rng: Mutex::new(rng),
+            current: Mutex::new(None),
         })
     }
 
-    /// Prepares a failover: the next incarnation starts from the newest snapshot at least
-    /// `lag_ms` old (or empty when there is none). Returns how old it is.
-    pub fn prepare_failover(&self, lag_ms: u64) -> Option<u64> {
-        let now = lock(&self.sh).now();
+    /// Prepares a failover at `now` (oracle time): the next incarnation starts from the newest
+    /// snapshot at least `lag_ms` old (or the oldest one, or empty when there is none).
+    /// Returns how old it is, and the routes it brings back online (user, client type code,
+    /// connection id, version) that the live store had replaced or marked offline.
+    pub fn prepare_failover(
+        &self,
+        now: u64,
+        lag_ms: u64,
+    ) -> (Option<u64>, Vec<(String, i32, Option<String>, u64)>) {
         let snapshots = lock_std(&self.snapshots);
         let chosen = snapshots
             .iter()
@@ -83,8 +92,23 @@ impl StoreModel {
             .find(|(at, _)| *at + lag_ms <= now)
             .or_else(|| snapshots.front());
         let age = chosen.map(|(at, _)| now - at);
+        let mut resurrected = Vec::new();
+        if let (Some((_, replica)), Some(live)) = (chosen, lock_std(&self.current).as_ref()) {
+            let live = lock_std(live);
+            for user in self.params.all_users() {
+                for ct in ClientType::ALL {
+                    let Some((_, old)) = replica.route(&user, Some(ct)) else {
+                        continue;
+                    };
+                    let newer = live.store.route(&user, Some(ct)).map(|(_, r)| r);
+                    if old.is_online() && newer.as_ref() != Some(&old) {
+                        resurrected.push((user.clone(), ct.code(), old.conn_id, old.version));
+                    }
+                }
+            }
+        }
         *lock_std(&self.restore) = chosen.map(|(_, s)| s.clone());
-        age
+        (age, resurrected)
     }
 
     /// Everything back to normal (the end of the fault phase).
@@ -124,6 +148,7 @@ pub async fn serve(listener: TcpListener, model: Arc<StoreModel>) {
         subscribers: BTreeMap::new(),
         last_snapshot: 0,
     }));
+    *lock_std(&model.current) = Some(live.clone());
     loop {
         let Ok((stream, _peer)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -181,8 +206,14 @@ fn apply(
         StoreOp::GetRoute { user_id, .. } => Some(user_id.clone()),
         _ => None,
     };
+    let traced = std::env::var("PUSHGATE_SIM_STORE_TRACE").is_ok()
+        && matches!(op, StoreOp::PutRoute { .. } | StoreOp::SetRouteOffline { .. });
+    let shown = traced.then(|| format!("{op:?}"));
     let mut live = lock_std(live);
     let result = live.store.apply(now, op);
+    if let Some(shown) = shown {
+        lock(&model.sh).trace(format!("store from node{node:?}: {shown} -> {result:?}"));
+    }
     let kicks = live.store.take_kicks();
     if now >= live.last_snapshot + SNAPSHOT_EVERY_MS {
         live.last_snapshot = now;
