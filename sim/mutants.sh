@@ -163,8 +163,9 @@ score="$scratch/score.md"
   echo "|---|---|---|---|"
 } >"$score"
 
-echo "== baseline (no mutation): $seeds seeds from $first"
+echo "== baseline (no mutation): core tests and $seeds seeds from $first"
 restore
+echo "   baseline core tests failed: $(run_core)"
 run_sim "$scratch/baseline.txt"
 base_fail=$(wc -l <"$scratch/baseline.txt")
 echo "   baseline: $base_fail seeds fail without any mutation (not counted): $(cut -d' ' -f1 "$scratch/baseline.txt" | tr '\n' ' ')"
