@@ -72,6 +72,8 @@ pub struct NodeSide {
     /// Routes a failover brought back online after the store had replaced them or marked
     /// them offline: (user, client type code, connection id, version).
     pub resurrected: Vec<(String, i32, Option<String>, u64)>,
+    /// Offline answers of the nodes: (oracle ms, node, user).
+    pub offline_answers: Vec<(u64, usize, String)>,
 }
 
 /// The flow window of the simulated nodes (`flow.*_limit_per_second`).
@@ -179,6 +181,9 @@ impl Oracle {
         };
         let now = self.now();
         match status {
+            PushStatus::Offline => {
+                self.side.offline_answers.push((now, node, user.to_owned()));
+            }
             PushStatus::RouterChange => {
                 self.checked("6-router-change-only-when-elsewhere");
                 let host = self.params.node_ip(node);

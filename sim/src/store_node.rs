@@ -207,7 +207,10 @@ fn apply(
         _ => None,
     };
     let traced = std::env::var("PUSHGATE_SIM_STORE_TRACE").is_ok()
-        && matches!(op, StoreOp::PutRoute { .. } | StoreOp::SetRouteOffline { .. });
+        && matches!(
+            op,
+            StoreOp::PutRoute { .. } | StoreOp::SetRouteOffline { .. }
+        );
     let shown = traced.then(|| format!("{op:?}"));
     let mut live = lock_std(live);
     let result = live.store.apply(now, op);

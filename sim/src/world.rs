@@ -966,6 +966,11 @@ async fn liveness_checks(sh: Shared, ctl: Arc<Control>, params: Arc<Params>) {
                                 })
                                 && !o.node_kills.iter().any(|(n, t)| *n == k && *t >= r.at)
                                 && !o.side.store_losses.iter().any(|t| *t >= r.at)
+                            // ...and the node acted on it: the push that read it ended offline
+                            // (a read answered after its push timed out is dropped).
+                            && o.side.offline_answers.iter().any(|(t, n, u)| {
+                                *n == k && u == user && *t >= r.at && *t <= r.at + 3_000
+                            })
                         })
                         .map(|r| r.at)
                 });
