@@ -71,7 +71,7 @@ pub struct NodeSide {
     pub store_losses: Vec<u64>,
     /// Routes a failover brought back online after the store had replaced them or marked
     /// them offline: (user, client type code, connection id, version).
-    pub resurrected: Vec<(String, i32, Option<String>, u64)>,
+    pub resurrected: Vec<crate::store_node::RouteKey>,
     /// Offline answers of the nodes: (oracle ms, node, user).
     pub offline_answers: Vec<(u64, usize, String)>,
 }

@@ -33,6 +33,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
+/// A route binding: (user, client type code, connection id, version).
+pub type RouteKey = (String, i32, Option<String>, u64);
+
 /// How often the model keeps a snapshot (for failovers).
 pub const SNAPSHOT_EVERY_MS: u64 = 100;
 /// Snapshots kept (the oldest one is this many times [`SNAPSHOT_EVERY_MS`] old).
@@ -80,11 +83,7 @@ impl StoreModel {
     /// snapshot at least `lag_ms` old (or the oldest one, or empty when there is none).
     /// Returns how old it is, and the routes it brings back online (user, client type code,
     /// connection id, version) that the live store had replaced or marked offline.
-    pub fn prepare_failover(
-        &self,
-        now: u64,
-        lag_ms: u64,
-    ) -> (Option<u64>, Vec<(String, i32, Option<String>, u64)>) {
+    pub fn prepare_failover(&self, now: u64, lag_ms: u64) -> (Option<u64>, Vec<RouteKey>) {
         let snapshots = lock_std(&self.snapshots);
         let chosen = snapshots
             .iter()
