@@ -117,6 +117,9 @@ for dir in debug sim; do
   fi
 done
 
+# The core's test vectors live beside the repository (`../shared/vectors`).
+if [ -d "$repo/../shared" ] && [ ! -e "$scratch/shared" ]; then ln -s "$(cd "$repo/../shared" && pwd)" "$scratch/shared"; fi
+
 restore() { for f in $(python3 "$mutants_py" files); do git -C "$repo" show "HEAD:$f" >"$src/$f"; done; }
 
 # Runs the core tests; prints "ok", "n failed: names" or "no build".
