@@ -6,12 +6,15 @@
 # (with the invariants that fired). Seeds that fail on the unmutated tree (the baseline, run
 # first) are not counted for any mutant.
 #
-#   sim/mutants.sh [SEEDS] [FIRST] [--only a,b,...] [--no-core] [--jobs J] [--list]
+#   sim/mutants.sh [SEEDS] [FIRST] [--only a,b,...] [--no-core] [--jobs J] [--in-place] [--list]
 #
 #   SEEDS    simulation seeds per mutant (default 300); FIRST: first seed (default 1)
 #   --only   run only these mutants (names as --list prints them)
 #   --no-core  skip the core tests (simulation only)
 #   --list   print the mutants and exit
+#   --in-place  patch this checkout's files (each restored from HEAD after its run, and on exit)
+#            and build in its own target/ and target/sim: no cold build of a scratch copy (whose
+#            first build recompiles every dependency). The mutated files must equal HEAD.
 #
 # Scratch: $MUTANTS_DIR (default /tmp/pushgate-mutants): a copy of HEAD's files and two cargo
 # target directories (seeded from this checkout's target/ and target/sim on the first run, so
@@ -26,6 +29,7 @@ only=""
 core=1
 jobs=2
 list=0
+in_place=0
 positional=()
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -33,6 +37,7 @@ while [ $# -gt 0 ]; do
     --no-core) core=0; shift ;;
     --jobs) jobs="$2"; shift 2 ;;
     --list) list=1; shift ;;
+    --in-place) in_place=1; shift ;;
     -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
     *) positional+=("$1"); shift ;;
   esac
@@ -105,20 +110,26 @@ PY
 
 if [ "$list" = 1 ]; then python3 "$mutants_py" list; exit 0; fi
 
-echo "== scratch copy of HEAD ($(git -C "$repo" rev-parse --short HEAD)) in $scratch"
-rm -rf "$src"
-mkdir -p "$src"
-git -C "$repo" archive HEAD | tar -x -C "$src"
-for dir in debug sim; do
-  from="$repo/target/$dir"; to="$scratch/target-$dir"
-  if [ ! -d "$to" ] && [ -d "$from" ]; then
-    echo "== seeding $to from $from (first run only)"
-    if [ "$dir" = sim ]; then cp -r "$from" "$to"; else mkdir -p "$to"; cp -r "$from" "$to/debug"; fi
-  fi
-done
+target_debug="$scratch/target-debug"
+target_sim="$scratch/target-sim"
+if [ "$in_place" = 1 ]; then
+  src="$repo"
+  target_debug="$repo/target"
+  target_sim="$repo/target/sim"
+  for f in $(python3 "$mutants_py" files); do
+    git -C "$repo" diff --quiet HEAD -- "$f" || { echo "error: $f differs from HEAD; commit or stash it first" >&2; exit 1; }
+  done
+  trap 'for f in $(python3 "$mutants_py" files); do git -C "$repo" show "HEAD:$f" >"$repo/$f"; done' EXIT
+  echo "== patching this checkout in place (HEAD $(git -C "$repo" rev-parse --short HEAD))"
+else
+  echo "== scratch copy of HEAD ($(git -C "$repo" rev-parse --short HEAD)) in $scratch"
+  rm -rf "$src"
+  mkdir -p "$src"
+  git -C "$repo" archive HEAD | tar -x -C "$src"
+fi
 
 # The core's test vectors live beside the repository (`../shared/vectors`).
-if [ -d "$repo/../shared" ] && [ ! -e "$scratch/shared" ]; then ln -s "$(cd "$repo/../shared" && pwd)" "$scratch/shared"; fi
+if [ "$in_place" = 0 ] && [ -d "$repo/../shared" ] && [ ! -e "$scratch/shared" ]; then ln -s "$(cd "$repo/../shared" && pwd)" "$scratch/shared"; fi
 
 restore() { for f in $(python3 "$mutants_py" files); do git -C "$repo" show "HEAD:$f" >"$src/$f"; done; }
 
@@ -126,7 +137,7 @@ restore() { for f in $(python3 "$mutants_py" files); do git -C "$repo" show "HEA
 run_core() {
   [ "$core" = 1 ] || { echo "-"; return; }
   local out
-  out=$(cd "$src" && CARGO_TARGET_DIR="$scratch/target-debug" cargo test -p pushgate-core --no-fail-fast 2>&1) && { echo "0"; return; }
+  out=$(cd "$src" && CARGO_TARGET_DIR="$target_debug" cargo test -p pushgate-core --no-fail-fast 2>&1) && { echo "0"; return; }
   if ! grep -q '^test result' <<<"$out"; then echo "no build"; return; fi
   local failed
   failed=$(grep -E '^test .* \.\.\. FAILED$' <<<"$out" | sed -E 's/^test (.*) \.\.\. FAILED$/\1/' | sort -u)
@@ -136,10 +147,10 @@ run_core() {
 # Builds the simulation and runs the seeds; writes "seed invariant..." lines of failing seeds.
 run_sim() {
   local out="$1" binary
-  binary=$(cd "$src" && RUSTFLAGS="--cfg madsim" CARGO_TARGET_DIR="$scratch/target-sim" \
+  binary=$(cd "$src" && RUSTFLAGS="--cfg madsim" CARGO_TARGET_DIR="$target_sim" \
     cargo test -p pushgate-sim --test sim --no-run 2>&1 | sed -n 's/.*Executable tests\/sim.rs (\(.*\))/\1/p' | tail -1)
   if [ -z "$binary" ]; then echo "no build" >"$out"; return; fi
-  binary="$src/$binary"
+  case "$binary" in /*) ;; *) binary="$src/$binary" ;; esac
   seq "$first" $((first + seeds - 1)) | xargs -P "$jobs" -I{} sh -c \
     'o=$(PUSHGATE_SIM_IGNORE_KNOWN=1 MADSIM_TEST_SEED={} MADSIM_TEST_NUM=1 timeout 120 "$0" --nocapture 2>&1) && exit 0
      inv=$(printf "%s\n" "$o" | grep -oE "^  - invariant [0-9a-z-]+" | sed "s/^  - invariant //" | sort -u | tr "\n" " ")

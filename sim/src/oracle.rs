@@ -314,6 +314,11 @@ impl Oracle {
                 ) {
                     d.settle_ms = d.settle_ms.max((now - d.start).min(10_000) + 1_500);
                 }
+                // A packet lost while its stream was already backing off (after an earlier
+                // clog) waits up to the 10 s cap again, however short the loss was.
+                if d.kind == FaultKind::PacketLoss {
+                    d.settle_ms = d.settle_ms.max(11_500);
+                }
                 let kind = d.kind.name();
                 self.trace(format!("FAULT {kind} end (#{id})"));
             }

@@ -241,10 +241,12 @@ impl Params {
                 params.enabled_faults.push(kind);
             }
         }
-        if more.gen_bool(0.4) {
-            let high = more.gen_range(200..2_000);
+        let tiny_queues = more.gen_bool(0.3);
+        if tiny_queues || params.enabled_faults.contains(&FaultKind::SlowReader) {
+            // A few PUSH frames (about 60 bytes each) reach the mark.
+            let high = more.gen_range(100..800);
             params.write_high_water_bytes = high;
-            params.write_hard_limit_bytes = high * more.gen_range(2..8);
+            params.write_hard_limit_bytes = high * more.gen_range(3..10);
         }
         if params.global_flow_limit == 5_000 && more.gen_bool(0.15) {
             params.global_flow_limit = more.gen_range(3..=20);
