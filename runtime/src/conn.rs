@@ -48,11 +48,17 @@ pub async fn run_phone(
     let decoder = FrameDecoder::new(settings.max_body_bytes);
     let mut inbound = BytesMut::new();
     let mut reading = true;
+    #[cfg(madsim)]
+    let peer = stream.peer_addr().ok().map(|a| a.ip());
     loop {
         // One poll for both sources, queue first: nothing but a waker is registered while the
         // phone is idle (no wait-list nodes or read futures kept in the task).
         let wake = std::future::poll_fn(|cx| {
-            if queue.poll_ready(cx).is_ready() {
+            #[cfg(madsim)]
+            let stalled = crate::sim_hooks::poll_stalled(peer, cx);
+            #[cfg(not(madsim))]
+            let stalled = false;
+            if !stalled && queue.poll_ready(cx).is_ready() {
                 return Poll::Ready(Wake::Queue);
             }
             if reading {

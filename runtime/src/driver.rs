@@ -30,6 +30,11 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
+/// Sees every core [`Event`] a node emits, with the node's address and the time the core was
+/// handed (ms since the node task started), before the node task acts on it (the simulator's
+/// oracle judges from these). Unset in production: no cost.
+pub type EventObserver = Arc<dyn Fn(&NodeAddr, Millis, &Event) + Send + Sync>;
+
 /// Capacity of the channel into the node task; senders wait when it is full (backpressure
 /// on the sockets that feed it).
 pub const NODE_QUEUE_CAPACITY: usize = 64 * 1024;
@@ -225,6 +230,7 @@ pub struct Driver {
     local_waiters: FxHashMap<u64, oneshot::Sender<PushOutcome>>,
     next_token: u64,
     limits: QueueLimits,
+    observer: Option<EventObserver>,
 }
 
 /// Starts the node task; returns its handle. The node's time is measured from `start`, the
@@ -234,6 +240,7 @@ pub fn spawn(
     limits: QueueLimits,
     store: StoreSpec,
     start: Instant,
+    observer: Option<EventObserver>,
 ) -> (NodeHandle, tokio::task::JoinHandle<()>) {
     let (handle, rx) = NodeHandle::channel(NODE_QUEUE_CAPACITY);
     let node_addr = node.config().node_addr.clone();
@@ -265,6 +272,7 @@ pub fn spawn(
         local_waiters: FxHashMap::default(),
         next_token: 1,
         limits,
+        observer,
     };
     let join = tokio::spawn(driver.run(rx, store_rx));
     (handle, join)
@@ -511,7 +519,12 @@ impl Driver {
                         }
                     }
                 }
-                Output::Event(event) => self.on_event(event),
+                Output::Event(event) => {
+                    if let Some(observer) = &self.observer {
+                        observer(&self.node_addr, self.now, &event);
+                    }
+                    self.on_event(event)
+                }
             }
         }
     }

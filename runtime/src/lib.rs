@@ -21,5 +21,7 @@ pub mod phone_queue;
 #[cfg(not(madsim))]
 pub mod redis_store;
 pub mod server;
+#[cfg(madsim)]
+pub mod sim_hooks;
 pub mod store;
 pub mod store_net;

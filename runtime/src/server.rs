@@ -48,8 +48,20 @@ impl Drop for LiveGuard {
     }
 }
 
+/// What a embedding program (the simulator) can attach to a server.
+#[derive(Clone, Default)]
+pub struct ServerHooks {
+    /// Sees every core event of the node (see [`driver::EventObserver`]).
+    pub observer: Option<driver::EventObserver>,
+}
+
 /// Binds the listeners and starts serving. Port 0 binds a free port (see the addresses).
 pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
+    start_with(config, ServerHooks::default()).await
+}
+
+/// [`start`] with hooks.
+pub async fn start_with(config: &Config, hooks: ServerHooks) -> anyhow::Result<RunningServer> {
     config.validate()?;
     if config.security.uses_default_key() {
         tracing::warn!(
@@ -93,6 +105,7 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
         limits,
         config.store.spec()?,
         clock_start,
+        hooks.observer,
     );
     let live = Arc::new(AtomicUsize::new(0));
     let next_id = Arc::new(AtomicU64::new(1));

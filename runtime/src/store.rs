@@ -11,7 +11,8 @@ use pushgate_core::store::{KickNotice, RouteRecord, StoreError, StoreOp, StoreRe
 use pushgate_core::store_state::StoreState;
 use pushgate_core::Millis;
 
-/// The embedded single-node store.
+/// The embedded single-node store. `Clone` takes a snapshot (the simulator's store model
+/// restores one to play a failover that lost the last writes).
 #[derive(Debug, Default, Clone)]
 pub struct MemoryStore {
     state: StoreState,
@@ -26,6 +27,15 @@ impl MemoryStore {
     pub fn apply(&mut self, now_ms: Millis, op: StoreOp) -> Result<StoreReply, StoreError> {
         tracing::trace!(?op, "store op");
         Ok(self.state.apply(now_ms, op))
+    }
+
+    /// The route of (user, type), or with no type the user's best route (online first).
+    pub fn route(
+        &self,
+        user_id: &str,
+        client_type: Option<ClientType>,
+    ) -> Option<(ClientType, RouteRecord)> {
+        self.state.route(user_id, client_type)
     }
 
     /// Every route of a user (for the admin API).

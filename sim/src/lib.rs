@@ -8,13 +8,16 @@
 //! - [`world`]: the store node, the pushgate nodes (the real runtime), the fault schedule, the
 //!   liveness phase and the final checks; [`actors`]: phones (`DeviceClient`) and business
 //!   servers (`PushClient`).
-//! - [`oracle`]: what really happened, and the invariants; [`capture`]: the nodes' own
-//!   push-status log events; [`store_client`]: reads the store.
+//! - [`oracle`]: what really happened, and the invariants; [`capture`]: hands the nodes' own
+//!   core events to the oracle; [`events`]: the invariants judged from them;
+//!   [`store_node`]: the store node, a model with Redis's faults; [`store_client`]: reads it.
 //! - [`summary`]: the per-run summary and the failure report.
 #[cfg(madsim)]
 pub mod actors;
 #[cfg(madsim)]
 pub mod capture;
+#[cfg(madsim)]
+pub mod events;
 #[cfg(madsim)]
 pub mod known;
 #[cfg(madsim)]
@@ -23,6 +26,8 @@ pub mod oracle;
 pub mod params;
 #[cfg(madsim)]
 pub mod store_client;
+#[cfg(madsim)]
+pub mod store_node;
 #[cfg(madsim)]
 pub mod summary;
 #[cfg(madsim)]

@@ -196,6 +196,8 @@ pub struct Oracle {
     pub counts: Counts,
     /// When the fault window ended and everything was healed.
     pub healed_at: Option<u64>,
+    /// What the nodes reported through their events (see [`crate::events`]).
+    pub side: crate::events::NodeSide,
 }
 
 /// Settle time after a bind's OK before the oracle calls the user definitely online.
@@ -223,6 +225,7 @@ impl Oracle {
             finished: HashMap::new(),
             counts: Counts::default(),
             healed_at: None,
+            side: crate::events::NodeSide::default(),
             params,
         }
     }
@@ -251,7 +254,7 @@ impl Oracle {
         self.violations.push(text);
     }
 
-    fn checked(&mut self, name: &'static str) {
+    pub(crate) fn checked(&mut self, name: &'static str) {
         *self.counts.checks.entry(name).or_default() += 1;
     }
 
@@ -310,6 +313,11 @@ impl Oracle {
                         | FaultKind::NodePause
                 ) {
                     d.settle_ms = d.settle_ms.max((now - d.start).min(10_000) + 1_500);
+                }
+                // A packet lost while its stream was already backing off (after an earlier
+                // clog) waits up to the 10 s cap again, however short the loss was.
+                if d.kind == FaultKind::PacketLoss {
+                    d.settle_ms = d.settle_ms.max(11_500);
                 }
                 let kind = d.kind.name();
                 self.trace(format!("FAULT {kind} end (#{id})"));
@@ -982,6 +990,20 @@ impl Oracle {
                                     "2-success-means-received",
                                     format!("p-{id} asked no ACK but is ack-success"),
                                 );
+                            }
+                        }
+                        PushStatus::RouterChange => {
+                            self.checked("6-router-change-only-when-elsewhere");
+                            if let Some(conn) = self
+                                .certainly_online(&p.user, p.client_type, p.node, p.start, end)
+                                .filter(|c| self.conns[*c].node == p.node)
+                            {
+                                let c = &self.conns[conn];
+                                let text = format!(
+                                    "p-{id} to {:?} (type {:?}) via node{} [{}..{}ms] is router-change, but phone{} c{conn} was bound as that user on that very node the whole time",
+                                    p.user, p.client_type, p.node, p.start, end, c.phone
+                                );
+                                self.violate("6-router-change-only-when-elsewhere", text);
                             }
                         }
                         PushStatus::Offline => {

@@ -35,10 +35,21 @@ pub enum FaultKind {
     PacketLoss,
     /// A phone process dies (its connection drops) and restarts with its stored session.
     PhoneCrash,
+    /// A phone stops reading for seconds: its node's queue to it fills (high-water mark:
+    /// pushes to it fail "not writable"; hard limit: the node closes it).
+    SlowReader,
+    /// The store fails over to a replica that lost the last writes (a snapshot some ms old).
+    StoreFailover,
+    /// The store answers slowly (each reply and notice delayed on its own: reordered).
+    StoreSlow,
+    /// Kick notices to one node are lost (its pub/sub subscriber is away).
+    KickNoticeLoss,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 14] = [
+    /// The kinds drawn first (the newer ones are drawn after the rest of the world, so the
+    /// shape of a seed's world did not change when they were added).
+    pub const ORIGINAL: [FaultKind; 14] = [
         FaultKind::ReconnectStorm,
         FaultKind::NodeCrash,
         FaultKind::NodePause,
@@ -53,6 +64,14 @@ impl FaultKind {
         FaultKind::LatencySpike,
         FaultKind::PacketLoss,
         FaultKind::PhoneCrash,
+    ];
+
+    /// Kinds added with the store model and the slow readers.
+    pub const ADDED: [FaultKind; 4] = [
+        FaultKind::SlowReader,
+        FaultKind::StoreFailover,
+        FaultKind::StoreSlow,
+        FaultKind::KickNoticeLoss,
     ];
 
     pub fn name(self) -> &'static str {
@@ -71,6 +90,10 @@ impl FaultKind {
             FaultKind::LatencySpike => "latency-spike",
             FaultKind::PacketLoss => "packet-loss",
             FaultKind::PhoneCrash => "phone-crash",
+            FaultKind::SlowReader => "slow-reader",
+            FaultKind::StoreFailover => "store-failover",
+            FaultKind::StoreSlow => "store-slow",
+            FaultKind::KickNoticeLoss => "kick-notice-loss",
         }
     }
 }
@@ -127,6 +150,10 @@ pub struct Params {
     pub global_flow_limit: u64,
     pub broadcast_flow_limit: u64,
     pub tags: Vec<String>,
+    /// The nodes' queue marks per phone (`net.write_*_bytes`): tiny in some seeds, so slow
+    /// readers reach them.
+    pub write_high_water_bytes: usize,
+    pub write_hard_limit_bytes: usize,
 }
 
 pub const OS_NAMES: [(&str, i32); 5] = [
@@ -170,15 +197,15 @@ impl Params {
                 }
             })
             .collect();
-        let mut enabled_faults: Vec<FaultKind> = FaultKind::ALL
+        let mut enabled_faults: Vec<FaultKind> = FaultKind::ORIGINAL
             .into_iter()
             .filter(|_| rng.gen_bool(0.5))
             .collect();
         if enabled_faults.is_empty() {
-            enabled_faults.push(FaultKind::ALL[rng.gen_range(0..FaultKind::ALL.len())]);
+            enabled_faults.push(FaultKind::ORIGINAL[rng.gen_range(0..FaultKind::ORIGINAL.len())]);
         }
         let fault_window_ms = rng.gen_range(15_000..=35_000);
-        Params {
+        let mut params = Params {
             seed,
             nodes,
             phones,
@@ -204,7 +231,27 @@ impl Params {
                 3_000
             },
             tags: (0..4).map(|i| format!("t{i}")).collect(),
+            write_high_water_bytes: 64 * 1024,
+            write_hard_limit_bytes: 1024 * 1024,
+        };
+        // Drawn last, from a stream of their own: the rest of the world is as before.
+        let mut more = StdRng::seed_from_u64(seed ^ 0x5157_5EED_0000_0002);
+        for kind in FaultKind::ADDED {
+            if more.gen_bool(0.4) {
+                params.enabled_faults.push(kind);
+            }
         }
+        let tiny_queues = more.gen_bool(0.3);
+        if tiny_queues || params.enabled_faults.contains(&FaultKind::SlowReader) {
+            // A few PUSH frames (about 60 bytes each) reach the mark.
+            let high = more.gen_range(100..800);
+            params.write_high_water_bytes = high;
+            params.write_hard_limit_bytes = high * more.gen_range(3..10);
+        }
+        if params.global_flow_limit == 5_000 && more.gen_bool(0.15) {
+            params.global_flow_limit = more.gen_range(3..=20);
+        }
+        params
     }
 
     pub fn node_ip(&self, node: usize) -> String {
@@ -254,7 +301,7 @@ impl fmt::Display for Params {
         let faults: Vec<&str> = self.enabled_faults.iter().map(|k| k.name()).collect();
         write!(
             f,
-            "nodes={} phones={} shared_users={} ghosts={} pushclients={} push_gap={}ms bcast={} window={}ms faults={}x[{}] store_timeout={}ms flow={}/{}",
+            "nodes={} phones={} shared_users={} ghosts={} pushclients={} push_gap={}ms bcast={} window={}ms faults={}x[{}] store_timeout={}ms flow={}/{} queue={}/{}",
             self.nodes,
             self.phones.len(),
             self.shared_users,
@@ -268,6 +315,8 @@ impl fmt::Display for Params {
             self.store_timeout_ms,
             self.global_flow_limit,
             self.broadcast_flow_limit,
+            self.write_high_water_bytes,
+            self.write_hard_limit_bytes,
         )
     }
 }

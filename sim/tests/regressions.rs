@@ -75,6 +75,18 @@ const REGRESSIONS: &[(u64, &str)] = &[
         827,
         "B4: route writes lost to a partition and an outage; pushes elsewhere saw the user offline until they were written again",
     ),
+    (
+        175,
+        "B5: an offline mark for a re-bind whose write never landed missed the same connection's older route (liveness)",
+    ),
+    (
+        212,
+        "B6: a kick although nobody bound that user and type after (2-kick-only-when-superseded)",
+    ),
+    (
+        550,
+        "oracle: a stale route read answered after its push timed out is dropped, not marked offline",
+    ),
 ];
 
 fn run_seed(seed: u64) -> pushgate_sim::RunReport {

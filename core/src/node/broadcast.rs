@@ -74,6 +74,12 @@ impl Node {
             ),
         };
         let task_id = request.task_id.clone();
+        self.emit(Event::PushAccepted {
+            id,
+            user_id: String::new(),
+            broadcast: true,
+            timeout_ms: 0,
+        });
         self.broadcasts.insert(
             id,
             BroadcastTask {
@@ -227,6 +233,13 @@ impl Node {
                 frame,
                 report_write: Some(session_id),
             });
+            self.outputs
+                .push_back(super::Output::Event(Event::PushSent {
+                    id,
+                    conn: entry.conn,
+                    session_id,
+                    broadcast: true,
+                }));
             task.cursor = Some((entry.user_id, entry.client_type));
         }
         self.stats.broadcast_deliveries += task.progress_sent;

@@ -240,6 +240,32 @@ pub enum Event {
         op: &'static str,
         error: StoreError,
     },
+    /// A push request became a task (single or broadcast); a single push's deadline is
+    /// `timeout_ms` (the timeout it runs with) from now (0 for a broadcast: it has none).
+    PushAccepted {
+        id: PushId,
+        user_id: String,
+        broadcast: bool,
+        timeout_ms: Millis,
+    },
+    /// A PUSH frame of push `id` was handed to `conn` (single or broadcast).
+    PushSent {
+        id: PushId,
+        conn: ConnId,
+        session_id: i32,
+        broadcast: bool,
+    },
+    /// The driver reported a phone's outbound queue over its mark (false) or drained (true).
+    WritableChanged {
+        conn: ConnId,
+        writable: bool,
+    },
+    /// A kick notice addressed to this node arrived; `kicked` is the connection it kicked (its
+    /// connection token and bind version), `None` when it named no connection here.
+    KickNoticeHandled {
+        notice: KickNotice,
+        kicked: Option<(ConnId, String, u64)>,
+    },
 }
 
 /// Something to do, drained with [`Node::poll_output`].
@@ -435,6 +461,7 @@ impl Node {
             Input::PhoneWritable { conn, writable } => {
                 if let Some(session) = self.sessions.get_mut(&conn) {
                     session.writable = writable;
+                    self.emit(Event::WritableChanged { conn, writable });
                 }
             }
             Input::PhoneWritten {

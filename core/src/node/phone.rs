@@ -764,7 +764,16 @@ impl Node {
                         .as_ref()
                         .is_some_and(|b| b.route_version == notice.version))
         });
-        if named {
+        let kicked = named.then(|| {
+            let session = &self.sessions[&conn];
+            let version = session.bound.as_ref().map_or(0, |b| b.route_version);
+            (conn, session.conn_token.clone(), version)
+        });
+        self.emit(Event::KickNoticeHandled {
+            notice: notice.clone(),
+            kicked: kicked.clone(),
+        });
+        if kicked.is_some() {
             self.kick_connection(conn, KickCause::NewerBind);
         }
     }

@@ -74,6 +74,12 @@ impl Node {
             step_at_ms: None,
             resolved_type: None,
         };
+        self.emit(Event::PushAccepted {
+            id,
+            user_id: task.request.user_id.clone(),
+            broadcast: false,
+            timeout_ms,
+        });
         self.singles.insert(id, task);
         self.timers.arm(deadline_ms, Timer::PushDeadline(id));
         self.run_single(id);
@@ -174,6 +180,12 @@ impl Node {
             seal: Seal::Aes(cipher),
         };
         self.transmit(conn, frame, Some(session_id));
+        self.emit(Event::PushSent {
+            id,
+            conn,
+            session_id,
+            broadcast: false,
+        });
     }
 
     pub(super) fn on_push_route_reply(
