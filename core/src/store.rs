@@ -97,10 +97,12 @@ impl RouteRecord {
             && stored.conn_version != 0
     }
 
-    /// Applies an offline mark: only the binding it names — node, connection and bind version —
-    /// goes offline. True when it did.
+    /// Applies an offline mark: only the binding it names — node, connection and bind version,
+    /// or an older bind of that same connection — goes offline. True when it did.
     pub fn take_offline(&mut self, node: &NodeAddr, conn_id: &str, version: u64) -> bool {
-        if self.is_on(node) && self.conn_id.as_deref() == Some(conn_id) && self.version == version {
+        // An older bind of the same connection ends with it: the connection gave the user up,
+        // and the write of its newer bind may never have landed.
+        if self.is_on(node) && self.conn_id.as_deref() == Some(conn_id) && self.version <= version {
             self.conn_id = None;
             true
         } else {
@@ -254,7 +256,7 @@ pub enum StoreOp {
         route: RouteRecord,
     },
     /// Mark the route of (user, client type) offline, only if it still describes the binding
-    /// `conn_id` on `node` with bind `version` ([`RouteRecord::take_offline`]); otherwise
+    /// `conn_id` on `node` with bind `version` or older ([`RouteRecord::take_offline`]); otherwise
     /// the store remembers that bind as ended, so its write arriving later, or a restore of
     /// it, cannot bring it back online. Answer [`StoreReply::Done`].
     SetRouteOffline {

@@ -79,7 +79,8 @@ impl StoreState {
             } => {
                 match self.routes.get_mut(&(user_id.clone(), client_type)) {
                     Some(route) => {
-                        if !route.take_offline(&node, &conn_id, version) {
+                        let took = route.take_offline(&node, &conn_id, version);
+                        if !(took && route.version == version) {
                             route.remember_ended(&node, version);
                         }
                     }
@@ -475,6 +476,25 @@ mod tests {
         let (_, stored) = s.route("u", None).unwrap();
         assert!(stored.is_bind(&far.node(), 1));
         assert!(!stored.is_online());
+    }
+
+    /// Found by the simulation (seed 175): a connection re-bound its user during a store
+    /// outage (the newer bind's write never landed), then gave the user up; the mark named
+    /// the newer bind and missed the stored older bind of the same connection, which stayed
+    /// online naming a connection nobody holds.
+    #[test]
+    fn a_mark_ends_an_older_bind_of_the_same_connection_too() {
+        let mut s = StoreState::new();
+        s.apply(0, put("c", 10));
+        s.apply(0, offline("c", 15));
+        let (_, stored) = s.route("u", None).unwrap();
+        assert!(!stored.is_online());
+        // The newer bind is remembered as ended: its write arriving late stays out.
+        assert!(matches!(s.apply(0, put("c", 15)), StoreReply::Stale { .. }));
+        // Another connection's older route is never touched by it.
+        s.apply(0, put("d", 20));
+        s.apply(0, offline("c", 30));
+        assert!(s.route("u", None).unwrap().1.is_online());
     }
 
     #[test]

@@ -832,6 +832,22 @@ fn a_displaced_connection_that_closed_meanwhile_comes_back_offline() {
     assert!(!stored.is_online());
 }
 
+/// Found by the simulation (seed 175): a connection re-binds its user while the store drops
+/// writes, then closes. Its offline mark names the newer bind, whose write never landed; the
+/// store's route is the older bind of the same connection and must go offline too.
+#[test]
+fn closing_after_a_lost_rebind_takes_the_older_bind_offline() {
+    let mut w = World::new(|_| {});
+    let phone = w.online("dev-A", "android", "u1", "");
+    assert!(store_token(&w, "u1", ClientType::Mobile).is_some());
+    w.store.mode = StoreMode::Drop;
+    w.bind(phone, "u1", "t1"); // a new bind of the same user: its write is lost
+    w.store.mode = StoreMode::Immediate;
+    w.drop_phone(phone);
+    w.settle();
+    assert_eq!(store_token(&w, "u1", ClientType::Mobile), None);
+}
+
 /// The same race, but another bind of the user came in between: the store keeps the newer
 /// bind, and the undo of the dead one touches nothing.
 #[test]

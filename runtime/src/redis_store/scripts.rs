@@ -129,7 +129,8 @@ return {1, cur}
 
 /// KEYS[1] = `mp:ur:{userId}`; ARGV = field, node host, node port, connId, version.
 /// Takes the route offline (rewritten without its connId, MPush's offline marker) when it
-/// still names that node, connection and bind version, and returns 1. Otherwise remembers
+/// still names that node and connection with that bind version or an older one (remembering
+/// the newer one as ended), and returns 1. Otherwise remembers
 /// the bind as ended (in the stored route, or in an empty offline route when none is stored)
 /// and returns 0.
 const SET_ROUTE_OFFLINE_BODY: &str = r#"
@@ -142,8 +143,9 @@ if cur then
   local ok, decoded = pcall(cjson.decode, cur)
   if not ok or type(decoded) ~= 'table' then return 0 end
   r = decoded
-  if is_on(r, host, port) and r['connId'] == ARGV[4] and num(r['version']) == version then
+  if is_on(r, host, port) and r['connId'] == ARGV[4] and num(r['version']) <= version then
     r['connId'] = nil
+    if num(r['version']) ~= version then remember_ended(r, host, port, version) end
     redis.call('HSET', KEYS[1], ARGV[1], encode_route(r))
     return 1
   end
