@@ -72,6 +72,8 @@ pub struct NodeSide {
     /// Routes a failover brought back online after the store had replaced them or marked
     /// them offline: (user, client type code, connection id, version).
     pub resurrected: Vec<crate::store_node::RouteKey>,
+    /// When the store last accepted each route write (`PutRoute` answered `Previous`).
+    pub routes_written: HashMap<crate::store_node::RouteKey, u64>,
     /// Offline answers of the nodes: (oracle ms, node, user).
     pub offline_answers: Vec<(u64, usize, String)>,
 }

@@ -205,6 +205,19 @@ fn apply(
         StoreOp::GetRoute { user_id, .. } => Some(user_id.clone()),
         _ => None,
     };
+    let written: Option<RouteKey> = match &op {
+        StoreOp::PutRoute {
+            user_id,
+            client_type,
+            route,
+        } => Some((
+            user_id.clone(),
+            client_type.code(),
+            route.conn_id.clone(),
+            route.version,
+        )),
+        _ => None,
+    };
     let traced = std::env::var("PUSHGATE_SIM_STORE_TRACE").is_ok()
         && matches!(
             op,
@@ -236,6 +249,9 @@ fn apply(
     drop(live);
     if let (Some(node), Some(user), Ok(StoreReply::Route(route))) = (node, &read_user, &result) {
         lock(&model.sh).store_route_read(node, user, route.clone());
+    }
+    if let (Some(key), Ok(StoreReply::Previous(_))) = (written, &result) {
+        lock(&model.sh).side.routes_written.insert(key, now);
     }
     send(model, out, FromStore::Reply { id, result });
     for (notice, target, tx) in targets {

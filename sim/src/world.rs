@@ -937,8 +937,15 @@ async fn liveness_checks(sh: Shared, ctl: Arc<Control>, params: Arc<Params>) {
             // A node that crashed after this route was written never cleaned it (nothing can
             // until a push finds it stale): not a liveness failure of the survivors.
             let node = params.node_of_host(&route.host);
+            // (When that very route was written, if the store model saw it; a later bind of the
+            // same user on the restarted node does not make the old route its business.)
+            let written = o
+                .side
+                .routes_written
+                .get(&(user.clone(), *ct, route.conn_id.clone(), route.version))
+                .copied();
             let crashed_after = node.is_some_and(|k| {
-                let last = o.last_bind_on(user, *ct, k).unwrap_or(0);
+                let last = written.unwrap_or_else(|| o.last_bind_on(user, *ct, k).unwrap_or(0));
                 o.node_kills.iter().any(|(n, t)| *n == k && *t >= last)
             });
             // A store that failed over to a replica without the last writes can hold a route
