@@ -1,0 +1,378 @@
+//! Three `pushgate serve --redis …` nodes on one real Redis: the node registry (`/v1/nodes`
+//! lists every node; a node killed with SIGKILL leaves within its TTL; a clean shutdown leaves
+//! at once) and cluster-wide push (the cluster PushClient and `POST /v1/push` on any node reach
+//! a phone on any node, a stale cached route is corrected through router change, one push per
+//! route of a user on two client types, a broadcast reaches every node with one answer).
+use pushgate::client::cluster::ClusterPushClient;
+use pushgate::client::{
+    BroadcastRequest, DeviceClient, DeviceEvent, DeviceOptions, SinglePushRequest,
+};
+use pushgate_core::push::AckMode;
+use pushgate_core::PushStatus;
+use pushgate_tests::redis::{RedisCluster, RedisServer};
+use pushgate_tests::{bounded, eventually, ServerOptions, TestServer};
+use serde_json::json;
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+const LIMIT: Duration = Duration::from_secs(90);
+const WAIT: Duration = Duration::from_secs(5);
+const NODE_TTL_MS: u64 = 1500;
+
+async fn node_on(url: &str) -> TestServer {
+    TestServer::start_with(ServerOptions {
+        args: vec!["--redis".into(), url.into()],
+        toml: format!(
+            "[log]\nfilter = \"info,pushgate::redis_store=debug\"\n[store]\nnode_ttl_ms = {NODE_TTL_MS}\n"
+        ),
+    })
+    .await
+}
+
+/// Waits for a push of `want` on `phone`, passing over other pushes (probes).
+async fn expect_content(phone: &DeviceClient, want: &str) {
+    let deadline = Instant::now() + WAIT;
+    let mut seen = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match phone.next_event_within(left).await {
+            Ok(DeviceEvent::Push { content, .. }) if content == want.as_bytes() => return,
+            Ok(other) => seen.push(format!("{other:?}")),
+            Err(error) => panic!(
+                "{} never got {want:?} ({error}); saw {seen:?}",
+                phone.device_id()
+            ),
+        }
+    }
+}
+
+/// Waits for a KICK on `phone`, passing over pushes.
+async fn expect_kick(phone: &DeviceClient) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match phone.next_event_within(left).await {
+            Ok(DeviceEvent::Kick { .. }) => return,
+            Ok(DeviceEvent::Push { .. }) => {}
+            other => panic!("{} expected a KICK, got {other:?}", phone.device_id()),
+        }
+    }
+}
+
+fn push(user: &str, content: &str) -> SinglePushRequest {
+    SinglePushRequest {
+        ack: AckMode::Auto,
+        timeout_ms: 3000,
+        ..SinglePushRequest::new(user, content.as_bytes().to_vec())
+    }
+}
+
+/// The gateway ports `/v1/nodes` on `via` lists.
+async fn listed_ports(via: &TestServer) -> BTreeSet<u16> {
+    let response = via.http_get("/v1/nodes").await;
+    assert_eq!(response.status, 200, "/v1/nodes: {}", response.text());
+    let body = response.json();
+    body["nodes"]
+        .as_array()
+        .unwrap_or_else(|| panic!("/v1/nodes has no nodes array: {body}"))
+        .iter()
+        .filter_map(|n| n["gatewayPort"].as_u64())
+        .map(|p| p as u16)
+        .collect()
+}
+
+fn ports(nodes: &[&TestServer]) -> BTreeSet<u16> {
+    nodes.iter().map(|n| n.gateway.port()).collect()
+}
+
+/// Pushes through the cluster client until `user` is reachable (routes reach Redis
+/// asynchronously after the bind answer).
+async fn push_until_success(client: &ClusterPushClient, user: &str) {
+    eventually(
+        WAIT,
+        &format!("a route for {user} in Redis"),
+        || async move {
+            let result = client.push(push(user, "probe")).await;
+            result.status.is_success().then_some(())
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_on_redis_discover_each_other_and_push_across_nodes() {
+    let redis = RedisServer::start();
+    bounded(LIMIT, three_nodes_scenario(&redis.url())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_on_a_redis_cluster_discover_each_other_and_push_across_nodes() {
+    let cluster = RedisCluster::start();
+    bounded(LIMIT, three_nodes_scenario(&cluster.url())).await;
+}
+
+async fn three_nodes_scenario(url: &str) {
+    let a = node_on(url).await;
+    let b = node_on(url).await;
+    let mut c = node_on(url).await;
+    let all = &ports(&[&a, &b, &c]);
+
+    // Every node lists all three, with their addresses.
+    for via in [&a, &b, &c] {
+        eventually(WAIT, "three nodes in /v1/nodes", || async move {
+            (listed_ports(via).await == *all).then_some(())
+        })
+        .await;
+    }
+    let body = a.http_get("/v1/nodes").await.json();
+    let entry = body["nodes"]
+        .as_array()
+        .and_then(|nodes| {
+            nodes
+                .iter()
+                .find(|n| n["gatewayPort"] == json!(b.gateway.port()))
+        })
+        .cloned()
+        .unwrap_or_else(|| panic!("B missing: {body}"));
+    assert_eq!(
+        entry["connectAddr"],
+        json!(format!("127.0.0.1:{}", b.connect.port()))
+    );
+    assert_eq!(entry["adminAddr"], json!(b.admin.to_string()));
+    assert_eq!(entry["gatewayHost"], json!("127.0.0.1"));
+    assert_eq!(entry["ttlMs"], json!(NODE_TTL_MS));
+
+    // A phone on B: the cluster PushClient finds it through Redis.
+    let client = ClusterPushClient::new(url)
+        .expect("a Redis URL")
+        .with_route_cache(Duration::from_secs(60));
+    let phone_b = b.bound_device("phone-b", "user-1", &[]).await;
+    push_until_success(&client, "user-1").await;
+    expect_content(&phone_b, "probe").await;
+    let result = client
+        .push(push("user-1", "through the cluster client"))
+        .await;
+    assert_eq!(result.status, PushStatus::AckSuccess, "{result:?}");
+    assert_eq!(result.routes.len(), 1, "{result:?}");
+    assert_eq!(result.routes[0].gateway, b.gateway.to_string());
+    expect_content(&phone_b, "through the cluster client").await;
+    // The route is cached now: a push costs no Redis round trip.
+    let before = client.redis_round_trips();
+    let result = client.push(push("user-1", "cached")).await;
+    assert_eq!(result.status, PushStatus::AckSuccess, "{result:?}");
+    assert_eq!(client.redis_round_trips() - before, 0, "a cached route");
+    expect_content(&phone_b, "cached").await;
+    // An uncached client reads the routes once per push.
+    let fresh = ClusterPushClient::new(url).expect("a Redis URL");
+    let result = fresh.push(push("user-1", "uncached")).await;
+    assert_eq!(result.status, PushStatus::AckSuccess, "{result:?}");
+    assert_eq!(fresh.redis_round_trips(), 1, "one HGETALL");
+    expect_content(&phone_b, "uncached").await;
+
+    // POST /v1/push on A: A answers router change itself, follows it to B, and answers the
+    // final status.
+    let started = Instant::now();
+    let response = a
+        .http_post(
+            "/v1/push",
+            &json!({"userId": "user-1", "content": "via A's API", "ack": "auto", "timeoutMs": 3000}),
+        )
+        .await;
+    assert_eq!(response.status, 200, "{}", response.text());
+    let body = response.json();
+    assert_eq!(body["status"], json!("ack-success"), "{body}");
+    assert_eq!(body["userId"], json!("user-1"), "{body}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "within the push's timeout"
+    );
+    expect_content(&phone_b, "via A's API").await;
+    // On B itself (the user is local) the API answers without forwarding.
+    let body = b
+        .http_post(
+            "/v1/push",
+            &json!({"userId": "user-1", "content": "on B", "ack": "auto"}),
+        )
+        .await
+        .json();
+    assert_eq!(body["status"], json!("ack-success"), "{body}");
+    expect_content(&phone_b, "on B").await;
+    // A user bound nowhere: offline, from any node.
+    let body = a
+        .http_post("/v1/push", &json!({"userId": "nobody", "content": "x"}))
+        .await
+        .json();
+    assert_eq!(body["status"], json!("offline"), "{body}");
+    let result = client.push(push("nobody", "x")).await;
+    assert_eq!(result.status, PushStatus::Offline, "{result:?}");
+
+    // The phone moves from B to C (same client type: B's connection is kicked). The client's
+    // cached route still names B: B answers router change, the client re-reads and sends to C.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let phone_c = c.bound_device("phone-c", "user-1", &[]).await;
+    expect_kick(&phone_b).await;
+    eventually(WAIT, "the route on C in Redis", || async {
+        let mut hget = redis::cmd("HGET");
+        hget.arg("mp:ur:user-1").arg("1");
+        let reader = pushgate::redis_store::RedisReader::new(
+            pushgate::redis_store::RedisTarget::parse(url).ok()?,
+        );
+        let value: Option<String> = reader.query(&hget, WAIT).await.ok()?;
+        value?
+            .contains(&format!("\"port\":{}", c.gateway.port()))
+            .then_some(())
+    })
+    .await;
+    let before = client.redis_round_trips();
+    let result = client.push(push("user-1", "moved")).await;
+    assert_eq!(result.status, PushStatus::AckSuccess, "{result:?}");
+    assert_eq!(result.routes.len(), 1, "{result:?}");
+    assert_eq!(
+        result.routes[0].rereads, 1,
+        "one router change followed: {result:?}"
+    );
+    assert_eq!(result.routes[0].gateway, c.gateway.to_string());
+    assert_eq!(
+        client.redis_round_trips() - before,
+        1,
+        "one HGET after the router change"
+    );
+    expect_content(&phone_c, "moved").await;
+    // The cache now names C.
+    let before = client.redis_round_trips();
+    let result = client.push(push("user-1", "cached on C")).await;
+    assert_eq!(result.status, PushStatus::AckSuccess, "{result:?}");
+    assert_eq!(result.routes[0].rereads, 0, "{result:?}");
+    assert_eq!(client.redis_round_trips() - before, 0);
+    expect_content(&phone_c, "cached on C").await;
+
+    // The same user on a second client type (PC) on C: one push per route.
+    let pc = c
+        .bound_device_with(
+            DeviceOptions {
+                os_name: "windows".into(),
+                ..c.device_options("pc-c")
+            },
+            "user-1",
+            &[],
+        )
+        .await;
+    eventually(WAIT, "both routes pushed", || async {
+        let result = fresh.push(push("user-1", "both")).await;
+        (result.routes.len() == 2).then_some(result)
+    })
+    .await;
+    let result = fresh.push(push("user-1", "two routes")).await;
+    assert_eq!(result.status, PushStatus::AckSuccess, "{result:?}");
+    let types: BTreeSet<i32> = result.routes.iter().map(|r| r.client_type).collect();
+    assert_eq!(types, BTreeSet::from([1, 2]), "{result:?}");
+    assert!(result
+        .routes
+        .iter()
+        .all(|r| r.result.status == PushStatus::AckSuccess));
+    expect_content(&phone_c, "two routes").await;
+    expect_content(&pc, "two routes").await;
+    // Only the PC route when asked for client type 2.
+    let result = fresh
+        .push(SinglePushRequest {
+            client_type: Some(2),
+            ..push("user-1", "pc only")
+        })
+        .await;
+    assert_eq!(result.status, PushStatus::AckSuccess, "{result:?}");
+    assert_eq!(result.routes.len(), 1, "{result:?}");
+    expect_content(&pc, "pc only").await;
+
+    // A broadcast through the cluster client reaches phones on all three nodes, one answer.
+    let on_a = a.bound_device("bcast-a", "user-a", &["news"]).await;
+    let on_b = b.bound_device("bcast-b", "user-b", &["news"]).await;
+    let on_c = c.bound_device("bcast-c", "user-c", &["news"]).await;
+    let result = client
+        .broadcast(BroadcastRequest {
+            tags: vec!["news".into()],
+            ..BroadcastRequest::new("to everyone")
+        })
+        .await;
+    assert_eq!(result.status, PushStatus::Success, "{result:?}");
+    assert_eq!(result.nodes.len(), 3, "{result:?}");
+    for phone in [&on_a, &on_b, &on_c] {
+        expect_content(phone, "to everyone").await;
+    }
+
+    // kill -9 of C: it leaves /v1/nodes within its TTL (plus a heartbeat's slack).
+    let killed = std::process::Command::new("kill")
+        .arg("-9")
+        .arg(c.pid().to_string())
+        .status()
+        .expect("run kill");
+    assert!(killed.success());
+    let _ = c.wait_exit(WAIT).await;
+    let gone = Instant::now();
+    let remaining = ports(&[&a, &b]);
+    eventually(
+        Duration::from_millis(NODE_TTL_MS + 1500),
+        "C gone from /v1/nodes",
+        || async { (listed_ports(&a).await == remaining).then_some(()) },
+    )
+    .await;
+    let took = gone.elapsed();
+    eprintln!("a killed node left /v1/nodes after {} ms", took.as_millis());
+    // A broadcast now goes to A and B only, and succeeds.
+    let result = client.broadcast(BroadcastRequest::new("after C")).await;
+    assert_eq!(result.status, PushStatus::Success, "{result:?}");
+    assert_eq!(result.nodes.len(), 2, "{result:?}");
+
+    // A clean shutdown leaves at once.
+    b.sigterm();
+    let mut b = b;
+    assert!(b.wait_exit(Duration::from_secs(10)).await.is_some());
+    let only_a = ports(&[&a]);
+    eventually(
+        Duration::from_millis(500),
+        "B gone after its shutdown",
+        || async { (listed_ports(&a).await == only_a).then_some(()) },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_redis_a_node_lists_itself() {
+    bounded(LIMIT, async {
+        let node = TestServer::start().await;
+        assert_eq!(listed_ports(&node).await, ports(&[&node]));
+        let body = node.http_get("/v1/nodes").await.json();
+        assert_eq!(body["nodes"][0]["adminAddr"], json!(node.admin.to_string()));
+        // Without Redis a push to a user bound nowhere is offline, not forwarded.
+        let body = node
+            .http_post("/v1/push", &json!({"userId": "u", "content": "x"}))
+            .await
+            .json();
+        assert_eq!(body["status"], json!("offline"), "{body}");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cluster_client_answers_within_its_timeout_when_redis_is_away() {
+    bounded(LIMIT, async {
+        let port = pushgate_tests::redis::free_redis_port();
+        let client = ClusterPushClient::new(&format!("redis://127.0.0.1:{port}")).expect("URL");
+        let started = Instant::now();
+        let result = client
+            .push(SinglePushRequest {
+                timeout_ms: 500,
+                ..push("u", "x")
+            })
+            .await;
+        assert!(!result.status.is_success(), "{result:?}");
+        assert!(
+            started.elapsed() < Duration::from_millis(1500),
+            "{:?}",
+            started.elapsed()
+        );
+        let result = client.broadcast(BroadcastRequest::new("x")).await;
+        assert_eq!(result.status, PushStatus::Failure, "{result:?}");
+        assert!(ClusterPushClient::new("http://nope").is_err());
+    })
+    .await;
+}
