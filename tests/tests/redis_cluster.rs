@@ -376,3 +376,114 @@ async fn the_cluster_client_answers_within_its_timeout_when_redis_is_away() {
     })
     .await;
 }
+
+/// Route reads Redis has served so far (HGET, HMGET, HGETALL calls in `INFO commandstats`).
+fn route_reads(redis: &RedisServer) -> u64 {
+    let info = redis.command(&["INFO", "commandstats"]);
+    info.lines()
+        .filter_map(|line| {
+            let (name, stats) = line.trim().split_once(':')?;
+            if !matches!(name, "cmdstat_hget" | "cmdstat_hmget" | "cmdstat_hgetall") {
+                return None;
+            }
+            let calls = stats.split(',').find_map(|kv| kv.strip_prefix("calls="))?;
+            calls.parse::<u64>().ok()
+        })
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_round_trips_per_push() {
+    let redis = RedisServer::start();
+    bounded(LIMIT, async {
+        let url = redis.url();
+        let a = node_on(&url).await;
+        let b = node_on(&url).await;
+        let phone = b.bound_device("phone", "user-rt", &[]).await;
+        let client = ClusterPushClient::new(&url)
+            .expect("URL")
+            .with_route_cache(Duration::from_secs(60));
+        push_until_success(&client, "user-rt").await;
+        const N: u64 = 20;
+
+        // A user bound on the receiving node: no route read, through the gateway or the API.
+        let gateway = b.push_client().await;
+        let before = route_reads(&redis);
+        for i in 0..N {
+            let content = format!("local {i}");
+            let result = gateway.push(push("user-rt", &content)).await.expect("push");
+            assert_eq!(result.status, PushStatus::AckSuccess, "{result:?}");
+            expect_content(&phone, &content).await;
+            let content = format!("local api {i}");
+            let body = b
+                .http_post(
+                    "/v1/push",
+                    &json!({"userId": "user-rt", "content": content, "ack": "auto"}),
+                )
+                .await
+                .json();
+            assert_eq!(body["status"], json!("ack-success"), "{body}");
+            expect_content(&phone, &content).await;
+        }
+        let local = route_reads(&redis) - before;
+        eprintln!(
+            "route reads per push to a user bound on the receiving node: {}",
+            local as f64 / (2 * N) as f64
+        );
+        assert_eq!(local, 0);
+
+        // The cluster client with a cached route: none; without a cache: one per push.
+        let before = route_reads(&redis);
+        for i in 0..N {
+            let content = format!("cached {i}");
+            assert!(client
+                .push(push("user-rt", &content))
+                .await
+                .status
+                .is_success());
+            expect_content(&phone, &content).await;
+        }
+        let cached = route_reads(&redis) - before;
+        let fresh = ClusterPushClient::new(&url).expect("URL");
+        let before = route_reads(&redis);
+        for i in 0..N {
+            let content = format!("uncached {i}");
+            assert!(fresh
+                .push(push("user-rt", &content))
+                .await
+                .status
+                .is_success());
+            expect_content(&phone, &content).await;
+        }
+        let uncached = route_reads(&redis) - before;
+        eprintln!(
+            "route reads per push through the cluster client: {} with a cached route, {} without",
+            cached as f64 / N as f64,
+            uncached as f64 / N as f64
+        );
+        assert_eq!(cached, 0);
+        assert_eq!(uncached, N);
+
+        // POST /v1/push on the other node: its own route lookup, then the forward's read.
+        let before = route_reads(&redis);
+        for i in 0..N {
+            let content = format!("forwarded {i}");
+            let body = a
+                .http_post(
+                    "/v1/push",
+                    &json!({"userId": "user-rt", "content": content, "ack": "auto"}),
+                )
+                .await
+                .json();
+            assert_eq!(body["status"], json!("ack-success"), "{body}");
+            expect_content(&phone, &content).await;
+        }
+        let forwarded = route_reads(&redis) - before;
+        eprintln!(
+            "route reads per POST /v1/push on a node without the user: {}",
+            forwarded as f64 / N as f64
+        );
+        assert!(forwarded <= 2 * N, "{forwarded} reads for {N} pushes");
+    })
+    .await;
+}
