@@ -10,7 +10,7 @@ use pushgate::client::{
 use pushgate_core::push::AckMode;
 use pushgate_core::PushStatus;
 use pushgate_tests::redis::{RedisCluster, RedisServer};
-use pushgate_tests::{bounded, eventually, ServerOptions, TestServer};
+use pushgate_tests::{bounded, eventually, CliProcess, ServerOptions, TestServer};
 use serde_json::json;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -484,6 +484,61 @@ async fn redis_round_trips_per_push() {
             forwarded as f64 / N as f64
         );
         assert!(forwarded <= 2 * N, "{forwarded} reads for {N} pushes");
+
+        // `pushgate push --redis`: the CLI on the cluster client (single push and broadcast).
+        let mut cli = CliProcess::spawn(&[
+            "push",
+            "--redis",
+            &url,
+            "--user",
+            "user-rt",
+            "--content",
+            "from the CLI",
+            "--ack",
+            "auto",
+        ]);
+        let status = cli.finish(WAIT).await;
+        assert!(status.success(), "{}", cli.transcript());
+        let line: serde_json::Value =
+            serde_json::from_str(cli.stdout.text().trim()).expect("one JSON line");
+        assert_eq!(line["status"], json!("ack-success"), "{line}");
+        assert_eq!(
+            line["routes"][0]["gateway"],
+            json!(b.gateway.to_string()),
+            "{line}"
+        );
+        expect_content(&phone, "from the CLI").await;
+        let mut cli = CliProcess::spawn(&[
+            "push",
+            "--redis",
+            &url,
+            "--broadcast",
+            "--content",
+            "cli broadcast",
+        ]);
+        let status = cli.finish(WAIT).await;
+        assert!(status.success(), "{}", cli.transcript());
+        let line: serde_json::Value =
+            serde_json::from_str(cli.stdout.text().trim()).expect("one JSON line");
+        assert_eq!(line["nodes"].as_array().map(Vec::len), Some(2), "{line}");
+        expect_content(&phone, "cli broadcast").await;
+        // A user bound nowhere: exit 1 with the offline status.
+        let mut cli = CliProcess::spawn(&[
+            "push",
+            "--redis",
+            &url,
+            "--user",
+            "nobody",
+            "--content",
+            "x",
+        ]);
+        let status = cli.finish(WAIT).await;
+        assert_eq!(status.code(), Some(1), "{}", cli.transcript());
+        assert!(
+            cli.stdout.text().contains("\"offline\""),
+            "{}",
+            cli.transcript()
+        );
     })
     .await;
 }
