@@ -34,6 +34,9 @@ use tokio::time::Instant;
 pub const MAX_ROUTES_PER_USER: usize = 16;
 /// Most users the route cache holds; when full it is emptied.
 pub const MAX_CACHED_USERS: usize = 100_000;
+/// Most gateway connections kept; when full the pool is emptied (routes name the gateways, so
+/// bad data in Redis cannot grow it without bound).
+pub const MAX_GATEWAYS: usize = 1024;
 
 type Routes = Vec<(i32, RouteRecord)>;
 
@@ -514,6 +517,11 @@ impl ClusterPushClient {
             .map_err(|e| format!("connecting to {addr}: {e}"))?;
         let client = Arc::new(client);
         let mut pool = lock(&self.gateways);
+        if pool.len() >= MAX_GATEWAYS && !pool.contains_key(&addr) {
+            for (_, old) in pool.drain() {
+                old.close();
+            }
+        }
         Ok(pool.entry(addr).or_insert(client).clone())
     }
 }

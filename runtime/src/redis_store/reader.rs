@@ -74,8 +74,24 @@ impl RedisReader {
         *self.inner.conn.lock().await = None;
     }
 
-    /// Runs one command within `limit` (connecting included).
+    /// Runs one command within `limit` (waiting for another caller's connect, connecting and
+    /// the answer included).
     pub async fn query<T: FromRedisValue>(
+        &self,
+        cmd: &redis::Cmd,
+        limit: Duration,
+    ) -> Result<T, String> {
+        tokio::time::timeout(limit, self.query_within(cmd, limit))
+            .await
+            .unwrap_or_else(|_| {
+                Err(format!(
+                    "Redis did not answer within {} ms",
+                    limit.as_millis()
+                ))
+            })
+    }
+
+    async fn query_within<T: FromRedisValue>(
         &self,
         cmd: &redis::Cmd,
         limit: Duration,
