@@ -199,6 +199,9 @@ async fn push(State(state): State<AppState>, Json(body): Json<PushBody>) -> Resp
     }
 }
 
+/// Time kept back from a forwarded push for the remote gateway's answer to come back.
+const FORWARD_MARGIN_MS: u64 = 100;
+
 /// Sends a push this node answered router-change for to the nodes holding the user's
 /// routes; the answer comes by `deadline` (a timeout status otherwise).
 async fn forward(
@@ -215,12 +218,21 @@ async fn forward(
             ..local
         };
     }
+    // A PushClient gives the gateway 500 ms less than it waits itself; here the remote gateway
+    // gets what is left less FORWARD_MARGIN (its answer's way back), and the wait is cut at
+    // what is left.
+    let left_ms = left.as_millis().max(1) as u64;
+    let timeout_ms = if left_ms > 2 * FORWARD_MARGIN_MS {
+        left_ms - FORWARD_MARGIN_MS + 500
+    } else {
+        left_ms
+    };
     let request = SinglePushRequest {
         user_id: single.user_id.clone(),
         client_type: single.client_type.map(ClientType::code),
         content: single.content,
         ack: single.ack,
-        timeout_ms: left.as_millis().max(1) as u64,
+        timeout_ms,
     };
     match tokio::time::timeout(left, client.push(request)).await {
         Ok(result) => cluster_outcome(result),

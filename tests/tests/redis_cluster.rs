@@ -485,6 +485,36 @@ async fn redis_round_trips_per_push() {
         );
         assert!(forwarded <= 2 * N, "{forwarded} reads for {N} pushes");
 
+        // A phone that never acknowledges: POST /v1/push on A ends in one timeout status within
+        // the push's timeout, router change and forwarding included.
+        let _silent = b.silent_device("silent", "user-silent").await;
+        let quiet = ClusterPushClient::new(&url).expect("URL");
+        eventually(WAIT, "the silent phone's route", || async {
+            let result = quiet
+                .push(SinglePushRequest {
+                    ack: AckMode::None,
+                    ..push("user-silent", "probe")
+                })
+                .await;
+            result.status.is_success().then_some(())
+        })
+        .await;
+        let started = Instant::now();
+        let body = a
+            .http_post(
+                "/v1/push",
+                &json!({"userId": "user-silent", "content": "never acked", "ack": "biz", "timeoutMs": 1000}),
+            )
+            .await
+            .json();
+        let took = started.elapsed();
+        assert_eq!(body["status"], json!("timeout"), "{body}");
+        assert!(
+            took >= Duration::from_millis(700) && took < Duration::from_millis(1300),
+            "answered after {took:?}: the remote gateway gets most of the push's time"
+        );
+        eprintln!("a forwarded push with a 1000 ms timeout answered timeout after {} ms", took.as_millis());
+
         // `pushgate push --redis`: the CLI on the cluster client (single push and broadcast).
         let mut cli = CliProcess::spawn(&[
             "push",
