@@ -282,6 +282,16 @@ async fn three_nodes_scenario(url: &str) {
     assert_eq!(result.status, PushStatus::AckSuccess, "{result:?}");
     assert_eq!(result.routes.len(), 1, "{result:?}");
     expect_content(&pc, "pc only").await;
+    // Client type 0 means any, as on a gateway.
+    let result = fresh
+        .push(SinglePushRequest {
+            client_type: Some(0),
+            ..push("user-1", "type 0")
+        })
+        .await;
+    assert_eq!(result.routes.len(), 2, "{result:?}");
+    expect_content(&phone_c, "type 0").await;
+    expect_content(&pc, "type 0").await;
 
     // A broadcast through the cluster client reaches phones on all three nodes, one answer.
     let on_a = a.bound_device("bcast-a", "user-a", &["news"]).await;

@@ -200,11 +200,11 @@ impl ClusterPushClient {
                 );
             }
         };
+        // Client type 0 means any, as on the gateway.
+        let wanted = req.client_type.filter(|code| *code != 0);
         let routes: Vec<(i32, RouteRecord)> = routes
             .into_iter()
-            .filter(|(code, route)| {
-                route.is_online() && req.client_type.is_none_or(|wanted| wanted == *code)
-            })
+            .filter(|(code, route)| route.is_online() && wanted.is_none_or(|w| w == *code))
             .collect();
         if routes.is_empty() {
             return ClusterPushResult::without_routes(
