@@ -35,7 +35,7 @@ const STORE_COMMENT: &str = "\
 ";
 
 /// Where the route store lives.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StoreConfig {
     /// Redis shared with other pushgate (and MPush) nodes, in MPush's data model. Forms:
@@ -48,6 +48,19 @@ pub struct StoreConfig {
     /// `host:port` of a store node shared with other pushgate nodes (`pushgate store-node`);
     /// empty (and no `redis_url`) = the embedded in-memory store (one node).
     pub address: String,
+    /// With Redis: how long this node's announcement in the node registry lives without a
+    /// heartbeat (renewed every third of it); a node that died leaves `/v1/nodes` after this.
+    pub node_ttl_ms: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            redis_url: String::new(),
+            address: String::new(),
+            node_ttl_ms: 10_000,
+        }
+    }
 }
 
 impl StoreConfig {
@@ -307,6 +320,10 @@ impl Config {
         );
         self.security.server_key()?;
         self.store.spec()?;
+        anyhow::ensure!(
+            self.store.node_ttl_ms >= 300,
+            "store.node_ttl_ms must be at least 300 (the heartbeat renews it every third)"
+        );
         Ok(())
     }
 
@@ -405,7 +422,7 @@ mod store_tests {
     fn redis_url_selects_the_redis_store_and_is_checked() {
         let mut store = StoreConfig {
             redis_url: "redis+sentinel://127.0.0.1:26379/mymaster".into(),
-            address: String::new(),
+            ..StoreConfig::default()
         };
         assert!(matches!(store.spec().unwrap(), StoreSpec::Redis(_)));
         store.address = "127.0.0.1:3003".into();

@@ -3,10 +3,17 @@
 //! - `POST /v1/push` — a single push (`userId`, optional `clientType`, `content`, `ack`,
 //!   `timeoutMs`) or a broadcast (`broadcast: true` with optional `tags`, `condition`,
 //!   `userIds`, `clientType`, `taskId`); answers with the terminal status and its time line.
+//!   On Redis, a single push this node answers router-change for is sent on through the
+//!   cluster PushClient to the node(s) holding the user's routes, within what is left of the
+//!   push's timeout, and the final status is answered.
+//! - `GET /v1/nodes` — the live nodes of the node registry (this node alone without Redis).
 //! - `GET /v1/users/{id}` — the user's routes (local and in the store);
 //!   `DELETE /v1/users/{id}` — kick the user's local connections (`?clientType=N` for one type).
 //! - `GET /v1/stats` — connections, bound routes, pushes by status.
 //! - `GET /healthz`, `GET /metrics` (Prometheus text), `GET /v1/public-key`.
+use crate::client::cluster::ClusterPushResult;
+use crate::client::SinglePushRequest;
+use crate::cluster::ClusterNode;
 use crate::driver::{NodeHandle, PushOutcome};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -20,21 +27,42 @@ use pushgate_core::route::ClientType;
 use pushgate_core::PushStatus;
 use serde::Deserialize;
 use serde_json::json;
+use std::sync::Arc;
+use std::time::Duration;
 use tokio::net::TcpListener;
+use tokio::time::Instant;
 
 #[derive(Clone)]
 struct AppState {
     node: NodeHandle,
     metrics: crate::metrics::PrometheusHandle,
-    public_key: String,
+    api: Arc<ApiConfig>,
+    cluster: Arc<ClusterNode>,
+}
+
+/// What the admin API answers with and how it bounds pushes.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// `GET /v1/public-key`.
+    pub public_key: String,
+    /// A push without `timeoutMs` waits this long (core.default_push_timeout_ms)...
+    pub default_push_timeout_ms: u64,
+    /// ...and none waits longer than this (core.max_push_timeout_ms).
+    pub max_push_timeout_ms: u64,
 }
 
 /// Serves the admin API on `listener` until the task is aborted.
-pub async fn serve(listener: TcpListener, node: NodeHandle, public_key: String) {
+pub async fn serve(
+    listener: TcpListener,
+    node: NodeHandle,
+    api: ApiConfig,
+    cluster: Arc<ClusterNode>,
+) {
     let state = AppState {
         node,
         metrics: crate::metrics::install(),
-        public_key,
+        api: Arc::new(api),
+        cluster,
     };
     if let Err(error) = axum::serve(listener, router(state)).await {
         tracing::error!(%error, "admin HTTP server stopped");
@@ -46,6 +74,7 @@ fn router(state: AppState) -> Router {
         .route("/v1/push", post(push))
         .route("/v1/users/{id}", get(user).delete(kick))
         .route("/v1/stats", get(stats))
+        .route("/v1/nodes", get(nodes))
         .route("/v1/public-key", get(public_key))
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(metrics))
@@ -148,9 +177,104 @@ async fn push(State(state): State<AppState>, Json(body): Json<PushBody>) -> Resp
         Ok(request) => request,
         Err(message) => return bad_request(message),
     };
-    match state.node.push(request).await {
-        Ok(outcome) => push_response(outcome),
-        Err(_) => unavailable(),
+    let started = Instant::now();
+    let single = match &request {
+        PushRequest::Single(single) => Some(single.clone()),
+        PushRequest::Broadcast(_) => None,
+    };
+    let outcome = match state.node.push(request).await {
+        Ok(outcome) => outcome,
+        Err(_) => return unavailable(),
+    };
+    match (single, state.cluster.push_client()) {
+        (Some(single), Some(client)) if outcome.status == PushStatus::RouterChange => {
+            let total = match single.timeout_ms {
+                0 => state.api.default_push_timeout_ms,
+                t => t.min(state.api.max_push_timeout_ms),
+            };
+            let deadline = started + Duration::from_millis(total);
+            push_response(forward(client, single, deadline, outcome).await)
+        }
+        _ => push_response(outcome),
+    }
+}
+
+/// Time kept back from a forwarded push for the remote gateway's answer to come back.
+const FORWARD_MARGIN_MS: u64 = 100;
+
+/// Sends a push this node answered router-change for to the nodes holding the user's
+/// routes; the answer comes by `deadline` (a timeout status otherwise).
+async fn forward(
+    client: &crate::client::cluster::ClusterPushClient,
+    single: SinglePush,
+    deadline: Instant,
+    local: PushOutcome,
+) -> PushOutcome {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return PushOutcome {
+            status: PushStatus::Timeout,
+            reason: Some("router change, and no time left to follow it".into()),
+            ..local
+        };
+    }
+    // A PushClient gives the gateway 500 ms less than it waits itself; here the remote gateway
+    // gets what is left less FORWARD_MARGIN (its answer's way back), and the wait is cut at
+    // what is left.
+    let left_ms = left.as_millis().max(1) as u64;
+    let timeout_ms = if left_ms > 2 * FORWARD_MARGIN_MS {
+        left_ms - FORWARD_MARGIN_MS + 500
+    } else {
+        left_ms
+    };
+    let request = SinglePushRequest {
+        user_id: single.user_id.clone(),
+        client_type: single.client_type.map(ClientType::code),
+        content: single.content,
+        ack: single.ack,
+        timeout_ms,
+    };
+    match tokio::time::timeout(left, client.push(request)).await {
+        Ok(result) => cluster_outcome(result),
+        Err(_) => PushOutcome {
+            status: PushStatus::Timeout,
+            reason: Some(
+                "router change, and the node holding the user did not answer in time".into(),
+            ),
+            ..local
+        },
+    }
+}
+
+/// The answer of a push forwarded through the cluster PushClient.
+fn cluster_outcome(result: ClusterPushResult) -> PushOutcome {
+    let route = result.deciding_route();
+    PushOutcome {
+        status: result.status,
+        reason: result.reason.clone(),
+        user_id: result.user_id.clone(),
+        client_type: route.and_then(|r| r.result.client_type.or(Some(r.client_type))),
+        time_points: route
+            .map(|r| {
+                r.result
+                    .time_points
+                    .iter()
+                    .flat_map(|(name, at)| [json!(name), json!(at)])
+                    .collect()
+            })
+            .unwrap_or_default(),
+        sent: None,
+    }
+}
+
+async fn nodes(State(state): State<AppState>) -> Response {
+    match state.cluster.nodes(&state.node).await {
+        Ok(nodes) => Json(json!({ "nodes": nodes })).into_response(),
+        Err(error) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "error": format!("cannot list the nodes: {error}") })),
+        )
+            .into_response(),
     }
 }
 
@@ -233,7 +357,7 @@ async fn stats(State(state): State<AppState>) -> Response {
 }
 
 async fn public_key(State(state): State<AppState>) -> Response {
-    Json(json!({ "publicKey": state.public_key })).into_response()
+    Json(json!({ "publicKey": state.api.public_key })).into_response()
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {

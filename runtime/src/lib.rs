@@ -6,11 +6,15 @@
 //!   per-connection tasks; [`store`]: the embedded in-memory route store; [`store_net`]: the
 //!   store node several nodes share, and the driver's link to it; [`redis_store`]: the route
 //!   store on Redis in MPush's data model (not in the simulator).
-//! - [`http`] and [`metrics`]: the admin API and Prometheus metrics (not in the simulator).
+//! - [`http`] and [`metrics`]: the admin API and Prometheus metrics (not in the simulator);
+//!   [`cluster`]: the node registry membership and push forwarding on Redis (not in the
+//!   simulator).
 //! - [`client`]: `PushClient` and `DeviceClient`, and the `push` / `device` subcommands.
 pub use pushgate_core as core;
 
 pub mod client;
+#[cfg(not(madsim))]
+pub mod cluster;
 pub mod config;
 pub mod conn;
 pub mod driver;

@@ -30,6 +30,9 @@ pub struct RunningServer {
     accept_tasks: Vec<JoinHandle<()>>,
     live_connections: Arc<AtomicUsize>,
     shutdown_grace: Duration,
+    /// The node registry membership (withdrawn first on shutdown).
+    #[cfg(not(madsim))]
+    cluster: Arc<crate::cluster::ClusterNode>,
 }
 
 /// Counts a live connection task for as long as it exists.
@@ -100,6 +103,8 @@ pub async fn start_with(config: &Config, hooks: ServerHooks) -> anyhow::Result<R
         hard_limit_bytes: net.write_hard_limit_bytes,
         slow_ms: config.log.profile_slowly_ms,
     };
+    #[cfg(not(madsim))]
+    let gateway_node = node_config.node_addr.clone();
     let (handle, node_task) = driver::spawn(
         Node::new(node_config, seed, epoch_ms),
         limits,
@@ -133,13 +138,37 @@ pub async fn start_with(config: &Config, hooks: ServerHooks) -> anyhow::Result<R
             .await
             .map_err(|e| anyhow::anyhow!("bind {}:{}: {e}", net.admin_bind, net.admin_port))?;
         let addr = admin.local_addr()?;
+        let info = crate::redis_store::NodeInfo {
+            node_id: hex::encode(&seed[..8]),
+            connect_addr: format!("{}:{}", net.public_host, connect_addr.port()),
+            gateway_host: gateway_node.host.clone(),
+            gateway_port: gateway_node.port,
+            admin_addr: addr.to_string(),
+            online_users: 0,
+            started_at_ms: epoch_ms,
+            updated_at_ms: epoch_ms,
+            ttl_ms: config.store.node_ttl_ms,
+        };
+        let redis = match config.store.spec()? {
+            driver::StoreSpec::Redis(target) => Some(target),
+            _ => None,
+        };
+        let cluster = crate::cluster::ClusterNode::start(info, redis, handle.clone());
+        let api = crate::http::ApiConfig {
+            public_key: config.security.public_key_b64()?,
+            default_push_timeout_ms: config.core.default_push_timeout_ms,
+            max_push_timeout_ms: config.core.max_push_timeout_ms,
+        };
         accept_tasks.push(tokio::spawn(crate::http::serve(
             admin,
             handle.clone(),
-            config.security.public_key_b64()?,
+            api,
+            cluster.clone(),
         )));
-        Some(addr)
+        (Some(addr), cluster)
     };
+    #[cfg(not(madsim))]
+    let (admin_addr, cluster) = admin_addr;
     #[cfg(madsim)]
     let admin_addr = None;
 
@@ -153,6 +182,8 @@ pub async fn start_with(config: &Config, hooks: ServerHooks) -> anyhow::Result<R
         accept_tasks,
         live_connections: live,
         shutdown_grace: Duration::from_millis(net.shutdown_grace_ms),
+        #[cfg(not(madsim))]
+        cluster,
     })
 }
 
@@ -250,6 +281,9 @@ impl RunningServer {
             task.abort();
         }
         let deadline = tokio::time::Instant::now() + self.shutdown_grace;
+        // Leave the registry first: broadcasts stop coming here.
+        #[cfg(not(madsim))]
+        let _ = tokio::time::timeout(remaining(deadline), self.cluster.leave()).await;
         let (done, rx) = oneshot::channel();
         if self.handle.send(NodeMsg::Shutdown { done }).await.is_ok() {
             let _ = tokio::time::timeout(remaining(deadline), rx).await;

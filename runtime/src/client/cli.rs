@@ -75,6 +75,11 @@ pub struct PushArgs {
     /// Broadcast: a task id (flow control and progress from the store; returns once sent).
     #[arg(long)]
     pub task_id: Option<String>,
+    /// Find the user's nodes in this Redis (the cluster's store.redis_url) instead of pushing
+    /// through --gateway: one push per route to the node holding it, router changes followed;
+    /// a broadcast goes to every node of the node registry.
+    #[arg(long)]
+    pub redis: Option<String>,
 }
 
 impl PushArgs {
@@ -140,6 +145,15 @@ impl From<DeviceAckArg> for AckPolicy {
 /// Runs `pushgate push`.
 pub async fn push_command(args: PushArgs) -> anyhow::Result<ExitCode> {
     args.validate()?;
+    #[cfg(not(madsim))]
+    if let Some(url) = args.redis.clone() {
+        return cluster_push_command(args, &url).await;
+    }
+    #[cfg(madsim)]
+    anyhow::ensure!(
+        args.redis.is_none(),
+        "--redis is not available in the simulator"
+    );
     let client = PushClient::connect(args.gateway)
         .await
         .with_context(|| format!("connecting to the gateway {}", args.gateway))?;
@@ -168,6 +182,69 @@ pub async fn push_command(args: PushArgs) -> anyhow::Result<ExitCode> {
             .await
             .context("push")?;
         (single_line(&result), result.status.is_success())
+    };
+    print_line(&line)?;
+    client.close();
+    Ok(if success {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// `pushgate push --redis URL`: through the cluster PushClient.
+#[cfg(not(madsim))]
+async fn cluster_push_command(args: PushArgs, url: &str) -> anyhow::Result<ExitCode> {
+    use super::cluster::ClusterPushClient;
+    let client = ClusterPushClient::new(url).context("--redis")?;
+    let (line, success) = if args.broadcast {
+        let result = client
+            .broadcast(BroadcastRequest {
+                content: args.content.into_bytes().into(),
+                tags: args.tags,
+                condition: args.condition,
+                task_id: args.task_id,
+                timeout_ms: args.timeout_ms,
+            })
+            .await;
+        let mut line = json!({
+            "status": result.status.name(),
+            "broadcast": true,
+            "nodes": result.nodes,
+        });
+        if let Some(reason) = &result.reason {
+            line["reason"] = Value::from(reason.as_str());
+        }
+        (line, result.status.is_success())
+    } else {
+        let user = args.user.context("--user is required unless --broadcast")?;
+        let result = client
+            .push(SinglePushRequest {
+                user_id: user,
+                client_type: args.client_type,
+                content: args.content.into_bytes().into(),
+                ack: args.ack.into(),
+                timeout_ms: args.timeout_ms,
+            })
+            .await;
+        let routes: Vec<Value> = result
+            .routes
+            .iter()
+            .map(|route| {
+                let mut line = single_line(&route.result);
+                line["gateway"] = Value::from(route.gateway.as_str());
+                line["routeClientType"] = Value::from(route.client_type);
+                line["rereads"] = Value::from(route.rereads);
+                line
+            })
+            .collect();
+        let line = json!({
+            "status": result.status.name(),
+            "userId": result.user_id,
+            "reason": result.reason,
+            "routes": routes,
+        });
+        (line, result.status.is_success())
     };
     print_line(&line)?;
     client.close();

@@ -7,6 +7,8 @@
 //! (and flushes every time, which the simulator's TCP needs). Reading never waits for writing,
 //! so a peer that writes while it is blocked on our reads cannot deadlock the link.
 pub mod cli;
+#[cfg(not(madsim))]
+pub mod cluster;
 pub mod device;
 pub mod push;
 

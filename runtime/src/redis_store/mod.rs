@@ -12,12 +12,18 @@
 //! - [`conn`]: the command and pub/sub connections; [`scripts`]: the atomic route writes;
 //! - [`ops`]: every op as Redis commands; [`link`]: the task that connects, bounds commands in
 //!   flight, times them out, reconnects with backoff and logs each outage once.
+//! - [`reader`]: a command connection for readers outside the link; [`registry`]: node
+//!   discovery (announcements with a TTL, renewed by heartbeat).
 pub mod conn;
 pub mod keys;
 pub mod link;
 pub mod ops;
+pub mod reader;
+pub mod registry;
 pub mod scripts;
 pub mod target;
 
 pub use link::{RedisOptions, RedisStore};
+pub use reader::RedisReader;
+pub use registry::NodeInfo;
 pub use target::{BadRedisUrl, RedisTarget};
