@@ -378,7 +378,7 @@ mod tests {
         assert_eq!(s.route("u", None).unwrap().1, route(Some("newer"), 20));
     }
 
-    /// Found by the simulation (fresh seeds, B6): a route write delivered late on an old store
+    /// Found by the simulation (fresh seeds, B7): a route write delivered late on an old store
     /// link, after the offline mark of its bind, brought a closed connection back online.
     #[test]
     fn an_offline_mark_that_overtakes_its_write_keeps_the_bind_offline() {

@@ -766,7 +766,7 @@ fn binding_over_an_online_route_on_another_node_publishes_a_kick_notice() {
     assert_eq!(w.store.kicks.len(), 1);
 }
 
-/// Found by the simulation (fresh seeds, B5): a BIND that waited in a paused node (or behind a
+/// Found by the simulation (fresh seeds, B6): a BIND that waited in a paused node (or behind a
 /// clogged link) while its phone gave up is read just before the phone's close. Its route
 /// write displaced the user's live connection on another node, and the kick notice it sent
 /// took the user from that connection, so nobody held the user. Now a bind whose connection

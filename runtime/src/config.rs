@@ -45,7 +45,8 @@ pub struct StoreConfig {
     /// in the user info (`redis://:PASSWORD@HOST:PORT`). Empty = not Redis.
     /// Environment: `PUSHGATE_STORE__REDIS_URL`; flag: `pushgate serve --redis URL`.
     pub redis_url: String,
-    /// `host:port` of a store node shared with other pushgate nodes (`pushgate store-node`);
+    /// `host:port` of the simulator's store node (`pushgate-sim` runs one; production clusters
+    /// use `redis_url`);
     /// empty (and no `redis_url`) = the embedded in-memory store (one node).
     pub address: String,
     /// With Redis: how long this node's announcement in the node registry lives without a

@@ -26,15 +26,6 @@ enum Command {
     Device(pushgate::client::cli::DeviceArgs),
     /// Generate a new RSA key pair for `[security]`.
     Keygen(KeygenArgs),
-    /// Run a route store that several nodes share (set `store.address` on each node).
-    StoreNode(StoreNodeArgs),
-}
-
-#[derive(Args, Debug)]
-struct StoreNodeArgs {
-    /// Address to listen on.
-    #[arg(long, default_value = "127.0.0.1:3003")]
-    listen: String,
 }
 
 #[derive(Args, Debug)]
@@ -180,19 +171,6 @@ async fn wait_for_signal() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
-async fn store_node(args: StoreNodeArgs) -> anyhow::Result<ExitCode> {
-    init_logging("info", false);
-    let listener = tokio::net::TcpListener::bind(&args.listen)
-        .await
-        .map_err(|e| anyhow::anyhow!("bind {}: {e}", args.listen))?;
-    tracing::info!(addr = %listener.local_addr()?, "route store serving");
-    tokio::select! {
-        _ = pushgate::store_net::serve_store(listener) => {}
-        _ = wait_for_signal() => {}
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
 fn keygen(args: KeygenArgs) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(
         (1024..=4096).contains(&args.bits),
@@ -234,7 +212,6 @@ fn main() -> ExitCode {
             Command::Push(args) => pushgate::client::cli::push_command(args).await,
             Command::Device(args) => pushgate::client::cli::device_command(args).await,
             Command::Keygen(args) => keygen(args),
-            Command::StoreNode(args) => store_node(args).await,
         }
     });
     match result {

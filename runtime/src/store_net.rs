@@ -1,5 +1,7 @@
-//! The route store over the network: a store node that several pushgate nodes share, and the
-//! client side the driver uses to reach it.
+//! The simulator's route store over the network: a store node that several pushgate nodes
+//! share, and the client side the driver uses to reach it (`store.address`). Production
+//! clusters share Redis instead (`crate::redis_store`); this link stays because the simulator
+//! (`pushgate-sim`) runs its Redis model behind it, on its own simulated host.
 //!
 //! Wire format: frames of a 4-byte big-endian length and a JSON body, at most
 //! [`MAX_STORE_FRAME_BYTES`]. A node sends `Subscribe` once per connection (so kick notices for

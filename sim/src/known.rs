@@ -19,14 +19,13 @@
 /// landed (failed route writes and offline marks are repaired every second; a kick marks the
 /// kicked binding offline).
 ///
-/// Open: B5 an offline mark names the binding it ends by version, so when a connection
-/// re-binds the same user during a store outage (the new version's write never lands) and
-/// then gives the user up, the mark (new version) misses the store's route (old version of
-/// the same connection), which stays online naming a connection nobody holds
-/// (`RouteRecord::take_offline` wants an equal version; an older version of the same
-/// connection would be safe to end too). B6 a kick although nobody bound that user and type
-/// after (issue 11's fresh-seed `2-kick-only-when-superseded`, being fixed in core).
-pub const KNOWN_FAILURES: &[(u64, &str)] = &[(175, "B5"), (212, "B6")];
+/// B5 an offline mark missed the same connection's older route (a mark now also ends older
+/// binds of that connection), B6 a kick for a bind whose connection was already gone (such a
+/// bind now kicks nobody and puts the displaced route back), B7 a route back online after its
+/// connection's offline mark (a mark that misses is remembered in the stored route).
+///
+/// Open: none listed.
+pub const KNOWN_FAILURES: &[(u64, &str)] = &[];
 
 /// The open bug a seed is known to hit, if any.
 pub fn known_failure(seed: u64) -> Option<&'static str> {

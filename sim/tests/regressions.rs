@@ -80,12 +80,40 @@ const REGRESSIONS: &[(u64, &str)] = &[
         "B5: an offline mark for a re-bind whose write never landed missed the same connection's older route (liveness)",
     ),
     (
+        81246,
+        "B5: an offline mark for a re-bind whose write never landed missed the same connection's older route (liveness)",
+    ),
+    (
         212,
         "B6: a kick although nobody bound that user and type after (2-kick-only-when-superseded)",
     ),
     (
         550,
         "oracle: a stale route read answered after its push timed out is dropped, not marked offline",
+    ),
+    (
+        5000574,
+        "B6: a bind read just before its phone's close (clogged link) kicked the live connection on another node",
+    ),
+    (
+        5000784,
+        "B6: a bind that waited in a paused node kicked the live connection on another node",
+    ),
+    (
+        5001300,
+        "B6: a bind that waited in a paused node kicked the live connection on another node",
+    ),
+    (
+        6000838,
+        "B6: a bind that waited in a paused node kicked the live connection on another node",
+    ),
+    (
+        7001417,
+        "B7: a displaced route put back after its own connection's offline mark (liveness)",
+    ),
+    (
+        7001821,
+        "B7: a displaced route put back after its own connection's offline mark (liveness)",
     ),
 ];
 
