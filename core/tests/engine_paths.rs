@@ -1846,3 +1846,121 @@ fn snapshot_timeout() {
     w.advance(2000);
     insta::assert_snapshot!("status_timeout", dump(w.reply(GW, 106)));
 }
+
+// ---------------------------------------------------------------------------------------------
+// Second nets: each rule the planted bugs of sim/mutants.sh break is held by more than one test
+// ---------------------------------------------------------------------------------------------
+
+/// A kick notice names a binding by its version: a connection that bound the user again since
+/// holds a newer binding, which that notice does not end (`kick-version-check`).
+#[test]
+fn a_kick_notice_for_an_older_bind_of_the_connection_kicks_nothing() {
+    let mut w = World::new(|_| {});
+    let phone = w.online("dev-A", "android", "u1", "");
+    let key = ("u1".to_owned(), ClientType::Mobile);
+    let token = store_token(&w, "u1", ClientType::Mobile).unwrap();
+    let old_version = w.store.state.routes[&key].version;
+    w.bind(phone, "u1", "vip"); // the same user again: a new binding
+    let new_version = w.store.state.routes[&key].version;
+    assert!(new_version > old_version);
+    let notice = |version| KickNotice {
+        client_type: 1,
+        conn_id: token.clone(),
+        device_id: "dev-A".into(),
+        target_port: 3001,
+        target_server: "127.0.0.1".into(),
+        user_id: "u1".into(),
+        version,
+    };
+    w.input(Input::KickNotice {
+        notice: notice(old_version),
+    });
+    assert!(w.received(phone, Command::Kick).is_empty(), "an older bind");
+    assert_eq!(w.node.routes_of("u1"), vec![(ClientType::Mobile, phone)]);
+    w.input(Input::KickNotice {
+        notice: notice(new_version),
+    });
+    assert_eq!(w.received(phone, Command::Kick).len(), 1);
+    assert!(w.node.routes_of("u1").is_empty());
+}
+
+/// Routes marked offline are offline whatever node they name and whichever client type is
+/// asked for: never a router change (`offline-marked-route`).
+#[test]
+fn a_user_whose_routes_are_all_offline_is_offline_for_any_client_type() {
+    let mut w = World::new(|_| {});
+    w.store.state.routes.insert(
+        ("u1".into(), ClientType::Mobile),
+        FakeStore::route("10.0.0.2", 3001, None),
+    );
+    w.store.state.routes.insert(
+        ("u1".into(), ClientType::Pc),
+        FakeStore::route("10.0.0.3", 3001, None),
+    );
+    w.push_to(GW, 1, "u1", 0, 3000, Flags::NONE, "any type");
+    w.push_to(GW, 2, "u1", 2, 3000, Flags::BIZ_ACK, "the PC");
+    assert_eq!(w.reply(GW, 1).status, PushStatus::Offline);
+    assert_eq!(w.reply(GW, 2).status, PushStatus::Offline);
+    assert!(w.store.kicks.is_empty());
+}
+
+/// A stale route naming this node is cleaned for every client type, with any ack mode, and a
+/// second push finds it offline without cleaning again (`stale-route-cleanup`).
+#[test]
+fn a_stale_web_route_naming_this_node_is_marked_offline_once() {
+    let mut w = World::new(|_| {});
+    w.store.state.routes.insert(
+        ("u9".into(), ClientType::Web),
+        FakeStore::route("127.0.0.1", 3001, Some("gone-web")),
+    );
+    w.push_to(GW, 1, "u9", 3, 3000, Flags::BIZ_ACK, "x");
+    assert_eq!(w.reply(GW, 1).status, PushStatus::Offline);
+    assert_eq!(store_token(&w, "u9", ClientType::Web), None);
+    let seen = w.store.requests_seen;
+    w.push_to(GW, 2, "u9", 3, 3000, Flags::NONE, "y");
+    assert_eq!(w.reply(GW, 2).status, PushStatus::Offline);
+    assert_eq!(w.store.requests_seen, seen + 1, "one read, no second mark");
+}
+
+/// A phone whose queue drained after crossing its mark takes ACKed pushes again
+/// (`writable-stuck`).
+#[test]
+fn a_phone_that_drained_takes_acked_pushes_again() {
+    let mut w = World::new(|_| {});
+    let phone = w.online("dev-A", "android", "u1", "");
+    for writable in [false, true, false, true] {
+        w.input(Input::PhoneWritable {
+            conn: phone,
+            writable,
+        });
+    }
+    w.push_to(GW, 1, "u1", 1, 3000, Flags::BIZ_ACK, "after the drain");
+    let pushes: Vec<i32> = w.pushes(phone).iter().map(|p| p.session_id).collect();
+    assert_eq!(pushes.len(), 1);
+    w.ack(phone, pushes[0]);
+    assert_eq!(w.reply(GW, 1).status, PushStatus::Success);
+    assert_eq!(finished(&w), vec![(PushStatus::AckSuccess, None, true)]);
+}
+
+/// A broadcast paused by flow control does not reach a connection a second time after that
+/// connection re-bound under a user the broadcast has not passed yet (`broadcast-once`).
+#[test]
+fn a_paused_broadcast_skips_a_reached_connection_that_rebound_ahead_of_it() {
+    let mut w = World::new(|c| c.broadcast_flow_limit_per_window = 2);
+    let phones = many_online(&mut w, 6, |i| format!("u{i}"));
+    broadcast(&mut w, 1, |_| {});
+    let first: Vec<ConnId> = phones
+        .iter()
+        .filter(|(_, c)| !w.pushes(*c).is_empty())
+        .map(|(_, c)| *c)
+        .collect();
+    assert_eq!(first.len(), 2);
+    // A reached connection re-binds as a user after the broadcast's cursor.
+    w.bind(first[0], "zz-later", "");
+    w.settle();
+    assert_eq!(w.reply(GW, 1).status, PushStatus::Success);
+    assert_eq!(w.pushes(first[0]).len(), 1, "reached once");
+    for (user, conn) in &phones {
+        assert_eq!(w.pushes(*conn).len(), 1, "{user}");
+    }
+}
