@@ -2,7 +2,7 @@
 # The side-by-side benchmark: pushgate vs mosquitto vs nats-server, one command.
 #
 #   bench/run.sh [--quick] [--targets pushgate,mosquitto,nats] [--workloads idle,single,fanout]
-#                [--name NAME] [--no-build] [-- EXTRA pushgate-bench run FLAGS]
+#                [--redis [--nodes N]] [--name NAME] [--no-build] [-- EXTRA pushgate-bench run FLAGS]
 #
 # For each target it starts the server pinned to CPU 0 (pushgate with bench/pushgate.toml, the
 # peers through bench/peers.sh), runs `pushgate-bench run` pinned to CPU 1 against it, and stops
@@ -12,6 +12,9 @@
 #   bench/results/NAME.txt    the table
 #   bench/results/NAME.png    p99 latency vs achieved throughput
 # --quick runs short points with fewer connections (a minute or so) to check the set-up.
+# --redis adds the cluster point `pushgate+redis`: a redis-server on a free loopback port and
+# N pushgate nodes (--nodes, default 3) on it, phone n on node n % N, pushes through the
+# cluster PushClient (routes from Redis, cached); Redis counts its commands per point.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -23,6 +26,8 @@ build=1
 targets="pushgate,mosquitto,nats"
 workloads="idle,single,fanout"
 name="$(date -u +%Y%m%dT%H%M%SZ)"
+redis=0
+nodes=3
 extra=()
 while [ "$#" -gt 0 ]; do
     case "$1" in
@@ -31,15 +36,25 @@ while [ "$#" -gt 0 ]; do
     --targets) targets="${2:?--targets needs a list}"; shift ;;
     --workloads) workloads="${2:?--workloads needs a list}"; shift ;;
     --name) name="${2:?--name needs a value}"; shift ;;
+    --redis) redis=1 ;;
+    --nodes) nodes="${2:?--nodes needs a number}"; shift ;;
     --) shift; extra=("$@"); break ;;
-    -h | --help) sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,19p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "run.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
     esac
     shift
 done
+if [ "$redis" -eq 1 ] && [[ ",$targets," != *,pushgate+redis,* ]]; then
+    targets="$targets,pushgate+redis"
+fi
+[[ "$nodes" =~ ^[1-9]$ ]] || { echo "run.sh: --nodes takes 1 to 9" >&2; exit 2; }
 for t in ${targets//,/ }; do
-    case "$t" in pushgate | mosquitto | nats) ;; *) echo "run.sh: unknown target '$t'" >&2; exit 2 ;; esac
+    case "$t" in pushgate | pushgate+redis | mosquitto | nats) ;; *) echo "run.sh: unknown target '$t'" >&2; exit 2 ;; esac
 done
+if [[ ",$targets," == *,pushgate+redis,* ]] && ! command -v redis-server >/dev/null; then
+    echo "run.sh: the pushgate+redis point needs redis-server: apt-get install -y redis-server redis-tools" >&2
+    exit 1
+fi
 [[ "$name" =~ ^[A-Za-z0-9._-]+$ ]] || { echo "run.sh: --name may hold letters, digits, . _ - only" >&2; exit 2; }
 
 # 19,000 idle connections on each side need the descriptors.
@@ -102,8 +117,25 @@ parts="$results/$name.parts"
 mkdir -p "$parts"
 server_pid=""
 started_peer=""
+node_pids=()
+redis_pid=""
+
+stop_cluster() {
+    local pid
+    for pid in "${node_pids[@]}"; do
+        kill "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+    node_pids=()
+    if [ -n "$redis_pid" ]; then
+        kill "$redis_pid" 2>/dev/null || true
+        wait "$redis_pid" 2>/dev/null || true
+        redis_pid=""
+    fi
+}
 
 cleanup() {
+    stop_cluster
     if [ -n "$server_pid" ] && kill -0 "$server_pid" 2>/dev/null; then
         kill "$server_pid" 2>/dev/null || true
         wait "$server_pid" 2>/dev/null || true
@@ -183,6 +215,45 @@ for target in ${targets//,/ }; do
         wait "$server_pid" 2>/dev/null || true
         server_pid=""
         ;;
+    pushgate+redis)
+        # Redis and the nodes share the server core; the generator keeps its own.
+        free_port
+        redis_port="$port"
+        taskset -c "$server_cpu" redis-server --port "$redis_port" --bind 127.0.0.1 --save '' \
+            --appendonly no </dev/null >"$parts/redis.log" 2>&1 &
+        redis_pid=$!
+        server_pid="$redis_pid"
+        wait_ports "$redis_port" || exit 1
+        redis_url="redis://127.0.0.1:$redis_port"
+        connects=()
+        gateways=()
+        for i in $(seq 1 "$nodes"); do
+            free_port
+            connect_port="$port"
+            free_port
+            gateway_port="$port"
+            free_port
+            admin_port="$port"
+            PUSHGATE_NET__CONNECT_PORT="$connect_port" PUSHGATE_NET__GATEWAY_PORT="$gateway_port" \
+                PUSHGATE_NET__ADMIN_PORT="$admin_port" \
+                taskset -c "$server_cpu" "$bin/pushgate" serve --config "$here/pushgate.toml" \
+                --redis "$redis_url" </dev/null >"$parts/pushgate-redis-$i.log" 2>&1 &
+            server_pid=$!
+            node_pids+=("$server_pid")
+            wait_ports "$connect_port" "$gateway_port" "$admin_port" || exit 1
+            connects+=("127.0.0.1:$connect_port")
+            gateways+=("127.0.0.1:$gateway_port")
+        done
+        more=("${connects[@]:1}")
+        more_flag=()
+        [ "${#more[@]}" -eq 0 ] || more_flag=(--connect-more "$(IFS=,; echo "${more[*]}")")
+        # Server CPU and RSS are node 1's (with one node, the whole server side but Redis).
+        generator --target pushgate --label pushgate+redis --connect "${connects[0]}" "${more_flag[@]}" \
+            --gateway "${gateways[0]}" --cluster-redis "$redis_url" --redis-stats "127.0.0.1:$redis_port" \
+            --server-pid "${node_pids[0]}" --out "$parts/pushgate+redis.json"
+        server_pid=""
+        stop_cluster
+        ;;
     mosquitto | nats)
         free_port
         "$here/peers.sh" start "$target" "$port" "$server_cpu" "$parts"
@@ -201,6 +272,10 @@ for target in ${targets//,/ }; do
 done
 mode="full"
 [ "$quick" -eq 1 ] && mode="quick"
+cluster_note=()
+if [[ ",$targets," == *,pushgate+redis,* ]]; then
+    cluster_note=(--note "pushgate+redis: $(redis-server --version | awk '{print $3}'), --save '' --appendonly no; $nodes pushgate node(s) on it, all pinned with Redis to CPU $server_cpu; phone n on node n % $nodes; pushes through the cluster PushClient (HGETALL mp:ur:{user}, routes cached); redis/op = commands Redis counted (INFO commandstats) per connect+bind (idle) or per push sent (single); server CPU/RSS columns are node 1's only")
+fi
 "$bin/pushgate-bench" report "${inputs[@]}" \
     --out "$results/$name.json" --table "$results/$name.txt" --png "$results/$name.png" --font "$font" \
     --note "$provenance; mosquitto $(mosquitto -h 2>/dev/null | head -1 | awk '{print $3}'), nats-server $(nats-server --version 2>/dev/null | awk '{print $2}')" \
@@ -209,5 +284,6 @@ mode="full"
     --note "peers: mosquitto and nats-server from Debian, bench/mosquitto.conf and bench/nats.conf; MQTT and NATS messages are QoS 0 / core publishes (no status), compared with pushgate ack none" \
     --note "single: 1 sender -> 1,000 users in turn; closed loop = fixed number in flight (sent, not yet received by the phone and, for pushgate, its status not back); open loop latency from the intended send time" \
     --note "fan-out: pushgate broadcast to every bound phone vs one publish to a topic all N subscribers hold; a broadcast is in flight until the last phone has it" \
-    --note "pg/peer ratios: higher is better for rates, lower is better for latencies and RSS"
+    --note "pg/peer ratios: higher is better for rates, lower is better for latencies and RSS" \
+    "${cluster_note[@]}"
 echo "run.sh: done in $((SECONDS - started_at)) s (after the build); results in bench/results/$name.{json,txt,png}" >&2

@@ -21,6 +21,7 @@ mod point;
 mod pushgate_target;
 mod report;
 mod resources;
+mod store_stats;
 mod targets;
 mod tracker;
 mod workload;
@@ -78,6 +79,21 @@ struct RunArgs {
     /// pushgate's gateway port (PushClient); the peers' publisher uses --connect.
     #[arg(long)]
     gateway: Option<SocketAddr>,
+    /// pushgate cluster: the other nodes' connection ports; phone n connects to node
+    /// n % (1 + count), --connect being node 0.
+    #[arg(long, value_delimiter = ',')]
+    connect_more: Vec<SocketAddr>,
+    /// pushgate cluster: push through the cluster PushClient reading routes from this Redis
+    /// (with a route cache) instead of a PushClient on --gateway.
+    #[arg(long)]
+    cluster_redis: Option<String>,
+    /// `host:port` of a Redis whose `INFO commandstats` is read before and after every point
+    /// (the store round trips per bind / push, counted by Redis).
+    #[arg(long)]
+    redis_stats: Option<String>,
+    /// The name this run carries in the report (default: the target's), e.g. `pushgate+redis`.
+    #[arg(long)]
+    label: Option<String>,
     /// The server's pid: its RSS and CPU time are read from /proc.
     #[arg(long)]
     server_pid: Option<u32>,
@@ -207,6 +223,8 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             kind: args.target,
             connect: args.connect,
             send,
+            connect_more: Vec::leak(args.connect_more.clone()),
+            cluster_redis: args.cluster_redis.clone().map(|url| &*String::leak(url)),
         },
         server_pid: args.server_pid,
         idle_connections: args.idle_connections,
@@ -234,6 +252,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         idle: has(WorkloadName::Idle),
         single: has(WorkloadName::Single),
         fanout: has(WorkloadName::Fanout),
+        redis_stats: args.redis_stats.clone(),
     };
     if let Some(pid) = args.server_pid {
         resources::rss_bytes(pid).with_context(|| format!("--server-pid {pid}"))?;
@@ -244,7 +263,14 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         .context("starting the tokio runtime")?;
     payload::epoch();
     let started = Instant::now();
-    let points = runtime.block_on(workload::run(&plan))?;
+    let mut points = runtime.block_on(workload::run(&plan))?;
+    let label = args
+        .label
+        .clone()
+        .unwrap_or_else(|| args.target.name().to_owned());
+    for point in &mut points {
+        point.target.clone_from(&label);
+    }
     let mut parameters = serde_json::to_value(&args)?;
     if let Some(map) = parameters.as_object_mut() {
         let workloads: Vec<String> = args
@@ -261,7 +287,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         map.insert("ack_modes".into(), serde_json::json!(acks));
     }
     let run = point::TargetRun {
-        target: args.target.name().to_owned(),
+        target: label,
         server_pid: args.server_pid,
         started_unix_s: point::unix_now_s(),
         duration_s: started.elapsed().as_secs_f64(),

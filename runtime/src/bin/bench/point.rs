@@ -62,6 +62,13 @@ pub struct Point {
     pub rss_after_bytes: Option<u64>,
     /// Idle: server RSS growth per connection.
     pub rss_per_connection_bytes: Option<f64>,
+    /// With `--redis-stats`: the commands Redis served during the point (its own
+    /// `INFO commandstats`, `INFO` itself left out), and their total per operation (per
+    /// connection opened for idle, per push sent for single, per broadcast for fan-out).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub store_calls: BTreeMap<String, u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store_calls_per_op: Option<f64>,
     pub cpu: CpuUse,
 }
 

@@ -11,6 +11,7 @@ use crate::payload::Stamp;
 use crate::tracker::{Outcome, Tracker};
 use anyhow::Context;
 use bytes::Bytes;
+use pushgate::client::cluster::ClusterPushClient;
 use pushgate::client::{
     AckPolicy, BroadcastRequest, DeviceClient, DeviceEvent, DeviceOptions, PushClient,
     SinglePushRequest,
@@ -80,10 +81,20 @@ impl Phone {
     }
 }
 
-/// The PushClient side.
+/// How long the cluster PushClient keeps a user's routes (longer than a benchmark point: after
+/// the first push to a user its pushes read nothing from Redis, as MPush's PushClient caches).
+const ROUTE_CACHE_MS: u64 = 600_000;
+
+/// The PushClient side: one PushClient on one gateway, or the cluster PushClient.
 pub struct Pusher {
-    client: Arc<PushClient>,
+    client: Client,
     tracker: Arc<Tracker>,
+}
+
+enum Client {
+    Direct(Arc<PushClient>),
+    /// Reads routes from Redis (cached) and pushes to the gateway each route names.
+    Cluster(ClusterPushClient),
 }
 
 impl Pusher {
@@ -92,7 +103,18 @@ impl Pusher {
             .await
             .with_context(|| format!("PushClient: connect {gateway}"))?;
         Ok(Self {
-            client: Arc::new(client),
+            client: Client::Direct(Arc::new(client)),
+            tracker,
+        })
+    }
+
+    /// The cluster PushClient over the Redis at `redis_url`, with a route cache.
+    pub fn cluster(redis_url: &str, tracker: Arc<Tracker>) -> anyhow::Result<Self> {
+        let client = ClusterPushClient::new(redis_url)
+            .with_context(|| format!("cluster PushClient: {redis_url}"))?
+            .with_route_cache(std::time::Duration::from_millis(ROUTE_CACHE_MS));
+        Ok(Self {
+            client: Client::Cluster(client),
             tracker,
         })
     }
@@ -104,15 +126,26 @@ impl Pusher {
             timeout_ms: PUSH_TIMEOUT_MS,
             ..SinglePushRequest::new(user_id, Bytes::copy_from_slice(&stamp.encode()))
         };
-        let client = self.client.clone();
         let tracker = self.tracker.clone();
-        tokio::spawn(async move {
-            let outcome = match client.push(request).await {
-                Ok(result) => Outcome::Status(result.status),
-                Err(error) => Outcome::ClientError(error.to_string()),
-            };
-            tracker.on_status(stamp.point_id, stamp.seq, outcome);
-        });
+        match &self.client {
+            Client::Direct(client) => {
+                let client = client.clone();
+                tokio::spawn(async move {
+                    let outcome = match client.push(request).await {
+                        Ok(result) => Outcome::Status(result.status),
+                        Err(error) => Outcome::ClientError(error.to_string()),
+                    };
+                    tracker.on_status(stamp.point_id, stamp.seq, outcome);
+                });
+            }
+            Client::Cluster(client) => {
+                let client = client.clone();
+                tokio::spawn(async move {
+                    let result = client.push(request).await;
+                    tracker.on_status(stamp.point_id, stamp.seq, Outcome::Status(result.status));
+                });
+            }
+        }
     }
 
     /// Broadcasts `payload` to every bound phone; the finishing status goes to the tracker.
@@ -121,14 +154,25 @@ impl Pusher {
             timeout_ms: PUSH_TIMEOUT_MS,
             ..BroadcastRequest::new(Bytes::copy_from_slice(&stamp.encode()))
         };
-        let client = self.client.clone();
         let tracker = self.tracker.clone();
-        tokio::spawn(async move {
-            let outcome = match client.broadcast(request).await {
-                Ok(result) => Outcome::Status(result.status),
-                Err(error) => Outcome::ClientError(error.to_string()),
-            };
-            tracker.on_status(stamp.point_id, stamp.seq, outcome);
-        });
+        match &self.client {
+            Client::Direct(client) => {
+                let client = client.clone();
+                tokio::spawn(async move {
+                    let outcome = match client.broadcast(request).await {
+                        Ok(result) => Outcome::Status(result.status),
+                        Err(error) => Outcome::ClientError(error.to_string()),
+                    };
+                    tracker.on_status(stamp.point_id, stamp.seq, outcome);
+                });
+            }
+            Client::Cluster(client) => {
+                let client = client.clone();
+                tokio::spawn(async move {
+                    let result = client.broadcast(request).await;
+                    tracker.on_status(stamp.point_id, stamp.seq, Outcome::Status(result.status));
+                });
+            }
+        }
     }
 }

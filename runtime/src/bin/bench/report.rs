@@ -194,11 +194,36 @@ pub fn checks(report: &RunReport) -> Vec<Check> {
         },
         _ => missing("broadcast deliveries/s to 10k phones >= nats-server's"),
     });
+    // The cluster point: binds/s on Redis against binds/s on the embedded store, same run.
+    for run in store_runs(report) {
+        let redis = find(report, &run.target, "idle");
+        let embedded = find(report, "pushgate", "idle");
+        out.push(match (embedded, redis) {
+            (Some(e), Some(r)) => {
+                let ratio = r.achieved_per_s / e.achieved_per_s.max(1e-9);
+                Check {
+                    name: format!("binds/s with {} >= 50% of the embedded store's", run.target),
+                    pass: Some(ratio >= 0.5),
+                    detail: format!(
+                        "{} {:.0}/s vs pushgate {:.0}/s ({:.0}%)",
+                        run.target,
+                        r.achieved_per_s,
+                        e.achieved_per_s,
+                        ratio * 100.0
+                    ),
+                }
+            }
+            _ => missing(&format!(
+                "binds/s with {} >= 50% of the embedded store's",
+                run.target
+            )),
+        });
+    }
     // Not a throughput target but the one that must never fail: every push answered.
     let pushgate_points: Vec<&Point> = report
         .runs
         .iter()
-        .filter(|r| r.target == "pushgate")
+        .filter(|r| r.target == "pushgate" || r.target.starts_with("pushgate+"))
         .flat_map(|r| r.points.iter())
         .filter(|p| p.workload == Some(Workload::Single))
         .collect();
@@ -465,6 +490,7 @@ pub fn render(report: &RunReport) -> String {
         out,
         "(latency cells: ms; ratios of latencies are of p99; CPU: server / load generator / everything else, % of one core)"
     );
+    render_store_runs(report, &mut out);
     let _ = writeln!(out);
     let _ = writeln!(out, "Targets:");
     for check in &report.checks {
@@ -517,6 +543,64 @@ pub fn render(report: &RunReport) -> String {
         }
     }
     out
+}
+
+/// The runs of pushgate on a shared store (labelled `pushgate+…`, e.g. `pushgate+redis`).
+fn store_runs(report: &RunReport) -> impl Iterator<Item = &TargetRun> {
+    report
+        .runs
+        .iter()
+        .filter(|r| r.target.starts_with("pushgate+"))
+}
+
+/// The cluster point: each store run's points beside the embedded store's, with the ratio and
+/// the Redis commands per operation.
+fn render_store_runs(report: &RunReport, out: &mut String) {
+    for run in store_runs(report) {
+        let _ = writeln!(out);
+        let _ = writeln!(
+            out,
+            "Cluster point: {} vs pushgate (embedded store); rate = connects+binds/s (idle), deliveries/s (single, fan-out)",
+            run.target
+        );
+        let header = format!(
+            "{:<46} {:>12} {:>12} {:>7} {:>10} {:>9}  {}",
+            "point", "embedded", &run.target, "ratio", "p99 ms", "redis/op", "redis commands"
+        );
+        let _ = writeln!(out, "{header}");
+        let _ = writeln!(out, "{}", "-".repeat(header.len()));
+        for point in &run.points {
+            let embedded = find(report, "pushgate", &point.key);
+            let ratio = embedded
+                .filter(|e| e.achieved_per_s > 0.0)
+                .map_or(String::new(), |e| {
+                    format!("{:.2}", point.achieved_per_s / e.achieved_per_s)
+                });
+            let p99 = point
+                .status
+                .or(point.delivery)
+                .filter(|_| point.workload != Some(Workload::Idle))
+                .map_or("-".to_owned(), |s| fmt_ms(s.p99_us));
+            let calls: Vec<String> = point
+                .store_calls
+                .iter()
+                .map(|(name, n)| format!("{name} {n}"))
+                .collect();
+            let _ = writeln!(
+                out,
+                "{:<46} {:>12} {:>12.0} {:>7} {:>10} {:>9}  {}",
+                truncate(&point.title, 46),
+                embedded.map_or("-".to_owned(), |e| format!("{:.0}", e.achieved_per_s)),
+                point.achieved_per_s,
+                ratio,
+                p99,
+                point
+                    .store_calls_per_op
+                    .map_or("-".to_owned(), |n| format!("{n:.3}")),
+                calls.join(", ")
+            );
+        }
+    }
 }
 
 fn truncate(text: &str, max_chars: usize) -> String {

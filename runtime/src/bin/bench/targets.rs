@@ -48,6 +48,24 @@ pub struct Endpoints {
     pub connect: SocketAddr,
     /// Where the sender connects (pushgate: the gateway port; the peers: `connect`).
     pub send: SocketAddr,
+    /// pushgate cluster: further nodes' connection ports; receiver `n` connects to node
+    /// `n % (1 + connect_more.len())` (`connect` is node 0).
+    pub connect_more: &'static [SocketAddr],
+    /// pushgate cluster: the Redis URL the sender's [`ClusterPushClient`] reads routes from
+    /// (pushes then go to the gateway each route names); `None`: a plain PushClient on `send`.
+    ///
+    /// [`ClusterPushClient`]: pushgate::client::cluster::ClusterPushClient
+    pub cluster_redis: Option<&'static str>,
+}
+
+impl Endpoints {
+    /// The connection port receiver `n` uses.
+    pub fn connect_for(&self, n: usize) -> SocketAddr {
+        match n % (1 + self.connect_more.len()) {
+            0 => self.connect,
+            i => self.connect_more[i - 1],
+        }
+    }
 }
 
 /// What a receiving connection is for.
@@ -104,7 +122,7 @@ impl Receiver {
         match ends.kind {
             TargetKind::Pushgate => {
                 let user = user_address(ends.kind, pushgate_role, n);
-                let phone = Phone::connect(ends.connect, client_id, &user, tracker).await?;
+                let phone = Phone::connect(ends.connect_for(n), client_id, &user, tracker).await?;
                 Ok(Receiver {
                     _held: Box::new(phone),
                 })
@@ -145,7 +163,10 @@ pub enum Sender {
 impl Sender {
     pub async fn connect(ends: Endpoints, tracker: Arc<Tracker>) -> anyhow::Result<Sender> {
         Ok(match ends.kind {
-            TargetKind::Pushgate => Sender::Pushgate(Pusher::connect(ends.send, tracker).await?),
+            TargetKind::Pushgate => Sender::Pushgate(match ends.cluster_redis {
+                Some(url) => Pusher::cluster(url, tracker)?,
+                None => Pusher::connect(ends.send, tracker).await?,
+            }),
             TargetKind::Mosquitto => {
                 Sender::Mqtt(MqttPublisher::connect(ends.send, "bench-publisher").await?)
             }

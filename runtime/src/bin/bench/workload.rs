@@ -20,6 +20,7 @@ use crate::pacer::Pacer;
 use crate::payload::{now_ns, Stamp, PAYLOAD_BYTES};
 use crate::point::{Point, Workload};
 use crate::resources::{rss_bytes, CpuMark};
+use crate::store_stats;
 use crate::targets::{user_address, Endpoints, Receiver, Role, Sender, TargetKind};
 use crate::tracker::{Counts, Tracker, Window};
 use anyhow::Context;
@@ -65,6 +66,31 @@ pub struct Plan {
     pub idle: bool,
     pub single: bool,
     pub fanout: bool,
+    /// `host:port` of the Redis whose `INFO commandstats` is read around each point.
+    pub redis_stats: Option<String>,
+}
+
+/// Redis's command counts now, when asked for.
+fn store_mark(plan: &Plan) -> anyhow::Result<Option<store_stats::Calls>> {
+    plan.redis_stats
+        .as_deref()
+        .map(store_stats::snapshot)
+        .transpose()
+}
+
+/// Fills the point's store calls from `before` to now; `ops` is what they are divided by.
+fn store_since(
+    plan: &Plan,
+    point: &mut Point,
+    before: Option<store_stats::Calls>,
+    ops: u64,
+) -> anyhow::Result<()> {
+    if let (Some(before), Some(after)) = (before, store_mark(plan)?) {
+        point.store_calls = store_stats::diff(&before, &after);
+        let total: u64 = point.store_calls.values().sum();
+        point.store_calls_per_op = (ops > 0).then(|| total as f64 / ops as f64);
+    }
+    Ok(())
 }
 
 /// Runs the plan; each point is printed as it finishes.
@@ -74,7 +100,9 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Vec<Point>> {
     let target = plan.ends.kind;
 
     if plan.idle && plan.idle_connections > 0 {
-        let point = idle_point(plan, &tracker).await?;
+        let mark = store_mark(plan)?;
+        let mut point = idle_point(plan, &tracker).await?;
+        store_since(plan, &mut point, mark, plan.idle_connections as u64)?;
         print_point(&point);
         points.push(point);
     }
@@ -98,17 +126,23 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Vec<Point>> {
         for &ack in &acks {
             for &window in &plan.windows {
                 let shape = Shape::Closed(window);
-                let point = single_point(plan, &tracker, &mut sender, &addresses, shape, ack)
+                let mark = store_mark(plan)?;
+                let mut point = single_point(plan, &tracker, &mut sender, &addresses, shape, ack)
                     .await
                     .with_context(|| format!("single, {window} in flight"))?;
+                let sent = point.sent;
+                store_since(plan, &mut point, mark, sent)?;
                 print_point(&point);
                 points.push(point);
             }
             for &rate in &plan.rates_per_s {
                 let shape = Shape::Open(rate);
-                let point = single_point(plan, &tracker, &mut sender, &addresses, shape, ack)
+                let mark = store_mark(plan)?;
+                let mut point = single_point(plan, &tracker, &mut sender, &addresses, shape, ack)
                     .await
                     .with_context(|| format!("single, {rate}/s"))?;
+                let sent = point.sent;
+                store_since(plan, &mut point, mark, sent)?;
                 print_point(&point);
                 points.push(point);
             }
@@ -137,9 +171,12 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Vec<Point>> {
                 fans.extend(more);
             }
             for &window in &plan.fanout_windows {
-                let point = fanout_point(plan, &tracker, &mut sender, size, window)
+                let mark = store_mark(plan)?;
+                let mut point = fanout_point(plan, &tracker, &mut sender, size, window)
                     .await
                     .with_context(|| format!("fan-out to {size}, {window} in flight"))?;
+                let sent = point.sent;
+                store_since(plan, &mut point, mark, sent)?;
                 print_point(&point);
                 points.push(point);
             }
