@@ -47,7 +47,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run workloads against one running server and write its points as JSON.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Merge target files into one report: table, JSON, PNG plot.
     Report(ReportArgs),
 }
@@ -185,7 +185,7 @@ struct ReportArgs {
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run(args) => run(args),
+        Command::Run(args) => run(*args),
         Command::Report(args) => report::report(
             &args.inputs,
             &args.out,
