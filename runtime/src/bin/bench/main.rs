@@ -45,6 +45,8 @@ struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+// Parsed once per process: the size of the run arguments does not matter.
+#[allow(clippy::large_enum_variant)]
 enum Command {
     /// Run workloads against one running server and write its points as JSON.
     Run(Box<RunArgs>),
@@ -218,6 +220,10 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         (_, _) => args.connect,
     };
     let has = |w| args.workloads.contains(&w);
+    let label = args
+        .label
+        .clone()
+        .unwrap_or_else(|| args.target.name().to_owned());
     let plan = workload::Plan {
         ends: Endpoints {
             kind: args.target,
@@ -253,6 +259,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         single: has(WorkloadName::Single),
         fanout: has(WorkloadName::Fanout),
         redis_stats: args.redis_stats.clone(),
+        label: label.clone(),
     };
     if let Some(pid) = args.server_pid {
         resources::rss_bytes(pid).with_context(|| format!("--server-pid {pid}"))?;
@@ -263,14 +270,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         .context("starting the tokio runtime")?;
     payload::epoch();
     let started = Instant::now();
-    let mut points = runtime.block_on(workload::run(&plan))?;
-    let label = args
-        .label
-        .clone()
-        .unwrap_or_else(|| args.target.name().to_owned());
-    for point in &mut points {
-        point.target.clone_from(&label);
-    }
+    let points = runtime.block_on(workload::run(&plan))?;
     let mut parameters = serde_json::to_value(&args)?;
     if let Some(map) = parameters.as_object_mut() {
         let workloads: Vec<String> = args

@@ -68,6 +68,8 @@ pub struct Plan {
     pub fanout: bool,
     /// `host:port` of the Redis whose `INFO commandstats` is read around each point.
     pub redis_stats: Option<String>,
+    /// The name the points carry (the target's, or `--label`).
+    pub label: String,
 }
 
 /// Redis's command counts now, when asked for.
@@ -229,7 +231,7 @@ async fn idle_point(plan: &Plan, tracker: &Arc<Tracker>) -> anyhow::Result<Point
     drop(receivers);
     tokio::time::sleep(Duration::from_millis(plan.settle_ms)).await;
     Ok(Point {
-        target: plan.ends.kind.name().to_owned(),
+        target: plan.label.clone(),
         workload: Some(Workload::Idle),
         key: "idle".to_owned(),
         title: format!("idle, {n} connections"),
@@ -530,7 +532,7 @@ fn point_from_counts(
         .map(|(_, n)| *n)
         .sum();
     Point {
-        target: plan.ends.kind.name().to_owned(),
+        target: plan.label.clone(),
         workload: Some(workload),
         payload_bytes: PAYLOAD_BYTES,
         warmup_ms: plan.warmup_ms,
