@@ -45,8 +45,6 @@ struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
-// Parsed once per process: the size of the run arguments does not matter.
-#[allow(clippy::large_enum_variant)]
 enum Command {
     /// Run workloads against one running server and write its points as JSON.
     Run(Box<RunArgs>),
