@@ -1964,3 +1964,52 @@ fn a_paused_broadcast_skips_a_reached_connection_that_rebound_ahead_of_it() {
         assert_eq!(w.pushes(*conn).len(), 1, "{user}");
     }
 }
+
+/// A binding that ended and a new one of the same user on the same connection: a notice for
+/// the ended binding does not kick the new one (`kick-version-check`).
+#[test]
+fn a_kick_notice_for_a_binding_that_ended_spares_the_next_one() {
+    let mut w = World::new(|_| {});
+    let phone = w.online("dev-A", "android", "u1", "");
+    let key = ("u1".to_owned(), ClientType::Mobile);
+    let token = store_token(&w, "u1", ClientType::Mobile).unwrap();
+    let first = w.store.state.routes[&key].version;
+    w.unbind(phone, "u1");
+    w.bind(phone, "u1", "");
+    assert!(w.store.state.routes[&key].version > first);
+    w.input(Input::KickNotice {
+        notice: KickNotice {
+            client_type: 1,
+            conn_id: token,
+            device_id: "dev-A".into(),
+            target_port: 3001,
+            target_server: "127.0.0.1".into(),
+            user_id: "u1".into(),
+            version: first,
+        },
+    });
+    assert!(w.received(phone, Command::Kick).is_empty());
+    assert_eq!(w.node.routes_of("u1"), vec![(ClientType::Mobile, phone)]);
+}
+
+/// The user binds on this node while the push's store read is in flight: whatever the store
+/// answers, the push goes to the local connection (`router-change-while-local`).
+#[test]
+fn a_user_who_binds_here_while_the_route_is_read_gets_the_push_locally() {
+    let mut w = World::new(|_| {});
+    w.store.state.routes.insert(
+        ("u1".into(), ClientType::Mobile),
+        FakeStore::route("10.0.0.2", 3001, Some("elsewhere")),
+    );
+    let phone = w.connect("dev-A", "android");
+    w.handshake(phone);
+    w.store.mode = StoreMode::Hold;
+    w.push_to(GW, 1, "u1", 1, 3000, Flags::NONE, "x");
+    assert!(w.replies_to(GW, 1).is_empty(), "waiting for the route");
+    w.bind(phone, "u1", "");
+    w.store.mode = StoreMode::Immediate;
+    w.release_store();
+    w.settle();
+    assert_eq!(w.reply(GW, 1).status, PushStatus::Success);
+    assert_eq!(w.pushes(phone).len(), 1);
+}
