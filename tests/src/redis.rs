@@ -359,6 +359,25 @@ impl RedisSentinel {
     }
 }
 
+/// Starts `pushgate serve --redis URL` with the Redis store's debug lines on; `extra_toml` is
+/// appended to its configuration (e.g. a `[store]` section).
+pub async fn node_on(url: &str, extra_toml: &str) -> crate::TestServer {
+    crate::TestServer::start_with(crate::ServerOptions {
+        args: vec!["--redis".into(), url.into()],
+        toml: format!("[log]\nfilter = \"info,pushgate::redis_store=debug\"\n{extra_toml}"),
+    })
+    .await
+}
+
+/// A single push asking for the phone's automatic ACK, with a 3 s timeout.
+pub fn auto_ack_push(user: &str, content: &str) -> pushgate::client::SinglePushRequest {
+    pushgate::client::SinglePushRequest {
+        ack: pushgate_core::push::AckMode::Auto,
+        timeout_ms: 3000,
+        ..pushgate::client::SinglePushRequest::new(user, content.as_bytes().to_vec())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

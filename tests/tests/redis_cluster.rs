@@ -9,8 +9,9 @@ use pushgate::client::{
 };
 use pushgate_core::push::AckMode;
 use pushgate_core::PushStatus;
+use pushgate_tests::redis::{auto_ack_push, node_on};
 use pushgate_tests::redis::{RedisCluster, RedisServer};
-use pushgate_tests::{bounded, eventually, CliProcess, ServerOptions, TestServer};
+use pushgate_tests::{bounded, eventually, CliProcess, TestServer};
 use serde_json::json;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -18,16 +19,6 @@ use std::time::{Duration, Instant};
 const LIMIT: Duration = Duration::from_secs(90);
 const WAIT: Duration = Duration::from_secs(5);
 const NODE_TTL_MS: u64 = 1500;
-
-async fn node_on(url: &str) -> TestServer {
-    TestServer::start_with(ServerOptions {
-        args: vec!["--redis".into(), url.into()],
-        toml: format!(
-            "[log]\nfilter = \"info,pushgate::redis_store=debug\"\n[store]\nnode_ttl_ms = {NODE_TTL_MS}\n"
-        ),
-    })
-    .await
-}
 
 /// Waits for a push of `want` on `phone`, passing over other pushes (probes).
 async fn expect_content(phone: &DeviceClient, want: &str) {
@@ -59,14 +50,6 @@ async fn expect_kick(phone: &DeviceClient) {
     }
 }
 
-fn push(user: &str, content: &str) -> SinglePushRequest {
-    SinglePushRequest {
-        ack: AckMode::Auto,
-        timeout_ms: 3000,
-        ..SinglePushRequest::new(user, content.as_bytes().to_vec())
-    }
-}
-
 /// The gateway ports `/v1/nodes` on `via` lists.
 async fn listed_ports(via: &TestServer) -> BTreeSet<u16> {
     let response = via.http_get("/v1/nodes").await;
@@ -92,7 +75,7 @@ async fn push_until_success(client: &ClusterPushClient, user: &str) {
         WAIT,
         &format!("a route for {user} in Redis"),
         || async move {
-            let result = client.push(push(user, "probe")).await;
+            let result = client.push(auto_ack_push(user, "probe")).await;
             result.status.is_success().then_some(())
         },
     )
@@ -112,9 +95,9 @@ async fn three_nodes_on_a_redis_cluster_discover_each_other_and_push_across_node
 }
 
 async fn three_nodes_scenario(url: &str) {
-    let a = node_on(url).await;
-    let b = node_on(url).await;
-    let mut c = node_on(url).await;
+    let a = node_on(url, &format!("[store]\nnode_ttl_ms = {NODE_TTL_MS}\n")).await;
+    let b = node_on(url, &format!("[store]\nnode_ttl_ms = {NODE_TTL_MS}\n")).await;
+    let mut c = node_on(url, &format!("[store]\nnode_ttl_ms = {NODE_TTL_MS}\n")).await;
     let all = &ports(&[&a, &b, &c]);
 
     // Every node lists all three, with their addresses.
@@ -150,7 +133,7 @@ async fn three_nodes_scenario(url: &str) {
     push_until_success(&client, "user-1").await;
     expect_content(&phone_b, "probe").await;
     let result = client
-        .push(push("user-1", "through the cluster client"))
+        .push(auto_ack_push("user-1", "through the cluster client"))
         .await;
     assert_eq!(result.status, PushStatus::AckSuccess, "{result:?}");
     assert_eq!(result.routes.len(), 1, "{result:?}");
@@ -158,13 +141,13 @@ async fn three_nodes_scenario(url: &str) {
     expect_content(&phone_b, "through the cluster client").await;
     // The route is cached now: a push costs no Redis round trip.
     let before = client.redis_round_trips();
-    let result = client.push(push("user-1", "cached")).await;
+    let result = client.push(auto_ack_push("user-1", "cached")).await;
     assert_eq!(result.status, PushStatus::AckSuccess, "{result:?}");
     assert_eq!(client.redis_round_trips() - before, 0, "a cached route");
     expect_content(&phone_b, "cached").await;
     // An uncached client reads the routes once per push.
     let fresh = ClusterPushClient::new(url).expect("a Redis URL");
-    let result = fresh.push(push("user-1", "uncached")).await;
+    let result = fresh.push(auto_ack_push("user-1", "uncached")).await;
     assert_eq!(result.status, PushStatus::AckSuccess, "{result:?}");
     assert_eq!(fresh.redis_round_trips(), 1, "one HGETALL");
     expect_content(&phone_b, "uncached").await;
@@ -203,7 +186,7 @@ async fn three_nodes_scenario(url: &str) {
         .await
         .json();
     assert_eq!(body["status"], json!("offline"), "{body}");
-    let result = client.push(push("nobody", "x")).await;
+    let result = client.push(auto_ack_push("nobody", "x")).await;
     assert_eq!(result.status, PushStatus::Offline, "{result:?}");
 
     // The phone moves from B to C (same client type: B's connection is kicked). The client's
@@ -224,7 +207,7 @@ async fn three_nodes_scenario(url: &str) {
     })
     .await;
     let before = client.redis_round_trips();
-    let result = client.push(push("user-1", "moved")).await;
+    let result = client.push(auto_ack_push("user-1", "moved")).await;
     assert_eq!(result.status, PushStatus::AckSuccess, "{result:?}");
     assert_eq!(result.routes.len(), 1, "{result:?}");
     assert_eq!(
@@ -240,7 +223,7 @@ async fn three_nodes_scenario(url: &str) {
     expect_content(&phone_c, "moved").await;
     // The cache now names C.
     let before = client.redis_round_trips();
-    let result = client.push(push("user-1", "cached on C")).await;
+    let result = client.push(auto_ack_push("user-1", "cached on C")).await;
     assert_eq!(result.status, PushStatus::AckSuccess, "{result:?}");
     assert_eq!(result.routes[0].rereads, 0, "{result:?}");
     assert_eq!(client.redis_round_trips() - before, 0);
@@ -258,11 +241,11 @@ async fn three_nodes_scenario(url: &str) {
         )
         .await;
     eventually(WAIT, "both routes pushed", || async {
-        let result = fresh.push(push("user-1", "both")).await;
+        let result = fresh.push(auto_ack_push("user-1", "both")).await;
         (result.routes.len() == 2).then_some(result)
     })
     .await;
-    let result = fresh.push(push("user-1", "two routes")).await;
+    let result = fresh.push(auto_ack_push("user-1", "two routes")).await;
     assert_eq!(result.status, PushStatus::AckSuccess, "{result:?}");
     let types: BTreeSet<i32> = result.routes.iter().map(|r| r.client_type).collect();
     assert_eq!(types, BTreeSet::from([1, 2]), "{result:?}");
@@ -276,7 +259,7 @@ async fn three_nodes_scenario(url: &str) {
     let result = fresh
         .push(SinglePushRequest {
             client_type: Some(2),
-            ..push("user-1", "pc only")
+            ..auto_ack_push("user-1", "pc only")
         })
         .await;
     assert_eq!(result.status, PushStatus::AckSuccess, "{result:?}");
@@ -286,7 +269,7 @@ async fn three_nodes_scenario(url: &str) {
     let result = fresh
         .push(SinglePushRequest {
             client_type: Some(0),
-            ..push("user-1", "type 0")
+            ..auto_ack_push("user-1", "type 0")
         })
         .await;
     assert_eq!(result.routes.len(), 2, "{result:?}");
@@ -371,7 +354,7 @@ async fn the_cluster_client_answers_within_its_timeout_when_redis_is_away() {
         let result = client
             .push(SinglePushRequest {
                 timeout_ms: 500,
-                ..push("u", "x")
+                ..auto_ack_push("u", "x")
             })
             .await;
         assert!(!result.status.is_success(), "{result:?}");
@@ -407,8 +390,8 @@ async fn redis_round_trips_per_push() {
     let redis = RedisServer::start();
     bounded(LIMIT, async {
         let url = redis.url();
-        let a = node_on(&url).await;
-        let b = node_on(&url).await;
+        let a = node_on(&url, &format!("[store]\nnode_ttl_ms = {NODE_TTL_MS}\n")).await;
+        let b = node_on(&url, &format!("[store]\nnode_ttl_ms = {NODE_TTL_MS}\n")).await;
         let phone = b.bound_device("phone", "user-rt", &[]).await;
         let client = ClusterPushClient::new(&url)
             .expect("URL")
@@ -421,7 +404,7 @@ async fn redis_round_trips_per_push() {
         let before = route_reads(&redis);
         for i in 0..N {
             let content = format!("local {i}");
-            let result = gateway.push(push("user-rt", &content)).await.expect("push");
+            let result = gateway.push(auto_ack_push("user-rt", &content)).await.expect("push");
             assert_eq!(result.status, PushStatus::AckSuccess, "{result:?}");
             expect_content(&phone, &content).await;
             let content = format!("local api {i}");
@@ -447,7 +430,7 @@ async fn redis_round_trips_per_push() {
         for i in 0..N {
             let content = format!("cached {i}");
             assert!(client
-                .push(push("user-rt", &content))
+                .push(auto_ack_push("user-rt", &content))
                 .await
                 .status
                 .is_success());
@@ -459,7 +442,7 @@ async fn redis_round_trips_per_push() {
         for i in 0..N {
             let content = format!("uncached {i}");
             assert!(fresh
-                .push(push("user-rt", &content))
+                .push(auto_ack_push("user-rt", &content))
                 .await
                 .status
                 .is_success());
@@ -503,7 +486,7 @@ async fn redis_round_trips_per_push() {
             let result = quiet
                 .push(SinglePushRequest {
                     ack: AckMode::None,
-                    ..push("user-silent", "probe")
+                    ..auto_ack_push("user-silent", "probe")
                 })
                 .await;
             result.status.is_success().then_some(())

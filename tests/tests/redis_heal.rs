@@ -3,33 +3,17 @@
 //! answers `Stale` (a newer bind of that user and type exists) kicks the local connection —
 //! the notice it missed is not needed.
 use pushgate::client::cluster::ClusterPushClient;
-use pushgate::client::{DeviceClient, DeviceEvent, SinglePushRequest};
-use pushgate_core::push::AckMode;
+use pushgate::client::{DeviceClient, DeviceEvent};
 use pushgate_core::PushStatus;
 use pushgate_tests::redis::RedisServer;
-use pushgate_tests::{bounded, eventually, expect_push, ServerOptions, TestServer};
+use pushgate_tests::redis::{auto_ack_push, node_on};
+use pushgate_tests::{bounded, eventually, expect_push, TestServer};
 use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 const LIMIT: Duration = Duration::from_secs(60);
 const WAIT: Duration = Duration::from_secs(5);
-
-async fn node_on(url: &str) -> TestServer {
-    TestServer::start_with(ServerOptions {
-        args: vec!["--redis".into(), url.into()],
-        toml: "[log]\nfilter = \"info,pushgate::redis_store=debug\"\n".into(),
-    })
-    .await
-}
-
-fn push(user: &str, content: &str) -> SinglePushRequest {
-    SinglePushRequest {
-        ack: AckMode::Auto,
-        timeout_ms: 3000,
-        ..SinglePushRequest::new(user, content.as_bytes().to_vec())
-    }
-}
 
 /// A TCP forwarder in front of Redis for one node only: `cut` closes every forwarded
 /// connection and refuses new ones (accepted and closed at once) until `restore`.
@@ -108,8 +92,8 @@ async fn a_kick_notice_lost_while_a_node_was_away_heals_when_it_reconnects() {
     let redis = RedisServer::start();
     bounded(LIMIT, async {
         let proxy = CuttableProxy::start(redis.port()).await;
-        let a = node_on(&redis.url()).await;
-        let b = node_on(&proxy.url()).await;
+        let a = node_on(&redis.url(), "").await;
+        let b = node_on(&proxy.url(), "").await;
         logged(&a, "connected to Redis", 1).await;
         logged(&b, "connected to Redis", 1).await;
         let all_logs = || format!("A:\n{}\nB:\n{}", a.logs(), b.logs());
@@ -181,7 +165,7 @@ async fn a_kick_notice_lost_while_a_node_was_away_heals_when_it_reconnects() {
         // Pushes to the user reach P2 only: through the cluster client, through A, and B
         // (which no longer holds the user) answers router change.
         let client = ClusterPushClient::new(&redis.url()).expect("a Redis URL");
-        let result = client.push(push("user-h", "cluster")).await;
+        let result = client.push(auto_ack_push("user-h", "cluster")).await;
         assert_eq!(result.status, PushStatus::AckSuccess, "{result:?}");
         assert_eq!(result.routes.len(), 1, "{result:?}");
         assert_eq!(
@@ -193,7 +177,7 @@ async fn a_kick_notice_lost_while_a_node_was_away_heals_when_it_reconnects() {
         let result = a
             .push_client()
             .await
-            .push(push("user-h", "via A"))
+            .push(auto_ack_push("user-h", "via A"))
             .await
             .unwrap();
         assert_eq!(result.status, PushStatus::AckSuccess, "{result:?}");
@@ -201,7 +185,7 @@ async fn a_kick_notice_lost_while_a_node_was_away_heals_when_it_reconnects() {
         let result = b
             .push_client()
             .await
-            .push(push("user-h", "via B"))
+            .push(auto_ack_push("user-h", "via B"))
             .await
             .unwrap();
         assert_eq!(result.status, PushStatus::RouterChange, "{result:?}");

@@ -2,31 +2,15 @@
 //! wrong node answers router-change; binding a user and type on another node kicks the older
 //! connection through Redis pub/sub; a Redis restarted empty gets the routes written again; a
 //! node whose Redis is away serves its own users and writes their routes when Redis comes.
-use pushgate::client::{DeviceEvent, DeviceOptions, SinglePushRequest};
-use pushgate_core::push::AckMode;
+use pushgate::client::{DeviceEvent, DeviceOptions};
 use pushgate_core::PushStatus;
+use pushgate_tests::redis::{auto_ack_push, node_on};
 use pushgate_tests::redis::{free_redis_port, RedisCluster, RedisSentinel, RedisServer};
-use pushgate_tests::{bounded, eventually, expect_push, ServerOptions, TestServer};
+use pushgate_tests::{bounded, eventually, expect_push, TestServer};
 use std::time::Duration;
 
 const LIMIT: Duration = Duration::from_secs(40);
 const WAIT: Duration = Duration::from_secs(5);
-
-async fn node_on(url: &str) -> TestServer {
-    TestServer::start_with(ServerOptions {
-        args: vec!["--redis".into(), url.into()],
-        toml: "[log]\nfilter = \"info,pushgate::redis_store=debug\"\n".into(),
-    })
-    .await
-}
-
-fn push(user: &str, content: &str) -> SinglePushRequest {
-    SinglePushRequest {
-        ack: AckMode::Auto,
-        timeout_ms: 3000,
-        ..SinglePushRequest::new(user, content.as_bytes().to_vec())
-    }
-}
 
 /// Pushes through `via` until the answer is `want` (routes reach Redis asynchronously).
 async fn push_until(via: &TestServer, user: &str, want: PushStatus) {
@@ -34,7 +18,7 @@ async fn push_until(via: &TestServer, user: &str, want: PushStatus) {
     eventually(WAIT, &format!("{want:?} for {user}"), || {
         let client = &client;
         async move {
-            let result = client.push(push(user, "probe")).await.ok()?;
+            let result = client.push(auto_ack_push(user, "probe")).await.ok()?;
             (result.status == want).then_some(())
         }
     })
@@ -63,8 +47,8 @@ async fn two_nodes_share_routes_and_kick_through_redis_behind_sentinel() {
 /// across nodes when the user binds the same client type on the other node.
 async fn two_nodes_scenario(url: &str) {
     {
-        let a = node_on(url).await;
-        let b = node_on(url).await;
+        let a = node_on(url, "").await;
+        let b = node_on(url, "").await;
         for node in [&a, &b] {
             eventually(WAIT, "the link to Redis", || {
                 let up = node.logs().contains("connected to Redis");
@@ -80,7 +64,7 @@ async fn two_nodes_scenario(url: &str) {
         let result = a
             .push_client()
             .await
-            .push(push("user-r", "via A"))
+            .push(auto_ack_push("user-r", "via A"))
             .await
             .unwrap();
         assert_eq!(result.status, PushStatus::AckSuccess, "{result:?}");
@@ -118,7 +102,7 @@ async fn two_nodes_scenario(url: &str) {
         let result = b
             .push_client()
             .await
-            .push(push("user-r", "via B"))
+            .push(auto_ack_push("user-r", "via B"))
             .await
             .unwrap();
         assert_eq!(result.status, PushStatus::AckSuccess, "{result:?}");
@@ -130,8 +114,8 @@ async fn two_nodes_scenario(url: &str) {
 async fn routes_are_written_again_after_redis_restarts_empty() {
     bounded(LIMIT, async {
         let mut redis = RedisServer::start();
-        let a = node_on(&redis.url()).await;
-        let b = node_on(&redis.url()).await;
+        let a = node_on(&redis.url(), "").await;
+        let b = node_on(&redis.url(), "").await;
         let phone = a.bound_device("device-1", "user-x", &[]).await;
         push_until(&b, "user-x", PushStatus::RouterChange).await;
 
@@ -193,12 +177,12 @@ async fn a_bad_redis_url_is_a_clear_error() {
 async fn a_node_serves_its_own_users_while_redis_is_away_and_writes_routes_when_it_comes() {
     bounded(LIMIT, async {
         let port = free_redis_port();
-        let a = node_on(&format!("redis://127.0.0.1:{port}")).await;
+        let a = node_on(&format!("redis://127.0.0.1:{port}"), "").await;
         let phone = a.bound_device("device-1", "user-away", &[]).await;
         let result = a
             .push_client()
             .await
-            .push(push("user-away", "local"))
+            .push(auto_ack_push("user-away", "local"))
             .await
             .unwrap();
         assert_eq!(result.status, PushStatus::AckSuccess, "{result:?}");

@@ -5,8 +5,9 @@
 use pushgate::client::cluster::ClusterPushClient;
 use pushgate::client::{BroadcastRequest, DeviceEvent};
 use pushgate_core::PushStatus;
+use pushgate_tests::redis::node_on;
 use pushgate_tests::redis::RedisServer;
-use pushgate_tests::{bounded, eventually, ServerOptions, TestServer};
+use pushgate_tests::{bounded, eventually};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -15,15 +16,6 @@ const LIMIT: Duration = Duration::from_secs(90);
 const WAIT: Duration = Duration::from_secs(5);
 const PHONES_PER_NODE: usize = 10;
 const PHONES: u64 = 3 * PHONES_PER_NODE as u64;
-
-async fn node_on(url: &str) -> TestServer {
-    TestServer::start_with(ServerOptions {
-        args: vec!["--redis".into(), url.into()],
-        toml: "[log]\nfilter = \"info,pushgate::redis_store=debug\"\n[store]\nnode_ttl_ms = 1500\n"
-            .into(),
-    })
-    .await
-}
 
 /// Pushes received per content, over every phone.
 type Received = Arc<Mutex<HashMap<Vec<u8>, u64>>>;
@@ -75,9 +67,9 @@ async fn a_task_broadcast_across_three_nodes_follows_qps_cancel_and_reports_prog
     bounded(LIMIT, async {
         let url = redis.url();
         let nodes = [
-            node_on(&url).await,
-            node_on(&url).await,
-            node_on(&url).await,
+            node_on(&url, "[store]\nnode_ttl_ms = 1500\n").await,
+            node_on(&url, "[store]\nnode_ttl_ms = 1500\n").await,
+            node_on(&url, "[store]\nnode_ttl_ms = 1500\n").await,
         ];
         for node in &nodes {
             eventually(WAIT, "three nodes registered", || async {
