@@ -49,20 +49,32 @@ use bytes::Bytes;
 use harness::{StoreMode, World, EPOCH0_MS};
 use proptest::collection::vec;
 use proptest::prelude::*;
-use proptest::test_runner::TestCaseError;
+use proptest::test_runner::{TestCaseError, TestRunner};
 use pushgate_core::command::Command;
 use pushgate_core::config::NodeConfig;
 use pushgate_core::crypto::AesCipher;
-use pushgate_core::frame::Flags;
+use pushgate_core::frame::{Flags, FrameError, Packet};
 use pushgate_core::message::{Body, ErrorMessage, GatewayPush, OkMessage};
 use pushgate_core::push::{AckMode, Origin};
 use pushgate_core::route::ClientType;
 use pushgate_core::status::TimeLine;
-use pushgate_core::store::{KickNotice, StoreOp, TaskControl};
+use pushgate_core::store::{KickNotice, StoreError, StoreOp, TaskControl};
 use pushgate_core::{
     CloseReason, ConnId, Event, GatewayId, Input, KickCause, Millis, PushId, PushStatus,
 };
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, HashSet};
+
+/// Returns a violation (`Err`) unless the condition holds.
+macro_rules! ensure {
+    ($cond:expr, $($fmt:tt)+) => {
+        if !$cond {
+            return Err(format!($($fmt)+));
+        }
+    };
+}
+
+type Check = Result<(), String>;
 
 /// Cases per run unless `PROPTEST_CASES` says otherwise.
 const DEFAULT_CASES: u32 = 256;
@@ -102,6 +114,8 @@ const MAX_TIMER_RUNS_PER_ADVANCE: usize = 20_000;
 /// The other node of [`Action::ForeignRoute`], and its connection's token.
 const FOREIGN_HOST: &str = "10.0.0.9";
 const FOREIGN_TOKEN: &str = "f0f0f0f0f0f0f0f0";
+/// The connection token of a stale route naming this node (see [`Action::StaleRoute`]).
+const STALE_TOKEN: &str = "5a5a5a5a5a5a5a5a";
 /// A gateway id is `GW_GENERATION * generation + slot`.
 const GW_GENERATION: u64 = 100;
 
@@ -235,8 +249,35 @@ enum AckOf {
 enum StoreSwitch {
     Immediate,
     Hold,
+    /// Answers every held request, in order.
     Release,
+    /// Answers every held request, the newest first (replies reordered).
+    ReleaseReversed,
+    /// Answers every held request with an error: timed out (`true`) or unavailable.
+    Fail(bool),
     Drop,
+}
+
+/// Which bind a kick notice names.
+#[derive(Debug, Clone, Copy)]
+enum NoticeVersion {
+    /// Version 0 (MPush's notices): any bind of the connection.
+    Any,
+    /// The holder's current bind.
+    Current,
+    /// An older bind of the holder's connection.
+    Older,
+}
+
+/// Something broken a phone sends.
+#[derive(Debug, Clone, Copy)]
+enum Garbage {
+    /// A frame header the driver could not frame.
+    Frame,
+    /// A command the node does not know.
+    Command,
+    /// A BIND whose body does not open.
+    Body,
 }
 
 #[derive(Debug, Clone)]
@@ -291,6 +332,7 @@ enum Action {
         ct: u8,
         matching: bool,
         here: bool,
+        version: NoticeVersion,
     },
     KickUser {
         user: u8,
@@ -303,6 +345,18 @@ enum Action {
     Ghost(u8, u8),
     /// Another node took (user, `CT_CODES[ct + 1]`): the store's route now names it.
     ForeignRoute(u8, u8),
+    /// The other node's connection of (user, `CT_CODES[ct + 1]`) went away: its store route is
+    /// marked offline (nothing happens unless the store's route names the other node).
+    ForeignOffline(u8, u8),
+    /// The store holds a route of (user, `CT_CODES[ct + 1]`) naming this node and a connection
+    /// it does not have (left from before a restart); nothing happens while this node holds
+    /// that user and type.
+    StaleRoute(u8, u8),
+    /// The link to the store comes back (`StoreConnected`); with `true`, the store restarted
+    /// and lost every route first.
+    StoreReconnect(bool),
+    /// A phone sends something broken.
+    Garbage(Target, Garbage),
 }
 
 fn target() -> impl Strategy<Value = Target> {
@@ -359,11 +413,13 @@ fn action() -> impl Strategy<Value = Action> {
             prop::option::weighted(0.2, 0..TASKS.len() as u8),
         )
             .prop_map(|(gw, tag, cond, ct, task)| Action::Broadcast { gw, tag, cond, ct, task }),
-        16 => prop_oneof![
-            Just(StoreSwitch::Immediate),
-            Just(StoreSwitch::Hold),
-            Just(StoreSwitch::Release),
-            Just(StoreSwitch::Drop),
+        20 => prop_oneof![
+            4 => Just(StoreSwitch::Immediate),
+            4 => Just(StoreSwitch::Hold),
+            4 => Just(StoreSwitch::Release),
+            3 => Just(StoreSwitch::ReleaseReversed),
+            1 => any::<bool>().prop_map(StoreSwitch::Fail),
+            4 => Just(StoreSwitch::Drop),
         ]
         .prop_map(Action::Store),
         12 => any::<bool>().prop_map(Action::ConfirmWrites),
@@ -372,13 +428,40 @@ fn action() -> impl Strategy<Value = Action> {
             .prop_map(Action::Advance),
         8 => Just(Action::FireTimers),
         4 => (0..2u8).prop_map(Action::GatewayClosed),
-        8 => (user(), 0..3u8, any::<bool>(), prop::bool::weighted(0.8)).prop_map(
-            |(user, ct, matching, here)| Action::KickNotice { user, ct, matching, here }
-        ),
+        8 => (
+            user(),
+            0..3u8,
+            any::<bool>(),
+            prop::bool::weighted(0.8),
+            prop_oneof![
+                Just(NoticeVersion::Any),
+                Just(NoticeVersion::Current),
+                Just(NoticeVersion::Older),
+            ],
+        )
+            .prop_map(|(user, ct, matching, here, version)| Action::KickNotice {
+                user,
+                ct,
+                matching,
+                here,
+                version
+            }),
         4 => (user(), 0..3u8).prop_map(|(user, ct)| Action::KickUser { user, ct }),
         1 => Just(Action::Shutdown),
         4 => (any::<u8>(), 0..6u8).prop_map(|(pick, kind)| Action::Ghost(pick, kind)),
         4 => (user(), 0..2u8).prop_map(|(user, ct)| Action::ForeignRoute(user, ct)),
+        3 => (user(), 0..2u8).prop_map(|(user, ct)| Action::ForeignOffline(user, ct)),
+        4 => (user(), 0..2u8).prop_map(|(user, ct)| Action::StaleRoute(user, ct)),
+        2 => any::<bool>().prop_map(Action::StoreReconnect),
+        2 => (
+            target(),
+            prop_oneof![
+                Just(Garbage::Frame),
+                Just(Garbage::Command),
+                Just(Garbage::Body)
+            ]
+        )
+            .prop_map(|(t, g)| Action::Garbage(t, g)),
     ]
 }
 
@@ -494,6 +577,8 @@ enum PushKind {
         ct: Option<ClientType>,
         /// The condition parses.
         valid: bool,
+        /// Its task id (`TASKS` index): its flow limit comes from the store.
+        task: Option<usize>,
     },
 }
 
@@ -519,7 +604,150 @@ struct PushModel {
     submitted_after_shutdown: bool,
     events: usize,
     status: Option<PushStatus>,
+    /// The node's id for it (from `PushAccepted`).
+    id: Option<PushId>,
+    /// At some observed moment while it was open, the store's answer for its user (and type)
+    /// was an online route naming another node.
+    store_elsewhere: bool,
+    /// At some observed moment while it was open, the store's answer was no route, an offline
+    /// route, or a route naming this node.
+    store_not_elsewhere: bool,
+    /// While it was open, the store held or dropped requests, or failed them.
+    store_trouble: bool,
+    /// When it was sent, the node held its maximum of pending requests of its kind.
+    busy_possible: bool,
+    /// At some observed moment while it was open, the node may have held its maximum of
+    /// pending store requests.
+    store_busy_seen: bool,
 }
+
+/// What a single push must do in the step that submits it, from the model alone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Prediction {
+    /// Finish at once with this status and reason; an offline answer for a stale store route
+    /// naming this node also marks that route offline (user, type, its connection token).
+    Finish {
+        status: PushStatus,
+        reason: Option<String>,
+        stale: Option<(String, ClientType, String)>,
+    },
+    /// Wait for flow control this long.
+    Delay(u64),
+    /// Send the PUSH to this connection.
+    Send(ConnId),
+    /// Ask the store and wait for its answer.
+    Wait,
+}
+
+/// A fixed flow-control window as the model counts it from the sends it sees: a window starts
+/// at the first send after the last one ended.
+#[derive(Debug, Clone, Copy, Default)]
+struct Window {
+    start: Millis,
+    count: u64,
+    total: u64,
+}
+
+/// The flow window of the node's configuration.
+const FLOW_WINDOW_MS: u64 = 1_000;
+
+impl Window {
+    /// Whether one more send may start at `now` under `limit` (0: no limit).
+    fn has_room(&self, now: Millis, limit: u64) -> bool {
+        limit == 0 || self.count == 0 || now >= self.start + FLOW_WINDOW_MS || self.count < limit
+    }
+
+    /// Counts a send at `now`; `Err` when it exceeds `limit`.
+    fn send(&mut self, now: Millis, limit: u64, what: &str) -> Check {
+        let room = self.has_room(now, limit);
+        if self.count == 0 || now >= self.start + FLOW_WINDOW_MS {
+            self.start = now;
+            self.count = 0;
+        }
+        self.count += 1;
+        self.total += 1;
+        ensure!(
+            room,
+            "{what}: send number {} of the window started at {} ms (now {now} ms), beyond its \
+             limit of {limit}",
+            self.count,
+            self.start
+        );
+        Ok(())
+    }
+
+    /// The wait flow control must answer at `now` when the window is full, if it is.
+    fn delay(&self, now: Millis, limit: u64) -> Option<u64> {
+        (!self.has_room(now, limit)).then(|| (self.start + FLOW_WINDOW_MS - now).max(1))
+    }
+}
+
+/// How often each outcome and rule was reached (the coverage floor).
+#[derive(Debug, Default, Clone)]
+struct Coverage {
+    counts: BTreeMap<String, usize>,
+}
+
+impl Coverage {
+    fn add(&mut self, key: impl Into<String>) {
+        *self.counts.entry(key.into()).or_default() += 1;
+    }
+
+    fn merge(&mut self, other: &Coverage) {
+        for (key, n) in &other.counts {
+            *self.counts.entry(key.clone()).or_default() += n;
+        }
+    }
+
+    fn get(&self, key: &str) -> usize {
+        self.counts.get(key).copied().unwrap_or(0)
+    }
+}
+
+/// What every run of [`DEFAULT_CASES`] cases must reach at least once: every terminal status
+/// of single pushes and broadcasts, every cause of a single push's failure, every close
+/// reason, flow decisions, kicks of every cause, and the store events.
+const COVERAGE_FLOOR: &[&str] = &[
+    "single success",
+    "single ack-success",
+    "single offline",
+    "single offline (stale route marked)",
+    "single router-change",
+    "single timeout (push timeout)",
+    "single timeout (ack timeout)",
+    "single failure (server shutting down)",
+    "single failure (server busy)",
+    "single failure (connection not writable)",
+    "single failure (flow control limit reached)",
+    "single failure (route store busy)",
+    "single failure (route lookup failed)",
+    "single failure (write to phone failed)",
+    "single failure (connection closed)",
+    "broadcast success",
+    "broadcast failure (server busy)",
+    "broadcast failure (bad request)",
+    "broadcast failure (server shutting down)",
+    "closed IdleTimeout",
+    "closed HandshakeTimeout",
+    "closed BadFrame",
+    "closed BadBody",
+    "closed UnsupportedCommand",
+    "closed BadRequest",
+    "closed ServerFull",
+    "closed Shutdown",
+    "closed PeerClosed",
+    "flow delayed single",
+    "flow delayed broadcast",
+    "kick NewerBind",
+    "kick LateBind",
+    "kick Operator",
+    "kick notice kicked",
+    "kick notice spared an older bind",
+    "store reconnect republished",
+    "store replies reordered",
+    "store replies failed",
+    "store route in sync",
+];
 
 /// A case being run: the world and the model beside it.
 struct Run {
@@ -569,21 +797,47 @@ struct Run {
     expect_bind_ok: Option<(ConnId, usize)>,
     /// Connections made ready so far (see `PhoneModel::ready_order`).
     ready_counter: u64,
+    /// PUSH frames phones received in this step.
+    frames_this_step: usize,
     /// Connections whose bind in this step lost to a newer connection of their device.
     lost_binds: Vec<ConnId>,
     /// A violation found in the middle of a compound action.
     deferred: Option<String>,
+    /// Bind versions (the store route's `version`), learnt with the tokens.
+    versions: HashMap<ConnId, u64>,
+    /// The node's push ids, from `PushAccepted`.
+    ids: HashMap<PushId, (GatewayId, i32)>,
+    /// The request submitted in this step.
+    submitted: Option<(GatewayId, i32)>,
+    /// The virtual time of the events of this step: events before index `.0` happened at `.1`
+    /// (at the step's clock after the last entry).
+    event_clock: Vec<(usize, Millis)>,
+    /// The global flow window of single pushes, and each broadcast's own.
+    global_window: Window,
+    windows: HashMap<PushId, Window>,
+    /// No store request was ever lost, failed or refused, and the store never lost data: the
+    /// store's route of every user bound here names its connection once the store is quiet.
+    store_lossless: bool,
+    /// Keys another node or a stale route wrote since this node's last bind of them.
+    tainted: HashSet<(String, ClientType)>,
+    /// When the store swallowed requests (Drop mode): each is pending at the node until its
+    /// store deadline.
+    dropped: Vec<Millis>,
+    requests_counted: usize,
+    /// Store requests held, and seen, at the last `note_store_views`.
+    held_at_last_view: usize,
+    requests_at_last_view: usize,
+    /// Store requests held, and seen, when the step started.
+    held_at_step_start: usize,
+    requests_at_step_start: usize,
+    /// What the single push submitted in this step must do.
+    prediction: Option<((GatewayId, i32), Prediction)>,
+    /// The connection a `Garbage` action must close, and why.
+    garbage: Option<(ConnId, CloseReason)>,
+    /// A `StoreReconnect` step: every route held here is written again.
+    expect_republish: bool,
+    coverage: Coverage,
 }
-
-macro_rules! ensure {
-    ($cond:expr, $($fmt:tt)+) => {
-        if !$cond {
-            return Err(format!($($fmt)+));
-        }
-    };
-}
-
-type Check = Result<(), String>;
 
 impl Run {
     fn new(knobs: &Knobs) -> Self {
@@ -633,8 +887,187 @@ impl Run {
             expect_bind_ok: None,
             ready_counter: 0,
             lost_binds: Vec::new(),
+            frames_this_step: 0,
             deferred: None,
+            versions: HashMap::new(),
+            ids: HashMap::new(),
+            submitted: None,
+            event_clock: Vec::new(),
+            global_window: Window::default(),
+            windows: HashMap::new(),
+            store_lossless: true,
+            tainted: HashSet::new(),
+            dropped: Vec::new(),
+            requests_counted: 0,
+            held_at_last_view: 0,
+            requests_at_last_view: 0,
+            held_at_step_start: 0,
+            requests_at_step_start: 0,
+            prediction: None,
+            garbage: None,
+            expect_republish: false,
+            coverage: Coverage::default(),
         }
+    }
+
+    /// This node's address.
+    fn here(&self) -> pushgate_core::NodeAddr {
+        self.w.node.config().node_addr.clone()
+    }
+
+    /// The local route a single push to (user, ct) takes: the route of that type, or for any
+    /// type the first in `ClientType::ALL` order (as the node looks it up).
+    fn local_route(&self, user: &str, ct: Option<ClientType>) -> Option<ConnId> {
+        match ct {
+            Some(ct) => self.routes.get(&(user.to_owned(), ct)).copied(),
+            None => ClientType::ALL
+                .into_iter()
+                .find_map(|ct| self.routes.get(&(user.to_owned(), ct)).copied()),
+        }
+    }
+
+    /// Single pushes the node holds (sent, not finished, on a connection it accepted).
+    fn open_singles(&self) -> usize {
+        self.pushes
+            .iter()
+            .filter(|(key, p)| {
+                matches!(p.kind, PushKind::Single { .. })
+                    && p.status.is_none()
+                    && !self.w.gateway_closed.contains(&key.0)
+            })
+            .count()
+    }
+
+    fn open_broadcasts(&self) -> usize {
+        self.pushes
+            .iter()
+            .filter(|(key, p)| {
+                matches!(p.kind, PushKind::Broadcast { .. })
+                    && p.status.is_none()
+                    && !self.w.gateway_closed.contains(&key.0)
+            })
+            .count()
+    }
+
+    /// Counts the store requests seen since the last call; those the store swallowed stay
+    /// pending at the node until their deadline.
+    fn note_requests(&mut self) {
+        let new = self.w.store.requests_seen - self.requests_counted;
+        self.requests_counted = self.w.store.requests_seen;
+        if self.w.store.mode == StoreMode::Drop {
+            let now = self.w.now;
+            self.dropped.extend(std::iter::repeat_n(now, new));
+        }
+    }
+
+    /// Whether the node may hold its maximum of pending store requests now (an upper bound:
+    /// held requests, requests of this step, swallowed ones not timed out yet).
+    fn store_busy_possible(&self) -> bool {
+        let now = self.w.now;
+        let swallowed = self
+            .dropped
+            .iter()
+            .filter(|at| now < **at + STORE_TIMEOUT_MS + 1)
+            .count();
+        let this_step = self.w.store.requests_seen - self.requests_at_step_start;
+        let held = self.held_at_step_start.max(self.w.store.held.len());
+        held + this_step + swallowed >= self.knobs.max_store_requests
+    }
+
+    /// Records, for every open single push, what the store would answer for it now, and
+    /// whether the node may have held its maximum of store requests since the last look (held
+    /// requests, requests seen since, swallowed ones not timed out yet).
+    fn note_store_views(&mut self) {
+        let here = self.here();
+        let trouble = self.w.store.mode != StoreMode::Immediate;
+        let now = self.w.now;
+        let swallowed = self
+            .dropped
+            .iter()
+            .filter(|at| now < **at + STORE_TIMEOUT_MS + 1)
+            .count();
+        let held = self.held_at_last_view.max(self.w.store.held.len());
+        let recent = self.w.store.requests_seen - self.requests_at_last_view;
+        let busy = held + recent + swallowed >= self.knobs.max_store_requests;
+        self.held_at_last_view = self.w.store.held.len();
+        self.requests_at_last_view = self.w.store.requests_seen;
+        let views: Vec<((GatewayId, i32), bool)> = self
+            .pushes
+            .iter()
+            .filter(|(_, p)| p.status.is_none())
+            .filter_map(|(key, p)| match &p.kind {
+                PushKind::Single { user, ct, .. } => {
+                    let elsewhere = self
+                        .w
+                        .store
+                        .state
+                        .route(user, *ct)
+                        .is_some_and(|(_, r)| r.is_online() && !r.is_on(&here));
+                    Some((*key, elsewhere))
+                }
+                PushKind::Broadcast { .. } => None,
+            })
+            .collect();
+        for (key, elsewhere) in views {
+            let push = self.pushes.get_mut(&key).expect("known");
+            if elsewhere {
+                push.store_elsewhere = true;
+            } else {
+                push.store_not_elsewhere = true;
+            }
+            push.store_trouble |= trouble;
+            push.store_busy_seen |= busy;
+        }
+    }
+
+    /// Every open single push sees store trouble (requests failed or lost).
+    fn note_store_trouble(&mut self) {
+        self.store_lossless = false;
+        for push in self.pushes.values_mut() {
+            if push.status.is_none() {
+                push.store_trouble = true;
+            }
+        }
+    }
+
+    /// The virtual time of event `index` of the world.
+    fn event_time(&self, index: usize) -> Millis {
+        self.event_clock
+            .iter()
+            .find(|(end, _)| index < *end)
+            .map_or(self.w.now, |(_, at)| *at)
+    }
+
+    /// Answers every held store request (in order, or the newest first), or fails them all,
+    /// noting what the store looked like after each answer.
+    fn release_store(&mut self, reversed: bool, fail: Option<StoreError>) {
+        let mut held = std::mem::take(&mut self.w.store.held);
+        if reversed {
+            held.reverse();
+            if held.len() > 1 {
+                self.coverage.add("store replies reordered");
+            }
+        }
+        if fail.is_some() && !held.is_empty() {
+            self.coverage.add("store replies failed");
+            self.note_store_trouble();
+        }
+        for request in held {
+            let reply = match &fail {
+                Some(error) => Err(error.clone()),
+                None => Ok(self.w.store.apply(&request.op)),
+            };
+            self.w.node.handle(
+                self.w.now,
+                Input::StoreReply {
+                    request: request.id,
+                    reply,
+                },
+            );
+            self.w.drive();
+            self.note_store_views();
+        }
+        self.note_requests();
     }
 
     fn target(&self, t: Target, prefer: impl Fn(&PhoneModel) -> bool) -> Option<ConnId> {
@@ -666,6 +1099,15 @@ impl Run {
 
     /// Applies one action and checks everything.
     fn step(&mut self, action: &Action) -> Check {
+        self.note_requests();
+        self.held_at_step_start = self.w.store.held.len();
+        self.requests_at_step_start = self.w.store.requests_seen;
+        self.note_store_views();
+        self.event_clock.clear();
+        self.submitted = None;
+        self.prediction = None;
+        self.garbage = None;
+        self.expect_republish = false;
         self.pending_before = self.w.unconfirmed.iter().copied().collect();
         self.step_action = Some(action.clone());
         let events_before = self.w.events.len();
@@ -677,11 +1119,18 @@ impl Run {
             self.phones.iter().map(|(c, p)| (*c, p.binds_ok)).collect();
         if matches!(
             action,
-            Action::Store(StoreSwitch::Hold | StoreSwitch::Drop) | Action::KickNotice { .. }
+            Action::Store(StoreSwitch::Hold | StoreSwitch::Drop | StoreSwitch::Fail(_))
+                | Action::KickNotice { .. }
+                | Action::StaleRoute(..)
         ) {
             self.store_exact = false;
         }
+        if matches!(action, Action::Store(StoreSwitch::Drop)) {
+            self.note_store_trouble();
+        }
         self.apply(action);
+        self.note_requests();
+        self.note_store_views();
         self.observe()?;
         self.learn_tokens(&binds_before, events_before);
         self.check_publish_kick(
@@ -692,6 +1141,9 @@ impl Run {
             events_before,
         )?;
         self.check_kicks(action, &binds_before, events_before)?;
+        self.check_prediction(events_before)?;
+        self.check_garbage(events_before)?;
+        self.check_store_routes(events_before)?;
         if matches!(action, Action::Shutdown) {
             // Every pending push is answered and every phone closed at once.
             for (key, push) in &self.pushes {
@@ -710,7 +1162,7 @@ impl Run {
 
     /// Which connections an action may kick, from the model before it (for a BIND, the
     /// current holder of the route it takes, checked once the BIND is known to succeed).
-    fn expected_kicks(&self, action: &Action) -> Option<Vec<ConnId>> {
+    fn expected_kicks(&mut self, action: &Action) -> Option<Vec<ConnId>> {
         Some(match *action {
             Action::Bind(..) | Action::Online(..) => {
                 // Resolved in `check_kicks` (the bound connection is known afterwards).
@@ -730,6 +1182,7 @@ impl Run {
                 ct,
                 matching,
                 here,
+                version,
             } => {
                 let user = USERS[usize::from(user)];
                 let Some(ct) = ct_of_code([1, 2, 0][usize::from(ct)]) else {
@@ -742,15 +1195,45 @@ impl Run {
                     return Some(Vec::new());
                 }
                 let conn_id = self.kick_notice_conn_id(user, ct, matching);
-                match self.tokens.get(&holder) {
-                    Some(token) if *token == conn_id => vec![holder],
-                    Some(_) => Vec::new(),
-                    // The holder's token is not known: it may be kicked or not.
-                    None => return None,
+                // Only the binding the notice names (any binding of the connection for 0).
+                let named = match version {
+                    NoticeVersion::Any => Some(true),
+                    NoticeVersion::Current => self.versions.get(&holder).map(|_| true),
+                    NoticeVersion::Older => self.versions.get(&holder).map(|_| false),
+                };
+                match (self.tokens.get(&holder), named) {
+                    (Some(token), Some(true)) if *token == conn_id => vec![holder],
+                    (Some(token), Some(false)) if *token == conn_id => {
+                        self.coverage.add("kick notice spared an older bind");
+                        Vec::new()
+                    }
+                    (Some(token), _) if *token != conn_id => Vec::new(),
+                    // The holder's token or bind is not known: it may be kicked or not.
+                    _ => return None,
                 }
             }
             _ => Vec::new(),
         })
+    }
+
+    /// The bind version a kick notice names for the holder of (user, ct).
+    fn kick_notice_version(
+        &self,
+        user: &str,
+        ct: Option<ClientType>,
+        version: NoticeVersion,
+    ) -> u64 {
+        let learnt = ct
+            .and_then(|ct| self.routes.get(&(user.to_owned(), ct)))
+            .and_then(|holder| self.versions.get(holder))
+            .copied();
+        match (version, learnt) {
+            (NoticeVersion::Any, _) | (_, None) => 0,
+            (NoticeVersion::Current, Some(v)) => v,
+            // An older bind of the connection, or (for its first) one it never had.
+            (NoticeVersion::Older, Some(v)) if v > 1 => v - 1,
+            (NoticeVersion::Older, Some(v)) => v + 1_000_000,
+        }
     }
 
     /// The `connId` a kick notice names: the store's route for (user, ct) when `matching`.
@@ -765,6 +1248,12 @@ impl Run {
     /// After a successful BIND, the route write names the connection's token: in the store at
     /// once, or in the request held for it.
     fn learn_tokens(&mut self, binds_before: &[(ConnId, usize)], events_before: usize) {
+        // A new bind has a new version: forget the old one until the write shows it.
+        for (conn, before) in binds_before {
+            if self.phones[conn].binds_ok != *before {
+                self.versions.remove(conn);
+            }
+        }
         // A route write the node could not send (too many store requests) teaches nothing.
         if self.w.events[events_before..].iter().any(|e| {
             matches!(
@@ -804,7 +1293,7 @@ impl Run {
                     .state
                     .routes
                     .get(&key)
-                    .map(|r| r.conn_id.clone()),
+                    .map(|r| (r.conn_id.clone(), r.version)),
                 StoreMode::Hold => {
                     self.w
                         .store
@@ -817,18 +1306,19 @@ impl Run {
                                 client_type,
                                 route,
                             } if *user_id == key.0 && *client_type == key.1 => {
-                                Some(route.conn_id.clone())
+                                Some((route.conn_id.clone(), route.version))
                             }
                             _ => None,
                         })
                 }
                 StoreMode::Drop => None,
             };
-            if let Some(Some(token)) = written {
+            if let Some((Some(token), version)) = written {
                 if self.tokens.iter().any(|(c, t)| *c != conn && *t == token) {
                     continue; // another connection's (tokens are unique)
                 }
                 self.tokens.insert(conn, token);
+                self.versions.insert(conn, version);
             }
         }
     }
@@ -1197,7 +1687,9 @@ impl Run {
                     ack,
                     timeout_ms: u64::from(timeout_ms),
                 };
+                let prediction = self.predict_single(user, ct_of_code(ct_code));
                 let (sid, content) = self.register_push(gw, kind, "p");
+                self.prediction = prediction.map(|p| ((gw, sid), p));
                 let content = std::str::from_utf8(&content).expect("ascii").to_owned();
                 self.w.push_to(
                     gw,
@@ -1225,6 +1717,7 @@ impl Run {
                     cond,
                     ct: ct_of_code(ct_code),
                     valid: cond.is_none_or(|c| CONDITIONS[c].1),
+                    task: task.map(usize::from),
                 };
                 let (sid, content) = self.register_push(gw, kind, "b");
                 let mut message = GatewayPush {
@@ -1243,7 +1736,16 @@ impl Run {
                 StoreSwitch::Immediate => self.w.store.mode = StoreMode::Immediate,
                 StoreSwitch::Hold => self.w.store.mode = StoreMode::Hold,
                 StoreSwitch::Drop => self.w.store.mode = StoreMode::Drop,
-                StoreSwitch::Release => self.w.release_store(),
+                StoreSwitch::Release => self.release_store(false, None),
+                StoreSwitch::ReleaseReversed => self.release_store(true, None),
+                StoreSwitch::Fail(timeout) => {
+                    let error = if timeout {
+                        StoreError::Timeout
+                    } else {
+                        StoreError::Unavailable("store failed".into())
+                    };
+                    self.release_store(false, Some(error));
+                }
             },
             Action::ConfirmWrites(ok) => self.w.confirm_writes(ok),
             Action::ToggleAutoWrite => {
@@ -1264,6 +1766,7 @@ impl Run {
                 ct,
                 matching,
                 here,
+                version,
             } => {
                 let user = USERS[usize::from(user)];
                 let client_type = [1, 2, 0][usize::from(ct)];
@@ -1278,7 +1781,7 @@ impl Run {
                     target_port: if here { 3001 } else { 3002 },
                     target_server: "127.0.0.1".into(),
                     user_id: user.into(),
-                    version: 0,
+                    version: self.kick_notice_version(user, ct_of_code(client_type), version),
                 };
                 self.w.input(Input::KickNotice { notice });
             }
@@ -1301,6 +1804,66 @@ impl Run {
                     harness::FakeStore::route(FOREIGN_HOST, 3001, Some(FOREIGN_TOKEN)),
                 );
                 self.foreign.insert(user.to_owned());
+                self.tainted.insert((user.to_owned(), ct));
+            }
+            Action::ForeignOffline(user, ct) => {
+                let ct = ct_of_code(CT_CODES[usize::from(ct) + 1]).expect("a real type");
+                let key = (USERS[usize::from(user)].to_owned(), ct);
+                if let Some(route) = self.w.store.state.routes.get_mut(&key) {
+                    if route.host == FOREIGN_HOST {
+                        route.conn_id = None;
+                        self.tainted.insert(key);
+                    }
+                }
+            }
+            Action::StaleRoute(user, ct) => {
+                let ct = ct_of_code(CT_CODES[usize::from(ct) + 1]).expect("a real type");
+                let key = (USERS[usize::from(user)].to_owned(), ct);
+                if !self.routes.contains_key(&key) {
+                    let here = self.here();
+                    self.w.store.state.routes.insert(
+                        key.clone(),
+                        harness::FakeStore::route(&here.host, here.port, Some(STALE_TOKEN)),
+                    );
+                    self.tainted.insert(key);
+                }
+            }
+            Action::StoreReconnect(empty) => {
+                if empty {
+                    self.w.store.state.routes.clear();
+                    self.store_lossless = false;
+                }
+                self.expect_republish = true;
+                self.w.input(Input::StoreConnected);
+            }
+            Action::Garbage(t, garbage) => {
+                let Some(conn) = self.target(t, |_| true) else {
+                    return;
+                };
+                self.read_by_node(conn);
+                let reason = match garbage {
+                    Garbage::Frame => {
+                        self.w.input(Input::PhoneFrameError {
+                            conn,
+                            error: FrameError::NegativeLength { length: -1 },
+                        });
+                        CloseReason::BadFrame
+                    }
+                    Garbage::Command => {
+                        self.w
+                            .send_packet(conn, Packet::new(99, Flags::NONE, 1, Bytes::new()));
+                        CloseReason::UnsupportedCommand
+                    }
+                    Garbage::Body => {
+                        let body = Bytes::from_static(b"\x01\x02\x03\x04\x05");
+                        self.w.send_packet(
+                            conn,
+                            Packet::new(Command::Bind.code(), Flags::CRYPTO, 1, body),
+                        );
+                        CloseReason::BadBody
+                    }
+                };
+                self.garbage = Some((conn, reason));
             }
             Action::Ghost(pick, kind) => {
                 let closed: Vec<ConnId> = self
@@ -1332,6 +1895,208 @@ impl Run {
         }
     }
 
+    /// What a single push to (user, ct) sent now must do in this step, from the model: refused
+    /// (shutting down, too many pending pushes); through the local route (not writable, flow
+    /// cap reached, wait for the flow window, or sent); or through the store's route (offline —
+    /// a stale route naming this node is marked offline —, router-change, or wait for the
+    /// answer). `None` when the model cannot tell (the node may hold its maximum of store
+    /// requests).
+    fn predict_single(&self, user: &str, ct: Option<ClientType>) -> Option<Prediction> {
+        let fail = |reason: &str| Prediction::Finish {
+            status: PushStatus::Failure,
+            reason: Some(reason.into()),
+            stale: None,
+        };
+        if self.shut_down {
+            return Some(fail("server shutting down"));
+        }
+        if self.open_singles() >= self.knobs.max_pending_pushes {
+            return Some(fail("server busy: too many pending pushes"));
+        }
+        let now = self.w.now;
+        if let Some(conn) = self.local_route(user, ct) {
+            let cap = self.knobs.global_flow_max_total;
+            return Some(if !self.phones[&conn].writable {
+                fail("connection not writable")
+            } else if cap > 0 && self.global_window.total >= cap {
+                fail("flow control limit reached")
+            } else if let Some(delay) = self.global_window.delay(now, self.knobs.global_flow_limit)
+            {
+                Prediction::Delay(delay)
+            } else {
+                Prediction::Send(conn)
+            });
+        }
+        if self.store_busy_possible() {
+            return None;
+        }
+        if self.w.store.mode != StoreMode::Immediate {
+            return Some(Prediction::Wait);
+        }
+        let here = self.here();
+        Some(match self.w.store.state.route(user, ct) {
+            Some((route_ct, route)) if route.is_online() && route.is_on(&here) => {
+                Prediction::Finish {
+                    status: PushStatus::Offline,
+                    reason: None,
+                    stale: route
+                        .conn_id
+                        .map(|token| (user.to_owned(), route_ct, token)),
+                }
+            }
+            Some((_, route)) if route.is_online() => Prediction::Finish {
+                status: PushStatus::RouterChange,
+                reason: None,
+                stale: None,
+            },
+            _ => Prediction::Finish {
+                status: PushStatus::Offline,
+                reason: None,
+                stale: None,
+            },
+        })
+    }
+
+    /// The single push of this step did what the model predicted.
+    fn check_prediction(&mut self, events_before: usize) -> Check {
+        let Some((key, prediction)) = self.prediction.take() else {
+            return Ok(());
+        };
+        if self.w.gateway_closed.contains(&key.0) {
+            return Ok(()); // never a request
+        }
+        let push = &self.pushes[&key];
+        let id = push.id;
+        let events = &self.w.events[events_before..];
+        let finished = events.iter().find_map(|e| match e {
+            Event::PushFinished {
+                origin: Origin::Gateway { gw, session_id },
+                status,
+                reason,
+                ..
+            } if (*gw, *session_id) == key => Some((*status, reason.clone())),
+            _ => None,
+        });
+        let sent_to = events.iter().find_map(|e| match e {
+            Event::PushSent { id: sent, conn, .. } if Some(*sent) == id => Some(*conn),
+            _ => None,
+        });
+        let delayed = events.iter().find_map(|e| match e {
+            Event::FlowDelayed { id: d, delay_ms } if Some(*d) == id => Some(*delay_ms),
+            _ => None,
+        });
+        match &prediction {
+            Prediction::Finish {
+                status,
+                reason,
+                stale,
+            } => {
+                ensure!(
+                    finished == Some((*status, reason.clone())),
+                    "request {key:?} should have finished as {status:?} ({reason:?}) at once, \
+                     got {finished:?}"
+                );
+                if let Some((user, ct, token)) = stale {
+                    let route = self.w.store.state.routes.get(&(user.clone(), *ct));
+                    ensure!(
+                        route.is_none_or(|r| r.conn_id.as_ref() != Some(token)),
+                        "request {key:?} found the stale route {user}/{ct:?} naming this node \
+                         and answered offline, but the route is still online: {route:?}"
+                    );
+                    self.coverage.add("single offline (stale route marked)");
+                }
+            }
+            Prediction::Delay(delay) => {
+                ensure!(
+                    finished.is_none() && sent_to.is_none() && delayed == Some(*delay),
+                    "request {key:?} should have waited {delay} ms for the full flow window \
+                     ({:?}), got finished {finished:?}, sent to {sent_to:?}, delayed \
+                     {delayed:?}",
+                    self.global_window
+                );
+            }
+            Prediction::Send(conn) => {
+                ensure!(
+                    sent_to == Some(*conn),
+                    "request {key:?} should have been sent to {conn}, got finished \
+                     {finished:?}, sent to {sent_to:?}, delayed {delayed:?}"
+                );
+            }
+            Prediction::Wait => {
+                ensure!(
+                    finished.is_none() && sent_to.is_none(),
+                    "request {key:?} should have waited for the store, got finished \
+                     {finished:?}, sent to {sent_to:?}"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// A phone that sent something broken is closed for it in the same step.
+    fn check_garbage(&mut self, events_before: usize) -> Check {
+        let Some((conn, reason)) = self.garbage.take() else {
+            return Ok(());
+        };
+        let closed = self.w.events[events_before..].iter().find_map(|e| match e {
+            Event::Closed { conn: c, reason } if *c == conn => Some(*reason),
+            _ => None,
+        });
+        ensure!(
+            closed == Some(reason) && self.phones[&conn].closed,
+            "{conn} sent something broken and should have been closed for {reason:?}, got \
+             {closed:?}"
+        );
+        Ok(())
+    }
+
+    /// The store's routes follow this node's binds: after a `StoreReconnect` (every route
+    /// written again) and, while no store request was ever lost or failed, whenever the store
+    /// is quiet, the store's route of every (user, type) bound here names its connection
+    /// (token and bind version, when known) and is online.
+    fn check_store_routes(&mut self, events_before: usize) -> Check {
+        let quiet = self.w.store.mode == StoreMode::Immediate && self.w.store.held.is_empty();
+        let failed = self.w.events[events_before..]
+            .iter()
+            .any(|e| matches!(e, Event::StoreFailed { .. }));
+        let republished = std::mem::take(&mut self.expect_republish) && quiet && !failed;
+        if !(republished || (self.store_lossless && quiet)) {
+            return Ok(());
+        }
+        let mut checked = 0;
+        for (key, conn) in &self.routes {
+            if self.tainted.contains(key) {
+                continue;
+            }
+            let Some(token) = self.tokens.get(conn) else {
+                continue;
+            };
+            let route = self.w.store.state.routes.get(key);
+            ensure!(
+                route.is_some_and(|r| r.conn_id.as_ref() == Some(token)
+                    && self.versions.get(conn).is_none_or(|v| *v == r.version)),
+                "{}/{:?} is bound here on {conn} (token {token}, bind {:?}) but the store's \
+                 route is {route:?}{}",
+                key.0,
+                key.1,
+                self.versions.get(conn),
+                if republished {
+                    " after the store link came back"
+                } else {
+                    ""
+                }
+            );
+            checked += 1;
+        }
+        if checked > 0 {
+            self.coverage.add("store route in sync");
+            if republished {
+                self.coverage.add("store reconnect republished");
+            }
+        }
+        Ok(())
+    }
+
     /// Moves the clock forward by `ms`, running every timer due on the way (as
     /// [`World::advance`], but a node whose timers keep coming due at the same moment fails the
     /// case instead of hanging it).
@@ -1354,6 +2119,9 @@ impl Run {
             let seen = self.w.events.len();
             self.w.node.handle_timeout(self.w.now);
             self.w.drive();
+            self.event_clock.push((self.w.events.len(), self.w.now));
+            self.note_requests();
+            self.note_store_views();
             for event in &self.w.events[seen..] {
                 if let Event::Closed { conn, reason } = event {
                     if let Some(phone) = self.phones.get_mut(conn) {
@@ -1363,6 +2131,22 @@ impl Run {
             }
         }
         self.w.now = target;
+    }
+
+    /// Runs timers until none is left (bounded), as [`World::settle`], noting when events
+    /// happened.
+    fn settle(&mut self) {
+        for _ in 0..100_000 {
+            let Some(at) = self.w.node.poll_timeout() else {
+                return;
+            };
+            self.w.now = self.w.now.max(at);
+            self.w.node.handle_timeout(self.w.now);
+            self.w.drive();
+            self.event_clock.push((self.w.events.len(), self.w.now));
+        }
+        self.deferred
+            .get_or_insert("timers never ran out".to_owned());
     }
 
     /// The PushClient of `slot` reconnects with a fresh gateway id.
@@ -1393,6 +2177,10 @@ impl Run {
             PushKind::Single { user, ct, .. } => !self.has_route(user, *ct),
             PushKind::Broadcast { .. } => false,
         };
+        let busy_possible = match &kind {
+            PushKind::Single { .. } => self.open_singles() >= self.knobs.max_pending_pushes,
+            PushKind::Broadcast { .. } => self.open_broadcasts() >= self.knobs.max_broadcasts,
+        };
         self.pushes.insert(
             (gw, sid),
             PushModel {
@@ -1408,9 +2196,17 @@ impl Run {
                 submitted_after_shutdown: self.shut_down,
                 events: 0,
                 status: None,
+                id: None,
+                store_elsewhere: false,
+                store_not_elsewhere: false,
+                store_trouble: false,
+                store_busy_seen: false,
+                busy_possible,
             },
         );
         self.by_content.insert(content.clone(), (gw, sid));
+        self.submitted = Some((gw, sid));
+        self.note_store_views();
         (sid, content)
     }
 
@@ -1681,7 +2477,12 @@ impl Run {
                 let Some((user, tags)) = &phone.bound else {
                     return Err(format!("{conn} received broadcast {key:?} while not bound"));
                 };
-                // A broadcast visits each (user, client type) once.
+                // A broadcast reaches a connection once, also one that bound another user
+                // since, and visits each (user, client type) once.
+                ensure!(
+                    !push.receipts.iter().any(|(c, _)| *c == conn),
+                    "broadcast {key:?} reached {conn} twice (now bound as {user})"
+                );
                 ensure!(
                     !push.reached.contains(&(user.clone(), phone.ct)),
                     "broadcast {key:?} reached {user}/{:?} twice (now on {conn})",
@@ -1728,6 +2529,7 @@ impl Run {
             );
         }
         let ct = phone.ct;
+        self.frames_this_step += 1;
         let push = self.pushes.get_mut(&key).expect("known");
         push.sent_ct.get_or_insert(ct);
         push.receipts.push((conn, sid));
@@ -1758,6 +2560,7 @@ impl Run {
             }
         }
         self.routes.insert((user.clone(), ct), conn);
+        self.tainted.remove(&(user.clone(), ct));
         self.phone(conn).bound = Some((user, tags));
     }
 
@@ -1834,10 +2637,28 @@ impl Run {
     /// Checks 1, 4, 5 on the finished events, and that only connections without a session are
     /// closed for a missing handshake.
     fn check_events(&mut self) -> Check {
+        let first = self.events_seen;
         let new = self.w.events[self.events_seen..].to_vec();
         self.events_seen = self.w.events.len();
-        for event in new {
+        let mut sends_seen = 0;
+        for (index, event) in new.into_iter().enumerate() {
+            let at = self.event_time(first + index);
             match event {
+                Event::PushAccepted { id, .. } => {
+                    if let Some(key) = self.submitted {
+                        self.ids.insert(id, key);
+                        self.pushes.get_mut(&key).expect("known").id = Some(id);
+                    }
+                }
+                Event::PushSent { id, broadcast, .. } => {
+                    sends_seen += 1;
+                    self.check_flow_send(id, broadcast, at)?;
+                }
+                Event::FlowDelayed { id, delay_ms } => self.check_flow_delay(id, delay_ms, at)?,
+                Event::Kicked { cause, .. } => self.coverage.add(format!("kick {cause:?}")),
+                Event::KickNoticeHandled {
+                    kicked: Some(_), ..
+                } => self.coverage.add("kick notice kicked"),
                 Event::PushFinished {
                     id,
                     origin,
@@ -1847,7 +2668,14 @@ impl Run {
                     reason,
                     ..
                 } => {
-                    self.check_finished(id, origin, status, Some(&timeline), delivered)?;
+                    self.check_finished(
+                        id,
+                        origin,
+                        status,
+                        Some(&timeline),
+                        delivered,
+                        reason.as_deref(),
+                    )?;
                     if status == PushStatus::Timeout {
                         self.check_timeout_reason(origin, reason.as_deref())?;
                     }
@@ -1858,9 +2686,9 @@ impl Run {
                     status,
                     delivered,
                     sent,
-                    ..
+                    reason,
                 } => {
-                    self.check_finished(id, origin, status, None, delivered)?;
+                    self.check_finished(id, origin, status, None, delivered, reason.as_deref())?;
                     if let Origin::Gateway { gw, session_id } = origin {
                         let receipts = self.pushes[&(gw, session_id)].receipts.len();
                         ensure!(
@@ -1870,13 +2698,18 @@ impl Run {
                         );
                     }
                 }
-                Event::StoreFailed { .. } => self.store_exact = false,
+                Event::StoreFailed { .. } => {
+                    self.store_exact = false;
+                    self.store_lossless = false;
+                }
                 Event::Closed { conn, reason } => {
+                    self.coverage.add(format!("closed {reason:?}"));
                     if let Some(phone) = self.phones.get(&conn) {
                         // (A BIND while a fast connect is pending is refused as "not
                         // handshake", as the connection is not Ready on the node meanwhile.)
                         ensure!(
                             !phone.ready
+                                || self.garbage == Some((conn, reason))
                                 || (phone.fc_pending.is_some()
                                     && reason == CloseReason::BadRequest)
                                 || matches!(
@@ -1892,6 +2725,76 @@ impl Run {
                 _ => {}
             }
         }
+        self.event_clock.clear();
+        // Every PUSH frame the node sent is one the model counted.
+        ensure!(
+            sends_seen == self.frames_this_step,
+            "the node reported {sends_seen} PUSH frames sent, phones received {}",
+            self.frames_this_step
+        );
+        self.frames_this_step = 0;
+        Ok(())
+    }
+
+    /// A PUSH went out at `at`: single pushes stay within the node's flow window and cap,
+    /// broadcasts within their own window (the limit of a task-id broadcast comes from the
+    /// store: not judged here) and cap.
+    fn check_flow_send(&mut self, id: PushId, broadcast: bool, at: Millis) -> Check {
+        if !broadcast {
+            let limit = self.knobs.global_flow_limit;
+            return self.global_window.send(at, limit, "single pushes");
+        }
+        let Some(key) = self.ids.get(&id).copied() else {
+            return Err(format!(
+                "broadcast {id:?} sent a PUSH before it was accepted"
+            ));
+        };
+        let limit = match self.pushes[&key].kind {
+            PushKind::Broadcast { task: None, .. } => self.knobs.broadcast_flow_limit,
+            _ => 0,
+        };
+        let window = self.windows.entry(id).or_default();
+        window.send(at, limit, &format!("broadcast {key:?}"))?;
+        let cap = self.knobs.broadcast_flow_max_total;
+        ensure!(
+            cap == 0 || window.total <= cap,
+            "broadcast {key:?} sent {} PUSH frames, beyond its cap of {cap}",
+            window.total
+        );
+        Ok(())
+    }
+
+    /// A push waited for flow control only when its window was full, for the rest of it.
+    fn check_flow_delay(&mut self, id: PushId, delay_ms: u64, at: Millis) -> Check {
+        let Some(key) = self.ids.get(&id).copied() else {
+            return Err(format!(
+                "{id:?} waited for flow control before it was accepted"
+            ));
+        };
+        let (window, limit, what) = match self.pushes[&key].kind {
+            PushKind::Single { .. } => (
+                self.global_window,
+                self.knobs.global_flow_limit,
+                "single pushes",
+            ),
+            PushKind::Broadcast { task: None, .. } => (
+                self.windows.get(&id).copied().unwrap_or_default(),
+                self.knobs.broadcast_flow_limit,
+                "broadcast",
+            ),
+            PushKind::Broadcast { .. } => return Ok(()),
+        };
+        self.coverage.add(if what == "broadcast" {
+            "flow delayed broadcast"
+        } else {
+            "flow delayed single"
+        });
+        let expected = window.delay(at, limit);
+        ensure!(
+            expected == Some(delay_ms),
+            "request {key:?} waited {delay_ms} ms for flow control at {at} ms; the {what} \
+             window {window:?} (limit {limit}) calls for {expected:?}"
+        );
         Ok(())
     }
 
@@ -1998,6 +2901,7 @@ impl Run {
         status: PushStatus,
         timeline: Option<&TimeLine>,
         delivered: bool,
+        reason: Option<&str>,
     ) -> Check {
         ensure!(
             self.finished_ids.insert(id),
@@ -2056,6 +2960,7 @@ impl Run {
                      timeout of {effective} ms"
                 );
                 self.check_single_status(key, status, elapsed, effective)?;
+                self.check_single_cause(key, status, reason)?;
             }
             PushKind::Broadcast { valid, .. } => {
                 ensure!(
@@ -2066,8 +2971,126 @@ impl Run {
                     matches!(status, PushStatus::Success | PushStatus::Failure),
                     "broadcast {key:?} finished as {status:?}"
                 );
+                let cause = match reason {
+                    None => "success",
+                    Some("server shutting down") => {
+                        ensure!(
+                            self.shut_down,
+                            "broadcast {key:?} failed \"server shutting down\" before any shutdown"
+                        );
+                        "failure (server shutting down)"
+                    }
+                    Some("server busy: too many broadcasts") => {
+                        ensure!(
+                            push.busy_possible,
+                            "broadcast {key:?} refused as busy with fewer than {} broadcasts open",
+                            self.knobs.max_broadcasts
+                        );
+                        "failure (server busy)"
+                    }
+                    Some(r) if r.starts_with("bad request: ") => {
+                        ensure!(!*valid, "valid broadcast {key:?} refused: {r}");
+                        "failure (bad request)"
+                    }
+                    Some(r) => return Err(format!("broadcast {key:?} failed for {r:?}")),
+                };
+                ensure!(
+                    *valid || cause == "failure (bad request)" || cause.contains("shutting"),
+                    "broadcast {key:?} with a condition that does not parse ended in {cause}"
+                );
+                self.coverage.add(format!("broadcast {cause}"));
             }
         }
+        Ok(())
+    }
+
+    /// Why a single push ended as it did, from the model's record: each failure's cause (the
+    /// node shutting down or full, the local route's phone not writable, the flow cap, the
+    /// store busy or failing, the write failed, the connection closed), offline only when the
+    /// store's answer during the push was no route, an offline one or a stale one naming this
+    /// node, router-change only when it was an online route naming another node.
+    fn check_single_cause(
+        &mut self,
+        key: (GatewayId, i32),
+        status: PushStatus,
+        reason: Option<&str>,
+    ) -> Check {
+        let push = &self.pushes[&key];
+        let PushKind::Single { user, ct, .. } = &push.kind else {
+            return Ok(());
+        };
+        let cause = match (status, reason) {
+            (PushStatus::Success | PushStatus::AckSuccess, None) => status.name().to_owned(),
+            (PushStatus::Offline, None) => {
+                ensure!(
+                    push.store_not_elsewhere,
+                    "request {key:?} for {user} answered offline, but the store named another \
+                     node whenever the model looked"
+                );
+                "offline".into()
+            }
+            (PushStatus::RouterChange, None) => {
+                ensure!(
+                    push.store_elsewhere,
+                    "request {key:?} for {user} ({ct:?}) answered router-change, but the store \
+                     never held an online route naming another node during it"
+                );
+                "router-change".into()
+            }
+            (PushStatus::Timeout, Some(reason)) => format!("timeout ({reason})"),
+            (PushStatus::Failure, Some(reason)) => {
+                let writes: Vec<Option<Write>> = push
+                    .receipts
+                    .iter()
+                    .map(|r| self.writes.get(r).copied())
+                    .collect();
+                let allowed = match reason {
+                    "server shutting down" => self.shut_down,
+                    "server busy: too many pending pushes" => push.busy_possible,
+                    "connection not writable" => self
+                        .routes_before
+                        .iter()
+                        .chain(self.routes.iter())
+                        .any(|((u, c), conn)| {
+                            u == user && ct.is_none_or(|ct| ct == *c) && !self.phones[conn].writable
+                        }),
+                    "flow control limit reached" => {
+                        let cap = self.knobs.global_flow_max_total;
+                        cap > 0 && self.global_window.total >= cap
+                    }
+                    "route store busy" => push.store_busy_seen || self.store_busy_possible(),
+                    r if r.starts_with("route lookup failed: ") => push.store_trouble,
+                    "write to phone failed" => writes
+                        .iter()
+                        .any(|w| matches!(w, Some(Write::Failed | Write::Unknown))),
+                    "connection closed" => push
+                        .receipts
+                        .iter()
+                        .any(|(conn, _)| self.phones[conn].closed),
+                    _ => false,
+                };
+                ensure!(
+                    allowed,
+                    "request {key:?} for {user} ({ct:?}) failed for {reason:?}, which the model \
+                     does not see (writes {writes:?}, receipts {:?}, routes {:?})",
+                    push.receipts,
+                    self.routes
+                );
+                let class = reason.split(':').next().unwrap_or(reason);
+                let class = if class == "server busy" {
+                    "server busy"
+                } else {
+                    class
+                };
+                format!("failure ({class})")
+            }
+            _ => {
+                return Err(format!(
+                    "request {key:?} finished as {status:?} with reason {reason:?}"
+                ))
+            }
+        };
+        self.coverage.add(format!("single {cause}"));
         Ok(())
     }
 
@@ -2253,8 +3276,10 @@ impl Run {
     /// Lets everything finish, then checks that every request was answered exactly once and
     /// nothing is left behind.
     fn finish(&mut self) -> Check {
+        self.note_requests();
+        self.note_store_views();
         self.w.store.mode = StoreMode::Immediate;
-        self.w.release_store();
+        self.release_store(false, None);
         self.w.auto_write = true;
         self.step_action = Some(Action::ConfirmWrites(true));
         self.w.confirm_writes(true);
@@ -2262,7 +3287,7 @@ impl Run {
         self.step_action = None;
         self.advance(FINAL_ADVANCE_MS);
         self.observe()?;
-        self.w.settle();
+        self.settle();
         self.observe()?;
         for (key, push) in &self.pushes {
             if self.w.gateway_closed.contains(&key.0) {
@@ -2334,6 +3359,11 @@ fn run(knobs: &Knobs, actions: &[Action]) -> Check {
 
 /// [`run`], tolerating the bugs in `known` (see [`KnownBugs`]).
 fn run_with(knobs: &Knobs, actions: &[Action], known: KnownBugs) -> Check {
+    run_counted(knobs, actions, known).map(|_| ())
+}
+
+/// [`run_with`], returning what the case reached.
+fn run_counted(knobs: &Knobs, actions: &[Action], known: KnownBugs) -> Result<Coverage, String> {
     let mut run = Run::new(knobs);
     run.known = known;
     for (step, action) in actions.iter().enumerate() {
@@ -2341,7 +3371,8 @@ fn run_with(knobs: &Knobs, actions: &[Action], known: KnownBugs) -> Check {
             .map_err(|e| format!("after step {step} ({action:?}) at {} ms: {e}", run.w.now))?;
     }
     run.finish()
-        .map_err(|e| format!("at the end, {} ms: {e}", run.w.now))
+        .map_err(|e| format!("at the end, {} ms: {e}", run.w.now))?;
+    Ok(run.coverage)
 }
 
 fn cases() -> u32 {
@@ -2351,18 +3382,46 @@ fn cases() -> u32 {
         .unwrap_or(DEFAULT_CASES)
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig {
+/// Runs the property over `cases()` random cases and adds up what they reached.
+fn run_property() -> Coverage {
+    let mut runner = TestRunner::new(ProptestConfig {
         cases: cases(),
         // Found failures are kept as deterministic tests below, not as files.
         failure_persistence: None,
         ..ProptestConfig::default()
-    })]
-
-    #[test]
-    fn the_engine_keeps_its_promises(knobs in knobs(), actions in vec(action(), 1..120)) {
-        run(&knobs, &actions).map_err(TestCaseError::fail)?;
+    });
+    let total = RefCell::new(Coverage::default());
+    let result = runner.run(&(knobs(), vec(action(), 1..120)), |(knobs, actions)| {
+        let reached = run_counted(&knobs, &actions, KNOWN_BUGS).map_err(TestCaseError::fail)?;
+        total.borrow_mut().merge(&reached);
+        Ok(())
+    });
+    if let Err(error) = result {
+        panic!("{error}");
     }
+    total.into_inner()
+}
+
+/// The property, and the coverage floor: over the default number of cases (or more), every
+/// entry of [`COVERAGE_FLOOR`] was reached at least once, so a generator that stops reaching
+/// a rule fails here.
+#[test]
+fn the_engine_keeps_its_promises() {
+    let coverage = run_property();
+    if cases() < DEFAULT_CASES {
+        return;
+    }
+    let missed: Vec<&str> = COVERAGE_FLOOR
+        .iter()
+        .copied()
+        .filter(|key| coverage.get(key) == 0)
+        .collect();
+    assert!(
+        missed.is_empty(),
+        "{} cases never reached {missed:?}; reached: {:#?}",
+        cases(),
+        coverage.counts
+    );
 }
 
 // ------------------------------------------------------------------------------------------
@@ -2417,61 +3476,15 @@ fn a_plain_walk_passes_every_check() {
     run(&Knobs::roomy(), &actions).unwrap();
 }
 
-/// What the generator reaches: outcomes of the requests and why connections closed or pushes
-/// failed, over `PROPTEST_CASES` random cases (run with `--ignored --nocapture`).
+/// What the generator reaches: how often each outcome, cause, close reason and rule of the
+/// coverage floor was reached over `PROPTEST_CASES` random cases (run with `--ignored
+/// --nocapture`).
 #[test]
 #[ignore = "a report, not a test: run with --ignored --nocapture"]
 fn coverage_report() {
-    use proptest::strategy::ValueTree;
-    use proptest::test_runner::TestRunner;
-    let mut runner = TestRunner::default();
-    let mut outcomes: BTreeMap<String, usize> = BTreeMap::new();
-    let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
-    let (mut steps, mut frames) = (0, 0);
     let started = std::time::Instant::now();
-    for _ in 0..cases() {
-        let knobs = knobs().new_tree(&mut runner).unwrap().current();
-        let actions = vec(action(), 1..120)
-            .new_tree(&mut runner)
-            .unwrap()
-            .current();
-        steps += actions.len();
-        let mut run = Run::new(&knobs);
-        run.known = KNOWN_BUGS;
-        for action in &actions {
-            run.step(action).unwrap();
-        }
-        run.finish().unwrap();
-        for push in run.pushes.values() {
-            let kind = match push.kind {
-                PushKind::Single { .. } => "single",
-                PushKind::Broadcast { .. } => "broadcast",
-            };
-            *outcomes
-                .entry(format!("{kind} {:?}", push.status))
-                .or_default() += 1;
-            frames += push.receipts.len();
-        }
-        for event in &run.w.events {
-            let reason = match event {
-                Event::Closed { reason, .. } => format!("closed: {reason:?}"),
-                Event::PushFinished {
-                    reason: Some(reason),
-                    ..
-                }
-                | Event::BroadcastFinished {
-                    reason: Some(reason),
-                    ..
-                } => reason.chars().take(48).collect(),
-                _ => continue,
-            };
-            *reasons.entry(reason).or_default() += 1;
-        }
-    }
-    eprintln!(
-        "{:?}: {steps} steps, {frames} PUSH frames\n{outcomes:#?}\n{reasons:#?}",
-        started.elapsed()
-    );
+    let coverage = run_property();
+    eprintln!("{:?}: {:#?}", started.elapsed(), coverage.counts);
 }
 
 #[test]
