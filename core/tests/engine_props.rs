@@ -10,7 +10,10 @@
 //! broadcasts (tags, conditions — some invalid —, client type, task ids) and go away; the fake
 //! store answers at once, holds, releases or drops requests; another node takes routes; writes
 //! are confirmed or failed late; the clock jumps; kick notices, admin kicks, frames for closed
-//! connections and a shutdown come in.
+//! connections and a shutdown come in; another node's route goes offline, a stale route naming
+//! this node appears (left from before a restart), the store's replies come reordered or
+//! failed, the store link comes back (`StoreConnected`, sometimes after the store lost every
+//! route), and phones send broken frames, unknown commands and bodies that do not open.
 //!
 //! A model kept from the phones' and PushClients' side (what each phone sent and was answered,
 //! what each PushClient asked) is compared with the node after every step:
@@ -26,20 +29,41 @@
 //!    ack flags; success means such a phone got it and its write succeeded, ack-success that
 //!    this phone ACKed it; a broadcast ends only after its writes and counts what phones got;
 //! 5. offline only when the user had no route at some moment of the push (and none at the end
-//!    of the step that decided it); router-change only for a user another node held;
+//!    of the step that decided it) and the store's answer (at some moment of the push) was no
+//!    route, an offline one or one naming this node; router-change only when it was an online
+//!    route naming another node; every failure has its cause in the model (shutting down, too
+//!    many pending pushes or store requests, the local route's phone over its mark, the flow
+//!    cap, the store failing or not answering, the write failed, the connection closed); a
+//!    push is predicted in the step that sends it: refused, failed, delayed for the rest of a
+//!    full flow window, sent to the connection the node's lookup picks, answered offline (a
+//!    stale route naming this node then marked offline) or router-change, or waiting for the
+//!    store; single pushes and each broadcast stay within their flow windows (counted from
+//!    the sends, at their virtual time) and caps, and wait only when their window is full;
+//!    a broadcast reaches a connection once;
 //! 6. sessions: a BIND after the handshake is answered "bind success", a repeat handshake
 //!    "repeat handshake"; a connection with a session closes only when idle, peer-closed or
 //!    shut down; idle closes come after 3 silent heartbeats + 1 s and by the 4th, handshake
 //!    closes at the deadline;
 //! 7. no single push outlives its timeout; a timeout is not early and says "ack timeout"
 //!    exactly when the PUSH was written; the time line and result JSON describe the push;
-//! 8. KICK goes exactly where the action calls for it; a bind over another node's online route
-//!    publishes a kick notice for it; Shutdown answers every push and closes every phone.
+//! 8. KICK goes exactly where the action calls for it (a kick notice kicks only the binding it
+//!    names: its connection token and bind version, any bind for version 0); a bind over
+//!    another node's online route publishes a kick notice for it; Shutdown answers every push
+//!    and closes every phone; a phone that sends something broken is closed for it;
+//! 9. the store's routes follow the binds: after the store link comes back, and whenever the
+//!    store is quiet while no store request was ever lost or failed, the store's route of
+//!    every (user, type) bound here names its connection and bind, whatever order the store's
+//!    replies came in.
 //!
 //! At the end everything is allowed to finish (store immediate, writes confirmed, clock far
 //! ahead, timers settled): every request is answered exactly once (those on connections the
 //! node refused never), nothing is pending or in flight, no connection is left, and a store
 //! that always answered holds no route of this node online.
+//!
+//! The coverage floor: over [`DEFAULT_CASES`] cases (or more) every entry of
+//! [`COVERAGE_FLOOR`] — each terminal status and failure cause, each close reason, flow
+//! delays, kicks of each cause, the store events — is reached at least once
+//! (`coverage_report` prints the counts).
 //!
 //! `PROPTEST_CASES` changes the number of cases (default [`DEFAULT_CASES`]). Bugs found and
 //! not fixed yet are listed in [`KnownBugs`], each with an ignored deterministic test.
@@ -49,7 +73,7 @@ use bytes::Bytes;
 use harness::{StoreMode, World, EPOCH0_MS};
 use proptest::collection::vec;
 use proptest::prelude::*;
-use proptest::test_runner::{TestCaseError, TestRunner};
+use proptest::test_runner::{RngSeed, TestCaseError, TestRunner};
 use pushgate_core::command::Command;
 use pushgate_core::config::NodeConfig;
 use pushgate_core::crypto::AesCipher;
@@ -78,6 +102,8 @@ type Check = Result<(), String>;
 
 /// Cases per run unless `PROPTEST_CASES` says otherwise.
 const DEFAULT_CASES: u32 = 256;
+/// The cases' seed unless `PROPTEST_RNG_SEED` says otherwise (see `run_property`).
+const DEFAULT_RNG_SEED: u64 = 16;
 
 /// Devices in the universe: even ones are Android phones (mobile), odd ones Windows PCs.
 const DEVICES: usize = 6;
@@ -181,15 +207,16 @@ impl Knobs {
 }
 
 fn knobs() -> impl Strategy<Value = Knobs> {
-    // Each bound is small in about one case of four, so that refusals happen without
-    // drowning everything else.
+    // Each bound is small in about one case of four (the broadcast flow limit in one of three,
+    // so that paused broadcasts are common), so that refusals happen without drowning
+    // everything else.
     let small_or = |small: std::ops::RangeInclusive<u64>, roomy: u64| prop_oneof![1 => small, 3 => Just(roomy)];
     (
         prop_oneof![Just(3_000u64), Just(10_000u64)],
         1usize..=5,
         prop_oneof![1 => 1u64..=3, 1 => Just(0u64), 2 => Just(5_000u64)],
         small_or(3..=8, 0),
-        small_or(1..=3, 3_000),
+        prop_oneof![1 => 1u64..=2, 2 => Just(3_000u64)],
         small_or(2..=6, 1_000),
         small_or(1..=4, 1 << 10),
         small_or(1..=2, 64),
@@ -418,7 +445,7 @@ fn action() -> impl Strategy<Value = Action> {
             4 => Just(StoreSwitch::Hold),
             4 => Just(StoreSwitch::Release),
             3 => Just(StoreSwitch::ReleaseReversed),
-            1 => any::<bool>().prop_map(StoreSwitch::Fail),
+            3 => any::<bool>().prop_map(StoreSwitch::Fail),
             4 => Just(StoreSwitch::Drop),
         ]
         .prop_map(Action::Store),
@@ -428,15 +455,15 @@ fn action() -> impl Strategy<Value = Action> {
             .prop_map(Action::Advance),
         8 => Just(Action::FireTimers),
         4 => (0..2u8).prop_map(Action::GatewayClosed),
-        8 => (
+        16 => (
             user(),
             0..3u8,
-            any::<bool>(),
+            prop::bool::weighted(0.75),
             prop::bool::weighted(0.8),
             prop_oneof![
-                Just(NoticeVersion::Any),
-                Just(NoticeVersion::Current),
-                Just(NoticeVersion::Older),
+                1 => Just(NoticeVersion::Any),
+                2 => Just(NoticeVersion::Current),
+                2 => Just(NoticeVersion::Older),
             ],
         )
             .prop_map(|(user, ct, matching, here, version)| Action::KickNotice {
@@ -449,11 +476,11 @@ fn action() -> impl Strategy<Value = Action> {
         4 => (user(), 0..3u8).prop_map(|(user, ct)| Action::KickUser { user, ct }),
         1 => Just(Action::Shutdown),
         4 => (any::<u8>(), 0..6u8).prop_map(|(pick, kind)| Action::Ghost(pick, kind)),
-        4 => (user(), 0..2u8).prop_map(|(user, ct)| Action::ForeignRoute(user, ct)),
-        3 => (user(), 0..2u8).prop_map(|(user, ct)| Action::ForeignOffline(user, ct)),
-        4 => (user(), 0..2u8).prop_map(|(user, ct)| Action::StaleRoute(user, ct)),
+        8 => (user(), 0..2u8).prop_map(|(user, ct)| Action::ForeignRoute(user, ct)),
+        4 => (user(), 0..2u8).prop_map(|(user, ct)| Action::ForeignOffline(user, ct)),
+        8 => (user(), 0..2u8).prop_map(|(user, ct)| Action::StaleRoute(user, ct)),
         2 => any::<bool>().prop_map(Action::StoreReconnect),
-        2 => (
+        4 => (
             target(),
             prop_oneof![
                 Just(Garbage::Frame),
@@ -3382,14 +3409,21 @@ fn cases() -> u32 {
         .unwrap_or(DEFAULT_CASES)
 }
 
-/// Runs the property over `cases()` random cases and adds up what they reached.
+/// Runs the property over `cases()` random cases and adds up what they reached. The cases
+/// come from [`DEFAULT_RNG_SEED`] unless `PROPTEST_RNG_SEED` names another seed, so the
+/// coverage floor is the same on every run; explore with a fresh seed each time, e.g.
+/// `PROPTEST_RNG_SEED=$RANDOM$RANDOM PROPTEST_CASES=5000`.
 fn run_property() -> Coverage {
-    let mut runner = TestRunner::new(ProptestConfig {
+    let mut config = ProptestConfig {
         cases: cases(),
         // Found failures are kept as deterministic tests below, not as files.
         failure_persistence: None,
         ..ProptestConfig::default()
-    });
+    };
+    if std::env::var_os("PROPTEST_RNG_SEED").is_none() {
+        config.rng_seed = RngSeed::Fixed(DEFAULT_RNG_SEED);
+    }
+    let mut runner = TestRunner::new(config);
     let total = RefCell::new(Coverage::default());
     let result = runner.run(&(knobs(), vec(action(), 1..120)), |(knobs, actions)| {
         let reached = run_counted(&knobs, &actions, KNOWN_BUGS).map_err(TestCaseError::fail)?;
