@@ -830,6 +830,7 @@ const COVERAGE_FLOOR: &[&str] = &[
     "kick notice spared an older bind",
     "store reconnect republished",
     "store replies reordered",
+    "store replies reordered (binds of two devices)",
     "store replies failed",
     "store route in sync",
     "store route repaired",
