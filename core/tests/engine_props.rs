@@ -65,7 +65,9 @@
 //! delays, kicks of each cause, the store events — is reached at least once
 //! (`coverage_report` prints the counts).
 //!
-//! `PROPTEST_CASES` changes the number of cases (default [`DEFAULT_CASES`]). Bugs found and
+//! `PROPTEST_CASES` changes the number of cases (default [`DEFAULT_CASES`]); the cases come
+//! from [`DEFAULT_RNG_SEED`] unless `PROPTEST_RNG_SEED` names another seed (explore with fresh
+//! seeds: `PROPTEST_RNG_SEED=$RANDOM$RANDOM PROPTEST_CASES=5000`). Bugs found and
 //! not fixed yet are listed in [`KnownBugs`], each with an ignored deterministic test.
 mod harness;
 
