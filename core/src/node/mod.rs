@@ -448,7 +448,7 @@ impl Node {
             now: 0,
             sessions: FxHashMap::default(),
             gateways: FxHashSet::default(),
-            routes: RouteTable::new(),
+            routes: route_table(seed),
             singles: FxHashMap::default(),
             broadcasts: FxHashMap::default(),
             in_flight: InFlightTable::new(),
@@ -947,6 +947,15 @@ impl Node {
             debug_assert!(self.gateways.len() <= self.cfg.max_gateway_connections);
         }
     }
+}
+
+/// The route table, its index keyed from `seed` on a stream of its own (the node's generator
+/// is left as it was).
+fn route_table(seed: [u8; 32]) -> RouteTable {
+    use rand_chacha::rand_core::RngCore;
+    let mut keys = ChaCha20Rng::from_seed(seed);
+    keys.set_stream(0x726f_7574_6573);
+    RouteTable::with_hash_keys(keys.next_u64(), keys.next_u64())
 }
 
 fn op_name(op: &StoreOp) -> &'static str {
