@@ -1,13 +1,13 @@
 //! Local routes (reference §12): which connection of this node holds (user id, client type).
 //!
 //! One connection per (user, client type): a user may be online at once on one mobile, one PC,
-//! one web and one unknown device. The table is a `BTreeMap` so that a broadcast can walk it in
-//! resumable batches — a cursor is just the last key visited, valid however the table changed
-//! in between. User ids are shared (`Arc<str>`), so handing a batch or a cursor to a broadcast
-//! copies no strings.
+//! one web and one unknown device. The user ids are also kept in order so that a broadcast can
+//! walk them in resumable batches — a cursor is just the last key visited, valid however the
+//! table changed in between; a push finds its user through a hash index. User ids are shared
+//! (`Arc<str>`), so handing a batch or a cursor to a broadcast copies no strings.
 use crate::ids::ConnId;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
 use std::sync::Arc;
 
@@ -85,17 +85,55 @@ pub struct RouteEntry {
     pub conn: ConnId,
 }
 
+/// The hasher of the route index: SipHash keyed per node (user ids are chosen by phones, so a
+/// hash an attacker could predict would let them pile users into one bucket).
+#[derive(Debug, Clone, Copy)]
+pub struct RouteHasher {
+    k0: u64,
+    k1: u64,
+}
+
+impl std::hash::BuildHasher for RouteHasher {
+    #[allow(deprecated)] // `SipHasher` is the only keyed SipHash in std; it is not going away.
+    type Hasher = std::hash::SipHasher;
+
+    #[allow(deprecated)]
+    fn build_hasher(&self) -> Self::Hasher {
+        std::hash::SipHasher::new_with_keys(self.k0, self.k1)
+    }
+}
+
 /// The node's local routes: user id → one slot per client type.
-#[derive(Debug, Default, Clone)]
+///
+/// Point lookups (every single push) go through a hash index; the ordered map serves the
+/// broadcasts' resumable walk. Both hold the same slots (the index is a copy kept in step, so
+/// neither path chases a pointer into the other; asserted in debug builds).
+#[derive(Debug, Clone)]
 pub struct RouteTable {
-    users: BTreeMap<Arc<str>, [Option<ConnId>; 4]>,
+    users: HashMap<Arc<str>, [Option<ConnId>; 4], RouteHasher>,
+    order: BTreeMap<Arc<str>, [Option<ConnId>; 4]>,
     len: usize,
 }
 
+impl Default for RouteTable {
+    fn default() -> Self {
+        Self::with_hash_keys(0x7075_7368_6761_7465, 0x726f_7574_6573_0001)
+    }
+}
+
 impl RouteTable {
-    /// An empty table.
+    /// An empty table (fixed hash keys; a node uses [`RouteTable::with_hash_keys`]).
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty table whose index hashes with SipHash keys `k0`, `k1`.
+    pub fn with_hash_keys(k0: u64, k1: u64) -> Self {
+        Self {
+            users: HashMap::with_hasher(RouteHasher { k0, k1 }),
+            order: BTreeMap::new(),
+            len: 0,
+        }
     }
 
     /// Number of routes.
@@ -110,6 +148,7 @@ impl RouteTable {
 
     /// Number of users with at least one route.
     pub fn user_count(&self) -> usize {
+        debug_assert_eq!(self.users.len(), self.order.len());
         self.users.len()
     }
 
@@ -143,6 +182,19 @@ impl RouteTable {
         if previous.is_none() {
             self.len += 1;
         }
+        let slots = *slots;
+        match self.order.get_mut(user_id) {
+            Some(ordered) => *ordered = slots,
+            None => {
+                let user = self
+                    .users
+                    .get_key_value(user_id)
+                    .map(|(user, _)| user.clone())
+                    .unwrap_or_else(|| Arc::from(user_id));
+                self.order.insert(user, slots);
+            }
+        }
+        debug_assert_eq!(self.users.len(), self.order.len());
         previous
     }
 
@@ -158,7 +210,11 @@ impl RouteTable {
         self.len -= 1;
         if slots.iter().all(Option::is_none) {
             self.users.remove(user_id);
+            self.order.remove(user_id);
+        } else if let Some(ordered) = self.order.get_mut(user_id) {
+            *ordered = *slots;
         }
+        debug_assert_eq!(self.users.len(), self.order.len());
         true
     }
 
@@ -170,8 +226,9 @@ impl RouteTable {
             None => Bound::Unbounded,
         };
         let mut out = Vec::with_capacity(limit.min(1024));
-        let range = self.users.range::<str, _>((lower, Bound::Unbounded));
+        let range = self.order.range::<str, _>((lower, Bound::Unbounded));
         'users: for (index, (user, slots)) in range.enumerate() {
+            debug_assert_eq!(self.users.get(user), Some(slots), "index in step");
             // The range starts at the cursor's user, so only its first user can be the cursor's.
             let done_through = match cursor {
                 Some((cursor_user, cursor_ct)) if index == 0 && **user == *cursor_user => {
@@ -200,7 +257,7 @@ impl RouteTable {
 
     /// Every route (for invariant checks and admin views).
     pub fn iter(&self) -> impl Iterator<Item = (&str, ClientType, ConnId)> {
-        self.users.iter().flat_map(|(user, slots)| {
+        self.order.iter().flat_map(|(user, slots)| {
             ClientType::ALL
                 .into_iter()
                 .filter_map(move |ct| slots[ct.slot()].map(|c| (&**user, ct, c)))

@@ -111,29 +111,52 @@ impl TimeLine {
 }
 
 /// The result of a single-user push, as JSON for a PushClient (MPush's `GatewayPushResult`:
-/// keys in alphabetical order, `clientType` omitted when not a real type).
+/// keys in alphabetical order, `clientType` omitted when not a real type). Written directly,
+/// byte for byte what `serde_json` writes for it, without building JSON values.
 pub fn result_json(user_id: &str, client_type: Option<ClientType>, timeline: &TimeLine) -> String {
-    #[derive(Serialize)]
-    #[serde(rename_all = "camelCase")]
-    struct Result<'a> {
-        #[serde(skip_serializing_if = "Option::is_none")]
-        client_type: Option<i32>,
-        time_points: Vec<serde_json::Value>,
-        user_id: &'a str,
+    use std::fmt::Write;
+    let points = timeline.points();
+    let mut out = String::with_capacity(48 + user_id.len() + 40 * points.len());
+    out.push('{');
+    if let Some(code) = client_type.map(ClientType::code).filter(|c| *c > 0) {
+        // Writing to a String cannot fail.
+        let _ = write!(out, "\"clientType\":{code},");
     }
-    let time_points = timeline
-        .points()
-        .iter()
-        .flat_map(|(name, at)| [serde_json::Value::from(*name), serde_json::Value::from(*at)])
-        .collect();
-    let client_type = client_type.map(ClientType::code).filter(|c| *c > 0);
-    // Serialising strings and numbers cannot fail.
-    serde_json::to_string(&Result {
-        client_type,
-        time_points,
-        user_id,
-    })
-    .unwrap_or_default()
+    out.push_str("\"timePoints\":[");
+    for (index, (name, at)) in points.iter().enumerate() {
+        if index > 0 {
+            out.push(',');
+        }
+        push_json_string(&mut out, name);
+        let _ = write!(out, ",{at}");
+    }
+    out.push_str("],\"userId\":");
+    push_json_string(&mut out, user_id);
+    out.push('}');
+    out
+}
+
+/// Appends `text` as a JSON string, escaped as `serde_json` escapes it (quote, backslash and
+/// control characters; everything else as is).
+fn push_json_string(out: &mut String, text: &str) {
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\u{08}' => out.push_str("\\b"),
+            '\u{0c}' => out.push_str("\\f"),
+            c if (c as u32) < 0x20 => {
+                use std::fmt::Write;
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
 }
 
 /// The gateway reply for a finished single-user push. `reason` replaces the standard reason
@@ -145,28 +168,28 @@ pub fn single_reply(
     data: String,
 ) -> Packet {
     let cmd = Command::GatewayPush.code();
-    let error = |code: ErrorCode, reason_text: Option<&str>| {
-        let mut message = ErrorMessage::new(cmd, code).with_data(data.clone());
-        if let Some(text) = reason_text {
-            message.reason = text.to_owned();
+    let (code, reason_text) = match status {
+        PushStatus::Success | PushStatus::AckSuccess => {
+            return raw_packet(
+                Command::Ok.code(),
+                Flags::NONE,
+                session_id,
+                &OkMessage::new(Command::GatewayPush, data),
+            );
         }
-        error_packet(session_id, message)
-    };
-    match status {
-        PushStatus::Success | PushStatus::AckSuccess => raw_packet(
-            Command::Ok.code(),
-            Flags::NONE,
-            session_id,
-            &OkMessage::new(Command::GatewayPush, data.clone()),
-        ),
-        PushStatus::Offline => error(ErrorCode::Offline, None),
-        PushStatus::Failure => error(ErrorCode::PushClientFailure, reason),
-        PushStatus::RouterChange => error(ErrorCode::RouterChange, None),
-        PushStatus::Timeout => error(
+        PushStatus::Offline => (ErrorCode::Offline, None),
+        PushStatus::Failure => (ErrorCode::PushClientFailure, reason),
+        PushStatus::RouterChange => (ErrorCode::RouterChange, None),
+        PushStatus::Timeout => (
             ErrorCode::PushClientFailure,
             Some(reason.unwrap_or(PUSH_TIMEOUT_REASON)),
         ),
+    };
+    let mut message = ErrorMessage::new(cmd, code).with_data(data);
+    if let Some(text) = reason_text {
+        message.reason = text.to_owned();
     }
+    error_packet(session_id, message)
 }
 
 /// The gateway reply for a finished broadcast: OK(cmd 16) with no data, or a failure with a
@@ -227,6 +250,31 @@ mod tests {
             result_json("u", Some(ClientType::Unknown), &TimeLine::default()),
             r#"{"timePoints":[],"userId":"u"}"#
         );
+    }
+
+    #[test]
+    fn result_json_escapes_as_serde_json_does() {
+        let mut t = TimeLine::begin(-5);
+        t.add("before-send", i64::MAX);
+        for user in [
+            "plain",
+            "",
+            "quote\" back\\ slash/",
+            "ctl \n\r\t\u{08}\u{0c}\u{01}\u{1f}\u{7f}",
+            "ünï 中文 😀",
+        ] {
+            for ct in [None, Some(ClientType::Pc), Some(ClientType::Unknown)] {
+                let expected = serde_json::json!({
+                    "timePoints": ["push-center-begin", -5, "before-send", i64::MAX],
+                    "userId": user,
+                });
+                let mut expected = expected;
+                if let Some(code) = ct.map(ClientType::code).filter(|c| *c > 0) {
+                    expected["clientType"] = code.into();
+                }
+                assert_eq!(result_json(user, ct, &t), expected.to_string(), "{user:?}");
+            }
+        }
     }
 
     #[test]

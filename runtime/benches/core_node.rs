@@ -9,6 +9,13 @@
 //!    and with sealing each PUSH (AES, what a connection task does per push).
 //! 3. A broadcast to every session: deliveries/s.
 //!
+//! After the pushes it reports the timers the node holds (one idle check per session: a
+//! finished push leaves none behind) and the heap the pushes left.
+//!
+//! Rates are per second of wall time and per second of the thread's CPU time (on a shared
+//! machine the second is the steadier one). The GATEWAY_PUSH bodies are encoded before the clock
+//! starts (a PushClient's work), for a pool of random users.
+//!
 //! Run: `cargo bench -p pushgate --bench core_node` (release profile). Prints a table.
 use bytes::Bytes;
 use pushgate::core::command::Command;
@@ -47,6 +54,42 @@ unsafe impl GlobalAlloc for Counting {
 
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
+
+/// Distinct GATEWAY_PUSH bodies encoded before the single-push runs.
+const PUSH_POOL: usize = 65_536;
+
+/// CPU time of this thread, in seconds.
+fn thread_cpu_secs() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec for the call to fill.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
+}
+
+/// Wall and CPU seconds since `started`.
+struct Clock {
+    wall: Instant,
+    cpu: f64,
+}
+
+impl Clock {
+    fn start() -> Self {
+        Self {
+            wall: Instant::now(),
+            cpu: thread_cpu_secs(),
+        }
+    }
+
+    /// (per wall second, per CPU second) for `count` things done since the start.
+    fn rates(&self, count: f64) -> (f64, f64) {
+        let wall = self.wall.elapsed().as_secs_f64();
+        let cpu = thread_cpu_secs() - self.cpu;
+        (count / wall, count / cpu)
+    }
+}
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -201,10 +244,8 @@ fn main() {
     node.handle(now, Input::GatewayConnected { gw });
     let content = Bytes::from(vec![b'x'; 64]);
     let mut rng_state = 0x9E37_79B9_7F4A_7C15u64;
-    let mut run_pushes = |node: &mut Node, seal: bool, count: usize| {
-        let started = Instant::now();
-        let mut statuses = 0;
-        for i in 0..count {
+    let pool: Vec<Bytes> = (0..PUSH_POOL)
+        .map(|_| {
             rng_state ^= rng_state << 13;
             rng_state ^= rng_state >> 7;
             rng_state ^= rng_state << 17;
@@ -216,8 +257,19 @@ fn main() {
                 content: content.clone(),
                 ..Default::default()
             };
-            let packet: Packet =
-                raw_packet(Command::GatewayPush.code(), Flags::NONE, i as i32, &push);
+            raw_packet(Command::GatewayPush.code(), Flags::NONE, 0, &push).body
+        })
+        .collect();
+    let run_pushes = |node: &mut Node, seal: bool, count: usize| {
+        let started = Clock::start();
+        let mut statuses = 0;
+        for i in 0..count {
+            let packet = Packet::new(
+                Command::GatewayPush.code(),
+                Flags::NONE,
+                i as i32,
+                pool[i % PUSH_POOL].clone(),
+            );
             node.handle(
                 now,
                 Input::GatewayFrame {
@@ -228,17 +280,21 @@ fn main() {
             statuses += drain(node, now, &session, seal, threshold).1;
         }
         assert_eq!(statuses, count as u64, "one status per push");
-        count as f64 / started.elapsed().as_secs_f64()
+        started.rates(count as f64)
     };
+    let timers_before = node.timer_count();
+    let heap_before_pushes = LIVE_BYTES.load(Ordering::Relaxed);
     let plain_rate = run_pushes(&mut node, false, pushes);
     let sealed_rate = run_pushes(&mut node, true, pushes / 4);
+    let timers_after = node.timer_count();
+    let heap_left_by_pushes = LIVE_BYTES.load(Ordering::Relaxed) as f64 - heap_before_pushes as f64;
 
     // 3. Broadcast to everyone.
     let broadcast = GatewayPush {
         content: content.clone(),
         ..Default::default()
     };
-    let started = Instant::now();
+    let started = Clock::start();
     node.handle(
         now,
         Input::GatewayFrame {
@@ -259,7 +315,7 @@ fn main() {
         node.handle_timeout(now);
         delivered += drain(&mut node, now, &session, false, threshold).0;
     }
-    let broadcast_rate = delivered as f64 / started.elapsed().as_secs_f64();
+    let broadcast_rate = started.rates(delivered as f64);
 
     println!("core-only benchmark (one Node, no I/O, release build)");
     println!("| measure | value |");
@@ -268,9 +324,21 @@ fn main() {
     println!("| binds per second | {:.0} |", sessions as f64 / bind_secs);
     println!("| heap bytes per bound session (core state only) | {per_session:.0} |");
     println!(
-        "| single pushes per second, NO_ACK (route, flow, in-flight, status) | {plain_rate:.0} |"
+        "| single pushes per second, NO_ACK (route, flow, in-flight, status), wall / CPU | {:.0} / {:.0} |",
+        plain_rate.0, plain_rate.1
     );
-    println!("| single pushes per second, with the PUSH sealed (AES) | {sealed_rate:.0} |");
-    println!("| broadcast deliveries per second ({delivered} phones) | {broadcast_rate:.0} |");
+    println!(
+        "| single pushes per second, with the PUSH sealed (AES), wall / CPU | {:.0} / {:.0} |",
+        sealed_rate.0, sealed_rate.1
+    );
+    println!("| timers before / after the pushes | {timers_before} / {timers_after} |");
+    println!(
+        "| heap left by the pushes, MiB | {:.1} |",
+        heap_left_by_pushes / (1024.0 * 1024.0)
+    );
+    println!(
+        "| broadcast deliveries per second ({delivered} phones), wall / CPU | {:.0} / {:.0} |",
+        broadcast_rate.0, broadcast_rate.1
+    );
     std::hint::black_box(OutFrame::Heartbeat);
 }

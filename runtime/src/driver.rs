@@ -11,7 +11,13 @@
 //!
 //! The drain contract of the core is kept: after every input the task drains `poll_output`
 //! until it is empty, and it sleeps until `poll_timeout` when nothing arrives.
-use crate::metrics;
+//!
+//! Turns interleave: one `handle_timeout` call does a bounded amount of work (a broadcast runs
+//! one batch per call), and after each call the task handles what arrived meanwhile (up to
+//! [`MAX_MESSAGES_PER_WAKE`]) and yields to the connection tasks before the next, so a single
+//! push waits behind at most one broadcast batch, not behind the whole broadcast. The task's
+//! busy time and queue depth are published as metrics ([`metrics::NodeLoad`]).
+use crate::metrics::{self, NodeLoad};
 use crate::phone_queue::{PhoneQueue, QueuedFrame};
 use crate::store::MemoryStore;
 use crate::store_net::{FromStore, RemoteStore, StoreLinkEvent};
@@ -231,6 +237,7 @@ pub struct Driver {
     next_token: u64,
     limits: QueueLimits,
     observer: Option<EventObserver>,
+    load: NodeLoad,
 }
 
 /// Starts the node task; returns its handle. The node's time is measured from `start`, the
@@ -273,6 +280,7 @@ pub fn spawn(
         next_token: 1,
         limits,
         observer,
+        load: NodeLoad::new(start),
     };
     let join = tokio::spawn(driver.run(rx, store_rx));
     (handle, join)
@@ -286,13 +294,72 @@ impl Driver {
         at
     }
 
-    /// Warns when one wake-up kept the node task busy longer than `profile_slowly_ms`
-    /// (every push waiting behind it was delayed that long).
-    fn check_slow(&self, woke: Instant, messages: usize, kind: &'static str) {
-        let elapsed_ms = u64::try_from(woke.elapsed().as_millis()).unwrap_or(u64::MAX);
+    /// Ends a wake-up that began at `woke` with `queue_depth` messages waiting: records the
+    /// node task's load, and warns when the wake-up kept it busy longer than
+    /// `profile_slowly_ms` (every push waiting behind it was delayed that long).
+    fn end_wake(&mut self, woke: Instant, queue_depth: usize, messages: usize, kind: &'static str) {
+        let done = Instant::now();
+        self.load
+            .record(woke, done, queue_depth, self.node.timer_count());
+        let elapsed_ms =
+            u64::try_from(done.saturating_duration_since(woke).as_millis()).unwrap_or(u64::MAX);
         if elapsed_ms > self.limits.slow_ms {
             tracing::warn!(target: "pushgate::profile", kind, messages, elapsed_ms, "slow packet: handling took longer than profile_slowly_ms");
         }
+    }
+
+    /// Feeds one event of the store link to the core and drains it.
+    fn on_store_event(&mut self, event: StoreLinkEvent) {
+        let now = self.now;
+        match event {
+            StoreLinkEvent::Connected => self.node.handle(now, Input::StoreConnected),
+            StoreLinkEvent::Message(FromStore::Reply { id, result }) => self.node.handle(
+                now,
+                Input::StoreReply {
+                    request: RequestId(id),
+                    reply: result,
+                },
+            ),
+            StoreLinkEvent::Message(FromStore::Kick(notice)) => {
+                self.node.handle(now, Input::KickNotice { notice })
+            }
+        }
+        self.drain();
+    }
+
+    /// Handles what is already waiting, without waiting for more: up to
+    /// [`MAX_MESSAGES_PER_WAKE`] messages and as many store events. Returns how many were
+    /// handled, and true when the task must stop.
+    fn take_waiting(
+        &mut self,
+        rx: &mut mpsc::Receiver<NodeMsg>,
+        store_rx: &mut Option<mpsc::UnboundedReceiver<StoreLinkEvent>>,
+    ) -> (usize, bool) {
+        let mut handled = 0;
+        for _ in 0..MAX_MESSAGES_PER_WAKE {
+            let Some(link) = store_rx.as_mut() else { break };
+            match link.try_recv() {
+                Ok(event) => {
+                    handled += 1;
+                    self.on_store_event(event);
+                }
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => *store_rx = None,
+            }
+        }
+        for _ in 0..MAX_MESSAGES_PER_WAKE {
+            let Ok(msg) = rx.try_recv() else { break };
+            handled += 1;
+            if self.on_msg(msg) {
+                return (handled, true);
+            }
+        }
+        (handled, false)
+    }
+
+    /// True when the core has more work due now (a broadcast's next batch, more due timers).
+    fn turn_due(&self) -> bool {
+        self.node.poll_timeout().is_some_and(|at| at <= self.now)
     }
 
     async fn run(
@@ -307,33 +374,38 @@ impl Driver {
                 .map(|at| self.start + Duration::from_millis(at));
             // `biased`: branches are polled in this order, so a run is the same for the same
             // inputs (the simulator checks it), and due timers are never starved by traffic.
+            let publish_at = self.load.publish_at();
             tokio::select! {
                 biased;
                 _ = sleep_until(deadline) => {
                     let woke = self.tick();
+                    let queue_depth = rx.len();
+                    // One bounded turn (at most one broadcast batch), then what arrived meanwhile.
                     self.node.handle_timeout(self.now);
                     self.drain();
-                    self.check_slow(woke, 1, "timers");
+                    let (messages, stop) = self.take_waiting(&mut rx, &mut store_rx);
+                    self.end_wake(woke, queue_depth, messages + 1, "timers");
+                    if stop {
+                        break;
+                    }
+                    if self.turn_due() {
+                        // Let the connection tasks write out this turn before the next one.
+                        tokio::task::yield_now().await;
+                    }
                 }
                 message = recv_store(&mut store_rx) => {
                     let woke = self.tick();
-                    let now = self.now;
+                    let queue_depth = rx.len();
                     match message {
-                        Some(StoreLinkEvent::Connected) => self.node.handle(now, Input::StoreConnected),
-                        Some(StoreLinkEvent::Message(FromStore::Reply { id, result })) => {
-                            self.node.handle(now, Input::StoreReply { request: RequestId(id), reply: result })
-                        }
-                        Some(StoreLinkEvent::Message(FromStore::Kick(notice))) => {
-                            self.node.handle(now, Input::KickNotice { notice })
-                        }
+                        Some(event) => self.on_store_event(event),
                         None => store_rx = None,
                     }
-                    self.drain();
-                    self.check_slow(woke, 1, "store");
+                    self.end_wake(woke, queue_depth, 1, "store");
                 }
                 msg = rx.recv() => {
                     let Some(msg) = msg else { break };
                     let woke = self.tick();
+                    let queue_depth = rx.len() + 1;
                     let mut kind = msg_kind(&msg);
                     if self.on_msg(msg) {
                         break;
@@ -348,8 +420,10 @@ impl Driver {
                             return;
                         }
                     }
-                    self.check_slow(woke, messages, kind);
+                    self.end_wake(woke, queue_depth, messages, kind);
                 }
+                // Publishes the node task's load when it stays idle past a window's end.
+                _ = tokio::time::sleep_until(publish_at) => self.load.publish(Instant::now()),
             }
         }
     }

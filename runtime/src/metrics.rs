@@ -24,6 +24,84 @@ pub mod names {
     pub const STORE_RECONNECTS: &str = "pushgate_store_reconnects_total";
     pub const STORE_OUTAGES: &str = "pushgate_store_outages_total";
     pub const STORE_CONNECTED: &str = "pushgate_store_connected";
+    /// The node task (see [`super::NodeLoad`]): the fraction of the last window it was busy
+    /// handling (0 to 1), its busy time in total, the messages waiting in its queue at its last
+    /// wake-up and the most seen at a wake-up in the last window, and the timers its core holds.
+    pub const NODE_BUSY_RATIO: &str = "pushgate_node_busy_ratio";
+    pub const NODE_BUSY_MICROSECONDS: &str = "pushgate_node_busy_microseconds_total";
+    pub const NODE_QUEUE_DEPTH: &str = "pushgate_node_queue_depth";
+    pub const NODE_QUEUE_DEPTH_MAX: &str = "pushgate_node_queue_depth_max";
+    pub const NODE_TIMERS: &str = "pushgate_node_timers";
+}
+
+/// How long the node task's load is summed before its busy ratio and deepest queue are
+/// published.
+pub const NODE_LOAD_WINDOW_MS: u64 = 1000;
+
+/// The node task's load: busy time and queue depth, summed over windows of
+/// [`NODE_LOAD_WINDOW_MS`] and published as gauges (and a busy-time counter, from which a
+/// dashboard takes rates over any span). One node task on one core is the ceiling of a node
+/// (`docs/sharding.md`): a busy ratio near 1 or a queue that stays deep means it is reached.
+#[derive(Debug)]
+pub struct NodeLoad {
+    window_start: tokio::time::Instant,
+    busy_in_window: std::time::Duration,
+    depth_max_in_window: usize,
+    /// Busy time recorded but not yet added to the counter, in whole microseconds.
+    busy_unpublished: std::time::Duration,
+}
+
+impl NodeLoad {
+    /// A first window starting at `now`.
+    pub fn new(now: tokio::time::Instant) -> Self {
+        Self {
+            window_start: now,
+            busy_in_window: std::time::Duration::ZERO,
+            depth_max_in_window: 0,
+            busy_unpublished: std::time::Duration::ZERO,
+        }
+    }
+
+    /// One wake-up of the node task: it woke at `woke` with `queue_depth` messages waiting,
+    /// and was done at `done` with `timers` timers armed in its core. Publishes when the window
+    /// is over.
+    pub fn record(
+        &mut self,
+        woke: tokio::time::Instant,
+        done: tokio::time::Instant,
+        queue_depth: usize,
+        timers: usize,
+    ) {
+        let busy = done.saturating_duration_since(woke);
+        self.busy_in_window += busy;
+        self.busy_unpublished += busy;
+        self.depth_max_in_window = self.depth_max_in_window.max(queue_depth);
+        imp::node_wake(queue_depth, timers);
+        if done >= self.publish_at() {
+            self.publish(done);
+        }
+    }
+
+    /// When the current window ends.
+    pub fn publish_at(&self) -> tokio::time::Instant {
+        self.window_start + std::time::Duration::from_millis(NODE_LOAD_WINDOW_MS)
+    }
+
+    /// Publishes the window ending at `now` and starts the next one.
+    pub fn publish(&mut self, now: tokio::time::Instant) {
+        let span = now.saturating_duration_since(self.window_start);
+        let ratio = if span.is_zero() {
+            0.0
+        } else {
+            (self.busy_in_window.as_secs_f64() / span.as_secs_f64()).min(1.0)
+        };
+        let busy_us = u64::try_from(self.busy_unpublished.as_micros()).unwrap_or(u64::MAX);
+        self.busy_unpublished -= std::time::Duration::from_micros(busy_us);
+        imp::node_window(ratio, busy_us, self.depth_max_in_window);
+        self.window_start = now;
+        self.busy_in_window = std::time::Duration::ZERO;
+        self.depth_max_in_window = 0;
+    }
 }
 
 #[cfg(not(madsim))]
@@ -84,6 +162,17 @@ mod imp {
         metrics::gauge!(CONNECTIONS).decrement(1.0);
     }
 
+    pub fn node_wake(queue_depth: usize, timers: usize) {
+        metrics::gauge!(NODE_QUEUE_DEPTH).set(queue_depth as f64);
+        metrics::gauge!(NODE_TIMERS).set(timers as f64);
+    }
+
+    pub fn node_window(busy_ratio: f64, busy_us: u64, queue_depth_max: usize) {
+        metrics::gauge!(NODE_BUSY_RATIO).set(busy_ratio);
+        metrics::counter!(NODE_BUSY_MICROSECONDS).increment(busy_us);
+        metrics::gauge!(NODE_QUEUE_DEPTH_MAX).set(queue_depth_max as f64);
+    }
+
     pub fn record(event: &Event) {
         match event {
             Event::PushFinished {
@@ -133,6 +222,8 @@ mod imp {
     pub fn connection_opened() {}
     pub fn connection_closed() {}
     pub fn record(_event: &Event) {}
+    pub fn node_wake(_queue_depth: usize, _timers: usize) {}
+    pub fn node_window(_busy_ratio: f64, _busy_us: u64, _queue_depth_max: usize) {}
 }
 
 pub use imp::*;

@@ -41,7 +41,10 @@ pub struct BroadcastTask {
     pub reached: FxHashSet<ConnId>,
     pub sent: u64,
     pub delivered: u64,
+    /// When its flow-control delay ends (a [`Timer::PushStep`] is armed then).
     pub step_at_ms: Option<Millis>,
+    /// Its next batch waits for its turn in the node's ready queue.
+    pub queued: bool,
     /// A task-control read in progress.
     pub waiting_control: Option<RequestId>,
     /// Users reached since the last progress update (task-id broadcasts).
@@ -94,6 +97,7 @@ impl Node {
                 sent: 0,
                 delivered: 0,
                 step_at_ms: None,
+                queued: false,
                 waiting_control: None,
                 progress_users: Vec::new(),
                 progress_sent: 0,
@@ -162,7 +166,21 @@ impl Node {
         }
     }
 
-    /// Runs one batch of the walk, then yields (next batch at once, or after a flow delay).
+    /// Puts a broadcast's next batch in the ready queue (once).
+    pub(super) fn queue_broadcast(&mut self, id: PushId) {
+        let Some(task) = self.broadcasts.get_mut(&id) else {
+            return;
+        };
+        debug_assert!(task.step_at_ms.is_none(), "queued while flow-delayed");
+        if !task.queued {
+            task.queued = true;
+            self.broadcasts_ready.push_back(id);
+        }
+    }
+
+    /// Runs one batch of the walk (at most `broadcast_batch_size` routes visited), then yields:
+    /// the next batch takes its turn in the ready queue (one batch per
+    /// [`Node::handle_timeout`]), or waits for its flow-control delay.
     pub(super) fn run_broadcast(&mut self, id: PushId) {
         let now = self.now;
         let batch_size = self.cfg.broadcast_batch_size.max(1);
@@ -170,8 +188,8 @@ impl Node {
         let Some(task) = self.broadcasts.get_mut(&id) else {
             return;
         };
-        if task.iteration_done || task.waiting_control.is_some() {
-            return;
+        if task.iteration_done || task.waiting_control.is_some() || task.step_at_ms.is_some() {
+            return; // finished, or waiting for the store or for its flow-control step
         }
         let cursor = task.cursor.as_ref().map(|(u, ct)| (&**u, *ct));
         let batch = self.routes.batch_after(cursor, batch_size);
@@ -262,18 +280,20 @@ impl Node {
         if done {
             return self.maybe_finish_broadcast(id);
         }
-        let at = now + delay_ms.unwrap_or(0);
+        let Some(delay_ms) = delay_ms else {
+            return self.queue_broadcast(id);
+        };
+        let at = now + delay_ms;
         if let Some(task) = self.broadcasts.get_mut(&id) {
+            debug_assert!(task.step_at_ms.is_none(), "one flow-control step at a time");
             task.step_at_ms = Some(at);
         }
         self.timers.arm(at, Timer::PushStep(id));
-        if let Some(delay_ms) = delay_ms {
-            self.stats.flow_delays += 1;
-            self.emit(Event::FlowDelayed { id, delay_ms });
-            if let Some(task_id) = task_id {
-                // Over the limit: re-read the task's limit and cancel flag (MPush's Redis flow control).
-                self.read_task_control(id, task_id);
-            }
+        self.stats.flow_delays += 1;
+        self.emit(Event::FlowDelayed { id, delay_ms });
+        if let Some(task_id) = task_id {
+            // Over the limit: re-read the task's limit and cancel flag (MPush's Redis flow control).
+            self.read_task_control(id, task_id);
         }
     }
 
@@ -304,8 +324,16 @@ impl Node {
         let Some(task) = self.broadcasts.remove(&id) else {
             return;
         };
+        // Its timers and its turn go with it.
+        if let Some(at) = task.step_at_ms {
+            self.timers.cancel(at, Timer::PushStep(id));
+        }
+        if task.queued {
+            // At most `max_broadcasts` entries.
+            self.broadcasts_ready.retain(|queued| *queued != id);
+        }
         if let Some(request) = task.waiting_control {
-            self.store_pending.remove(&request);
+            self.forget_store_request(request);
         }
         self.reply_broadcast(id, task.origin, task.sent, failure_reason);
     }

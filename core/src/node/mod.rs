@@ -375,6 +375,25 @@ const ROUTE_REPAIR_INTERVAL_MS: Millis = 1000;
 /// Most offline marks kept for the repair rounds; the oldest are dropped beyond it.
 const MAX_OFFLINE_MARKS_TO_REPAIR: usize = 65_536;
 
+/// Most timers one [`Node::handle_timeout`] call runs. Each timer does a bounded amount of
+/// work (an idle check, a push's deadline or next step, a store deadline, a repair round);
+/// timers still due after these wait for the next call, which [`Node::poll_timeout`] asks for
+/// at once.
+pub const MAX_TIMERS_PER_TURN: usize = 1024;
+
+/// Most broadcast batches one [`Node::handle_timeout`] call runs: a broadcast yields after
+/// each batch (at most [`NodeConfig::broadcast_batch_size`] routes visited), so whatever the
+/// driver received meanwhile is handled before the next batch.
+pub const MAX_BROADCAST_BATCHES_PER_TURN: usize = 1;
+
+/// A store request awaiting its answer.
+#[derive(Debug, Clone)]
+struct PendingStore {
+    /// When its [`Timer::StoreDeadline`] fires.
+    deadline_ms: Millis,
+    purpose: StorePurpose,
+}
+
 /// The push engine and phone sessions of one pushgate node.
 pub struct Node {
     cfg: NodeConfig,
@@ -392,7 +411,10 @@ pub struct Node {
     in_flight: InFlightTable,
     global_flow: FlowControl,
     timers: TimerQueue,
-    store_pending: FxHashMap<RequestId, StorePurpose>,
+    store_pending: FxHashMap<RequestId, PendingStore>,
+    /// Broadcasts whose next batch may run now, in turn order (each at most once; the task's
+    /// `queued` flag says it is here). One batch runs per [`Node::handle_timeout`] call.
+    broadcasts_ready: VecDeque<PushId>,
     outputs: VecDeque<Output>,
     next_request: u64,
     next_push: u64,
@@ -426,13 +448,14 @@ impl Node {
             now: 0,
             sessions: FxHashMap::default(),
             gateways: FxHashSet::default(),
-            routes: RouteTable::new(),
+            routes: route_table(seed),
             singles: FxHashMap::default(),
             broadcasts: FxHashMap::default(),
             in_flight: InFlightTable::new(),
             global_flow,
             timers: TimerQueue::new(),
             store_pending: FxHashMap::default(),
+            broadcasts_ready: VecDeque::new(),
             outputs: VecDeque::new(),
             next_request: 1,
             next_push: 1,
@@ -502,15 +525,31 @@ impl Node {
         self.outputs.pop_front()
     }
 
-    /// When [`Node::handle_timeout`] should next be called.
+    /// When [`Node::handle_timeout`] should next be called: now (the last time handed in) while
+    /// a broadcast has a batch ready to run or more timers are due than one call runs.
     pub fn poll_timeout(&self) -> Option<Millis> {
-        self.timers.next_deadline()
+        let next = self.timers.next_deadline();
+        if self.broadcasts_ready.is_empty() {
+            next
+        } else {
+            Some(next.map_or(self.now, |at| at.min(self.now)))
+        }
     }
 
-    /// Runs every timer due at `now_ms`.
+    /// Runs the timers due at `now_ms` (at most [`MAX_TIMERS_PER_TURN`]), then at most
+    /// [`MAX_BROADCAST_BATCHES_PER_TURN`] broadcast batch. What is left waits for the next call:
+    /// [`Node::poll_timeout`] then answers at once, and the driver handles the inputs that
+    /// arrived meanwhile first, so no input waits behind more than one turn.
     pub fn handle_timeout(&mut self, now_ms: Millis) {
         self.advance(now_ms);
-        while let Some((at, timer)) = self.timers.pop_due(self.now) {
+        for _ in 0..MAX_TIMERS_PER_TURN {
+            let Some((at, timer)) = self.timers.pop_due(self.now) else {
+                break;
+            };
+            debug_assert!(
+                self.timer_is_wanted(at, timer),
+                "{timer:?} at {at} ms fired, but its owner no longer waits for it"
+            );
             match timer {
                 Timer::Idle(conn) => self.on_idle_timer(conn, at),
                 Timer::PushDeadline(id) => self.on_push_deadline(id),
@@ -523,7 +562,52 @@ impl Node {
                 Timer::RouteRepair => self.repair_routes(),
             }
         }
+        for _ in 0..MAX_BROADCAST_BATCHES_PER_TURN {
+            let Some(id) = self.broadcasts_ready.pop_front() else {
+                break;
+            };
+            let task = self.broadcasts.get_mut(&id);
+            assert!(
+                task.as_ref().is_some_and(|t| t.queued),
+                "a queued broadcast is live"
+            );
+            if let Some(task) = task {
+                task.queued = false;
+            }
+            self.run_broadcast(id);
+        }
         self.check_invariants();
+    }
+
+    /// Timers armed: the timers of live connections, pushes, broadcasts and store requests,
+    /// nothing else (finished work cancels its timers).
+    pub fn timer_count(&self) -> usize {
+        self.timers.len()
+    }
+
+    /// True when the owner of `timer` still waits for it at `at` (every armed timer is).
+    fn timer_is_wanted(&self, at: Millis, timer: Timer) -> bool {
+        match timer {
+            Timer::Idle(conn) => self
+                .sessions
+                .get(&conn)
+                .is_some_and(|s| s.idle_check_at_ms == at),
+            Timer::PushDeadline(id) => self.singles.get(&id).is_some_and(|t| t.deadline_ms == at),
+            Timer::PushStep(id) => {
+                self.singles
+                    .get(&id)
+                    .is_some_and(|t| t.step_at_ms == Some(at))
+                    || self
+                        .broadcasts
+                        .get(&id)
+                        .is_some_and(|t| t.step_at_ms == Some(at))
+            }
+            Timer::StoreDeadline(request) => self
+                .store_pending
+                .get(&request)
+                .is_some_and(|p| p.deadline_ms == at),
+            Timer::RouteRepair => self.repair_armed,
+        }
     }
 
     /// Current counters.
@@ -605,11 +689,15 @@ impl Node {
         }
         let id = RequestId(self.next_request);
         self.next_request += 1;
-        self.store_pending.insert(id, purpose);
-        self.timers.arm(
-            self.now + self.cfg.store_timeout_ms,
-            Timer::StoreDeadline(id),
+        let deadline_ms = self.now + self.cfg.store_timeout_ms;
+        self.store_pending.insert(
+            id,
+            PendingStore {
+                deadline_ms,
+                purpose,
+            },
         );
+        self.timers.arm(deadline_ms, Timer::StoreDeadline(id));
         self.outputs
             .push_back(Output::Store(StoreRequest { id, op }));
         Some(id)
@@ -620,8 +708,17 @@ impl Node {
         self.store(op.clone(), StorePurpose::Write { op, attempts: 1 });
     }
 
+    /// Forgets a pending store request (its answer, if one comes, is ignored) and cancels its
+    /// deadline.
+    fn forget_store_request(&mut self, request: RequestId) -> Option<StorePurpose> {
+        let pending = self.store_pending.remove(&request)?;
+        self.timers
+            .cancel(pending.deadline_ms, Timer::StoreDeadline(request));
+        Some(pending.purpose)
+    }
+
     fn on_store_reply(&mut self, request: RequestId, reply: Result<StoreReply, StoreError>) {
-        let Some(purpose) = self.store_pending.remove(&request) else {
+        let Some(purpose) = self.forget_store_request(request) else {
             return; // late answer to a request that already timed out
         };
         match purpose {
@@ -778,9 +875,57 @@ impl Node {
         }
     }
 
-    /// Checks the node's invariants (debug builds and tests).
+    /// Checks the node's invariants: the bounds always (O(1)), the tables' agreement in debug
+    /// builds and tests.
     fn check_invariants(&self) {
+        // Every timer belongs to live work: one idle check per connection, a deadline and at
+        // most one step per single push, at most one step per broadcast, one deadline per store
+        // request, one repair round.
+        let live_timers_max = self.sessions.len()
+            + 2 * self.singles.len()
+            + self.broadcasts.len()
+            + self.store_pending.len()
+            + 1;
+        assert!(
+            self.timers.len() <= live_timers_max,
+            "{} timers armed for at most {live_timers_max} of live work",
+            self.timers.len()
+        );
+        assert!(self.broadcasts_ready.len() <= self.broadcasts.len());
+        assert!(self.store_pending.len() <= self.cfg.max_store_requests);
         if cfg!(debug_assertions) {
+            for (at, timer) in self.timers.iter() {
+                debug_assert!(
+                    self.timer_is_wanted(at, timer),
+                    "{timer:?} armed at {at} ms for nothing"
+                );
+            }
+            let expected_timers = self.sessions.len()
+                + self.singles.len()
+                + self
+                    .singles
+                    .values()
+                    .filter(|t| t.step_at_ms.is_some())
+                    .count()
+                + self
+                    .broadcasts
+                    .values()
+                    .filter(|t| t.step_at_ms.is_some())
+                    .count()
+                + self.store_pending.len()
+                + usize::from(self.repair_armed);
+            debug_assert_eq!(
+                self.timers.len(),
+                expected_timers,
+                "a live timer is missing"
+            );
+            for id in &self.broadcasts_ready {
+                debug_assert!(self.broadcasts.get(id).is_some_and(|t| t.queued));
+            }
+            debug_assert_eq!(
+                self.broadcasts_ready.len(),
+                self.broadcasts.values().filter(|t| t.queued).count()
+            );
             for (user, ct, conn) in self.routes.iter() {
                 let session = self.sessions.get(&conn);
                 debug_assert!(session.is_some(), "route {user}/{ct:?} names closed {conn}");
@@ -802,6 +947,15 @@ impl Node {
             debug_assert!(self.gateways.len() <= self.cfg.max_gateway_connections);
         }
     }
+}
+
+/// The route table, its index keyed from `seed` on a stream of its own (the node's generator
+/// is left as it was).
+fn route_table(seed: [u8; 32]) -> RouteTable {
+    use rand_chacha::rand_core::RngCore;
+    let mut keys = ChaCha20Rng::from_seed(seed);
+    keys.set_stream(0x726f_7574_6573);
+    RouteTable::with_hash_keys(keys.next_u64(), keys.next_u64())
 }
 
 fn op_name(op: &StoreOp) -> &'static str {

@@ -250,6 +250,8 @@ impl Node {
         session.heartbeat_misses = 0;
         session.state = SessionState::Ready;
         let at = now + heartbeat_ms.max(1);
+        self.timers
+            .cancel(session.idle_check_at_ms, Timer::Idle(conn));
         session.idle_check_at_ms = at;
         self.timers.arm(at, Timer::Idle(conn));
     }
@@ -821,11 +823,13 @@ impl Node {
         }
         self.unbind_session(conn);
         let session = self.sessions.remove(&conn).expect("checked above");
+        self.timers
+            .cancel(session.idle_check_at_ms, Timer::Idle(conn));
         for sid in session.in_flight {
             self.on_written_failed(sid);
         }
         if let SessionState::FastConnecting { request, .. } = session.state {
-            self.store_pending.remove(&request);
+            self.forget_store_request(request);
         }
         if let Some(reason) = reason {
             self.outputs.push_back(Output::Close { conn, reason });

@@ -303,15 +303,12 @@ impl Node {
                 task.step_at_ms = None;
                 self.run_single(id);
             }
-        } else if self
-            .broadcasts
-            .get(&id)
-            .is_some_and(|b| b.step_at_ms == Some(at))
-        {
-            if let Some(task) = self.broadcasts.get_mut(&id) {
+        } else if let Some(task) = self.broadcasts.get_mut(&id) {
+            if task.step_at_ms == Some(at) {
+                // The flow-control delay is over: the next batch takes its turn.
                 task.step_at_ms = None;
+                self.queue_broadcast(id);
             }
-            self.run_broadcast(id);
         }
     }
 
@@ -320,6 +317,12 @@ impl Node {
         let Some(mut task) = self.singles.remove(&id) else {
             return;
         };
+        // Its timers go with it (the deadline is gone already when it is what fired).
+        self.timers
+            .cancel(task.deadline_ms, Timer::PushDeadline(id));
+        if let Some(at) = task.step_at_ms {
+            self.timers.cancel(at, Timer::PushStep(id));
+        }
         if let SingleState::Sent {
             conn, session_id, ..
         } = task.state
@@ -330,7 +333,7 @@ impl Node {
             }
         }
         if let SingleState::WaitingRoute { request } = task.state {
-            self.store_pending.remove(&request);
+            self.forget_store_request(request);
         }
         task.timeline.add(status.end_point(), self.epoch_ms());
         self.report_single(
