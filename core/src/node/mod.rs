@@ -6,14 +6,21 @@
 //! timer at [`Node::poll_timeout`]; when that timer fires it calls [`Node::handle_timeout`]
 //! and drains again. Time handed to the node never goes back.
 //!
-//! Inside: phone sessions (`phone.rs`), single-user push tasks (`single.rs`) and broadcasts
+//! Inside: phone sessions (`phone.rs`, with one file per concept: `handshake.rs`,
+//! `fast_connect.rs`, `bind.rs`, `versioning.rs`, `repair.rs`, `kicks.rs`), single-user push tasks (`single.rs`) and broadcasts
 //! (`broadcast.rs`) share the route table, the in-flight table of pushes awaiting a write
 //! result or an ACK, flow control, the timer heap and the pending store requests. Every
 //! table is bounded by [`NodeConfig`]; work beyond a bound is refused with a status, never
 //! queued.
+mod bind;
 mod broadcast;
+mod fast_connect;
+mod handshake;
+mod kicks;
 mod phone;
+mod repair;
 mod single;
+mod versioning;
 
 use crate::ack::InFlightTable;
 use crate::config::NodeConfig;

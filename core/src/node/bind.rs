@@ -1,0 +1,273 @@
+//! Bind and unbind (reference §9.4): BIND names the user (and tags) a Ready connection speaks
+//! for. The node takes the local route (kicking an older local holder), writes the route to the
+//! store, and reads the store's answer: the route it replaced (an older connection on another
+//! node, kicked through a notice) or a newer bind that wins (this one is kicked). UNBIND, a new
+//! handshake, a kick or teardown release the binding: the local route goes and the store route
+//! is marked offline — only if it still names this binding.
+//!
+//! Why the care: binds of one user race across nodes, store answers arrive late or never, and
+//! a store must never keep naming a connection that no longer holds the user.
+use super::phone::{INVALID_PARAM, NOT_HANDSHAKE};
+use super::{Node, StorePurpose, STORE_WRITE_ATTEMPTS};
+use crate::command::Command;
+use crate::ids::ConnId;
+use crate::message::{Bind, ErrorMessage, OkMessage};
+use crate::route::ClientType;
+use crate::session::BoundUser;
+use crate::store::{KickNotice, RouteRecord, StoreError, StoreOp, StoreReply};
+use crate::{CloseReason, Event, KickCause};
+
+impl Node {
+    pub(super) fn on_bind(&mut self, conn: ConnId, sid: i32, bind: Bind) {
+        if !self.sessions[&conn].is_ready() {
+            let error = ErrorMessage::validation(Command::Bind, NOT_HANDSHAKE);
+            self.send_raw(conn, Command::Error, sid, &error);
+            return self.teardown(conn, Some(CloseReason::BadRequest));
+        }
+        if bind.user_id.is_empty()
+            || bind.user_id.len() > self.cfg.max_user_id_bytes
+            || bind.tags.len() > self.cfg.max_tags_bytes
+        {
+            let error = ErrorMessage::validation(Command::Bind, INVALID_PARAM);
+            self.send_raw(conn, Command::Error, sid, &error);
+            return self.teardown(conn, Some(CloseReason::BadRequest));
+        }
+        let session = self.sessions.get_mut(&conn).expect("checked above");
+        if session.user_id() == Some(bind.user_id.as_str()) {
+            // Same user again: new tags and a new bind, written to the store. The latest bind
+            // wins everywhere, also against a concurrent bind of the same user on another node.
+            let route_version = self.next_version();
+            if let Some(bound) = self.sessions.get_mut(&conn).and_then(|s| s.bound.as_mut()) {
+                bound.tags = bind.tags;
+                bound.route_version = route_version;
+            }
+            if let Some((user_id, client_type, record)) = self.route_record(conn) {
+                self.put_route(conn, user_id, client_type, record);
+            }
+            return self.send_raw(
+                conn,
+                Command::Ok,
+                sid,
+                &OkMessage::new(Command::Bind, "bind success"),
+            );
+        }
+        if session.bound.is_some() {
+            self.unbind_session(conn);
+        }
+        let route_version = self.next_version();
+        let session = self.sessions.get_mut(&conn).expect("checked above");
+        let client_type = session.client_type;
+        session.bound = Some(BoundUser {
+            user_id: bind.user_id.clone(),
+            tags: bind.tags,
+            route_version,
+        });
+        let (_, _, record) = self.route_record(conn).expect("bound above");
+        if let Some(holder) = self.newer_connection_holding(&record, &bind.user_id, client_type) {
+            // A late bind from a connection its device has given up: the device's newer
+            // connection here keeps the user, and this one is answered and then kicked, as a
+            // bind that lost the race in the store would be.
+            debug_assert_ne!(holder, conn);
+            self.send_raw(
+                conn,
+                Command::Ok,
+                sid,
+                &OkMessage::new(Command::Bind, "bind success"),
+            );
+            return self.kick_connection(conn, KickCause::LateBind);
+        }
+        if let Some(older) = self.routes.insert(&bind.user_id, client_type, conn) {
+            if older != conn {
+                // The older connection loses the user; the store route is overwritten below.
+                self.kick_connection(older, KickCause::NewerBind);
+            }
+        }
+        self.stats.binds += 1;
+        self.emit(Event::Bound {
+            conn,
+            user_id: bind.user_id.clone(),
+            client_type,
+        });
+        self.put_route(conn, bind.user_id, client_type, record);
+        self.send_raw(
+            conn,
+            Command::Ok,
+            sid,
+            &OkMessage::new(Command::Bind, "bind success"),
+        );
+    }
+
+    pub(super) fn on_unbind(&mut self, conn: ConnId, sid: i32, unbind: Bind) {
+        if !self.sessions[&conn].is_ready() {
+            let error = ErrorMessage::validation(Command::Unbind, NOT_HANDSHAKE);
+            self.send_raw(conn, Command::Error, sid, &error);
+            return self.teardown(conn, Some(CloseReason::BadRequest));
+        }
+        if unbind.user_id.is_empty() {
+            let error = ErrorMessage::validation(Command::Unbind, INVALID_PARAM);
+            self.send_raw(conn, Command::Error, sid, &error);
+            return self.teardown(conn, Some(CloseReason::BadRequest));
+        }
+        // As in MPush, the connection's own user is unbound; the body's id is only checked.
+        self.unbind_session(conn);
+        self.send_raw(
+            conn,
+            Command::Ok,
+            sid,
+            &OkMessage::new(Command::Unbind, "unbind success"),
+        );
+    }
+
+    /// Drops the connection's user: local route (if still ours), store route offline (if it
+    /// still names this connection).
+    pub(super) fn unbind_session(&mut self, conn: ConnId) {
+        if let Some(bound) = self.release_binding(conn) {
+            self.emit(Event::Unbound {
+                conn,
+                user_id: bound.user_id,
+            });
+        }
+    }
+
+    /// Takes `conn`'s user away: the local route goes, and the binding goes offline in the
+    /// store unless something newer is there already (the mark names this binding), so a
+    /// store never keeps naming a connection that no longer holds the user — also when the
+    /// newer bind that displaced it never got its own write through.
+    pub(super) fn release_binding(&mut self, conn: ConnId) -> Option<BoundUser> {
+        let session = self.sessions.get_mut(&conn)?;
+        let bound = session.bound.take()?;
+        let client_type = session.client_type;
+        let conn_token = session.conn_token.clone();
+        self.routes.remove_if(&bound.user_id, client_type, conn);
+        self.store_write(StoreOp::SetRouteOffline {
+            user_id: bound.user_id.clone(),
+            client_type,
+            node: self.cfg.node_addr.clone(),
+            conn_id: conn_token,
+            version: bound.route_version,
+        });
+        Some(bound)
+    }
+
+    /// Writes a connection's route to the store (the answer may name an older route to kick).
+    pub(super) fn put_route(
+        &mut self,
+        conn: ConnId,
+        user_id: String,
+        client_type: ClientType,
+        route: RouteRecord,
+    ) {
+        let op = StoreOp::PutRoute {
+            user_id,
+            client_type,
+            route,
+        };
+        self.store(
+            op.clone(),
+            StorePurpose::BindRoute {
+                conn,
+                op,
+                attempts: 1,
+            },
+        );
+    }
+
+    pub(super) fn on_bind_route_reply(
+        &mut self,
+        conn: ConnId,
+        op: StoreOp,
+        attempts: u32,
+        reply: Result<StoreReply, StoreError>,
+    ) {
+        let StoreOp::PutRoute {
+            user_id,
+            client_type,
+            route,
+        } = &op
+        else {
+            return;
+        };
+        match reply {
+            Ok(StoreReply::Previous(Some(previous))) => {
+                let holds_user = self.sessions.get(&conn).is_some_and(|s| {
+                    s.user_id() == Some(user_id.as_str()) && s.client_type == *client_type
+                });
+                let displaced_elsewhere = previous.is_online()
+                    && !previous.is_on(&self.cfg.node_addr)
+                    && previous.conn_id != route.conn_id;
+                if displaced_elsewhere && !holds_user {
+                    // The connection closed (or gave the user up) before its bind took effect:
+                    // the connection it displaced on another node keeps the user, and its
+                    // route goes back, unless a newer bind came since.
+                    return self.store_write(StoreOp::RestoreRoute {
+                        user_id: user_id.clone(),
+                        client_type: *client_type,
+                        node: self.cfg.node_addr.clone(),
+                        version: route.version,
+                        previous: Box::new(previous),
+                    });
+                }
+                // An older connection of this user and type on another node gets kicked there.
+                if let Some(old_conn_id) = previous.conn_id.clone() {
+                    if displaced_elsewhere {
+                        let notice = KickNotice {
+                            client_type: client_type.code(),
+                            conn_id: old_conn_id,
+                            device_id: previous.device_id.clone(),
+                            target_port: previous.port,
+                            target_server: previous.host.clone(),
+                            user_id: user_id.clone(),
+                            version: previous.version,
+                        };
+                        self.store_write(StoreOp::PublishKick { notice });
+                    }
+                }
+            }
+            Ok(StoreReply::Stale { current }) => {
+                // The store knows a newer bind of this user and type on another connection:
+                // this one lost the race and gives the user up, as if kicked by it.
+                let still_this_bind = self
+                    .sessions
+                    .get(&conn)
+                    .and_then(|s| s.bound.as_ref())
+                    .is_some_and(|b| b.route_version == route.version);
+                if still_this_bind && current.conn_id != route.conn_id {
+                    let cause = if route.is_late_against(&current) {
+                        KickCause::LateBind
+                    } else {
+                        KickCause::NewerBind
+                    };
+                    self.kick_connection(conn, cause);
+                }
+            }
+            Ok(_) => {}
+            Err(error) => {
+                // Retry while this connection still holds the route; after a few tries (or at
+                // once when the store is unreachable) the route waits for the next repair round
+                // or for the store link to come back (`republish_routes`).
+                let still_bound = self.sessions.get(&conn).is_some_and(|s| {
+                    s.user_id() == Some(user_id.as_str()) && s.client_type == *client_type
+                });
+                let retry = !matches!(error, StoreError::Unavailable(_));
+                if still_bound && retry && attempts < STORE_WRITE_ATTEMPTS {
+                    self.store(
+                        op.clone(),
+                        StorePurpose::BindRoute {
+                            conn,
+                            op,
+                            attempts: attempts + 1,
+                        },
+                    );
+                } else {
+                    if still_bound {
+                        self.schedule_route_repair(conn);
+                    }
+                    self.emit(Event::StoreFailed {
+                        op: "put-route",
+                        error,
+                    });
+                }
+            }
+        }
+    }
+}

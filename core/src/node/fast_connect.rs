@@ -1,0 +1,99 @@
+//! Fast connect (reference §9.2): a phone that hand-shook before sends FAST_CONNECT with its
+//! reusable session id instead of paying for RSA again. The node asks the store for the cached
+//! session (`GetSession`); when it exists and names the same device, the phone gets
+//! FAST_CONNECT-ok and the connection takes on the cached cipher. Otherwise ERROR (session
+//! expired, invalid device) and the phone falls back to a full handshake on the same
+//! connection.
+//!
+//! Why it goes through the node: the cached session lives in the shared store, which only the
+//! node talks to; the connection waits in `FastConnecting` until the answer comes.
+use super::{Node, StorePurpose};
+use crate::command::Command;
+use crate::ids::{ConnId, RequestId};
+use crate::message::{ErrorCode, ErrorMessage, FastConnect, FastConnectOk};
+use crate::session::SessionState;
+use crate::store::{StoreError, StoreOp, StoreReply};
+use crate::Event;
+
+impl Node {
+    pub(super) fn on_fast_connect(&mut self, conn: ConnId, sid: i32, fc: FastConnect) {
+        let purpose = StorePurpose::FastConnect { conn };
+        match self.store(
+            StoreOp::GetSession {
+                session_id: fc.session_id.clone(),
+            },
+            purpose,
+        ) {
+            Some(request) => {
+                if let Some(session) = self.sessions.get_mut(&conn) {
+                    session.state = SessionState::FastConnecting {
+                        request,
+                        packet_session_id: sid,
+                        device_id: fc.device_id,
+                        max_heartbeat_ms: fc.max_heartbeat_ms,
+                    };
+                }
+            }
+            None => {
+                let error =
+                    ErrorMessage::new(Command::FastConnect.code(), ErrorCode::SessionExpired);
+                self.send_raw(conn, Command::Error, sid, &error);
+            }
+        }
+    }
+
+    pub(super) fn on_fast_connect_reply(
+        &mut self,
+        conn: ConnId,
+        request: RequestId,
+        reply: Result<StoreReply, StoreError>,
+    ) {
+        let Some(session) = self.sessions.get_mut(&conn) else {
+            return;
+        };
+        if !matches!(&session.state, SessionState::FastConnecting { request: r, .. } if *r == request)
+        {
+            return; // an answer to an earlier attempt
+        }
+        let SessionState::FastConnecting {
+            packet_session_id,
+            device_id,
+            max_heartbeat_ms,
+            ..
+        } = std::mem::replace(&mut session.state, SessionState::Connected)
+        else {
+            return;
+        };
+        // A session that was Ready before (a fast connect on a live session) stays usable.
+        if session.cipher.is_some() {
+            session.state = SessionState::Ready;
+        }
+        let cached = match reply {
+            Ok(StoreReply::Session(Some(cached))) => cached,
+            Ok(_) | Err(_) => {
+                let error =
+                    ErrorMessage::new(Command::FastConnect.code(), ErrorCode::SessionExpired);
+                return self.send_raw(conn, Command::Error, packet_session_id, &error);
+            }
+        };
+        if cached.device_id != device_id {
+            let error = ErrorMessage::new(Command::FastConnect.code(), ErrorCode::InvalidDevice);
+            return self.send_raw(conn, Command::Error, packet_session_id, &error);
+        }
+        if self.sessions[&conn].bound.is_some() {
+            self.unbind_session(conn);
+        }
+        let heartbeat_ms = self.cfg.negotiate_heartbeat_ms(max_heartbeat_ms);
+        let ok = FastConnectOk {
+            heartbeat_ms: i32::try_from(heartbeat_ms).unwrap_or(i32::MAX),
+        };
+        self.send_raw(conn, Command::FastConnect, packet_session_id, &ok);
+        self.adopt(conn, &cached, heartbeat_ms);
+        self.stats.fast_connects += 1;
+        self.emit(Event::HandshakeDone {
+            conn,
+            device_id,
+            fast: true,
+        });
+    }
+}
