@@ -14,7 +14,9 @@
 //! - [`pipeline`]: applies the crypto and compression a packet's flags call for.
 //!
 //! The engine, on top:
-//! - [`session`]: one phone connection (handshake, fast connect, heartbeat, bound user).
+//! - [`conn`]: [`PhoneConn`], one phone connection as its connection task runs it: framing,
+//!   decryption, the handshake, heartbeats, idle checks, sealing, the slow-consumer marks.
+//! - [`session`]: one phone connection as the node sees it (device facts, bound user).
 //! - [`route`]: local routes (user id + client type → connection).
 //! - [`push`]: push requests and broadcast filters; [`condition`]: the filter language.
 //! - [`flow`]: flow control; [`ack`]: pushes awaiting a write result or an ACK.
@@ -31,6 +33,7 @@ pub mod codec;
 pub mod command;
 pub mod condition;
 pub mod config;
+pub mod conn;
 pub mod crypto;
 pub mod flow;
 pub mod frame;
@@ -47,6 +50,7 @@ pub mod store_state;
 pub mod timer;
 
 pub use config::{NodeAddr, NodeConfig};
+pub use conn::{ConnConfig, PhoneConn, PhoneMessage, QueueMarks};
 pub use ids::{ConnId, GatewayId, Millis, PushId, RequestId};
 pub use node::{CloseReason, Event, Input, KickCause, Node, NodeStats, OutFrame, Output, Seal};
 pub use status::PushStatus;

@@ -1,20 +1,17 @@
 //! The node's timers: an ordered set of (deadline, what), with cancellation.
 //!
-//! Every owner of a timer (a connection's idle check, a push's deadline or next step, a store
-//! request's deadline, the route repair round) records the deadline it armed, and cancels the
-//! entry when it stops wanting it (a push that finished, a connection that closed, a store
-//! request answered). So the set holds exactly the timers of live work: it never grows with
-//! the rate of finished pushes times their timeout. Arming and cancelling are O(log n);
+//! Every owner of a timer (a push's deadline or next step, a store request's deadline, the
+//! route repair round) records the deadline it armed, and cancels the entry when it stops
+//! wanting it (a push that finished, a store request answered). So the set holds exactly the
+//! timers of live work: it never grows with the rate of finished pushes times their timeout. Arming and cancelling are O(log n);
 //! entries come due in (deadline, timer) order, the same order whatever else was armed or
 //! cancelled in between, so a run is reproducible.
-use crate::ids::{ConnId, Millis, PushId, RequestId};
+use crate::ids::{Millis, PushId, RequestId};
 use std::collections::BTreeSet;
 
 /// What a timer wakes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Timer {
-    /// A connection's idle check (or its handshake deadline).
-    Idle(ConnId),
     /// A push's overall deadline.
     PushDeadline(PushId),
     /// A push task's next step (after a flow-control delay).
@@ -85,7 +82,7 @@ mod tests {
     fn due_in_order_and_cancelled_entries_never_come() {
         let mut q = TimerQueue::new();
         q.arm(30, Timer::PushDeadline(PushId(1)));
-        q.arm(10, Timer::Idle(ConnId(1)));
+        q.arm(10, Timer::PushStep(PushId(2)));
         q.arm(20, Timer::StoreDeadline(RequestId(1)));
         q.arm(10, Timer::RouteRepair);
         assert_eq!(q.len(), 4);
@@ -97,7 +94,7 @@ mod tests {
         );
         assert_eq!(q.next_deadline(), Some(10));
         assert_eq!(q.pop_due(9), None);
-        assert_eq!(q.pop_due(10), Some((10, Timer::Idle(ConnId(1)))));
+        assert_eq!(q.pop_due(10), Some((10, Timer::PushStep(PushId(2)))));
         assert_eq!(q.pop_due(10), Some((10, Timer::RouteRepair)));
         assert_eq!(q.pop_due(29), None);
         assert_eq!(q.pop_due(100), Some((30, Timer::PushDeadline(PushId(1)))));

@@ -2063,10 +2063,8 @@ impl Run {
                 self.read_by_node(conn);
                 let reason = match garbage {
                     Garbage::Frame => {
-                        self.w.input(Input::PhoneFrameError {
-                            conn,
-                            error: FrameError::NegativeLength { length: -1 },
-                        });
+                        self.w
+                            .frame_error(conn, FrameError::NegativeLength { length: -1 });
                         CloseReason::BadFrame
                     }
                     Garbage::Command => {

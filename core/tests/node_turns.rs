@@ -6,10 +6,10 @@ mod harness;
 
 use harness::World;
 use pushgate_core::command::Command;
-use pushgate_core::frame::{Flags, Frame, Packet};
+use pushgate_core::frame::{Flags, Frame};
 use pushgate_core::message::GatewayPush;
 use pushgate_core::status::PushStatus;
-use pushgate_core::{ConnId, Event, GatewayId, Input, Millis, Node, Output, PushId};
+use pushgate_core::{ConnId, Event, GatewayId, Input, Millis, Node, Output, PhoneMessage, PushId};
 use std::collections::{BTreeMap, VecDeque};
 
 const GW: GatewayId = GatewayId(1);
@@ -147,7 +147,7 @@ fn one_turn_runs_at_most_one_broadcast_batch_and_a_push_arriving_meanwhile_goes_
         c.broadcast_flow_limit_per_window = 0;
     });
     online(&mut w, PHONES);
-    let World { node, now, .. } = w;
+    let (node, now) = (w.node.into_node(), w.now);
     let mut d = Driver {
         node,
         now,
@@ -220,8 +220,8 @@ fn one_turn_runs_at_most_one_broadcast_batch_and_a_push_arriving_meanwhile_goes_
     assert_eq!(stats.in_flight, 0);
     assert_eq!(
         d.node.timer_count(),
-        PHONES,
-        "one idle check per phone, nothing else"
+        0,
+        "nothing armed (the phones' idle checks run in their connections)"
     );
 }
 
@@ -235,7 +235,7 @@ fn a_broadcast_waiting_for_flow_control_arms_one_step_and_resumes_in_turns() {
     });
     online(&mut w, PHONES);
     let timers_idle = w.node.timer_count();
-    let World { node, now, .. } = w;
+    let (node, now) = (w.node.into_node(), w.now);
     let mut d = Driver {
         node,
         now,
@@ -276,18 +276,13 @@ fn a_million_finished_pushes_leave_no_timers_behind() {
         c.global_flow_limit_per_window = 0;
         c.max_push_timeout_ms = 600_000;
     });
-    let phone = online(&mut w, 1)[0];
-    let World {
-        mut node,
-        now,
-        mut store,
-        ..
-    } = w;
+    online(&mut w, 1);
+    let (mut node, now, mut store) = (w.node.into_node(), w.now, w.store);
     node.handle(now, Input::GatewayConnected { gw: GW });
     drain(&mut node);
-    // The phone's idle check (and nothing else) before.
+    // Nothing armed before (a phone's idle checks run in its connection, not in the node).
     let timers_before = node.timer_count();
-    assert_eq!(timers_before, 1);
+    assert_eq!(timers_before, 0);
     let mut now = now;
     let mut by_status: BTreeMap<&str, u32> = BTreeMap::new();
     let mut most_timers = 0;
@@ -296,15 +291,6 @@ fn a_million_finished_pushes_leave_no_timers_behind() {
         // keeps the set small.
         if i % 10_000 == 0 {
             now += 1000;
-            // The phone's heartbeat keeps it alive.
-            node.handle(
-                now,
-                Input::PhoneFrame {
-                    conn: phone,
-                    frame: Frame::Heartbeat,
-                },
-            );
-            drain(&mut node);
             if let Some(at) = node.poll_timeout().filter(|at| *at <= now) {
                 node.handle_timeout(at.max(now));
                 drain(&mut node);
@@ -345,15 +331,8 @@ fn a_million_finished_pushes_leave_no_timers_behind() {
                 );
                 pending.push_back(drain(&mut node));
                 if flags == Flags::AUTO_ACK {
-                    let ack =
-                        Packet::new(Command::Ack.code(), Flags::NONE, sid, bytes::Bytes::new());
-                    node.handle(
-                        now,
-                        Input::PhoneFrame {
-                            conn,
-                            frame: Frame::Packet(ack),
-                        },
-                    );
+                    let ack = PhoneMessage::Ack { session_id: sid };
+                    node.handle(now, ack.into_input(conn));
                     pending.push_back(drain(&mut node));
                 }
             }

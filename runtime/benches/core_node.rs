@@ -2,8 +2,9 @@
 //! runtime should approach.
 //!
 //! 1. Binds N sessions (default 1,000,000; `BENCH_SESSIONS`) through fast connect (the store
-//!    answers with a cached session, so no RSA) and an encrypted BIND; reports binds/s and the
-//!    heap bytes held per bound session (a counting allocator).
+//!    answers with a cached session, so no RSA) and an encrypted BIND, each opened by the
+//!    phone's `PhoneConn` (which then goes: it lives in the connection task); reports binds/s
+//!    and the heap bytes the node holds per bound session (a counting allocator).
 //! 2. Single pushes (`BENCH_PUSHES`, default 1,000,000) to random bound users, NO_ACK: the
 //!    GATEWAY_PUSH frame in, the PUSH out, the write confirmed, the status out; pushes/s without
 //!    and with sealing each PUSH (AES, what a connection task does per push).
@@ -25,7 +26,10 @@ use pushgate::core::frame::{Flags, Frame, Packet};
 use pushgate::core::message::{Bind, FastConnect, GatewayPush};
 use pushgate::core::pipeline::{raw_packet, sealed_packet};
 use pushgate::core::store::{CachedSession, StoreOp, StoreReply};
-use pushgate::core::{ConnId, GatewayId, Input, Node, OutFrame, Output};
+use pushgate::core::{
+    ConnConfig, ConnId, GatewayId, Input, Node, OutFrame, Output, PhoneConn, QueueMarks,
+};
+use rand_chacha::rand_core::SeedableRng;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
@@ -106,6 +110,7 @@ fn drain(
     session: &CachedSession,
     seal: bool,
     threshold: usize,
+    mut phone: Option<&mut PhoneConn>,
 ) -> (u64, u64) {
     let mut frames = 0;
     let mut statuses = 0;
@@ -147,6 +152,11 @@ fn drain(
                 );
             }
             Output::GatewayTransmit { .. } => statuses += 1,
+            Output::Resume { resume, .. } => {
+                if let Some(phone) = phone.as_deref_mut() {
+                    phone.handle_resume(now, *resume);
+                }
+            }
             _ => {}
         }
     }
@@ -165,6 +175,8 @@ fn main() {
     cfg.broadcast_flow_max_total = 0;
     cfg.broadcast_batch_size = 4096;
     let threshold = cfg.compress_threshold_bytes;
+    let conn_cfg = ConnConfig::from_node(&cfg, 1_795_000_000_000, QueueMarks::default());
+    let mut rng = rand_chacha::ChaCha20Rng::from_seed([3; 32]);
     let mut node = Node::new(cfg, [7; 32], 1_795_000_000_000);
     let key = [0x11; 16];
     let iv = [0x22; 16];
@@ -197,14 +209,12 @@ fn main() {
     for (i, user) in users.iter().enumerate() {
         let conn = ConnId(i as u64 + 1);
         node.handle(now, Input::PhoneConnected { conn });
-        node.handle(
-            now,
-            Input::PhoneFrame {
-                conn,
-                frame: Frame::Packet(fast.clone()),
-            },
-        );
-        drain(&mut node, now, &session, false, threshold);
+        let mut phone = PhoneConn::new(conn, &conn_cfg, now);
+        phone.handle_frame(&conn_cfg, now, Frame::Packet(fast.clone()), &mut rng);
+        while let Some(input) = phone.poll_input() {
+            node.handle(now, input);
+        }
+        drain(&mut node, now, &session, false, threshold, Some(&mut phone));
         let bind = sealed_packet(
             Command::Bind.code(),
             Flags::NONE,
@@ -216,14 +226,11 @@ fn main() {
             Some(&cipher),
             1024,
         );
-        node.handle(
-            now,
-            Input::PhoneFrame {
-                conn,
-                frame: Frame::Packet(bind),
-            },
-        );
-        drain(&mut node, now, &session, false, threshold);
+        phone.handle_frame(&conn_cfg, now, Frame::Packet(bind), &mut rng);
+        while let Some(input) = phone.poll_input() {
+            node.handle(now, input);
+        }
+        drain(&mut node, now, &session, false, threshold, Some(&mut phone));
         if i % 65_536 == 0 {
             now += 1;
         }
@@ -277,7 +284,7 @@ fn main() {
                     frame: Frame::Packet(packet),
                 },
             );
-            statuses += drain(node, now, &session, seal, threshold).1;
+            statuses += drain(node, now, &session, seal, threshold, None).1;
         }
         assert_eq!(statuses, count as u64, "one status per push");
         started.rates(count as f64)
@@ -307,13 +314,13 @@ fn main() {
             )),
         },
     );
-    let mut delivered = drain(&mut node, now, &session, false, threshold).0;
+    let mut delivered = drain(&mut node, now, &session, false, threshold, None).0;
     while let Some(at) = node.poll_timeout() {
         if at > now + 1 {
             break;
         }
         node.handle_timeout(now);
-        delivered += drain(&mut node, now, &session, false, threshold).0;
+        delivered += drain(&mut node, now, &session, false, threshold, None).0;
     }
     let broadcast_rate = started.rates(delivered as f64);
 

@@ -1,40 +1,112 @@
-//! Connection tasks: one per phone and one per PushClient. Each owns its socket. It reads,
-//! splits frames and hands them to the node task; it takes frames to send, encodes (and for
-//! phones compresses and encrypts) them, and writes every frame that is ready in one write.
+//! Connection tasks: one per phone and one per PushClient. Each owns its socket.
+//!
+//! A phone's task runs the phone's [`PhoneConn`] (the per-connection half of the core, sans-IO)
+//! beside its socket, so framing, RSA, AES, inflate, compression and sealing happen here, on
+//! whichever core the task runs, not on the node task. It feeds the connection what it reads,
+//! what the node queued for it ([`PhoneQueue`]) and its timer, hands the node the decoded
+//! messages, and writes what the connection sealed as the socket takes it. The slow-consumer
+//! rule is the connection's: this task only reports how many bytes the socket took.
 //!
 //! A phone is idle almost all of the time, so an idle phone task holds no buffers: the read
 //! buffer is allocated when the socket becomes readable and released as soon as it holds no
-//! partial frame, the outbound queue ([`PhoneQueue`]) owns no memory while empty, and the
-//! work done on activity runs in boxed futures that exist only while they run. What stays is
-//! the socket, the queue and a small task.
+//! partial frame, the outbound queue owns no memory while empty, the connection releases its
+//! write buffer once written, and the hand-over to the node runs in a boxed future that exists
+//! only while it runs. What stays is the socket, the queue, the connection and its timer.
+//!
+//! A PushClient's task reads frames and hands them to the node task, and writes what the node
+//! sends it in batches.
 use crate::driver::{GatewayCmd, NodeHandle, NodeMsg};
-use crate::phone_queue::PhoneQueue;
+use crate::phone_queue::{PhoneQueue, ToPhone};
 use bytes::BytesMut;
-use pushgate_core::frame::{Frame, FrameDecoder, FrameError};
-use pushgate_core::{ConnId, GatewayId, Input};
+use pushgate_core::conn::{ConnConfig, PhoneConn};
+use pushgate_core::frame::{Frame, FrameDecoder};
+use pushgate_core::{ConnId, GatewayId, Input, Millis};
+use rand_chacha::rand_core::{CryptoRng, RngCore, SeedableRng};
+use rand_chacha::ChaCha20Rng;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
+use tokio::time::{Instant, Sleep};
 
 /// Most frames coalesced into one write on a PushClient connection.
 pub const MAX_FRAMES_PER_WRITE: usize = 256;
 /// Read buffer size: allocated when the socket has bytes, released when they are consumed.
 const READ_CHUNK_BYTES: usize = 4096;
 
-/// Per-connection settings.
-#[derive(Debug, Clone, Copy)]
-pub struct ConnSettings {
-    pub max_body_bytes: usize,
-    pub compress_threshold_bytes: usize,
-    pub low_water_bytes: usize,
+/// What every phone connection task of a node shares.
+#[derive(Debug)]
+pub struct PhoneSettings {
+    /// The connections' rules and bounds.
+    pub cfg: ConnConfig,
+    /// Time 0 of the connections' clock (the node's).
+    pub start: Instant,
+    /// Secret key of the connections' random generators (one stream per connection).
+    pub seed: [u8; 32],
 }
+
+impl PhoneSettings {
+    fn now_ms(&self) -> Millis {
+        u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn instant(&self, at_ms: Millis) -> Instant {
+        self.start + std::time::Duration::from_millis(at_ms)
+    }
+}
+
+/// A connection's random generator, keyed on first use: ChaCha20 under the node's secret
+/// seed, stream = the connection, and a fresh 2^32-word window per use, so no two uses (on
+/// any connection) share output. Only a HANDSHAKE draws from it.
+struct ConnRng<'a> {
+    settings: &'a PhoneSettings,
+    conn: ConnId,
+    uses: &'a mut u32,
+    inner: Option<ChaCha20Rng>,
+}
+
+impl ConnRng<'_> {
+    fn rng(&mut self) -> &mut ChaCha20Rng {
+        self.inner.get_or_insert_with(|| {
+            let mut rng = ChaCha20Rng::from_seed(self.settings.seed);
+            rng.set_stream(self.conn.0);
+            rng.set_word_pos(u128::from(*self.uses) << 32);
+            *self.uses = self.uses.wrapping_add(1);
+            rng
+        })
+    }
+}
+
+impl RngCore for ConnRng<'_> {
+    fn next_u32(&mut self) -> u32 {
+        self.rng().next_u32()
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        self.rng().next_u64()
+    }
+
+    fn fill_bytes(&mut self, dest: &mut [u8]) {
+        self.rng().fill_bytes(dest)
+    }
+
+    fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), rand_chacha::rand_core::Error> {
+        self.rng().try_fill_bytes(dest)
+    }
+}
+
+impl CryptoRng for ConnRng<'_> {}
 
 /// What woke a phone task.
 enum Wake {
+    Wrote(usize),
+    WriteFailed,
     Queue,
     Read(std::io::Result<usize>),
+    Timer,
 }
 
 /// Runs a phone connection until either side closes it.
@@ -43,50 +115,119 @@ pub async fn run_phone(
     mut stream: TcpStream,
     node: NodeHandle,
     queue: Arc<PhoneQueue>,
-    settings: ConnSettings,
+    settings: Arc<PhoneSettings>,
 ) {
-    let decoder = FrameDecoder::new(settings.max_body_bytes);
+    let mut machine = Box::new(PhoneConn::new(conn, &settings.cfg, settings.now_ms()));
     let mut inbound = BytesMut::new();
-    let mut reading = true;
+    let mut timer: Option<Pin<Box<Sleep>>> = None;
+    let mut rng_uses = 0u32;
     #[cfg(madsim)]
     let peer = stream.peer_addr().ok().map(|a| a.ip());
     loop {
-        // One poll for both sources, queue first: nothing but a waker is registered while the
-        // phone is idle (no wait-list nodes or read futures kept in the task).
+        if machine.has_input() && !Box::pin(hand_over(&mut machine, &node)).await {
+            return; // the node is gone
+        }
+        if machine.is_finished() {
+            let _ = stream.shutdown().await;
+            return;
+        }
+        match machine.poll_timeout() {
+            None => timer = None,
+            Some(at_ms) => {
+                let at = settings.instant(at_ms);
+                match &mut timer {
+                    Some(sleep) if sleep.deadline() == at => {}
+                    Some(sleep) => sleep.as_mut().reset(at),
+                    None => timer = Some(Box::pin(tokio::time::sleep_until(at))),
+                }
+            }
+        }
+        // One poll for every source: nothing but wakers is registered while the phone is idle.
         let wake = std::future::poll_fn(|cx| {
-            #[cfg(madsim)]
-            let stalled = crate::sim_hooks::poll_stalled(peer, cx);
-            #[cfg(not(madsim))]
-            let stalled = false;
-            if !stalled && queue.poll_ready(cx).is_ready() {
+            let pending = machine.poll_transmit();
+            if !pending.is_empty() {
+                #[cfg(madsim)]
+                let stalled = crate::sim_hooks::poll_stalled(peer, cx);
+                #[cfg(not(madsim))]
+                let stalled = false;
+                if !stalled {
+                    if let Poll::Ready(wrote) = poll_write_some(&mut stream, pending, cx) {
+                        return Poll::Ready(wrote);
+                    }
+                }
+            }
+            if queue.poll_ready(cx).is_ready() {
                 return Poll::Ready(Wake::Queue);
             }
-            if reading {
+            if machine.is_open() {
                 if let Poll::Ready(read) = poll_read_some(&mut stream, &mut inbound, cx) {
                     return Poll::Ready(Wake::Read(read));
+                }
+            }
+            if let Some(sleep) = &mut timer {
+                if sleep.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Wake::Timer);
                 }
             }
             Poll::Pending
         })
         .await;
+        let cfg = &settings.cfg;
+        let now = settings.now_ms();
         match wake {
+            Wake::Wrote(bytes) => machine.handle_written(cfg, now, bytes),
+            Wake::WriteFailed => machine.handle_peer_closed(now),
             Wake::Queue => {
-                let write = write_phone_batch(conn, &mut stream, &node, &queue, settings);
-                if !Box::pin(write).await {
-                    break;
+                let batch = queue.take();
+                for item in batch.frames {
+                    match item {
+                        ToPhone::Frame {
+                            frame,
+                            report_write,
+                        } => machine.handle_transmit(cfg, now, frame, report_write),
+                        ToPhone::Resume(resume) => machine.handle_resume(now, *resume),
+                    }
+                }
+                if batch.close {
+                    machine.handle_close(now);
                 }
             }
-            Wake::Read(read) => {
-                let forward =
-                    forward_frames(Side::Phone(conn), read, &decoder, &mut inbound, &node);
-                match Box::pin(forward).await {
-                    ReadOutcome::Open => {}
-                    ReadOutcome::StopReading => reading = false,
-                    ReadOutcome::Closed => break,
-                    ReadOutcome::NodeGone => return,
-                }
+            Wake::Read(Ok(read)) if read > 0 => {
+                let mut rng = ConnRng {
+                    settings: &settings,
+                    conn,
+                    uses: &mut rng_uses,
+                    inner: None,
+                };
+                machine.handle_bytes(cfg, now, &mut inbound, &mut rng);
+                release_if_empty(&mut inbound);
             }
+            Wake::Read(_) => machine.handle_peer_closed(now),
+            Wake::Timer => machine.handle_timeout(cfg, now),
         }
+    }
+}
+
+/// Hands the node every message the connection has for it; false when the node is gone.
+async fn hand_over(machine: &mut PhoneConn, node: &NodeHandle) -> bool {
+    while let Some(input) = machine.poll_input() {
+        if node.send(NodeMsg::Input(input)).await.is_err() {
+            return false;
+        }
+    }
+    true
+}
+
+/// Writes what the socket takes of `pending` (and flushes it: the simulator's sockets send on
+/// flush).
+fn poll_write_some(stream: &mut TcpStream, pending: &[u8], cx: &mut Context<'_>) -> Poll<Wake> {
+    match Pin::new(&mut *stream).poll_write(cx, pending) {
+        Poll::Pending => Poll::Pending,
+        Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => Poll::Ready(Wake::WriteFailed),
+        Poll::Ready(Ok(written)) => match Pin::new(&mut *stream).poll_flush(cx) {
+            Poll::Ready(Err(_)) => Poll::Ready(Wake::WriteFailed),
+            _ => Poll::Ready(Wake::Wrote(written)),
+        },
     }
 }
 
@@ -157,61 +298,6 @@ fn release_if_empty(inbound: &mut BytesMut) {
     }
 }
 
-/// Writes everything queued in one write; false when the task must end.
-async fn write_phone_batch(
-    conn: ConnId,
-    stream: &mut TcpStream,
-    node: &NodeHandle,
-    queue: &PhoneQueue,
-    settings: ConnSettings,
-) -> bool {
-    let batch = queue.take();
-    let mut out = BytesMut::new();
-    let mut reports = Vec::new();
-    let mut accounted = 0usize;
-    for queued in &batch.frames {
-        queued
-            .frame
-            .encode(settings.compress_threshold_bytes, &mut out);
-        accounted += queued.bytes;
-        if let Some(sid) = queued.report_write {
-            reports.push(sid);
-        }
-    }
-    drop(batch.frames);
-    let written =
-        out.is_empty() || (stream.write_all(&out).await.is_ok() && stream.flush().await.is_ok());
-    drop(out);
-    let (before, after) = queue.written(accounted);
-    for sid in reports {
-        let input = Input::PhoneWritten {
-            conn,
-            push_session_id: sid,
-            ok: written,
-        };
-        if node.send(NodeMsg::Input(input)).await.is_err() {
-            return false;
-        }
-    }
-    if !written {
-        let _ = node.send(NodeMsg::Input(Input::PhoneClosed { conn })).await;
-        return false;
-    }
-    if before > settings.low_water_bytes && after <= settings.low_water_bytes {
-        let _ = node
-            .send(NodeMsg::Input(Input::PhoneWritable {
-                conn,
-                writable: true,
-            }))
-            .await;
-    }
-    if batch.close {
-        let _ = stream.shutdown().await;
-        return false;
-    }
-    true
-}
-
 /// Runs a PushClient connection until either side closes it.
 pub async fn run_gateway(
     gw: GatewayId,
@@ -255,45 +341,13 @@ pub async fn run_gateway(
                 }
             }
             read = read_some(&mut stream, &mut inbound), if reading => {
-                match forward_frames(Side::Gateway(gw), read, &decoder, &mut inbound, &node).await {
+                match forward_frames(gw, read, &decoder, &mut inbound, &node).await {
                     ReadOutcome::Open => {}
                     ReadOutcome::StopReading => reading = false,
                     ReadOutcome::Closed => break,
                     ReadOutcome::NodeGone => return,
                 }
             }
-        }
-    }
-}
-
-/// Which kind of connection a task serves: how its frames become node inputs.
-#[derive(Debug, Clone, Copy)]
-enum Side {
-    Phone(ConnId),
-    Gateway(GatewayId),
-}
-
-impl Side {
-    fn frame(self, frame: Frame) -> Option<Input> {
-        match (self, frame) {
-            (Side::Phone(conn), frame) => Some(Input::PhoneFrame { conn, frame }),
-            // PushClients send no heartbeats; a stray one is ignored.
-            (Side::Gateway(_), Frame::Heartbeat) => None,
-            (Side::Gateway(gw), frame) => Some(Input::GatewayFrame { gw, frame }),
-        }
-    }
-
-    fn frame_error(self, error: FrameError) -> Input {
-        match self {
-            Side::Phone(conn) => Input::PhoneFrameError { conn, error },
-            Side::Gateway(gw) => Input::GatewayFrameError { gw, error },
-        }
-    }
-
-    fn closed(self) -> Input {
-        match self {
-            Side::Phone(conn) => Input::PhoneClosed { conn },
-            Side::Gateway(gw) => Input::GatewayClosed { gw },
         }
     }
 }
@@ -311,29 +365,31 @@ enum ReadOutcome {
 /// After a read: hands every whole frame buffered in `inbound` to the node, and releases the
 /// buffer when no partial frame is left in it, so an idle connection holds no read buffer.
 async fn forward_frames(
-    side: Side,
+    gw: GatewayId,
     read: std::io::Result<usize>,
     decoder: &FrameDecoder,
     inbound: &mut BytesMut,
     node: &NodeHandle,
 ) -> ReadOutcome {
     if !matches!(read, Ok(n) if n > 0) {
-        let _ = node.send(NodeMsg::Input(side.closed())).await;
+        let _ = node.send(NodeMsg::Input(Input::GatewayClosed { gw })).await;
         return ReadOutcome::Closed;
     }
     let mut outcome = ReadOutcome::Open;
     loop {
         match decoder.decode(inbound) {
+            // PushClients send no heartbeats; a stray one is ignored.
+            Ok(Some(Frame::Heartbeat)) => {}
             Ok(Some(frame)) => {
-                if let Some(input) = side.frame(frame) {
-                    if node.send(NodeMsg::Input(input)).await.is_err() {
-                        return ReadOutcome::NodeGone;
-                    }
+                let input = Input::GatewayFrame { gw, frame };
+                if node.send(NodeMsg::Input(input)).await.is_err() {
+                    return ReadOutcome::NodeGone;
                 }
             }
             Ok(None) => break,
             Err(error) => {
-                let _ = node.send(NodeMsg::Input(side.frame_error(error))).await;
+                let input = Input::GatewayFrameError { gw, error };
+                let _ = node.send(NodeMsg::Input(input)).await;
                 outcome = ReadOutcome::StopReading;
                 break;
             }
@@ -363,11 +419,15 @@ mod tests {
                 .await
                 .expect("connect");
             let (node, _rx) = NodeHandle::channel(1);
-            let settings = ConnSettings {
-                max_body_bytes: 1024,
-                compress_threshold_bytes: 1024,
-                low_water_bytes: 1024,
-            };
+            let cfg = pushgate_core::NodeConfig::new(
+                pushgate_core::NodeAddr::new("127.0.0.1", 3001),
+                pushgate_core::crypto::ServerRsaKey::mpush_default(),
+            );
+            let settings = Arc::new(PhoneSettings {
+                cfg: ConnConfig::from_node(&cfg, 0, pushgate_core::QueueMarks::default()),
+                start: Instant::now(),
+                seed: [7; 32],
+            });
             let task = run_phone(
                 ConnId(1),
                 stream,

@@ -1,10 +1,9 @@
 //! The node task: owns the sans-IO [`Node`] and the embedded store, and moves inputs in and
 //! outputs out. It is the only place where core outputs become effects:
 //!
-//! - `Transmit` goes to the phone's connection task, which encodes, compresses and encrypts it
-//!   there (the expensive part runs beside the socket, not here). Queued bytes are counted per
-//!   connection: above the high-water mark the core is told the phone is not writable (pushes
-//!   to it fail, as in MPush), above the hard limit the connection is closed.
+//! - `Transmit`, `Resume` and `Close` go to the phone's connection task, whose
+//!   [`pushgate_core::PhoneConn`] compresses and encrypts there (the expensive part runs beside
+//!   the socket, not here) and applies the slow-consumer marks.
 //! - `Store` is performed on the embedded [`MemoryStore`] and its answer fed straight back.
 //! - `GatewayTransmit` goes to the PushClient's connection task.
 //! - `Event`s become log lines and metrics, and finish pushes from the local API.
@@ -18,7 +17,7 @@
 //! push waits behind at most one broadcast batch, not behind the whole broadcast. The task's
 //! busy time and queue depth are published as metrics ([`metrics::NodeLoad`]).
 use crate::metrics::{self, NodeLoad};
-use crate::phone_queue::{PhoneQueue, QueuedFrame};
+use crate::phone_queue::{PhoneQueue, ToPhone};
 use crate::store::MemoryStore;
 use crate::store_net::{FromStore, RemoteStore, StoreLinkEvent};
 use pushgate_core::frame::Packet;
@@ -27,7 +26,8 @@ use pushgate_core::route::ClientType;
 use pushgate_core::status::PushStatus;
 use pushgate_core::store::{RouteRecord, StoreError, StoreOp};
 use pushgate_core::{
-    ConnId, Event, GatewayId, Input, Millis, Node, NodeAddr, NodeStats, OutFrame, Output, RequestId,
+    CloseReason, ConnId, Event, GatewayId, Input, Millis, Node, NodeAddr, NodeStats, OutFrame,
+    Output, RequestId,
 };
 use rustc_hash::FxHashMap;
 use serde::Serialize;
@@ -193,11 +193,9 @@ impl NodeHandle {
     }
 }
 
-/// Limits the node task enforces on connection queues.
+/// What the node task watches itself with.
 #[derive(Debug, Clone, Copy)]
 pub struct QueueLimits {
-    pub high_water_bytes: usize,
-    pub hard_limit_bytes: usize,
     /// Handling one message slower than this is logged.
     pub slow_ms: u64,
 }
@@ -230,8 +228,8 @@ pub struct Driver {
     /// The time of the current wake-up ([`Driver::tick`]): every message handled in one
     /// wake-up is handled at it, so a burst reads the clock once, not once per message.
     now: Millis,
-    /// Each phone's outbound queue, and whether the core was last told it is writable.
-    phones: FxHashMap<ConnId, (Arc<PhoneQueue>, bool)>,
+    /// Each phone's outbound queue.
+    phones: FxHashMap<ConnId, Arc<PhoneQueue>>,
     gateways: FxHashMap<GatewayId, mpsc::UnboundedSender<GatewayCmd>>,
     local_waiters: FxHashMap<u64, oneshot::Sender<PushOutcome>>,
     next_token: u64,
@@ -433,7 +431,7 @@ impl Driver {
         let now = self.now;
         match msg {
             NodeMsg::PhoneOpened { conn, queue } => {
-                self.phones.insert(conn, (queue, true));
+                self.phones.insert(conn, queue);
                 metrics::connection_opened();
                 self.node.handle(now, Input::PhoneConnected { conn });
             }
@@ -443,12 +441,10 @@ impl Driver {
             }
             NodeMsg::Input(input) => {
                 match &input {
-                    Input::PhoneClosed { conn } if self.phones.remove(conn).is_some() => {
+                    Input::PhoneClosed { conn, reason } if self.phones.remove(conn).is_some() => {
                         metrics::connection_closed();
-                    }
-                    Input::PhoneWritable { conn, writable } => {
-                        if let Some((_, flag)) = self.phones.get_mut(conn) {
-                            *flag = *writable;
+                        if *reason == CloseReason::SlowConsumer {
+                            tracing::warn!(%conn, "phone does not read: its queued bytes passed the hard limit, closed");
                         }
                     }
                     Input::GatewayClosed { gw } => {
@@ -540,9 +536,14 @@ impl Driver {
                     frame,
                     report_write,
                 } => self.transmit(conn, frame, report_write),
+                Output::Resume { conn, resume } => {
+                    if let Some(queue) = self.phones.get(&conn) {
+                        queue.push(ToPhone::Resume(resume));
+                    }
+                }
                 Output::Close { conn, reason } => {
                     tracing::debug!(%conn, ?reason, "closing phone connection");
-                    if let Some((queue, _)) = self.phones.remove(&conn) {
+                    if let Some(queue) = self.phones.remove(&conn) {
                         metrics::connection_closed();
                         queue.close();
                     }
@@ -611,33 +612,12 @@ impl Driver {
     }
 
     fn transmit(&mut self, conn: ConnId, frame: OutFrame, report_write: Option<i32>) {
-        let now = self.now;
-        let Some((queue, writable)) = self.phones.get_mut(&conn) else {
-            // The connection task is gone; the core hears PhoneClosed from it shortly.
-            return;
-        };
-        let bytes = frame_bytes(&frame);
-        let queued = queue.push(QueuedFrame {
-            frame,
-            report_write,
-            bytes,
-        });
-        if queued > self.limits.hard_limit_bytes {
-            tracing::warn!(%conn, queued, "phone does not read: outbound queue over its hard limit, closing");
-            if let Some((queue, _)) = self.phones.remove(&conn) {
-                metrics::connection_closed();
-                queue.close();
-            }
-            self.node.handle(now, Input::PhoneClosed { conn });
-        } else if queued > self.limits.high_water_bytes && *writable {
-            *writable = false;
-            self.node.handle(
-                now,
-                Input::PhoneWritable {
-                    conn,
-                    writable: false,
-                },
-            );
+        // Gone: the core hears PhoneClosed from its connection task shortly.
+        if let Some(queue) = self.phones.get(&conn) {
+            queue.push(ToPhone::Frame {
+                frame,
+                report_write,
+            });
         }
     }
 
@@ -737,20 +717,11 @@ impl Driver {
     }
 }
 
-/// Bytes a frame will take on the wire (an estimate good enough for queue accounting:
-/// header, body, and the AES padding block).
-fn frame_bytes(frame: &OutFrame) -> usize {
-    match frame {
-        OutFrame::Heartbeat => 1,
-        OutFrame::Packet { body, .. } => pushgate_core::frame::HEADER_BYTES + body.len() + 16,
-    }
-}
-
 fn msg_kind(msg: &NodeMsg) -> &'static str {
     match msg {
         NodeMsg::PhoneOpened { .. } => "phone-opened",
         NodeMsg::GatewayOpened { .. } => "gateway-opened",
-        NodeMsg::Input(Input::PhoneFrame { .. }) => "phone-frame",
+        NodeMsg::Input(Input::PhoneMessage { .. }) => "phone-message",
         NodeMsg::Input(Input::GatewayFrame { .. }) => "gateway-frame",
         NodeMsg::Input(_) => "input",
         NodeMsg::Push { .. } => "local-push",

@@ -16,6 +16,11 @@ pub mod names {
     pub const FLOW_DELAYS: &str = "pushgate_flow_control_delays_total";
     pub const FLOW_DELAY_SECONDS: &str = "pushgate_flow_control_delay_seconds";
     pub const DECODE_ERRORS: &str = "pushgate_decode_errors_total";
+    /// Phone connections closed by the server, by reason (label `reason`: slow-consumer,
+    /// idle-timeout, ...).
+    pub const CLOSES: &str = "pushgate_connection_closes_total";
+    /// Phones dropped for not reading (queued bytes over the hard limit).
+    pub const SLOW_CONSUMERS: &str = "pushgate_slow_consumers_total";
     pub const STORE_FAILURES: &str = "pushgate_store_failures_total";
     /// Redis store: op latency in seconds (label `op`), failed ops (labels `op`, `kind`:
     /// timeout or unavailable), links opened after the first, outages, and 1 while linked.
@@ -107,7 +112,7 @@ impl NodeLoad {
 #[cfg(not(madsim))]
 mod imp {
     use super::names::*;
-    use pushgate_core::{Event, PushStatus};
+    use pushgate_core::{CloseReason, Event, PushStatus};
     use std::sync::OnceLock;
 
     pub use metrics_exporter_prometheus::PrometheusHandle;
@@ -209,6 +214,12 @@ mod imp {
             }
             Event::StoreFailed { op, .. } => {
                 metrics::counter!(STORE_FAILURES, "op" => *op).increment(1)
+            }
+            Event::Closed { reason, .. } => {
+                metrics::counter!(CLOSES, "reason" => reason.name()).increment(1);
+                if *reason == CloseReason::SlowConsumer {
+                    metrics::counter!(SLOW_CONSUMERS).increment(1);
+                }
             }
             _ => {}
         }

@@ -1,42 +1,46 @@
 //! The outbound queue between the node task and one phone's connection task.
 //!
-//! The node task appends frames; the connection task takes everything queued in one go,
-//! encodes it and writes it in one write. It is a mutex-guarded `VecDeque` and the waiting
+//! The node task appends frames (and fast-connect resumptions); the connection task takes
+//! everything queued in one go and hands it to its [`pushgate_core::PhoneConn`], which seals it
+//! and counts it against the slow-consumer marks. It is a mutex-guarded `VecDeque` and the waiting
 //! task's waker rather than a channel because a phone is idle almost all of the time: an empty
 //! queue owns no heap memory (a channel keeps a block of slots allocated for its whole life),
 //! the connection task waits on it with a plain poll (no wait-list node stored in the task),
 //! and a burst of frames costs one wake-up of the connection task, not one per frame.
 //!
-//! The queue also counts the bytes handed over and not yet written, which is what the node
-//! task's flow control (high-water mark, hard limit) and the low-water "writable again" report
-//! are measured against.
+//! The connection task takes from the queue whenever it has something, also while its socket
+//! does not take bytes, so what waits here is what the node handed over since the connection
+//! task last ran; the bytes a phone does not read are counted (and bounded) by its connection.
+use pushgate_core::conn::Resume;
 use pushgate_core::OutFrame;
 use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::task::{Context, Poll, Waker};
 
-/// One frame for the phone.
+/// What the node hands a phone's connection.
 #[derive(Debug)]
-pub struct QueuedFrame {
-    pub frame: OutFrame,
-    /// The push sessionId whose write result the node wants to hear (`PhoneWritten`).
-    pub report_write: Option<i32>,
-    /// What the frame counts for in `queued_bytes`.
-    pub bytes: usize,
+pub enum ToPhone {
+    /// A frame to seal and send.
+    Frame {
+        frame: OutFrame,
+        /// The push sessionId whose write result the node wants to hear (`PhoneWritten`).
+        report_write: Option<i32>,
+    },
+    /// A fast connect was accepted: the connection takes on this session.
+    Resume(Box<Resume>),
 }
 
 /// What the connection task takes out of the queue at once.
 #[derive(Debug, Default)]
 pub struct Batch {
-    pub frames: VecDeque<QueuedFrame>,
+    pub frames: VecDeque<ToPhone>,
     /// The node asked for the connection to be closed after these frames.
     pub close: bool,
 }
 
 #[derive(Debug, Default)]
 struct State {
-    frames: VecDeque<QueuedFrame>,
-    queued_bytes: usize,
+    frames: VecDeque<ToPhone>,
     close: bool,
     /// The connection task, when it waits for frames.
     waiter: Option<Waker>,
@@ -53,22 +57,19 @@ impl PhoneQueue {
         Self::default()
     }
 
-    /// Appends a frame; returns the bytes now queued and not yet written (this frame included).
-    /// A frame queued after [`PhoneQueue::close`] is dropped: the connection is going away.
-    pub fn push(&self, frame: QueuedFrame) -> usize {
+    /// Appends an item. One queued after [`PhoneQueue::close`] is dropped: the connection is
+    /// going away.
+    pub fn push(&self, item: ToPhone) {
         let mut state = self.lock();
         if state.close {
-            return state.queued_bytes;
+            return;
         }
-        state.queued_bytes += frame.bytes;
-        state.frames.push_back(frame);
-        let queued = state.queued_bytes;
+        state.frames.push_back(item);
         let waiter = state.waiter.take();
         drop(state);
         if let Some(waiter) = waiter {
             waiter.wake();
         }
-        queued
     }
 
     /// Asks the connection task to write what is queued and then close.
@@ -109,19 +110,6 @@ impl PhoneQueue {
         }
     }
 
-    /// Records that `bytes` of taken frames were written (or dropped with a broken socket);
-    /// returns the queued bytes before and after.
-    pub fn written(&self, bytes: usize) -> (usize, usize) {
-        let mut state = self.lock();
-        debug_assert!(
-            bytes <= state.queued_bytes,
-            "more bytes written than queued"
-        );
-        let before = state.queued_bytes;
-        state.queued_bytes = before.saturating_sub(bytes);
-        (before, state.queued_bytes)
-    }
-
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         // A panic while holding this lock leaves plain data behind; keep using it.
         self.state
@@ -135,52 +123,44 @@ mod tests {
     use super::*;
 
     impl PhoneQueue {
-        fn queued_bytes(&self) -> usize {
-            self.lock().queued_bytes
-        }
-
         async fn ready(&self) {
             std::future::poll_fn(|cx| self.poll_ready(cx)).await
         }
     }
 
-    fn frame(bytes: usize) -> QueuedFrame {
-        QueuedFrame {
+    fn frame() -> ToPhone {
+        ToPhone::Frame {
             frame: OutFrame::Heartbeat,
             report_write: None,
-            bytes,
         }
     }
 
     #[test]
-    fn counts_bytes_until_written() {
+    fn takes_everything_queued_at_once() {
         let queue = PhoneQueue::new();
-        assert_eq!(queue.push(frame(10)), 10);
-        assert_eq!(queue.push(frame(5)), 15);
+        queue.push(frame());
+        queue.push(frame());
         let batch = queue.take();
         assert_eq!(batch.frames.len(), 2);
         assert!(!batch.close);
-        assert_eq!(queue.queued_bytes(), 15, "taken is not written");
-        assert_eq!(queue.written(15), (15, 0));
         assert!(queue.take().frames.is_empty());
     }
 
     #[test]
     fn close_keeps_earlier_frames_and_drops_later_ones() {
         let queue = PhoneQueue::new();
-        queue.push(frame(3));
+        queue.push(frame());
         queue.close();
-        queue.push(frame(4));
+        queue.push(frame());
         let batch = queue.take();
         assert_eq!(batch.frames.len(), 1);
         assert!(batch.close);
-        assert_eq!(queue.queued_bytes(), 3);
     }
 
     #[test]
     fn an_empty_queue_owns_no_heap_memory() {
         let queue = PhoneQueue::new();
-        queue.push(frame(1));
+        queue.push(frame());
         drop(queue.take());
         assert_eq!(queue.lock().frames.capacity(), 0);
     }
@@ -192,7 +172,7 @@ mod tests {
             .expect("runtime");
         rt.block_on(async {
             let queue = std::sync::Arc::new(PhoneQueue::new());
-            queue.push(frame(1));
+            queue.push(frame());
             queue.ready().await;
             queue.take();
             let producer = queue.clone();
@@ -201,7 +181,7 @@ mod tests {
                 queue.take().frames.len()
             });
             tokio::task::yield_now().await;
-            producer.push(frame(1));
+            producer.push(frame());
             assert_eq!(waiter.await.expect("waiter"), 1);
         });
     }

@@ -5,11 +5,11 @@
 //! accepting, let the node answer every pending push and close every phone, then wait — at
 //! most `net.shutdown_grace_ms` — for the connection tasks to flush what they hold.
 use crate::config::Config;
-use crate::conn::{self, ConnSettings};
+use crate::conn::{self, PhoneSettings};
 use crate::driver::{self, GatewayCmd, NodeHandle, NodeMsg, QueueLimits};
 use crate::phone_queue::PhoneQueue;
 use futures_util::FutureExt;
-use pushgate_core::{ConnId, GatewayId, Node};
+use pushgate_core::{ConnConfig, ConnId, GatewayId, Node, QueueMarks};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -93,14 +93,23 @@ pub async fn start_with(config: &Config, hooks: ServerHooks) -> anyhow::Result<R
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
         .unwrap_or(0);
-    let settings = ConnSettings {
-        max_body_bytes: node_config.max_body_bytes,
-        compress_threshold_bytes: node_config.compress_threshold_bytes,
-        low_water_bytes: net.write_low_water_bytes,
-    };
+    let marks = QueueMarks::new(
+        net.write_low_water_bytes,
+        net.write_high_water_bytes,
+        net.write_hard_limit_bytes,
+    )
+    .ok_or_else(|| {
+        anyhow::anyhow!(
+            "net.write_low_water_bytes <= net.write_high_water_bytes <= net.write_hard_limit_bytes"
+        )
+    })?;
+    let phone_settings = Arc::new(PhoneSettings {
+        cfg: ConnConfig::from_node(&node_config, epoch_ms, marks),
+        start: clock_start,
+        seed: node_seed(),
+    });
+    let max_body_bytes = node_config.max_body_bytes;
     let limits = QueueLimits {
-        high_water_bytes: net.write_high_water_bytes,
-        hard_limit_bytes: net.write_hard_limit_bytes,
         slow_ms: config.log.profile_slowly_ms,
     };
     #[cfg(not(madsim))]
@@ -119,14 +128,14 @@ pub async fn start_with(config: &Config, hooks: ServerHooks) -> anyhow::Result<R
         tokio::spawn(accept_phones(
             connect,
             handle.clone(),
-            settings,
+            phone_settings,
             next_id.clone(),
             live.clone(),
         )),
         tokio::spawn(accept_gateways(
             gateway,
             handle.clone(),
-            settings.max_body_bytes,
+            max_body_bytes,
             next_id,
             live.clone(),
         )),
@@ -223,12 +232,13 @@ async fn accept_loop<F, Fut, Task>(
 async fn accept_phones(
     listener: TcpListener,
     node: NodeHandle,
-    settings: ConnSettings,
+    settings: Arc<PhoneSettings>,
     next_id: Arc<AtomicU64>,
     live: Arc<AtomicUsize>,
 ) {
     accept_loop(listener, "connection", live, |stream| {
         let node = node.clone();
+        let settings = settings.clone();
         let conn = ConnId(next_id.fetch_add(1, Ordering::Relaxed));
         async move {
             let queue = Arc::new(PhoneQueue::new());

@@ -22,7 +22,7 @@ impl Node {
         if !self.sessions[&conn].is_ready() {
             let error = ErrorMessage::validation(Command::Bind, NOT_HANDSHAKE);
             self.send_raw(conn, Command::Error, sid, &error);
-            return self.teardown(conn, Some(CloseReason::BadRequest));
+            return self.teardown(conn, CloseReason::BadRequest);
         }
         if bind.user_id.is_empty()
             || bind.user_id.len() > self.cfg.max_user_id_bytes
@@ -30,7 +30,7 @@ impl Node {
         {
             let error = ErrorMessage::validation(Command::Bind, INVALID_PARAM);
             self.send_raw(conn, Command::Error, sid, &error);
-            return self.teardown(conn, Some(CloseReason::BadRequest));
+            return self.teardown(conn, CloseReason::BadRequest);
         }
         let session = self.sessions.get_mut(&conn).expect("checked above");
         if session.user_id() == Some(bind.user_id.as_str()) {
@@ -101,12 +101,12 @@ impl Node {
         if !self.sessions[&conn].is_ready() {
             let error = ErrorMessage::validation(Command::Unbind, NOT_HANDSHAKE);
             self.send_raw(conn, Command::Error, sid, &error);
-            return self.teardown(conn, Some(CloseReason::BadRequest));
+            return self.teardown(conn, CloseReason::BadRequest);
         }
         if unbind.user_id.is_empty() {
             let error = ErrorMessage::validation(Command::Unbind, INVALID_PARAM);
             self.send_raw(conn, Command::Error, sid, &error);
-            return self.teardown(conn, Some(CloseReason::BadRequest));
+            return self.teardown(conn, CloseReason::BadRequest);
         }
         // As in MPush, the connection's own user is unbound; the body's id is only checked.
         self.unbind_session(conn);

@@ -1,14 +1,15 @@
 //! Fast connect (reference §9.2): a phone that hand-shook before sends FAST_CONNECT with its
 //! reusable session id instead of paying for RSA again. The node asks the store for the cached
 //! session (`GetSession`); when it exists and names the same device, the phone gets
-//! FAST_CONNECT-ok and the connection takes on the cached cipher. Otherwise ERROR (session
-//! expired, invalid device) and the phone falls back to a full handshake on the same
-//! connection.
+//! FAST_CONNECT-ok and its connection takes on the cached cipher ([`Output::Resume`]).
+//! Otherwise ERROR (session expired, invalid device) and the phone falls back to a full
+//! handshake on the same connection.
 //!
 //! Why it goes through the node: the cached session lives in the shared store, which only the
 //! node talks to; the connection waits in `FastConnecting` until the answer comes.
-use super::{Node, StorePurpose};
+use super::{Node, Output, StorePurpose};
 use crate::command::Command;
+use crate::conn::Resume;
 use crate::ids::{ConnId, RequestId};
 use crate::message::{ErrorCode, ErrorMessage, FastConnect, FastConnectOk};
 use crate::session::SessionState;
@@ -88,7 +89,17 @@ impl Node {
             heartbeat_ms: i32::try_from(heartbeat_ms).unwrap_or(i32::MAX),
         };
         self.send_raw(conn, Command::FastConnect, packet_session_id, &ok);
-        self.adopt(conn, &cached, heartbeat_ms);
+        let resume = Resume {
+            session_key: cached.session_key,
+            iv: cached.iv,
+            device_id: cached.device_id.clone(),
+            heartbeat_ms,
+        };
+        self.outputs.push_back(Output::Resume {
+            conn,
+            resume: Box::new(resume),
+        });
+        self.adopt(conn, &cached);
         self.stats.fast_connects += 1;
         self.emit(Event::HandshakeDone {
             conn,

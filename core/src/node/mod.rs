@@ -1,10 +1,13 @@
 //! The node: every rule of a pushgate server, as one sans-IO state machine.
 //!
-//! The driver feeds it what happened with [`Node::handle`] (bytes framed into [`Frame`]s from a
-//! phone or a PushClient, connections opening and closing, write results, route-store answers)
+//! The driver feeds it what happened with [`Node::handle`] (decoded messages from phones, handed
+//! over by their connections' [`PhoneConn`]s, frames from PushClients, connections opening and
+//! closing, write results, route-store answers)
 //! and then drains what to do with [`Node::poll_output`] until it returns `None`, and arms one
 //! timer at [`Node::poll_timeout`]; when that timer fires it calls [`Node::handle_timeout`]
 //! and drains again. Time handed to the node never goes back.
+//!
+//! [`PhoneConn`]: crate::conn::PhoneConn
 //!
 //! Inside: phone sessions (`phone.rs`, with one file per concept: `handshake.rs`,
 //! `fast_connect.rs`, `bind.rs`, `versioning.rs`, `repair.rs`, `kicks.rs`), single-user push tasks (`single.rs`) and broadcasts
@@ -24,6 +27,7 @@ mod versioning;
 
 use crate::ack::InFlightTable;
 use crate::config::NodeConfig;
+use crate::conn::{PhoneMessage, Resume};
 use crate::crypto::AesCipher;
 use crate::flow::FlowControl;
 use crate::frame::{Flags, Frame, FrameError, Packet};
@@ -48,12 +52,10 @@ pub use single::SingleTask;
 pub enum Input {
     /// A phone connected.
     PhoneConnected { conn: ConnId },
-    /// A frame arrived from a phone.
-    PhoneFrame { conn: ConnId, frame: Frame },
-    /// The phone's byte stream could not be framed (oversized or negative length).
-    PhoneFrameError { conn: ConnId, error: FrameError },
-    /// The phone's connection is gone.
-    PhoneClosed { conn: ConnId },
+    /// A decoded, authenticated message from a phone's connection.
+    PhoneMessage { conn: ConnId, message: PhoneMessage },
+    /// The phone's connection closed itself, or is gone, for `reason`.
+    PhoneClosed { conn: ConnId, reason: CloseReason },
     /// The phone's outbound queue crossed its high-water mark (false) or drained (true).
     PhoneWritable { conn: ConnId, writable: bool },
     /// A PUSH sent with `report_write` was written (`ok`) or could not be.
@@ -100,8 +102,8 @@ pub enum Seal {
     Aes(AesCipher),
 }
 
-/// A frame for a phone, still in plaintext: the driver's connection task compresses and
-/// encrypts it (the expensive part) with [`OutFrame::encode`].
+/// A frame for a phone, still in plaintext: the phone's connection ([`crate::conn::PhoneConn`])
+/// compresses and encrypts it (the expensive part) with [`OutFrame::encode`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OutFrame {
     Heartbeat,
@@ -162,8 +164,28 @@ pub enum CloseReason {
     /// The node holds its maximum of connections.
     ServerFull,
     Shutdown,
-    /// The driver reported the connection gone (the peer closed it, or it broke).
+    /// The connection was gone (the peer closed it, or it broke).
     PeerClosed,
+    /// The phone did not read: its queued bytes passed the hard limit.
+    SlowConsumer,
+}
+
+impl CloseReason {
+    /// A short name for logs and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            CloseReason::IdleTimeout => "idle-timeout",
+            CloseReason::HandshakeTimeout => "handshake-timeout",
+            CloseReason::BadFrame => "bad-frame",
+            CloseReason::BadBody => "bad-body",
+            CloseReason::UnsupportedCommand => "unsupported-command",
+            CloseReason::BadRequest => "bad-request",
+            CloseReason::ServerFull => "server-full",
+            CloseReason::Shutdown => "shutdown",
+            CloseReason::PeerClosed => "peer-closed",
+            CloseReason::SlowConsumer => "slow-consumer",
+        }
+    }
 }
 
 /// Why a connection lost its user to a KICK.
@@ -285,6 +307,12 @@ pub enum Output {
         frame: OutFrame,
         report_write: Option<i32>,
     },
+    /// A fast connect was accepted: the phone's connection takes on this session (after the
+    /// frames transmitted before, FAST_CONNECT-ok last).
+    Resume {
+        conn: ConnId,
+        resume: Box<Resume>,
+    },
     /// Close a phone connection (after sending what was queued before).
     Close {
         conn: ConnId,
@@ -383,7 +411,7 @@ const ROUTE_REPAIR_INTERVAL_MS: Millis = 1000;
 const MAX_OFFLINE_MARKS_TO_REPAIR: usize = 65_536;
 
 /// Most timers one [`Node::handle_timeout`] call runs. Each timer does a bounded amount of
-/// work (an idle check, a push's deadline or next step, a store deadline, a repair round);
+/// work (a push's deadline or next step, a store deadline, a repair round);
 /// timers still due after these wait for the next call, which [`Node::poll_timeout`] asks for
 /// at once.
 pub const MAX_TIMERS_PER_TURN: usize = 1024;
@@ -485,9 +513,8 @@ impl Node {
         self.advance(now_ms);
         match input {
             Input::PhoneConnected { conn } => self.on_phone_connected(conn),
-            Input::PhoneFrame { conn, frame } => self.on_phone_frame(conn, frame),
-            Input::PhoneFrameError { conn, error } => self.on_phone_frame_error(conn, error),
-            Input::PhoneClosed { conn } => self.teardown(conn, None),
+            Input::PhoneMessage { conn, message } => self.on_phone_message(conn, message),
+            Input::PhoneClosed { conn, reason } => self.on_phone_closed(conn, reason),
             Input::PhoneWritable { conn, writable } => {
                 if let Some(session) = self.sessions.get_mut(&conn) {
                     session.writable = writable;
@@ -558,7 +585,6 @@ impl Node {
                 "{timer:?} at {at} ms fired, but its owner no longer waits for it"
             );
             match timer {
-                Timer::Idle(conn) => self.on_idle_timer(conn, at),
                 Timer::PushDeadline(id) => self.on_push_deadline(id),
                 Timer::PushStep(id) => self.on_push_step(id, at),
                 Timer::StoreDeadline(request) => {
@@ -586,7 +612,7 @@ impl Node {
         self.check_invariants();
     }
 
-    /// Timers armed: the timers of live connections, pushes, broadcasts and store requests,
+    /// Timers armed: the timers of live pushes, broadcasts and store requests,
     /// nothing else (finished work cancels its timers).
     pub fn timer_count(&self) -> usize {
         self.timers.len()
@@ -595,10 +621,6 @@ impl Node {
     /// True when the owner of `timer` still waits for it at `at` (every armed timer is).
     fn timer_is_wanted(&self, at: Millis, timer: Timer) -> bool {
         match timer {
-            Timer::Idle(conn) => self
-                .sessions
-                .get(&conn)
-                .is_some_and(|s| s.idle_check_at_ms == at),
             Timer::PushDeadline(id) => self.singles.get(&id).is_some_and(|t| t.deadline_ms == at),
             Timer::PushStep(id) => {
                 self.singles
@@ -878,21 +900,18 @@ impl Node {
         }
         let conns: Vec<ConnId> = self.sessions.keys().copied().collect();
         for conn in conns {
-            self.teardown(conn, Some(CloseReason::Shutdown));
+            self.teardown(conn, CloseReason::Shutdown);
         }
     }
 
     /// Checks the node's invariants: the bounds always (O(1)), the tables' agreement in debug
     /// builds and tests.
     fn check_invariants(&self) {
-        // Every timer belongs to live work: one idle check per connection, a deadline and at
-        // most one step per single push, at most one step per broadcast, one deadline per store
-        // request, one repair round.
-        let live_timers_max = self.sessions.len()
-            + 2 * self.singles.len()
-            + self.broadcasts.len()
-            + self.store_pending.len()
-            + 1;
+        // Every timer belongs to live work: a deadline and at most one step per single push, at
+        // most one step per broadcast, one deadline per store request, one repair round.
+        // (A connection's idle checks are its own: `crate::conn::PhoneConn`.)
+        let live_timers_max =
+            2 * self.singles.len() + self.broadcasts.len() + self.store_pending.len() + 1;
         assert!(
             self.timers.len() <= live_timers_max,
             "{} timers armed for at most {live_timers_max} of live work",
@@ -907,8 +926,7 @@ impl Node {
                     "{timer:?} armed at {at} ms for nothing"
                 );
             }
-            let expected_timers = self.sessions.len()
-                + self.singles.len()
+            let expected_timers = self.singles.len()
                 + self
                     .singles
                     .values()

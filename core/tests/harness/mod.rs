@@ -1,14 +1,20 @@
 //! A small world for driving a [`Node`] in tests, in the spirit of quinn-proto's `Pair`:
-//! a virtual clock that jumps to the node's next timeout, fake phones that really encrypt and
+//! a virtual clock that jumps to the next timeout, fake phones that really encrypt and
 //! decrypt, fake PushClients, and a fake route store that answers at once, holds requests
 //! until told, or never answers.
+//!
+//! Each phone talks to the node through its own [`PhoneConn`], as in the runtime: the phone's
+//! frames go into the connection, its decoded messages into the node, the node's frames back
+//! through the connection, sealed, as wire bytes the phone decodes. [`Engine`] holds the node
+//! and the connections and reads as the node (it derefs to it).
 #![allow(dead_code)]
 
 use bytes::{Bytes, BytesMut};
 use pushgate_core::command::Command;
 use pushgate_core::config::{NodeAddr, NodeConfig};
+use pushgate_core::conn::{ConnConfig, PhoneConn, QueueMarks};
 use pushgate_core::crypto::{mix_keys, AesCipher, ClientRsaKey, ServerRsaKey};
-use pushgate_core::frame::{Flags, Frame, Packet};
+use pushgate_core::frame::{Flags, Frame, FrameDecoder, FrameError, Packet};
 use pushgate_core::message::{
     Bind, Body, ErrorMessage, FastConnect, GatewayPush, Handshake, HandshakeOk, OkMessage,
 };
@@ -19,7 +25,7 @@ use pushgate_core::store_state::StoreState;
 use pushgate_core::{ConnId, Event, GatewayId, Input, Millis, Node, Output};
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::OnceLock;
 
 /// Epoch ms at virtual time 0.
@@ -134,9 +140,104 @@ pub struct Reply {
     pub packet: Packet,
 }
 
+/// The node and the phones' connections: what a runtime runs. Reads as the node.
+pub struct Engine {
+    node: Node,
+    conn_cfg: ConnConfig,
+    conns: BTreeMap<ConnId, PhoneConn>,
+    /// Randomness for the connections' handshakes.
+    rng: ChaCha8Rng,
+}
+
+impl std::ops::Deref for Engine {
+    type Target = Node;
+
+    fn deref(&self) -> &Node {
+        &self.node
+    }
+}
+
+impl Engine {
+    /// Feeds an input to the node.
+    pub fn handle(&mut self, now: Millis, input: Input) {
+        self.node.handle(now, input);
+    }
+
+    /// The next output of the node.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.node.poll_output()
+    }
+
+    /// The earliest timeout of the node and the connections.
+    pub fn poll_timeout(&self) -> Option<Millis> {
+        self.conns
+            .values()
+            .filter_map(PhoneConn::poll_timeout)
+            .chain(self.node.poll_timeout())
+            .min()
+    }
+
+    /// Runs the node's timers and the connections' idle checks due at `now`; what the
+    /// connections tell the node is handed over at once (their bytes wait for the next drive).
+    pub fn handle_timeout(&mut self, now: Millis) {
+        if self.node.poll_timeout().is_some_and(|at| at <= now) {
+            self.node.handle_timeout(now);
+        }
+        let due: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.poll_timeout().is_some_and(|at| at <= now))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            if let Some(conn) = self.conns.get_mut(&id) {
+                conn.handle_timeout(&self.conn_cfg, now);
+            }
+            self.hand_over(now, id);
+        }
+    }
+
+    /// The node alone, for tests that drive it directly (the connections go).
+    pub fn into_node(self) -> Node {
+        self.node
+    }
+
+    /// The connection of `conn`, while it is open.
+    pub fn conn(&self, conn: ConnId) -> Option<&PhoneConn> {
+        self.conns.get(&conn)
+    }
+
+    /// Hands what a connection decoded to the node.
+    fn hand_over(&mut self, now: Millis, id: ConnId) {
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        while let Some(input) = conn.poll_input() {
+            self.node.handle(now, input);
+        }
+    }
+
+    /// The stream of the phone of `id` could not be framed.
+    fn phone_frame_error(&mut self, now: Millis, id: ConnId, error: FrameError) {
+        if let Some(conn) = self.conns.get_mut(&id) {
+            conn.handle_frame_error(now, error);
+            self.hand_over(now, id);
+        }
+    }
+
+    /// A frame from the phone of `id` into its connection, and what it decoded into the node.
+    fn phone_frame(&mut self, now: Millis, id: ConnId, frame: Frame) {
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return; // the connection is closed: nothing reads
+        };
+        conn.handle_frame(&self.conn_cfg, now, frame, &mut self.rng);
+        self.hand_over(now, id);
+    }
+}
+
 /// The node and everything around it.
 pub struct World {
-    pub node: Node,
+    pub node: Engine,
     pub now: Millis,
     pub store: FakeStore,
     pub phones: HashMap<ConnId, Phone>,
@@ -145,7 +246,7 @@ pub struct World {
     /// Confirm every reported write at once (`true`), or keep them in `unconfirmed`.
     pub auto_write: bool,
     pub unconfirmed: Vec<(ConnId, i32)>,
-    /// Connections the node closed.
+    /// Connections the server closed (the node, or the connection itself).
     pub closed_by_node: HashSet<ConnId>,
     pub gateway_closed: HashSet<GatewayId>,
     next_conn: u64,
@@ -167,8 +268,15 @@ impl World {
     pub fn with_config(cfg: NodeConfig, seed: u64) -> Self {
         let mut node_seed = [0u8; 32];
         node_seed[..8].copy_from_slice(&seed.to_le_bytes());
-        Self {
+        let conn_cfg = ConnConfig::from_node(&cfg, EPOCH0_MS, QueueMarks::default());
+        let node = Engine {
             node: Node::new(cfg, node_seed, EPOCH0_MS),
+            conn_cfg,
+            conns: BTreeMap::new(),
+            rng: ChaCha8Rng::seed_from_u64(seed ^ 0xc0ff),
+        };
+        Self {
+            node,
             now: 0,
             store: FakeStore::new(),
             phones: HashMap::new(),
@@ -194,16 +302,51 @@ impl World {
     pub fn drive(&mut self) {
         let mut steps = 0;
         loop {
-            let Some(output) = self.node.poll_output() else {
-                if self.release_due_writes() {
-                    continue;
-                }
-                return;
-            };
             steps += 1;
             assert!(steps < MAX_DRIVE_STEPS, "the node never went quiet");
-            self.apply_output(output);
+            if let Some(output) = self.node.poll_output() {
+                self.apply_output(output);
+                continue;
+            }
+            if self.pump_conns() || self.release_due_writes() {
+                continue;
+            }
+            return;
         }
+    }
+
+    /// Moves what the connections hold: decoded messages into the node, sealed bytes to the
+    /// phones (which read everything at once); a finished connection is closed. True when
+    /// anything moved.
+    fn pump_conns(&mut self) -> bool {
+        let mut moved = false;
+        let ids: Vec<ConnId> = self.node.conns.keys().copied().collect();
+        for id in ids {
+            let now = self.now;
+            let engine = &mut self.node;
+            let Some(conn) = engine.conns.get_mut(&id) else {
+                continue;
+            };
+            while let Some(input) = conn.poll_input() {
+                engine.node.handle(now, input);
+                moved = true;
+            }
+            let bytes = conn.poll_transmit().to_vec();
+            if !bytes.is_empty() {
+                conn.handle_written(&engine.conn_cfg, now, bytes.len());
+                moved = true;
+                if let Some(phone) = self.phones.get_mut(&id) {
+                    phone.read(&bytes);
+                }
+            }
+            if self.node.conns.get(&id).is_some_and(PhoneConn::is_finished) {
+                self.node.conns.remove(&id);
+                self.closed_by_node.insert(id);
+                self.connection_gone(id);
+                moved = true;
+            }
+        }
+        moved
     }
 
     fn release_due_writes(&mut self) -> bool {
@@ -234,21 +377,27 @@ impl World {
                     !self.closed_by_node.contains(&conn),
                     "frame sent to {conn} after the node closed it"
                 );
-                let packet = frame.to_packet(self.node.config().compress_threshold_bytes);
-                if let Some(phone) = self.phones.get_mut(&conn) {
+                if let Some(phone) = self.phones.get(&conn) {
                     assert!(!phone.closed, "frame sent to closed {conn}");
-                    match packet {
-                        None => phone.heartbeats += 1,
-                        Some(packet) => phone.receive(packet),
+                }
+                // Write reports are the world's to give (`auto_write`, `confirm_writes`).
+                if let Some(c) = self.node.conns.get_mut(&conn) {
+                    c.handle_transmit(&self.node.conn_cfg, self.now, frame, None);
+                    if let Some(sid) = report_write {
+                        self.unconfirmed.push((conn, sid));
                     }
                 }
-                if let Some(sid) = report_write {
-                    self.unconfirmed.push((conn, sid));
+            }
+            Output::Resume { conn, resume } => {
+                if let Some(c) = self.node.conns.get_mut(&conn) {
+                    c.handle_resume(self.now, *resume);
                 }
             }
             Output::Close { conn, .. } => {
                 self.closed_by_node.insert(conn);
-                self.connection_gone(conn);
+                if let Some(c) = self.node.conns.get_mut(&conn) {
+                    c.handle_close(self.now);
+                }
             }
             Output::GatewayTransmit { gw, packet } => {
                 let (status, reason, data) = read_reply(&packet);
@@ -368,6 +517,8 @@ impl World {
                 next_sid: 1,
             },
         );
+        let phone_conn = PhoneConn::new(conn, &self.node.conn_cfg, self.now);
+        self.node.conns.insert(conn, phone_conn);
         self.input(Input::PhoneConnected { conn });
         conn
     }
@@ -464,17 +615,19 @@ impl World {
 
     /// Sends a packet as given.
     pub fn send_packet(&mut self, conn: ConnId, packet: Packet) {
-        self.input(Input::PhoneFrame {
-            conn,
-            frame: Frame::Packet(packet),
-        });
+        self.node.phone_frame(self.now, conn, Frame::Packet(packet));
+        self.drive();
+    }
+
+    /// The phone's byte stream breaks (its connection cannot frame it).
+    pub fn frame_error(&mut self, conn: ConnId, error: FrameError) {
+        self.node.phone_frame_error(self.now, conn, error);
+        self.drive();
     }
 
     pub fn heartbeat(&mut self, conn: ConnId) {
-        self.input(Input::PhoneFrame {
-            conn,
-            frame: Frame::Heartbeat,
-        });
+        self.node.phone_frame(self.now, conn, Frame::Heartbeat);
+        self.drive();
     }
 
     /// The phone ACKs the PUSH with `push_session_id`.
@@ -491,7 +644,7 @@ impl World {
     }
 
     /// What a driver does when a connection is gone: the phone is closed, its unconfirmed
-    /// writes are answered as failed, and the node hears PhoneClosed.
+    /// writes are answered as failed, and its connection (if still open) tells the node.
     fn connection_gone(&mut self, conn: ConnId) {
         if let Some(phone) = self.phones.get_mut(&conn) {
             phone.closed = true;
@@ -511,7 +664,12 @@ impl World {
             };
             self.node.handle(self.now, written);
         }
-        self.node.handle(self.now, Input::PhoneClosed { conn });
+        if let Some(mut c) = self.node.conns.remove(&conn) {
+            c.handle_peer_closed(self.now);
+            while let Some(input) = c.poll_input() {
+                self.node.handle(self.now, input);
+            }
+        }
     }
 
     /// The phone's connection drops.
@@ -601,6 +759,19 @@ impl Phone {
         let sid = self.next_sid;
         self.next_sid += 1;
         sid
+    }
+
+    /// Reads wire bytes from the node (whole frames: the world writes them whole).
+    fn read(&mut self, bytes: &[u8]) {
+        let mut buf = BytesMut::from(bytes);
+        let decoder = FrameDecoder::new(1 << 20);
+        while let Some(frame) = decoder.decode(&mut buf).expect("the node sent a bad frame") {
+            match frame {
+                Frame::Heartbeat => self.heartbeats += 1,
+                Frame::Packet(packet) => self.receive(packet),
+            }
+        }
+        assert!(buf.is_empty(), "a partial frame from the node");
     }
 
     fn receive(&mut self, packet: Packet) {

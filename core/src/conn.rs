@@ -1,0 +1,694 @@
+//! One phone connection as its connection task runs it ([`PhoneConn`]): the per-connection
+//! half of the engine, beside the socket, on whichever core the task runs.
+//!
+//! It turns the bytes a phone sends into decoded, authenticated messages for the [`Node`]
+//! ([`PhoneMessage`], handed out as [`Input`]s), and the frames the node sends into sealed wire
+//! bytes. Everything expensive and everything that concerns only this connection happens
+//! here: framing, RSA for the HANDSHAKE, AES and inflate for every body, the handshake's key
+//! mixing, heartbeat echoes, idle checks, compression and encryption of outbound frames, and
+//! the count of bytes sealed and not yet written, with the slow-consumer marks on it.
+//!
+//! Like the node it is sans-IO: time comes in as monotonic milliseconds, randomness as an
+//! argument, and the driver moves bytes. Vocabulary and drain contract as the node's: after
+//! any `handle_*`, drain [`PhoneConn::poll_input`] (into the node) until `None`, write
+//! [`PhoneConn::poll_transmit`] and report it with [`PhoneConn::handle_written`], end the
+//! connection when [`PhoneConn::is_finished`], and arm one timer at
+//! [`PhoneConn::poll_timeout`].
+//!
+//! # Slow consumers
+//! A phone that stops reading makes its sealed bytes pile up. Three marks on the queued bytes
+//! ([`QueueMarks`]) decide what happens:
+//! - above `high_water_bytes` the node is told the phone is not writable
+//!   ([`Input::PhoneWritable`] false): pushes to it fail at once instead of queueing, as in
+//!   MPush;
+//! - once written down to `low_water_bytes` it is writable again (told once per crossing);
+//! - above `hard_limit_bytes` the connection is dropped without flushing, and the node hears
+//!   [`Input::PhoneClosed`] with [`CloseReason::SlowConsumer`].
+//!
+//! [`Node`]: crate::Node
+use crate::command::Command;
+use crate::config::NodeConfig;
+use crate::crypto::{mix_keys, AesCipher, ServerRsaKey};
+use crate::frame::{Flags, Frame, FrameDecoder, FrameError, Packet};
+use crate::ids::{ConnId, Millis};
+use crate::message::{
+    Ack, Bind, Body, ErrorCode, ErrorMessage, FastConnect, Handshake, HandshakeOk, HttpResponse,
+    Push,
+};
+use crate::node::{CloseReason, Input, OutFrame, Seal};
+use crate::pipeline::{self, OpenKey};
+use crate::store::CachedSession;
+use bytes::{Buf, Bytes, BytesMut};
+use rand_core::CryptoRngCore;
+use std::collections::VecDeque;
+
+/// Reason text MPush sends with an invalid HANDSHAKE.
+const PARAM_INVALID: &str = "Param invalid";
+
+/// The queued-byte marks of the slow-consumer rule (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueMarks {
+    pub low_water_bytes: usize,
+    pub high_water_bytes: usize,
+    pub hard_limit_bytes: usize,
+}
+
+impl QueueMarks {
+    /// Marks with `low ≤ high ≤ hard`; `None` otherwise.
+    pub fn new(
+        low_water_bytes: usize,
+        high_water_bytes: usize,
+        hard_limit_bytes: usize,
+    ) -> Option<Self> {
+        (low_water_bytes <= high_water_bytes && high_water_bytes <= hard_limit_bytes).then_some(
+            Self {
+                low_water_bytes,
+                high_water_bytes,
+                hard_limit_bytes,
+            },
+        )
+    }
+}
+
+impl Default for QueueMarks {
+    /// 32 KiB low, 64 KiB high, 1 MiB hard.
+    fn default() -> Self {
+        Self {
+            low_water_bytes: 32 * 1024,
+            high_water_bytes: 64 * 1024,
+            hard_limit_bytes: 1024 * 1024,
+        }
+    }
+}
+
+/// What every phone connection of a node runs with (shared by all of them).
+#[derive(Debug, Clone)]
+pub struct ConnConfig {
+    /// The RSA key that opens handshakes.
+    pub rsa_key: ServerRsaKey,
+    pub min_heartbeat_ms: u64,
+    pub max_heartbeat_ms: u64,
+    /// Closed when this many consecutive idle checks found no traffic, plus one.
+    pub max_heartbeat_misses: u32,
+    /// The handshake (or fast connect) must complete within this time.
+    pub handshake_deadline_ms: Millis,
+    /// Reusable sessions live this long (told to the phone in HANDSHAKE-ok).
+    pub session_expire_ms: u64,
+    /// Largest frame body accepted, and largest inflated body.
+    pub max_body_bytes: usize,
+    /// Outbound bodies larger than this are zlib-compressed.
+    pub compress_threshold_bytes: usize,
+    /// Epoch milliseconds at monotonic time 0 (for the session expiry told to the phone).
+    pub epoch_offset_ms: i64,
+    pub marks: QueueMarks,
+}
+
+impl ConnConfig {
+    /// The connection settings of a node with `cfg`, whose clock starts at `epoch_offset_ms`.
+    pub fn from_node(cfg: &NodeConfig, epoch_offset_ms: i64, marks: QueueMarks) -> Self {
+        Self {
+            rsa_key: cfg.rsa_key.clone(),
+            min_heartbeat_ms: cfg.min_heartbeat_ms,
+            max_heartbeat_ms: cfg.max_heartbeat_ms,
+            max_heartbeat_misses: cfg.max_heartbeat_misses,
+            handshake_deadline_ms: cfg.handshake_deadline_ms,
+            session_expire_ms: cfg.session_expire_ms,
+            max_body_bytes: cfg.max_body_bytes,
+            compress_threshold_bytes: cfg.compress_threshold_bytes,
+            epoch_offset_ms,
+            marks,
+        }
+    }
+
+    /// The heartbeat a client asking for at most `client_max_ms` gets (the client's minimum
+    /// is ignored, as in MPush).
+    pub fn negotiate_heartbeat_ms(&self, client_max_ms: i32) -> u64 {
+        let client_max = u64::try_from(client_max_ms).unwrap_or(0);
+        self.min_heartbeat_ms
+            .max(client_max.min(self.max_heartbeat_ms))
+    }
+}
+
+/// A decoded, authenticated message from a phone, for the node.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PhoneMessage {
+    /// A full handshake completed here: HANDSHAKE-ok was sealed and the connection runs
+    /// under the new session key. The node takes on the session and stores it for fast
+    /// connects under `reusable_session_id`.
+    Handshaken(Box<Handshaken>),
+    /// FAST_CONNECT: the node looks the session up in the store and answers with FAST_CONNECT-ok
+    /// and a [`Resume`], or an ERROR.
+    FastConnect {
+        session_id: i32,
+        request: FastConnect,
+    },
+    Bind {
+        session_id: i32,
+        bind: Bind,
+    },
+    Unbind {
+        session_id: i32,
+        bind: Bind,
+    },
+    /// The phone acknowledged the PUSH with `session_id`.
+    Ack {
+        session_id: i32,
+    },
+    /// An upstream PUSH (an AUTO_ACK one was acknowledged already).
+    Upstream {
+        content: Bytes,
+    },
+}
+
+/// The session a full handshake set up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Handshaken {
+    /// The id under which the session is stored for fast connects.
+    pub reusable_session_id: String,
+    pub session: CachedSession,
+    pub heartbeat_ms: u64,
+}
+
+/// A fast connect the node accepted: the connection takes on this session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resume {
+    pub session_key: [u8; 16],
+    pub iv: [u8; 16],
+    pub device_id: String,
+    pub heartbeat_ms: u64,
+}
+
+/// Where the connection is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Open,
+    /// Writing what is queued, then closing (nothing is read or queued any more).
+    Closing,
+    /// Done: the driver drops the socket.
+    Closed,
+}
+
+/// One phone connection (see the module docs).
+#[derive(Debug)]
+pub struct PhoneConn {
+    conn: ConnId,
+    phase: Phase,
+    /// The session cipher once a handshake or fast connect completed.
+    cipher: Option<AesCipher>,
+    /// The session's device (a repeated HANDSHAKE of the same device is refused).
+    device_id: String,
+    /// Negotiated heartbeat; 0 before the handshake.
+    heartbeat_ms: u64,
+    last_read_ms: Millis,
+    /// Consecutive idle checks that found no traffic.
+    heartbeat_misses: u32,
+    /// When the next idle check (or the handshake deadline) is due.
+    idle_check_at_ms: Millis,
+    /// Sealed bytes not yet written: the queued bytes the marks are measured on.
+    outbound: BytesMut,
+    /// Bytes sealed and bytes written since the connection opened.
+    sealed_bytes: u64,
+    written_bytes: u64,
+    /// Pushes whose write the node wants to hear of: (offset their frame ends at, sessionId).
+    reports: VecDeque<(u64, i32)>,
+    /// False between crossing the high-water mark and draining to the low-water mark.
+    writable: bool,
+    to_node: VecDeque<Input>,
+}
+
+impl PhoneConn {
+    /// A connection accepted at `now_ms`.
+    pub fn new(conn: ConnId, cfg: &ConnConfig, now_ms: Millis) -> Self {
+        Self {
+            conn,
+            phase: Phase::Open,
+            cipher: None,
+            device_id: String::new(),
+            heartbeat_ms: 0,
+            last_read_ms: now_ms,
+            heartbeat_misses: 0,
+            idle_check_at_ms: now_ms.saturating_add(cfg.handshake_deadline_ms),
+            outbound: BytesMut::new(),
+            sealed_bytes: 0,
+            written_bytes: 0,
+            reports: VecDeque::new(),
+            writable: true,
+            to_node: VecDeque::new(),
+        }
+    }
+
+    /// The connection's id.
+    pub fn id(&self) -> ConnId {
+        self.conn
+    }
+
+    /// Sealed bytes not yet written.
+    pub fn queued_bytes(&self) -> usize {
+        self.outbound.len()
+    }
+
+    /// False while the queued bytes are over the high-water mark (until they drain to the
+    /// low-water mark).
+    pub fn is_writable(&self) -> bool {
+        self.writable
+    }
+
+    /// True once a handshake or fast connect gave the connection its session cipher.
+    pub fn has_session(&self) -> bool {
+        self.cipher.is_some()
+    }
+
+    /// True while the connection reads and takes frames.
+    pub fn is_open(&self) -> bool {
+        self.phase == Phase::Open
+    }
+
+    /// True when the connection is over: the driver closes the socket (after writing nothing
+    /// more) and ends its task.
+    pub fn is_finished(&self) -> bool {
+        match self.phase {
+            Phase::Open => false,
+            Phase::Closing => self.outbound.is_empty(),
+            Phase::Closed => true,
+        }
+    }
+
+    /// Feeds the bytes read from the socket: every whole frame at the front of `inbound` is
+    /// taken off and handled; a partial frame stays for the next read.
+    pub fn handle_bytes(
+        &mut self,
+        cfg: &ConnConfig,
+        now_ms: Millis,
+        inbound: &mut BytesMut,
+        rng: &mut impl CryptoRngCore,
+    ) {
+        let decoder = FrameDecoder::new(cfg.max_body_bytes);
+        while self.is_open() {
+            match decoder.decode(inbound) {
+                Ok(Some(frame)) => self.handle_frame(cfg, now_ms, frame, rng),
+                Ok(None) => break,
+                Err(error) => {
+                    inbound.clear();
+                    self.handle_frame_error(now_ms, error);
+                }
+            }
+        }
+    }
+
+    /// The byte stream could not be framed (oversized or negative length): the connection is
+    /// closed with [`CloseReason::BadFrame`].
+    pub fn handle_frame_error(&mut self, _now_ms: Millis, _error: FrameError) {
+        self.close_after_flush(CloseReason::BadFrame);
+    }
+
+    /// Handles one frame read from the phone.
+    pub fn handle_frame(
+        &mut self,
+        cfg: &ConnConfig,
+        now_ms: Millis,
+        frame: Frame,
+        rng: &mut impl CryptoRngCore,
+    ) {
+        if !self.is_open() {
+            return; // closing: what the phone still sends is not read
+        }
+        self.last_read_ms = self.last_read_ms.max(now_ms);
+        let packet = match frame {
+            Frame::Heartbeat => return self.queue_frame(cfg, &OutFrame::Heartbeat, None),
+            Frame::Packet(packet) if packet.cmd == Command::Heartbeat.code() => {
+                return self.queue_frame(cfg, &OutFrame::Heartbeat, None)
+            }
+            Frame::Packet(packet) => packet,
+        };
+        let command = match Command::try_from(packet.cmd) {
+            Ok(
+                c @ (Command::Handshake
+                | Command::FastConnect
+                | Command::Bind
+                | Command::Unbind
+                | Command::Push
+                | Command::Ack
+                | Command::HttpProxy),
+            ) => c,
+            _ => {
+                let error = ErrorMessage::new(packet.cmd, ErrorCode::UnsupportedCmd);
+                self.send_raw(cfg, Command::Error, packet.session_id, &error);
+                return self.close_after_flush(CloseReason::UnsupportedCommand);
+            }
+        };
+        // A HANDSHAKE is always RSA, whatever state the connection is in (as in MPush).
+        let key = match &self.cipher {
+            Some(cipher) if command != Command::Handshake => OpenKey::Aes(cipher),
+            _ => OpenKey::Rsa(&cfg.rsa_key),
+        };
+        let opened = pipeline::open(packet.flags, &packet.body, key, rng, cfg.max_body_bytes)
+            .map_err(|_| ())
+            .and_then(|body| self.dispatch(cfg, now_ms, command, &packet, &body, rng));
+        if opened.is_err() {
+            let error = ErrorMessage::new(packet.cmd, ErrorCode::DispatchError);
+            self.send_raw(cfg, Command::Error, packet.session_id, &error);
+            self.close_after_flush(CloseReason::BadBody);
+        }
+    }
+
+    /// Handles an opened body; `Err` means it could not be decoded (ERROR 100 and close).
+    fn dispatch(
+        &mut self,
+        cfg: &ConnConfig,
+        now_ms: Millis,
+        command: Command,
+        packet: &Packet,
+        body: &[u8],
+        rng: &mut impl CryptoRngCore,
+    ) -> Result<(), ()> {
+        let session_id = packet.session_id;
+        let message = match command {
+            Command::Handshake => {
+                let hs = Handshake::decode(body).map_err(|_| ())?;
+                self.on_handshake(cfg, now_ms, session_id, hs, rng);
+                return Ok(());
+            }
+            Command::FastConnect => PhoneMessage::FastConnect {
+                session_id,
+                request: FastConnect::decode(body).map_err(|_| ())?,
+            },
+            Command::Bind => PhoneMessage::Bind {
+                session_id,
+                bind: Bind::decode(body).map_err(|_| ())?,
+            },
+            Command::Unbind => PhoneMessage::Unbind {
+                session_id,
+                bind: Bind::decode(body).map_err(|_| ())?,
+            },
+            Command::Push => {
+                let push = Push::decode(body).map_err(|_| ())?;
+                if packet.flags.contains(Flags::AUTO_ACK) {
+                    self.send_raw(cfg, Command::Ack, session_id, &Ack);
+                }
+                PhoneMessage::Upstream {
+                    content: push.content,
+                }
+            }
+            Command::Ack => PhoneMessage::Ack { session_id },
+            Command::HttpProxy => {
+                // pushgate does not proxy HTTP. MPush (proxy disabled) answers ERROR 101 and
+                // closes, which makes the SDK reconnect; answering the request with an HTTP
+                // error keeps the client connected and tells the app what happened.
+                let response = HttpResponse {
+                    status_code: 501,
+                    reason_phrase: "Not Implemented".into(),
+                    headers: String::new(),
+                    body: Bytes::from_static(b"HTTP proxy is not supported by this server"),
+                };
+                self.send_raw(cfg, Command::HttpProxy, session_id, &response);
+                return Ok(());
+            }
+            _ => return Err(()),
+        };
+        self.hand_to_node(PhoneMessage::into_input(message, self.conn));
+        Ok(())
+    }
+
+    /// A full handshake: HANDSHAKE-ok under AES(clientKey, iv), then the mixed session key.
+    fn on_handshake(
+        &mut self,
+        cfg: &ConnConfig,
+        now_ms: Millis,
+        session_id: i32,
+        hs: Handshake,
+        rng: &mut impl CryptoRngCore,
+    ) {
+        if hs.device_id.is_empty() || hs.iv.len() != 16 || hs.client_key.len() != 16 {
+            let error = ErrorMessage::validation(Command::Handshake, PARAM_INVALID);
+            self.send_raw(cfg, Command::Error, session_id, &error);
+            return self.close_after_flush(CloseReason::BadRequest);
+        }
+        if self.cipher.is_some() && self.device_id == hs.device_id {
+            let error = ErrorMessage::new(Command::Handshake.code(), ErrorCode::RepeatHandshake);
+            return self.send_raw(cfg, Command::Error, session_id, &error);
+        }
+        let mut iv = [0u8; 16];
+        iv.copy_from_slice(&hs.iv);
+        let mut client_key = [0u8; 16];
+        client_key.copy_from_slice(&hs.client_key);
+        let mut server_key = [0u8; 16];
+        rng.fill_bytes(&mut server_key);
+        let mut id_bytes = [0u8; 16];
+        rng.fill_bytes(&mut id_bytes);
+        let reusable_session_id: String = id_bytes.iter().map(|b| format!("{b:02x}")).collect();
+        let heartbeat_ms = cfg.negotiate_heartbeat_ms(hs.max_heartbeat_ms);
+        let expire_ms = i64::try_from(cfg.session_expire_ms).unwrap_or(i64::MAX);
+        let epoch_ms = cfg
+            .epoch_offset_ms
+            .saturating_add(i64::try_from(now_ms).unwrap_or(i64::MAX));
+        let ok = HandshakeOk {
+            server_key: Bytes::copy_from_slice(&server_key),
+            heartbeat_ms: i32::try_from(heartbeat_ms).unwrap_or(i32::MAX),
+            session_id: reusable_session_id.clone(),
+            expire_time_ms: epoch_ms.saturating_add(expire_ms),
+        };
+        let frame = OutFrame::Packet {
+            cmd: Command::Handshake.code(),
+            flags: Flags::NONE,
+            session_id,
+            body: ok.to_bytes(),
+            seal: Seal::Aes(AesCipher::new(client_key, iv)),
+        };
+        self.queue_frame(cfg, &frame, None);
+        let session_key = mix_keys(&client_key, &server_key);
+        self.start_session(now_ms, session_key, iv, hs.device_id.clone(), heartbeat_ms);
+        let session = CachedSession {
+            os_name: hs.os_name,
+            os_version: hs.os_version,
+            client_version: hs.client_version,
+            device_id: hs.device_id,
+            session_key,
+            iv,
+        };
+        let handshaken = Handshaken {
+            reusable_session_id,
+            session,
+            heartbeat_ms,
+        };
+        self.hand_to_node(PhoneMessage::into_input(
+            PhoneMessage::Handshaken(Box::new(handshaken)),
+            self.conn,
+        ));
+    }
+
+    /// Runs under a session from now on; idle checks every heartbeat.
+    fn start_session(
+        &mut self,
+        now_ms: Millis,
+        session_key: [u8; 16],
+        iv: [u8; 16],
+        device_id: String,
+        heartbeat_ms: u64,
+    ) {
+        self.cipher = Some(AesCipher::new(session_key, iv));
+        self.device_id = device_id;
+        self.heartbeat_ms = heartbeat_ms;
+        self.heartbeat_misses = 0;
+        self.idle_check_at_ms = now_ms.saturating_add(heartbeat_ms.max(1));
+    }
+
+    /// The node accepted a fast connect (its FAST_CONNECT-ok was queued just before).
+    pub fn handle_resume(&mut self, now_ms: Millis, resume: Resume) {
+        if !self.is_open() {
+            return;
+        }
+        self.start_session(
+            now_ms,
+            resume.session_key,
+            resume.iv,
+            resume.device_id,
+            resume.heartbeat_ms,
+        );
+    }
+
+    /// Seals a frame from the node. With `report_write`, the node hears
+    /// [`Input::PhoneWritten`] once the frame is written.
+    pub fn handle_transmit(
+        &mut self,
+        cfg: &ConnConfig,
+        _now_ms: Millis,
+        frame: OutFrame,
+        report_write: Option<i32>,
+    ) {
+        self.queue_frame(cfg, &frame, report_write);
+    }
+
+    /// The node closed the connection: what is queued is written, then the socket closes.
+    /// The node knows already; it hears nothing more.
+    pub fn handle_close(&mut self, _now_ms: Millis) {
+        if self.is_open() {
+            self.phase = Phase::Closing;
+            self.reports.clear();
+        }
+    }
+
+    /// The driver wrote `bytes` from the front of [`PhoneConn::poll_transmit`].
+    pub fn handle_written(&mut self, cfg: &ConnConfig, _now_ms: Millis, bytes: usize) {
+        assert!(
+            bytes <= self.outbound.len(),
+            "{bytes} bytes written of {} queued",
+            self.outbound.len()
+        );
+        self.outbound.advance(bytes);
+        self.written_bytes += bytes as u64;
+        if self.outbound.is_empty() {
+            self.outbound = BytesMut::new(); // an idle connection holds no buffer
+        }
+        if !self.is_open() {
+            return;
+        }
+        while let Some(&(end, session_id)) = self.reports.front() {
+            if end > self.written_bytes {
+                break;
+            }
+            self.reports.pop_front();
+            self.hand_to_node(Input::PhoneWritten {
+                conn: self.conn,
+                push_session_id: session_id,
+                ok: true,
+            });
+        }
+        if !self.writable && self.outbound.len() <= cfg.marks.low_water_bytes {
+            self.writable = true;
+            self.hand_to_node(Input::PhoneWritable {
+                conn: self.conn,
+                writable: true,
+            });
+        }
+    }
+
+    /// The peer closed the connection, or the socket broke (a read or write failed).
+    pub fn handle_peer_closed(&mut self, _now_ms: Millis) {
+        self.abort(CloseReason::PeerClosed);
+    }
+
+    /// The bytes to write next (empty when there are none).
+    pub fn poll_transmit(&self) -> &[u8] {
+        if self.phase == Phase::Closed {
+            return &[];
+        }
+        &self.outbound
+    }
+
+    /// The next message for the node.
+    pub fn poll_input(&mut self) -> Option<Input> {
+        self.to_node.pop_front()
+    }
+
+    /// True when [`PhoneConn::poll_input`] has something.
+    pub fn has_input(&self) -> bool {
+        !self.to_node.is_empty()
+    }
+
+    /// When [`PhoneConn::handle_timeout`] should next be called.
+    pub fn poll_timeout(&self) -> Option<Millis> {
+        self.is_open().then_some(self.idle_check_at_ms)
+    }
+
+    /// Runs the idle check (or the handshake deadline) if it is due at `now_ms`: MPush's
+    /// check (§9.3) counts a miss when nothing was read for more than heartbeat + 1 s, and
+    /// closes after `max_heartbeat_misses` + 1 consecutive misses.
+    pub fn handle_timeout(&mut self, cfg: &ConnConfig, now_ms: Millis) {
+        if !self.is_open() || now_ms < self.idle_check_at_ms {
+            return;
+        }
+        if self.cipher.is_none() {
+            // Never completed a handshake or fast connect: the handshake deadline passed.
+            return self.close_after_flush(CloseReason::HandshakeTimeout);
+        }
+        if now_ms.saturating_sub(self.last_read_ms) > self.heartbeat_ms.saturating_add(1000) {
+            self.heartbeat_misses += 1;
+        } else {
+            self.heartbeat_misses = 0;
+        }
+        if self.heartbeat_misses > cfg.max_heartbeat_misses {
+            return self.close_after_flush(CloseReason::IdleTimeout);
+        }
+        self.idle_check_at_ms = now_ms.saturating_add(self.heartbeat_ms.max(1));
+    }
+
+    /// Queues a message for the node; nothing goes to the node once the connection closes
+    /// (a frame queued while handling the same input may have closed it).
+    fn hand_to_node(&mut self, input: Input) {
+        if self.is_open() {
+            self.to_node.push_back(input);
+        }
+    }
+
+    fn send_raw(&mut self, cfg: &ConnConfig, cmd: Command, session_id: i32, body: &impl Body) {
+        let frame = OutFrame::Packet {
+            cmd: cmd.code(),
+            flags: Flags::NONE,
+            session_id,
+            body: body.to_bytes(),
+            seal: Seal::Raw,
+        };
+        self.queue_frame(cfg, &frame, None);
+    }
+
+    /// Seals a frame into the outbound bytes and applies the marks.
+    fn queue_frame(&mut self, cfg: &ConnConfig, frame: &OutFrame, report_write: Option<i32>) {
+        if !self.is_open() {
+            return; // closing: later frames are dropped (a report is answered by the close)
+        }
+        let before = self.outbound.len();
+        frame.encode(cfg.compress_threshold_bytes, &mut self.outbound);
+        let added = self.outbound.len() - before;
+        self.sealed_bytes += added as u64;
+        if let Some(session_id) = report_write {
+            self.reports.push_back((self.sealed_bytes, session_id));
+        }
+        let marks = cfg.marks;
+        if self.outbound.len() > marks.hard_limit_bytes {
+            return self.abort(CloseReason::SlowConsumer);
+        }
+        if self.writable && self.outbound.len() > marks.high_water_bytes {
+            self.writable = false;
+            self.hand_to_node(Input::PhoneWritable {
+                conn: self.conn,
+                writable: false,
+            });
+        }
+    }
+
+    /// Closes after writing what is queued; the node hears why.
+    fn close_after_flush(&mut self, reason: CloseReason) {
+        if !self.is_open() {
+            return;
+        }
+        self.tell_closed(reason);
+        self.phase = Phase::Closing;
+    }
+
+    /// Closes at once, dropping what is queued; the node hears why (unless it closed first).
+    fn abort(&mut self, reason: CloseReason) {
+        if self.is_open() {
+            self.tell_closed(reason);
+        }
+        self.phase = Phase::Closed;
+        self.outbound = BytesMut::new();
+    }
+
+    fn tell_closed(&mut self, reason: CloseReason) {
+        self.reports.clear();
+        self.hand_to_node(Input::PhoneClosed {
+            conn: self.conn,
+            reason,
+        });
+    }
+}
+
+impl PhoneMessage {
+    /// The node input carrying this message from `conn`.
+    pub fn into_input(self, conn: ConnId) -> Input {
+        Input::PhoneMessage {
+            conn,
+            message: self,
+        }
+    }
+}
