@@ -2031,3 +2031,165 @@ fn cluster_kick_notices_read_as_mpush_writes_them() {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Every phone connection through a `PhoneConn`, the machine the server runs per connection
+// ---------------------------------------------------------------------------------------------
+
+/// Every phone connection of every capture, through [`PhoneConn`]: each client frame, fed as
+/// captured bytes, becomes the message the replay decoded (the HANDSHAKE opened with RSA by the
+/// connection itself), and each server frame, handed to the connection in plaintext with the
+/// protection MPush gave it, comes out as the captured bytes exactly.
+#[test]
+fn phone_streams_pass_through_a_phone_connection() {
+    let phone_files = [
+        "fast-connect-fallback.json",
+        "fast-connect.json",
+        "gateway-broadcast.json",
+        "gateway-single.json",
+        "handshake-bind-push.json",
+        "kick.json",
+    ];
+    let mut phones = 0;
+    for file in phone_files {
+        let scenario = Scenario::load(file);
+        for conn in &scenario.connections {
+            if conn.frames.iter().any(|f| f.dir == Dir::ClientToServer) {
+                through_phone_conn(&scenario, conn);
+                phones += 1;
+            }
+        }
+    }
+    assert!(
+        phones >= phone_files.len(),
+        "only {phones} phone connections"
+    );
+}
+
+fn through_phone_conn(scenario: &Scenario, conn: &Connection) {
+    use pushgate_core::config::{NodeAddr, NodeConfig};
+    use pushgate_core::conn::{ConnConfig, PhoneConn, PhoneMessage, QueueMarks, Resume};
+    use pushgate_core::{ConnId, Input, OutFrame, Seal};
+
+    let replayed = replay(conn, scenario.max_packet_size);
+    let mut node_cfg = NodeConfig::new(
+        NodeAddr::new("127.0.0.1", 3001),
+        ServerRsaKey::mpush_default(),
+    );
+    node_cfg.min_heartbeat_ms = 10_000;
+    node_cfg.max_heartbeat_ms = 180_000;
+    node_cfg.max_body_bytes = scenario.max_packet_size;
+    node_cfg.compress_threshold_bytes = SERVER_THRESHOLD;
+    let marks = QueueMarks::new(1 << 30, 1 << 30, 1 << 30).expect("marks");
+    let cfg = ConnConfig::from_node(&node_cfg, 0, marks);
+    let mut pc = PhoneConn::new(ConnId(1), &cfg, 0);
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    let keys = conn.keys.as_ref();
+    let resume = |device_id: &str, heartbeat_ms: u64| {
+        let k = keys.unwrap_or_else(|| panic!("{}: no key material", conn.ctx()));
+        Resume {
+            session_key: k.session_key,
+            iv: k.iv,
+            device_id: device_id.to_owned(),
+            heartbeat_ms,
+        }
+    };
+    let mut fast_connect_device = None;
+    for (vf, r) in conn.frames.iter().zip(&replayed) {
+        let ctx = conn.frame_ctx(vf);
+        match vf.dir {
+            Dir::ClientToServer => {
+                let mut inbound = BytesMut::from(&vf.raw[..]);
+                pc.handle_bytes(&cfg, 0, &mut inbound, &mut rng);
+                assert!(inbound.is_empty(), "{ctx}: bytes left");
+                let inputs: Vec<Input> = std::iter::from_fn(|| pc.poll_input()).collect();
+                // The connection's own answers (its HANDSHAKE-ok, heartbeat echoes) are not the
+                // capture's: the capture's server frames are checked below.
+                let own = pc.poll_transmit().len();
+                pc.handle_written(&cfg, 0, own);
+                let message = match &inputs[..] {
+                    [] => None,
+                    [Input::PhoneMessage { message, .. }] => Some(message),
+                    other => panic!("{ctx}: the connection handed {other:?}"),
+                };
+                match (&r.msg, message) {
+                    (Msg::Heartbeat, None) => {}
+                    (Msg::Handshake(hs), Some(PhoneMessage::Handshaken(done))) => {
+                        assert_eq!(done.session.device_id, hs.device_id, "{ctx}");
+                        assert_eq!(&done.session.iv[..], &hs.iv[..], "{ctx}");
+                        // The captured server chose its own key: the connection takes on the
+                        // captured session, so the rest of the capture opens.
+                        pc.handle_resume(0, resume(&hs.device_id, done.heartbeat_ms));
+                    }
+                    (Msg::FastConnect(fc), Some(PhoneMessage::FastConnect { request, .. })) => {
+                        assert_eq!(request, fc, "{ctx}");
+                        fast_connect_device = Some(fc.device_id.clone());
+                    }
+                    (Msg::Bind(b), Some(PhoneMessage::Bind { bind, session_id }))
+                        if r.packet().cmd == Command::Bind.code() =>
+                    {
+                        assert_eq!((bind, *session_id), (b, r.packet().session_id), "{ctx}");
+                    }
+                    (Msg::Bind(b), Some(PhoneMessage::Unbind { bind, session_id }))
+                        if r.packet().cmd == Command::Unbind.code() =>
+                    {
+                        assert_eq!((bind, *session_id), (b, r.packet().session_id), "{ctx}");
+                    }
+                    (Msg::Push(p), Some(PhoneMessage::Upstream { content })) => {
+                        assert_eq!(content, &p.content, "{ctx}");
+                    }
+                    (Msg::Ack, Some(PhoneMessage::Ack { session_id })) => {
+                        assert_eq!(*session_id, r.packet().session_id, "{ctx}");
+                    }
+                    (msg, message) => panic!("{ctx}: {msg:?} became {message:?}"),
+                }
+            }
+            Dir::ServerToClient => {
+                let frame = match &r.frame {
+                    Frame::Heartbeat => OutFrame::Heartbeat,
+                    Frame::Packet(p) => {
+                        let k = keys.unwrap_or_else(|| panic!("{ctx}: no key material"));
+                        let cipher = if p.cmd == Command::Handshake.code() {
+                            AesCipher::new(k.client_key, k.iv)
+                        } else {
+                            AesCipher::new(k.session_key, k.iv)
+                        };
+                        let crypto = p.flags.contains(Flags::CRYPTO);
+                        let key = if crypto {
+                            OpenKey::Aes(&cipher)
+                        } else {
+                            OpenKey::None
+                        };
+                        let plain = pipeline::open(p.flags, &p.body, key, &mut rng, 1 << 20)
+                            .unwrap_or_else(|e| panic!("{ctx}: {e}"));
+                        OutFrame::Packet {
+                            cmd: p.cmd,
+                            flags: p.flags.without(Flags::CRYPTO).without(Flags::COMPRESS),
+                            session_id: p.session_id,
+                            body: plain,
+                            seal: if crypto { Seal::Aes(cipher) } else { Seal::Raw },
+                        }
+                    }
+                };
+                pc.handle_transmit(&cfg, 0, frame, None);
+                assert!(pc.poll_input().is_none(), "{ctx}");
+                assert_bytes_eq(
+                    &ctx,
+                    "sealed by the connection",
+                    pc.poll_transmit(),
+                    &vf.raw,
+                );
+                let n = pc.poll_transmit().len();
+                pc.handle_written(&cfg, 0, n);
+                if let Msg::FastConnectOk(ok) = &r.msg {
+                    // The node accepted the fast connect: the connection takes on the session.
+                    let device_id = fast_connect_device.take().expect("FAST_CONNECT first");
+                    let heartbeat_ms = u64::try_from(ok.heartbeat_ms).unwrap_or(0);
+                    pc.handle_resume(0, resume(&device_id, heartbeat_ms));
+                }
+            }
+            other => panic!("{ctx}: {other:?} on a phone connection"),
+        }
+        assert!(pc.is_open(), "{ctx}: the connection closed");
+    }
+}

@@ -1,9 +1,9 @@
 //! Fault points the simulator flips (compiled only with `--cfg madsim`).
 //!
 //! - **Slow readers**: a phone whose address is stalled stops taking bytes, as a phone that
-//!   stops reading fills its TCP window: the node's connection task writes nothing to it (its
-//!   outbound queue grows, so the high-water mark and the hard limit are reached as they would
-//!   be in production), and reads from it go on. The simulated network has no send buffer to
+//!   stops reading fills its TCP window: its connection task writes nothing to it (the bytes
+//!   its `PhoneConn` sealed pile up, so the high-water mark and the hard limit are reached as
+//!   they would be in production), and reads from it go on. The simulated network has no send buffer to
 //!   fill, so this is the only way to reach those rules there.
 //!
 //! The state is per thread: madsim runs one world per thread.
