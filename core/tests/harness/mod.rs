@@ -249,6 +249,8 @@ pub struct World {
     /// Connections the server closed (the node, or the connection itself).
     pub closed_by_node: HashSet<ConnId>,
     pub gateway_closed: HashSet<GatewayId>,
+    /// Phones that stopped reading: their connections' sealed bytes stay unwritten.
+    pub stalled: HashSet<ConnId>,
     next_conn: u64,
     rng: ChaCha8Rng,
     client_key: ClientRsaKey,
@@ -266,9 +268,14 @@ impl World {
     }
 
     pub fn with_config(cfg: NodeConfig, seed: u64) -> Self {
+        Self::with_marks(cfg, seed, QueueMarks::default())
+    }
+
+    /// A world whose phone connections apply `marks` to their queued bytes.
+    pub fn with_marks(cfg: NodeConfig, seed: u64, marks: QueueMarks) -> Self {
         let mut node_seed = [0u8; 32];
         node_seed[..8].copy_from_slice(&seed.to_le_bytes());
-        let conn_cfg = ConnConfig::from_node(&cfg, EPOCH0_MS, QueueMarks::default());
+        let conn_cfg = ConnConfig::from_node(&cfg, EPOCH0_MS, marks);
         let node = Engine {
             node: Node::new(cfg, node_seed, EPOCH0_MS),
             conn_cfg,
@@ -286,6 +293,7 @@ impl World {
             unconfirmed: Vec::new(),
             closed_by_node: HashSet::new(),
             gateway_closed: HashSet::new(),
+            stalled: HashSet::new(),
             next_conn: 1,
             rng: ChaCha8Rng::seed_from_u64(seed ^ 0x5eed),
             client_key: server_key().public_key(),
@@ -332,7 +340,7 @@ impl World {
                 moved = true;
             }
             let bytes = conn.poll_transmit().to_vec();
-            if !bytes.is_empty() {
+            if !bytes.is_empty() && !self.stalled.contains(&id) {
                 conn.handle_written(&engine.conn_cfg, now, bytes.len());
                 moved = true;
                 if let Some(phone) = self.phones.get_mut(&id) {
@@ -350,10 +358,16 @@ impl World {
     }
 
     fn release_due_writes(&mut self) -> bool {
-        if !self.auto_write || self.unconfirmed.is_empty() {
+        // A stalled phone's writes wait until it reads again.
+        let (held, due): (Vec<_>, Vec<_>) = std::mem::take(&mut self.unconfirmed)
+            .into_iter()
+            .partition(|(conn, _)| self.stalled.contains(conn));
+        self.unconfirmed = held;
+        if !self.auto_write || due.is_empty() {
+            self.unconfirmed.extend(due);
             return false;
         }
-        for (conn, sid) in std::mem::take(&mut self.unconfirmed) {
+        for (conn, sid) in due {
             self.node.handle(
                 self.now,
                 Input::PhoneWritten {
@@ -670,6 +684,16 @@ impl World {
                 self.node.handle(self.now, input);
             }
         }
+    }
+
+    /// The phone of `conn` stops reading (`false`: reads again, and takes what waited).
+    pub fn stall(&mut self, conn: ConnId, stalled: bool) {
+        if stalled {
+            self.stalled.insert(conn);
+        } else {
+            self.stalled.remove(&conn);
+        }
+        self.drive();
     }
 
     /// The phone's connection drops.
