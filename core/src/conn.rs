@@ -692,3 +692,16 @@ impl PhoneMessage {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every phone holds one for as long as it is connected, idle or not.
+    #[test]
+    fn an_idle_connection_is_small() {
+        let bytes = std::mem::size_of::<PhoneConn>();
+        eprintln!("PhoneConn: {bytes} bytes");
+        assert!(bytes <= 256, "a PhoneConn holds {bytes} bytes");
+    }
+}
