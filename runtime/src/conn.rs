@@ -203,7 +203,12 @@ pub async fn run_phone(
                 release_if_empty(&mut inbound);
             }
             Wake::Read(_) => machine.handle_peer_closed(now),
-            Wake::Timer => machine.handle_timeout(cfg, now),
+            Wake::Timer => {
+                // The timer fired: the check is due even when the clock, read in whole
+                // milliseconds, has not reached it yet (else the elapsed timer would spin).
+                let due = machine.poll_timeout().unwrap_or(now);
+                machine.handle_timeout(cfg, now.max(due));
+            }
         }
     }
 }
