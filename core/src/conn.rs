@@ -562,6 +562,13 @@ impl PhoneConn {
         }
     }
 
+    /// The node handed over more frames than its hand-off to this connection holds (more than
+    /// the hard limit's worth of frame headers): they would pass the hard limit once sealed, so
+    /// the connection closes as a slow consumer.
+    pub fn handle_queue_overflow(&mut self, _now_ms: Millis) {
+        self.abort(CloseReason::SlowConsumer);
+    }
+
     /// The peer closed the connection, or the socket broke (a read or write failed).
     pub fn handle_peer_closed(&mut self, _now_ms: Millis) {
         self.abort(CloseReason::PeerClosed);

@@ -49,6 +49,12 @@ pub struct PhoneSettings {
 }
 
 impl PhoneSettings {
+    /// The bound of a phone's [`PhoneQueue`]: the items that, sealed, would pass the hard
+    /// limit whatever they hold (each is at least a frame header).
+    pub fn max_queued_items(&self) -> usize {
+        self.cfg.marks.hard_limit_bytes / pushgate_core::frame::HEADER_BYTES + 1
+    }
+
     fn now_ms(&self) -> Millis {
         u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
@@ -187,6 +193,9 @@ pub async fn run_phone(
                         } => machine.handle_transmit(cfg, now, frame, report_write),
                         ToPhone::Resume(resume) => machine.handle_resume(now, *resume),
                     }
+                }
+                if batch.overflow {
+                    machine.handle_queue_overflow(now);
                 }
                 if batch.close {
                     machine.handle_close(now);
@@ -437,7 +446,7 @@ mod tests {
                 ConnId(1),
                 stream,
                 node,
-                Arc::new(PhoneQueue::new()),
+                Arc::new(PhoneQueue::new(16)),
                 settings,
             );
             let bytes = std::mem::size_of_val(&task);

@@ -11,6 +11,9 @@
 //! The connection task takes from the queue whenever it has something, also while its socket
 //! does not take bytes, so what waits here is what the node handed over since the connection
 //! task last ran; the bytes a phone does not read are counted (and bounded) by its connection.
+//! The queue holds at most `max_items` items: each frame seals to at least a header, so more
+//! than the hard limit's worth of headers would pass the hard limit anyway; beyond it items are
+//! dropped and the batch says so, and the connection closes as a slow consumer.
 use pushgate_core::conn::Resume;
 use pushgate_core::OutFrame;
 use std::collections::VecDeque;
@@ -36,25 +39,33 @@ pub struct Batch {
     pub frames: VecDeque<ToPhone>,
     /// The node asked for the connection to be closed after these frames.
     pub close: bool,
+    /// Items were dropped: more were handed over than the queue holds.
+    pub overflow: bool,
 }
 
 #[derive(Debug, Default)]
 struct State {
     frames: VecDeque<ToPhone>,
     close: bool,
+    overflow: bool,
     /// The connection task, when it waits for frames.
     waiter: Option<Waker>,
 }
 
 /// The queue; shared by the node task (producer) and the connection task (consumer).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct PhoneQueue {
     state: Mutex<State>,
+    max_items: usize,
 }
 
 impl PhoneQueue {
-    pub fn new() -> Self {
-        Self::default()
+    /// A queue of at most `max_items` items.
+    pub fn new(max_items: usize) -> Self {
+        Self {
+            state: Mutex::default(),
+            max_items: max_items.max(1),
+        }
     }
 
     /// Appends an item. One queued after [`PhoneQueue::close`] is dropped: the connection is
@@ -64,7 +75,11 @@ impl PhoneQueue {
         if state.close {
             return;
         }
-        state.frames.push_back(item);
+        if state.frames.len() >= self.max_items {
+            state.overflow = true;
+        } else {
+            state.frames.push_back(item);
+        }
         let waiter = state.waiter.take();
         drop(state);
         if let Some(waiter) = waiter {
@@ -91,7 +106,7 @@ impl PhoneQueue {
     /// queue at a time (the connection task).
     pub fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
         let mut state = self.lock();
-        if !state.frames.is_empty() || state.close {
+        if !state.frames.is_empty() || state.close || state.overflow {
             return Poll::Ready(());
         }
         match &mut state.waiter {
@@ -107,6 +122,7 @@ impl PhoneQueue {
         Batch {
             frames: std::mem::take(&mut state.frames),
             close: state.close,
+            overflow: std::mem::take(&mut state.overflow),
         }
     }
 
@@ -137,7 +153,7 @@ mod tests {
 
     #[test]
     fn takes_everything_queued_at_once() {
-        let queue = PhoneQueue::new();
+        let queue = PhoneQueue::new(16);
         queue.push(frame());
         queue.push(frame());
         let batch = queue.take();
@@ -148,7 +164,7 @@ mod tests {
 
     #[test]
     fn close_keeps_earlier_frames_and_drops_later_ones() {
-        let queue = PhoneQueue::new();
+        let queue = PhoneQueue::new(16);
         queue.push(frame());
         queue.close();
         queue.push(frame());
@@ -158,8 +174,20 @@ mod tests {
     }
 
     #[test]
+    fn beyond_its_bound_items_are_dropped_and_the_batch_says_so() {
+        let queue = PhoneQueue::new(2);
+        for _ in 0..3 {
+            queue.push(frame());
+        }
+        let batch = queue.take();
+        assert_eq!(batch.frames.len(), 2);
+        assert!(batch.overflow);
+        assert!(!queue.take().overflow, "told once");
+    }
+
+    #[test]
     fn an_empty_queue_owns_no_heap_memory() {
-        let queue = PhoneQueue::new();
+        let queue = PhoneQueue::new(16);
         queue.push(frame());
         drop(queue.take());
         assert_eq!(queue.lock().frames.capacity(), 0);
@@ -171,7 +199,7 @@ mod tests {
             .build()
             .expect("runtime");
         rt.block_on(async {
-            let queue = std::sync::Arc::new(PhoneQueue::new());
+            let queue = std::sync::Arc::new(PhoneQueue::new(16));
             queue.push(frame());
             queue.ready().await;
             queue.take();

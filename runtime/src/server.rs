@@ -241,7 +241,7 @@ async fn accept_phones(
         let settings = settings.clone();
         let conn = ConnId(next_id.fetch_add(1, Ordering::Relaxed));
         async move {
-            let queue = Arc::new(PhoneQueue::new());
+            let queue = Arc::new(PhoneQueue::new(settings.max_queued_items()));
             node.send(NodeMsg::PhoneOpened {
                 conn,
                 queue: queue.clone(),
