@@ -553,6 +553,9 @@ impl PhoneConn {
                 ok: true,
             });
         }
+        if self.reports.is_empty() && self.reports.capacity() > 0 {
+            self.reports = VecDeque::new();
+        }
         if !self.writable && self.outbound.len() <= cfg.marks.low_water_bytes {
             self.writable = true;
             self.hand_to_node(Input::PhoneWritable {
@@ -584,7 +587,11 @@ impl PhoneConn {
 
     /// The next message for the node.
     pub fn poll_input(&mut self) -> Option<Input> {
-        self.to_node.pop_front()
+        let input = self.to_node.pop_front();
+        if self.to_node.is_empty() && self.to_node.capacity() > 0 {
+            self.to_node = VecDeque::new(); // an idle connection holds no buffer
+        }
+        input
     }
 
     /// True when [`PhoneConn::poll_input`] has something.
@@ -682,7 +689,7 @@ impl PhoneConn {
     }
 
     fn tell_closed(&mut self, reason: CloseReason) {
-        self.reports.clear();
+        self.reports = VecDeque::new();
         self.hand_to_node(Input::PhoneClosed {
             conn: self.conn,
             reason,

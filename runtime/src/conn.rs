@@ -449,6 +449,11 @@ mod tests {
                 Arc::new(PhoneQueue::new(16)),
                 settings,
             );
+            eprintln!(
+                "held per idle phone besides: PhoneConn {} bytes, Sleep {} bytes",
+                std::mem::size_of::<PhoneConn>(),
+                std::mem::size_of::<Sleep>()
+            );
             let bytes = std::mem::size_of_val(&task);
             eprintln!("run_phone future: {bytes} bytes");
             assert!(bytes <= 320, "an idle phone task holds {bytes} bytes");
