@@ -31,7 +31,7 @@ use bytes::{BufMut, Bytes};
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use rustc_hash::{FxHashMap, FxHashSet};
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 pub use broadcast::BroadcastTask;
 pub use single::SingleTask;
@@ -375,6 +375,10 @@ const ROUTE_REPAIR_INTERVAL_MS: Millis = 1000;
 /// Most offline marks kept for the repair rounds; the oldest are dropped beyond it.
 const MAX_OFFLINE_MARKS_TO_REPAIR: usize = 65_536;
 
+/// Most bind route writes that timed out kept waiting for their late answer; the oldest are
+/// dropped beyond it.
+const MAX_LATE_BIND_ANSWERS: usize = 4_096;
+
 /// The push engine and phone sessions of one pushgate node.
 pub struct Node {
     cfg: NodeConfig,
@@ -406,6 +410,12 @@ pub struct Node {
     offline_marks_to_repair: VecDeque<StoreOp>,
     /// A [`Timer::RouteRepair`] is armed.
     repair_armed: bool,
+    /// Bind route writes that timed out, by request: the store may still have applied one
+    /// (a slow or backed-up link), and then its answer alone names the route it displaced —
+    /// a retry of the write finds the bind itself stored. A late answer is still acted on.
+    /// At most [`MAX_LATE_BIND_ANSWERS`]; forgotten when the store link comes back (the old
+    /// link's answers are lost).
+    late_bind_answers: BTreeMap<RequestId, (ConnId, StoreOp)>,
     stats: NodeStats,
     shut_down: bool,
 }
@@ -440,6 +450,7 @@ impl Node {
             routes_to_repair: BTreeSet::new(),
             offline_marks_to_repair: VecDeque::new(),
             repair_armed: false,
+            late_bind_answers: BTreeMap::new(),
             stats: NodeStats::default(),
             shut_down: false,
         }
@@ -491,7 +502,10 @@ impl Node {
                 user_id,
                 client_type,
             } => self.kick_user(&user_id, client_type),
-            Input::StoreConnected => self.republish_routes(),
+            Input::StoreConnected => {
+                self.late_bind_answers.clear();
+                self.republish_routes();
+            }
             Input::Shutdown => self.shutdown(),
         }
         self.check_invariants();
@@ -622,7 +636,14 @@ impl Node {
 
     fn on_store_reply(&mut self, request: RequestId, reply: Result<StoreReply, StoreError>) {
         let Some(purpose) = self.store_pending.remove(&request) else {
-            return; // late answer to a request that already timed out
+            // A late answer to a request that already timed out: only a bind's route write
+            // still matters (the route it displaced, or that it lost).
+            if let Some((conn, op)) = self.late_bind_answers.remove(&request) {
+                if reply.is_ok() {
+                    self.on_bind_route_reply(conn, op, STORE_WRITE_ATTEMPTS, reply);
+                }
+            }
+            return;
         };
         match purpose {
             StorePurpose::Write { op, attempts } => {
@@ -648,6 +669,12 @@ impl Node {
                 }
             }
             StorePurpose::BindRoute { conn, op, attempts } => {
+                if matches!(reply, Err(StoreError::Timeout)) {
+                    if self.late_bind_answers.len() >= MAX_LATE_BIND_ANSWERS {
+                        self.late_bind_answers.pop_first();
+                    }
+                    self.late_bind_answers.insert(request, (conn, op.clone()));
+                }
                 self.on_bind_route_reply(conn, op, attempts, reply)
             }
             StorePurpose::FastConnect { conn } => self.on_fast_connect_reply(conn, request, reply),
