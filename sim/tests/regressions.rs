@@ -144,6 +144,14 @@ const REGRESSIONS: &[(u64, &str)] = &[
         "B11: a bind's route write answered after its timeout; the retry found the bind itself, so no kick notice went out (liveness: two nodes hold the user)",
     ),
     (
+        12000984,
+        "B11: a late bind answer acted on after the connection gave the user up put back a route whose connection had ended (liveness)",
+    ),
+    (
+        12002911,
+        "B11: a late bind answer acted on after the connection gave the user up put back a route whose connection had ended (liveness)",
+    ),
+    (
         12001850,
         "B12 (oracle): a BIND held back by a one-way clog reached its node after the phone gave up and kicked the local holder (2-kick-only-when-superseded)",
     ),

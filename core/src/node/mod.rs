@@ -412,8 +412,8 @@ pub struct Node {
     repair_armed: bool,
     /// Bind route writes that timed out, by request: the store may still have applied one
     /// (a slow or backed-up link), and then its answer alone names the route it displaced —
-    /// a retry of the write finds the bind itself stored. A late answer is still acted on.
-    /// At most [`MAX_LATE_BIND_ANSWERS`]; forgotten when the store link comes back (the old
+    /// a retry of the write finds the bind itself stored. A late answer is still acted on
+    /// while the connection holds the user. At most [`MAX_LATE_BIND_ANSWERS`]; forgotten when the store link comes back (the old
     /// link's answers are lost).
     late_bind_answers: BTreeMap<RequestId, (ConnId, StoreOp)>,
     stats: NodeStats,
@@ -637,9 +637,23 @@ impl Node {
     fn on_store_reply(&mut self, request: RequestId, reply: Result<StoreReply, StoreError>) {
         let Some(purpose) = self.store_pending.remove(&request) else {
             // A late answer to a request that already timed out: only a bind's route write
-            // still matters (the route it displaced, or that it lost).
+            // still matters, while its connection still holds that user: the connection it
+            // displaced elsewhere gets its kick notice (or, when the store kept a newer bind,
+            // this one gives the user up). Once the connection gave the user up, the bind has
+            // run its course (a retry of the write took effect meanwhile), so the displaced
+            // route is never put back from a late answer: its connection may have ended since.
             if let Some((conn, op)) = self.late_bind_answers.remove(&request) {
-                if reply.is_ok() {
+                let holds_user = match &op {
+                    StoreOp::PutRoute {
+                        user_id,
+                        client_type,
+                        ..
+                    } => self.sessions.get(&conn).is_some_and(|s| {
+                        s.user_id() == Some(user_id.as_str()) && s.client_type == *client_type
+                    }),
+                    _ => false,
+                };
+                if holds_user && reply.is_ok() {
                     self.on_bind_route_reply(conn, op, STORE_WRITE_ATTEMPTS, reply);
                 }
             }
