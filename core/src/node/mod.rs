@@ -413,8 +413,8 @@ pub struct Node {
     /// Bind route writes that timed out, by request: the store may still have applied one
     /// (a slow or backed-up link), and then its answer alone names the route it displaced —
     /// a retry of the write finds the bind itself stored. A late answer is still acted on
-    /// while the connection holds the user. At most [`MAX_LATE_BIND_ANSWERS`]; forgotten when the store link comes back (the old
-    /// link's answers are lost).
+    /// while the connection holds the user. At most [`MAX_LATE_BIND_ANSWERS`]; forgotten when
+    /// the store link comes back (the old link's answers are lost).
     late_bind_answers: BTreeMap<RequestId, (ConnId, StoreOp)>,
     stats: NodeStats,
     shut_down: bool,
@@ -639,9 +639,10 @@ impl Node {
             // A late answer to a request that already timed out: only a bind's route write
             // still matters, while its connection still holds that user: the connection it
             // displaced elsewhere gets its kick notice (or, when the store kept a newer bind,
-            // this one gives the user up). Once the connection gave the user up, the bind has
-            // run its course (a retry of the write took effect meanwhile), so the displaced
-            // route is never put back from a late answer: its connection may have ended since.
+            // this one gives the user up). Once the connection gave the user up, its bind was
+            // live for a while (answered, retried), so the displaced route is never put back
+            // from a late answer, as the undo of a dead bind would: the displaced connection
+            // may have ended since, beyond what the store remembers of ended binds.
             if let Some((conn, op)) = self.late_bind_answers.remove(&request) {
                 let holds_user = match &op {
                     StoreOp::PutRoute {
