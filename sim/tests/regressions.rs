@@ -152,6 +152,10 @@ const REGRESSIONS: &[(u64, &str)] = &[
         "B11: a late bind answer acted on after the connection gave the user up put back a route whose connection had ended (liveness)",
     ),
     (
+        14001466,
+        "B13 (harness): a push queued behind a KICK was auto-ACKed by the device's client but never recorded as received (ack-success without receipt)",
+    ),
+    (
         12001850,
         "B12 (oracle): a BIND held back by a one-way clog reached its node after the phone gave up and kicked the local holder (2-kick-only-when-superseded)",
     ),
