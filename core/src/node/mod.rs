@@ -31,7 +31,7 @@ use bytes::{BufMut, Bytes};
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use rustc_hash::{FxHashMap, FxHashSet};
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 pub use broadcast::BroadcastTask;
 pub use single::SingleTask;
@@ -394,6 +394,10 @@ struct PendingStore {
     purpose: StorePurpose,
 }
 
+/// Most bind route writes that timed out kept waiting for their late answer; the oldest are
+/// dropped beyond it.
+const MAX_LATE_BIND_ANSWERS: usize = 4_096;
+
 /// The push engine and phone sessions of one pushgate node.
 pub struct Node {
     cfg: NodeConfig,
@@ -428,6 +432,12 @@ pub struct Node {
     offline_marks_to_repair: VecDeque<StoreOp>,
     /// A [`Timer::RouteRepair`] is armed.
     repair_armed: bool,
+    /// Bind route writes that timed out, by request: the store may still have applied one
+    /// (a slow or backed-up link), and then its answer alone names the route it displaced —
+    /// a retry of the write finds the bind itself stored. A late answer is still acted on
+    /// while the connection holds the user. At most [`MAX_LATE_BIND_ANSWERS`]; forgotten when
+    /// the store link comes back (the old link's answers are lost).
+    late_bind_answers: BTreeMap<RequestId, (ConnId, StoreOp)>,
     stats: NodeStats,
     shut_down: bool,
 }
@@ -463,6 +473,7 @@ impl Node {
             routes_to_repair: BTreeSet::new(),
             offline_marks_to_repair: VecDeque::new(),
             repair_armed: false,
+            late_bind_answers: BTreeMap::new(),
             stats: NodeStats::default(),
             shut_down: false,
         }
@@ -514,7 +525,10 @@ impl Node {
                 user_id,
                 client_type,
             } => self.kick_user(&user_id, client_type),
-            Input::StoreConnected => self.republish_routes(),
+            Input::StoreConnected => {
+                self.late_bind_answers.clear();
+                self.republish_routes();
+            }
             Input::Shutdown => self.shutdown(),
         }
         self.check_invariants();
@@ -719,7 +733,29 @@ impl Node {
 
     fn on_store_reply(&mut self, request: RequestId, reply: Result<StoreReply, StoreError>) {
         let Some(purpose) = self.forget_store_request(request) else {
-            return; // late answer to a request that already timed out
+            // A late answer to a request that already timed out: only a bind's route write
+            // still matters, while its connection still holds that user: the connection it
+            // displaced elsewhere gets its kick notice (or, when the store kept a newer bind,
+            // this one gives the user up). Once the connection gave the user up, its bind was
+            // live for a while (answered, retried), so the displaced route is never put back
+            // from a late answer, as the undo of a dead bind would: the displaced connection
+            // may have ended since, beyond what the store remembers of ended binds.
+            if let Some((conn, op)) = self.late_bind_answers.remove(&request) {
+                let holds_user = match &op {
+                    StoreOp::PutRoute {
+                        user_id,
+                        client_type,
+                        ..
+                    } => self.sessions.get(&conn).is_some_and(|s| {
+                        s.user_id() == Some(user_id.as_str()) && s.client_type == *client_type
+                    }),
+                    _ => false,
+                };
+                if holds_user && reply.is_ok() {
+                    self.on_bind_route_reply(conn, op, STORE_WRITE_ATTEMPTS, reply);
+                }
+            }
+            return;
         };
         match purpose {
             StorePurpose::Write { op, attempts } => {
@@ -745,6 +781,12 @@ impl Node {
                 }
             }
             StorePurpose::BindRoute { conn, op, attempts } => {
+                if matches!(reply, Err(StoreError::Timeout)) {
+                    if self.late_bind_answers.len() >= MAX_LATE_BIND_ANSWERS {
+                        self.late_bind_answers.pop_first();
+                    }
+                    self.late_bind_answers.insert(request, (conn, op.clone()));
+                }
                 self.on_bind_route_reply(conn, op, attempts, reply)
             }
             StorePurpose::FastConnect { conn } => self.on_fast_connect_reply(conn, request, reply),
