@@ -1849,7 +1849,8 @@ impl Run {
                 } => {
                     self.check_finished(id, origin, status, Some(&timeline), delivered)?;
                     if status == PushStatus::Timeout {
-                        self.check_timeout_reason(origin, reason.as_deref())?;
+                        let text = reason.as_ref().map(ToString::to_string);
+                        self.check_timeout_reason(origin, text.as_deref())?;
                     }
                 }
                 Event::BroadcastFinished {
@@ -2462,7 +2463,7 @@ fn coverage_report() {
                 | Event::BroadcastFinished {
                     reason: Some(reason),
                     ..
-                } => reason.chars().take(48).collect(),
+                } => reason.to_string().chars().take(48).collect(),
                 _ => continue,
             };
             *reasons.entry(reason).or_default() += 1;
