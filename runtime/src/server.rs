@@ -262,10 +262,11 @@ impl AcceptBackoff {
     /// connection (ECONNABORTED, ECONNRESET, EPROTO, EPERM from a firewall) do not.
     fn is_shortage(error: &std::io::Error) -> bool {
         use std::io::ErrorKind::*;
-        !matches!(
+        let of_one_connection = matches!(
             error.kind(),
             ConnectionAborted | ConnectionReset | PermissionDenied | Interrupted | WouldBlock
-        ) && !error.raw_os_error().is_some_and(|code| code == EPROTO_CODE)
+        ) || error.raw_os_error() == Some(EPROTO_CODE);
+        !of_one_connection
     }
 }
 
