@@ -134,7 +134,7 @@ pub async fn start_with(config: &Config, hooks: ServerHooks) -> anyhow::Result<R
 
     #[cfg(not(madsim))]
     let admin_addr = {
-        let admin = TcpListener::bind((net.admin_bind.as_str(), net.admin_port))
+        let admin = listen(&net.admin_bind, net.admin_port, net.listen_backlog)
             .await
             .map_err(|e| anyhow::anyhow!("bind {}:{}: {e}", net.admin_bind, net.admin_port))?;
         let addr = admin.local_addr()?;
