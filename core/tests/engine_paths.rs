@@ -18,7 +18,7 @@ use pushgate_core::message::{
 };
 use pushgate_core::pipeline;
 use pushgate_core::route::ClientType;
-use pushgate_core::status::PushStatus;
+use pushgate_core::status::{PushStatus, Reason};
 use pushgate_core::store::{KickNotice, RouteRecord, StoreOp, TaskControl};
 use pushgate_core::{CloseReason, ConnId, Event, GatewayId, Input, KickCause};
 use rand_chacha::rand_core::SeedableRng;
@@ -76,7 +76,7 @@ fn epoch(now: u64) -> i64 {
 }
 
 /// Every `PushFinished` event as (status, reason, delivered).
-fn finished(w: &World) -> Vec<(PushStatus, Option<String>, bool)> {
+fn finished(w: &World) -> Vec<(PushStatus, Option<Reason>, bool)> {
     w.events
         .iter()
         .filter_map(|e| match e {
@@ -92,7 +92,7 @@ fn finished(w: &World) -> Vec<(PushStatus, Option<String>, bool)> {
 }
 
 /// Every `BroadcastFinished` event as (sent, status, reason).
-fn broadcasts_finished(w: &World) -> Vec<(u64, PushStatus, Option<String>)> {
+fn broadcasts_finished(w: &World) -> Vec<(u64, PushStatus, Option<Reason>)> {
     w.events
         .iter()
         .filter_map(|e| match e {

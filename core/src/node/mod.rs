@@ -15,16 +15,16 @@ mod broadcast;
 mod phone;
 mod single;
 
-use crate::ack::InFlightTable;
 use crate::config::NodeConfig;
 use crate::crypto::AesCipher;
 use crate::flow::FlowControl;
 use crate::frame::{Flags, Frame, FrameError, Packet};
 use crate::ids::{ConnId, GatewayId, Millis, PushId, RequestId};
+use crate::in_flight::InFlightTable;
 use crate::push::{Origin, PushRequest};
 use crate::route::{ClientType, RouteTable};
 use crate::session::Session;
-use crate::status::{PushStatus, TimeLine};
+use crate::status::{PushStatus, Reason, TimeLine};
 use crate::store::{KickNotice, StoreError, StoreOp, StoreReply, StoreRequest};
 use crate::timer::{Timer, TimerQueue};
 use bytes::{BufMut, Bytes};
@@ -182,7 +182,7 @@ pub enum Event {
         user_id: String,
         client_type: Option<ClientType>,
         status: PushStatus,
-        reason: Option<String>,
+        reason: Option<Reason>,
         timeline: TimeLine,
         delivered: bool,
     },
@@ -192,7 +192,7 @@ pub enum Event {
         origin: Origin,
         sent: u64,
         status: PushStatus,
-        reason: Option<String>,
+        reason: Option<Reason>,
         delivered: bool,
     },
     HandshakeDone {
@@ -848,12 +848,7 @@ impl Node {
                 self.emit(Event::DecodeError {
                     kind: "gateway-push",
                 });
-                self.refuse(
-                    origin,
-                    String::new(),
-                    None,
-                    format!("bad request: {reason}"),
-                );
+                self.refuse(origin, String::new(), None, Reason::BadRequest(reason));
             }
         }
     }
@@ -870,7 +865,7 @@ impl Node {
                 PushRequest::Single(s) => (s.user_id.clone(), s.client_type),
                 PushRequest::Broadcast(_) => (String::new(), None),
             };
-            self.refuse(origin, user, client_type, "server shutting down".into());
+            self.refuse(origin, user, client_type, Reason::ShuttingDown);
             return;
         }
         match request {
@@ -885,7 +880,7 @@ impl Node {
         origin: Origin,
         user_id: String,
         client_type: Option<ClientType>,
-        reason: String,
+        reason: Reason,
     ) {
         let id = self.next_push_id();
         let mut timeline = TimeLine::begin(self.epoch_ms());
@@ -905,11 +900,11 @@ impl Node {
         self.shut_down = true;
         let singles: Vec<PushId> = self.singles.keys().copied().collect();
         for id in singles {
-            self.finish_single(id, PushStatus::Failure, Some("server shutting down".into()));
+            self.finish_single(id, PushStatus::Failure, Some(Reason::ShuttingDown));
         }
         let broadcasts: Vec<PushId> = self.broadcasts.keys().copied().collect();
         for id in broadcasts {
-            self.finish_broadcast(id, Some("server shutting down".into()));
+            self.finish_broadcast(id, Some(Reason::ShuttingDown));
         }
         let conns: Vec<ConnId> = self.sessions.keys().copied().collect();
         for conn in conns {

@@ -4,11 +4,11 @@ use super::{
     CloseReason, Event, KickCause, Node, OutFrame, Output, Seal, StorePurpose,
     MAX_OFFLINE_MARKS_TO_REPAIR, ROUTE_REPAIR_INTERVAL_MS, STORE_WRITE_ATTEMPTS,
 };
-use crate::ack::Owner;
 use crate::command::Command;
 use crate::crypto::{mix_keys, AesCipher};
 use crate::frame::{Flags, Frame, FrameError, Packet};
 use crate::ids::{ConnId, Millis, RequestId};
+use crate::in_flight::Owner;
 use crate::message::{
     Ack, Bind, Body, ErrorCode, ErrorMessage, FastConnect, FastConnectOk, Handshake, HandshakeOk,
     HttpResponse, Kick, OkMessage, Push,
