@@ -846,6 +846,48 @@ fn a_late_answer_to_a_bind_route_write_still_kicks_the_displaced_connection() {
     assert!(w.received(phone, Command::Kick).is_empty());
 }
 
+/// The same late answer when the retry's answer is lost too: the late one alone names the
+/// displaced connection, which gets exactly one kick notice (later retries find the bind
+/// itself stored).
+#[test]
+fn a_late_answer_kicks_once_when_the_retry_is_lost() {
+    let mut w = World::new(|_| {});
+    let far = FakeStore::route("10.0.0.2", 3001, Some("far-conn"));
+    w.store
+        .state
+        .routes
+        .insert(("u1".into(), ClientType::Mobile), far);
+    let phone = w.connect("dev-A", "android");
+    w.handshake(phone);
+    w.store.mode = StoreMode::Hold;
+    w.bind(phone, "u1", "");
+    let timeout = w.node.config().store_timeout_ms;
+    w.advance(timeout + 1);
+    // The retry is lost on the way; the first write lands and answers late.
+    let retry = w
+        .store
+        .held
+        .iter()
+        .rposition(|r| matches!(r.op, StoreOp::PutRoute { .. }))
+        .expect("a retry");
+    w.store.held.remove(retry);
+    w.store.mode = StoreMode::Immediate;
+    w.release_store();
+    // The lost retry times out and is sent once more.
+    w.heartbeat(phone);
+    w.advance(timeout + 1);
+    let notices: Vec<&KickNotice> = w
+        .store
+        .kicks
+        .iter()
+        .filter(|k| k.conn_id == "far-conn")
+        .collect();
+    assert_eq!(notices.len(), 1, "{:?}", w.store.kicks);
+    assert_eq!(w.node.routes_of("u1"), vec![(ClientType::Mobile, phone)]);
+    assert!(store_token(&w, "u1", ClientType::Mobile).is_some());
+    assert!(w.received(phone, Command::Kick).is_empty());
+}
+
 /// A late answer never puts the displaced route back (found by the simulation, seed
 /// 12000984): the binding connection held the user (a retry of the write took effect) and
 /// gave it up since, and the displaced connection may have ended meanwhile, beyond what the
