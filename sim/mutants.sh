@@ -91,6 +91,8 @@ M = [
                     self.finish_single(id, PushStatus::AckSuccess, None);""")]),
  ("router-change-while-local", "a user who bound here while the store was asked is not delivered locally",
   [("core/src/node/single.rs", "if self.local_route(&user_id, client_type).is_some() {", "if self.local_route(&user_id, client_type).is_some() && user_id.is_empty() {")]),
+ ("late-bind-answer", "a bind's route write answered after its timeout is ignored (the connection it displaced is never kicked)",
+  [("core/src/node/mod.rs", "if holds_user && reply.is_ok() {", "if holds_user && reply.is_ok() && request.0 == 0 {")]),
 ]
 cmd = sys.argv[1]
 if cmd == "list":

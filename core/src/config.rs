@@ -38,6 +38,44 @@ pub enum TagMatch {
     Substring,
 }
 
+/// Every default number of a node, in one place: [`NodeConfig::new`] uses them, and so do the
+/// server's configuration file defaults (`pushgate serve --print-config`). MPush's values
+/// (`reference.conf`) where MPush has one.
+pub mod defaults {
+    /// Heartbeat bounds (MPush `mp.core.min-heartbeat` / `max-heartbeat`: 3 minutes).
+    pub const MIN_HEARTBEAT_MS: u64 = 180_000;
+    pub const MAX_HEARTBEAT_MS: u64 = 180_000;
+    /// MPush `max-hb-timeout-times`.
+    pub const MAX_HEARTBEAT_MISSES: u32 = 2;
+    pub const HANDSHAKE_DEADLINE_MS: u64 = 10_000;
+    /// MPush `mp.core.session-expired-time`: one day.
+    pub const SESSION_EXPIRE_MS: u64 = 86_400_000;
+    /// MPush `mp.core.max-packet-size`: 10 KiB.
+    pub const MAX_BODY_BYTES: usize = crate::frame::DEFAULT_MAX_BODY_BYTES;
+    /// MPush `mp.core.compress-threshold`: 10 KiB.
+    pub const COMPRESS_THRESHOLD_BYTES: usize = crate::pipeline::DEFAULT_COMPRESS_THRESHOLD_BYTES;
+    /// MPush `mp.push.flow-control.global`: 5,000 pushes per second, no total cap.
+    pub const GLOBAL_FLOW_LIMIT_PER_WINDOW: u64 = 5_000;
+    pub const GLOBAL_FLOW_MAX_TOTAL: u64 = 0;
+    pub const FLOW_WINDOW_MS: u64 = 1_000;
+    /// MPush `mp.push.flow-control.broadcast`: 3,000 per second, 100,000 in all.
+    pub const BROADCAST_FLOW_LIMIT_PER_WINDOW: u64 = 3_000;
+    pub const BROADCAST_FLOW_MAX_TOTAL: u64 = 100_000;
+    pub const TASK_FLOW_DEFAULT_LIMIT: u64 = 1_000;
+    pub const DEFAULT_PUSH_TIMEOUT_MS: u64 = 3_000;
+    pub const MAX_PUSH_TIMEOUT_MS: u64 = 600_000;
+    pub const STORE_TIMEOUT_MS: u64 = 3_000;
+    pub const BROADCAST_BATCH_SIZE: usize = 256;
+    /// Phone connections served at once (beyond it a handshake is refused).
+    pub const MAX_CONNECTIONS: usize = 100_000;
+    pub const MAX_GATEWAY_CONNECTIONS: usize = 4096;
+    pub const MAX_PENDING_PUSHES: usize = 1 << 20;
+    pub const MAX_BROADCASTS: usize = 64;
+    pub const MAX_STORE_REQUESTS: usize = 1 << 20;
+    pub const MAX_USER_ID_BYTES: usize = 256;
+    pub const MAX_TAGS_BYTES: usize = 4096;
+}
+
 /// The numbers a [`crate::Node`] runs with.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
@@ -89,36 +127,37 @@ pub struct NodeConfig {
 }
 
 impl NodeConfig {
-    /// MPush's defaults, with the given gateway address and key.
+    /// MPush's defaults ([`defaults`]), with the given gateway address and key.
     pub fn new(node_addr: NodeAddr, rsa_key: ServerRsaKey) -> Self {
+        use defaults as d;
         Self {
             node_addr,
             rsa_key,
-            min_heartbeat_ms: 180_000,
-            max_heartbeat_ms: 180_000,
-            max_heartbeat_misses: 2,
-            handshake_deadline_ms: 10_000,
-            session_expire_ms: 86_400_000,
-            max_body_bytes: crate::frame::DEFAULT_MAX_BODY_BYTES,
-            compress_threshold_bytes: crate::pipeline::DEFAULT_COMPRESS_THRESHOLD_BYTES,
-            global_flow_limit_per_window: 5000,
-            global_flow_max_total: 0,
-            flow_window_ms: 1000,
-            broadcast_flow_limit_per_window: 3000,
-            broadcast_flow_max_total: 100_000,
-            task_flow_default_limit: 1000,
-            default_push_timeout_ms: 3000,
-            max_push_timeout_ms: 600_000,
-            store_timeout_ms: 3000,
-            broadcast_batch_size: 256,
+            min_heartbeat_ms: d::MIN_HEARTBEAT_MS,
+            max_heartbeat_ms: d::MAX_HEARTBEAT_MS,
+            max_heartbeat_misses: d::MAX_HEARTBEAT_MISSES,
+            handshake_deadline_ms: d::HANDSHAKE_DEADLINE_MS,
+            session_expire_ms: d::SESSION_EXPIRE_MS,
+            max_body_bytes: d::MAX_BODY_BYTES,
+            compress_threshold_bytes: d::COMPRESS_THRESHOLD_BYTES,
+            global_flow_limit_per_window: d::GLOBAL_FLOW_LIMIT_PER_WINDOW,
+            global_flow_max_total: d::GLOBAL_FLOW_MAX_TOTAL,
+            flow_window_ms: d::FLOW_WINDOW_MS,
+            broadcast_flow_limit_per_window: d::BROADCAST_FLOW_LIMIT_PER_WINDOW,
+            broadcast_flow_max_total: d::BROADCAST_FLOW_MAX_TOTAL,
+            task_flow_default_limit: d::TASK_FLOW_DEFAULT_LIMIT,
+            default_push_timeout_ms: d::DEFAULT_PUSH_TIMEOUT_MS,
+            max_push_timeout_ms: d::MAX_PUSH_TIMEOUT_MS,
+            store_timeout_ms: d::STORE_TIMEOUT_MS,
+            broadcast_batch_size: d::BROADCAST_BATCH_SIZE,
             tag_match: TagMatch::Exact,
-            max_connections: 1 << 20,
-            max_gateway_connections: 4096,
-            max_pending_pushes: 1 << 20,
-            max_broadcasts: 64,
-            max_store_requests: 1 << 20,
-            max_user_id_bytes: 256,
-            max_tags_bytes: 4096,
+            max_connections: d::MAX_CONNECTIONS,
+            max_gateway_connections: d::MAX_GATEWAY_CONNECTIONS,
+            max_pending_pushes: d::MAX_PENDING_PUSHES,
+            max_broadcasts: d::MAX_BROADCASTS,
+            max_store_requests: d::MAX_STORE_REQUESTS,
+            max_user_id_bytes: d::MAX_USER_ID_BYTES,
+            max_tags_bytes: d::MAX_TAGS_BYTES,
         }
     }
 

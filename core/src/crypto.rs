@@ -8,7 +8,9 @@
 //!   each chunk becoming one `modulus_bytes` block; the server decrypts block by block
 //!   ([`ClientRsaKey`], [`ServerRsaKey`]). MPush's shipped default private key holds only `n` and
 //!   `d` (every other field is 0), which strict parsers refuse; [`ServerRsaKey`] loads it anyway,
-//!   recovers `p` and `q` once and then decrypts with the (much faster) CRT.
+//!   recovers `p` and `q` once and then decrypts with the (much faster) CRT. Outside the
+//!   simulator the private-key operation runs in OpenSSL (several times faster than the `rsa`
+//!   crate on this path; same bytes out, same blocks refused), see [`ServerRsaKey::decrypt`].
 //! - **AES-128-CBC with PKCS#7 padding** ("AES/CBC/PKCS5Padding") protects every later packet. The
 //!   IV is chosen once per connection and reused for every packet, each packet being encrypted
 //!   independently ([`AesCipher`]); the session key is clientKey XOR serverKey ([`mix_keys`]).
@@ -210,6 +212,11 @@ pub fn mix_keys(
 #[derive(Clone)]
 pub struct ServerRsaKey {
     inner: RsaPrivateKey,
+    /// The same key in OpenSSL, which decrypts. `None` where OpenSSL would not refuse bad
+    /// padding (see [`openssl_refuses_bad_padding`]) or could not load the key: `inner`
+    /// decrypts then. The simulator has no OpenSSL (its runs must replay from their seed).
+    #[cfg(not(madsim))]
+    openssl: Option<std::sync::Arc<openssl::rsa::Rsa<openssl::pkey::Private>>>,
 }
 
 impl ServerRsaKey {
@@ -346,6 +353,18 @@ impl ServerRsaKey {
         }
         let max_chunk = block_bytes.saturating_sub(RSA_PKCS1_OVERHEAD_BYTES);
         let mut plain = Vec::with_capacity(ciphertext.len() / block_bytes * max_chunk);
+        #[cfg(not(madsim))]
+        if let Some(key) = &self.openssl {
+            // OpenSSL blinds with its own generator; `rng` is not needed.
+            let mut chunk = vec![0u8; block_bytes];
+            for block in ciphertext.chunks_exact(block_bytes) {
+                let len = key
+                    .private_decrypt(block, &mut chunk, openssl::rsa::Padding::PKCS1)
+                    .map_err(|_| CryptoError::RsaDecrypt)?;
+                plain.extend_from_slice(&chunk[..len]);
+            }
+            return Ok(plain);
+        }
         for block in ciphertext.chunks_exact(block_bytes) {
             let chunk = self
                 .inner
@@ -354,6 +373,22 @@ impl ServerRsaKey {
             plain.extend_from_slice(&chunk);
         }
         Ok(plain)
+    }
+
+    /// Decrypts with the `rsa` crate only (what [`ServerRsaKey::decrypt`] does in the
+    /// simulator): the reference the OpenSSL path is checked against.
+    #[cfg(test)]
+    fn decrypt_pure(
+        &self,
+        rng: &mut impl CryptoRngCore,
+        ciphertext: &[u8],
+    ) -> Result<Vec<u8>, CryptoError> {
+        Self {
+            inner: self.inner.clone(),
+            #[cfg(not(madsim))]
+            openssl: None,
+        }
+        .decrypt(rng, ciphertext)
     }
 
     /// Builds the key from its numbers, checking everything `rsa` would otherwise panic on.
@@ -399,8 +434,37 @@ impl ServerRsaKey {
         if key.crt_coefficient().is_none() {
             return Err(CryptoError::BadKey("primes have no CRT coefficient".into()));
         }
-        Ok(Self { inner: key })
+        Ok(Self {
+            #[cfg(not(madsim))]
+            openssl: openssl_key(&key),
+            inner: key,
+        })
     }
+}
+
+/// `key` loaded into OpenSSL (from its complete PKCS#1 encoding, CRT values included), when
+/// OpenSSL can stand in for the `rsa` crate.
+#[cfg(not(madsim))]
+fn openssl_key(
+    key: &RsaPrivateKey,
+) -> Option<std::sync::Arc<openssl::rsa::Rsa<openssl::pkey::Private>>> {
+    use rsa::pkcs1::EncodeRsaPrivateKey as _;
+    if !openssl_refuses_bad_padding() {
+        return None;
+    }
+    let der = key.to_pkcs1_der().ok()?;
+    let loaded = openssl::rsa::Rsa::private_key_from_der(der.as_bytes()).ok()?;
+    Some(std::sync::Arc::new(loaded))
+}
+
+/// Whether the linked OpenSSL reports a block with bad PKCS#1 v1.5 padding as an error, as
+/// the `rsa` crate and MPush's Java server do. OpenSSL 3.2 and later answer such a block with
+/// a made-up plaintext instead ("implicit rejection"), which would hand garbage to the
+/// handshake decoder; with those versions the `rsa` crate decrypts.
+#[cfg(not(madsim))]
+fn openssl_refuses_bad_padding() -> bool {
+    const OPENSSL_3_2: i64 = 0x3020_0000;
+    openssl::version::number() < OPENSSL_3_2
 }
 
 impl fmt::Debug for ServerRsaKey {
@@ -1032,6 +1096,46 @@ mod tests {
         let mut random = [0u8; 256];
         rng.fill_bytes(&mut random);
         assert_eq!(key.decrypt(&mut rng, &random), Err(CryptoError::RsaDecrypt));
+    }
+
+    #[test]
+    fn every_decryption_path_gives_the_same_answer() {
+        let mut rng = rng(8);
+        let mut keys = vec![ServerRsaKey::mpush_default()];
+        keys.push(ServerRsaKey::generate(&mut rng, 1024).unwrap());
+        keys.push(ServerRsaKey::generate(&mut rng, 2048).unwrap());
+        #[cfg(not(madsim))]
+        assert_eq!(
+            keys[0].openssl.is_some(),
+            openssl_refuses_bad_padding(),
+            "OpenSSL decrypts wherever it refuses bad padding"
+        );
+        for key in &keys {
+            let public = key.public_key();
+            for len in [0, 1, 16, 117, 118, 300] {
+                let mut plain = vec![0u8; len];
+                rng.fill_bytes(&mut plain);
+                let ciphertext = public.encrypt(&mut rng, &plain).unwrap();
+                assert_eq!(key.decrypt(&mut rng, &ciphertext).unwrap(), plain);
+                assert_eq!(key.decrypt_pure(&mut rng, &ciphertext).unwrap(), plain);
+            }
+            // Blocks below the modulus that are not PKCS#1 v1.5 (random, or a good block
+            // with a byte flipped): refused by both, never a made-up plaintext.
+            let good = public.encrypt(&mut rng, b"handshake").unwrap();
+            for i in 0..64 {
+                let mut block = good.clone();
+                if i < 32 {
+                    let at = 1 + i % (block.len() - 1);
+                    block[at] ^= 0x40;
+                } else {
+                    rng.fill_bytes(&mut block);
+                    block[0] = 0; // below n
+                }
+                let fast = key.decrypt(&mut rng, &block);
+                let pure = key.decrypt_pure(&mut rng, &block);
+                assert_eq!(fast, pure, "block {i}");
+            }
+        }
     }
 
     #[test]

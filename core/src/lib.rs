@@ -28,7 +28,6 @@
 //!   / `handle_timeout` drain contract.
 #![forbid(unsafe_code)]
 
-pub mod ack;
 pub mod codec;
 pub mod command;
 pub mod condition;
@@ -38,6 +37,7 @@ pub mod crypto;
 pub mod flow;
 pub mod frame;
 pub mod ids;
+pub mod in_flight;
 pub mod message;
 pub mod node;
 pub mod pipeline;

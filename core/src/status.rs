@@ -20,6 +20,66 @@ pub const PUSH_TIMEOUT_REASON: &str = "push timeout";
 /// Reason text of a timeout waiting for the phone's ACK.
 pub const ACK_TIMEOUT_REASON: &str = "ack timeout";
 
+/// Why a push or a broadcast did not succeed, as a value callers can act on (the HTTP API
+/// answers [`Reason::Busy`] with 503, for example). Its text (`Display`) is the reason string
+/// the gateway reply carries, as MPush's PushClients read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reason {
+    /// The node refused new work: it holds as much of this kind as its bounds allow.
+    Busy(Busy),
+    /// The node is shutting down.
+    ShuttingDown,
+    /// The request did not decode or its condition does not parse.
+    BadRequest(String),
+    /// Too many route-store requests are under way to look the user up.
+    RouteStoreBusy,
+    /// The route store answered the lookup with an error.
+    RouteLookupFailed(String),
+    /// The phone's connection is above its outbound high-water mark.
+    NotWritable,
+    /// The phone's connection has no session cipher yet.
+    NotReady,
+    /// The global flow control's total is used up.
+    FlowLimitReached,
+    /// Writing the PUSH to the phone failed.
+    WriteFailed,
+    /// The phone's connection closed before the push was written or acknowledged.
+    ConnectionClosed,
+    /// The push could not be sent within its timeout.
+    PushTimeout,
+    /// The phone's ACK did not come within the push's timeout.
+    AckTimeout,
+}
+
+/// What a busy node holds too much of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Busy {
+    PendingPushes,
+    Broadcasts,
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Reason::Busy(Busy::PendingPushes) => {
+                f.write_str("server busy: too many pending pushes")
+            }
+            Reason::Busy(Busy::Broadcasts) => f.write_str("server busy: too many broadcasts"),
+            Reason::ShuttingDown => f.write_str("server shutting down"),
+            Reason::BadRequest(detail) => write!(f, "bad request: {detail}"),
+            Reason::RouteStoreBusy => f.write_str("route store busy"),
+            Reason::RouteLookupFailed(error) => write!(f, "route lookup failed: {error}"),
+            Reason::NotWritable => f.write_str("connection not writable"),
+            Reason::NotReady => f.write_str("connection not ready"),
+            Reason::FlowLimitReached => f.write_str("flow control limit reached"),
+            Reason::WriteFailed => f.write_str("write to phone failed"),
+            Reason::ConnectionClosed => f.write_str("connection closed"),
+            Reason::PushTimeout => f.write_str(PUSH_TIMEOUT_REASON),
+            Reason::AckTimeout => f.write_str(ACK_TIMEOUT_REASON),
+        }
+    }
+}
+
 /// The one terminal outcome of a push request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -274,6 +334,35 @@ mod tests {
                 }
                 assert_eq!(result_json(user, ct, &t), expected.to_string(), "{user:?}");
             }
+        }
+    }
+
+    #[test]
+    fn reasons_read_as_the_gateway_reply_texts() {
+        let cases = [
+            (
+                Reason::Busy(Busy::PendingPushes),
+                "server busy: too many pending pushes",
+            ),
+            (
+                Reason::Busy(Busy::Broadcasts),
+                "server busy: too many broadcasts",
+            ),
+            (Reason::BadRequest("no user".into()), "bad request: no user"),
+            (Reason::PushTimeout, PUSH_TIMEOUT_REASON),
+            (Reason::AckTimeout, ACK_TIMEOUT_REASON),
+        ];
+        for (reason, text) in cases {
+            assert_eq!(reason.to_string(), text);
+        }
+        for timeout in [Reason::PushTimeout, Reason::AckTimeout] {
+            let text = timeout.to_string();
+            let packet = single_reply(1, PushStatus::Timeout, Some(&text), "{}".into());
+            let error = <ErrorMessage as crate::message::Body>::decode(&packet.body).unwrap();
+            assert_eq!(
+                status_of_reply(packet.cmd, error.code, &error.reason),
+                PushStatus::Timeout
+            );
         }
     }
 

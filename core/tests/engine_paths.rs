@@ -18,7 +18,7 @@ use pushgate_core::message::{
 };
 use pushgate_core::pipeline;
 use pushgate_core::route::ClientType;
-use pushgate_core::status::PushStatus;
+use pushgate_core::status::{PushStatus, Reason};
 use pushgate_core::store::{KickNotice, RouteRecord, StoreOp, TaskControl};
 use pushgate_core::{CloseReason, ConnId, Event, GatewayId, Input, KickCause};
 use rand_chacha::rand_core::SeedableRng;
@@ -76,7 +76,7 @@ fn epoch(now: u64) -> i64 {
 }
 
 /// Every `PushFinished` event as (status, reason, delivered).
-fn finished(w: &World) -> Vec<(PushStatus, Option<String>, bool)> {
+fn finished(w: &World) -> Vec<(PushStatus, Option<Reason>, bool)> {
     w.events
         .iter()
         .filter_map(|e| match e {
@@ -92,7 +92,7 @@ fn finished(w: &World) -> Vec<(PushStatus, Option<String>, bool)> {
 }
 
 /// Every `BroadcastFinished` event as (sent, status, reason).
-fn broadcasts_finished(w: &World) -> Vec<(u64, PushStatus, Option<String>)> {
+fn broadcasts_finished(w: &World) -> Vec<(u64, PushStatus, Option<Reason>)> {
     w.events
         .iter()
         .filter_map(|e| match e {
@@ -797,6 +797,126 @@ fn a_bind_whose_connection_closed_before_the_store_answered_gives_the_route_back
     );
     assert!(w.store.kicks.is_empty());
     assert!(w.node.routes_of("u1").is_empty());
+}
+
+/// Found by the simulation (fresh seeds, B11): a bind's route write reached the store only
+/// after the node had given up waiting (a store link backed up after an outage). Its answer —
+/// the displaced route of another device on another node — came late, and the retry of the
+/// write found the bind itself stored, so no kick notice went out and two nodes kept the user.
+/// A late answer to a bind's route write is still acted on.
+#[test]
+fn a_late_answer_to_a_bind_route_write_still_kicks_the_displaced_connection() {
+    let mut w = World::new(|_| {});
+    let far = FakeStore::route("10.0.0.2", 3001, Some("far-conn"));
+    w.store
+        .state
+        .routes
+        .insert(("u1".into(), ClientType::Mobile), far);
+    let phone = w.connect("dev-A", "android");
+    w.handshake(phone);
+    w.store.mode = StoreMode::Hold;
+    w.bind(phone, "u1", "");
+    // The write times out and is sent again; both wait in the store's queue.
+    let timeout = w.node.config().store_timeout_ms;
+    w.advance(timeout + 1);
+    let writes = w
+        .store
+        .held
+        .iter()
+        .filter(|r| matches!(r.op, StoreOp::PutRoute { .. }))
+        .count();
+    assert_eq!(writes, 2, "the write and its retry: {:?}", w.store.held);
+    // The first one lands (displacing the far connection) and answers late; the retry finds
+    // the bind itself.
+    w.store.mode = StoreMode::Immediate;
+    w.release_store();
+    assert_eq!(
+        w.store.kicks,
+        vec![KickNotice {
+            client_type: 1,
+            conn_id: "far-conn".into(),
+            device_id: "dev".into(),
+            target_port: 3001,
+            target_server: "10.0.0.2".into(),
+            user_id: "u1".into(),
+            version: 0,
+        }]
+    );
+    assert_eq!(w.node.routes_of("u1"), vec![(ClientType::Mobile, phone)]);
+    assert!(w.received(phone, Command::Kick).is_empty());
+}
+
+/// The same late answer when the retry's answer is lost too: the late one alone names the
+/// displaced connection, which gets exactly one kick notice (later retries find the bind
+/// itself stored).
+#[test]
+fn a_late_answer_kicks_once_when_the_retry_is_lost() {
+    let mut w = World::new(|_| {});
+    let far = FakeStore::route("10.0.0.2", 3001, Some("far-conn"));
+    w.store
+        .state
+        .routes
+        .insert(("u1".into(), ClientType::Mobile), far);
+    let phone = w.connect("dev-A", "android");
+    w.handshake(phone);
+    w.store.mode = StoreMode::Hold;
+    w.bind(phone, "u1", "");
+    let timeout = w.node.config().store_timeout_ms;
+    w.advance(timeout + 1);
+    // The retry is lost on the way; the first write lands and answers late.
+    let retry = w
+        .store
+        .held
+        .iter()
+        .rposition(|r| matches!(r.op, StoreOp::PutRoute { .. }))
+        .expect("a retry");
+    w.store.held.remove(retry);
+    w.store.mode = StoreMode::Immediate;
+    w.release_store();
+    // The lost retry times out and is sent once more.
+    w.heartbeat(phone);
+    w.advance(timeout + 1);
+    let notices: Vec<&KickNotice> = w
+        .store
+        .kicks
+        .iter()
+        .filter(|k| k.conn_id == "far-conn")
+        .collect();
+    assert_eq!(notices.len(), 1, "{:?}", w.store.kicks);
+    assert_eq!(w.node.routes_of("u1"), vec![(ClientType::Mobile, phone)]);
+    assert!(store_token(&w, "u1", ClientType::Mobile).is_some());
+    assert!(w.received(phone, Command::Kick).is_empty());
+}
+
+/// A late answer never puts the displaced route back (found by the simulation, seed
+/// 12000984): the binding connection held the user (a retry of the write took effect) and
+/// gave it up since, and the displaced connection may have ended meanwhile, beyond what the
+/// store remembers of ended binds; putting its route back would leave it online with nobody
+/// behind it. Only an answer that comes in time undoes a dead bind (B6).
+#[test]
+fn a_late_answer_never_puts_the_displaced_route_back() {
+    let mut w = World::new(|_| {});
+    let far = FakeStore::route("10.0.0.2", 3001, Some("far-conn"));
+    w.store
+        .state
+        .routes
+        .insert(("u1".into(), ClientType::Mobile), far);
+    let phone = w.connect("dev-A", "android");
+    w.handshake(phone);
+    w.store.mode = StoreMode::Hold;
+    w.bind(phone, "u1", "");
+    let timeout = w.node.config().store_timeout_ms;
+    w.advance(timeout + 1);
+    w.drop_phone(phone);
+    w.store.mode = StoreMode::Immediate;
+    w.release_store();
+    w.settle();
+    assert!(w.store.kicks.is_empty(), "nobody is kicked for a dead bind");
+    let stored = &w.store.state.routes[&("u1".to_owned(), ClientType::Mobile)];
+    assert!(
+        !stored.is_online(),
+        "the dead bind stays offline: {stored:?}"
+    );
 }
 
 /// The same race, and the displaced connection closed too before the route came back: its

@@ -2198,7 +2198,9 @@ impl Run {
                 status,
                 reason,
                 ..
-            } if (*gw, *session_id) == key => Some((*status, reason.clone())),
+            } if (*gw, *session_id) == key => {
+                Some((*status, reason.as_ref().map(ToString::to_string)))
+            }
             _ => None,
         });
         let sent_to = events.iter().find_map(|e| match e {
@@ -2979,16 +2981,17 @@ impl Run {
                     reason,
                     ..
                 } => {
+                    let text = reason.as_ref().map(ToString::to_string);
                     self.check_finished(
                         id,
                         origin,
                         status,
                         Some(&timeline),
                         delivered,
-                        reason.as_deref(),
+                        text.as_deref(),
                     )?;
                     if status == PushStatus::Timeout {
-                        self.check_timeout_reason(origin, reason.as_deref())?;
+                        self.check_timeout_reason(origin, text.as_deref())?;
                     }
                 }
                 Event::BroadcastFinished {
@@ -2999,7 +3002,8 @@ impl Run {
                     sent,
                     reason,
                 } => {
-                    self.check_finished(id, origin, status, None, delivered, reason.as_deref())?;
+                    let text = reason.as_ref().map(ToString::to_string);
+                    self.check_finished(id, origin, status, None, delivered, text.as_deref())?;
                     if let Origin::Gateway { gw, session_id } = origin {
                         let receipts = self.pushes[&(gw, session_id)].receipts.len();
                         ensure!(

@@ -6,7 +6,7 @@
 //! underscore: `PUSHGATE_CORE__MIN_HEARTBEAT_MS=10000`, `PUSHGATE_NET__GATEWAY_PORT=4001`.
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
-use pushgate_core::config::TagMatch;
+use pushgate_core::config::{defaults, TagMatch};
 use pushgate_core::crypto::{ClientRsaKey, ServerRsaKey, MPUSH_DEFAULT_PUBLIC_KEY_B64};
 use pushgate_core::{NodeAddr, NodeConfig};
 use serde::{Deserialize, Serialize};
@@ -97,6 +97,9 @@ impl StoreConfig {
     }
 }
 
+/// The listeners' default backlog: Linux's default `net.core.somaxconn` (MPush: 1,024).
+pub const DEFAULT_LISTEN_BACKLOG: u32 = 4096;
+
 /// Listeners and per-connection buffers.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -120,6 +123,10 @@ pub struct NetConfig {
     pub write_hard_limit_bytes: usize,
     /// Most phone connections served at once.
     pub max_connections: usize,
+    /// Connections the kernel queues on each listener before they are accepted (`listen(2)`'s
+    /// backlog, capped by the kernel's `net.core.somaxconn`). A reconnect storm beyond it
+    /// loses SYNs, and each lost SYN costs a phone a retransmission timeout (1 s, then 3 s).
+    pub listen_backlog: u32,
     /// Longest the server waits on shutdown for pending pushes to be answered.
     pub shutdown_grace_ms: u64,
 }
@@ -137,7 +144,8 @@ impl Default for NetConfig {
             write_high_water_bytes: 64 * 1024,
             write_low_water_bytes: 32 * 1024,
             write_hard_limit_bytes: 1024 * 1024,
-            max_connections: 100_000,
+            max_connections: defaults::MAX_CONNECTIONS,
+            listen_backlog: DEFAULT_LISTEN_BACKLOG,
             shutdown_grace_ms: 5_000,
         }
     }
@@ -166,20 +174,23 @@ pub struct CoreConfig {
 impl Default for CoreConfig {
     fn default() -> Self {
         Self {
-            min_heartbeat_ms: 180_000,
-            max_heartbeat_ms: 180_000,
-            max_heartbeat_misses: 2,
-            handshake_deadline_ms: 10_000,
-            session_expire_ms: 86_400_000,
-            max_packet_bytes: 10 * 1024,
-            compress_threshold_bytes: 10 * 1024,
-            default_push_timeout_ms: 3_000,
-            max_push_timeout_ms: 600_000,
-            store_timeout_ms: 3_000,
-            tag_match: TagMatch::Exact,
+            min_heartbeat_ms: defaults::MIN_HEARTBEAT_MS,
+            max_heartbeat_ms: defaults::MAX_HEARTBEAT_MS,
+            max_heartbeat_misses: defaults::MAX_HEARTBEAT_MISSES,
+            handshake_deadline_ms: defaults::HANDSHAKE_DEADLINE_MS,
+            session_expire_ms: defaults::SESSION_EXPIRE_MS,
+            max_packet_bytes: defaults::MAX_BODY_BYTES,
+            compress_threshold_bytes: defaults::COMPRESS_THRESHOLD_BYTES,
+            default_push_timeout_ms: defaults::DEFAULT_PUSH_TIMEOUT_MS,
+            max_push_timeout_ms: defaults::MAX_PUSH_TIMEOUT_MS,
+            store_timeout_ms: defaults::STORE_TIMEOUT_MS,
+            tag_match: TagMatch::default(),
         }
     }
 }
+
+/// The window of the `*_per_second` flow limits.
+const FLOW_WINDOW_MS: u64 = 1_000;
 
 /// Flow control (MPush `mp.push.flow-control.*`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -200,11 +211,11 @@ pub struct FlowConfig {
 impl Default for FlowConfig {
     fn default() -> Self {
         Self {
-            global_limit_per_second: 5_000,
-            global_max_total: 0,
-            broadcast_limit_per_second: 3_000,
-            broadcast_max_total: 100_000,
-            task_default_limit_per_second: 1_000,
+            global_limit_per_second: defaults::GLOBAL_FLOW_LIMIT_PER_WINDOW,
+            global_max_total: defaults::GLOBAL_FLOW_MAX_TOTAL,
+            broadcast_limit_per_second: defaults::BROADCAST_FLOW_LIMIT_PER_WINDOW,
+            broadcast_max_total: defaults::BROADCAST_FLOW_MAX_TOTAL,
+            task_default_limit_per_second: defaults::TASK_FLOW_DEFAULT_LIMIT,
         }
     }
 }
@@ -319,6 +330,11 @@ impl Config {
                 && n.write_high_water_bytes <= n.write_hard_limit_bytes,
             "net.write_low_water_bytes <= net.write_high_water_bytes <= net.write_hard_limit_bytes"
         );
+        anyhow::ensure!(
+            n.listen_backlog > 0 && n.listen_backlog <= i32::MAX as u32,
+            "net.listen_backlog must be between 1 and {}",
+            i32::MAX
+        );
         self.security.server_key()?;
         self.store.spec()?;
         anyhow::ensure!(
@@ -363,7 +379,7 @@ impl Config {
         let f = &self.flow;
         cfg.global_flow_limit_per_window = f.global_limit_per_second;
         cfg.global_flow_max_total = f.global_max_total;
-        cfg.flow_window_ms = 1000;
+        cfg.flow_window_ms = FLOW_WINDOW_MS;
         cfg.broadcast_flow_limit_per_window = f.broadcast_limit_per_second;
         cfg.broadcast_flow_max_total = f.broadcast_max_total;
         cfg.task_flow_default_limit = f.task_default_limit_per_second;
@@ -384,6 +400,46 @@ mod tests {
         let back: Config = toml::from_str(&text).unwrap();
         assert_eq!(back, config);
         assert!(text.contains("min_heartbeat_ms = 180000"));
+    }
+
+    #[test]
+    fn defaults_are_the_cores() {
+        let config = Config::default();
+        let from_file = config.node_config().unwrap();
+        let core = NodeConfig::new(
+            NodeAddr::new(config.net.public_host.clone(), config.net.gateway_port),
+            ServerRsaKey::mpush_default(),
+        );
+        let numbers = |c: &NodeConfig| {
+            (
+                (
+                    c.min_heartbeat_ms,
+                    c.max_heartbeat_ms,
+                    c.max_heartbeat_misses,
+                ),
+                (c.handshake_deadline_ms, c.session_expire_ms),
+                (c.max_body_bytes, c.compress_threshold_bytes),
+                (
+                    c.global_flow_limit_per_window,
+                    c.global_flow_max_total,
+                    c.flow_window_ms,
+                ),
+                (
+                    c.broadcast_flow_limit_per_window,
+                    c.broadcast_flow_max_total,
+                ),
+                c.task_flow_default_limit,
+                (
+                    c.default_push_timeout_ms,
+                    c.max_push_timeout_ms,
+                    c.store_timeout_ms,
+                ),
+                (c.tag_match, c.max_connections),
+            )
+        };
+        assert_eq!(numbers(&from_file), numbers(&core));
+        assert_eq!(FLOW_WINDOW_MS, defaults::FLOW_WINDOW_MS);
+        assert!(config.net.listen_backlog >= 1024);
     }
 
     #[test]

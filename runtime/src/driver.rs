@@ -23,7 +23,7 @@ use crate::store_net::{FromStore, RemoteStore, StoreLinkEvent};
 use pushgate_core::frame::Packet;
 use pushgate_core::push::{Origin, PushRequest};
 use pushgate_core::route::ClientType;
-use pushgate_core::status::PushStatus;
+use pushgate_core::status::{PushStatus, Reason};
 use pushgate_core::store::{RouteRecord, StoreError, StoreOp};
 use pushgate_core::{
     CloseReason, ConnId, Event, GatewayId, Input, Millis, Node, NodeAddr, NodeStats, OutFrame,
@@ -59,6 +59,11 @@ pub enum GatewayCmd {
 #[serde(rename_all = "camelCase")]
 pub struct PushOutcome {
     pub status: PushStatus,
+    /// Why it did not succeed, as a value (for this node's own pushes; a push answered by
+    /// another node has only the `reason` text).
+    #[serde(skip)]
+    pub cause: Option<Reason>,
+    /// The reason text, as the gateway reply carries it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     #[serde(skip_serializing_if = "String::is_empty")]
@@ -650,7 +655,7 @@ impl Driver {
                     user = %user_id,
                     client_type = client_type.map(|c| c.code()),
                     status = status.name(),
-                    reason = reason.as_deref().unwrap_or(""),
+                    reason = reason.as_ref().map(Reason::to_string).unwrap_or_default(),
                     delivered,
                     time_line = %serde_json::Value::from(time_points()),
                     "push finished"
@@ -662,7 +667,8 @@ impl Driver {
                     if let Some(waiter) = self.local_waiters.remove(&token) {
                         let _ = waiter.send(PushOutcome {
                             status,
-                            reason,
+                            reason: reason.as_ref().map(Reason::to_string),
+                            cause: reason,
                             user_id,
                             client_type: client_type.map(|c| c.code()),
                             time_points: time_points(),
@@ -679,12 +685,13 @@ impl Driver {
                 reason,
                 delivered,
             } => {
-                tracing::info!(target: "pushgate::push", push = id.0, broadcast = true, sent, status = status.name(), reason = reason.as_deref().unwrap_or(""), delivered, "broadcast finished");
+                tracing::info!(target: "pushgate::push", push = id.0, broadcast = true, sent, status = status.name(), reason = reason.as_ref().map(Reason::to_string).unwrap_or_default(), delivered, "broadcast finished");
                 if let Origin::Local { token } = origin {
                     if let Some(waiter) = self.local_waiters.remove(&token) {
                         let outcome = PushOutcome {
                             status,
-                            reason,
+                            reason: reason.as_ref().map(Reason::to_string),
+                            cause: reason,
                             user_id: String::new(),
                             client_type: None,
                             time_points: Vec::new(),

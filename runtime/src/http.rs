@@ -24,6 +24,7 @@ use bytes::Bytes;
 use pushgate_core::condition::Condition;
 use pushgate_core::push::{AckMode, Broadcast, BroadcastFilter, PushRequest, SinglePush};
 use pushgate_core::route::ClientType;
+use pushgate_core::status::Reason;
 use pushgate_core::PushStatus;
 use serde::Deserialize;
 use serde_json::json;
@@ -215,6 +216,7 @@ async fn forward(
         return PushOutcome {
             status: PushStatus::Timeout,
             reason: Some("router change, and no time left to follow it".into()),
+            cause: None,
             ..local
         };
     }
@@ -241,6 +243,7 @@ async fn forward(
             reason: Some(
                 "router change, and the node holding the user did not answer in time".into(),
             ),
+            cause: None,
             ..local
         },
     }
@@ -251,6 +254,7 @@ fn cluster_outcome(result: ClusterPushResult) -> PushOutcome {
     let route = result.deciding_route();
     PushOutcome {
         status: result.status,
+        cause: None,
         reason: result.reason.clone(),
         user_id: result.user_id.clone(),
         client_type: route.and_then(|r| r.result.client_type.or(Some(r.client_type))),
@@ -282,10 +286,7 @@ fn push_response(outcome: PushOutcome) -> Response {
     // The request was handled: the status is in the body. A refused request (for example a
     // busy node) is a failure status too.
     let code = if outcome.status == PushStatus::Failure
-        && outcome
-            .reason
-            .as_deref()
-            .is_some_and(|r| r.starts_with("server busy"))
+        && matches!(outcome.cause, Some(Reason::Busy(_)))
     {
         StatusCode::SERVICE_UNAVAILABLE
     } else {
@@ -414,5 +415,34 @@ mod tests {
         };
         assert_eq!(b.filter.tags, Some(vec!["a".to_owned()]));
         assert!(serde_json::from_value::<PushBody>(json!({"content": "x", "bogus": 1})).is_err());
+    }
+
+    #[test]
+    fn a_busy_node_answers_503_and_other_failures_200() {
+        let outcome = |cause: Option<Reason>| PushOutcome {
+            status: PushStatus::Failure,
+            reason: cause.as_ref().map(Reason::to_string),
+            cause,
+            user_id: "u".into(),
+            client_type: None,
+            time_points: Vec::new(),
+            sent: None,
+        };
+        use pushgate_core::status::Busy;
+        for busy in [Busy::PendingPushes, Busy::Broadcasts] {
+            let response = push_response(outcome(Some(Reason::Busy(busy))));
+            assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        }
+        for other in [
+            Some(Reason::ConnectionClosed),
+            Some(Reason::ShuttingDown),
+            None,
+        ] {
+            assert_eq!(push_response(outcome(other)).status(), StatusCode::OK);
+        }
+        // A remote node's text alone is not a cause: only this node's refusals are 503.
+        let mut remote = outcome(None);
+        remote.reason = Some("server busy: too many pending pushes".into());
+        assert_eq!(push_response(remote).status(), StatusCode::OK);
     }
 }

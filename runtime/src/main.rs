@@ -48,6 +48,9 @@ struct ServeArgs {
     /// Override net.public_host (the gateway host written into routes).
     #[arg(long)]
     public_host: Option<String>,
+    /// Override net.listen_backlog (connections the kernel queues before they are accepted).
+    #[arg(long)]
+    listen_backlog: Option<u32>,
     /// Override core.min_heartbeat_ms.
     #[arg(long)]
     min_heartbeat_ms: Option<u64>,
@@ -101,6 +104,9 @@ impl ServeArgs {
         }
         if let Some(v) = &self.public_host {
             set("net", "public_host", toml::Value::String(v.clone()));
+        }
+        if let Some(v) = self.listen_backlog {
+            set("net", "listen_backlog", int(v.into()));
         }
         if let Some(v) = self.min_heartbeat_ms {
             set("core", "min_heartbeat_ms", int(v));

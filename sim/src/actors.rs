@@ -205,6 +205,7 @@ impl Phone<'_> {
         client: &DeviceClient,
         conn: usize,
         event: DeviceEvent,
+        events: &mut mpsc::UnboundedReceiver<DeviceEvent>,
         acks: &mut Vec<(Instant, i32)>,
     ) -> Option<End> {
         match event {
@@ -233,6 +234,22 @@ impl Phone<'_> {
                 None
             }
             DeviceEvent::Kick { user_id, .. } => {
+                // The device took every frame already queued behind the KICK (its client ACKs
+                // some pushes on delivery) before the app stops at the KICK: the pushes among
+                // them were received. They were sent to a binding the KICK does not end (the
+                // node sends nothing to a binding it kicked), e.g. a bind made after a KICK
+                // that a stalled reader had not read yet.
+                while let Ok(next) = events.try_recv() {
+                    if let DeviceEvent::Push {
+                        session_id,
+                        flags,
+                        content,
+                    } = next
+                    {
+                        let auto = self.policy.acks_on_delivery(flags);
+                        lock(self.sh).received(conn, session_id, flags, &content, auto);
+                    }
+                }
                 lock(self.sh).kicked(conn, &user_id);
                 Some(End::Close("kicked"))
             }
@@ -257,7 +274,7 @@ impl Phone<'_> {
         acks: &mut Vec<(Instant, i32)>,
     ) -> Option<End> {
         while let Ok(event) = events.try_recv() {
-            if let Some(end) = self.on_event(client, conn, event, acks) {
+            if let Some(end) = self.on_event(client, conn, event, events, acks) {
                 return Some(end);
             }
         }
@@ -331,7 +348,7 @@ impl Phone<'_> {
                         lock(self.sh).conn_closed(conn, "closed by the server");
                         return End::PeerClosed;
                     };
-                    if let Some(end) = self.on_event(client, conn, event, &mut acks) {
+                    if let Some(end) = self.on_event(client, conn, event, events, &mut acks) {
                         return end;
                     }
                 }

@@ -13,6 +13,7 @@
 //! - `8-kick-names-connection`: a kick notice kicks only the connection (and binding) it names.
 use crate::oracle::Oracle;
 use pushgate_core::route::ClientType;
+use pushgate_core::status::Reason;
 use pushgate_core::store::RouteRecord;
 use pushgate_core::{Event, Millis, PushStatus};
 use std::collections::{HashMap, HashSet};
@@ -176,7 +177,7 @@ impl Oracle {
         user: &str,
         client_type: Option<ClientType>,
         status: PushStatus,
-        reason: &Option<String>,
+        reason: &Option<Reason>,
     ) {
         let Some(accepted) = self.side.accepted.get(&(node, inc, push)).cloned() else {
             return; // refused before it became a task
@@ -207,7 +208,7 @@ impl Oracle {
                     );
                 }
             }
-            PushStatus::Failure if reason.as_deref() == Some("connection not writable") => {
+            PushStatus::Failure if *reason == Some(Reason::NotWritable) => {
                 self.checked("6-not-writable-only-when-full");
                 let full = self.side.bound.iter().any(|((n, i, conn), (u, _))| {
                     *n == node

@@ -39,6 +39,9 @@ pub struct Disturbance {
     pub start: u64,
     pub end: Option<u64>,
     pub settle_ms: u64,
+    /// For a clog: when the earliest clog of the same link that it follows began (see
+    /// [`Oracle::fault_ended`]); its own start otherwise.
+    pub episode_start: u64,
 }
 
 impl Disturbance {
@@ -55,6 +58,32 @@ impl Disturbance {
         self.touches
             .iter()
             .any(|t| *t == Entity::Global || entities.contains(t))
+    }
+
+    /// Whether the two faults clog a link in common: one touches everything (loss), or what
+    /// one touches is part of what the other touches (a store outage clogs every node's store
+    /// link; a node-store partition clogs that one; a phone's partitions all clog its links).
+    fn shares_a_link(&self, other: &Disturbance) -> bool {
+        let within = |a: &[Entity], b: &[Entity]| a.iter().all(|e| b.contains(e));
+        self.touches.contains(&Entity::Global)
+            || other.touches.contains(&Entity::Global)
+            || within(&self.touches, &other.touches)
+            || within(&other.touches, &self.touches)
+    }
+
+    /// A fault that stops bytes on a link: they are retried with madsim's backoff.
+    fn clogs(&self) -> bool {
+        matches!(
+            self.kind,
+            FaultKind::PhonePartition
+                | FaultKind::PhoneOneWay
+                | FaultKind::NodeStorePartition
+                | FaultKind::NodeStoreOneWay
+                | FaultKind::PushClientPartition
+                | FaultKind::StoreOutage
+                | FaultKind::PacketLoss
+                | FaultKind::NodePause
+        )
     }
 }
 
@@ -290,29 +319,44 @@ impl Oracle {
             start: now,
             end: None,
             settle_ms,
+            episode_start: now,
         });
         self.disturbances.len() - 1
     }
 
     pub fn fault_ended(&mut self, id: usize) {
         let now = self.now();
+        // A clog that begins while bytes stuck in an earlier clog of the same link are still
+        // backing off (that clog's settle time not over) continues its episode: those bytes
+        // have been retried since the episode began, so their next try can come up to that
+        // long (at most 10 s) after this clog ends — back-to-back clogs compound the backoff.
+        let episode_start = self.disturbances.get(id).map_or(now, |d| {
+            if !d.clogs() {
+                return d.start;
+            }
+            self.disturbances
+                .iter()
+                .enumerate()
+                .filter(|(j, e)| {
+                    *j != id
+                        && e.clogs()
+                        && e.start <= d.start
+                        && e.end
+                            .is_none_or(|end| end.saturating_add(e.settle_ms) >= d.start)
+                        && e.shares_a_link(d)
+                })
+                .map(|(_, e)| e.episode_start)
+                .fold(d.start, u64::min)
+        });
         if let Some(d) = self.disturbances.get_mut(id) {
             if d.end.is_none() {
                 d.end = Some(now);
+                d.episode_start = episode_start;
                 // Bytes that met a clog are retried with a backoff that doubles up to 10 s, so
-                // they can arrive that much after the clog is gone.
-                if matches!(
-                    d.kind,
-                    FaultKind::PhonePartition
-                        | FaultKind::PhoneOneWay
-                        | FaultKind::NodeStorePartition
-                        | FaultKind::NodeStoreOneWay
-                        | FaultKind::PushClientPartition
-                        | FaultKind::StoreOutage
-                        | FaultKind::PacketLoss
-                        | FaultKind::NodePause
-                ) {
-                    d.settle_ms = d.settle_ms.max((now - d.start).min(10_000) + 1_500);
+                // they can arrive that much after the clog is gone (counted from the start of
+                // the episode of clogs of that link).
+                if d.clogs() {
+                    d.settle_ms = d.settle_ms.max((now - d.episode_start).min(10_000) + 1_500);
                 }
                 // A packet lost while its stream was already backing off (after an earlier
                 // clog) waits up to the 10 s cap again, however short the loss was.
@@ -623,6 +667,7 @@ impl Oracle {
         c.kicked = Some(now);
         let phone = c.phone;
         let client_type = c.client_type;
+        let node = c.node;
         // The KICK must be deserved: some other connection bound this user and client type
         // after this connection's binding of it began. A re-bind of the same user continues
         // the binding (the node gives it a new version), and a kick aimed at the version before
@@ -646,13 +691,29 @@ impl Oracle {
             Some(since) => {
                 // Deserved when another connection asked for this user and type after this one,
                 // or had asked before but was not answered yet (the store orders them).
+                //
+                // A bind's end is the phone's: when it gave the bind up (or closed). On the same
+                // node, a BIND held back by a fault on its way (a clog, loss, a node pause) can
+                // still reach the node after that, with the connection's close right behind it:
+                // the node reads a bind on an open connection, the newest it has seen, and the
+                // local holder loses the user at once — before anything tells the node that
+                // connection is gone. Such a bind was in flight, so concurrent, when this one
+                // was made. (On another node the store's answer comes after the close, and a
+                // bind whose connection is gone by then kicks nobody: that stays strict.)
                 let superseded = self.conns.iter().any(|o| {
                     o.id != conn
                         && o.client_type == client_type
                         && o.binds.iter().any(|b| {
                             b.user == user
                                 && (b.requested >= since || b.ok.is_none_or(|ok| ok >= since))
-                                && b.ended.is_none_or(|e| e >= since)
+                                && (b.ended.is_none_or(|e| e >= since)
+                                    || (o.node == node
+                                        && b.ok.is_none()
+                                        && self.disturbed(
+                                            &[Entity::Phone(o.phone), Entity::Node(o.node)],
+                                            b.requested,
+                                            since,
+                                        )))
                         })
                 });
                 if !superseded {

@@ -115,6 +115,50 @@ const REGRESSIONS: &[(u64, &str)] = &[
         7001821,
         "B7: a displaced route put back after its own connection's offline mark (liveness)",
     ),
+    (
+        9100904,
+        "B9 (oracle): a store outage then a node-store clog compound the retry backoff; a route landed 8 s after (offline)",
+    ),
+    (
+        7001649,
+        "B9: offline after a store outage (as first recorded; an older tree)",
+    ),
+    (
+        12001266,
+        "B9 (oracle): two node-store partitions in a row held the store link 6 s past the second (offline)",
+    ),
+    (
+        9100504,
+        "B10 (oracle): back-to-back PushClient-node clogs held pushes 7 s past the second (no status)",
+    ),
+    (
+        5001475,
+        "B10: no status on an open gateway connection after partition + loss (as first recorded; an older tree)",
+    ),
+    (
+        12001709,
+        "B10 (oracle): two PushClient-node partitions in a row held pushes 6.7 s past the second (no status)",
+    ),
+    (
+        12002418,
+        "B11: a bind's route write answered after its timeout; the retry found the bind itself, so no kick notice went out (liveness: two nodes hold the user)",
+    ),
+    (
+        12000984,
+        "B11: a late bind answer acted on after the connection gave the user up put back a route whose connection had ended (liveness)",
+    ),
+    (
+        12002911,
+        "B11: a late bind answer acted on after the connection gave the user up put back a route whose connection had ended (liveness)",
+    ),
+    (
+        14001466,
+        "B13 (harness): a push queued behind a KICK was auto-ACKed by the device's client but never recorded as received (ack-success without receipt)",
+    ),
+    (
+        12001850,
+        "B12 (oracle): a BIND held back by a one-way clog reached its node after the phone gave up and kicked the local holder (2-kick-only-when-superseded)",
+    ),
 ];
 
 fn run_seed(seed: u64) -> pushgate_sim::RunReport {

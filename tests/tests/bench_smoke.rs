@@ -66,8 +66,14 @@ async fn bench_runs_every_workload_and_accounts_for_every_message() {
             &server.pid().to_string(),
             "--out",
             &run_json.display().to_string(),
+            "--workloads",
+            "idle,storm,single,fanout",
             "--idle-connections",
             "30",
+            "--storm-phones",
+            "40",
+            "--storm-in-flight",
+            "20",
             "--users",
             &USERS.to_string(),
             "--windows",
@@ -104,14 +110,24 @@ async fn bench_runs_every_workload_and_accounts_for_every_message() {
             .unwrap_or_else(|e| panic!("run JSON: {e}\n{}", bench.transcript()));
         assert_eq!(run["target"], "pushgate");
         let all = points(&run);
-        // idle; closed + open loop in each of three ack modes; one fan-out point.
-        assert_eq!(all.len(), 1 + 2 * 3 + 1, "{run:#}");
+        // idle; storm; closed + open loop in each of three ack modes; one fan-out point.
+        assert_eq!(all.len(), 1 + 1 + 2 * 3 + 1, "{run:#}");
 
         let idle = &all[0];
         assert_eq!(idle["workload"], "idle");
         assert_eq!(u(&idle["connections"]), 30);
         assert!(idle["achieved_per_s"].as_f64().unwrap() > 0.0);
         assert!(idle["rss_per_connection_bytes"].is_f64(), "{idle:#}");
+
+        let storm = &all[1];
+        assert_eq!(storm["workload"], "storm");
+        assert_eq!(u(&storm["connections"]), 40);
+        assert_eq!(u(&storm["errors"]), 0, "{storm:#}");
+        assert_eq!(u(&storm["connect_to_bind"]["count"]), 40, "{storm:#}");
+        assert!(
+            storm["kernel"]["TcpExtListenOverflows"].is_u64(),
+            "{storm:#}"
+        );
 
         for point in all.iter().filter(|p| p["workload"] == "single") {
             let title = point["title"].as_str().unwrap();

@@ -7,14 +7,14 @@
 //! also receives the progress (count sent and users reached) after every batch. Broadcasts
 //! never ask for ACKs, as in MPush.
 use super::{Event, Node, OutFrame, Seal, StorePurpose};
-use crate::ack::{InFlight, Owner};
 use crate::command::Command;
 use crate::flow::{FlowControl, FlowDecision};
 use crate::frame::Flags;
 use crate::ids::{ConnId, Millis, PushId, RequestId};
+use crate::in_flight::{InFlight, Owner};
 use crate::push::{Broadcast, Candidate, Origin};
 use crate::route::ClientType;
-use crate::status::{self, PushStatus};
+use crate::status::{self, Busy, PushStatus, Reason};
 use crate::store::{StoreError, StoreOp, StoreReply};
 use crate::timer::Timer;
 use rustc_hash::FxHashSet;
@@ -56,12 +56,7 @@ impl Node {
     pub(super) fn start_broadcast(&mut self, origin: Origin, request: Broadcast) {
         if self.broadcasts.len() >= self.cfg.max_broadcasts {
             let id = self.next_push_id();
-            return self.reply_broadcast(
-                id,
-                origin,
-                0,
-                Some("server busy: too many broadcasts".into()),
-            );
+            return self.reply_broadcast(id, origin, 0, Some(Reason::Busy(Busy::Broadcasts)));
         }
         let id = self.next_push_id();
         let flow = match request.task_id {
@@ -320,7 +315,7 @@ impl Node {
     }
 
     /// Ends a broadcast: OK to the PushClient, or a failure with `failure_reason`.
-    pub(super) fn finish_broadcast(&mut self, id: PushId, failure_reason: Option<String>) {
+    pub(super) fn finish_broadcast(&mut self, id: PushId, failure_reason: Option<Reason>) {
         let Some(task) = self.broadcasts.remove(&id) else {
             return;
         };
@@ -343,7 +338,7 @@ impl Node {
         id: PushId,
         origin: Origin,
         sent: u64,
-        failure_reason: Option<String>,
+        failure_reason: Option<Reason>,
     ) {
         let status = if failure_reason.is_some() {
             PushStatus::Failure
@@ -355,7 +350,10 @@ impl Node {
             Origin::Gateway { gw, session_id } if self.gateways.contains(&gw) => {
                 self.gateway_send(
                     gw,
-                    status::broadcast_reply(session_id, failure_reason.as_deref()),
+                    status::broadcast_reply(
+                        session_id,
+                        failure_reason.as_ref().map(Reason::to_string).as_deref(),
+                    ),
                 );
                 true
             }

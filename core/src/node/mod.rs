@@ -25,24 +25,24 @@ mod repair;
 mod single;
 mod versioning;
 
-use crate::ack::InFlightTable;
 use crate::config::NodeConfig;
 use crate::conn::{PhoneMessage, Resume};
 use crate::crypto::AesCipher;
 use crate::flow::FlowControl;
 use crate::frame::{Flags, Frame, FrameError, Packet};
 use crate::ids::{ConnId, GatewayId, Millis, PushId, RequestId};
+use crate::in_flight::InFlightTable;
 use crate::push::{Origin, PushRequest};
 use crate::route::{ClientType, RouteTable};
 use crate::session::Session;
-use crate::status::{PushStatus, TimeLine};
+use crate::status::{PushStatus, Reason, TimeLine};
 use crate::store::{KickNotice, StoreError, StoreOp, StoreReply, StoreRequest};
 use crate::timer::{Timer, TimerQueue};
 use bytes::{BufMut, Bytes};
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use rustc_hash::{FxHashMap, FxHashSet};
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 pub use broadcast::BroadcastTask;
 pub use single::SingleTask;
@@ -211,7 +211,7 @@ pub enum Event {
         user_id: String,
         client_type: Option<ClientType>,
         status: PushStatus,
-        reason: Option<String>,
+        reason: Option<Reason>,
         timeline: TimeLine,
         delivered: bool,
     },
@@ -221,7 +221,7 @@ pub enum Event {
         origin: Origin,
         sent: u64,
         status: PushStatus,
-        reason: Option<String>,
+        reason: Option<Reason>,
         delivered: bool,
     },
     HandshakeDone {
@@ -429,6 +429,10 @@ struct PendingStore {
     purpose: StorePurpose,
 }
 
+/// Most bind route writes that timed out kept waiting for their late answer; the oldest are
+/// dropped beyond it.
+const MAX_LATE_BIND_ANSWERS: usize = 4_096;
+
 /// The push engine and phone sessions of one pushgate node.
 pub struct Node {
     cfg: NodeConfig,
@@ -463,6 +467,12 @@ pub struct Node {
     offline_marks_to_repair: VecDeque<StoreOp>,
     /// A [`Timer::RouteRepair`] is armed.
     repair_armed: bool,
+    /// Bind route writes that timed out, by request: the store may still have applied one
+    /// (a slow or backed-up link), and then its answer alone names the route it displaced —
+    /// a retry of the write finds the bind itself stored. A late answer is still acted on
+    /// while the connection holds the user. At most [`MAX_LATE_BIND_ANSWERS`]; forgotten when
+    /// the store link comes back (the old link's answers are lost).
+    late_bind_answers: BTreeMap<RequestId, (ConnId, StoreOp)>,
     stats: NodeStats,
     shut_down: bool,
 }
@@ -498,6 +508,7 @@ impl Node {
             routes_to_repair: BTreeSet::new(),
             offline_marks_to_repair: VecDeque::new(),
             repair_armed: false,
+            late_bind_answers: BTreeMap::new(),
             stats: NodeStats::default(),
             shut_down: false,
         }
@@ -548,7 +559,10 @@ impl Node {
                 user_id,
                 client_type,
             } => self.kick_user(&user_id, client_type),
-            Input::StoreConnected => self.republish_routes(),
+            Input::StoreConnected => {
+                self.late_bind_answers.clear();
+                self.republish_routes();
+            }
             Input::Shutdown => self.shutdown(),
         }
         self.check_invariants();
@@ -748,7 +762,29 @@ impl Node {
 
     fn on_store_reply(&mut self, request: RequestId, reply: Result<StoreReply, StoreError>) {
         let Some(purpose) = self.forget_store_request(request) else {
-            return; // late answer to a request that already timed out
+            // A late answer to a request that already timed out: only a bind's route write
+            // still matters, while its connection still holds that user: the connection it
+            // displaced elsewhere gets its kick notice (or, when the store kept a newer bind,
+            // this one gives the user up). Once the connection gave the user up, its bind was
+            // live for a while (answered, retried), so the displaced route is never put back
+            // from a late answer, as the undo of a dead bind would: the displaced connection
+            // may have ended since, beyond what the store remembers of ended binds.
+            if let Some((conn, op)) = self.late_bind_answers.remove(&request) {
+                let holds_user = match &op {
+                    StoreOp::PutRoute {
+                        user_id,
+                        client_type,
+                        ..
+                    } => self.sessions.get(&conn).is_some_and(|s| {
+                        s.user_id() == Some(user_id.as_str()) && s.client_type == *client_type
+                    }),
+                    _ => false,
+                };
+                if holds_user && reply.is_ok() {
+                    self.on_bind_route_reply(conn, op, STORE_WRITE_ATTEMPTS, reply);
+                }
+            }
+            return;
         };
         match purpose {
             StorePurpose::Write { op, attempts } => {
@@ -774,6 +810,12 @@ impl Node {
                 }
             }
             StorePurpose::BindRoute { conn, op, attempts } => {
+                if matches!(reply, Err(StoreError::Timeout)) {
+                    if self.late_bind_answers.len() >= MAX_LATE_BIND_ANSWERS {
+                        self.late_bind_answers.pop_first();
+                    }
+                    self.late_bind_answers.insert(request, (conn, op.clone()));
+                }
                 self.on_bind_route_reply(conn, op, attempts, reply)
             }
             StorePurpose::FastConnect { conn } => self.on_fast_connect_reply(conn, request, reply),
@@ -835,12 +877,7 @@ impl Node {
                 self.emit(Event::DecodeError {
                     kind: "gateway-push",
                 });
-                self.refuse(
-                    origin,
-                    String::new(),
-                    None,
-                    format!("bad request: {reason}"),
-                );
+                self.refuse(origin, String::new(), None, Reason::BadRequest(reason));
             }
         }
     }
@@ -857,7 +894,7 @@ impl Node {
                 PushRequest::Single(s) => (s.user_id.clone(), s.client_type),
                 PushRequest::Broadcast(_) => (String::new(), None),
             };
-            self.refuse(origin, user, client_type, "server shutting down".into());
+            self.refuse(origin, user, client_type, Reason::ShuttingDown);
             return;
         }
         match request {
@@ -872,7 +909,7 @@ impl Node {
         origin: Origin,
         user_id: String,
         client_type: Option<ClientType>,
-        reason: String,
+        reason: Reason,
     ) {
         let id = self.next_push_id();
         let mut timeline = TimeLine::begin(self.epoch_ms());
@@ -892,11 +929,11 @@ impl Node {
         self.shut_down = true;
         let singles: Vec<PushId> = self.singles.keys().copied().collect();
         for id in singles {
-            self.finish_single(id, PushStatus::Failure, Some("server shutting down".into()));
+            self.finish_single(id, PushStatus::Failure, Some(Reason::ShuttingDown));
         }
         let broadcasts: Vec<PushId> = self.broadcasts.keys().copied().collect();
         for id in broadcasts {
-            self.finish_broadcast(id, Some("server shutting down".into()));
+            self.finish_broadcast(id, Some(Reason::ShuttingDown));
         }
         let conns: Vec<ConnId> = self.sessions.keys().copied().collect();
         for conn in conns {

@@ -10,12 +10,12 @@
 //!
 //! [`PhoneConn`]: crate::conn::PhoneConn
 use super::{CloseReason, Event, Node, OutFrame, Output, Seal};
-use crate::ack::Owner;
 use crate::command::Command;
 use crate::conn::PhoneMessage;
 use crate::crypto::AesCipher;
 use crate::frame::Flags;
 use crate::ids::ConnId;
+use crate::in_flight::Owner;
 use crate::message::Body;
 use crate::session::{Session, SessionState};
 use crate::status::PushStatus;

@@ -7,13 +7,13 @@
 //! failure; written → success (no ACK asked) or wait for the ACK → ack-success. The deadline
 //! timer answers timeout for anything still open, so every task ends exactly once.
 use super::{Event, Node, OutFrame, Seal, StorePurpose};
-use crate::ack::{InFlight, Owner};
 use crate::command::Command;
 use crate::flow::FlowDecision;
 use crate::ids::{ConnId, Millis, PushId, RequestId};
+use crate::in_flight::{InFlight, Owner};
 use crate::push::{Origin, SinglePush};
 use crate::route::ClientType;
-use crate::status::{self, PushStatus, TimeLine, ACK_TIMEOUT_REASON, PUSH_TIMEOUT_REASON};
+use crate::status::{self, Busy, PushStatus, Reason, TimeLine};
 use crate::store::{StoreError, StoreOp, StoreReply};
 use crate::timer::Timer;
 
@@ -55,7 +55,7 @@ impl Node {
                 origin,
                 request.user_id,
                 request.client_type,
-                "server busy: too many pending pushes".into(),
+                Reason::Busy(Busy::PendingPushes),
             );
         }
         let timeout_ms = match request.timeout_ms {
@@ -100,7 +100,7 @@ impl Node {
         };
         debug_assert_eq!(task.state, SingleState::Ready);
         if now >= task.deadline_ms {
-            return self.finish_single(id, PushStatus::Timeout, Some(PUSH_TIMEOUT_REASON.into()));
+            return self.finish_single(id, PushStatus::Timeout, Some(Reason::PushTimeout));
         }
         let Some(conn) = self.local_route(&task.request.user_id, task.request.client_type) else {
             let op = StoreOp::GetRoute {
@@ -113,27 +113,17 @@ impl Node {
                         task.state = SingleState::WaitingRoute { request };
                     }
                 }
-                None => {
-                    self.finish_single(id, PushStatus::Failure, Some("route store busy".into()))
-                }
+                None => self.finish_single(id, PushStatus::Failure, Some(Reason::RouteStoreBusy)),
             };
         };
         let session = &self.sessions[&conn];
         if !session.writable {
-            return self.finish_single(
-                id,
-                PushStatus::Failure,
-                Some("connection not writable".into()),
-            );
+            return self.finish_single(id, PushStatus::Failure, Some(Reason::NotWritable));
         }
         let Some(cipher) = session.cipher.clone() else {
             // Only handshaken connections are bound, so a route always has a cipher.
             debug_assert!(false, "route to {conn} without a session cipher");
-            return self.finish_single(
-                id,
-                PushStatus::Failure,
-                Some("connection not ready".into()),
-            );
+            return self.finish_single(id, PushStatus::Failure, Some(Reason::NotReady));
         };
         match self.global_flow.check(now) {
             FlowDecision::Go => {}
@@ -147,11 +137,7 @@ impl Node {
                 return self.emit(Event::FlowDelayed { id, delay_ms });
             }
             FlowDecision::Exhausted => {
-                return self.finish_single(
-                    id,
-                    PushStatus::Failure,
-                    Some("flow control limit reached".into()),
-                )
+                return self.finish_single(id, PushStatus::Failure, Some(Reason::FlowLimitReached))
             }
         }
         // Register before the frame can leave, so even the fastest ACK finds its entry.
@@ -230,7 +216,7 @@ impl Node {
             Err(error) => self.finish_single(
                 id,
                 PushStatus::Failure,
-                Some(format!("route lookup failed: {error}")),
+                Some(Reason::RouteLookupFailed(error.to_string())),
             ),
         }
     }
@@ -242,11 +228,7 @@ impl Node {
         match entry.owner {
             Owner::Single(id) => {
                 if !ok {
-                    return self.finish_single(
-                        id,
-                        PushStatus::Failure,
-                        Some("write to phone failed".into()),
-                    );
+                    return self.finish_single(id, PushStatus::Failure, Some(Reason::WriteFailed));
                 }
                 let epoch = self.epoch_ms();
                 let Some(task) = self.singles.get_mut(&id) else {
@@ -278,7 +260,7 @@ impl Node {
         };
         match entry.owner {
             Owner::Single(id) => {
-                self.finish_single(id, PushStatus::Failure, Some("connection closed".into()))
+                self.finish_single(id, PushStatus::Failure, Some(Reason::ConnectionClosed))
             }
             Owner::Broadcast(id) => self.on_broadcast_written(id, false),
         }
@@ -290,11 +272,11 @@ impl Node {
         };
         let reason = match task.state {
             SingleState::Sent { written: true, .. } if task.request.ack.needs_ack() => {
-                ACK_TIMEOUT_REASON
+                Reason::AckTimeout
             }
-            _ => PUSH_TIMEOUT_REASON,
+            _ => Reason::PushTimeout,
         };
-        self.finish_single(id, PushStatus::Timeout, Some(reason.into()));
+        self.finish_single(id, PushStatus::Timeout, Some(reason));
     }
 
     pub(super) fn on_push_step(&mut self, id: PushId, at: Millis) {
@@ -313,7 +295,7 @@ impl Node {
     }
 
     /// Ends a single push with `status` (once: later calls for the same id do nothing).
-    pub(super) fn finish_single(&mut self, id: PushId, status: PushStatus, reason: Option<String>) {
+    pub(super) fn finish_single(&mut self, id: PushId, status: PushStatus, reason: Option<Reason>) {
         let Some(mut task) = self.singles.remove(&id) else {
             return;
         };
@@ -356,14 +338,15 @@ impl Node {
         user_id: String,
         client_type: Option<ClientType>,
         status: PushStatus,
-        reason: Option<String>,
+        reason: Option<Reason>,
         timeline: TimeLine,
     ) {
         self.stats.pushes_by_status[super::status_index(status)] += 1;
         let delivered = match origin {
             Origin::Gateway { gw, session_id } if self.gateways.contains(&gw) => {
                 let data = status::result_json(&user_id, client_type, &timeline);
-                let packet = status::single_reply(session_id, status, reason.as_deref(), data);
+                let text = reason.as_ref().map(Reason::to_string);
+                let packet = status::single_reply(session_id, status, text.as_deref(), data);
                 self.gateway_send(gw, packet);
                 true
             }

@@ -56,6 +56,7 @@ enum Command {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum WorkloadName {
     Idle,
+    Storm,
     Single,
     Fanout,
 }
@@ -112,6 +113,12 @@ struct RunArgs {
     /// Idle workload: connections to open.
     #[arg(long, default_value_t = 19_000)]
     idle_connections: usize,
+    /// Storm workload: phones that connect (each once).
+    #[arg(long, default_value_t = 10_000)]
+    storm_phones: usize,
+    /// Storm workload: connects under way at once.
+    #[arg(long, default_value_t = 1_000)]
+    storm_in_flight: usize,
     /// Single workload: distinct users (receivers).
     #[arg(long, default_value_t = 1_000)]
     users: usize,
@@ -232,6 +239,8 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         },
         server_pid: args.server_pid,
         idle_connections: args.idle_connections,
+        storm_phones: args.storm_phones,
+        storm_in_flight: args.storm_in_flight,
         users: args.users,
         windows: args.windows.clone(),
         rates_per_s: args.rates_per_s.clone(),
@@ -254,6 +263,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         max_messages: args.max_messages,
         max_broadcasts: args.max_broadcasts,
         idle: has(WorkloadName::Idle),
+        storm: has(WorkloadName::Storm),
         single: has(WorkloadName::Single),
         fanout: has(WorkloadName::Fanout),
         redis_stats: args.redis_stats.clone(),

@@ -13,6 +13,7 @@ pub enum Workload {
     Idle,
     Single,
     Fanout,
+    Storm,
 }
 
 /// One measured point of one target.
@@ -70,6 +71,15 @@ pub struct Point {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub store_calls_per_op: Option<f64>,
     pub cpu: CpuUse,
+    /// Storm: each phone's time from the start of its connect until it was bound (pushgate) or
+    /// subscribed (the peers); failed connects are `errors`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect_to_bind: Option<LatencySummary>,
+    /// Storm: the kernel's TCP counters over the point (`/proc/net/netstat`, what `nstat`
+    /// reads: `TcpExtListenOverflows`, `TcpExtListenDrops`, `TcpExtTCPSynRetrans`). They count
+    /// the whole network namespace, not only this server.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub kernel: BTreeMap<String, u64>,
 }
 
 /// One target's run (`pushgate-bench run`).

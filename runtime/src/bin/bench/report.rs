@@ -194,6 +194,39 @@ pub fn checks(report: &RunReport) -> Vec<Check> {
         },
         _ => missing("broadcast deliveries/s to 10k phones >= nats-server's"),
     });
+    let storm_check =
+        "reconnect storm: p99 time to bind <= 1 s, no failed connect, no listen overflow";
+    out.push(
+        match find(report, "pushgate", "storm").and_then(|p| p.connect_to_bind.map(|b| (p, b))) {
+            Some((point, bind)) => {
+                let overflows = point.kernel.get("TcpExtListenOverflows").copied();
+                let drops = point.kernel.get("TcpExtListenDrops").copied();
+                Check {
+                    name: storm_check.into(),
+                    pass: Some(
+                        bind.p99_us <= 1_000_000.0
+                            && point.errors == 0
+                            && overflows == Some(0)
+                            && drops == Some(0),
+                    ),
+                    detail: format!(
+                        "{}: p99 {:.0} ms (max {:.0} ms), {} failed, listen overflows {}, drops {}, SYN retransmissions {}",
+                        point.title,
+                        bind.p99_us / 1000.0,
+                        bind.max_us / 1000.0,
+                        point.errors,
+                        overflows.map_or("unknown".to_owned(), |n| n.to_string()),
+                        drops.map_or("unknown".to_owned(), |n| n.to_string()),
+                        point
+                            .kernel
+                            .get("TcpExtTCPSynRetrans")
+                            .map_or("unknown".to_owned(), |n| n.to_string()),
+                    ),
+                }
+            }
+            None => missing(storm_check),
+        },
+    );
     // The cluster point: binds/s on Redis against binds/s on the embedded store, same run.
     for run in store_runs(report) {
         let redis = find(report, &run.target, "idle");
@@ -334,6 +367,57 @@ fn metrics(workload: Workload) -> Vec<Metric> {
             Metric {
                 name: "connects/s",
                 cell: |p| number(p.achieved_per_s, 0),
+                hide_zero: false,
+            },
+            cpu_row,
+        ],
+        Workload::Storm => vec![
+            Metric {
+                name: "binds/s",
+                cell: |p| number(p.achieved_per_s, 0),
+                hide_zero: false,
+            },
+            Metric {
+                name: "to bind p50/p99/max ms",
+                cell: |p| {
+                    let s = p.connect_to_bind.filter(|s| s.count > 0)?;
+                    Some(Cell {
+                        text: format!(
+                            "{}/{}/{}",
+                            fmt_ms(s.p50_us),
+                            fmt_ms(s.p99_us),
+                            fmt_ms(s.max_us)
+                        ),
+                        ratio_of: Some(s.p99_us),
+                    })
+                },
+                hide_zero: false,
+            },
+            Metric {
+                name: "failed connects",
+                cell: |p| {
+                    Some(Cell {
+                        text: p.errors.to_string(),
+                        ratio_of: None,
+                    })
+                },
+                hide_zero: false,
+            },
+            Metric {
+                name: "listen ovfl/drop/SYN rtx",
+                cell: |p| {
+                    let get =
+                        |name: &str| p.kernel.get(name).map_or("-".to_owned(), |n| n.to_string());
+                    Some(Cell {
+                        text: format!(
+                            "{}/{}/{}",
+                            get("TcpExtListenOverflows"),
+                            get("TcpExtListenDrops"),
+                            get("TcpExtTCPSynRetrans")
+                        ),
+                        ratio_of: None,
+                    })
+                },
                 hide_zero: false,
             },
             cpu_row,
@@ -579,6 +663,7 @@ fn render_store_runs(report: &RunReport, out: &mut String) {
             let p99 = point
                 .status
                 .or(point.delivery)
+                .or(point.connect_to_bind)
                 .filter(|_| point.workload != Some(Workload::Idle))
                 .map_or("-".to_owned(), |s| fmt_ms(s.p99_us));
             let calls: Vec<String> = point

@@ -7,6 +7,7 @@
 //! be what limits a figure, and the report says so.
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::time::Instant;
 
 /// The server's resident set size in bytes.
@@ -159,5 +160,79 @@ mod tests {
         let used = mark.since(Some(pid));
         assert!(used.generator_pct >= 0.0 && used.server_pct >= 0.0);
         assert!(rss_bytes(u32::MAX).is_err());
+    }
+}
+
+/// The TCP counters of the reconnect storm, as `nstat` names them.
+pub const STORM_COUNTERS: [&str; 3] = [
+    "TcpExtListenOverflows",
+    "TcpExtListenDrops",
+    "TcpExtTCPSynRetrans",
+];
+
+/// The kernel's `TcpExt` counters (`/proc/net/netstat`), named as `nstat` names them
+/// (`TcpExtListenOverflows`, ...).
+pub fn tcp_ext_counters() -> anyhow::Result<BTreeMap<String, u64>> {
+    let path = "/proc/net/netstat";
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
+    Ok(parse_netstat(&text))
+}
+
+/// Parses `/proc/net/netstat`: pairs of lines, `Section: name name ...` then
+/// `Section: value value ...`.
+fn parse_netstat(text: &str) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    let mut lines = text.lines();
+    while let (Some(names), Some(values)) = (lines.next(), lines.next()) {
+        let (Some((section, names)), Some((_, values))) =
+            (names.split_once(':'), values.split_once(':'))
+        else {
+            continue;
+        };
+        for (name, value) in names.split_whitespace().zip(values.split_whitespace()) {
+            if let Ok(value) = value.parse() {
+                out.insert(format!("{section}{name}"), value);
+            }
+        }
+    }
+    out
+}
+
+/// How much each of `names` grew from `before` to `after`.
+pub fn counter_growth(
+    before: &BTreeMap<String, u64>,
+    after: &BTreeMap<String, u64>,
+    names: &[&str],
+) -> BTreeMap<String, u64> {
+    names
+        .iter()
+        .filter_map(|name| {
+            let (b, a) = (before.get(*name)?, after.get(*name)?);
+            Some(((*name).to_owned(), a.saturating_sub(*b)))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod netstat_tests {
+    use super::*;
+
+    #[test]
+    fn netstat_counters_by_nstat_name() {
+        let text = "TcpExt: SyncookiesSent ListenOverflows ListenDrops\nTcpExt: 0 12 14\n\
+                    IpExt: InNoRoutes\nIpExt: 3\n";
+        let before = parse_netstat(text);
+        assert_eq!(before.get("TcpExtListenOverflows"), Some(&12));
+        assert_eq!(before.get("IpExtInNoRoutes"), Some(&3));
+        let mut after = before.clone();
+        after.insert("TcpExtListenOverflows".into(), 20);
+        let growth = counter_growth(
+            &before,
+            &after,
+            &["TcpExtListenOverflows", "TcpExtListenDrops", "Missing"],
+        );
+        assert_eq!(growth.get("TcpExtListenOverflows"), Some(&8));
+        assert_eq!(growth.get("TcpExtListenDrops"), Some(&0));
+        assert_eq!(growth.len(), 2);
     }
 }

@@ -74,11 +74,17 @@ pub enum Role {
     Idle,
     User,
     Fan,
+    /// A phone of the reconnect storm (its own users, bound once).
+    Storm,
 }
 
 /// The single-user destination `n` (user id, MQTT topic or NATS subject).
 pub fn user_address(kind: TargetKind, role: Role, n: usize) -> String {
-    let prefix = if role == Role::Idle { "i" } else { "u" };
+    let prefix = match role {
+        Role::Idle => "i",
+        Role::Storm => "s",
+        Role::User | Role::Fan => "u",
+    };
     match kind {
         TargetKind::Pushgate => format!("{prefix}{n}"),
         TargetKind::Mosquitto => format!("{prefix}/{n}"),
@@ -150,6 +156,7 @@ fn role_tag(role: Role) -> &'static str {
         Role::Idle => "idle",
         Role::User => "user",
         Role::Fan => "fan",
+        Role::Storm => "storm",
     }
 }
 

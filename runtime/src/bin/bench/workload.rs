@@ -3,6 +3,10 @@
 //! - **idle**: open N receivers (pushgate: handshake + bind; the peers: CONNECT + SUBSCRIBE to
 //!   a per-user topic), `connect_concurrency` at a time; report connects per second and the
 //!   server's RSS growth per connection (VmRSS before, and after a settling pause).
+//! - **storm**: a reconnect storm: N phones connect (pushgate: handshake + bind; the peers:
+//!   CONNECT + SUBSCRIBE) with `storm_in_flight` connects under way at once, none given up on
+//!   a failure; report each phone's time to bind, the failed connects and the kernel's
+//!   listen-queue overflows and SYN retransmissions over the point.
 //! - **single**: one sender, U receivers, message k to user k mod U. Closed loop: a fixed
 //!   number of messages in flight (sent, and not yet both received by the phone and — for
 //!   pushgate — answered with a status). Open loop: a fixed rate, each message stamped with
@@ -46,6 +50,9 @@ pub struct Plan {
     pub ends: Endpoints,
     pub server_pid: Option<u32>,
     pub idle_connections: usize,
+    /// Storm: phones, and connects under way at once.
+    pub storm_phones: usize,
+    pub storm_in_flight: usize,
     pub users: usize,
     pub windows: Vec<usize>,
     pub rates_per_s: Vec<f64>,
@@ -64,6 +71,7 @@ pub struct Plan {
     /// Stop a fan-out point after this many broadcasts; 0: no limit.
     pub max_broadcasts: u64,
     pub idle: bool,
+    pub storm: bool,
     pub single: bool,
     pub fanout: bool,
     /// `host:port` of the Redis whose `INFO commandstats` is read around each point.
@@ -105,6 +113,13 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Vec<Point>> {
         let mark = store_mark(plan)?;
         let mut point = idle_point(plan, &tracker).await?;
         store_since(plan, &mut point, mark, plan.idle_connections as u64)?;
+        print_point(&point);
+        points.push(point);
+    }
+    if plan.storm && plan.storm_phones > 0 {
+        let mark = store_mark(plan)?;
+        let mut point = storm_point(plan, &tracker).await?;
+        store_since(plan, &mut point, mark, plan.storm_phones as u64)?;
         print_point(&point);
         points.push(point);
     }
@@ -242,6 +257,78 @@ async fn idle_point(plan: &Plan, tracker: &Arc<Tracker>) -> anyhow::Result<Point
         rss_before_bytes: rss_before,
         rss_after_bytes: rss_after,
         rss_per_connection_bytes: per_connection,
+        cpu,
+        ..Point::default()
+    })
+}
+
+/// The reconnect storm: every phone connects once, `storm_in_flight` at a time; a failed
+/// connect is counted, not retried, and does not stop the point.
+async fn storm_point(plan: &Plan, tracker: &Arc<Tracker>) -> anyhow::Result<Point> {
+    let n = plan.storm_phones;
+    let in_flight = plan.storm_in_flight.max(1);
+    let kernel_before = crate::resources::tcp_ext_counters().ok();
+    let cpu = CpuMark::now(plan.server_pid);
+    let started = Instant::now();
+    let mut connected = Vec::with_capacity(n);
+    let mut to_bind = Latency::new();
+    let mut failed = 0u64;
+    let mut first_error = None;
+    let mut tasks = JoinSet::new();
+    let mut next = 0;
+    loop {
+        while next < n && tasks.len() < in_flight {
+            let (ends, tracker, k) = (plan.ends, tracker.clone(), next);
+            tasks.spawn(async move {
+                let began = Instant::now();
+                let result = Receiver::connect(ends, Role::Storm, k, tracker).await;
+                (began.elapsed(), result)
+            });
+            next += 1;
+        }
+        let Some(joined) = tasks.join_next().await else {
+            break;
+        };
+        match joined {
+            Ok((took, Ok(receiver))) => {
+                to_bind.record_ns(u64::try_from(took.as_nanos()).unwrap_or(u64::MAX));
+                connected.push(receiver);
+            }
+            Ok((_, Err(error))) => {
+                failed += 1;
+                first_error.get_or_insert_with(|| format!("{error:#}"));
+            }
+            Err(error) => {
+                failed += 1;
+                first_error.get_or_insert_with(|| format!("connect task: {error}"));
+            }
+        }
+    }
+    let elapsed = started.elapsed();
+    let cpu = cpu.since(plan.server_pid);
+    let kernel = match (kernel_before, crate::resources::tcp_ext_counters().ok()) {
+        (Some(before), Some(after)) => {
+            crate::resources::counter_growth(&before, &after, &crate::resources::STORM_COUNTERS)
+        }
+        _ => Default::default(),
+    };
+    drop(connected);
+    tokio::time::sleep(Duration::from_millis(plan.settle_ms)).await;
+    Ok(Point {
+        target: plan.label.clone(),
+        workload: Some(Workload::Storm),
+        key: "storm".to_owned(),
+        title: format!("storm, {n} phones, {in_flight} connecting"),
+        connections: n,
+        window: Some(in_flight),
+        ack: ack_name(plan.ends.kind, AckMode::None),
+        achieved_per_s: (n as u64 - failed) as f64 / elapsed.as_secs_f64().max(1e-9),
+        sent: n as u64,
+        delivered: n as u64 - failed,
+        errors: failed,
+        first_error,
+        connect_to_bind: Some(to_bind.summary()),
+        kernel,
         cpu,
         ..Point::default()
     })
@@ -577,7 +664,20 @@ fn print_point(point: &Point) {
     if let Some(per_connection) = point.rss_per_connection_bytes {
         line += &format!(", RSS {:.2} KiB/conn", per_connection / 1024.0);
     }
-    if point.workload != Some(Workload::Idle) {
+    if point.workload == Some(Workload::Storm) {
+        let bind = point.connect_to_bind.unwrap_or_default();
+        line += &format!(
+            ", time to bind p50 {:.1} p99 {:.1} max {:.1} ms, {} failed connects, kernel {:?}",
+            bind.p50_us / 1000.0,
+            bind.p99_us / 1000.0,
+            bind.max_us / 1000.0,
+            point.errors,
+            point.kernel
+        );
+        if let Some(error) = &point.first_error {
+            line += &format!(" (first failure: {error})");
+        }
+    } else if point.workload != Some(Workload::Idle) {
         line += &format!(
             ", sent {} delivered {} lost {}, delivery {}",
             point.sent,
