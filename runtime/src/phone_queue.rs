@@ -116,12 +116,13 @@ impl PhoneQueue {
         Poll::Pending
     }
 
-    /// Takes every queued frame (and the close request, if any).
+    /// Takes every queued frame (and the close request, if any: taken once, so a connection
+    /// still flushing after it waits for its socket instead of waking again at once).
     pub fn take(&self) -> Batch {
         let mut state = self.lock();
         Batch {
             frames: std::mem::take(&mut state.frames),
-            close: state.close,
+            close: std::mem::take(&mut state.close),
             overflow: std::mem::take(&mut state.overflow),
         }
     }
