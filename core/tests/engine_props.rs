@@ -548,17 +548,11 @@ struct KnownBugs {
     /// `bug_shutdown_refusal_drops_client_type`: a single push refused because the node is
     /// shutting down is answered without the client type it named.
     shutdown_refusal_drops_client_type: bool,
-    /// `bug_a_route_write_refused_for_too_many_store_requests_is_never_repaired`: a route
-    /// write or offline mark the node could not send (it held its maximum of store requests)
-    /// is never sent later, so the store misses a user bound here, or keeps naming a connection
-    /// that gave its user up, until the store link comes back.
-    busy_route_write_never_repaired: bool,
 }
 
 /// What the property tolerates for now.
 const KNOWN_BUGS: KnownBugs = KnownBugs {
     shutdown_refusal_drops_client_type: false,
-    busy_route_write_never_repaired: true,
 };
 
 // ------------------------------------------------------------------------------------------
@@ -930,9 +924,6 @@ struct Run {
     /// refused for too many requests, restarted empty): route writes that failed are written
     /// again by the repair rounds, so some time after it the store is in sync again.
     store_trouble_at: Option<Millis>,
-    /// A route write or offline mark was refused because the node held its maximum of store
-    /// requests.
-    route_write_refused: bool,
     /// Every route the store held at the end of a step: (user, type, connection, version).
     route_history: HashSet<(String, ClientType, Option<String>, u64)>,
     coverage: Coverage,
@@ -1006,7 +997,6 @@ impl Run {
             garbage: None,
             expect_republish: false,
             store_trouble_at: None,
-            route_write_refused: false,
             route_history: HashSet::new(),
             coverage: Coverage::default(),
         }
@@ -2289,15 +2279,6 @@ impl Run {
         let failed = self.w.events[events_before..]
             .iter()
             .any(|e| matches!(e, Event::StoreFailed { .. }));
-        self.route_write_refused |= self.w.events[events_before..].iter().any(|e| {
-            matches!(
-                e,
-                Event::StoreFailed {
-                    op: "put-route" | "set-route-offline" | "restore-route",
-                    error: StoreError::Unavailable(why),
-                } if why.as_str() == "too many pending store requests"
-            )
-        });
         let trouble = !quiet
             || failed
             || matches!(
@@ -2313,8 +2294,7 @@ impl Run {
         let repaired = quiet
             && self
                 .store_trouble_at
-                .is_some_and(|at| self.w.now >= at + STORE_REPAIR_SETTLE_MS)
-            && !(self.known.busy_route_write_never_repaired && self.route_write_refused);
+                .is_some_and(|at| self.w.now >= at + STORE_REPAIR_SETTLE_MS);
         if !(republished || repaired || (self.store_lossless && quiet)) {
             return Ok(());
         }
@@ -3816,8 +3796,7 @@ fn coverage_report() {
 /// store requests, must still reach the store once the store answers again (as a write that
 /// failed does, through the repair rounds).
 #[test]
-#[ignore = "open bug: a route write refused for too many store requests is never repaired"]
-fn bug_a_route_write_refused_for_too_many_store_requests_is_never_repaired() {
+fn a_route_write_refused_for_too_many_store_requests_is_written_by_a_repair_round() {
     let mut w = World::new(|cfg| cfg.max_store_requests = 1);
     w.store.mode = StoreMode::Hold;
     // The handshake's session write waits in the store: the node holds its one request.
@@ -3842,25 +3821,6 @@ fn bug_a_route_write_refused_for_too_many_store_requests_is_never_repaired() {
         route.is_some_and(|r| r.is_online()),
         "1000 is bound here, the store answers again, but its route is {route:?}"
     );
-}
-
-/// The property with every known bug reported (`busy_route_write_never_repaired` off), over
-/// the default cases.
-#[test]
-#[ignore = "open bug: a route write refused for too many store requests is never repaired"]
-fn bug_the_property_without_known_bugs() {
-    let mut runner = TestRunner::new(ProptestConfig {
-        cases: cases(),
-        failure_persistence: None,
-        rng_seed: RngSeed::Fixed(DEFAULT_RNG_SEED),
-        ..ProptestConfig::default()
-    });
-    let result = runner.run(&(knobs(), vec(action(), 1..120)), |(knobs, actions)| {
-        run_with(&knobs, &actions, KnownBugs::default()).map_err(TestCaseError::fail)
-    });
-    if let Err(error) = result {
-        panic!("{error}");
-    }
 }
 
 #[test]

@@ -162,7 +162,7 @@ impl Node {
             client_type,
             route,
         };
-        self.store(
+        let sent = self.store(
             op.clone(),
             StorePurpose::BindRoute {
                 conn,
@@ -170,6 +170,11 @@ impl Node {
                 attempts: 1,
             },
         );
+        if sent.is_none() {
+            // The node holds its maximum of store requests: a repair round writes the route
+            // (the connection's bind as it is then), as it does for a write that failed.
+            self.schedule_route_repair(conn);
+        }
     }
 
     pub(super) fn on_bind_route_reply(

@@ -746,9 +746,25 @@ impl Node {
         Some(id)
     }
 
-    /// A store write whose answer only matters if it failed.
+    /// A store write whose answer only matters if it failed. An offline mark or restore the
+    /// node cannot send (it holds its maximum of store requests) goes to the repair rounds, as
+    /// one that failed does.
     fn store_write(&mut self, op: StoreOp) {
-        self.store(op.clone(), StorePurpose::Write { op, attempts: 1 });
+        let sent = self.store(
+            op.clone(),
+            StorePurpose::Write {
+                op: op.clone(),
+                attempts: 1,
+            },
+        );
+        if sent.is_none()
+            && matches!(
+                op,
+                StoreOp::SetRouteOffline { .. } | StoreOp::RestoreRoute { .. }
+            )
+        {
+            self.schedule_offline_mark_repair(op);
+        }
     }
 
     /// Forgets a pending store request (its answer, if one comes, is ignored) and cancels its
