@@ -137,6 +137,7 @@ pub async fn run_phone(
     let mut rng_uses = 0u32;
     #[cfg(madsim)]
     let peer = stream.peer_addr().ok().map(|a| a.ip());
+    std::future::poll_fn(|cx| queue.poll_admitted(cx)).await;
     loop {
         if machine.has_input() && !Box::pin(hand_over(&mut machine, &node)).await {
             return; // the node is gone

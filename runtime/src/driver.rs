@@ -436,9 +436,12 @@ impl Driver {
         let now = self.now;
         match msg {
             NodeMsg::PhoneOpened { conn, queue } => {
-                self.phones.insert(conn, queue);
+                self.phones.insert(conn, queue.clone());
                 metrics::connection_opened();
                 self.node.handle(now, Input::PhoneConnected { conn });
+                if self.node.is_connected(conn) {
+                    queue.admit();
+                }
             }
             NodeMsg::GatewayOpened { gw, tx } => {
                 self.gateways.insert(gw, tx);

@@ -46,7 +46,12 @@ pub struct Batch {
 #[derive(Debug, Default)]
 struct State {
     frames: VecDeque<ToPhone>,
+    /// A close was asked for and not taken yet.
     close: bool,
+    /// A close was asked for: later items are dropped.
+    closed: bool,
+    /// The node took the connection in (under its connection limit): the task may read.
+    admitted: bool,
     overflow: bool,
     /// The connection task, when it waits for frames.
     waiter: Option<Waker>,
@@ -72,7 +77,7 @@ impl PhoneQueue {
     /// going away.
     pub fn push(&self, item: ToPhone) {
         let mut state = self.lock();
-        if state.close {
+        if state.closed {
             return;
         }
         if state.frames.len() >= self.max_items {
@@ -90,9 +95,10 @@ impl PhoneQueue {
     /// Asks the connection task to write what is queued and then close.
     pub fn close(&self) {
         let mut state = self.lock();
-        if state.close {
+        if state.closed {
             return;
         }
+        state.closed = true;
         state.close = true;
         let waiter = state.waiter.take();
         drop(state);
@@ -107,6 +113,32 @@ impl PhoneQueue {
     pub fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
         let mut state = self.lock();
         if !state.frames.is_empty() || state.close || state.overflow {
+            return Poll::Ready(());
+        }
+        match &mut state.waiter {
+            Some(waiter) if waiter.will_wake(cx.waker()) => {}
+            slot => *slot = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+
+    /// The node took the connection in: wakes the task waiting in
+    /// [`PhoneQueue::poll_admitted`].
+    pub fn admit(&self) {
+        let mut state = self.lock();
+        state.admitted = true;
+        let waiter = state.waiter.take();
+        drop(state);
+        if let Some(waiter) = waiter {
+            waiter.wake();
+        }
+    }
+
+    /// Ready once the node took the connection in or asked for it to close: a connection over
+    /// the node's limit reads (and answers) nothing.
+    pub fn poll_admitted(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut state = self.lock();
+        if state.admitted || state.close {
             return Poll::Ready(());
         }
         match &mut state.waiter {

@@ -679,6 +679,11 @@ impl Node {
             .collect()
     }
 
+    /// Whether `conn` is a live connection (taken in under the connection limit).
+    pub fn is_connected(&self, conn: ConnId) -> bool {
+        self.sessions.contains_key(&conn)
+    }
+
     /// The live connections.
     pub fn connections(&self) -> impl Iterator<Item = ConnId> + '_ {
         self.sessions.keys().copied()
