@@ -159,28 +159,12 @@ pub async fn push_command(args: PushArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("connecting to the gateway {}", args.gateway))?;
     let (line, success) = if args.broadcast {
         let result = client
-            .broadcast(BroadcastRequest {
-                content: args.content.into_bytes().into(),
-                tags: args.tags,
-                condition: args.condition,
-                task_id: args.task_id,
-                timeout_ms: args.timeout_ms,
-            })
+            .broadcast(broadcast_request(args))
             .await
             .context("broadcast")?;
         (broadcast_line(&result), result.status.is_success())
     } else {
-        let user = args.user.context("--user is required unless --broadcast")?;
-        let result = client
-            .push(SinglePushRequest {
-                user_id: user,
-                client_type: args.client_type,
-                content: args.content.into_bytes().into(),
-                ack: args.ack.into(),
-                timeout_ms: args.timeout_ms,
-            })
-            .await
-            .context("push")?;
+        let result = client.push(single_request(args)?).await.context("push")?;
         (single_line(&result), result.status.is_success())
     };
     print_line(&line)?;
@@ -192,21 +176,35 @@ pub async fn push_command(args: PushArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// The broadcast `pushgate push --broadcast` asks for.
+fn broadcast_request(args: PushArgs) -> BroadcastRequest {
+    BroadcastRequest {
+        content: args.content.into_bytes().into(),
+        tags: args.tags,
+        condition: args.condition,
+        task_id: args.task_id,
+        timeout_ms: args.timeout_ms,
+    }
+}
+
+/// The single push `pushgate push --user U` asks for.
+fn single_request(args: PushArgs) -> anyhow::Result<SinglePushRequest> {
+    Ok(SinglePushRequest {
+        user_id: args.user.context("--user is required unless --broadcast")?,
+        client_type: args.client_type,
+        content: args.content.into_bytes().into(),
+        ack: args.ack.into(),
+        timeout_ms: args.timeout_ms,
+    })
+}
+
 /// `pushgate push --redis URL`: through the cluster PushClient.
 #[cfg(not(madsim))]
 async fn cluster_push_command(args: PushArgs, url: &str) -> anyhow::Result<ExitCode> {
     use super::cluster::ClusterPushClient;
     let client = ClusterPushClient::new(url).context("--redis")?;
     let (line, success) = if args.broadcast {
-        let result = client
-            .broadcast(BroadcastRequest {
-                content: args.content.into_bytes().into(),
-                tags: args.tags,
-                condition: args.condition,
-                task_id: args.task_id,
-                timeout_ms: args.timeout_ms,
-            })
-            .await;
+        let result = client.broadcast(broadcast_request(args)).await;
         let mut line = json!({
             "status": result.status.name(),
             "broadcast": true,
@@ -217,16 +215,7 @@ async fn cluster_push_command(args: PushArgs, url: &str) -> anyhow::Result<ExitC
         }
         (line, result.status.is_success())
     } else {
-        let user = args.user.context("--user is required unless --broadcast")?;
-        let result = client
-            .push(SinglePushRequest {
-                user_id: user,
-                client_type: args.client_type,
-                content: args.content.into_bytes().into(),
-                ack: args.ack.into(),
-                timeout_ms: args.timeout_ms,
-            })
-            .await;
+        let result = client.push(single_request(args)?).await;
         let routes: Vec<Value> = result
             .routes
             .iter()
