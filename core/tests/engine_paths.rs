@@ -799,13 +799,10 @@ fn a_bind_whose_connection_closed_before_the_store_answered_gives_the_route_back
     assert!(w.node.routes_of("u1").is_empty());
 }
 
-/// Found by the simulation (fresh seeds, B11): a bind's route write reached the store only
-/// after the node had given up waiting (a store link backed up after an outage). Its answer —
-/// the displaced route of another device on another node — came late, and the retry of the
-/// write found the bind itself stored, so no kick notice went out and two nodes kept the user.
-/// A late answer to a bind's route write is still acted on.
-#[test]
-fn a_late_answer_to_a_bind_route_write_still_kicks_the_displaced_connection() {
+/// A phone binds "u1" while the store holds the route of another device on another node
+/// ("far-conn") and answers nothing: the bind's route write times out and is sent again, and
+/// both wait in the store's queue.
+fn bind_past_the_store_timeout() -> (World, ConnId) {
     let mut w = World::new(|_| {});
     let far = FakeStore::route("10.0.0.2", 3001, Some("far-conn"));
     w.store
@@ -816,9 +813,19 @@ fn a_late_answer_to_a_bind_route_write_still_kicks_the_displaced_connection() {
     w.handshake(phone);
     w.store.mode = StoreMode::Hold;
     w.bind(phone, "u1", "");
-    // The write times out and is sent again; both wait in the store's queue.
     let timeout = w.node.config().store_timeout_ms;
     w.advance(timeout + 1);
+    (w, phone)
+}
+
+/// Found by the simulation (fresh seeds, B11): a bind's route write reached the store only
+/// after the node had given up waiting (a store link backed up after an outage). Its answer —
+/// the displaced route of another device on another node — came late, and the retry of the
+/// write found the bind itself stored, so no kick notice went out and two nodes kept the user.
+/// A late answer to a bind's route write is still acted on.
+#[test]
+fn a_late_answer_to_a_bind_route_write_still_kicks_the_displaced_connection() {
+    let (mut w, phone) = bind_past_the_store_timeout();
     let writes = w
         .store
         .held
@@ -851,18 +858,8 @@ fn a_late_answer_to_a_bind_route_write_still_kicks_the_displaced_connection() {
 /// itself stored).
 #[test]
 fn a_late_answer_kicks_once_when_the_retry_is_lost() {
-    let mut w = World::new(|_| {});
-    let far = FakeStore::route("10.0.0.2", 3001, Some("far-conn"));
-    w.store
-        .state
-        .routes
-        .insert(("u1".into(), ClientType::Mobile), far);
-    let phone = w.connect("dev-A", "android");
-    w.handshake(phone);
-    w.store.mode = StoreMode::Hold;
-    w.bind(phone, "u1", "");
+    let (mut w, phone) = bind_past_the_store_timeout();
     let timeout = w.node.config().store_timeout_ms;
-    w.advance(timeout + 1);
     // The retry is lost on the way; the first write lands and answers late.
     let retry = w
         .store
@@ -895,18 +892,7 @@ fn a_late_answer_kicks_once_when_the_retry_is_lost() {
 /// behind it. Only an answer that comes in time undoes a dead bind (B6).
 #[test]
 fn a_late_answer_never_puts_the_displaced_route_back() {
-    let mut w = World::new(|_| {});
-    let far = FakeStore::route("10.0.0.2", 3001, Some("far-conn"));
-    w.store
-        .state
-        .routes
-        .insert(("u1".into(), ClientType::Mobile), far);
-    let phone = w.connect("dev-A", "android");
-    w.handshake(phone);
-    w.store.mode = StoreMode::Hold;
-    w.bind(phone, "u1", "");
-    let timeout = w.node.config().store_timeout_ms;
-    w.advance(timeout + 1);
+    let (mut w, phone) = bind_past_the_store_timeout();
     w.drop_phone(phone);
     w.store.mode = StoreMode::Immediate;
     w.release_store();
