@@ -443,6 +443,37 @@ fn store_route_on_another_node_is_router_change() {
         Some("abc"),
         "another node's route is left alone"
     );
+    // The finished push names the route the store read, so whoever follows the change can
+    // push there without reading the store again; other statuses name none.
+    let moved: Vec<_> = w
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            Event::PushFinished {
+                status, moved_to, ..
+            } => Some((
+                *status,
+                moved_to
+                    .as_ref()
+                    .map(|r| (r.host.clone(), r.conn_id.clone())),
+            )),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        moved,
+        [(
+            PushStatus::RouterChange,
+            Some(("10.0.0.2".to_owned(), Some("abc".to_owned())))
+        )]
+    );
+    w.push_to(GW, 2, "nobody", 1, 3000, Flags::NONE, "x");
+    assert!(w.events.iter().all(|e| match e {
+        Event::PushFinished {
+            status, moved_to, ..
+        } => (*status == PushStatus::RouterChange) == moved_to.is_some(),
+        _ => true,
+    }));
 }
 
 #[test]

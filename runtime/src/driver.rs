@@ -76,6 +76,9 @@ pub struct PushOutcome {
     /// For broadcasts: connections the content was sent to.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sent: Option<u64>,
+    /// For a router-change: the route the store named (where the user is bound now).
+    #[serde(skip)]
+    pub moved_to: Option<RouteRecord>,
 }
 
 /// A user's routes, local and in the store.
@@ -257,7 +260,13 @@ pub fn spawn(
     let (store, store_rx) = match store {
         StoreSpec::Memory => (StoreBackend::Memory(MemoryStore::new()), None),
         StoreSpec::Remote(addr) => {
-            let (remote, delivered) = RemoteStore::start(addr, node_addr.clone());
+            // A link silent for three store timeouts (at least 3 s) is opened again.
+            let dead_after_ms = node.config().store_timeout_ms.saturating_mul(3).max(3_000);
+            let (remote, delivered) = RemoteStore::start(
+                addr,
+                node_addr.clone(),
+                Duration::from_millis(dead_after_ms),
+            );
             (StoreBackend::Remote(remote), Some(delivered))
         }
         #[cfg(not(madsim))]
@@ -641,6 +650,7 @@ impl Driver {
                 reason,
                 timeline,
                 delivered,
+                moved_to,
             } => {
                 // Built only when someone reads it: a push log line or a local caller.
                 let time_points = || -> Vec<serde_json::Value> {
@@ -676,6 +686,7 @@ impl Driver {
                             client_type: client_type.map(|c| c.code()),
                             time_points: time_points(),
                             sent: None,
+                            moved_to: moved_to.map(|route| *route),
                         });
                     }
                 }
@@ -699,6 +710,7 @@ impl Driver {
                             client_type: None,
                             time_points: Vec::new(),
                             sent: Some(sent),
+                            moved_to: None,
                         };
                         let _ = waiter.send(outcome);
                     }

@@ -236,7 +236,19 @@ async fn forward(
         ack: single.ack,
         timeout_ms,
     };
-    match tokio::time::timeout(left, client.push(request)).await {
+    // A push for one client type goes straight to the route this node's store read named
+    // (no second read); a push for any type goes to every route of the user, read afresh.
+    let send = async {
+        match (single.client_type, local.moved_to.clone()) {
+            (Some(client_type), Some(route)) => {
+                client
+                    .push_to_route(request, client_type.code(), route)
+                    .await
+            }
+            _ => client.push(request).await,
+        }
+    };
+    match tokio::time::timeout(left, send).await {
         Ok(result) => cluster_outcome(result),
         Err(_) => PushOutcome {
             status: PushStatus::Timeout,
@@ -268,6 +280,7 @@ fn cluster_outcome(result: ClusterPushResult) -> PushOutcome {
             })
             .unwrap_or_default(),
         sent: None,
+        moved_to: None,
     }
 }
 
@@ -427,6 +440,7 @@ mod tests {
             client_type: None,
             time_points: Vec::new(),
             sent: None,
+            moved_to: None,
         };
         use pushgate_core::status::Busy;
         for busy in [Busy::PendingPushes, Busy::Broadcasts] {

@@ -189,15 +189,27 @@ pub struct RemoteStore {
 }
 
 impl RemoteStore {
-    /// Starts the connection task. The receiver gets every message from the store.
+    /// Starts the connection task. The receiver gets every message from the store. A link
+    /// that leaves a request unanswered for `dead_after` (or cannot connect within it) is
+    /// given up and opened again, as the Redis link does after an unanswered PING: a link
+    /// that stopped moving (a partition) would otherwise keep every later request queued
+    /// behind the backlog even after the network heals.
     pub fn start(
         addr: SocketAddr,
         node: NodeAddr,
+        dead_after: Duration,
     ) -> (Self, mpsc::UnboundedReceiver<StoreLinkEvent>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let (deliver, delivered) = mpsc::unbounded_channel();
         let connected = Arc::new(AtomicBool::new(false));
-        tokio::spawn(run_remote(addr, node, rx, deliver, connected.clone()));
+        tokio::spawn(run_remote(
+            addr,
+            node,
+            dead_after,
+            rx,
+            deliver,
+            connected.clone(),
+        ));
         (Self { tx, connected }, delivered)
     }
 
@@ -215,15 +227,16 @@ impl RemoteStore {
 async fn run_remote(
     addr: SocketAddr,
     node: NodeAddr,
+    dead_after: Duration,
     mut rx: mpsc::UnboundedReceiver<ToStore>,
     deliver: mpsc::UnboundedSender<StoreLinkEvent>,
     connected: Arc<AtomicBool>,
 ) {
     let mut backoff_ms = 50;
     loop {
-        let mut stream = match TcpStream::connect(addr).await {
-            Ok(stream) => stream,
-            Err(_) => {
+        let mut stream = match tokio::time::timeout(dead_after, TcpStream::connect(addr)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(_)) | Err(_) => {
                 tokio::time::sleep(Duration::from_millis(backoff_ms)).await;
                 backoff_ms = (backoff_ms * 2).min(2_000);
                 continue;
@@ -244,34 +257,52 @@ async fn run_remote(
             return;
         }
         let mut inbound = BytesMut::new();
-        loop {
+        // Requests sent on this connection and not answered yet, with when they went out;
+        // at most the node's bound of pending store requests plus those it timed out, which
+        // a moving link answers too.
+        let mut unanswered: HashMap<u64, tokio::time::Instant> = HashMap::new();
+        let mut check = tokio::time::interval(dead_after / 4);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let lost = loop {
             tokio::select! {
                 biased;
                 message = read_frame::<FromStore>(&mut stream, &mut inbound) => {
                     match message {
                         Some(message) => {
+                            if let FromStore::Reply { id, .. } = &message {
+                                unanswered.remove(id);
+                            }
                             if deliver.send(StoreLinkEvent::Message(message)).is_err() {
                                 return; // the node task is gone
                             }
                         }
-                        None => break,
+                        None => break "the connection closed".to_owned(),
                     }
                 }
                 request = rx.recv() => {
                     let Some(request) = request else { return };
+                    let sent_at = tokio::time::Instant::now();
                     let mut out = BytesMut::new();
-                    encode_frame(&request, &mut out);
-                    while let Ok(more) = rx.try_recv() {
-                        encode_frame(&more, &mut out);
+                    for request in std::iter::once(request).chain(std::iter::from_fn(|| rx.try_recv().ok())) {
+                        if let ToStore::Request { id, .. } = &request {
+                            unanswered.insert(*id, sent_at);
+                        }
+                        encode_frame(&request, &mut out);
                     }
                     if stream.write_all(&out).await.is_err() || stream.flush().await.is_err() {
-                        break;
+                        break "a write failed".to_owned();
+                    }
+                }
+                _ = check.tick() => {
+                    let oldest = unanswered.values().min().map(|sent| sent.elapsed());
+                    if let Some(waited) = oldest.filter(|waited| *waited >= dead_after) {
+                        break format!("a request unanswered for {} ms", waited.as_millis());
                     }
                 }
             }
-        }
+        };
         connected.store(false, Ordering::Relaxed);
-        tracing::warn!(%addr, "lost the route store; reconnecting");
+        tracing::warn!(%addr, reason = %lost, "lost the route store; reconnecting");
     }
 }
 
@@ -279,6 +310,72 @@ async fn run_remote(
 mod tests {
     use super::*;
     use pushgate_core::route::ClientType;
+
+    /// A fake store on a loopback port that takes connections (counted), reads what comes
+    /// and answers nothing.
+    #[cfg(not(madsim))]
+    async fn silent_store() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                counter.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut sink = vec![0u8; 4096];
+                    while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
+                });
+            }
+        });
+        (addr, accepted)
+    }
+
+    #[cfg(not(madsim))]
+    fn this_node() -> NodeAddr {
+        NodeAddr {
+            host: "10.0.0.9".into(),
+            port: 3001,
+        }
+    }
+
+    /// A store that takes requests and never answers them (a link that stopped moving): the
+    /// node side gives the connection up and opens a new one, which it reports as connected
+    /// again (so the node writes its routes again on a link that moves).
+    #[cfg(not(madsim))]
+    #[tokio::test]
+    async fn a_link_that_leaves_a_request_unanswered_is_opened_again() {
+        let (addr, accepted) = silent_store().await;
+        let (store, mut events) = RemoteStore::start(addr, this_node(), Duration::from_millis(200));
+        let within = Duration::from_secs(10);
+        let first = tokio::time::timeout(within, events.recv()).await.unwrap();
+        assert_eq!(first, Some(StoreLinkEvent::Connected));
+        assert!(store.request(
+            1,
+            StoreOp::GetRoute {
+                user_id: "u".into(),
+                client_type: Some(ClientType::Mobile),
+            }
+        ));
+        let again = tokio::time::timeout(within, events.recv()).await.unwrap();
+        assert_eq!(again, Some(StoreLinkEvent::Connected));
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    /// Without requests outstanding, a quiet link is left alone.
+    #[cfg(not(madsim))]
+    #[tokio::test]
+    async fn a_quiet_link_with_nothing_outstanding_stays_open() {
+        let (addr, accepted) = silent_store().await;
+        let (_store, mut events) =
+            RemoteStore::start(addr, this_node(), Duration::from_millis(100));
+        let first = tokio::time::timeout(Duration::from_secs(10), events.recv()).await;
+        assert_eq!(first.unwrap(), Some(StoreLinkEvent::Connected));
+        // Many dead-link checks pass with nothing outstanding.
+        let more = tokio::time::timeout(Duration::from_millis(800), events.recv()).await;
+        assert!(more.is_err(), "the link reconnected: {more:?}");
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
 
     #[test]
     fn frames_round_trip_and_oversized_ones_are_refused() {

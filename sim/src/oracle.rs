@@ -206,6 +206,9 @@ pub struct Oracle {
     pub seed: u64,
     pub params: Arc<Params>,
     t0: Instant,
+    /// The simulated wall clock at `t0`, in ms since the Unix epoch (route versions are read
+    /// on it: a node stamps a bind with its clock in µs).
+    t0_wall_ms: u64,
     trace_on: bool,
     pub lines: Vec<String>,
     pub first_violation_line: Option<usize>,
@@ -238,6 +241,9 @@ impl Oracle {
         Self {
             seed: params.seed,
             t0: Instant::now(),
+            t0_wall_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
             trace_on,
             lines: Vec::new(),
             first_violation_line: None,
@@ -262,6 +268,12 @@ impl Oracle {
     /// Virtual milliseconds since the world started.
     pub fn now(&self) -> u64 {
         u64::try_from(self.t0.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// The run time (ms since the start) of the bind a route version stamps: nodes stamp
+    /// binds with their wall clock in µs (bumped by 1 µs to stay unique).
+    pub fn bind_time_of_version(&self, version: u64) -> u64 {
+        (version / 1000).saturating_sub(self.t0_wall_ms)
     }
 
     /// One line of the event trace.

@@ -944,9 +944,14 @@ async fn liveness_checks(sh: Shared, ctl: Arc<Control>, params: Arc<Params>) {
                 .routes_written
                 .get(&(user.clone(), *ct, route.conn_id.clone(), route.version))
                 .copied();
+            // The bind the route names happened before its node crashed, whenever its write
+            // landed: a write still on its way when the node died lands after the crash.
+            let bound_at = o.bind_time_of_version(route.version);
             let crashed_after = node.is_some_and(|k| {
                 let last = written.unwrap_or_else(|| o.last_bind_on(user, *ct, k).unwrap_or(0));
-                o.node_kills.iter().any(|(n, t)| *n == k && *t >= last)
+                o.node_kills
+                    .iter()
+                    .any(|(n, t)| *n == k && *t >= last.min(bound_at))
             });
             // A store that failed over to a replica without the last writes can hold a route
             // whose offline mark (or newer route) it lost: nothing marks it again until a push

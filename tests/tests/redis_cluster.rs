@@ -478,6 +478,28 @@ async fn redis_round_trips_per_push() {
         );
         assert!(forwarded <= 2 * N, "{forwarded} reads for {N} pushes");
 
+        // The same for one client type: the node's own lookup names the route, and the push
+        // goes there without a second read.
+        let before = route_reads(&redis);
+        for i in 0..N {
+            let content = format!("forwarded typed {i}");
+            let body = a
+                .http_post(
+                    "/v1/push",
+                    &json!({"userId": "user-rt", "clientType": 1, "content": content, "ack": "auto"}),
+                )
+                .await
+                .json();
+            assert_eq!(body["status"], json!("ack-success"), "{body}");
+            expect_content(&phone, &content).await;
+        }
+        let typed = route_reads(&redis) - before;
+        eprintln!(
+            "route reads per POST /v1/push for one client type on a node without the user: {}",
+            typed as f64 / N as f64
+        );
+        assert_eq!(typed, N, "one read per push: the node's own lookup");
+
         // A phone that never acknowledges: POST /v1/push on A ends in one timeout status within
         // the push's timeout, router change and forwarding included.
         let _silent = b.silent_device("silent", "user-silent").await;

@@ -36,7 +36,7 @@ use crate::push::{Origin, PushRequest};
 use crate::route::{ClientType, RouteTable};
 use crate::session::Session;
 use crate::status::{PushStatus, Reason, TimeLine};
-use crate::store::{KickNotice, StoreError, StoreOp, StoreReply, StoreRequest};
+use crate::store::{KickNotice, RouteRecord, StoreError, StoreOp, StoreReply, StoreRequest};
 use crate::timer::{Timer, TimerQueue};
 use bytes::{BufMut, Bytes};
 use rand_chacha::rand_core::SeedableRng;
@@ -214,6 +214,9 @@ pub enum Event {
         reason: Option<Reason>,
         timeline: TimeLine,
         delivered: bool,
+        /// For a router-change: the route the store named, where the user is bound now (whoever
+        /// follows the change can push there without reading the store again).
+        moved_to: Option<Box<RouteRecord>>,
     },
     /// A broadcast finished.
     BroadcastFinished {
@@ -943,6 +946,7 @@ impl Node {
             PushStatus::Failure,
             Some(reason),
             timeline,
+            None,
         );
     }
 

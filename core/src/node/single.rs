@@ -14,7 +14,7 @@ use crate::in_flight::{InFlight, Owner};
 use crate::push::{Origin, SinglePush};
 use crate::route::ClientType;
 use crate::status::{self, Busy, PushStatus, Reason, TimeLine};
-use crate::store::{StoreError, StoreOp, StoreReply};
+use crate::store::{RouteRecord, StoreError, StoreOp, StoreReply};
 use crate::timer::Timer;
 
 /// Where a single-user push is.
@@ -46,6 +46,8 @@ pub struct SingleTask {
     /// The client type of the connection or route the push went to (reported in the result,
     /// also when the request asked for any type).
     pub resolved_type: Option<ClientType>,
+    /// The route another node holds the user on, when the store named one (router-change).
+    pub moved_to: Option<Box<RouteRecord>>,
 }
 
 impl Node {
@@ -73,6 +75,7 @@ impl Node {
             state: SingleState::Ready,
             step_at_ms: None,
             resolved_type: None,
+            moved_to: None,
         };
         self.emit(Event::PushAccepted {
             id,
@@ -209,6 +212,9 @@ impl Node {
                     }
                     self.finish_single(id, PushStatus::Offline, None);
                 } else {
+                    if let Some(task) = self.singles.get_mut(&id) {
+                        task.moved_to = Some(Box::new(route));
+                    }
                     self.finish_single(id, PushStatus::RouterChange, None);
                 }
             }
@@ -326,6 +332,7 @@ impl Node {
             status,
             reason,
             task.timeline,
+            task.moved_to,
         );
     }
 
@@ -340,7 +347,9 @@ impl Node {
         status: PushStatus,
         reason: Option<Reason>,
         timeline: TimeLine,
+        moved_to: Option<Box<RouteRecord>>,
     ) {
+        debug_assert!(moved_to.is_none() || status == PushStatus::RouterChange);
         self.stats.pushes_by_status[super::status_index(status)] += 1;
         let delivered = match origin {
             Origin::Gateway { gw, session_id } if self.gateways.contains(&gw) => {
@@ -363,6 +372,7 @@ impl Node {
             reason,
             timeline,
             delivered,
+            moved_to,
         });
     }
 }

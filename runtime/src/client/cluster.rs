@@ -233,6 +233,37 @@ impl ClusterPushClient {
         }
     }
 
+    /// Pushes to one route already read (a gateway's router-change named it), following
+    /// router changes from there as [`Self::push`] does: no Redis read unless the route moved
+    /// again.
+    pub async fn push_to_route(
+        &self,
+        req: SinglePushRequest,
+        client_type: i32,
+        route: RouteRecord,
+    ) -> ClusterPushResult {
+        let timeout_ms = if req.timeout_ms == 0 {
+            DEFAULT_PUSH_TIMEOUT_MS
+        } else {
+            req.timeout_ms
+        };
+        let deadline = Instant::now() + Duration::from_millis(timeout_ms);
+        if !route.is_online() {
+            return ClusterPushResult::without_routes(
+                PushStatus::Offline,
+                "the user has no online route".into(),
+                &req.user_id,
+            );
+        }
+        let pushed = self.push_route(&req, client_type, route, deadline).await;
+        ClusterPushResult {
+            status: pushed.result.status,
+            reason: pushed.result.reason.clone(),
+            user_id: req.user_id.clone(),
+            routes: vec![pushed],
+        }
+    }
+
     /// Broadcasts through every registered node.
     pub async fn broadcast(&self, req: BroadcastRequest) -> ClusterBroadcastResult {
         let timeout_ms = if req.timeout_ms == 0 {
