@@ -34,6 +34,12 @@ pub enum Command {
     Nack = 24,
 }
 
+/// pushgate's gateway extension: the token a PushClient sends as its first frame on a gateway
+/// connection, before any push (body: the token's UTF-8 bytes, sessionId 0, no flags). MPush
+/// has no such command, so MPush's Java PushClient never sends it (the gateway admits it by its
+/// source address instead), and MPush's gateway answers it with ERROR 101 and goes on.
+pub const PUSHGATE_GATEWAY_AUTH: u8 = 0x70;
+
 /// A `cmd` byte that names no MPush command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("unknown command code {0}")]
@@ -134,5 +140,9 @@ mod tests {
         assert_eq!(Command::try_from(0), Err(UnknownCommand(0)));
         assert_eq!(Command::try_from(25), Err(UnknownCommand(25)));
         assert_eq!(Command::try_from(0xDF), Err(UnknownCommand(0xDF)));
+        assert!(
+            Command::try_from(PUSHGATE_GATEWAY_AUTH).is_err(),
+            "not an MPush code"
+        );
     }
 }

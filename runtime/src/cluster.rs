@@ -26,7 +26,13 @@ pub struct ClusterNode {
 
 impl ClusterNode {
     /// Membership of a node on `redis` (announced now and every `ttl / 3`), or of a lone node.
-    pub fn start(info: NodeInfo, redis: Option<RedisTarget>, node: NodeHandle) -> Arc<Self> {
+    /// Pushes it forwards to other nodes carry `gateway_token`.
+    pub fn start(
+        info: NodeInfo,
+        redis: Option<RedisTarget>,
+        node: NodeHandle,
+        gateway_token: Option<String>,
+    ) -> Arc<Self> {
         let Some(target) = redis else {
             return Arc::new(Self {
                 info,
@@ -35,7 +41,7 @@ impl ClusterNode {
             });
         };
         let reader = RedisReader::new(target);
-        let push = ClusterPushClient::with_reader(reader.clone());
+        let push = ClusterPushClient::with_reader(reader.clone()).with_gateway_token(gateway_token);
         let heartbeat = tokio::spawn(heartbeat(reader.clone(), info.clone(), node));
         Arc::new(Self {
             info,

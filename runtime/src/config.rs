@@ -22,6 +22,7 @@ pub struct Config {
     pub security: SecurityConfig,
     pub store: StoreConfig,
     pub log: LogConfig,
+    pub limits: LimitsConfig,
 }
 
 /// Printed above `store.redis_url` by `--print-config`.
@@ -221,15 +222,64 @@ impl Default for FlowConfig {
 }
 
 /// The RSA key pair of the handshake, as base64 DER (PKCS#8 private, X.509 public), like
-/// MPush's `mp.security.*`. Empty = MPush's published default pair.
+/// MPush's `mp.security.*` (empty = MPush's published default pair), and who may use the
+/// business ports.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(default, deny_unknown_fields)]
 pub struct SecurityConfig {
     pub private_key: String,
     pub public_key: String,
+    /// Refuse to start with anything unsafe for the open internet: MPush's published key, a
+    /// business port (admin API, gateway) without a token or allow-list, debug logging.
+    pub production: bool,
+    /// Bearer tokens of the HTTP admin API (`Authorization: Bearer TOKEN`); any one of them is
+    /// accepted, so a new one can be added before the old one is removed. Empty = no token.
+    /// Flag: `--admin-token` (repeatable).
+    pub admin_tokens: Vec<String>,
+    /// Tokens pushgate's PushClient sends first on a gateway connection (`pushgate push
+    /// --token`). Flag: `--gateway-token` (repeatable).
+    pub gateway_tokens: Vec<String>,
+    /// Source networks admitted to the gateway without a token (MPush's Java PushClient sends
+    /// none), e.g. `["10.0.0.0/8", "192.0.2.7"]`. Flag: `--gateway-allow` (repeatable).
+    pub gateway_allow: Vec<String>,
 }
 
 impl SecurityConfig {
+    /// The admin API's tokens.
+    pub fn admin_token_set(&self) -> crate::access::TokenSet {
+        crate::access::TokenSet::new(&self.admin_tokens)
+    }
+
+    /// The gateway's access rules.
+    pub fn gateway_access(&self) -> anyhow::Result<crate::access::GatewayAccess> {
+        Ok(crate::access::GatewayAccess {
+            tokens: crate::access::TokenSet::new(&self.gateway_tokens),
+            allow: crate::access::AllowList::parse(&self.gateway_allow, "security.gateway_allow")?,
+        })
+    }
+
+    /// Rejects tokens too short to be secret.
+    fn validate_tokens(&self) -> anyhow::Result<()> {
+        use crate::access::{MAX_TOKEN_BYTES, MIN_TOKEN_BYTES};
+        for (key, tokens) in [
+            ("security.admin_tokens", &self.admin_tokens),
+            ("security.gateway_tokens", &self.gateway_tokens),
+        ] {
+            for token in tokens.iter().map(|t| t.trim()).filter(|t| !t.is_empty()) {
+                anyhow::ensure!(
+                    (MIN_TOKEN_BYTES..=MAX_TOKEN_BYTES).contains(&token.len()),
+                    "{key}: a token must be {MIN_TOKEN_BYTES} to {MAX_TOKEN_BYTES} bytes long (got one of {} bytes); `openssl rand -hex 24` makes a good one",
+                    token.len()
+                );
+                anyhow::ensure!(
+                    token.bytes().all(|b| b.is_ascii_graphic()),
+                    "{key}: a token must be printable ASCII without spaces"
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// True when the published default key is in use.
     pub fn uses_default_key(&self) -> bool {
         self.private_key.trim().is_empty()
@@ -255,6 +305,56 @@ impl SecurityConfig {
             return Ok(MPUSH_DEFAULT_PUBLIC_KEY_B64.to_owned());
         }
         Ok(self.server_key()?.public_key().to_x509_base64())
+    }
+}
+
+/// Limits on what one peer, one PushClient or the whole node may hold; each one hit counts in
+/// `pushgate_limit_hits_total{limit=...}` and logs a line (at most one per limit every 10 s).
+/// `GET /v1/limits` lists them with their counters. Other limits live beside the rule they
+/// bound: `net.max_connections` (phones in total), `net.write_hard_limit_bytes` (queued
+/// bytes per phone), `core.handshake_deadline_ms`, `core.max_packet_bytes` (frame size).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Phone connections open at once from one source address; 0 = no limit.
+    pub max_connections_per_address: usize,
+    /// New phone connections per second from one source address; 0 = no limit.
+    pub new_connections_per_second_per_address: u32,
+    /// Source networks the two per-address limits skip (loopback by default: load tests and
+    /// local proxies). `[]` applies them to every address.
+    pub per_address_exempt: Vec<String>,
+    /// PushClient connections at once.
+    pub max_gateway_connections: usize,
+    /// Bytes of answers queued for one PushClient that does not read them; beyond it the
+    /// connection is closed.
+    pub max_gateway_queued_bytes: usize,
+    /// Time a gateway connection that needs a token has to send it.
+    pub gateway_auth_deadline_ms: u64,
+    /// Single pushes pending on this node at once (each holds at most one pending ACK);
+    /// beyond it a push is answered failure "server busy".
+    pub max_pending_pushes: usize,
+    /// Broadcasts running at once.
+    pub max_broadcasts: usize,
+    /// Longest user id a bind may carry.
+    pub max_user_id_bytes: usize,
+    /// Longest tags string a bind may carry.
+    pub max_tags_bytes: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_connections_per_address: 5_000,
+            new_connections_per_second_per_address: 500,
+            per_address_exempt: vec!["127.0.0.0/8".into(), "::1/128".into()],
+            max_gateway_connections: defaults::MAX_GATEWAY_CONNECTIONS,
+            max_gateway_queued_bytes: 8 * 1024 * 1024,
+            gateway_auth_deadline_ms: 5_000,
+            max_pending_pushes: defaults::MAX_PENDING_PUSHES,
+            max_broadcasts: defaults::MAX_BROADCASTS,
+            max_user_id_bytes: defaults::MAX_USER_ID_BYTES,
+            max_tags_bytes: defaults::MAX_TAGS_BYTES,
+        }
     }
 }
 
@@ -336,12 +436,127 @@ impl Config {
             i32::MAX
         );
         self.security.server_key()?;
+        self.security.validate_tokens()?;
+        self.security.gateway_access()?;
+        crate::access::AllowList::parse(
+            &self.limits.per_address_exempt,
+            "limits.per_address_exempt",
+        )?;
+        let l = &self.limits;
+        anyhow::ensure!(
+            l.max_gateway_connections > 0 && l.max_pending_pushes > 0 && l.max_broadcasts > 0,
+            "limits.max_gateway_connections, limits.max_pending_pushes and limits.max_broadcasts must be > 0"
+        );
+        anyhow::ensure!(
+            l.max_gateway_queued_bytes >= 64 * 1024,
+            "limits.max_gateway_queued_bytes must be at least 64 KiB"
+        );
+        anyhow::ensure!(
+            l.gateway_auth_deadline_ms > 0,
+            "limits.gateway_auth_deadline_ms must be > 0"
+        );
+        anyhow::ensure!(
+            l.max_user_id_bytes > 0 && l.max_tags_bytes > 0,
+            "limits.max_user_id_bytes and limits.max_tags_bytes must be > 0"
+        );
         self.store.spec()?;
         anyhow::ensure!(
             self.store.node_ttl_ms >= 300,
             "store.node_ttl_ms must be at least 300 (the heartbeat renews it every third)"
         );
         Ok(())
+    }
+
+    /// The configured value of `limit`, as `GET /v1/limits` shows it.
+    pub fn limit_value(&self, limit: crate::limits::Limit) -> serde_json::Value {
+        use crate::limits::Limit;
+        use serde_json::json;
+        let l = &self.limits;
+        let tokens = |list: &[String]| list.iter().filter(|t| !t.trim().is_empty()).count();
+        match limit {
+            Limit::Connections => json!(self.net.max_connections),
+            Limit::ConnectionsPerAddress => json!(l.max_connections_per_address),
+            Limit::NewConnectionsPerAddress => json!(l.new_connections_per_second_per_address),
+            Limit::HandshakeDeadline => json!(self.core.handshake_deadline_ms),
+            Limit::FrameSize => json!(self.core.max_packet_bytes),
+            Limit::PhoneQueuedBytes => json!(self.net.write_hard_limit_bytes),
+            Limit::GatewayQueuedBytes => json!(l.max_gateway_queued_bytes),
+            Limit::GatewayConnections => json!(l.max_gateway_connections),
+            Limit::PendingPushes => json!(l.max_pending_pushes),
+            Limit::Broadcasts => json!(l.max_broadcasts),
+            Limit::GatewayAuth => json!({
+                "tokens": tokens(&self.security.gateway_tokens),
+                "allow": self.security.gateway_allow,
+                "deadlineMs": l.gateway_auth_deadline_ms,
+            }),
+            Limit::AdminAuth => json!({ "tokens": tokens(&self.security.admin_tokens) }),
+        }
+    }
+
+    /// Refuses what must not reach the open internet: a business port (admin API, gateway)
+    /// bound beyond loopback without a token or allow-list, always; with
+    /// `security.production`, also MPush's published key, a business port without a token
+    /// even on loopback, and debug logging (`log.filter`, or `rust_log`: the `RUST_LOG`
+    /// variable, which overrides it). Every problem found is listed with its fix.
+    pub fn check_safety(&self, rust_log: Option<&str>) -> anyhow::Result<()> {
+        let problems = self.safety_problems(rust_log);
+        if problems.is_empty() {
+            return Ok(());
+        }
+        let mut text = String::from("refusing to start:");
+        for problem in &problems {
+            text.push_str("\n  - ");
+            text.push_str(problem);
+        }
+        anyhow::bail!(text)
+    }
+
+    /// The problems [`Config::check_safety`] reports, one sentence each.
+    pub fn safety_problems(&self, rust_log: Option<&str>) -> Vec<String> {
+        let mut problems = Vec::new();
+        let net = &self.net;
+        let sec = &self.security;
+        let admin_open = sec.admin_tokens.iter().all(|t| t.trim().is_empty());
+        let gateway_open = sec.gateway_tokens.iter().all(|t| t.trim().is_empty())
+            && sec.gateway_allow.iter().all(|t| t.trim().is_empty());
+        let production = sec.production;
+        if admin_open && (production || !crate::access::is_loopback_bind(&net.admin_bind)) {
+            problems.push(format!(
+                "the HTTP admin API (net.admin_bind = {:?}{}) has no token: set security.admin_tokens = [\"...\"] (or --admin-token TOKEN; `openssl rand -hex 24` makes one){}",
+                net.admin_bind,
+                if production { ", security.production" } else { ", beyond loopback" },
+                if production { "" } else { ", or bind it to 127.0.0.1 (--admin-bind)" },
+            ));
+        }
+        if gateway_open && (production || !crate::access::is_loopback_bind(&net.gateway_bind)) {
+            problems.push(format!(
+                "the gateway (net.gateway_bind = {:?}{}) admits anyone: set security.gateway_tokens = [\"...\"] (--gateway-token; pushgate's PushClient sends it) and/or security.gateway_allow = [\"10.0.0.0/8\"] (--gateway-allow; the source networks of MPush's Java PushClient){}",
+                net.gateway_bind,
+                if production { ", security.production" } else { ", beyond loopback" },
+                if production { "" } else { ", or bind it to 127.0.0.1 (--gateway-bind)" },
+            ));
+        }
+        if production {
+            if sec.uses_default_key() {
+                problems.push(
+                    "security.production refuses MPush's published RSA key (anyone can decrypt its handshakes): run `pushgate keygen`, put its [security] keys in the config and give the apps the new public key".to_owned(),
+                );
+            }
+            for (source, filter) in [
+                ("log.filter", Some(self.log.filter.as_str())),
+                ("RUST_LOG", rust_log),
+            ] {
+                let Some(filter) = filter else { continue };
+                let lower = filter.to_ascii_lowercase();
+                if lower.contains("debug") || lower.contains("trace") {
+                    problems.push(format!(
+                        "security.production refuses debug logging ({source} = {filter:?} logs user ids and connection detail): set log.filter = \"info\" (--log info){}",
+                        if source == "RUST_LOG" { " and unset RUST_LOG" } else { "" }
+                    ));
+                }
+            }
+        }
+        problems
     }
 
     /// The effective configuration as TOML (for `--print-config`).
@@ -384,6 +599,12 @@ impl Config {
         cfg.broadcast_flow_max_total = f.broadcast_max_total;
         cfg.task_flow_default_limit = f.task_default_limit_per_second;
         cfg.max_connections = self.net.max_connections;
+        let l = &self.limits;
+        cfg.max_gateway_connections = l.max_gateway_connections;
+        cfg.max_pending_pushes = l.max_pending_pushes;
+        cfg.max_broadcasts = l.max_broadcasts;
+        cfg.max_user_id_bytes = l.max_user_id_bytes;
+        cfg.max_tags_bytes = l.max_tags_bytes;
         Ok(cfg)
     }
 }
@@ -435,6 +656,13 @@ mod tests {
                     c.store_timeout_ms,
                 ),
                 (c.tag_match, c.max_connections),
+                (
+                    c.max_gateway_connections,
+                    c.max_pending_pushes,
+                    c.max_broadcasts,
+                    c.max_user_id_bytes,
+                    c.max_tags_bytes,
+                ),
             )
         };
         assert_eq!(numbers(&from_file), numbers(&core));

@@ -15,7 +15,7 @@
 //!
 //! A PushClient's task reads frames and hands them to the node task, and writes what the node
 //! sends it in batches.
-use crate::driver::{GatewayCmd, NodeHandle, NodeMsg};
+use crate::driver::{GatewayCmd, GatewayOutbox, NodeHandle, NodeMsg};
 use crate::phone_queue::{PhoneQueue, ToPhone};
 use bytes::BytesMut;
 use pushgate_core::conn::{ConnConfig, PhoneConn};
@@ -27,7 +27,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, Sleep};
@@ -269,11 +269,6 @@ fn poll_write_some(stream: &mut TcpStream, pending: &[u8], cx: &mut Context<'_>)
     }
 }
 
-/// Waits until the socket has bytes (or is closed) and reads them into `inbound`.
-async fn read_some(stream: &mut TcpStream, inbound: &mut BytesMut) -> std::io::Result<usize> {
-    std::future::poll_fn(|cx| poll_read_some(stream, inbound, cx)).await
-}
-
 /// Reads what the socket has into `inbound`, which is given room only once the socket is
 /// readable; pending (with the waker registered) while there is nothing to read.
 #[cfg(not(madsim))]
@@ -305,7 +300,6 @@ fn poll_read_some(
     inbound: &mut BytesMut,
     cx: &mut Context<'_>,
 ) -> Poll<std::io::Result<usize>> {
-    use tokio::io::AsyncRead;
     let start = inbound.len();
     inbound.resize(start + READ_CHUNK_BYTES, 0);
     let mut buf = tokio::io::ReadBuf::new(&mut inbound[start..]);
@@ -336,22 +330,61 @@ fn release_if_empty(inbound: &mut BytesMut) {
     }
 }
 
-/// Runs a PushClient connection until either side closes it.
-pub async fn run_gateway(
+/// What a PushClient connection task runs with.
+#[derive(Debug, Clone)]
+pub struct GatewaySettings {
+    pub max_body_bytes: usize,
+    /// Checks AUTH frames sent on a connection admitted without one.
+    pub access: Arc<crate::access::GatewayAccess>,
+    pub counters: Arc<crate::limits::LimitCounters>,
+}
+
+/// Runs a PushClient connection until either side closes it. `inbound` holds bytes already
+/// read (after the connection's token).
+pub async fn run_gateway<S: AsyncRead + AsyncWrite + Unpin>(
     gw: GatewayId,
-    mut stream: TcpStream,
+    mut stream: S,
     node: NodeHandle,
     mut rx: mpsc::UnboundedReceiver<GatewayCmd>,
-    max_body_bytes: usize,
+    outbox: Arc<GatewayOutbox>,
+    settings: GatewaySettings,
+    mut inbound: BytesMut,
 ) {
-    let decoder = FrameDecoder::new(max_body_bytes);
-    let mut inbound = BytesMut::new();
+    let decoder = FrameDecoder::new(settings.max_body_bytes);
     let mut reading = true;
+    if !inbound.is_empty() {
+        match forward_frames(
+            gw,
+            Ok(inbound.len()),
+            &decoder,
+            &mut inbound,
+            &node,
+            &settings,
+        )
+        .await
+        {
+            ReadOutcome::Open => {}
+            ReadOutcome::StopReading => reading = false,
+            ReadOutcome::Refused(packet, refused) => {
+                return refuse_gateway(gw, stream, &node, &packet, &refused, &settings).await;
+            }
+            ReadOutcome::Closed => return,
+            ReadOutcome::NodeGone => return,
+        }
+    }
     loop {
         tokio::select! {
             biased;
+            () = outbox.overflowed() => {
+                tracing::debug!(%gw, queued_bytes = outbox.queued_bytes(), "PushClient reads nothing: closed");
+                let _ = node.send(NodeMsg::Input(Input::GatewayClosed { gw })).await;
+                break;
+            }
             cmd = rx.recv() => {
-                let Some(cmd) = cmd else { break };
+                let Some(cmd) = cmd else {
+                    let _ = node.send(NodeMsg::Input(Input::GatewayClosed { gw })).await;
+                    break;
+                };
                 let mut out = BytesMut::new();
                 let mut close = false;
                 let mut next = Some(cmd);
@@ -369,7 +402,15 @@ pub async fn run_gateway(
                         next = rx.try_recv().ok();
                     }
                 }
-                let ok = out.is_empty() || (stream.write_all(&out).await.is_ok() && stream.flush().await.is_ok());
+                let ok = out.is_empty() || tokio::select! {
+                    biased;
+                    () = outbox.overflowed() => false,
+                    wrote = async {
+                        stream.write_all(&out).await?;
+                        stream.flush().await
+                    } => wrote.is_ok(),
+                };
+                outbox.written(out.len());
                 if !ok || close {
                     if close {
                         let _ = stream.shutdown().await;
@@ -378,16 +419,48 @@ pub async fn run_gateway(
                     break;
                 }
             }
-            read = read_some(&mut stream, &mut inbound), if reading => {
-                match forward_frames(gw, read, &decoder, &mut inbound, &node).await {
+            read = read_buf_some(&mut stream, &mut inbound), if reading => {
+                match forward_frames(gw, read, &decoder, &mut inbound, &node, &settings).await {
                     ReadOutcome::Open => {}
                     ReadOutcome::StopReading => reading = false,
+                    ReadOutcome::Refused(packet, refused) => {
+                        return refuse_gateway(gw, stream, &node, &packet, &refused, &settings).await;
+                    }
                     ReadOutcome::Closed => break,
                     ReadOutcome::NodeGone => return,
                 }
             }
         }
     }
+}
+
+/// Closes a connection that sent a wrong token after it was admitted.
+async fn refuse_gateway<S: AsyncRead + AsyncWrite + Unpin>(
+    gw: GatewayId,
+    mut stream: S,
+    node: &NodeHandle,
+    packet: &pushgate_core::frame::Packet,
+    refused: &crate::gateway_auth::Refused,
+    settings: &GatewaySettings,
+) {
+    settings.counters.hit(
+        crate::limits::Limit::GatewayAuth,
+        &format_args!("{gw}: {refused}"),
+    );
+    crate::gateway_auth::refuse(&mut stream, packet, refused).await;
+    let _ = node.send(NodeMsg::Input(Input::GatewayClosed { gw })).await;
+}
+
+/// Reads what the stream has into `inbound` (a gateway connection: few of them, so its read
+/// buffer is reserved as bytes come rather than only when readable).
+async fn read_buf_some<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    inbound: &mut BytesMut,
+) -> std::io::Result<usize> {
+    if inbound.capacity() - inbound.len() < 64 {
+        inbound.reserve(READ_CHUNK_BYTES);
+    }
+    stream.read_buf(inbound).await
 }
 
 /// What a read left the connection in.
@@ -397,17 +470,21 @@ enum ReadOutcome {
     StopReading,
     /// The peer closed (or the socket broke): the node was told.
     Closed,
+    /// An AUTH frame with a wrong token.
+    Refused(pushgate_core::frame::Packet, crate::gateway_auth::Refused),
     NodeGone,
 }
 
 /// After a read: hands every whole frame buffered in `inbound` to the node, and releases the
 /// buffer when no partial frame is left in it, so an idle connection holds no read buffer.
+/// An AUTH frame is checked, never handed on.
 async fn forward_frames(
     gw: GatewayId,
     read: std::io::Result<usize>,
     decoder: &FrameDecoder,
     inbound: &mut BytesMut,
     node: &NodeHandle,
+    settings: &GatewaySettings,
 ) -> ReadOutcome {
     if !matches!(read, Ok(n) if n > 0) {
         let _ = node.send(NodeMsg::Input(Input::GatewayClosed { gw })).await;
@@ -418,6 +495,13 @@ async fn forward_frames(
         match decoder.decode(inbound) {
             // PushClients send no heartbeats; a stray one is ignored.
             Ok(Some(Frame::Heartbeat)) => {}
+            Ok(Some(Frame::Packet(packet)))
+                if packet.cmd == crate::access::PUSHGATE_GATEWAY_AUTH =>
+            {
+                if !crate::gateway_auth::token_ok(&settings.access, &packet.body) {
+                    return ReadOutcome::Refused(packet, crate::gateway_auth::Refused::WrongToken);
+                }
+            }
             Ok(Some(frame)) => {
                 let input = Input::GatewayFrame { gw, frame };
                 if node.send(NodeMsg::Input(input)).await.is_err() {

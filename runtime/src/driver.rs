@@ -31,9 +31,10 @@ use pushgate_core::{
 };
 use rustc_hash::FxHashMap;
 use serde::Serialize;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::time::Instant;
 
 /// Sees every core [`Event`] a node emits, with the node's address and the time the core was
@@ -52,6 +53,62 @@ const MAX_MESSAGES_PER_WAKE: usize = 1024;
 pub enum GatewayCmd {
     Packet(Packet),
     Close,
+}
+
+/// The bytes queued for one PushClient, shared by the node task (which adds what it queues)
+/// and the connection's task (which takes off what it wrote). A PushClient that does not read
+/// its statuses cannot make them grow past `limits.max_gateway_queued_bytes`: the node task
+/// stops queueing and tells the connection's task, which drops the connection even while a
+/// write is stuck.
+#[derive(Debug, Default)]
+pub struct GatewayOutbox {
+    queued_bytes: AtomicUsize,
+    overflowed: AtomicBool,
+    overflow: Notify,
+}
+
+impl GatewayOutbox {
+    /// `bytes` were written to the socket.
+    pub fn written(&self, bytes: usize) {
+        self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+    }
+
+    /// Bytes queued and not yet written.
+    pub fn queued_bytes(&self) -> usize {
+        self.queued_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Resolves once the queue passed its limit.
+    pub async fn overflowed(&self) {
+        let notified = self.overflow.notified();
+        if self.overflowed.load(Ordering::Acquire) {
+            return;
+        }
+        notified.await;
+    }
+
+    /// Queues `bytes` more unless that passes `max_bytes`; false (and the connection's task
+    /// told, once) when it would.
+    fn reserve(&self, bytes: usize, max_bytes: usize) -> bool {
+        if self.overflowed.load(Ordering::Acquire) {
+            return false;
+        }
+        if self.queued_bytes.load(Ordering::Relaxed) + bytes > max_bytes {
+            self.overflowed.store(true, Ordering::Release);
+            self.overflow.notify_waiters();
+            self.overflow.notify_one();
+            return false;
+        }
+        self.queued_bytes.fetch_add(bytes, Ordering::Relaxed);
+        true
+    }
+}
+
+/// The node task's side of a gateway connection.
+#[derive(Debug)]
+struct GatewayLink {
+    tx: mpsc::UnboundedSender<GatewayCmd>,
+    outbox: Arc<GatewayOutbox>,
 }
 
 /// The outcome of a push made through [`NodeHandle::push`].
@@ -117,6 +174,7 @@ pub enum NodeMsg {
     GatewayOpened {
         gw: GatewayId,
         tx: mpsc::UnboundedSender<GatewayCmd>,
+        outbox: Arc<GatewayOutbox>,
     },
     /// Something a connection task saw.
     Input(Input),
@@ -201,11 +259,29 @@ impl NodeHandle {
     }
 }
 
-/// What the node task watches itself with.
-#[derive(Debug, Clone, Copy)]
+/// What the node task watches itself with, and the limits it enforces and counts.
+#[derive(Debug, Clone)]
 pub struct QueueLimits {
     /// Handling one message slower than this is logged.
     pub slow_ms: u64,
+    /// Most bytes queued for one PushClient.
+    pub max_gateway_queued_bytes: usize,
+    /// PushClient connections at once (the core refuses beyond; counted here).
+    pub max_gateway_connections: usize,
+    /// Where limit hits are counted.
+    pub counters: Arc<crate::limits::LimitCounters>,
+}
+
+impl QueueLimits {
+    /// The defaults, counting into a fresh set of counters.
+    pub fn new(slow_ms: u64) -> Self {
+        Self {
+            slow_ms,
+            max_gateway_queued_bytes: 8 * 1024 * 1024,
+            max_gateway_connections: pushgate_core::config::defaults::MAX_GATEWAY_CONNECTIONS,
+            counters: Arc::default(),
+        }
+    }
 }
 
 /// Where the route store lives.
@@ -238,7 +314,7 @@ pub struct Driver {
     now: Millis,
     /// Each phone's outbound queue.
     phones: FxHashMap<ConnId, Arc<PhoneQueue>>,
-    gateways: FxHashMap<GatewayId, mpsc::UnboundedSender<GatewayCmd>>,
+    gateways: FxHashMap<GatewayId, GatewayLink>,
     local_waiters: FxHashMap<u64, oneshot::Sender<PushOutcome>>,
     next_token: u64,
     limits: QueueLimits,
@@ -452,8 +528,13 @@ impl Driver {
                     queue.admit();
                 }
             }
-            NodeMsg::GatewayOpened { gw, tx } => {
-                self.gateways.insert(gw, tx);
+            NodeMsg::GatewayOpened { gw, tx, outbox } => {
+                if self.gateways.len() >= self.limits.max_gateway_connections {
+                    self.limits
+                        .counters
+                        .hit(crate::limits::Limit::GatewayConnections, &gw);
+                }
+                self.gateways.insert(gw, GatewayLink { tx, outbox });
                 self.node.handle(now, Input::GatewayConnected { gw });
             }
             NodeMsg::Input(input) => {
@@ -533,8 +614,8 @@ impl Driver {
             NodeMsg::Shutdown { done } => {
                 self.node.handle(now, Input::Shutdown);
                 self.drain();
-                for (_, tx) in self.gateways.drain() {
-                    let _ = tx.send(GatewayCmd::Close);
+                for (_, link) in self.gateways.drain() {
+                    let _ = link.tx.send(GatewayCmd::Close);
                 }
                 let _ = done.send(());
                 return true;
@@ -566,13 +647,21 @@ impl Driver {
                     }
                 }
                 Output::GatewayTransmit { gw, packet } => {
-                    if let Some(tx) = self.gateways.get(&gw) {
-                        let _ = tx.send(GatewayCmd::Packet(packet));
+                    if let Some(link) = self.gateways.get(&gw) {
+                        let max = self.limits.max_gateway_queued_bytes;
+                        if link.outbox.reserve(packet.encoded_len(), max) {
+                            let _ = link.tx.send(GatewayCmd::Packet(packet));
+                        } else if self.gateways.remove(&gw).is_some() {
+                            // Its task drops the connection and reports it closed.
+                            self.limits
+                                .counters
+                                .hit(crate::limits::Limit::GatewayQueuedBytes, &gw);
+                        }
                     }
                 }
                 Output::GatewayClose { gw } => {
-                    if let Some(tx) = self.gateways.remove(&gw) {
-                        let _ = tx.send(GatewayCmd::Close);
+                    if let Some(link) = self.gateways.remove(&gw) {
+                        let _ = link.tx.send(GatewayCmd::Close);
                     }
                 }
                 Output::Store(request) => {
@@ -640,6 +729,7 @@ impl Driver {
 
     fn on_event(&mut self, event: Event) {
         metrics::record(&event);
+        self.limits.counters.record_event(&event);
         match event {
             Event::PushFinished {
                 id,

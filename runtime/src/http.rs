@@ -10,7 +10,12 @@
 //! - `GET /v1/users/{id}` — the user's routes (local and in the store);
 //!   `DELETE /v1/users/{id}` — kick the user's local connections (`?clientType=N` for one type).
 //! - `GET /v1/stats` — connections, bound routes, pushes by status.
+//! - `GET /v1/limits` — every limit with its configuration key, value and hits so far.
 //! - `GET /healthz`, `GET /metrics` (Prometheus text), `GET /v1/public-key`.
+//!
+//! With `security.admin_tokens` set, every route but `/healthz` needs
+//! `Authorization: Bearer TOKEN` (any configured token, compared in constant time); without it
+//! the answer is 401 with a JSON body saying what is missing.
 use crate::client::cluster::ClusterPushResult;
 use crate::client::SinglePushRequest;
 use crate::cluster::ClusterNode;
@@ -44,6 +49,12 @@ struct AppState {
 /// What the admin API answers with and how it bounds pushes.
 #[derive(Debug, Clone)]
 pub struct ApiConfig {
+    /// Accepted bearer tokens (empty: no token needed).
+    pub tokens: crate::access::TokenSet,
+    /// Where limit hits are counted.
+    pub counters: Arc<crate::limits::LimitCounters>,
+    /// Each limit's configured value (`GET /v1/limits`).
+    pub limits: Vec<(crate::limits::Limit, serde_json::Value)>,
     /// `GET /v1/public-key`.
     pub public_key: String,
     /// A push without `timeoutMs` waits this long (core.default_push_timeout_ms)...
@@ -71,15 +82,87 @@ pub async fn serve(
 }
 
 fn router(state: AppState) -> Router {
-    Router::new()
+    let guarded = Router::new()
         .route("/v1/push", post(push))
         .route("/v1/users/{id}", get(user).delete(kick))
         .route("/v1/stats", get(stats))
+        .route("/v1/limits", get(limits))
         .route("/v1/nodes", get(nodes))
         .route("/v1/public-key", get(public_key))
-        .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(metrics))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            require_token,
+        ));
+    Router::new()
+        .merge(guarded)
+        .route("/healthz", get(|| async { "ok" }))
         .with_state(state)
+}
+
+/// Lets a request through when no token is configured or it carries one of them.
+async fn require_token(
+    State(state): State<AppState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let tokens = &state.api.tokens;
+    if tokens.is_empty() {
+        return next.run(request).await;
+    }
+    let header = request
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .map(|v| v.as_bytes());
+    let message = match header.map(crate::access::bearer_token) {
+        None => {
+            "missing bearer token: send Authorization: Bearer TOKEN (one of security.admin_tokens)"
+        }
+        Some(None) => "malformed Authorization header: expected Bearer TOKEN",
+        Some(Some(token)) if tokens.accepts(token) => return next.run(request).await,
+        Some(Some(_)) => "bearer token not accepted",
+    };
+    state.api.counters.hit(
+        crate::limits::Limit::AdminAuth,
+        &format_args!("{} {}: {message}", request.method(), request.uri().path()),
+    );
+    (
+        StatusCode::UNAUTHORIZED,
+        [(axum::http::header::WWW_AUTHENTICATE, "Bearer")],
+        Json(json!({ "error": message })),
+    )
+        .into_response()
+}
+
+async fn limits(State(state): State<AppState>) -> Response {
+    let Ok(stats) = state.node.stats().await else {
+        return unavailable();
+    };
+    let counters = &state.api.counters;
+    let limits: Vec<serde_json::Value> = state
+        .api
+        .limits
+        .iter()
+        .map(|(limit, value)| {
+            json!({
+                "name": limit.name(),
+                "key": limit.key(),
+                "value": value,
+                "hits": counters.hits(*limit),
+            })
+        })
+        .collect();
+    Json(json!({
+        "limits": limits,
+        "current": {
+            "connections": stats.connections,
+            "gatewayConnections": stats.gateway_connections,
+            "pendingPushes": stats.pending_pushes,
+            "inFlight": stats.in_flight,
+            "broadcasts": stats.broadcasts,
+        },
+    }))
+    .into_response()
 }
 
 /// The body of `POST /v1/push`.

@@ -9,17 +9,22 @@
 //! - [`http`] and [`metrics`]: the admin API and Prometheus metrics (not in the simulator);
 //!   [`cluster`]: the node registry membership and push forwarding on Redis (not in the
 //!   simulator).
+//! - [`access`], [`gateway_auth`] and [`limits`]: who may use the business ports (tokens,
+//!   allow-list), and the limits on what one peer or the node may hold, with their counters.
 //! - [`client`]: `PushClient` and `DeviceClient`, and the `push` / `device` subcommands.
 pub use pushgate_core as core;
 
+pub mod access;
 pub mod client;
 #[cfg(not(madsim))]
 pub mod cluster;
 pub mod config;
 pub mod conn;
 pub mod driver;
+pub mod gateway_auth;
 #[cfg(not(madsim))]
 pub mod http;
+pub mod limits;
 pub mod metrics;
 pub mod phone_queue;
 #[cfg(not(madsim))]

@@ -45,6 +45,31 @@ struct ServeArgs {
     /// Override net.admin_port.
     #[arg(long)]
     admin_port: Option<u16>,
+    /// Override net.connect_bind (the address phones connect to).
+    #[arg(long, value_name = "ADDR")]
+    connect_bind: Option<String>,
+    /// Override net.gateway_bind. Beyond loopback it needs --gateway-token or --gateway-allow.
+    #[arg(long, value_name = "ADDR")]
+    gateway_bind: Option<String>,
+    /// Override net.admin_bind. Beyond loopback it needs --admin-token.
+    #[arg(long, value_name = "ADDR")]
+    admin_bind: Option<String>,
+    /// A bearer token of the HTTP admin API (security.admin_tokens); repeat it to accept
+    /// several (rotation).
+    #[arg(long, value_name = "TOKEN")]
+    admin_token: Vec<String>,
+    /// A token pushgate's PushClient must send first on the gateway
+    /// (security.gateway_tokens); repeatable.
+    #[arg(long, value_name = "TOKEN")]
+    gateway_token: Vec<String>,
+    /// A source network admitted to the gateway without a token, for MPush's Java PushClient
+    /// (security.gateway_allow, e.g. 10.0.0.0/8); repeatable.
+    #[arg(long, value_name = "CIDR")]
+    gateway_allow: Vec<String>,
+    /// Refuse unsafe settings: MPush's published key, business ports without a token, debug
+    /// logging (security.production).
+    #[arg(long)]
+    production: bool,
     /// Override net.public_host (the gateway host written into routes).
     #[arg(long)]
     public_host: Option<String>,
@@ -101,6 +126,29 @@ impl ServeArgs {
         }
         if let Some(v) = self.admin_port {
             set("net", "admin_port", int(v.into()));
+        }
+        let text = |v: &String| toml::Value::String(v.clone());
+        let list = |v: &[String]| toml::Value::Array(v.iter().map(text).collect());
+        if let Some(v) = &self.connect_bind {
+            set("net", "connect_bind", text(v));
+        }
+        if let Some(v) = &self.gateway_bind {
+            set("net", "gateway_bind", text(v));
+        }
+        if let Some(v) = &self.admin_bind {
+            set("net", "admin_bind", text(v));
+        }
+        if !self.admin_token.is_empty() {
+            set("security", "admin_tokens", list(&self.admin_token));
+        }
+        if !self.gateway_token.is_empty() {
+            set("security", "gateway_tokens", list(&self.gateway_token));
+        }
+        if !self.gateway_allow.is_empty() {
+            set("security", "gateway_allow", list(&self.gateway_allow));
+        }
+        if self.production {
+            set("security", "production", toml::Value::Boolean(true));
         }
         if let Some(v) = &self.public_host {
             set("net", "public_host", toml::Value::String(v.clone()));

@@ -37,6 +37,8 @@ pub mod names {
     pub const NODE_QUEUE_DEPTH: &str = "pushgate_node_queue_depth";
     pub const NODE_QUEUE_DEPTH_MAX: &str = "pushgate_node_queue_depth_max";
     pub const NODE_TIMERS: &str = "pushgate_node_timers";
+    /// A limit was hit (label `limit`: see [`crate::limits::Limit::name`]).
+    pub const LIMIT_HITS: &str = "pushgate_limit_hits_total";
 }
 
 /// How long the node task's load is summed before its busy ratio and deepest queue are
@@ -167,6 +169,10 @@ mod imp {
         metrics::gauge!(CONNECTIONS).decrement(1.0);
     }
 
+    pub fn limit_hit(limit: &'static str) {
+        metrics::counter!(LIMIT_HITS, "limit" => limit).increment(1);
+    }
+
     pub fn node_wake(queue_depth: usize, timers: usize) {
         metrics::gauge!(NODE_QUEUE_DEPTH).set(queue_depth as f64);
         metrics::gauge!(NODE_TIMERS).set(timers as f64);
@@ -232,6 +238,7 @@ mod imp {
 
     pub fn connection_opened() {}
     pub fn connection_closed() {}
+    pub fn limit_hit(_limit: &'static str) {}
     pub fn record(_event: &Event) {}
     pub fn node_wake(_queue_depth: usize, _timers: usize) {}
     pub fn node_window(_busy_ratio: f64, _busy_us: u64, _queue_depth_max: usize) {}

@@ -5,8 +5,9 @@
 //! accepting, let the node answer every pending push and close every phone, then wait — at
 //! most `net.shutdown_grace_ms` — for the connection tasks to flush what they hold.
 use crate::config::Config;
-use crate::conn::{self, PhoneSettings};
-use crate::driver::{self, GatewayCmd, NodeHandle, NodeMsg, QueueLimits};
+use crate::conn::{self, GatewaySettings, PhoneSettings};
+use crate::driver::{self, GatewayCmd, GatewayOutbox, NodeHandle, NodeMsg, QueueLimits};
+use crate::limits::{AddressLimits, Limit, LimitCounters, Refusal};
 use crate::phone_queue::PhoneQueue;
 use futures_util::FutureExt;
 use pushgate_core::{ConnConfig, ConnId, GatewayId, Node, QueueMarks};
@@ -66,6 +67,9 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
 /// [`start`] with hooks.
 pub async fn start_with(config: &Config, hooks: ServerHooks) -> anyhow::Result<RunningServer> {
     config.validate()?;
+    // The simulator's nodes listen on their own (non-loopback) addresses, unguarded.
+    #[cfg(not(madsim))]
+    config.check_safety(std::env::var("RUST_LOG").ok().as_deref())?;
     if config.security.uses_default_key() {
         tracing::warn!(
             "USING MPUSH'S PUBLISHED DEFAULT RSA KEY: anyone can decrypt handshakes. Run `pushgate keygen` and set security.private_key for production"
@@ -109,8 +113,31 @@ pub async fn start_with(config: &Config, hooks: ServerHooks) -> anyhow::Result<R
         seed: node_seed(),
     });
     let max_body_bytes = node_config.max_body_bytes;
+    let counters = Arc::new(LimitCounters::default());
     let limits = QueueLimits {
         slow_ms: config.log.profile_slowly_ms,
+        max_gateway_queued_bytes: config.limits.max_gateway_queued_bytes,
+        max_gateway_connections: config.limits.max_gateway_connections,
+        counters: counters.clone(),
+    };
+    let phone_door = PhoneDoor {
+        addresses: AddressLimits::new(
+            config.limits.max_connections_per_address,
+            config.limits.new_connections_per_second_per_address,
+            crate::access::AllowList::parse(
+                &config.limits.per_address_exempt,
+                "limits.per_address_exempt",
+            )?,
+        ),
+        counters: counters.clone(),
+    };
+    let gateway_door = GatewayDoor {
+        settings: GatewaySettings {
+            max_body_bytes,
+            access: Arc::new(config.security.gateway_access()?),
+            counters: counters.clone(),
+        },
+        auth_deadline: Duration::from_millis(config.limits.gateway_auth_deadline_ms),
     };
     #[cfg(not(madsim))]
     let gateway_node = node_config.node_addr.clone();
@@ -131,11 +158,12 @@ pub async fn start_with(config: &Config, hooks: ServerHooks) -> anyhow::Result<R
             phone_settings,
             next_id.clone(),
             live.clone(),
+            phone_door,
         )),
         tokio::spawn(accept_gateways(
             gateway,
             handle.clone(),
-            max_body_bytes,
+            gateway_door,
             next_id,
             live.clone(),
         )),
@@ -162,8 +190,15 @@ pub async fn start_with(config: &Config, hooks: ServerHooks) -> anyhow::Result<R
             driver::StoreSpec::Redis(target) => Some(target),
             _ => None,
         };
-        let cluster = crate::cluster::ClusterNode::start(info, redis, handle.clone());
+        let token = config.security.gateway_tokens.first().cloned();
+        let cluster = crate::cluster::ClusterNode::start(info, redis, handle.clone(), token);
         let api = crate::http::ApiConfig {
+            tokens: config.security.admin_token_set(),
+            counters: counters.clone(),
+            limits: crate::limits::Limit::ALL
+                .iter()
+                .map(|limit| (*limit, config.limit_value(*limit)))
+                .collect(),
             public_key: config.security.public_key_b64()?,
             default_push_timeout_ms: config.core.default_push_timeout_ms,
             max_push_timeout_ms: config.core.max_push_timeout_ms,
@@ -282,8 +317,18 @@ impl AcceptBackoff {
 /// `EPROTO` on Linux (a protocol error on the connection being accepted).
 const EPROTO_CODE: i32 = 71;
 
+/// What `start` made of an accepted connection.
+enum Admit<Task> {
+    /// Run this connection task.
+    Run(Task),
+    /// The connection was refused (and is dropped, which closes it).
+    Refused,
+    /// The node is gone: the loop ends.
+    Stop,
+}
+
 /// Accepts connections until the task is aborted. `start` registers each with the node and
-/// returns its connection task, or `None` when the node is gone (which ends the loop).
+/// returns its connection task (see [`Admit`]).
 ///
 /// Connections are taken in batches of at most [`ACCEPT_BATCH`]: one wait, then whatever is
 /// already queued, then a yield.
@@ -293,8 +338,8 @@ async fn accept_loop<F, Fut, Task>(
     live: Arc<AtomicUsize>,
     mut start: F,
 ) where
-    F: FnMut(TcpStream) -> Fut,
-    Fut: Future<Output = Option<Task>>,
+    F: FnMut(TcpStream, SocketAddr) -> Fut,
+    Fut: Future<Output = Admit<Task>>,
     Task: Future<Output = ()> + Send + 'static,
 {
     let mut backoff = AcceptBackoff::default();
@@ -303,11 +348,19 @@ async fn accept_loop<F, Fut, Task>(
         let mut taken = 0;
         while let Some(result) = next.take() {
             match result {
-                Ok((stream, _peer)) => {
+                Ok((stream, peer)) => {
                     backoff.accepted();
                     let _ = stream.set_nodelay(true);
-                    let Some(task) = start(stream).await else {
-                        return;
+                    let task = match start(stream, peer).await {
+                        Admit::Run(task) => task,
+                        Admit::Refused => {
+                            taken += 1;
+                            if taken < ACCEPT_BATCH {
+                                next = listener.accept().now_or_never();
+                            }
+                            continue;
+                        }
+                        Admit::Stop => return,
                     };
                     let guard = LiveGuard::new(&live);
                     // `map`, not an async block awaiting `task`: an async block would hold the
@@ -333,45 +386,111 @@ async fn accept_loop<F, Fut, Task>(
     }
 }
 
+/// What the phones' accept loop checks before a connection reaches the node.
+struct PhoneDoor {
+    addresses: Arc<AddressLimits>,
+    counters: Arc<LimitCounters>,
+}
+
 async fn accept_phones(
     listener: TcpListener,
     node: NodeHandle,
     settings: Arc<PhoneSettings>,
     next_id: Arc<AtomicU64>,
     live: Arc<AtomicUsize>,
+    door: PhoneDoor,
 ) {
-    accept_loop(listener, "connection", live, |stream| {
+    accept_loop(listener, "connection", live, |stream, peer| {
         let node = node.clone();
         let settings = settings.clone();
+        let admitted = door.addresses.admit(peer.ip(), tokio::time::Instant::now());
+        let counters = door.counters.clone();
         let conn = ConnId(next_id.fetch_add(1, Ordering::Relaxed));
         async move {
+            let slot = match admitted {
+                Ok(slot) => slot,
+                Err(refusal) => {
+                    let limit = match refusal {
+                        Refusal::TooManyOpen => Limit::ConnectionsPerAddress,
+                        Refusal::TooFast => Limit::NewConnectionsPerAddress,
+                    };
+                    counters.hit(limit, &peer.ip());
+                    drop(stream);
+                    return Admit::Refused;
+                }
+            };
             let queue = Arc::new(PhoneQueue::new(settings.max_queued_items()));
-            node.send(NodeMsg::PhoneOpened {
-                conn,
-                queue: queue.clone(),
-            })
-            .await
-            .ok()?;
-            Some(conn::run_phone(conn, stream, node, queue, settings))
+            if node
+                .send(NodeMsg::PhoneOpened {
+                    conn,
+                    queue: queue.clone(),
+                })
+                .await
+                .is_err()
+            {
+                return Admit::Stop;
+            }
+            Admit::Run(
+                conn::run_phone(conn, stream, node, queue, settings).map(move |()| drop(slot)),
+            )
         }
     })
     .await;
 }
 
+/// What the gateway's accept loop checks before a connection reaches the node.
+struct GatewayDoor {
+    settings: GatewaySettings,
+    auth_deadline: Duration,
+}
+
 async fn accept_gateways(
     listener: TcpListener,
     node: NodeHandle,
-    max_body_bytes: usize,
+    door: GatewayDoor,
     next_id: Arc<AtomicU64>,
     live: Arc<AtomicUsize>,
 ) {
-    accept_loop(listener, "gateway", live, |stream| {
+    let door = Arc::new(door);
+    accept_loop(listener, "gateway", live, |stream, peer| {
         let node = node.clone();
+        let door = door.clone();
         let gw = GatewayId(next_id.fetch_add(1, Ordering::Relaxed));
         async move {
-            let (tx, rx) = mpsc::unbounded_channel::<GatewayCmd>();
-            node.send(NodeMsg::GatewayOpened { gw, tx }).await.ok()?;
-            Some(conn::run_gateway(gw, stream, node, rx, max_body_bytes))
+            Admit::Run(async move {
+                let mut stream = stream;
+                let settings = &door.settings;
+                let admission = settings.access.admission(peer.ip());
+                let decoder = pushgate_core::frame::FrameDecoder::new(settings.max_body_bytes);
+                let inbound = match crate::gateway_auth::admit(
+                    &mut stream,
+                    admission,
+                    &settings.access,
+                    &decoder,
+                    door.auth_deadline,
+                )
+                .await
+                {
+                    Ok(inbound) => inbound,
+                    Err(refused) => {
+                        settings
+                            .counters
+                            .hit(Limit::GatewayAuth, &format_args!("{peer}: {refused}"));
+                        return;
+                    }
+                };
+                let (tx, rx) = mpsc::unbounded_channel::<GatewayCmd>();
+                let outbox = Arc::new(GatewayOutbox::default());
+                let opened = NodeMsg::GatewayOpened {
+                    gw,
+                    tx,
+                    outbox: outbox.clone(),
+                };
+                if node.send(opened).await.is_err() {
+                    return;
+                }
+                conn::run_gateway(gw, stream, node, rx, outbox, settings.clone(), inbound).await
+            })
         }
     })
     .await;

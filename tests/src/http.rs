@@ -65,7 +65,18 @@ pub async fn request(
     path: &str,
     body: Option<(&str, &[u8])>,
 ) -> io::Result<Response> {
-    tokio::time::timeout(REQUEST_TIMEOUT, exchange(addr, method, path, body))
+    request_with(addr, method, path, &[], body).await
+}
+
+/// One request with extra header lines (`("Authorization", "Bearer ...")`).
+pub async fn request_with(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<(&str, &[u8])>,
+) -> io::Result<Response> {
+    tokio::time::timeout(REQUEST_TIMEOUT, exchange(addr, method, path, headers, body))
         .await
         .map_err(|_| {
             io::Error::new(
@@ -79,11 +90,15 @@ async fn exchange(
     addr: SocketAddr,
     method: &str,
     path: &str,
+    headers: &[(&str, &str)],
     body: Option<(&str, &[u8])>,
 ) -> io::Result<Response> {
     let mut stream = TcpStream::connect(addr).await?;
     let mut head =
         format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAccept: */*\r\n");
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
     let payload = match body {
         Some((content_type, bytes)) => {
             head.push_str(&format!(

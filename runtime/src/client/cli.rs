@@ -80,6 +80,10 @@ pub struct PushArgs {
     /// a broadcast goes to every node of the node registry.
     #[arg(long)]
     pub redis: Option<String>,
+    /// The gateway token (one of the nodes' security.gateway_tokens), sent first on every
+    /// gateway connection. Also read from PUSHGATE_GATEWAY_TOKEN (kept out of the process list).
+    #[arg(long, env = "PUSHGATE_GATEWAY_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
 }
 
 impl PushArgs {
@@ -154,7 +158,11 @@ pub async fn push_command(args: PushArgs) -> anyhow::Result<ExitCode> {
         args.redis.is_none(),
         "--redis is not available in the simulator"
     );
-    let client = PushClient::connect(args.gateway)
+    let options = super::PushClientOptions {
+        token: args.token.clone(),
+        ..Default::default()
+    };
+    let client = PushClient::connect_with(args.gateway, options)
         .await
         .with_context(|| format!("connecting to the gateway {}", args.gateway))?;
     let (line, success) = if args.broadcast {
@@ -202,7 +210,9 @@ fn single_request(args: PushArgs) -> anyhow::Result<SinglePushRequest> {
 #[cfg(not(madsim))]
 async fn cluster_push_command(args: PushArgs, url: &str) -> anyhow::Result<ExitCode> {
     use super::cluster::ClusterPushClient;
-    let client = ClusterPushClient::new(url).context("--redis")?;
+    let client = ClusterPushClient::new(url)
+        .context("--redis")?
+        .with_gateway_token(args.token.clone());
     let (line, success) = if args.broadcast {
         let result = client.broadcast(broadcast_request(args)).await;
         let mut line = json!({

@@ -107,6 +107,8 @@ pub struct ClusterPushClient {
     /// How long read routes are kept (zero: not kept).
     cache_ttl: Duration,
     cache: Arc<Mutex<HashMap<String, (Instant, Routes)>>>,
+    /// The gateway token sent on every gateway connection.
+    token: Option<String>,
 }
 
 impl std::fmt::Debug for ClusterPushClient {
@@ -157,7 +159,14 @@ impl ClusterPushClient {
             gateways: Arc::new(Mutex::new(HashMap::new())),
             cache_ttl: Duration::ZERO,
             cache: Arc::new(Mutex::new(HashMap::new())),
+            token: None,
         }
+    }
+
+    /// Sends `token` first on every gateway connection (the nodes' `security.gateway_tokens`).
+    pub fn with_gateway_token(mut self, token: Option<String>) -> Self {
+        self.token = token.filter(|t| !t.trim().is_empty());
+        self
     }
 
     /// Keeps the routes read for a user up to `ttl` (zero: reads them for every push).
@@ -541,6 +550,7 @@ impl ClusterPushClient {
         }
         let options = PushClientOptions {
             connect_timeout_ms: left(deadline).as_millis().max(1) as u64,
+            token: self.token.clone(),
             ..PushClientOptions::default()
         };
         let client = PushClient::connect_with(addr, options)

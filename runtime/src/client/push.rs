@@ -17,7 +17,7 @@ use super::{
     CLIENT_MAX_BODY_BYTES,
 };
 use bytes::{Bytes, BytesMut};
-use pushgate_core::command::Command;
+use pushgate_core::command::{Command, PUSHGATE_GATEWAY_AUTH};
 use pushgate_core::frame::{Flags, Frame, FrameDecoder, Packet};
 use pushgate_core::message::{Body, ErrorMessage, GatewayPush, OkMessage};
 use pushgate_core::pipeline::raw_packet;
@@ -55,6 +55,10 @@ pub struct PushClientOptions {
     pub max_redirects: usize,
     /// Time for a TCP connection to a gateway to be established.
     pub connect_timeout_ms: u64,
+    /// The gateway token (`security.gateway_tokens` of the nodes), sent as the first frame of
+    /// every gateway connection (pushgate's extension; MPush's gateway answers it with an
+    /// ERROR this client ignores). `None`: no token, as MPush's Java PushClient.
+    pub token: Option<String>,
 }
 
 impl Default for PushClientOptions {
@@ -63,6 +67,7 @@ impl Default for PushClientOptions {
             resolver: None,
             max_redirects: DEFAULT_MAX_REDIRECTS,
             connect_timeout_ms: DEFAULT_PUSH_TIMEOUT_MS,
+            token: None,
         }
     }
 }
@@ -73,6 +78,7 @@ impl fmt::Debug for PushClientOptions {
             .field("resolver", &self.resolver.is_some())
             .field("max_redirects", &self.max_redirects)
             .field("connect_timeout_ms", &self.connect_timeout_ms)
+            .field("token", &self.token.as_ref().map(|_| "(set)"))
             .finish()
     }
 }
@@ -256,17 +262,34 @@ struct GatewayConn {
     pending: Pending,
     next_id: AtomicI32,
     closed: Arc<AtomicBool>,
+    /// The gateway's refusal of the token, if it sent one.
+    refused: Arc<Mutex<Option<ClientError>>>,
     reader: JoinHandle<()>,
     writer: JoinHandle<()>,
 }
 
 impl GatewayConn {
-    async fn open(addr: SocketAddr, connect_timeout: Duration) -> Result<Self, ClientError> {
+    async fn open(
+        addr: SocketAddr,
+        connect_timeout: Duration,
+        token: Option<&str>,
+    ) -> Result<Self, ClientError> {
         let stream = connect_tcp(addr, connect_timeout).await?;
         let (read_half, write_half) = tokio::io::split(stream);
         let (tx, rx) = mpsc::unbounded_channel();
+        if let Some(token) = token {
+            // First on the link: the writer keeps the order of what is queued.
+            let auth = Packet::new(
+                PUSHGATE_GATEWAY_AUTH,
+                Flags(0),
+                0,
+                Bytes::copy_from_slice(token.as_bytes()),
+            );
+            let _ = tx.send(Outbound::packet(&auth));
+        }
         let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
         let closed = Arc::new(AtomicBool::new(false));
+        let refused = Arc::new(Mutex::new(None));
         let writer = tokio::spawn(run_writer(write_half, rx, None, move |error| {
             tracing::debug!(%addr, %error, "gateway link write failed");
         }));
@@ -274,6 +297,7 @@ impl GatewayConn {
             read_half,
             pending.clone(),
             closed.clone(),
+            refused.clone(),
             addr,
         ));
         Ok(Self {
@@ -281,6 +305,7 @@ impl GatewayConn {
             pending,
             next_id: AtomicI32::new(1),
             closed,
+            refused,
             reader,
             writer,
         })
@@ -288,6 +313,18 @@ impl GatewayConn {
 
     fn is_closed(&self) -> bool {
         self.closed.load(Ordering::SeqCst)
+    }
+
+    /// Why the link closed: the gateway's refusal of the token, or just closed.
+    fn closed_error(&self) -> ClientError {
+        match &*lock(&self.refused) {
+            Some(ClientError::Rejected { cmd, code, reason }) => ClientError::Rejected {
+                cmd: *cmd,
+                code: *code,
+                reason: reason.clone(),
+            },
+            _ => ClientError::Closed,
+        }
     }
 
     fn next_session_id(&self) -> i32 {
@@ -313,11 +350,11 @@ impl GatewayConn {
         // Checked after the insert: the reader marks the link closed before it drops waiters.
         if self.is_closed() || self.tx.send(Outbound::packet(&packet)).is_err() {
             take_pending(&self.pending, sid);
-            return Err(ClientError::Closed);
+            return Err(self.closed_error());
         }
         match tokio::time::timeout(within, answer).await {
             Ok(Ok(reply)) => Ok(Some(reply)),
-            Ok(Err(_)) => Err(ClientError::Closed),
+            Ok(Err(_)) => Err(self.closed_error()),
             Err(_) => {
                 take_pending(&self.pending, sid);
                 Ok(None)
@@ -361,12 +398,30 @@ async fn run_gateway_reader<R: AsyncRead + Unpin>(
     mut input: R,
     pending: Pending,
     closed: Arc<AtomicBool>,
+    refused: Arc<Mutex<Option<ClientError>>>,
     addr: SocketAddr,
 ) {
     let decoder = FrameDecoder::new(CLIENT_MAX_BODY_BYTES);
     let mut inbound = BytesMut::new();
     loop {
         match read_frame(&mut input, &mut inbound, &decoder).await {
+            Ok(Frame::Packet(packet))
+                if packet.session_id == 0 && packet.cmd == Command::Error.code() =>
+            {
+                // The answer to the token frame: a pushgate gateway that refuses it closes
+                // the link; MPush's gateway (no such command) answers 101 and goes on.
+                match ErrorMessage::decode(&packet.body) {
+                    Ok(error) if error.cmd == PUSHGATE_GATEWAY_AUTH && error.code != 101 => {
+                        tracing::warn!(%addr, reason = %error.reason, "gateway refused the token");
+                        *lock(&refused) = Some(ClientError::Rejected {
+                            cmd: error.cmd,
+                            code: error.code,
+                            reason: error.reason,
+                        });
+                    }
+                    _ => tracing::debug!(%addr, "gateway does not know the token frame"),
+                }
+            }
             Ok(Frame::Packet(packet)) => match take_pending(&pending, packet.session_id) {
                 Some(waiter) => {
                     let _ = waiter.send(packet);
@@ -547,11 +602,22 @@ impl PushClient {
 
     /// The live connection to `addr`, opened if needed.
     async fn conn(&self, addr: SocketAddr) -> Result<Arc<GatewayConn>, ClientError> {
-        if let Some(conn) = lock(&self.conns).get(&addr).filter(|c| !c.is_closed()) {
-            return Ok(conn.clone());
+        if let Some(conn) = lock(&self.conns).get(&addr) {
+            if !conn.is_closed() {
+                return Ok(conn.clone());
+            }
+            // A gateway that refused this client's token refuses it again: say so.
+            if let error @ ClientError::Rejected { .. } = conn.closed_error() {
+                return Err(error);
+            }
         }
         let fresh = Arc::new(
-            GatewayConn::open(addr, Duration::from_millis(self.options.connect_timeout_ms)).await?,
+            GatewayConn::open(
+                addr,
+                Duration::from_millis(self.options.connect_timeout_ms),
+                self.options.token.as_deref(),
+            )
+            .await?,
         );
         let mut conns = lock(&self.conns);
         match conns.get(&addr) {
