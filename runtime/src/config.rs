@@ -21,6 +21,7 @@ pub struct Config {
     pub flow: FlowConfig,
     pub security: SecurityConfig,
     pub store: StoreConfig,
+    pub cluster: ClusterConfig,
     pub log: LogConfig,
 }
 
@@ -97,6 +98,65 @@ impl StoreConfig {
     }
 }
 
+/// Membership in an MPush cluster's ZooKeeper (reference §11.1).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// ZooKeeper servers, `host:port,host:port…` (MPush's `mp.zk.server-address`): the node
+    /// registers its connection and gateway servers there in MPush's layout, and reads the
+    /// gateways of MPush's Java nodes from there. Empty = off.
+    /// Environment: `PUSHGATE_CLUSTER__ZOOKEEPER`; flag: `pushgate serve --zookeeper HOSTS`.
+    pub zookeeper: String,
+    /// MPush's `mp.zk.namespace`: the root of the registry (`/mpush/cluster/cs/…`).
+    pub zookeeper_namespace: String,
+    /// MPush's `mp.zk.digest`: the credential of the `digest` scheme (empty = no
+    /// authentication and open ACLs).
+    pub zookeeper_digest: String,
+    /// The ZooKeeper session timeout asked for (MPush: 5 s); a node away longer loses its
+    /// registration and registers again when back.
+    pub zookeeper_session_timeout_ms: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            zookeeper: String::new(),
+            zookeeper_namespace: "mpush".into(),
+            zookeeper_digest: "mpush".into(),
+            zookeeper_session_timeout_ms: 5_000,
+        }
+    }
+}
+
+impl ClusterConfig {
+    /// Checks the values; under the simulator ZooKeeper must be off.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.zookeeper.trim().is_empty() {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            !cfg!(madsim),
+            "cluster.zookeeper: ZooKeeper is not available in the simulator"
+        );
+        for server in self.zookeeper.trim().split(',') {
+            let host_port = server.split('/').next().unwrap_or_default().trim();
+            let valid = host_port
+                .rsplit_once(':')
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+            anyhow::ensure!(
+                valid,
+                "cluster.zookeeper {:?}: expected host:port[,host:port…]",
+                self.zookeeper
+            );
+        }
+        anyhow::ensure!(
+            (1_000..=120_000).contains(&self.zookeeper_session_timeout_ms),
+            "cluster.zookeeper_session_timeout_ms must be between 1000 and 120000"
+        );
+        Ok(())
+    }
+}
+
 /// The listeners' default backlog: Linux's default `net.core.somaxconn` (MPush: 1,024).
 pub const DEFAULT_LISTEN_BACKLOG: u32 = 4096;
 
@@ -113,6 +173,11 @@ pub struct NetConfig {
     /// The HTTP admin API (loopback by default).
     pub admin_bind: String,
     pub admin_port: u16,
+    /// MPush's alloc service on its own port: `GET /` answers the connection servers,
+    /// least loaded first (`host:port,host:port…`, text/plain). 0 = off (the admin API still
+    /// answers it on `GET /v1/alloc`). Flag: `pushgate serve --alloc-port PORT`.
+    pub alloc_bind: String,
+    pub alloc_port: u16,
     /// The gateway host written into this node's routes: what PushClients of other nodes dial.
     pub public_host: String,
     /// A phone's queued outbound bytes above this make pushes to it fail (MPush: 64 KiB).
@@ -140,6 +205,8 @@ impl Default for NetConfig {
             gateway_port: 3001,
             admin_bind: "127.0.0.1".into(),
             admin_port: 3002,
+            alloc_bind: "0.0.0.0".into(),
+            alloc_port: 0,
             public_host: "127.0.0.1".into(),
             write_high_water_bytes: 64 * 1024,
             write_low_water_bytes: 32 * 1024,
@@ -337,6 +404,7 @@ impl Config {
         );
         self.security.server_key()?;
         self.store.spec()?;
+        self.cluster.validate()?;
         anyhow::ensure!(
             self.store.node_ttl_ms >= 300,
             "store.node_ttl_ms must be at least 300 (the heartbeat renews it every third)"

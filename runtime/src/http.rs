@@ -7,6 +7,9 @@
 //!   cluster PushClient to the node(s) holding the user's routes, within what is left of the
 //!   push's timeout, and the final status is answered.
 //! - `GET /v1/nodes` — the live nodes of the node registry (this node alone without Redis).
+//! - `GET /v1/alloc` (and `GET /`, the path of MPush's alloc service) — MPush's alloc answer:
+//!   `host:port,…` of the connection servers, least loaded first ([`crate::alloc`]); also
+//!   served alone on `net.alloc_port` by [`serve_alloc`].
 //! - `GET /v1/users/{id}` — the user's routes (local and in the store);
 //!   `DELETE /v1/users/{id}` — kick the user's local connections (`?clientType=N` for one type).
 //! - `GET /v1/stats` — connections, bound routes, pushes by status.
@@ -76,6 +79,8 @@ fn router(state: AppState) -> Router {
         .route("/v1/users/{id}", get(user).delete(kick))
         .route("/v1/stats", get(stats))
         .route("/v1/nodes", get(nodes))
+        .route("/v1/alloc", get(alloc))
+        .route("/", get(alloc))
         .route("/v1/public-key", get(public_key))
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(metrics))
@@ -268,6 +273,43 @@ fn cluster_outcome(result: ClusterPushResult) -> PushOutcome {
             })
             .unwrap_or_default(),
         sent: None,
+    }
+}
+
+/// The alloc answer of `cluster` (503 with the reason when the registry cannot be read).
+async fn alloc_answer(cluster: &ClusterNode, node: &NodeHandle) -> Response {
+    match cluster.alloc(node).await {
+        Ok(entries) => (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "text/plain; charset=utf-8",
+            )],
+            crate::alloc::format(entries),
+        )
+            .into_response(),
+        Err(error) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("cannot list the nodes: {error}"),
+        )
+            .into_response(),
+    }
+}
+
+async fn alloc(State(state): State<AppState>) -> Response {
+    alloc_answer(&state.cluster, &state.node).await
+}
+
+/// Serves MPush's alloc query (`GET /`) alone on `listener` until the task is aborted.
+pub async fn serve_alloc(listener: TcpListener, node: NodeHandle, cluster: Arc<ClusterNode>) {
+    let router = Router::new().route(
+        "/",
+        get(move || {
+            let (node, cluster) = (node.clone(), cluster.clone());
+            async move { alloc_answer(&cluster, &node).await }
+        }),
+    );
+    if let Err(error) = axum::serve(listener, router).await {
+        tracing::error!(%error, "alloc HTTP server stopped");
     }
 }
 

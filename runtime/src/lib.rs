@@ -8,10 +8,14 @@
 //!   store on Redis in MPush's data model (not in the simulator).
 //! - [`http`] and [`metrics`]: the admin API and Prometheus metrics (not in the simulator);
 //!   [`cluster`]: the node registry membership and push forwarding on Redis (not in the
+//!   simulator); [`zookeeper`]: registration in MPush's ZooKeeper layout (not in the
 //!   simulator).
+//! - [`alloc`]: MPush's alloc answer (not in the simulator).
 //! - [`client`]: `PushClient` and `DeviceClient`, and the `push` / `device` subcommands.
 pub use pushgate_core as core;
 
+#[cfg(not(madsim))]
+pub mod alloc;
 pub mod client;
 #[cfg(not(madsim))]
 pub mod cluster;
@@ -29,3 +33,5 @@ pub mod server;
 pub mod sim_hooks;
 pub mod store;
 pub mod store_net;
+#[cfg(not(madsim))]
+pub mod zookeeper;
