@@ -47,7 +47,7 @@ pub fn four_letter(port: u16, word: &str) -> std::io::Result<String> {
 pub struct ZooKeeper {
     child: Child,
     pub port: u16,
-    _dir: ScratchDir,
+    dir: ScratchDir,
 }
 
 impl ZooKeeper {
@@ -70,6 +70,12 @@ impl ZooKeeper {
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
             .map_err(|e| format!("no free port: {e}"))?;
+        let child = Self::spawn(java, jar, &dir, port)?;
+        Ok(Self { child, port, dir })
+    }
+
+    /// Starts the server on `port` with its data in `dir`, and waits until it answers `ruok`.
+    fn spawn(java: &Path, jar: &Path, dir: &ScratchDir, port: u16) -> Result<Child, String> {
         let data = dir.path().join("data");
         std::fs::create_dir_all(&data).map_err(|e| e.to_string())?;
         let config = dir.path().join("zoo.cfg");
@@ -109,11 +115,7 @@ impl ZooKeeper {
                 ));
             }
             if four_letter(port, "ruok").is_ok_and(|a| a == "imok") {
-                return Ok(Self {
-                    child,
-                    port,
-                    _dir: dir,
-                });
+                return Ok(child);
             }
             if Instant::now() >= deadline {
                 let _ = child.kill();
@@ -131,6 +133,14 @@ impl ZooKeeper {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Starts the server again on the same port with the same data (after [`Self::kill`]).
+    pub fn restart(&mut self) {
+        self.kill();
+        let (java, jar) = zookeeper_install(Path::new(DEBIAN_JAR));
+        self.child = Self::spawn(&java, &jar, &self.dir, self.port)
+            .unwrap_or_else(|error| panic!("zookeeper restart: {error}"));
     }
 
     /// Kills the server (SIGKILL) and waits for it.

@@ -218,25 +218,29 @@ fn signal(pid: u32, sig: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_started_before_zookeeper_registers_when_it_comes() {
-    // The port is taken by nothing yet: the node retries until ZooKeeper answers.
-    let zookeeper = ZooKeeper::start();
-    let connect = zookeeper.connect_string();
-    let mut zookeeper = zookeeper;
+    let mut zookeeper = ZooKeeper::start();
     zookeeper.kill();
     bounded(LIMIT, async {
-        let node = TestServer::start_with(ServerOptions {
-            args: vec!["--zookeeper".into(), connect.clone()],
-            toml: String::new(),
-        })
-        .await;
+        let node = node_in(&zookeeper, &[]).await;
         eventually(WAIT, "the retry log line", || {
             let logs = node.logs();
             async move { logs.contains("cannot register in ZooKeeper").then_some(()) }
         })
         .await;
-        assert!(
-            node.http_get("/healthz").await.status == 200,
+        assert_eq!(
+            node.http_get("/healthz").await.status,
+            200,
             "serving meanwhile"
+        );
+        zookeeper.restart();
+        let session = mpush_session(&zookeeper).await;
+        let gs = children(&session, "/mpush/cluster/gs", 1).await;
+        assert_eq!(
+            String::from_utf8_lossy(&gs[0].1),
+            format!(
+                "{{\"host\":\"127.0.0.1\",\"port\":{}}}",
+                node.gateway.port()
+            )
         );
     })
     .await;
