@@ -564,6 +564,45 @@ mod store_tests {
     }
 }
 
+#[cfg(all(test, not(madsim)))]
+mod cluster_tests {
+    use super::*;
+
+    #[test]
+    fn zookeeper_is_off_by_default_and_checked_when_set() {
+        let config = Config::default();
+        assert!(config.cluster.zookeeper.is_empty());
+        assert_eq!(config.cluster.zookeeper_namespace, "mpush");
+        assert_eq!(config.cluster.zookeeper_digest, "mpush");
+        assert_eq!(
+            config.net.alloc_port, 0,
+            "alloc's own port is off by default"
+        );
+        let mut cluster = ClusterConfig {
+            zookeeper: "10.0.0.1:2181,10.0.0.2:2181/chroot".into(),
+            ..ClusterConfig::default()
+        };
+        cluster.validate().unwrap();
+        for bad in ["10.0.0.1", "10.0.0.1:99999", ":2181", "a:1,,b:2"] {
+            cluster.zookeeper = bad.into();
+            let error = cluster.validate().unwrap_err().to_string();
+            assert!(error.contains("cluster.zookeeper"), "{bad}: {error}");
+        }
+        cluster.zookeeper = "127.0.0.1:2181".into();
+        cluster.zookeeper_session_timeout_ms = 10;
+        assert!(cluster.validate().is_err());
+    }
+
+    #[test]
+    fn zookeeper_from_the_environment() {
+        // A name no other test uses: tests run in parallel threads of one process.
+        std::env::set_var("PUSHGATE_CLUSTER__ZOOKEEPER", "127.0.0.1:2181");
+        let config = Config::load(None, None);
+        std::env::remove_var("PUSHGATE_CLUSTER__ZOOKEEPER");
+        assert_eq!(config.unwrap().cluster.zookeeper, "127.0.0.1:2181");
+    }
+}
+
 #[cfg(test)]
 mod env_tests {
     use super::*;
