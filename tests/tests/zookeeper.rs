@@ -53,8 +53,11 @@ async fn children(session: &zk::Client, dir: &str, count: usize) -> Vec<(String,
     .await
 }
 
-/// MPush's znodes in the captured run: path → (ephemeral, data, ACL as (perms, scheme, id)).
-fn mpush_znodes() -> Vec<(String, bool, String, Vec<(i64, String, String)>)> {
+/// An ACL entry as (perms, scheme, id).
+type AclEntry = (i64, String, String);
+
+/// MPush's znodes in the captured run: path → (ephemeral, data, ACL).
+fn mpush_znodes() -> Vec<(String, bool, String, Vec<AclEntry>)> {
     let path = pushgate_tests::shared_path("vectors/cluster-data.json");
     let text = std::fs::read_to_string(&path).expect("cluster-data.json");
     let data: serde_json::Value = serde_json::from_str(&text).expect("JSON");
@@ -85,7 +88,7 @@ fn mpush_znodes() -> Vec<(String, bool, String, Vec<(i64, String, String)>)> {
         .collect()
 }
 
-async fn acl_of(session: &zk::Client, path: &str) -> Vec<(i64, String, String)> {
+async fn acl_of(session: &zk::Client, path: &str) -> Vec<AclEntry> {
     let (acls, _) = session.get_acl(path).await.expect("get_acl");
     acls.iter()
         .map(|a| {
