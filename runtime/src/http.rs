@@ -6,7 +6,8 @@
 //!   On Redis, a single push this node answers router-change for is sent on through the
 //!   cluster PushClient to the node(s) holding the user's routes, within what is left of the
 //!   push's timeout, and the final status is answered.
-//! - `GET /v1/nodes` — the live nodes of the node registry (this node alone without Redis).
+//! - `GET /v1/nodes` — the live nodes of the node registry (this node alone without Redis);
+//!   with ZooKeeper also `zookeeper`: this node's registration and the servers registered there.
 //! - `GET /v1/alloc` (and `GET /`, the path of MPush's alloc service) — MPush's alloc answer:
 //!   `host:port,…` of the connection servers, least loaded first ([`crate::alloc`]); also
 //!   served alone on `net.alloc_port` by [`serve_alloc`].
@@ -315,13 +316,39 @@ pub async fn serve_alloc(listener: TcpListener, node: NodeHandle, cluster: Arc<C
 
 async fn nodes(State(state): State<AppState>) -> Response {
     match state.cluster.nodes(&state.node).await {
-        Ok(nodes) => Json(json!({ "nodes": nodes })).into_response(),
+        Ok(nodes) => {
+            let mut body = json!({ "nodes": nodes });
+            if let Some(member) = state.cluster.zookeeper() {
+                body["zookeeper"] = zookeeper_json(member);
+            }
+            Json(body).into_response()
+        }
         Err(error) => (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({ "error": format!("cannot list the nodes: {error}") })),
         )
             .into_response(),
     }
+}
+
+/// What this node sees in ZooKeeper: whether it is registered, under which name, and the
+/// connection and gateway servers registered there (`host:port`).
+fn zookeeper_json(member: &crate::zookeeper::ZkMember) -> serde_json::Value {
+    let view = member.view();
+    json!({
+        "registered": view.registered,
+        "nodeId": member.registration().map(|r| r.node_id.clone()),
+        "connectServers": view
+            .connect_servers
+            .iter()
+            .map(|s| format!("{}:{}", s.node.public_host(), s.node.port))
+            .collect::<Vec<_>>(),
+        "gatewayServers": view
+            .gateway_servers
+            .iter()
+            .map(|s| format!("{}:{}", s.node.host, s.node.port))
+            .collect::<Vec<_>>(),
+    })
 }
 
 fn push_response(outcome: PushOutcome) -> Response {

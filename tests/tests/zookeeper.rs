@@ -148,6 +148,27 @@ async fn registers_in_mpush_layout_with_mpush_bytes_and_acls() {
             assert_eq!(stat.ephemeral_owner != 0, *ephemeral, "{ours} ephemeral");
         }
 
+        // The node reports what it sees there.
+        let seen = eventually(WAIT, "the ZooKeeper view on /v1/nodes", || {
+            let node = &node;
+            async move {
+                let body = node.http_get("/v1/nodes").await.json();
+                let zk = body["zookeeper"].clone();
+                (zk["registered"] == true && zk["gatewayServers"].as_array()?.len() == 1)
+                    .then_some(zk)
+            }
+        })
+        .await;
+        assert_eq!(seen["nodeId"], serde_json::json!(name));
+        assert_eq!(
+            seen["gatewayServers"],
+            serde_json::json!([format!("127.0.0.1:{}", node.gateway.port())])
+        );
+        assert_eq!(
+            seen["connectServers"],
+            serde_json::json!([format!("127.0.0.1:{}", node.connect.port())])
+        );
+
         // Without MPush's credential the znodes cannot be read.
         let stranger = zk::Client::connect(&zookeeper.connect_string())
             .await
@@ -189,6 +210,12 @@ async fn an_expired_session_registers_again() {
         assert_eq!(children(&session, "/mpush/cluster/cs", 1).await, cs_before);
         let logs = node.logs();
         assert!(logs.contains("registering again"), "{logs}");
+        let metrics = node.metrics().await;
+        assert_eq!(metrics.count("pushgate_zookeeper_sessions_total", &[]), 2.0);
+        assert_eq!(
+            metrics.value("pushgate_zookeeper_registered", &[]),
+            Some(1.0)
+        );
         assert!(logs.contains("session=2"), "{logs}");
     })
     .await;

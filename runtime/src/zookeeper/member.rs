@@ -18,6 +18,7 @@
 use super::znode::{
     self, ConnectServerNode, GatewayServerNode, CONNECT_DIR, GATEWAY_DIR, MAX_CHILDREN,
 };
+use crate::metrics::names;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -224,6 +225,10 @@ async fn run(
         pause = FIRST_RETRY_PAUSE;
         failing = false;
         sessions += 1;
+        if registration.is_some() {
+            metrics::counter!(names::ZOOKEEPER_SESSIONS).increment(1);
+            metrics::gauge!(names::ZOOKEEPER_REGISTERED).set(1.0);
+        }
         match &registration {
             Some(registration) => tracing::info!(
                 servers = %options.servers,
@@ -237,6 +242,7 @@ async fn run(
         view.send_modify(|v| v.registered = registration.is_some());
         let ended = serve(&client, &options, &view).await;
         view.send_modify(|v| v.registered = false);
+        metrics::gauge!(names::ZOOKEEPER_REGISTERED).set(0.0);
         *lock(&session) = None;
         tracing::warn!(state = ?ended, "ZooKeeper session ended; registering again with a new session");
     }
