@@ -35,6 +35,13 @@ const STORE_COMMENT: &str = "\
 # Also PUSHGATE_STORE__REDIS_URL, or `pushgate serve --redis URL`.
 ";
 
+/// Printed above `cluster.zookeeper` by `--print-config`.
+const ZOOKEEPER_COMMENT: &str = "\
+# MPush's ZooKeeper (mp.zk.server-address), host:port[,host:port...]; empty = off. The node
+# registers /{namespace}/cluster/cs/{uuid} and /{namespace}/cluster/gs/{uuid} as MPush does.
+# Also PUSHGATE_CLUSTER__ZOOKEEPER, or `pushgate serve --zookeeper HOSTS`.
+";
+
 /// Where the route store lives.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -415,10 +422,14 @@ impl Config {
     /// The effective configuration as TOML (for `--print-config`).
     pub fn to_toml(&self) -> String {
         let text = toml::to_string_pretty(self).unwrap_or_default();
-        let mut out = String::with_capacity(text.len() + STORE_COMMENT.len());
+        let mut out =
+            String::with_capacity(text.len() + STORE_COMMENT.len() + ZOOKEEPER_COMMENT.len());
         for line in text.lines() {
             if line.starts_with("redis_url = ") {
                 out.push_str(STORE_COMMENT);
+            }
+            if line.starts_with("zookeeper = ") {
+                out.push_str(ZOOKEEPER_COMMENT);
             }
             out.push_str(line);
             out.push('\n');
@@ -578,6 +589,12 @@ mod cluster_tests {
             config.net.alloc_port, 0,
             "alloc's own port is off by default"
         );
+        let text = config.to_toml();
+        assert!(
+            text.contains("# Also PUSHGATE_CLUSTER__ZOOKEEPER"),
+            "{text}"
+        );
+        assert_eq!(toml::from_str::<Config>(&text).unwrap(), config);
         let mut cluster = ClusterConfig {
             zookeeper: "10.0.0.1:2181,10.0.0.2:2181/chroot".into(),
             ..ClusterConfig::default()
