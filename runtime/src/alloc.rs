@@ -3,7 +3,7 @@
 //! least loaded first; they try the addresses in that order. pushgate answers it from its node
 //! registry ([`crate::cluster::ClusterNode::alloc`]), on the admin API and, with
 //! `net.alloc_port`, on a port of its own (`GET /`, as MPush's alloc service), so a team can
-//! drop that service.
+//! drop that service. An answer is reused for [`crate::cluster::ALLOC_REUSE`] (1 s).
 use serde::Serialize;
 
 /// One connection server and its load.

@@ -21,6 +21,10 @@ use tokio::task::JoinHandle;
 
 /// Longest a registry read or write waits.
 const REGISTRY_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long an alloc answer is reused: a reconnect storm of phones asking alloc costs the
+/// registry one read per this period, not one per phone (MPush's alloc reuses its list for
+/// 5 minutes).
+pub const ALLOC_REUSE: Duration = Duration::from_secs(1);
 
 /// The node's cluster membership.
 #[derive(Debug)]
@@ -30,6 +34,9 @@ pub struct ClusterNode {
     redis: Option<(RedisReader, ClusterPushClient)>,
     heartbeat: Option<JoinHandle<()>>,
     zookeeper: Option<ZkMember>,
+    /// The last alloc answer and when it was computed; held while one is computed, so
+    /// concurrent askers wait for it instead of reading the registry each.
+    alloc_cache: tokio::sync::Mutex<Option<(tokio::time::Instant, String)>>,
 }
 
 impl ClusterNode {
@@ -49,6 +56,7 @@ impl ClusterNode {
                 redis: None,
                 heartbeat: None,
                 zookeeper,
+                alloc_cache: Default::default(),
             });
         };
         let reader = RedisReader::new(target);
@@ -62,12 +70,27 @@ impl ClusterNode {
             redis: Some((reader, push)),
             heartbeat: Some(heartbeat),
             zookeeper,
+            alloc_cache: Default::default(),
         })
     }
 
     /// The ZooKeeper membership (with `cluster.zookeeper`).
     pub fn zookeeper(&self) -> Option<&ZkMember> {
         self.zookeeper.as_ref()
+    }
+
+    /// MPush's alloc text ([`crate::alloc::format`] of [`Self::alloc`]), reused for
+    /// [`ALLOC_REUSE`].
+    pub async fn alloc_text(&self, node: &NodeHandle) -> Result<String, String> {
+        let mut cache = self.alloc_cache.lock().await;
+        if let Some((at, text)) = cache.as_ref() {
+            if at.elapsed() < ALLOC_REUSE {
+                return Ok(text.clone());
+            }
+        }
+        let text = crate::alloc::format(self.alloc(node).await?);
+        *cache = Some((tokio::time::Instant::now(), text.clone()));
+        Ok(text)
     }
 
     /// The connection servers for alloc: every live node of the Redis registry with its bound

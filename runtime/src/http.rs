@@ -279,13 +279,13 @@ fn cluster_outcome(result: ClusterPushResult) -> PushOutcome {
 
 /// The alloc answer of `cluster` (503 with the reason when the registry cannot be read).
 async fn alloc_answer(cluster: &ClusterNode, node: &NodeHandle) -> Response {
-    match cluster.alloc(node).await {
-        Ok(entries) => (
+    match cluster.alloc_text(node).await {
+        Ok(text) => (
             [(
                 axum::http::header::CONTENT_TYPE,
                 "text/plain; charset=utf-8",
             )],
-            crate::alloc::format(entries),
+            text,
         )
             .into_response(),
         Err(error) => (
