@@ -4,16 +4,27 @@
 //! listing behind `GET /v1/nodes`; and the [`ClusterPushClient`] the admin API forwards a push
 //! through when this node answers router change. Without Redis the node lists only itself and
 //! forwards nothing.
+//!
+//! With `cluster.zookeeper` the node is also a member of MPush's ZooKeeper registry
+//! ([`crate::zookeeper`]): registered there as MPush registers, and the gateways registered
+//! there (MPush's Java nodes) join the targets of the cluster PushClient's broadcasts. The
+//! alloc answer ([`crate::alloc`]) lists the connection servers of both registries.
+use crate::alloc::AllocEntry;
 use crate::client::cluster::ClusterPushClient;
 use crate::driver::NodeHandle;
 use crate::redis_store::registry::{self, epoch_ms, NodeInfo};
-use crate::redis_store::{RedisReader, RedisTarget};
+use crate::redis_store::{keys, RedisReader, RedisTarget};
+use crate::zookeeper::{Registration, ZkMember, ZkOptions};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinHandle;
 
 /// Longest a registry read or write waits.
 const REGISTRY_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long an alloc answer is reused: a reconnect storm of phones asking alloc costs the
+/// registry one read per this period, not one per phone (MPush's alloc reuses its list for
+/// 5 minutes).
+pub const ALLOC_REUSE: Duration = Duration::from_secs(1);
 
 /// The node's cluster membership.
 #[derive(Debug)]
@@ -22,32 +33,112 @@ pub struct ClusterNode {
     info: NodeInfo,
     redis: Option<(RedisReader, ClusterPushClient)>,
     heartbeat: Option<JoinHandle<()>>,
+    zookeeper: Option<ZkMember>,
+    /// The last alloc answer and when it was computed; held while one is computed, so
+    /// concurrent askers wait for it instead of reading the registry each.
+    alloc_cache: tokio::sync::Mutex<Option<(tokio::time::Instant, String)>>,
 }
 
 impl ClusterNode {
-    /// Membership of a node on `redis` (announced now and every `ttl / 3`), or of a lone node.
-    /// Pushes it forwards to other nodes carry `gateway_token`.
+    /// Membership of a node on `redis` (announced now and every `ttl / 3`), or of a lone node;
+    /// with `zookeeper`, also registered there. Pushes it forwards to other nodes carry
+    /// `gateway_token`.
     pub fn start(
         info: NodeInfo,
         redis: Option<RedisTarget>,
+        zookeeper: Option<(ZkOptions, Registration)>,
         node: NodeHandle,
         gateway_token: Option<String>,
     ) -> Arc<Self> {
+        let zookeeper =
+            zookeeper.map(|(options, registration)| ZkMember::start(options, Some(registration)));
         let Some(target) = redis else {
             return Arc::new(Self {
                 info,
                 redis: None,
                 heartbeat: None,
+                zookeeper,
+                alloc_cache: Default::default(),
             });
         };
         let reader = RedisReader::new(target);
-        let push = ClusterPushClient::with_reader(reader.clone()).with_gateway_token(gateway_token);
+        let mut push = ClusterPushClient::with_reader(reader.clone()).with_gateway_token(gateway_token);
+        if let Some(member) = &zookeeper {
+            push = push.with_zookeeper(member.subscribe());
+        }
         let heartbeat = tokio::spawn(heartbeat(reader.clone(), info.clone(), node));
         Arc::new(Self {
             info,
             redis: Some((reader, push)),
             heartbeat: Some(heartbeat),
+            zookeeper,
+            alloc_cache: Default::default(),
         })
+    }
+
+    /// The ZooKeeper membership (with `cluster.zookeeper`).
+    pub fn zookeeper(&self) -> Option<&ZkMember> {
+        self.zookeeper.as_ref()
+    }
+
+    /// MPush's alloc text ([`crate::alloc::format`] of [`Self::alloc`]), reused for
+    /// [`ALLOC_REUSE`].
+    pub async fn alloc_text(&self, node: &NodeHandle) -> Result<String, String> {
+        let mut cache = self.alloc_cache.lock().await;
+        if let Some((at, text)) = cache.as_ref() {
+            if at.elapsed() < ALLOC_REUSE {
+                return Ok(text.clone());
+            }
+        }
+        let text = crate::alloc::format(self.alloc(node).await?);
+        *cache = Some((tokio::time::Instant::now(), text.clone()));
+        Ok(text)
+    }
+
+    /// The connection servers for alloc: every live node of the Redis registry with its bound
+    /// routes, then every connection server registered in ZooKeeper that is not one of them
+    /// (MPush's Java nodes) with the size of `mp:oul:{its host}`, as MPush's alloc counts.
+    pub async fn alloc(&self, node: &NodeHandle) -> Result<Vec<AllocEntry>, String> {
+        let mut entries: Vec<AllocEntry> = self
+            .nodes(node)
+            .await?
+            .into_iter()
+            .map(|info| AllocEntry {
+                addr: info.connect_addr,
+                online: info.online_users,
+            })
+            .collect();
+        let Some(member) = &self.zookeeper else {
+            return Ok(entries);
+        };
+        let others: Vec<(String, String)> = member
+            .view()
+            .connect_servers
+            .into_iter()
+            .map(|seen| {
+                let host = seen.node.public_host().to_owned();
+                (format!("{host}:{}", seen.node.port), host)
+            })
+            .filter(|(addr, _)| !entries.iter().any(|e| &e.addr == addr))
+            .collect();
+        let counts = others.iter().map(|(_, host)| async move {
+            let Some((reader, _)) = &self.redis else {
+                return 0;
+            };
+            let mut zcard = redis::cmd("ZCARD");
+            zcard.arg(keys::online_users(host));
+            reader
+                .query::<u64>(&zcard, REGISTRY_TIMEOUT)
+                .await
+                .unwrap_or(0)
+        });
+        let counts = futures_util::future::join_all(counts).await;
+        for ((addr, _), online) in others.into_iter().zip(counts) {
+            if !entries.iter().any(|e| e.addr == addr) {
+                entries.push(AllocEntry { addr, online });
+            }
+        }
+        Ok(entries)
     }
 
     /// The cluster PushClient (with Redis only).
@@ -67,6 +158,9 @@ impl ClusterNode {
     pub async fn leave(&self) {
         if let Some(task) = &self.heartbeat {
             task.abort();
+        }
+        if let Some(member) = &self.zookeeper {
+            member.leave().await;
         }
         if let Some((reader, push)) = &self.redis {
             match registry::withdraw(reader, &self.info.gateway(), REGISTRY_TIMEOUT).await {

@@ -21,6 +21,7 @@ pub struct Config {
     pub flow: FlowConfig,
     pub security: SecurityConfig,
     pub store: StoreConfig,
+    pub cluster: ClusterConfig,
     pub log: LogConfig,
     pub limits: LimitsConfig,
 }
@@ -33,6 +34,13 @@ const STORE_COMMENT: &str = "\
 #   redis+cluster://HOST:PORT[,HOST:PORT...]            Redis Cluster seed nodes
 # A password goes in the user info: redis://:PASSWORD@HOST:PORT.
 # Also PUSHGATE_STORE__REDIS_URL, or `pushgate serve --redis URL`.
+";
+
+/// Printed above `cluster.zookeeper` by `--print-config`.
+const ZOOKEEPER_COMMENT: &str = "\
+# MPush's ZooKeeper (mp.zk.server-address), host:port[,host:port...]; empty = off. The node
+# registers /{namespace}/cluster/cs/{uuid} and /{namespace}/cluster/gs/{uuid} as MPush does.
+# Also PUSHGATE_CLUSTER__ZOOKEEPER, or `pushgate serve --zookeeper HOSTS`.
 ";
 
 /// Where the route store lives.
@@ -98,6 +106,65 @@ impl StoreConfig {
     }
 }
 
+/// Membership in an MPush cluster's ZooKeeper (reference §11.1).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// ZooKeeper servers, `host:port,host:port…` (MPush's `mp.zk.server-address`): the node
+    /// registers its connection and gateway servers there in MPush's layout, and reads the
+    /// gateways of MPush's Java nodes from there. Empty = off.
+    /// Environment: `PUSHGATE_CLUSTER__ZOOKEEPER`; flag: `pushgate serve --zookeeper HOSTS`.
+    pub zookeeper: String,
+    /// MPush's `mp.zk.namespace`: the root of the registry (`/mpush/cluster/cs/…`).
+    pub zookeeper_namespace: String,
+    /// MPush's `mp.zk.digest`: the credential of the `digest` scheme (empty = no
+    /// authentication and open ACLs).
+    pub zookeeper_digest: String,
+    /// The ZooKeeper session timeout asked for (MPush: 5 s); a node away longer loses its
+    /// registration and registers again when back.
+    pub zookeeper_session_timeout_ms: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            zookeeper: String::new(),
+            zookeeper_namespace: "mpush".into(),
+            zookeeper_digest: "mpush".into(),
+            zookeeper_session_timeout_ms: 5_000,
+        }
+    }
+}
+
+impl ClusterConfig {
+    /// Checks the values; under the simulator ZooKeeper must be off.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.zookeeper.trim().is_empty() {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            !cfg!(madsim),
+            "cluster.zookeeper: ZooKeeper is not available in the simulator"
+        );
+        for server in self.zookeeper.trim().split(',') {
+            let host_port = server.split('/').next().unwrap_or_default().trim();
+            let valid = host_port
+                .rsplit_once(':')
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+            anyhow::ensure!(
+                valid,
+                "cluster.zookeeper {:?}: expected host:port[,host:port…]",
+                self.zookeeper
+            );
+        }
+        anyhow::ensure!(
+            (1_000..=120_000).contains(&self.zookeeper_session_timeout_ms),
+            "cluster.zookeeper_session_timeout_ms must be between 1000 and 120000"
+        );
+        Ok(())
+    }
+}
+
 /// The listeners' default backlog: Linux's default `net.core.somaxconn` (MPush: 1,024).
 pub const DEFAULT_LISTEN_BACKLOG: u32 = 4096;
 
@@ -114,6 +181,11 @@ pub struct NetConfig {
     /// The HTTP admin API (loopback by default).
     pub admin_bind: String,
     pub admin_port: u16,
+    /// MPush's alloc service on its own port: `GET /` answers the connection servers,
+    /// least loaded first (`host:port,host:port…`, text/plain). 0 = off (the admin API still
+    /// answers it on `GET /v1/alloc`). Flag: `pushgate serve --alloc-port PORT`.
+    pub alloc_bind: String,
+    pub alloc_port: u16,
     /// The gateway host written into this node's routes: what PushClients of other nodes dial.
     pub public_host: String,
     /// A phone's queued outbound bytes above this make pushes to it fail (MPush: 64 KiB).
@@ -141,6 +213,8 @@ impl Default for NetConfig {
             gateway_port: 3001,
             admin_bind: "127.0.0.1".into(),
             admin_port: 3002,
+            alloc_bind: "0.0.0.0".into(),
+            alloc_port: 0,
             public_host: "127.0.0.1".into(),
             write_high_water_bytes: 64 * 1024,
             write_low_water_bytes: 32 * 1024,
@@ -460,6 +534,7 @@ impl Config {
             "limits.max_user_id_bytes and limits.max_tags_bytes must be > 0"
         );
         self.store.spec()?;
+        self.cluster.validate()?;
         anyhow::ensure!(
             self.store.node_ttl_ms >= 300,
             "store.node_ttl_ms must be at least 300 (the heartbeat renews it every third)"
@@ -562,10 +637,14 @@ impl Config {
     /// The effective configuration as TOML (for `--print-config`).
     pub fn to_toml(&self) -> String {
         let text = toml::to_string_pretty(self).unwrap_or_default();
-        let mut out = String::with_capacity(text.len() + STORE_COMMENT.len());
+        let mut out =
+            String::with_capacity(text.len() + STORE_COMMENT.len() + ZOOKEEPER_COMMENT.len());
         for line in text.lines() {
             if line.starts_with("redis_url = ") {
                 out.push_str(STORE_COMMENT);
+            }
+            if line.starts_with("zookeeper = ") {
+                out.push_str(ZOOKEEPER_COMMENT);
             }
             out.push_str(line);
             out.push('\n');
@@ -721,6 +800,51 @@ mod store_tests {
         assert!(text.contains("#   redis+cluster://"), "{text}");
         let back: Config = toml::from_str(&text).unwrap();
         assert_eq!(back, Config::default());
+    }
+}
+
+#[cfg(all(test, not(madsim)))]
+mod cluster_tests {
+    use super::*;
+
+    #[test]
+    fn zookeeper_is_off_by_default_and_checked_when_set() {
+        let config = Config::default();
+        assert!(config.cluster.zookeeper.is_empty());
+        assert_eq!(config.cluster.zookeeper_namespace, "mpush");
+        assert_eq!(config.cluster.zookeeper_digest, "mpush");
+        assert_eq!(
+            config.net.alloc_port, 0,
+            "alloc's own port is off by default"
+        );
+        let text = config.to_toml();
+        assert!(
+            text.contains("# Also PUSHGATE_CLUSTER__ZOOKEEPER"),
+            "{text}"
+        );
+        assert_eq!(toml::from_str::<Config>(&text).unwrap(), config);
+        let mut cluster = ClusterConfig {
+            zookeeper: "10.0.0.1:2181,10.0.0.2:2181/chroot".into(),
+            ..ClusterConfig::default()
+        };
+        cluster.validate().unwrap();
+        for bad in ["10.0.0.1", "10.0.0.1:99999", ":2181", "a:1,,b:2"] {
+            cluster.zookeeper = bad.into();
+            let error = cluster.validate().unwrap_err().to_string();
+            assert!(error.contains("cluster.zookeeper"), "{bad}: {error}");
+        }
+        cluster.zookeeper = "127.0.0.1:2181".into();
+        cluster.zookeeper_session_timeout_ms = 10;
+        assert!(cluster.validate().is_err());
+    }
+
+    #[test]
+    fn zookeeper_from_the_environment() {
+        // A name no other test uses: tests run in parallel threads of one process.
+        std::env::set_var("PUSHGATE_CLUSTER__ZOOKEEPER", "127.0.0.1:2181");
+        let config = Config::load(None, None);
+        std::env::remove_var("PUSHGATE_CLUSTER__ZOOKEEPER");
+        assert_eq!(config.unwrap().cluster.zookeeper, "127.0.0.1:2181");
     }
 }
 

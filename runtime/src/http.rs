@@ -6,7 +6,11 @@
 //!   On Redis, a single push this node answers router-change for is sent on through the
 //!   cluster PushClient to the node(s) holding the user's routes, within what is left of the
 //!   push's timeout, and the final status is answered.
-//! - `GET /v1/nodes` — the live nodes of the node registry (this node alone without Redis).
+//! - `GET /v1/nodes` — the live nodes of the node registry (this node alone without Redis);
+//!   with ZooKeeper also `zookeeper`: this node's registration and the servers registered there.
+//! - `GET /v1/alloc` (and `GET /`, the path of MPush's alloc service) — MPush's alloc answer:
+//!   `host:port,…` of the connection servers, least loaded first ([`crate::alloc`]); also
+//!   served alone on `net.alloc_port` by [`serve_alloc`].
 //! - `GET /v1/users/{id}` — the user's routes (local and in the store);
 //!   `DELETE /v1/users/{id}` — kick the user's local connections (`?clientType=N` for one type).
 //! - `GET /v1/stats` — connections, bound routes, pushes by status.
@@ -88,6 +92,8 @@ fn router(state: AppState) -> Router {
         .route("/v1/stats", get(stats))
         .route("/v1/limits", get(limits))
         .route("/v1/nodes", get(nodes))
+        .route("/v1/alloc", get(alloc))
+        .route("/", get(alloc))
         .route("/v1/public-key", get(public_key))
         .route("/metrics", get(metrics))
         .route_layer(axum::middleware::from_fn_with_state(
@@ -367,15 +373,78 @@ fn cluster_outcome(result: ClusterPushResult) -> PushOutcome {
     }
 }
 
+/// The alloc answer of `cluster` (503 with the reason when the registry cannot be read).
+async fn alloc_answer(cluster: &ClusterNode, node: &NodeHandle) -> Response {
+    match cluster.alloc_text(node).await {
+        Ok(text) => (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "text/plain; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Err(error) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("cannot list the nodes: {error}"),
+        )
+            .into_response(),
+    }
+}
+
+async fn alloc(State(state): State<AppState>) -> Response {
+    alloc_answer(&state.cluster, &state.node).await
+}
+
+/// Serves MPush's alloc query (`GET /`) alone on `listener` until the task is aborted.
+pub async fn serve_alloc(listener: TcpListener, node: NodeHandle, cluster: Arc<ClusterNode>) {
+    let router = Router::new().route(
+        "/",
+        get(move || {
+            let (node, cluster) = (node.clone(), cluster.clone());
+            async move { alloc_answer(&cluster, &node).await }
+        }),
+    );
+    if let Err(error) = axum::serve(listener, router).await {
+        tracing::error!(%error, "alloc HTTP server stopped");
+    }
+}
+
 async fn nodes(State(state): State<AppState>) -> Response {
     match state.cluster.nodes(&state.node).await {
-        Ok(nodes) => Json(json!({ "nodes": nodes })).into_response(),
+        Ok(nodes) => {
+            let mut body = json!({ "nodes": nodes });
+            if let Some(member) = state.cluster.zookeeper() {
+                body["zookeeper"] = zookeeper_json(member);
+            }
+            Json(body).into_response()
+        }
         Err(error) => (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({ "error": format!("cannot list the nodes: {error}") })),
         )
             .into_response(),
     }
+}
+
+/// What this node sees in ZooKeeper: whether it is registered, under which name, and the
+/// connection and gateway servers registered there (`host:port`).
+fn zookeeper_json(member: &crate::zookeeper::ZkMember) -> serde_json::Value {
+    let view = member.view();
+    json!({
+        "registered": view.registered,
+        "nodeId": member.registration().map(|r| r.node_id.clone()),
+        "connectServers": view
+            .connect_servers
+            .iter()
+            .map(|s| format!("{}:{}", s.node.public_host(), s.node.port))
+            .collect::<Vec<_>>(),
+        "gatewayServers": view
+            .gateway_servers
+            .iter()
+            .map(|s| format!("{}:{}", s.node.host, s.node.port))
+            .collect::<Vec<_>>(),
+    })
 }
 
 fn push_response(outcome: PushOutcome) -> Response {

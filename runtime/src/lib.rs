@@ -8,13 +8,17 @@
 //!   store on Redis in MPush's data model (not in the simulator).
 //! - [`http`] and [`metrics`]: the admin API and Prometheus metrics (not in the simulator);
 //!   [`cluster`]: the node registry membership and push forwarding on Redis (not in the
+//!   simulator); [`zookeeper`]: registration in MPush's ZooKeeper layout (not in the
 //!   simulator).
+//! - [`alloc`]: MPush's alloc answer (not in the simulator).
 //! - [`access`], [`gateway_auth`] and [`limits`]: who may use the business ports (tokens,
 //!   allow-list), and the limits on what one peer or the node may hold, with their counters.
 //! - [`client`]: `PushClient` and `DeviceClient`, and the `push` / `device` subcommands.
 pub use pushgate_core as core;
 
 pub mod access;
+#[cfg(not(madsim))]
+pub mod alloc;
 pub mod client;
 #[cfg(not(madsim))]
 pub mod cluster;
@@ -34,3 +38,5 @@ pub mod server;
 pub mod sim_hooks;
 pub mod store;
 pub mod store_net;
+#[cfg(not(madsim))]
+pub mod zookeeper;

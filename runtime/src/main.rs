@@ -93,6 +93,13 @@ struct ServeArgs {
     /// `redis+cluster://HOST:PORT[,HOST:PORT…]`.
     #[arg(long, value_name = "URL")]
     redis: Option<String>,
+    /// Override cluster.zookeeper: register in this ZooKeeper in MPush's layout
+    /// (`host:port[,host:port…]`).
+    #[arg(long, value_name = "HOSTS")]
+    zookeeper: Option<String>,
+    /// Override net.alloc_port: answer MPush's alloc query (`GET /`) on this port.
+    #[arg(long)]
+    alloc_port: Option<u16>,
 }
 
 #[derive(Args, Debug)]
@@ -170,6 +177,12 @@ impl ServeArgs {
         }
         if let Some(v) = &self.redis {
             set("store", "redis_url", toml::Value::String(v.clone()));
+        }
+        if let Some(v) = &self.zookeeper {
+            set("cluster", "zookeeper", toml::Value::String(v.clone()));
+        }
+        if let Some(v) = self.alloc_port {
+            set("net", "alloc_port", int(v.into()));
         }
         root
     }

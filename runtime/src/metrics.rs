@@ -29,6 +29,10 @@ pub mod names {
     pub const STORE_RECONNECTS: &str = "pushgate_store_reconnects_total";
     pub const STORE_OUTAGES: &str = "pushgate_store_outages_total";
     pub const STORE_CONNECTED: &str = "pushgate_store_connected";
+    /// ZooKeeper membership (with `cluster.zookeeper`): 1 while this node's znodes are
+    /// registered, and the sessions opened (more than one: sessions expired and replaced).
+    pub const ZOOKEEPER_REGISTERED: &str = "pushgate_zookeeper_registered";
+    pub const ZOOKEEPER_SESSIONS: &str = "pushgate_zookeeper_sessions_total";
     /// The node task (see [`super::NodeLoad`]): the fraction of the last window it was busy
     /// handling (0 to 1), its busy time in total, the messages waiting in its queue at its last
     /// wake-up and the most seen at a wake-up in the last window, and the timers its core holds.

@@ -191,7 +191,33 @@ pub async fn start_with(config: &Config, hooks: ServerHooks) -> anyhow::Result<R
             _ => None,
         };
         let token = config.security.gateway_tokens.first().cloned();
-        let cluster = crate::cluster::ClusterNode::start(info, redis, handle.clone(), token);
+        let zookeeper = (!config.cluster.zookeeper.trim().is_empty()).then(|| {
+            let options = crate::zookeeper::ZkOptions {
+                servers: config.cluster.zookeeper.trim().to_owned(),
+                namespace: config.cluster.zookeeper_namespace.clone(),
+                digest: config.cluster.zookeeper_digest.clone(),
+                session_timeout: Duration::from_millis(config.cluster.zookeeper_session_timeout_ms),
+            };
+            let registration = crate::zookeeper::Registration::new(
+                &net.public_host,
+                connect_addr.port(),
+                &gateway_node.host,
+                gateway_node.port,
+            );
+            (options, registration)
+        });
+        let cluster = crate::cluster::ClusterNode::start(info, redis, zookeeper, handle.clone(), token);
+        if net.alloc_port != 0 {
+            let alloc = listen(&net.alloc_bind, net.alloc_port, net.listen_backlog)
+                .await
+                .map_err(|e| anyhow::anyhow!("bind {}:{}: {e}", net.alloc_bind, net.alloc_port))?;
+            tracing::info!(alloc_addr = %alloc.local_addr()?, "alloc serving");
+            accept_tasks.push(tokio::spawn(crate::http::serve_alloc(
+                alloc,
+                handle.clone(),
+                cluster.clone(),
+            )));
+        }
         let api = crate::http::ApiConfig {
             tokens: config.security.admin_token_set(),
             counters: counters.clone(),

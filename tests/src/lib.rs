@@ -24,6 +24,7 @@
 pub mod http;
 pub mod redis;
 pub mod vectors;
+pub mod zookeeper;
 
 pub use pushgate;
 pub use pushgate_core as core;

@@ -84,6 +84,11 @@ pub struct PushArgs {
     /// gateway connection. Also read from PUSHGATE_GATEWAY_TOKEN (kept out of the process list).
     #[arg(long, env = "PUSHGATE_GATEWAY_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// With --redis and --broadcast: also broadcast to the gateways registered in this
+    /// ZooKeeper in MPush's layout (MPush's Java nodes), `host:port[,host:port…]`; the
+    /// namespace and digest are MPush's defaults (`mpush`).
+    #[arg(long, requires = "redis", value_name = "HOSTS")]
+    pub zookeeper: Option<String>,
 }
 
 impl PushArgs {
@@ -210,9 +215,25 @@ fn single_request(args: PushArgs) -> anyhow::Result<SinglePushRequest> {
 #[cfg(not(madsim))]
 async fn cluster_push_command(args: PushArgs, url: &str) -> anyhow::Result<ExitCode> {
     use super::cluster::ClusterPushClient;
-    let client = ClusterPushClient::new(url)
+    let mut client = ClusterPushClient::new(url)
         .context("--redis")?
         .with_gateway_token(args.token.clone());
+    let mut member = None;
+    if let (Some(servers), true) = (&args.zookeeper, args.broadcast) {
+        let options = crate::zookeeper::ZkOptions {
+            servers: servers.clone(),
+            namespace: "mpush".into(),
+            digest: "mpush".into(),
+            session_timeout: std::time::Duration::from_secs(5),
+        };
+        let watcher = crate::zookeeper::ZkMember::start(options, None);
+        anyhow::ensure!(
+            watcher.wait_read(std::time::Duration::from_secs(5)).await,
+            "--zookeeper {servers}: the gateway list could not be read within 5 s"
+        );
+        client = client.with_zookeeper(watcher.subscribe());
+        member = Some(watcher);
+    }
     let (line, success) = if args.broadcast {
         let result = client.broadcast(broadcast_request(args)).await;
         let mut line = json!({
@@ -247,6 +268,7 @@ async fn cluster_push_command(args: PushArgs, url: &str) -> anyhow::Result<ExitC
     };
     print_line(&line)?;
     client.close();
+    drop(member);
     Ok(if success {
         ExitCode::SUCCESS
     } else {

@@ -14,8 +14,10 @@
 //! a stale entry is corrected by the router change it meets (the entry is replaced by what the
 //! re-read finds) or dropped when the push ends offline. Off by default: every push reads.
 //!
-//! A broadcast goes to every node in the node registry ([`crate::redis_store::registry`]) and
-//! their answers fold into one: success when every node answered success.
+//! A broadcast goes to every node in the node registry ([`crate::redis_store::registry`]) and,
+//! with [`ClusterPushClient::with_zookeeper`], to every gateway registered in MPush's ZooKeeper
+//! (MPush's Java nodes; one send per gateway address), and their answers fold into one:
+//! success when every node answered success.
 use super::push::{
     BroadcastRequest, PushClient, PushClientOptions, PushResult, SinglePushRequest,
     DEFAULT_MAX_REDIRECTS, DEFAULT_PUSH_TIMEOUT_MS,
@@ -109,6 +111,8 @@ pub struct ClusterPushClient {
     cache: Arc<Mutex<HashMap<String, (Instant, Routes)>>>,
     /// The gateway token sent on every gateway connection.
     token: Option<String>,
+    /// The gateways registered in ZooKeeper, when watched.
+    zookeeper: Option<tokio::sync::watch::Receiver<crate::zookeeper::ZkView>>,
 }
 
 impl std::fmt::Debug for ClusterPushClient {
@@ -160,12 +164,23 @@ impl ClusterPushClient {
             cache_ttl: Duration::ZERO,
             cache: Arc::new(Mutex::new(HashMap::new())),
             token: None,
+            zookeeper: None,
         }
     }
 
     /// Sends `token` first on every gateway connection (the nodes' `security.gateway_tokens`).
     pub fn with_gateway_token(mut self, token: Option<String>) -> Self {
         self.token = token.filter(|t| !t.trim().is_empty());
+        self
+    }
+
+    /// Broadcasts also reach the gateways registered in ZooKeeper (`view` of a
+    /// [`crate::zookeeper::ZkMember`]).
+    pub fn with_zookeeper(
+        mut self,
+        view: tokio::sync::watch::Receiver<crate::zookeeper::ZkView>,
+    ) -> Self {
+        self.zookeeper = Some(view);
         self
     }
 
@@ -282,7 +297,22 @@ impl ClusterPushClient {
         };
         let deadline = Instant::now() + Duration::from_millis(timeout_ms);
         let nodes = match registry::list(&self.redis, left(deadline)).await {
-            Ok(nodes) => nodes,
+            Ok(nodes) => {
+                let mut gateways: Vec<(String, u16)> = nodes
+                    .into_iter()
+                    .map(|n| (n.gateway_host, n.gateway_port))
+                    .collect();
+                if let Some(view) = &self.zookeeper {
+                    for seen in &view.borrow().gateway_servers {
+                        let gateway = (seen.node.host.clone(), seen.node.port);
+                        if !gateways.contains(&gateway) {
+                            gateways.push(gateway);
+                        }
+                    }
+                }
+                gateways.truncate(MAX_GATEWAYS);
+                gateways
+            }
             Err(reason) => {
                 return ClusterBroadcastResult {
                     status: PushStatus::Failure,
@@ -298,16 +328,14 @@ impl ClusterPushClient {
                 nodes: Vec::new(),
             };
         }
-        let sends = nodes.into_iter().map(|node| {
+        let sends = nodes.into_iter().map(|(gateway_host, gateway_port)| {
             let mut req = req.clone();
             async move {
-                let gateway = format!("{}:{}", node.gateway_host, node.gateway_port);
+                let gateway = format!("{gateway_host}:{gateway_port}");
                 let budget = left(deadline);
                 req.timeout_ms = budget.as_millis().max(1) as u64;
                 let outcome = tokio::time::timeout(budget, async {
-                    let client = self
-                        .gateway(&node.gateway_host, node.gateway_port, deadline)
-                        .await?;
+                    let client = self.gateway(&gateway_host, gateway_port, deadline).await?;
                     client.broadcast(req).await.map_err(|e| e.to_string())
                 })
                 .await;
