@@ -9,6 +9,8 @@
 //! - [`http`] and [`metrics`]: the admin API and Prometheus metrics (not in the simulator);
 //!   [`cluster`]: the node registry membership and push forwarding on Redis (not in the
 //!   simulator).
+//! - [`web`]: the WebSocket listener and the web connections' tasks (MPush's JSON packets;
+//!   not in the simulator).
 //! - [`client`]: `PushClient` and `DeviceClient`, and the `push` / `device` subcommands.
 pub use pushgate_core as core;
 
@@ -29,3 +31,5 @@ pub mod server;
 pub mod sim_hooks;
 pub mod store;
 pub mod store_net;
+#[cfg(not(madsim))]
+pub mod web;
