@@ -840,6 +840,14 @@ mod tests {
         conn
     }
 
+    /// Every web client holds one for as long as it is connected.
+    #[test]
+    fn an_idle_connection_is_small() {
+        let bytes = std::mem::size_of::<WebConn>();
+        eprintln!("WebConn: {bytes} bytes");
+        assert!(bytes <= 256, "a WebConn holds {bytes} bytes");
+    }
+
     #[test]
     fn answers_are_mpush_json_packets() {
         let ok = OkMessage::new(Command::Bind, "bind success").to_bytes();

@@ -326,7 +326,7 @@ async fn malformed_json_binary_and_oversized_messages_close_with_a_clear_code() 
 async fn a_client_that_never_answers_pings_is_closed_and_one_that_does_stays() {
     bounded(LIMIT, async {
         let (server, addr) =
-            server_with_ws("ws_ping_interval_ms = 200\nws_idle_timeout_ms = 700").await;
+            server_with_ws("ws_ping_interval_ms = 200\nws_idle_timeout_ms = 1000").await;
         let mut silent = Web::bound(addr, "web-silent", "user-silent", None).await;
         let mut alive = Web::bound(addr, "web-alive", "user-alive", None).await;
         // `alive` reads all along (tungstenite answers each ping as it reads it); `silent`
@@ -410,6 +410,31 @@ async fn the_websocket_path_serves_the_demo_page_and_is_off_by_default() {
         assert!(
             !server.logs().contains("ws_addr=Some"),
             "no WebSocket listener unless net.ws_port is set"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn on_sigterm_web_clients_get_a_going_away_close_and_the_server_exits() {
+    bounded(LIMIT, async {
+        let (mut server, addr) = server_with_ws("shutdown_grace_ms = 3000").await;
+        let mut web = Web::bound(addr, "web-term", "user-term", None).await;
+        let started = std::time::Instant::now();
+        server.sigterm();
+        assert_eq!(
+            web.expect_close().await,
+            (CloseCode::Away, "server shutting down".to_owned())
+        );
+        let status = server
+            .wait_exit(Duration::from_secs(10))
+            .await
+            .unwrap_or_else(|| panic!("still running after SIGTERM:\n{}", server.logs()));
+        assert!(status.success(), "{status}\n{}", server.logs());
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "the web connection held the shutdown for {:?}",
+            started.elapsed()
         );
     })
     .await;
