@@ -17,7 +17,7 @@ use crate::driver::{NodeHandle, NodeMsg};
 use crate::phone_queue::{PhoneQueue, ToPhone};
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
@@ -117,30 +117,25 @@ async fn upgrade_or_page(
         Err(_) => return page(State(state)).await.into_response(),
     };
     let max = state.settings.cfg.max_message_bytes;
-    let conn = ConnId(state.next_id.fetch_add(1, Ordering::Relaxed));
-    let queue = Arc::new(PhoneQueue::new(state.settings.max_queued_items));
-    if state
-        .node
-        .send(NodeMsg::PhoneOpened {
-            conn,
-            queue: queue.clone(),
-        })
-        .await
-        .is_err()
-    {
-        return StatusCode::SERVICE_UNAVAILABLE.into_response();
-    }
     let guard = LiveGuard::new(&state.live);
-    let node = state.node.clone();
-    let settings = state.settings.clone();
     upgrade
         .max_message_size(max)
         .max_frame_size(max)
         // The connection's own queue holds what waits; the socket's buffer is one message.
         .write_buffer_size(0)
-        .on_failed_upgrade(move |error| tracing::debug!(%error, "WebSocket upgrade failed"))
+        .on_failed_upgrade(|error| tracing::debug!(%error, "WebSocket upgrade failed"))
         .on_upgrade(move |socket| async move {
-            run_web(conn, socket, node, queue, settings).await;
+            // The node hears of the connection once it is a WebSocket (a failed upgrade
+            // leaves nothing behind).
+            let conn = ConnId(state.next_id.fetch_add(1, Ordering::Relaxed));
+            let queue = Arc::new(PhoneQueue::new(state.settings.max_queued_items));
+            let opened = NodeMsg::PhoneOpened {
+                conn,
+                queue: queue.clone(),
+            };
+            if state.node.send(opened).await.is_ok() {
+                run_web(conn, socket, state.node, queue, state.settings).await;
+            }
             drop(guard);
         })
 }
