@@ -3,7 +3,8 @@
 //! over the DevTools protocol: connect, bind, one push with `ack: "auto"` (the client
 //! acknowledges it) and one with `"biz"` (acknowledged with the page's Ack button); the HTTP
 //! API answers ack-success for both. A screenshot of the page is kept in
-//! `target/web-client/demo.png`.
+//! `target/web-client/demo.png`. Then the connection drops and the client reconnects, binds
+//! again and gets pushes; an operator's kick closes it for good.
 //!
 //! Chromium missing is a failure with the command that installs it, never a skip.
 #![cfg(not(madsim))]
@@ -334,6 +335,39 @@ async fn the_demo_page_binds_and_acknowledges_auto_and_biz_pushes_in_chromium() 
         let path = dir.join("demo.png");
         std::fs::write(&path, &png).unwrap();
         eprintln!("screenshot: {} ({} bytes)", path.display(), png.len());
+
+        // The connection drops: the client reconnects (with backoff), handshakes and binds the
+        // user again, and pushes reach it.
+        let count = |text: &str| {
+            format!("document.getElementById('log').value.split('{text}').length - 1")
+        };
+        page.eval("window.pushgateClient._socket.close(); true").await;
+        page.wait_for(
+            &format!("{} >= 2", count("bound browser-user")),
+            "the bind after the reconnect",
+        )
+        .await;
+        assert!(page.eval(&count("reconnecting in")).await.as_u64() >= Some(1));
+        let again = server
+            .http_post(
+                "/v1/push",
+                &json!({"userId": "browser-user", "content": "after the reconnect", "ack": "auto"}),
+            )
+            .await;
+        assert_eq!(again.json()["status"], "ack-success", "{}", again.text());
+
+        // A kick (here the operator's) closes the client for good: no reconnect.
+        let kicked = http::request(server.admin, "DELETE", "/v1/users/browser-user", None)
+            .await
+            .expect("DELETE /v1/users");
+        assert_eq!(kicked.status, 200, "{}", kicked.text());
+        page.wait_for(
+            "document.getElementById('status').textContent === 'closed'",
+            "the kicked client to close",
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert_eq!(page.eval(&count("handshake ok")).await, json!(2), "no reconnect after a kick");
         drop(browser);
     })
     .await;
