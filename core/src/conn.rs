@@ -163,8 +163,9 @@ pub enum PhoneMessage {
 /// The session a full handshake set up.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Handshaken {
-    /// The id under which the session is stored for fast connects.
-    pub reusable_session_id: String,
+    /// The id under which the session is stored for fast connects; `None` for a session that
+    /// is never resumed (a web connection's: it has no keys).
+    pub reusable_session_id: Option<String>,
     pub session: CachedSession,
     pub heartbeat_ms: u64,
 }
@@ -466,7 +467,7 @@ impl PhoneConn {
             iv,
         };
         let handshaken = Handshaken {
-            reusable_session_id,
+            reusable_session_id: Some(reusable_session_id),
             session,
             heartbeat_ms,
         };

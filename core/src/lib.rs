@@ -16,6 +16,8 @@
 //! The engine, on top:
 //! - [`conn`]: [`PhoneConn`], one phone connection as its connection task runs it: framing,
 //!   decryption, the handshake, heartbeats, idle checks, sealing, the slow-consumer marks.
+//! - [`web_conn`]: [`WebConn`], the same for a web connection: MPush's JSON packets over
+//!   WebSocket, keep-alive pings, size limits.
 //! - [`session`]: one phone connection as the node sees it (device facts, bound user).
 //! - [`route`]: local routes (user id + client type → connection).
 //! - [`push`]: push requests and broadcast filters; [`condition`]: the filter language.
@@ -48,9 +50,11 @@ pub mod status;
 pub mod store;
 pub mod store_state;
 pub mod timer;
+pub mod web_conn;
 
 pub use config::{NodeAddr, NodeConfig};
 pub use conn::{ConnConfig, PhoneConn, PhoneMessage, QueueMarks};
 pub use ids::{ConnId, GatewayId, Millis, PushId, RequestId};
 pub use node::{CloseReason, Event, Input, KickCause, Node, NodeStats, OutFrame, Output, Seal};
 pub use status::PushStatus;
+pub use web_conn::{WebConfig, WebConn, WsMessage};

@@ -202,6 +202,20 @@ pub struct NetConfig {
     pub listen_backlog: u32,
     /// Longest the server waits on shutdown for pending pushes to be answered.
     pub shutdown_grace_ms: u64,
+    /// Web clients (MPush's JSON packets over WebSocket) connect here; 0 = off (MPush's
+    /// `ws-server-port`).
+    pub ws_port: u16,
+    /// The WebSocket listener's interface (all interfaces by default).
+    pub ws_bind: String,
+    /// The path of the WebSocket upgrade; a plain `GET` there serves the demo page (MPush's
+    /// `ws-path`).
+    pub ws_path: String,
+    /// Largest message (and frame) a web client may send.
+    pub ws_max_message_bytes: usize,
+    /// A web client silent this long is sent a WebSocket ping.
+    pub ws_ping_interval_ms: u64,
+    /// A web client silent this long (pongs count) is closed.
+    pub ws_idle_timeout_ms: u64,
 }
 
 impl Default for NetConfig {
@@ -222,6 +236,12 @@ impl Default for NetConfig {
             max_connections: defaults::MAX_CONNECTIONS,
             listen_backlog: DEFAULT_LISTEN_BACKLOG,
             shutdown_grace_ms: 5_000,
+            ws_port: 0,
+            ws_bind: "0.0.0.0".into(),
+            ws_path: "/".into(),
+            ws_max_message_bytes: 64 * 1024,
+            ws_ping_interval_ms: 30_000,
+            ws_idle_timeout_ms: 90_000,
         }
     }
 }
@@ -508,6 +528,18 @@ impl Config {
             n.listen_backlog > 0 && n.listen_backlog <= i32::MAX as u32,
             "net.listen_backlog must be between 1 and {}",
             i32::MAX
+        );
+        anyhow::ensure!(
+            n.ws_path.starts_with('/'),
+            "net.ws_path must start with '/'"
+        );
+        anyhow::ensure!(
+            n.ws_max_message_bytes >= 1024 && n.ws_max_message_bytes <= 16 * 1024 * 1024,
+            "net.ws_max_message_bytes must be between 1 KiB and 16 MiB"
+        );
+        anyhow::ensure!(
+            n.ws_ping_interval_ms > 0 && n.ws_ping_interval_ms < n.ws_idle_timeout_ms,
+            "net.ws_ping_interval_ms must be > 0 and < net.ws_idle_timeout_ms"
         );
         self.security.server_key()?;
         self.security.validate_tokens()?;

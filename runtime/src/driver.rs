@@ -643,7 +643,7 @@ impl Driver {
                     tracing::debug!(%conn, ?reason, "closing phone connection");
                     if let Some(queue) = self.phones.remove(&conn) {
                         metrics::connection_closed();
-                        queue.close();
+                        queue.close_for(Some(reason));
                     }
                 }
                 Output::GatewayTransmit { gw, packet } => {

@@ -13,6 +13,8 @@
 //! - [`alloc`]: MPush's alloc answer (not in the simulator).
 //! - [`access`], [`gateway_auth`] and [`limits`]: who may use the business ports (tokens,
 //!   allow-list), and the limits on what one peer or the node may hold, with their counters.
+//! - [`web`]: the WebSocket listener and the web connections' tasks (MPush's JSON packets;
+//!   not in the simulator).
 //! - [`client`]: `PushClient` and `DeviceClient`, and the `push` / `device` subcommands.
 pub use pushgate_core as core;
 
@@ -40,3 +42,4 @@ pub mod store;
 pub mod store_net;
 #[cfg(not(madsim))]
 pub mod zookeeper;
+pub mod web;

@@ -18,7 +18,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Run a node: connection server (3000), gateway server (3001), HTTP admin (3002).
+    /// Run a node: connection server (3000), gateway server (3001), HTTP admin (3002), and
+    /// web clients over WebSocket with `--ws-port`.
     Serve(ServeArgs),
     /// Push to a user (or broadcast) through a gateway, print the status as one JSON line.
     Push(pushgate::client::cli::PushArgs),
@@ -70,6 +71,12 @@ struct ServeArgs {
     /// logging (security.production).
     #[arg(long)]
     production: bool,
+    /// Override net.ws_port: serve web clients (MPush's JSON packets over WebSocket) here.
+    #[arg(long)]
+    ws_port: Option<u16>,
+    /// Override net.ws_path (the WebSocket path; a plain GET there serves the demo page).
+    #[arg(long)]
+    ws_path: Option<String>,
     /// Override net.public_host (the gateway host written into routes).
     #[arg(long)]
     public_host: Option<String>,
@@ -156,6 +163,12 @@ impl ServeArgs {
         }
         if self.production {
             set("security", "production", toml::Value::Boolean(true));
+        }
+        if let Some(v) = self.ws_port {
+            set("net", "ws_port", int(v.into()));
+        }
+        if let Some(v) = &self.ws_path {
+            set("net", "ws_path", toml::Value::String(v.clone()));
         }
         if let Some(v) = &self.public_host {
             set("net", "public_host", toml::Value::String(v.clone()));

@@ -15,7 +15,7 @@
 //! than the hard limit's worth of headers would pass the hard limit anyway; beyond it items are
 //! dropped and the batch says so, and the connection closes as a slow consumer.
 use pushgate_core::conn::Resume;
-use pushgate_core::OutFrame;
+use pushgate_core::{CloseReason, OutFrame};
 use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::task::{Context, Poll, Waker};
@@ -39,6 +39,8 @@ pub struct Batch {
     pub frames: VecDeque<ToPhone>,
     /// The node asked for the connection to be closed after these frames.
     pub close: bool,
+    /// Why, when the node said (a web connection tells its client in the close frame).
+    pub close_reason: Option<CloseReason>,
     /// Items were dropped: more were handed over than the queue holds.
     pub overflow: bool,
 }
@@ -48,6 +50,7 @@ struct State {
     frames: VecDeque<ToPhone>,
     /// A close was asked for and not taken yet.
     close: bool,
+    close_reason: Option<CloseReason>,
     /// A close was asked for: later items are dropped.
     closed: bool,
     /// The node took the connection in (under its connection limit): the task may read.
@@ -94,12 +97,18 @@ impl PhoneQueue {
 
     /// Asks the connection task to write what is queued and then close.
     pub fn close(&self) {
+        self.close_for(None);
+    }
+
+    /// [`PhoneQueue::close`], saying why.
+    pub fn close_for(&self, reason: Option<CloseReason>) {
         let mut state = self.lock();
         if state.closed {
             return;
         }
         state.closed = true;
         state.close = true;
+        state.close_reason = reason;
         let waiter = state.waiter.take();
         drop(state);
         if let Some(waiter) = waiter {
@@ -155,6 +164,7 @@ impl PhoneQueue {
         Batch {
             frames: std::mem::take(&mut state.frames),
             close: std::mem::take(&mut state.close),
+            close_reason: state.close_reason.take(),
             overflow: std::mem::take(&mut state.overflow),
         }
     }

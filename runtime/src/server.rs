@@ -26,6 +26,9 @@ pub struct RunningServer {
     pub gateway_addr: SocketAddr,
     /// `None` in the simulator, which has no HTTP server.
     pub admin_addr: Option<SocketAddr>,
+    /// The WebSocket listener for web clients; `None` when `net.ws_port` is 0 (and in the
+    /// simulator).
+    pub ws_addr: Option<SocketAddr>,
     handle: NodeHandle,
     node_task: JoinHandle<()>,
     accept_tasks: Vec<JoinHandle<()>>,
@@ -107,6 +110,19 @@ pub async fn start_with(config: &Config, hooks: ServerHooks) -> anyhow::Result<R
             "net.write_low_water_bytes <= net.write_high_water_bytes <= net.write_hard_limit_bytes"
         )
     })?;
+    #[cfg(not(madsim))]
+    let web_settings = Arc::new(crate::web::WebSettings {
+        cfg: pushgate_core::WebConfig::from_node(
+            &node_config,
+            marks,
+            net.ws_max_message_bytes,
+            net.ws_ping_interval_ms,
+            net.ws_idle_timeout_ms,
+        ),
+        start: clock_start,
+        path: net.ws_path.clone(),
+        max_queued_items: marks.hard_limit_bytes / pushgate_core::frame::HEADER_BYTES + 1,
+    });
     let phone_settings = Arc::new(PhoneSettings {
         cfg: ConnConfig::from_node(&node_config, epoch_ms, marks),
         start: clock_start,
@@ -164,10 +180,30 @@ pub async fn start_with(config: &Config, hooks: ServerHooks) -> anyhow::Result<R
             gateway,
             handle.clone(),
             gateway_door,
-            next_id,
+            next_id.clone(),
             live.clone(),
         )),
     ];
+
+    #[cfg(not(madsim))]
+    let ws_addr = if net.ws_port == 0 {
+        None
+    } else {
+        let ws = listen(&net.ws_bind, net.ws_port, net.listen_backlog)
+            .await
+            .map_err(|e| anyhow::anyhow!("bind {}:{}: {e}", net.ws_bind, net.ws_port))?;
+        let addr = ws.local_addr()?;
+        accept_tasks.push(tokio::spawn(crate::web::serve(
+            ws,
+            handle.clone(),
+            web_settings,
+            next_id.clone(),
+            live.clone(),
+        )));
+        Some(addr)
+    };
+    #[cfg(madsim)]
+    let ws_addr = None;
 
     #[cfg(not(madsim))]
     let admin_addr = {
@@ -242,11 +278,12 @@ pub async fn start_with(config: &Config, hooks: ServerHooks) -> anyhow::Result<R
     #[cfg(madsim)]
     let admin_addr = None;
 
-    tracing::info!(%connect_addr, %gateway_addr, admin_addr = ?admin_addr, "pushgate serving");
+    tracing::info!(%connect_addr, %gateway_addr, admin_addr = ?admin_addr, ws_addr = ?ws_addr, "pushgate serving");
     Ok(RunningServer {
         connect_addr,
         gateway_addr,
         admin_addr,
+        ws_addr,
         handle,
         node_task,
         accept_tasks,

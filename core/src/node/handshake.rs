@@ -40,12 +40,14 @@ impl Node {
             device_id: session.device_id.clone(),
             fast: false,
         });
-        let ttl_ms = self.cfg.session_expire_ms;
-        self.store_write(StoreOp::PutSession {
-            session_id: reusable_session_id,
-            session,
-            ttl_ms,
-        });
+        if let Some(session_id) = reusable_session_id {
+            let ttl_ms = self.cfg.session_expire_ms;
+            self.store_write(StoreOp::PutSession {
+                session_id,
+                session,
+                ttl_ms,
+            });
+        }
     }
 
     /// Takes on a session context: cipher, device facts; the connection is Ready.
