@@ -4,7 +4,9 @@
 //! session id and the negotiated heartbeat, and mixes the two keys into the session key that
 //! protects everything after; the node hears [`PhoneMessage::Handshaken`]. Here the node takes
 //! the session on (a new device on a bound connection gives up the old user first) and stores
-//! it (`PutSession`) so a later connection can skip RSA with a fast connect.
+//! it (`PutSession`) so a later connection can skip RSA with a fast connect. A web connection's
+//! plaintext handshake ([`crate::web_conn::WebConn`], MPush's JSON packets) arrives the same
+//! way, with no keys and no reusable id: it is taken on and never stored.
 //!
 //! Why it is here: `adopt` is the one place a connection becomes Ready on the node (also for
 //! fast connects), and the stored session is shared through the store.
