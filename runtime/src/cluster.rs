@@ -62,7 +62,8 @@ impl ClusterNode {
             });
         };
         let reader = RedisReader::new(target);
-        let mut push = ClusterPushClient::with_reader(reader.clone()).with_gateway_token(gateway_token);
+        let mut push =
+            ClusterPushClient::with_reader(reader.clone()).with_gateway_token(gateway_token);
         if let Some(member) = &zookeeper {
             push = push.with_zookeeper(member.subscribe());
         }

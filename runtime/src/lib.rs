@@ -41,5 +41,6 @@ pub mod sim_hooks;
 pub mod store;
 pub mod store_net;
 #[cfg(not(madsim))]
-pub mod zookeeper;
 pub mod web;
+#[cfg(not(madsim))]
+pub mod zookeeper;

@@ -242,7 +242,8 @@ pub async fn start_with(config: &Config, hooks: ServerHooks) -> anyhow::Result<R
             );
             (options, registration)
         });
-        let cluster = crate::cluster::ClusterNode::start(info, redis, zookeeper, handle.clone(), token);
+        let cluster =
+            crate::cluster::ClusterNode::start(info, redis, zookeeper, handle.clone(), token);
         if net.alloc_port != 0 {
             let alloc = listen(&net.alloc_bind, net.alloc_port, net.listen_backlog)
                 .await
