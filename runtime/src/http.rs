@@ -5,7 +5,9 @@
 //!   `userIds`, `clientType`, `taskId`); answers with the terminal status and its time line.
 //!   On Redis, a single push this node answers router-change for is sent on through the
 //!   cluster PushClient to the node(s) holding the user's routes, within what is left of the
-//!   push's timeout, and the final status is answered.
+//!   push's timeout, and the final status is answered. A broadcast with `cluster: true` goes
+//!   to every node of the cluster through the cluster PushClient (Redis registry, and the
+//!   gateways registered in ZooKeeper) and answers once for all of them.
 //! - `GET /v1/nodes` — the live nodes of the node registry (this node alone without Redis);
 //!   with ZooKeeper also `zookeeper`: this node's registration and the servers registered there.
 //! - `GET /v1/alloc` (and `GET /`, the path of MPush's alloc service) — MPush's alloc answer:
@@ -194,6 +196,10 @@ pub struct PushBody {
     pub user_ids: Option<Vec<String>>,
     #[serde(default)]
     pub task_id: Option<String>,
+    /// A broadcast to every node of the cluster (the Redis registry and, with ZooKeeper, every
+    /// gateway registered there), not only this node's phones.
+    #[serde(default)]
+    pub cluster: bool,
 }
 
 fn bad_request(message: impl Into<String>) -> Response {
@@ -263,6 +269,9 @@ pub fn push_request(body: PushBody) -> Result<PushRequest, String> {
 }
 
 async fn push(State(state): State<AppState>, Json(body): Json<PushBody>) -> Response {
+    if body.cluster {
+        return cluster_broadcast(&state, body).await;
+    }
     let request = match push_request(body) {
         Ok(request) => request,
         Err(message) => return bad_request(message),
@@ -287,6 +296,48 @@ async fn push(State(state): State<AppState>, Json(body): Json<PushBody>) -> Resp
         }
         _ => push_response(outcome),
     }
+}
+
+/// `POST /v1/push` with `broadcast` and `cluster`: through the cluster PushClient to every
+/// node, as MPush's PushClient broadcasts (tags, condition and task id only: its gateway
+/// request carries no user list or client type); one answer folding every node's.
+async fn cluster_broadcast(state: &AppState, body: PushBody) -> Response {
+    if !body.broadcast {
+        return bad_request("cluster: true is for broadcasts (set broadcast: true)");
+    }
+    if body.user_ids.is_some() || body.client_type.is_some_and(|c| c != 0) {
+        return bad_request(
+            "a cluster broadcast takes tags, condition and taskId only (userIds and clientType are not in MPush's gateway request)",
+        );
+    }
+    let Some(client) = state.cluster.push_client() else {
+        return bad_request("cluster: true needs the node on Redis (store.redis_url)");
+    };
+    if let Some(text) = body.condition.as_deref().filter(|c| !c.trim().is_empty()) {
+        if let Err(error) = Condition::parse(text) {
+            return bad_request(error.to_string());
+        }
+    }
+    let timeout_ms = match body.timeout_ms.unwrap_or(0) {
+        0 => state.api.default_push_timeout_ms,
+        t => t.min(state.api.max_push_timeout_ms),
+    };
+    let request = crate::client::BroadcastRequest {
+        content: Bytes::from(body.content.into_bytes()),
+        tags: body.tags.unwrap_or_default(),
+        condition: body.condition.filter(|c| !c.trim().is_empty()),
+        task_id: body.task_id.filter(|t| !t.is_empty()),
+        timeout_ms,
+    };
+    let result = client.broadcast(request).await;
+    Json(json!({
+        "broadcast": true,
+        "cluster": true,
+        "status": result.status.name(),
+        "reason": result.reason,
+        "nodes": result.nodes,
+    }))
+    .into_response()
 }
 
 /// Time kept back from a forwarded push for the remote gateway's answer to come back.

@@ -1,8 +1,9 @@
 //! `pushgate serve --zookeeper …` against Debian's real ZooKeeper: the node registers its
 //! connection and gateway servers in MPush's layout, with MPush's bytes and ACLs (compared with
 //! MPush's own znodes in `../shared/vectors/cluster-data.json`), registers again after its
-//! session expired, leaves on a clean shutdown, and a cluster PushClient broadcasting with
-//! `--zookeeper` reaches a gateway registered there only (as a Java node's is).
+//! session expired, leaves on a clean shutdown, and a cluster broadcast (`pushgate push
+//! --zookeeper`, or `cluster: true` on a node's admin API) reaches a gateway registered there
+//! only (as a Java node's is).
 use pushgate_tests::redis::{node_on, RedisServer};
 use pushgate_tests::zookeeper::ZooKeeper;
 use pushgate_tests::{bounded, eventually, expect_push, CliProcess, ServerOptions, TestServer};
@@ -334,6 +335,40 @@ async fn broadcasts_reach_gateways_registered_only_in_zookeeper() {
             let got = expect_push(phone, WAIT).await;
             assert_eq!(got.content.as_ref(), b"to everyone");
         }
+
+        // The same from node A's admin API: a cluster broadcast reaches the Java node too.
+        let answer = a
+            .http_post(
+                "/v1/push",
+                &serde_json::json!({"broadcast": true, "cluster": true, "content": "from a"}),
+            )
+            .await
+            .json();
+        assert_eq!(answer["status"], "success", "{answer}");
+        let mut gateways: Vec<String> = answer["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["gateway"].as_str().unwrap().to_owned())
+            .collect();
+        gateways.sort();
+        let mut want = vec![
+            format!("127.0.0.1:{}", a.gateway.port()),
+            format!("127.0.0.1:{}", java.gateway.port()),
+        ];
+        want.sort();
+        assert_eq!(gateways, want, "each gateway once: {answer}");
+        for phone in [&on_a, &on_java] {
+            let got = expect_push(phone, WAIT).await;
+            assert_eq!(got.content.as_ref(), b"from a");
+        }
+        let refused = a
+            .http_post(
+                "/v1/push",
+                &serde_json::json!({"broadcast": true, "cluster": true, "content": "x", "userIds": ["u"]}),
+            )
+            .await;
+        assert_eq!(refused.status, 400);
     })
     .await;
 }
