@@ -11,6 +11,7 @@
 //!   simulator).
 //! - [`access`], [`gateway_auth`] and [`limits`]: who may use the business ports (tokens,
 //!   allow-list), and the limits on what one peer or the node may hold, with their counters.
+//! - [`tls`]: TLS on the gateway, admin and TLS connection ports (not in the simulator).
 //! - [`client`]: `PushClient` and `DeviceClient`, and the `push` / `device` subcommands.
 pub use pushgate_core as core;
 
@@ -34,3 +35,5 @@ pub mod server;
 pub mod sim_hooks;
 pub mod store;
 pub mod store_net;
+#[cfg(not(madsim))]
+pub mod tls;

@@ -435,6 +435,7 @@ async fn client_for(
         resolver: None,
         max_redirects: 0,
         connect_timeout_ms: 1_000,
+        token: None,
     };
     let client = Arc::new(
         PushClient::connect_with(params.gateway_addr(node), options)
