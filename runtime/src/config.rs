@@ -317,7 +317,8 @@ impl SecurityConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LimitsConfig {
-    /// Phone connections open at once from one source address; 0 = no limit.
+    /// Phone connections open at once from one source address; 0 = no limit. Phones behind
+    /// a carrier-grade NAT share addresses: raise it (and the rate below) for such networks.
     pub max_connections_per_address: usize,
     /// New phone connections per second from one source address; 0 = no limit.
     pub new_connections_per_second_per_address: u32,
