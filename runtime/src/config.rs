@@ -24,6 +24,7 @@ pub struct Config {
     pub cluster: ClusterConfig,
     pub log: LogConfig,
     pub limits: LimitsConfig,
+    pub tls: TlsConfig,
 }
 
 /// Printed above `store.redis_url` by `--print-config`.
@@ -410,7 +411,8 @@ impl SecurityConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LimitsConfig {
-    /// Phone connections open at once from one source address; 0 = no limit.
+    /// Phone connections open at once from one source address; 0 = no limit. Phones behind
+    /// a carrier-grade NAT share addresses: raise it (and the rate below) for such networks.
     pub max_connections_per_address: usize,
     /// New phone connections per second from one source address; 0 = no limit.
     pub new_connections_per_second_per_address: u32,
@@ -449,6 +451,48 @@ impl Default for LimitsConfig {
             max_user_id_bytes: defaults::MAX_USER_ID_BYTES,
             max_tags_bytes: defaults::MAX_TAGS_BYTES,
         }
+    }
+}
+
+/// TLS (rustls) beside the plain ports: the certificate chain and key as PEM files, read
+/// again on SIGHUP, and which ports use them. The plain connection port stays plain for
+/// MPush's SDKs; `connect_port` adds a second one with the same protocol inside TLS.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain (leaf first). Flag: `--tls-cert FILE`.
+    pub cert_file: String,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1). Flag: `--tls-key FILE`.
+    pub key_file: String,
+    /// The gateway port speaks TLS (pushgate's PushClient with a CA; MPush's Java PushClient
+    /// cannot). Flag: `--gateway-tls`.
+    pub gateway: bool,
+    /// The admin API speaks HTTPS. Flag: `--admin-tls`.
+    pub admin: bool,
+    /// A connection port with MPush's protocol inside TLS, on `net.connect_bind`; 0 = none.
+    /// Flag: `--connect-tls-port N`.
+    pub connect_port: u16,
+    /// A TLS handshake not done in this time closes the connection.
+    pub handshake_timeout_ms: u64,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self {
+            cert_file: String::new(),
+            key_file: String::new(),
+            gateway: false,
+            admin: false,
+            connect_port: 0,
+            handshake_timeout_ms: 10_000,
+        }
+    }
+}
+
+impl TlsConfig {
+    /// True when some port uses TLS.
+    pub fn is_used(&self) -> bool {
+        self.gateway || self.admin || self.connect_port != 0
     }
 }
 
@@ -564,6 +608,15 @@ impl Config {
         anyhow::ensure!(
             l.max_user_id_bytes > 0 && l.max_tags_bytes > 0,
             "limits.max_user_id_bytes and limits.max_tags_bytes must be > 0"
+        );
+        let t = &self.tls;
+        anyhow::ensure!(
+            !t.is_used() || (!t.cert_file.trim().is_empty() && !t.key_file.trim().is_empty()),
+            "TLS is on (tls.gateway, tls.admin or tls.connect_port) but tls.cert_file or tls.key_file is not set: give --tls-cert FILE --tls-key FILE (PEM)"
+        );
+        anyhow::ensure!(
+            t.handshake_timeout_ms > 0,
+            "tls.handshake_timeout_ms must be > 0"
         );
         self.store.spec()?;
         self.cluster.validate()?;

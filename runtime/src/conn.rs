@@ -120,10 +120,53 @@ enum Wake {
 /// Longest a closed connection keeps writing what it still holds to a peer.
 const CLOSE_FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// A phone's byte stream: a TCP socket (read by readiness, so an idle phone holds no read
+/// buffer), or TLS over one (the TLS connection port).
+pub trait PhoneStream: AsyncWrite + Unpin + Send + 'static {
+    /// Reads what the stream has into `inbound`; pending (waker registered) while nothing.
+    fn poll_read_some(
+        &mut self,
+        inbound: &mut BytesMut,
+        cx: &mut Context<'_>,
+    ) -> Poll<std::io::Result<usize>>;
+
+    /// The peer's address, if known.
+    fn peer_ip(&self) -> Option<std::net::IpAddr>;
+}
+
+impl PhoneStream for TcpStream {
+    fn poll_read_some(
+        &mut self,
+        inbound: &mut BytesMut,
+        cx: &mut Context<'_>,
+    ) -> Poll<std::io::Result<usize>> {
+        poll_read_some(self, inbound, cx)
+    }
+
+    fn peer_ip(&self) -> Option<std::net::IpAddr> {
+        self.peer_addr().ok().map(|a| a.ip())
+    }
+}
+
+#[cfg(not(madsim))]
+impl PhoneStream for tokio_rustls::server::TlsStream<TcpStream> {
+    fn poll_read_some(
+        &mut self,
+        inbound: &mut BytesMut,
+        cx: &mut Context<'_>,
+    ) -> Poll<std::io::Result<usize>> {
+        poll_read_into(self, inbound, cx)
+    }
+
+    fn peer_ip(&self) -> Option<std::net::IpAddr> {
+        self.get_ref().0.peer_addr().ok().map(|a| a.ip())
+    }
+}
+
 /// Runs a phone connection until either side closes it.
-pub async fn run_phone(
+pub async fn run_phone<S: PhoneStream>(
     conn: ConnId,
-    mut stream: TcpStream,
+    mut stream: S,
     node: NodeHandle,
     queue: Arc<PhoneQueue>,
     settings: Arc<PhoneSettings>,
@@ -136,7 +179,7 @@ pub async fn run_phone(
     let mut flush_deadline: Option<Pin<Box<Sleep>>> = None;
     let mut rng_uses = 0u32;
     #[cfg(madsim)]
-    let peer = stream.peer_addr().ok().map(|a| a.ip());
+    let peer = stream.peer_ip();
     std::future::poll_fn(|cx| queue.poll_admitted(cx)).await;
     loop {
         if machine.has_input() && !Box::pin(hand_over(&mut machine, &node)).await {
@@ -183,7 +226,7 @@ pub async fn run_phone(
                 return Poll::Ready(Wake::Queue);
             }
             if machine.is_open() {
-                if let Poll::Ready(read) = poll_read_some(&mut stream, &mut inbound, cx) {
+                if let Poll::Ready(read) = stream.poll_read_some(&mut inbound, cx) {
                     return Poll::Ready(Wake::Read(read));
                 }
             }
@@ -258,7 +301,11 @@ async fn hand_over(machine: &mut PhoneConn, node: &NodeHandle) -> bool {
 
 /// Writes what the socket takes of `pending` (and flushes it: the simulator's sockets send on
 /// flush).
-fn poll_write_some(stream: &mut TcpStream, pending: &[u8], cx: &mut Context<'_>) -> Poll<Wake> {
+fn poll_write_some<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    pending: &[u8],
+    cx: &mut Context<'_>,
+) -> Poll<Wake> {
     match Pin::new(&mut *stream).poll_write(cx, pending) {
         Poll::Pending => Poll::Pending,
         Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => Poll::Ready(Wake::WriteFailed),
@@ -297,6 +344,16 @@ fn poll_read_some(
 #[cfg(madsim)]
 fn poll_read_some(
     stream: &mut TcpStream,
+    inbound: &mut BytesMut,
+    cx: &mut Context<'_>,
+) -> Poll<std::io::Result<usize>> {
+    poll_read_into(stream, inbound, cx)
+}
+
+/// Reads what `stream` has into `inbound` through a chunk reserved for the read and given back
+/// when nothing came (streams without a readiness API: the simulator's, TLS).
+fn poll_read_into<R: AsyncRead + Unpin>(
+    stream: &mut R,
     inbound: &mut BytesMut,
     cx: &mut Context<'_>,
 ) -> Poll<std::io::Result<usize>> {

@@ -69,13 +69,12 @@ pub struct ApiConfig {
     pub max_push_timeout_ms: u64,
 }
 
-/// Serves the admin API on `listener` until the task is aborted.
-pub async fn serve(
-    listener: TcpListener,
-    node: NodeHandle,
-    api: ApiConfig,
-    cluster: Arc<ClusterNode>,
-) {
+/// Serves the admin API on `listener` (plain TCP, or [`crate::tls::TlsListener`]) until the
+/// task is aborted.
+pub async fn serve<L>(listener: L, node: NodeHandle, api: ApiConfig, cluster: Arc<ClusterNode>)
+where
+    L: axum::serve::Listener<Addr = std::net::SocketAddr>,
+{
     let state = AppState {
         node,
         metrics: crate::metrics::install(),

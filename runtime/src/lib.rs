@@ -15,6 +15,7 @@
 //!   allow-list), and the limits on what one peer or the node may hold, with their counters.
 //! - [`web`]: the WebSocket listener and the web connections' tasks (MPush's JSON packets;
 //!   not in the simulator).
+//! - [`tls`]: TLS on the gateway, admin and TLS connection ports (not in the simulator).
 //! - [`client`]: `PushClient` and `DeviceClient`, and the `push` / `device` subcommands.
 pub use pushgate_core as core;
 
@@ -40,6 +41,8 @@ pub mod server;
 pub mod sim_hooks;
 pub mod store;
 pub mod store_net;
+#[cfg(not(madsim))]
+pub mod tls;
 #[cfg(not(madsim))]
 pub mod web;
 #[cfg(not(madsim))]

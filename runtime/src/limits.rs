@@ -206,6 +206,16 @@ pub enum Refusal {
     TooFast,
 }
 
+impl Refusal {
+    /// The limit that refused.
+    pub fn limit(self) -> Limit {
+        match self {
+            Refusal::TooManyOpen => Limit::ConnectionsPerAddress,
+            Refusal::TooFast => Limit::NewConnectionsPerAddress,
+        }
+    }
+}
+
 /// The per-source-address limits of the connection port.
 #[derive(Debug)]
 pub struct AddressLimits {

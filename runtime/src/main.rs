@@ -77,6 +77,21 @@ struct ServeArgs {
     /// Override net.ws_path (the WebSocket path; a plain GET there serves the demo page).
     #[arg(long)]
     ws_path: Option<String>,
+    /// PEM certificate chain for the TLS ports (tls.cert_file); reread on SIGHUP.
+    #[arg(long, value_name = "FILE")]
+    tls_cert: Option<String>,
+    /// PEM private key for the TLS ports (tls.key_file); reread on SIGHUP.
+    #[arg(long, value_name = "FILE")]
+    tls_key: Option<String>,
+    /// The gateway port speaks TLS (tls.gateway).
+    #[arg(long)]
+    gateway_tls: bool,
+    /// The admin API speaks HTTPS (tls.admin).
+    #[arg(long)]
+    admin_tls: bool,
+    /// Also serve MPush's protocol inside TLS on this port (tls.connect_port).
+    #[arg(long, value_name = "N")]
+    connect_tls_port: Option<u16>,
     /// Override net.public_host (the gateway host written into routes).
     #[arg(long)]
     public_host: Option<String>,
@@ -160,6 +175,21 @@ impl ServeArgs {
         }
         if !self.gateway_allow.is_empty() {
             set("security", "gateway_allow", list(&self.gateway_allow));
+        }
+        if let Some(v) = &self.tls_cert {
+            set("tls", "cert_file", text(v));
+        }
+        if let Some(v) = &self.tls_key {
+            set("tls", "key_file", text(v));
+        }
+        if self.gateway_tls {
+            set("tls", "gateway", toml::Value::Boolean(true));
+        }
+        if self.admin_tls {
+            set("tls", "admin", toml::Value::Boolean(true));
+        }
+        if let Some(v) = self.connect_tls_port {
+            set("tls", "connect_port", int(v.into()));
         }
         if self.production {
             set("security", "production", toml::Value::Boolean(true));

@@ -43,6 +43,8 @@ pub mod names {
     pub const NODE_TIMERS: &str = "pushgate_node_timers";
     /// A limit was hit (label `limit`: see [`crate::limits::Limit::name`]).
     pub const LIMIT_HITS: &str = "pushgate_limit_hits_total";
+    /// TLS handshakes that failed (label `port`: gateway, admin, connection).
+    pub const TLS_FAILURES: &str = "pushgate_tls_handshake_failures_total";
 }
 
 /// How long the node task's load is summed before its busy ratio and deepest queue are
@@ -175,6 +177,10 @@ mod imp {
 
     pub fn limit_hit(limit: &'static str) {
         metrics::counter!(LIMIT_HITS, "limit" => limit).increment(1);
+    }
+
+    pub fn tls_handshake_failed(port: &'static str) {
+        metrics::counter!(TLS_FAILURES, "port" => port).increment(1);
     }
 
     pub fn node_wake(queue_depth: usize, timers: usize) {

@@ -7,7 +7,7 @@
 use crate::config::Config;
 use crate::conn::{self, GatewaySettings, PhoneSettings};
 use crate::driver::{self, GatewayCmd, GatewayOutbox, NodeHandle, NodeMsg, QueueLimits};
-use crate::limits::{AddressLimits, Limit, LimitCounters, Refusal};
+use crate::limits::{AddressLimits, Limit, LimitCounters};
 use crate::phone_queue::PhoneQueue;
 use futures_util::FutureExt;
 use pushgate_core::{ConnConfig, ConnId, GatewayId, Node, QueueMarks};
@@ -23,6 +23,8 @@ use tokio::task::JoinHandle;
 /// A started server.
 pub struct RunningServer {
     pub connect_addr: SocketAddr,
+    /// The TLS connection port (`tls.connect_port`), if any.
+    pub connect_tls_addr: Option<SocketAddr>,
     pub gateway_addr: SocketAddr,
     /// `None` in the simulator, which has no HTTP server.
     pub admin_addr: Option<SocketAddr>,
@@ -86,6 +88,31 @@ pub async fn start_with(config: &Config, hooks: ServerHooks) -> anyhow::Result<R
         .await
         .map_err(|e| anyhow::anyhow!("bind {}:{}: {e}", net.gateway_bind, net.gateway_port))?;
     let connect_addr = connect.local_addr()?;
+    #[cfg(not(madsim))]
+    let tls = match config.tls.is_used() {
+        true => Some(crate::tls::TlsFiles::load(
+            std::path::Path::new(config.tls.cert_file.trim()),
+            std::path::Path::new(config.tls.key_file.trim()),
+            Duration::from_millis(config.tls.handshake_timeout_ms),
+        )?),
+        false => None,
+    };
+    #[cfg(not(madsim))]
+    let connect_tls = match config.tls.connect_port {
+        0 => None,
+        port => Some(
+            listen(&net.connect_bind, port, net.listen_backlog)
+                .await
+                .map_err(|e| anyhow::anyhow!("bind {}:{port}: {e}", net.connect_bind))?,
+        ),
+    };
+    #[cfg(not(madsim))]
+    let connect_tls_addr = match &connect_tls {
+        Some(listener) => Some(listener.local_addr()?),
+        None => None,
+    };
+    #[cfg(madsim)]
+    let connect_tls_addr = None;
     let gateway_addr = gateway.local_addr()?;
 
     // Routes must name the gateway port actually bound (port 0 picks one).
@@ -154,6 +181,8 @@ pub async fn start_with(config: &Config, hooks: ServerHooks) -> anyhow::Result<R
             counters: counters.clone(),
         },
         auth_deadline: Duration::from_millis(config.limits.gateway_auth_deadline_ms),
+        #[cfg(not(madsim))]
+        tls: tls.clone().filter(|_| config.tls.gateway),
     };
     #[cfg(not(madsim))]
     let gateway_node = node_config.node_addr.clone();
@@ -166,6 +195,19 @@ pub async fn start_with(config: &Config, hooks: ServerHooks) -> anyhow::Result<R
     );
     let live = Arc::new(AtomicUsize::new(0));
     let next_id = Arc::new(AtomicU64::new(1));
+    #[cfg(not(madsim))]
+    let tls_phones = match (&connect_tls, &tls) {
+        (Some(_), Some(files)) => Some((
+            PhoneDoor {
+                addresses: phone_door.addresses.clone(),
+                counters: counters.clone(),
+            },
+            files.clone(),
+        )),
+        _ => None,
+    };
+    #[cfg(not(madsim))]
+    let (phone_settings_tls, next_id_tls) = (phone_settings.clone(), next_id.clone());
     #[cfg_attr(madsim, allow(unused_mut))]
     let mut accept_tasks = vec![
         tokio::spawn(accept_phones(
@@ -204,6 +246,22 @@ pub async fn start_with(config: &Config, hooks: ServerHooks) -> anyhow::Result<R
     };
     #[cfg(madsim)]
     let ws_addr = None;
+    #[cfg(not(madsim))]
+    if let (Some(listener), Some((door, files))) = (connect_tls, tls_phones) {
+        accept_tasks.push(tokio::spawn(accept_tls_phones(
+            listener,
+            handle.clone(),
+            phone_settings_tls,
+            next_id_tls,
+            live.clone(),
+            door,
+            files,
+        )));
+    }
+    #[cfg(not(madsim))]
+    if let Some(files) = &tls {
+        accept_tasks.push(crate::tls::reload_on_sighup(files.clone())?);
+    }
 
     #[cfg(not(madsim))]
     let admin_addr = {
@@ -266,12 +324,20 @@ pub async fn start_with(config: &Config, hooks: ServerHooks) -> anyhow::Result<R
             default_push_timeout_ms: config.core.default_push_timeout_ms,
             max_push_timeout_ms: config.core.max_push_timeout_ms,
         };
-        accept_tasks.push(tokio::spawn(crate::http::serve(
-            admin,
-            handle.clone(),
-            api,
-            cluster.clone(),
-        )));
+        match tls.clone().filter(|_| config.tls.admin) {
+            Some(files) => accept_tasks.push(tokio::spawn(crate::http::serve(
+                crate::tls::TlsListener::new(admin, files)?,
+                handle.clone(),
+                api,
+                cluster.clone(),
+            ))),
+            None => accept_tasks.push(tokio::spawn(crate::http::serve(
+                admin,
+                handle.clone(),
+                api,
+                cluster.clone(),
+            ))),
+        }
         (Some(addr), cluster)
     };
     #[cfg(not(madsim))]
@@ -279,9 +345,10 @@ pub async fn start_with(config: &Config, hooks: ServerHooks) -> anyhow::Result<R
     #[cfg(madsim)]
     let admin_addr = None;
 
-    tracing::info!(%connect_addr, %gateway_addr, admin_addr = ?admin_addr, ws_addr = ?ws_addr, "pushgate serving");
+    tracing::info!(%connect_addr, connect_tls_addr = ?connect_tls_addr, %gateway_addr, admin_addr = ?admin_addr, ws_addr = ?ws_addr, "pushgate serving");
     Ok(RunningServer {
         connect_addr,
+        connect_tls_addr,
         gateway_addr,
         admin_addr,
         ws_addr,
@@ -474,11 +541,7 @@ async fn accept_phones(
             let slot = match admitted {
                 Ok(slot) => slot,
                 Err(refusal) => {
-                    let limit = match refusal {
-                        Refusal::TooManyOpen => Limit::ConnectionsPerAddress,
-                        Refusal::TooFast => Limit::NewConnectionsPerAddress,
-                    };
-                    counters.hit(limit, &peer.ip());
+                    counters.hit(refusal.limit(), &peer.ip());
                     drop(stream);
                     return Admit::Refused;
                 }
@@ -506,6 +569,9 @@ async fn accept_phones(
 struct GatewayDoor {
     settings: GatewaySettings,
     auth_deadline: Duration,
+    /// TLS on the gateway port (`tls.gateway`).
+    #[cfg(not(madsim))]
+    tls: Option<Arc<crate::tls::TlsFiles>>,
 }
 
 async fn accept_gateways(
@@ -522,38 +588,103 @@ async fn accept_gateways(
         let gw = GatewayId(next_id.fetch_add(1, Ordering::Relaxed));
         async move {
             Admit::Run(async move {
-                let mut stream = stream;
-                let settings = &door.settings;
-                let admission = settings.access.admission(peer.ip());
-                let decoder = pushgate_core::frame::FrameDecoder::new(settings.max_body_bytes);
-                let inbound = match crate::gateway_auth::admit(
-                    &mut stream,
-                    admission,
-                    &settings.access,
-                    &decoder,
-                    door.auth_deadline,
-                )
-                .await
-                {
-                    Ok(inbound) => inbound,
-                    Err(refused) => {
-                        settings
-                            .counters
-                            .hit(Limit::GatewayAuth, &format_args!("{peer}: {refused}"));
-                        return;
+                #[cfg(not(madsim))]
+                if let Some(tls) = &door.tls {
+                    if let Some(stream) = tls.accept(stream, "gateway").await {
+                        serve_gateway(gw, stream, peer, node, &door).await;
                     }
-                };
-                let (tx, rx) = mpsc::unbounded_channel::<GatewayCmd>();
-                let outbox = Arc::new(GatewayOutbox::default());
-                let opened = NodeMsg::GatewayOpened {
-                    gw,
-                    tx,
-                    outbox: outbox.clone(),
-                };
-                if node.send(opened).await.is_err() {
                     return;
                 }
-                conn::run_gateway(gw, stream, node, rx, outbox, settings.clone(), inbound).await
+                serve_gateway(gw, stream, peer, node, &door).await
+            })
+        }
+    })
+    .await;
+}
+
+/// Lets a gateway connection in (token, allow-list) and runs it.
+async fn serve_gateway<S>(
+    gw: GatewayId,
+    mut stream: S,
+    peer: SocketAddr,
+    node: NodeHandle,
+    door: &GatewayDoor,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
+{
+    let settings = &door.settings;
+    let admission = settings.access.admission(peer.ip());
+    let decoder = pushgate_core::frame::FrameDecoder::new(settings.max_body_bytes);
+    let inbound = match crate::gateway_auth::admit(
+        &mut stream,
+        admission,
+        &settings.access,
+        &decoder,
+        door.auth_deadline,
+    )
+    .await
+    {
+        Ok(inbound) => inbound,
+        Err(refused) => {
+            settings
+                .counters
+                .hit(Limit::GatewayAuth, &format_args!("{peer}: {refused}"));
+            return;
+        }
+    };
+    let (tx, rx) = mpsc::unbounded_channel::<GatewayCmd>();
+    let outbox = Arc::new(GatewayOutbox::default());
+    let opened = NodeMsg::GatewayOpened {
+        gw,
+        tx,
+        outbox: outbox.clone(),
+    };
+    if node.send(opened).await.is_err() {
+        return;
+    }
+    conn::run_gateway(gw, stream, node, rx, outbox, settings.clone(), inbound).await
+}
+
+/// Phones on the TLS connection port: the same limits and protocol as the plain port, the
+/// TLS handshake first (in the connection's task, within `tls.handshake_timeout_ms`).
+#[cfg(not(madsim))]
+async fn accept_tls_phones(
+    listener: TcpListener,
+    node: NodeHandle,
+    settings: Arc<PhoneSettings>,
+    next_id: Arc<AtomicU64>,
+    live: Arc<AtomicUsize>,
+    door: PhoneDoor,
+    tls: Arc<crate::tls::TlsFiles>,
+) {
+    accept_loop(listener, "connection-tls", live, |stream, peer| {
+        let node = node.clone();
+        let settings = settings.clone();
+        let tls = tls.clone();
+        let admitted = door.addresses.admit(peer.ip(), tokio::time::Instant::now());
+        let counters = door.counters.clone();
+        let conn = ConnId(next_id.fetch_add(1, Ordering::Relaxed));
+        async move {
+            let slot = match admitted {
+                Ok(slot) => slot,
+                Err(refusal) => {
+                    counters.hit(refusal.limit(), &peer.ip());
+                    return Admit::Refused;
+                }
+            };
+            Admit::Run(async move {
+                let Some(stream) = tls.accept(stream, "connection").await else {
+                    return;
+                };
+                let queue = Arc::new(PhoneQueue::new(settings.max_queued_items()));
+                let opened = NodeMsg::PhoneOpened {
+                    conn,
+                    queue: queue.clone(),
+                };
+                if node.send(opened).await.is_ok() {
+                    conn::run_phone(conn, stream, node, queue, settings).await;
+                }
+                drop(slot);
             })
         }
     })

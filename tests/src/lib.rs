@@ -109,7 +109,27 @@ pub fn pushgate_bin() -> &'static Path {
 /// it is up to date) and returns the executable's path, as cargo names it.
 pub fn build_workspace_bin(name: &str) -> anyhow::Result<PathBuf> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let output = Command::new(cargo)
+    let mut command = Command::new(cargo);
+    // What cargo sets for this test binary describes the test package, not the build: a build
+    // script that watches one of them (ring's watches CARGO_MANIFEST_DIR) would otherwise run
+    // again, and rebuild everything above it, at every switch between `cargo test` and this.
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        if key.starts_with("CARGO_PKG_")
+            || matches!(
+                key.as_ref(),
+                "CARGO_MANIFEST_DIR"
+                    | "CARGO_MANIFEST_PATH"
+                    | "CARGO_CRATE_NAME"
+                    | "CARGO_BIN_NAME"
+                    | "CARGO_PRIMARY_PACKAGE"
+                    | "CARGO_TARGET_TMPDIR"
+            )
+        {
+            command.env_remove(key.as_ref());
+        }
+    }
+    let output = command
         .current_dir(workspace_root())
         .args([
             "build",

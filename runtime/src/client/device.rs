@@ -38,8 +38,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
@@ -265,13 +264,26 @@ impl DeviceClient {
     /// Errors: [`ClientError::Timeout`] when no answer came in `handshake_timeout_ms`,
     /// [`ClientError::Rejected`] when the server refused the handshake.
     pub async fn connect(server: SocketAddr, opts: DeviceOptions) -> Result<Self, ClientError> {
+        let stream = connect_tcp(server, Duration::from_millis(opts.connect_timeout_ms)).await?;
+        let local_addr = stream.local_addr().ok();
+        Self::connect_over(stream, local_addr, opts).await
+    }
+
+    /// [`DeviceClient::connect`] over a stream already open to the connection port: a TLS
+    /// stream to a TLS connection port, for example. `local_addr` is what
+    /// [`DeviceClient::local_addr`] reports.
+    pub async fn connect_over<S>(
+        mut stream: S,
+        local_addr: Option<SocketAddr>,
+        opts: DeviceOptions,
+    ) -> Result<Self, ClientError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
         let mut rng = match opts.rng_seed {
             Some(seed) => StdRng::seed_from_u64(seed),
             None => StdRng::from_entropy(),
         };
-        let mut stream =
-            connect_tcp(server, Duration::from_millis(opts.connect_timeout_ms)).await?;
-        let local_addr = stream.local_addr().ok();
         let decoder = FrameDecoder::new(CLIENT_MAX_BODY_BYTES);
         let mut inbound = BytesMut::new();
         let mut next_session_id = 1i32;
@@ -632,15 +644,18 @@ fn ack_packet(session_id: i32) -> Packet {
     raw_packet(Command::Ack.code(), Flags::NONE, session_id, &Ack)
 }
 
-async fn write_now(stream: &mut TcpStream, packet: &Packet) -> Result<(), ClientError> {
+async fn write_now<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    packet: &Packet,
+) -> Result<(), ClientError> {
     stream.write_all(&packet.to_bytes()).await?;
     stream.flush().await?;
     Ok(())
 }
 
 /// Reads until the packet answering `sid` arrives (heartbeats and other packets are skipped).
-async fn await_reply(
-    stream: &mut TcpStream,
+async fn await_reply<S: AsyncRead + Unpin>(
+    stream: &mut S,
     inbound: &mut BytesMut,
     decoder: &FrameDecoder,
     sid: i32,
@@ -666,8 +681,8 @@ async fn await_reply(
         .map_err(|_| ClientError::Timeout)?
 }
 
-async fn handshake(
-    stream: &mut TcpStream,
+async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
     inbound: &mut BytesMut,
     decoder: &FrameDecoder,
     sid: i32,
