@@ -174,7 +174,7 @@ impl AesCipher {
     /// Decrypts one packet body. Empty input, a length that is not a multiple of 16, and bad
     /// padding are all [`CryptoError::AesDecrypt`].
     pub fn decrypt(&self, ciphertext: &[u8]) -> Result<Vec<u8>, CryptoError> {
-        if ciphertext.is_empty() || ciphertext.len() % AES_BLOCK_BYTES != 0 {
+        if ciphertext.is_empty() || !ciphertext.len().is_multiple_of(AES_BLOCK_BYTES) {
             return Err(CryptoError::AesDecrypt);
         }
         Aes128CbcDec::new(&self.key.into(), &self.iv.into())
@@ -345,7 +345,7 @@ impl ServerRsaKey {
         ciphertext: &[u8],
     ) -> Result<Vec<u8>, CryptoError> {
         let block_bytes = self.modulus_bytes();
-        if block_bytes == 0 || ciphertext.len() % block_bytes != 0 {
+        if block_bytes == 0 || !ciphertext.len().is_multiple_of(block_bytes) {
             return Err(CryptoError::BadCiphertextLength {
                 len: ciphertext.len(),
                 block_bytes,

@@ -564,7 +564,7 @@ fn device_id(dev: usize) -> String {
 }
 
 fn os_of(dev: usize) -> &'static str {
-    if dev % 2 == 0 {
+    if dev.is_multiple_of(2) {
         "android"
     } else {
         "windows"

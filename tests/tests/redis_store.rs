@@ -1281,8 +1281,8 @@ async fn concurrent_binds_from_two_nodes_keep_the_newest() {
     let mut b = Linked::connect(&redis.url(), NodeAddr::new("h2", 3002)).await;
     const BINDS: u64 = 400;
     let route = |n: u64| RouteRecord {
-        host: if n % 2 == 0 { "h1" } else { "h2" }.into(),
-        port: if n % 2 == 0 { 3001 } else { 3002 },
+        host: if n.is_multiple_of(2) { "h1" } else { "h2" }.into(),
+        port: if n.is_multiple_of(2) { 3001 } else { 3002 },
         device_id: format!("d{n}"),
         os_name: "android".into(),
         client_version: "2.0".into(),
