@@ -472,6 +472,9 @@ pub struct TlsConfig {
     /// A connection port with MPush's protocol inside TLS, on `net.connect_bind`; 0 = none.
     /// Flag: `--connect-tls-port N`.
     pub connect_port: u16,
+    /// The WebSocket port (`net.ws_port`) speaks TLS: pages connect with `wss://`. Flag:
+    /// `--ws-tls`.
+    pub ws: bool,
     /// A TLS handshake not done in this time closes the connection.
     pub handshake_timeout_ms: u64,
 }
@@ -484,6 +487,7 @@ impl Default for TlsConfig {
             gateway: false,
             admin: false,
             connect_port: 0,
+            ws: false,
             handshake_timeout_ms: 10_000,
         }
     }
@@ -492,7 +496,7 @@ impl Default for TlsConfig {
 impl TlsConfig {
     /// True when some port uses TLS.
     pub fn is_used(&self) -> bool {
-        self.gateway || self.admin || self.connect_port != 0
+        self.gateway || self.admin || self.connect_port != 0 || self.ws
     }
 }
 
@@ -612,7 +616,11 @@ impl Config {
         let t = &self.tls;
         anyhow::ensure!(
             !t.is_used() || (!t.cert_file.trim().is_empty() && !t.key_file.trim().is_empty()),
-            "TLS is on (tls.gateway, tls.admin or tls.connect_port) but tls.cert_file or tls.key_file is not set: give --tls-cert FILE --tls-key FILE (PEM)"
+            "TLS is on (tls.gateway, tls.admin, tls.connect_port or tls.ws) but tls.cert_file or tls.key_file is not set: give --tls-cert FILE --tls-key FILE (PEM)"
+        );
+        anyhow::ensure!(
+            !t.ws || self.net.ws_port != 0,
+            "tls.ws (--ws-tls) needs the WebSocket listener: set net.ws_port (--ws-port N)"
         );
         anyhow::ensure!(
             t.handshake_timeout_ms > 0,
@@ -930,6 +938,20 @@ mod cluster_tests {
         let config = Config::load(None, None);
         std::env::remove_var("PUSHGATE_CLUSTER__ZOOKEEPER");
         assert_eq!(config.unwrap().cluster.zookeeper, "127.0.0.1:2181");
+    }
+
+    #[test]
+    fn wss_needs_the_websocket_listener_and_the_certificate_files() {
+        let mut config = Config::default();
+        config.tls.ws = true;
+        let error = config.validate().unwrap_err().to_string();
+        assert!(error.contains("--tls-cert"), "{error}");
+        config.tls.cert_file = "server.crt".into();
+        config.tls.key_file = "server.key".into();
+        let error = config.validate().unwrap_err().to_string();
+        assert!(error.contains("--ws-port"), "{error}");
+        config.net.ws_port = 8443;
+        config.validate().unwrap();
     }
 }
 

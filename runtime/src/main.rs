@@ -92,6 +92,9 @@ struct ServeArgs {
     /// Also serve MPush's protocol inside TLS on this port (tls.connect_port).
     #[arg(long, value_name = "N")]
     connect_tls_port: Option<u16>,
+    /// The WebSocket port speaks TLS: pages connect with wss:// (tls.ws).
+    #[arg(long)]
+    ws_tls: bool,
     /// Override net.public_host (the gateway host written into routes).
     #[arg(long)]
     public_host: Option<String>,
@@ -190,6 +193,9 @@ impl ServeArgs {
         }
         if let Some(v) = self.connect_tls_port {
             set("tls", "connect_port", int(v.into()));
+        }
+        if self.ws_tls {
+            set("tls", "ws", toml::Value::Boolean(true));
         }
         if self.production {
             set("security", "production", toml::Value::Boolean(true));

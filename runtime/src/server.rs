@@ -235,13 +235,17 @@ pub async fn start_with(config: &Config, hooks: ServerHooks) -> anyhow::Result<R
             .await
             .map_err(|e| anyhow::anyhow!("bind {}:{}: {e}", net.ws_bind, net.ws_port))?;
         let addr = ws.local_addr()?;
-        accept_tasks.push(tokio::spawn(crate::web::serve(
-            ws,
-            handle.clone(),
-            web_settings,
-            next_id.clone(),
-            live.clone(),
-        )));
+        let (node, ids, live) = (handle.clone(), next_id.clone(), live.clone());
+        accept_tasks.push(match tls.clone().filter(|_| config.tls.ws) {
+            Some(files) => tokio::spawn(crate::web::serve(
+                crate::tls::TlsListener::new(ws, files, "ws")?,
+                node,
+                web_settings,
+                ids,
+                live,
+            )),
+            None => tokio::spawn(crate::web::serve(ws, node, web_settings, ids, live)),
+        });
         Some(addr)
     };
     #[cfg(madsim)]
@@ -326,7 +330,7 @@ pub async fn start_with(config: &Config, hooks: ServerHooks) -> anyhow::Result<R
         };
         match tls.clone().filter(|_| config.tls.admin) {
             Some(files) => accept_tasks.push(tokio::spawn(crate::http::serve(
-                crate::tls::TlsListener::new(admin, files)?,
+                crate::tls::TlsListener::new(admin, files, "admin")?,
                 handle.clone(),
                 api,
                 cluster.clone(),

@@ -131,12 +131,13 @@ pub fn reload_on_sighup(files: Arc<TlsFiles>) -> anyhow::Result<tokio::task::Joi
     }))
 }
 
-/// Most admin connections whose TLS handshake is done but which the HTTP server has not taken
+/// Most connections of one TLS listener whose handshake is done but which its HTTP server has not taken
 /// yet.
-const ADMIN_READY_QUEUE: usize = 64;
+const TLS_READY_QUEUE: usize = 64;
 
-/// The admin API's listener over TLS: handshakes run in their own tasks (a slow peer delays
-/// no other), and the HTTP server takes the connections whose handshake succeeded.
+/// An HTTP listener over TLS (the admin API, the WebSocket port): handshakes run in their own
+/// tasks (a slow peer delays no other), and the HTTP server takes the connections whose
+/// handshake succeeded.
 pub struct TlsListener {
     ready: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
     local: SocketAddr,
@@ -144,16 +145,21 @@ pub struct TlsListener {
 }
 
 impl TlsListener {
-    /// Serves TLS on `listener` with `files`.
-    pub fn new(listener: TcpListener, files: Arc<TlsFiles>) -> std::io::Result<Self> {
+    /// Serves TLS on `listener` with `files`; failed handshakes count under `port` (the
+    /// metric's label: `admin`, `ws`).
+    pub fn new(
+        listener: TcpListener,
+        files: Arc<TlsFiles>,
+        port: &'static str,
+    ) -> std::io::Result<Self> {
         let local = listener.local_addr()?;
-        let (tx, ready) = mpsc::channel(ADMIN_READY_QUEUE);
+        let (tx, ready) = mpsc::channel(TLS_READY_QUEUE);
         let acceptor_task = tokio::spawn(async move {
             loop {
                 let (stream, peer) = match listener.accept().await {
                     Ok(accepted) => accepted,
                     Err(error) => {
-                        tracing::warn!(%error, "admin accept failed; pausing");
+                        tracing::warn!(%error, port, "TLS accept failed; pausing");
                         tokio::time::sleep(Duration::from_millis(50)).await;
                         continue;
                     }
@@ -161,7 +167,7 @@ impl TlsListener {
                 let files = files.clone();
                 let tx = tx.clone();
                 tokio::spawn(async move {
-                    if let Some(tls) = files.accept(stream, "admin").await {
+                    if let Some(tls) = files.accept(stream, port).await {
                         let _ = tx.send((tls, peer)).await;
                     }
                 });

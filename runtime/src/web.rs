@@ -29,7 +29,6 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
-use tokio::net::TcpListener;
 use tokio::time::{Instant, Sleep};
 
 /// The JavaScript client, inlined into the demo page.
@@ -74,15 +73,18 @@ pub fn demo_page() -> String {
     DEMO_HTML.replace(CLIENT_TAG, &format!("<script>\n{CLIENT_JS}</script>"))
 }
 
-/// Serves web clients on `listener` until the task is aborted. Connection ids come from
-/// `next_id` (shared with the phone listener); `live` counts the connection tasks.
-pub async fn serve(
-    listener: TcpListener,
+/// Serves web clients on `listener` (plain TCP, or [`crate::tls::TlsListener`] for `wss://`)
+/// until the task is aborted. Connection ids come from `next_id` (shared with the phone
+/// listener); `live` counts the connection tasks.
+pub async fn serve<L>(
+    listener: L,
     node: NodeHandle,
     settings: Arc<WebSettings>,
     next_id: Arc<AtomicU64>,
     live: Arc<AtomicUsize>,
-) {
+) where
+    L: axum::serve::Listener<Addr = std::net::SocketAddr>,
+{
     let path = settings.path.clone();
     let state = WebState {
         node,

@@ -327,3 +327,119 @@ async fn https_admin_and_certificate_reload_on_sighup() {
     })
     .await;
 }
+
+/// The next text message of a web connection (pings and pongs skipped).
+async fn next_text<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>) -> String
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    loop {
+        let message = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("a message in time")
+            .expect("the connection is open")
+            .expect("a readable message");
+        match message {
+            Message::Text(text) => return text.to_string(),
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => panic!("expected a text message, got {other:?}"),
+        }
+    }
+}
+
+/// `--ws-tls`: pages connect with wss://, MPush's JSON packets inside TLS, and a push sent
+/// over the HTTP API reaches them; a client trusting another CA and a plain ws:// client are
+/// refused on that port (counted under `port="ws"`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn web_clients_connect_over_wss() {
+    use futures_util::SinkExt;
+    use serde_json::json;
+    use tokio_tungstenite::tungstenite::Message;
+    bounded(LIMIT, async {
+        let dir = ScratchDir::new("wss");
+        let good = pki();
+        let other = pki();
+        let (cert, key) = write_pki(dir.path(), &good);
+        let ws_port = free_port();
+        let server = TestServer::start_with(ServerOptions {
+            toml: format!(
+                "[net]\nws_port = {ws_port}\nws_bind = \"127.0.0.1\"\n[tls]\nhandshake_timeout_ms = 1000\n"
+            ),
+            args: vec![
+                "--tls-cert".into(),
+                cert.display().to_string(),
+                "--tls-key".into(),
+                key.display().to_string(),
+                "--ws-tls".into(),
+            ],
+        })
+        .await;
+        let addr = SocketAddr::from(([127, 0, 0, 1], ws_port));
+
+        let stream = tls_connect(addr, &good.ca_der).await.expect("TLS to the ws port");
+        let (mut ws, _) =
+            tokio_tungstenite::client_async(format!("wss://localhost:{ws_port}/"), stream)
+                .await
+                .expect("a WebSocket upgrade inside TLS");
+        let send = |cmd: u8, sid: i32, body: serde_json::Value| {
+            Message::Text(
+                json!({"cmd": cmd, "flags": 16, "sessionId": sid, "body": body})
+                    .to_string()
+                    .into(),
+            )
+        };
+        ws.send(send(
+            2,
+            1,
+            json!({"deviceId": "page-wss", "osName": "web", "osVersion": "test", "clientVersion": "1.0"}),
+        ))
+        .await
+        .unwrap();
+        let handshake = next_text(&mut ws).await;
+        assert!(handshake.contains("\"cmd\":2"), "{handshake}");
+        ws.send(send(5, 2, json!({"userId": "user-wss"})))
+            .await
+            .unwrap();
+        let bound = next_text(&mut ws).await;
+        assert!(bound.contains("bind success"), "{bound}");
+
+        let body = server
+            .http_post(
+                "/v1/push",
+                &json!({"userId": "user-wss", "content": "over wss", "ack": "none"}),
+            )
+            .await
+            .json();
+        assert_eq!(body["status"], json!("success"), "{body}");
+        let push = next_text(&mut ws).await;
+        assert!(
+            push.contains("\"cmd\":15") && push.contains("over wss"),
+            "{push}"
+        );
+
+        // Another CA's client and a plain ws:// client get no WebSocket there.
+        assert!(tls_connect(addr, &other.ca_der).await.is_err());
+        let plain = tokio::time::timeout(
+            WAIT,
+            tokio_tungstenite::connect_async(format!("ws://{addr}/")),
+        )
+        .await;
+        assert!(
+            !matches!(plain, Ok(Ok(_))),
+            "a plain WebSocket upgrade on the wss port"
+        );
+        eventually(WAIT, "failures counted under ws", || async {
+            let metrics = server.metrics().await;
+            (tls_failures(&server, &metrics, "ws") >= 2.0).then_some(())
+        })
+        .await;
+        // The page over wss is unaffected.
+        ws.send(send(5, 3, json!({"userId": "user-wss"})))
+            .await
+            .unwrap();
+        assert!(next_text(&mut ws).await.contains("bind success"));
+    })
+    .await;
+}
