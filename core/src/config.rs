@@ -48,6 +48,9 @@ pub mod defaults {
     /// MPush `max-hb-timeout-times`.
     pub const MAX_HEARTBEAT_MISSES: u32 = 2;
     pub const HANDSHAKE_DEADLINE_MS: u64 = 10_000;
+    /// Off: MPush's SDKs connect at start-up and bind after the user logs in, which may be
+    /// much later.
+    pub const BIND_DEADLINE_MS: u64 = 0;
     /// MPush `mp.core.session-expired-time`: one day.
     pub const SESSION_EXPIRE_MS: u64 = 86_400_000;
     /// MPush `mp.core.max-packet-size`: 10 KiB.
@@ -91,6 +94,8 @@ pub struct NodeConfig {
     pub max_heartbeat_misses: u32,
     /// A connection must complete its handshake (or fast connect) within this time.
     pub handshake_deadline_ms: u64,
+    /// A handshaken connection that sends no BIND within this time is closed (0: never).
+    pub bind_deadline_ms: u64,
     /// Reusable sessions for fast connect live this long.
     pub session_expire_ms: u64,
     /// Largest frame body accepted (both links) and largest inflated body.
@@ -137,6 +142,7 @@ impl NodeConfig {
             max_heartbeat_ms: d::MAX_HEARTBEAT_MS,
             max_heartbeat_misses: d::MAX_HEARTBEAT_MISSES,
             handshake_deadline_ms: d::HANDSHAKE_DEADLINE_MS,
+            bind_deadline_ms: d::BIND_DEADLINE_MS,
             session_expire_ms: d::SESSION_EXPIRE_MS,
             max_body_bytes: d::MAX_BODY_BYTES,
             compress_threshold_bytes: d::COMPRESS_THRESHOLD_BYTES,

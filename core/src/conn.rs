@@ -92,6 +92,8 @@ pub struct ConnConfig {
     pub max_heartbeat_misses: u32,
     /// The handshake (or fast connect) must complete within this time.
     pub handshake_deadline_ms: Millis,
+    /// A handshaken connection must send a BIND within this time (0: no deadline).
+    pub bind_deadline_ms: Millis,
     /// Reusable sessions live this long (told to the phone in HANDSHAKE-ok).
     pub session_expire_ms: u64,
     /// Largest frame body accepted, and largest inflated body.
@@ -112,6 +114,7 @@ impl ConnConfig {
             max_heartbeat_ms: cfg.max_heartbeat_ms,
             max_heartbeat_misses: cfg.max_heartbeat_misses,
             handshake_deadline_ms: cfg.handshake_deadline_ms,
+            bind_deadline_ms: cfg.bind_deadline_ms,
             session_expire_ms: cfg.session_expire_ms,
             max_body_bytes: cfg.max_body_bytes,
             compress_threshold_bytes: cfg.compress_threshold_bytes,
@@ -205,6 +208,10 @@ pub struct PhoneConn {
     heartbeat_misses: u32,
     /// When the next idle check (or the handshake deadline) is due.
     idle_check_at_ms: Millis,
+    /// The bind deadline ([`ConnConfig::bind_deadline_ms`], 0: none) and, once a session
+    /// started without a BIND since, when it passes.
+    bind_deadline_ms: Millis,
+    bind_by_ms: Option<Millis>,
     /// Sealed bytes not yet written: the queued bytes the marks are measured on.
     outbound: BytesMut,
     /// Bytes sealed and bytes written since the connection opened.
@@ -229,6 +236,8 @@ impl PhoneConn {
             last_read_ms: now_ms,
             heartbeat_misses: 0,
             idle_check_at_ms: now_ms.saturating_add(cfg.handshake_deadline_ms),
+            bind_deadline_ms: cfg.bind_deadline_ms,
+            bind_by_ms: None,
             outbound: BytesMut::new(),
             sealed_bytes: 0,
             written_bytes: 0,
@@ -373,10 +382,12 @@ impl PhoneConn {
                 session_id,
                 request: FastConnect::decode(body).map_err(|_| ())?,
             },
-            Command::Bind => PhoneMessage::Bind {
-                session_id,
-                bind: Bind::decode(body).map_err(|_| ())?,
-            },
+            Command::Bind => {
+                let bind = Bind::decode(body).map_err(|_| ())?;
+                // A BIND was sent: the node answers it (a refused one closes the connection).
+                self.bind_by_ms = None;
+                PhoneMessage::Bind { session_id, bind }
+            }
             Command::Unbind => PhoneMessage::Unbind {
                 session_id,
                 bind: Bind::decode(body).map_err(|_| ())?,
@@ -491,6 +502,8 @@ impl PhoneConn {
         self.heartbeat_ms = heartbeat_ms;
         self.heartbeat_misses = 0;
         self.idle_check_at_ms = now_ms.saturating_add(heartbeat_ms.max(1));
+        self.bind_by_ms =
+            (self.bind_deadline_ms > 0).then(|| now_ms.saturating_add(self.bind_deadline_ms));
     }
 
     /// The node accepted a fast connect (its FAST_CONNECT-ok was queued just before).
@@ -602,14 +615,26 @@ impl PhoneConn {
 
     /// When [`PhoneConn::handle_timeout`] should next be called.
     pub fn poll_timeout(&self) -> Option<Millis> {
-        self.is_open().then_some(self.idle_check_at_ms)
+        let next = match self.bind_by_ms {
+            Some(bind_by) => self.idle_check_at_ms.min(bind_by),
+            None => self.idle_check_at_ms,
+        };
+        self.is_open().then_some(next)
     }
 
     /// Runs the idle check (or the handshake deadline) if it is due at `now_ms`: MPush's
     /// check (§9.3) counts a miss when nothing was read for more than heartbeat + 1 s, and
     /// closes after `max_heartbeat_misses` + 1 consecutive misses.
     pub fn handle_timeout(&mut self, cfg: &ConnConfig, now_ms: Millis) {
-        if !self.is_open() || now_ms < self.idle_check_at_ms {
+        if !self.is_open() {
+            return;
+        }
+        if self.bind_by_ms.is_some_and(|bind_by| now_ms >= bind_by) {
+            // Handshaken, but no BIND within the bind deadline.
+            debug_assert!(self.cipher.is_some());
+            return self.close_after_flush(CloseReason::BindTimeout);
+        }
+        if now_ms < self.idle_check_at_ms {
             return;
         }
         if self.cipher.is_none() {

@@ -652,6 +652,7 @@ fn close_frame_for(reason: Option<CloseReason>) -> (u16, &'static str) {
         Some(CloseReason::ServerFull) => (TRY_AGAIN_LATER, "server full"),
         Some(CloseReason::BadFrame) => (INVALID_PAYLOAD, "malformed packet"),
         Some(CloseReason::HandshakeTimeout) => (POLICY_VIOLATION, "handshake timeout"),
+        Some(CloseReason::BindTimeout) => (POLICY_VIOLATION, "bind timeout"),
         Some(CloseReason::BadBody) => (POLICY_VIOLATION, "handle message error"),
         Some(CloseReason::UnsupportedCommand) => (POLICY_VIOLATION, "unsupported command"),
         Some(CloseReason::BadRequest) => (POLICY_VIOLATION, "bad request"),

@@ -1413,6 +1413,42 @@ fn connection_that_never_handshakes_is_closed_at_the_handshake_deadline() {
 }
 
 #[test]
+fn handshaken_connection_that_never_binds_is_closed_at_the_bind_deadline() {
+    let mut w = World::new(|c| c.bind_deadline_ms = 5_000);
+    let idle = w.connect("dev-A", "android");
+    w.handshake(idle);
+    let binding = w.connect("dev-B", "android");
+    w.handshake(binding);
+    w.advance(4_000);
+    w.bind(binding, "u1", "");
+    w.heartbeat(idle); // traffic is no BIND
+    w.advance(999);
+    assert!(!closed(&w, idle));
+    w.advance(1);
+    assert!(closed(&w, idle));
+    assert_eq!(close_reason(&w, idle), Some(CloseReason::BindTimeout));
+    // The one that bound stays, long past the deadline.
+    w.advance(60_000);
+    w.heartbeat(binding);
+    assert!(!closed(&w, binding));
+    assert_eq!(w.node.stats().connections, 1);
+}
+
+#[test]
+fn without_a_bind_deadline_a_handshaken_connection_may_wait_to_bind() {
+    let mut w = World::new(|c| c.bind_deadline_ms = 0);
+    let phone = w.connect("dev-A", "android");
+    w.handshake(phone);
+    for _ in 0..10 {
+        w.advance(30_000);
+        w.heartbeat(phone);
+    }
+    assert!(!closed(&w, phone));
+    w.bind(phone, "u1", "");
+    assert!(!closed(&w, phone));
+}
+
+#[test]
 fn upstream_push_is_reported_and_auto_ack_answered_with_the_same_session_id() {
     let mut w = World::new(|_| {});
     let phone = w.online("dev-A", "android", "u1", "");

@@ -256,6 +256,9 @@ pub struct CoreConfig {
     /// Closed on the (this + 1)th consecutive missed heartbeat check.
     pub max_heartbeat_misses: u32,
     pub handshake_deadline_ms: u64,
+    /// A handshaken phone that sends no BIND within this time is closed (0: never, the
+    /// default: MPush's SDKs bind after the user logs in).
+    pub bind_deadline_ms: u64,
     pub session_expire_ms: u64,
     pub max_packet_bytes: usize,
     pub compress_threshold_bytes: usize,
@@ -274,6 +277,7 @@ impl Default for CoreConfig {
             max_heartbeat_ms: defaults::MAX_HEARTBEAT_MS,
             max_heartbeat_misses: defaults::MAX_HEARTBEAT_MISSES,
             handshake_deadline_ms: defaults::HANDSHAKE_DEADLINE_MS,
+            bind_deadline_ms: defaults::BIND_DEADLINE_MS,
             session_expire_ms: defaults::SESSION_EXPIRE_MS,
             max_packet_bytes: defaults::MAX_BODY_BYTES,
             compress_threshold_bytes: defaults::COMPRESS_THRESHOLD_BYTES,
@@ -646,6 +650,7 @@ impl Config {
             Limit::ConnectionsPerAddress => json!(l.max_connections_per_address),
             Limit::NewConnectionsPerAddress => json!(l.new_connections_per_second_per_address),
             Limit::HandshakeDeadline => json!(self.core.handshake_deadline_ms),
+            Limit::BindDeadline => json!(self.core.bind_deadline_ms),
             Limit::FrameSize => json!(self.core.max_packet_bytes),
             Limit::PhoneQueuedBytes => json!(self.net.write_hard_limit_bytes),
             Limit::GatewayQueuedBytes => json!(l.max_gateway_queued_bytes),
@@ -756,6 +761,7 @@ impl Config {
         cfg.max_heartbeat_ms = c.max_heartbeat_ms;
         cfg.max_heartbeat_misses = c.max_heartbeat_misses;
         cfg.handshake_deadline_ms = c.handshake_deadline_ms;
+        cfg.bind_deadline_ms = c.bind_deadline_ms;
         cfg.session_expire_ms = c.session_expire_ms;
         cfg.max_body_bytes = c.max_packet_bytes;
         cfg.compress_threshold_bytes = c.compress_threshold_bytes;

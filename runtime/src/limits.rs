@@ -33,6 +33,8 @@ pub enum Limit {
     NewConnectionsPerAddress,
     /// `core.handshake_deadline_ms`: a connection did not finish its handshake in time.
     HandshakeDeadline,
+    /// `core.bind_deadline_ms`: a handshaken connection sent no BIND in time.
+    BindDeadline,
     /// `core.max_packet_bytes`: a frame (phone or gateway) was too large or malformed.
     FrameSize,
     /// `net.write_hard_limit_bytes`: a phone did not read its queued bytes.
@@ -52,11 +54,12 @@ pub enum Limit {
 }
 
 impl Limit {
-    pub const ALL: [Limit; 12] = [
+    pub const ALL: [Limit; 13] = [
         Limit::Connections,
         Limit::ConnectionsPerAddress,
         Limit::NewConnectionsPerAddress,
         Limit::HandshakeDeadline,
+        Limit::BindDeadline,
         Limit::FrameSize,
         Limit::PhoneQueuedBytes,
         Limit::GatewayQueuedBytes,
@@ -74,6 +77,7 @@ impl Limit {
             Limit::ConnectionsPerAddress => "connections-per-address",
             Limit::NewConnectionsPerAddress => "new-connections-per-second-per-address",
             Limit::HandshakeDeadline => "handshake-deadline",
+            Limit::BindDeadline => "bind-deadline",
             Limit::FrameSize => "frame-size",
             Limit::PhoneQueuedBytes => "phone-queued-bytes",
             Limit::GatewayQueuedBytes => "gateway-queued-bytes",
@@ -92,6 +96,7 @@ impl Limit {
             Limit::ConnectionsPerAddress => "limits.max_connections_per_address",
             Limit::NewConnectionsPerAddress => "limits.new_connections_per_second_per_address",
             Limit::HandshakeDeadline => "core.handshake_deadline_ms",
+            Limit::BindDeadline => "core.bind_deadline_ms",
             Limit::FrameSize => "core.max_packet_bytes",
             Limit::PhoneQueuedBytes => "net.write_hard_limit_bytes",
             Limit::GatewayQueuedBytes => "limits.max_gateway_queued_bytes",
@@ -109,6 +114,7 @@ impl Limit {
             Event::Closed { reason, .. } => match reason {
                 CloseReason::ServerFull => Some(Limit::Connections),
                 CloseReason::HandshakeTimeout => Some(Limit::HandshakeDeadline),
+                CloseReason::BindTimeout => Some(Limit::BindDeadline),
                 CloseReason::BadFrame => Some(Limit::FrameSize),
                 CloseReason::SlowConsumer => Some(Limit::PhoneQueuedBytes),
                 _ => None,

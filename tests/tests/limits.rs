@@ -177,6 +177,39 @@ async fn a_connection_that_never_handshakes_is_closed_at_the_deadline() {
     .await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handshaken_connection_that_never_binds_is_closed_at_the_bind_deadline() {
+    bounded(LIMIT, async {
+        let server = TestServer::start_toml("[core]\nbind_deadline_ms = 500\n").await;
+        let unbound = server
+            .device_with(server.device_options("device-unbound"))
+            .await;
+        let device = server.bound_device("device-b", "user-b", &[]).await;
+        loop {
+            match unbound.next_event_within(WAIT).await {
+                Ok(pushgate::client::DeviceEvent::Closed) => break,
+                Ok(_) => continue,
+                Err(error) => panic!("not closed at the bind deadline: {error}"),
+            }
+        }
+        eventually(WAIT, "the deadline is counted", || async {
+            (hits(&server, "bind-deadline").await >= 1).then_some(())
+        })
+        .await;
+        // The bound phone is kept past the deadline.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let result = server
+            .push_client()
+            .await
+            .push(SinglePushRequest::new("user-b", b"hi".to_vec()))
+            .await
+            .unwrap();
+        assert_eq!(result.status, PushStatus::Success);
+        drop(device);
+    })
+    .await;
+}
+
 /// A GATEWAY_PUSH frame as a PushClient sends it.
 fn push_frame(user: &str, sid: i32, ack: AckMode, timeout_ms: i32) -> Vec<u8> {
     let message = GatewayPush {

@@ -153,6 +153,8 @@ impl OutFrame {
 pub enum CloseReason {
     IdleTimeout,
     HandshakeTimeout,
+    /// Handshaken, but no BIND within the bind deadline.
+    BindTimeout,
     /// The frame stream broke (too large, negative length).
     BadFrame,
     /// A body could not be decrypted or decoded (ERROR 100 was sent).
@@ -176,6 +178,7 @@ impl CloseReason {
         match self {
             CloseReason::IdleTimeout => "idle-timeout",
             CloseReason::HandshakeTimeout => "handshake-timeout",
+            CloseReason::BindTimeout => "bind-timeout",
             CloseReason::BadFrame => "bad-frame",
             CloseReason::BadBody => "bad-body",
             CloseReason::UnsupportedCommand => "unsupported-command",
