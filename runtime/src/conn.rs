@@ -192,17 +192,10 @@ pub async fn run_phone<S: PhoneStream>(
         if !machine.is_open() && flush_deadline.is_none() {
             flush_deadline = Some(Box::pin(tokio::time::sleep(CLOSE_FLUSH_TIMEOUT)));
         }
-        match machine.poll_timeout() {
-            None => timer = None,
-            Some(at_ms) => {
-                let at = settings.instant(at_ms);
-                match &mut timer {
-                    Some(sleep) if sleep.deadline() == at => {}
-                    Some(sleep) => sleep.as_mut().reset(at),
-                    None => timer = Some(Box::pin(tokio::time::sleep_until(at))),
-                }
-            }
-        }
+        set_timer(
+            &mut timer,
+            machine.poll_timeout().map(|at| settings.instant(at)),
+        );
         // One poll for every source: nothing but wakers is registered while the phone is idle.
         let wake = std::future::poll_fn(|cx| {
             if let Some(deadline) = &mut flush_deadline {
@@ -286,6 +279,17 @@ pub async fn run_phone<S: PhoneStream>(
                 machine.handle_timeout(cfg, now.max(due));
             }
         }
+    }
+}
+
+/// Points a connection task's timer at `at` (none: no timer), re-arming the one it holds
+/// instead of allocating another.
+pub(crate) fn set_timer(timer: &mut Option<Pin<Box<Sleep>>>, at: Option<Instant>) {
+    match (at, timer.as_mut()) {
+        (None, _) => *timer = None,
+        (Some(at), Some(sleep)) if sleep.deadline() == at => {}
+        (Some(at), Some(sleep)) => sleep.as_mut().reset(at),
+        (Some(at), None) => *timer = Some(Box::pin(tokio::time::sleep_until(at))),
     }
 }
 

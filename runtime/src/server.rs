@@ -41,11 +41,11 @@ pub struct RunningServer {
     cluster: Arc<crate::cluster::ClusterNode>,
 }
 
-/// Counts a live connection task for as long as it exists.
-struct LiveGuard(Arc<AtomicUsize>);
+/// Counts a live connection task (phone, gateway, web) for as long as it exists.
+pub(crate) struct LiveGuard(Arc<AtomicUsize>);
 
 impl LiveGuard {
-    fn new(counter: &Arc<AtomicUsize>) -> Self {
+    pub(crate) fn new(counter: &Arc<AtomicUsize>) -> Self {
         counter.fetch_add(1, Ordering::Relaxed);
         Self(counter.clone())
     }

@@ -15,6 +15,7 @@
 //! Built outside the simulator only: axum needs a real tokio reactor.
 use crate::driver::{NodeHandle, NodeMsg};
 use crate::phone_queue::{PhoneQueue, ToPhone};
+use crate::server::LiveGuard;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
 use axum::http::{header, HeaderMap};
@@ -142,22 +143,6 @@ async fn upgrade_or_page(
         })
 }
 
-/// Counts a live connection task for as long as it exists.
-struct LiveGuard(Arc<AtomicUsize>);
-
-impl LiveGuard {
-    fn new(counter: &Arc<AtomicUsize>) -> Self {
-        counter.fetch_add(1, Ordering::Relaxed);
-        Self(counter.clone())
-    }
-}
-
-impl Drop for LiveGuard {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
 /// What woke a web task.
 enum Wake {
     FlushExpired,
@@ -210,17 +195,10 @@ async fn run_web(
         if !machine.is_open() && flush_deadline.is_none() {
             flush_deadline = Some(Box::pin(tokio::time::sleep(CLOSE_FLUSH_TIMEOUT)));
         }
-        match machine.poll_timeout(cfg) {
-            None => timer = None,
-            Some(at_ms) => {
-                let at = settings.instant(at_ms);
-                match &mut timer {
-                    Some(sleep) if sleep.deadline() == at => {}
-                    Some(sleep) => sleep.as_mut().reset(at),
-                    None => timer = Some(Box::pin(tokio::time::sleep_until(at))),
-                }
-            }
-        }
+        crate::conn::set_timer(
+            &mut timer,
+            machine.poll_timeout(cfg).map(|at| settings.instant(at)),
+        );
         let wake = std::future::poll_fn(|cx| {
             if let Some(deadline) = &mut flush_deadline {
                 if deadline.as_mut().poll(cx).is_ready() {
