@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The side-by-side benchmark: pushgate vs mosquitto vs nats-server, one command.
 #
-#   bench/run.sh [--quick] [--targets pushgate,mosquitto,nats] [--workloads idle,storm,single,fanout]
+#   bench/run.sh [--quick] [--targets pushgate,mosquitto,nats] [--workloads idle,storm,single,fanout,interference]
 #                [--redis [--nodes N]] [--name NAME] [--no-build] [-- EXTRA pushgate-bench run FLAGS]
 #
 # For each target it starts the server pinned to CPU 0 (pushgate with bench/pushgate.toml, the
@@ -24,7 +24,7 @@ cd "$root"
 quick=0
 build=1
 targets="pushgate,mosquitto,nats"
-workloads="idle,storm,single,fanout"
+workloads="idle,storm,single,fanout,interference"
 name="$(date -u +%Y%m%dT%H%M%SZ)"
 redis=0
 nodes=3
@@ -100,11 +100,11 @@ if [[ ",$targets," == *,mosquitto,* || ",$targets," == *,nats,* ]]; then
 fi
 
 if [ "$quick" -eq 1 ]; then
-    sizes=(--idle-connections 2000 --storm-phones 2000 --storm-in-flight 500 --users 1000 --windows 1000,64 --rates-per-s 20000,50000
-        --fanout-sizes 1000,2000 --fanout-windows 1,8 --warmup-ms 200 --measure-ms 1000 --drain-ms 3000)
+    sizes=(--idle-connections 2000 --connect-concurrency 100 --storm-phones 2000 --storm-in-flight 500 --users 1000 --windows 1000,64 --rates-per-s 20000,50000
+        --interference-rate-per-s 2000 --fanout-sizes 1000,2000 --fanout-windows 1,8 --warmup-ms 200 --measure-ms 1000 --drain-ms 3000)
 else
-    sizes=(--idle-connections 19000 --storm-phones 10000 --storm-in-flight 1000 --users 1000 --windows 1000,64 --rates-per-s 5000,10000,20000,50000,100000
-        --fanout-sizes 1000,10000 --fanout-windows 1,8 --warmup-ms 500 --measure-ms 3000 --drain-ms 5000)
+    sizes=(--idle-connections 19000 --connect-concurrency 100 --storm-phones 10000 --storm-in-flight 1000 --users 1000 --windows 1000,64 --rates-per-s 5000,10000,20000,50000,100000
+        --interference-rate-per-s 5000 --fanout-sizes 1000,10000 --fanout-windows 1,8 --warmup-ms 500 --measure-ms 3000 --drain-ms 5000)
 fi
 
 load="$(cut -d' ' -f1 /proc/loadavg)"
@@ -285,6 +285,7 @@ fi
     --note "storm: N phones connect once each (pushgate: RSA handshake + bind; peers: CONNECT + SUBSCRIBE), the given number under way at once; time to bind from the start of each connect; listen overflows / drops / SYN retransmissions are the kernel's TcpExt counters (nstat's names) over the point, for the whole machine" \
     --note "single: 1 sender -> 1,000 users in turn; closed loop = fixed number in flight (sent, not yet received by the phone and, for pushgate, its status not back); open loop latency from the intended send time" \
     --note "fan-out: pushgate broadcast to every bound phone vs one publish to a topic all N subscribers hold; a broadcast is in flight until the last phone has it" \
+    --note "interference: single pushes (open loop, ack none) to the 1,000 users while broadcasts to the largest fan-out size run back to back (the next one sent when the last phone had the previous one and, for pushgate, its status came back); srv CPU us/op: the server's CPU time per delivery, connection or bind over the point" \
     --note "pg/peer ratios: higher is better for rates, lower is better for latencies and RSS" \
     "${cluster_note[@]}"
 echo "run.sh: done in $((SECONDS - started_at)) s (after the build); results in bench/results/$name.{json,txt,png}" >&2

@@ -129,6 +129,11 @@ pub struct NodeConfig {
     /// Longest user id / tags string accepted in a bind.
     pub max_user_id_bytes: usize,
     pub max_tags_bytes: usize,
+    /// Also emit the events only an observer reads, one or more per push and per broadcast
+    /// delivery (`PushAccepted`, `PushSent`, `WritableChanged`, `KickNoticeHandled`): on by
+    /// default (tests, the simulator's oracle); the runtime turns it off unless it was given
+    /// an observer, so a production node does not build and queue them.
+    pub trace_events: bool,
 }
 
 impl NodeConfig {
@@ -164,6 +169,7 @@ impl NodeConfig {
             max_store_requests: d::MAX_STORE_REQUESTS,
             max_user_id_bytes: d::MAX_USER_ID_BYTES,
             max_tags_bytes: d::MAX_TAGS_BYTES,
+            trace_events: true,
         }
     }
 

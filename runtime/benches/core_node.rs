@@ -18,6 +18,8 @@
 //! starts (a PushClient's work), for a pool of random users.
 //!
 //! Run: `cargo bench -p pushgate --bench core_node` (release profile). Prints a table.
+//! `BENCH_TRACE_EVENTS=1` also emits the events only an observer reads (as the simulator runs
+//! the node), to see what they cost.
 use bytes::Bytes;
 use pushgate::core::command::Command;
 use pushgate::core::config::{NodeAddr, NodeConfig};
@@ -174,6 +176,8 @@ fn main() {
     cfg.broadcast_flow_limit_per_window = 0;
     cfg.broadcast_flow_max_total = 0;
     cfg.broadcast_batch_size = 4096;
+    // As the runtime runs it without an observer; BENCH_TRACE_EVENTS=1: as under the simulator.
+    cfg.trace_events = env_usize("BENCH_TRACE_EVENTS", 0) != 0;
     let threshold = cfg.compress_threshold_bytes;
     let conn_cfg = ConnConfig::from_node(&cfg, 1_795_000_000_000, QueueMarks::default());
     let mut rng = rand_chacha::ChaCha20Rng::from_seed([3; 32]);

@@ -5,6 +5,10 @@ use pushgate::config::Config;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+#[cfg(not(madsim))]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "pushgate",

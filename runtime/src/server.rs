@@ -118,6 +118,7 @@ pub async fn start_with(config: &Config, hooks: ServerHooks) -> anyhow::Result<R
     // Routes must name the gateway port actually bound (port 0 picks one).
     let mut node_config = config.node_config()?;
     node_config.node_addr.port = gateway_addr.port();
+    node_config.trace_events = hooks.observer.is_some();
     let seed = node_seed();
     // The node's clock is `epoch_ms` plus the time since `clock_start`: both read together, so
     // building the node (key set-up) does not put its clock, and its bind versions, behind

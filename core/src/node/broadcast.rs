@@ -72,7 +72,7 @@ impl Node {
             ),
         };
         let task_id = request.task_id.clone();
-        self.emit(Event::PushAccepted {
+        self.trace(|| Event::PushAccepted {
             id,
             user_id: String::new(),
             broadcast: true,
@@ -246,13 +246,15 @@ impl Node {
                 frame,
                 report_write: Some(session_id),
             });
-            self.outputs
-                .push_back(super::Output::Event(Event::PushSent {
-                    id,
-                    conn: entry.conn,
-                    session_id,
-                    broadcast: true,
-                }));
+            if self.cfg.trace_events {
+                self.outputs
+                    .push_back(super::Output::Event(Event::PushSent {
+                        id,
+                        conn: entry.conn,
+                        session_id,
+                        broadcast: true,
+                    }));
+            }
             task.cursor = Some((entry.user_id, entry.client_type));
         }
         self.stats.broadcast_deliveries += task.progress_sent;

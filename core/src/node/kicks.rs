@@ -64,7 +64,7 @@ impl Node {
             let version = session.bound.as_ref().map_or(0, |b| b.route_version);
             (conn, session.conn_token.clone(), version)
         });
-        self.emit(Event::KickNoticeHandled {
+        self.trace(|| Event::KickNoticeHandled {
             notice: notice.clone(),
             kicked: kicked.clone(),
         });

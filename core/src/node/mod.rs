@@ -535,7 +535,7 @@ impl Node {
             Input::PhoneWritable { conn, writable } => {
                 if let Some(session) = self.sessions.get_mut(&conn) {
                     session.writable = writable;
-                    self.emit(Event::WritableChanged { conn, writable });
+                    self.trace(|| Event::WritableChanged { conn, writable });
                 }
             }
             Input::PhoneWritten {
@@ -716,6 +716,14 @@ impl Node {
 
     fn emit(&mut self, event: Event) {
         self.outputs.push_back(Output::Event(event));
+    }
+
+    /// Emits an event only an observer reads ([`NodeConfig::trace_events`]); `event` is built
+    /// only when it is emitted.
+    fn trace(&mut self, event: impl FnOnce() -> Event) {
+        if self.cfg.trace_events {
+            self.outputs.push_back(Output::Event(event()));
+        }
     }
 
     fn transmit(&mut self, conn: ConnId, frame: OutFrame, report_write: Option<i32>) {

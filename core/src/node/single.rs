@@ -77,7 +77,7 @@ impl Node {
             resolved_type: None,
             moved_to: None,
         };
-        self.emit(Event::PushAccepted {
+        self.trace(|| Event::PushAccepted {
             id,
             user_id: task.request.user_id.clone(),
             broadcast: false,
@@ -169,7 +169,7 @@ impl Node {
             seal: Seal::Aes(cipher),
         };
         self.transmit(conn, frame, Some(session_id));
-        self.emit(Event::PushSent {
+        self.trace(|| Event::PushSent {
             id,
             conn,
             session_id,

@@ -59,6 +59,7 @@ enum WorkloadName {
     Storm,
     Single,
     Fanout,
+    Interference,
 }
 
 /// An ack mode name (pushgate only).
@@ -143,6 +144,10 @@ struct RunArgs {
     /// Fan-out workload: broadcasts in flight (one point each).
     #[arg(long, value_delimiter = ',', default_value = "1,8")]
     fanout_windows: Vec<usize>,
+    /// Interference workload: offered single pushes per second while broadcasts to the
+    /// largest fan-out size run back to back.
+    #[arg(long, default_value_t = 5_000.0)]
+    interference_rate_per_s: f64,
     /// Warm-up before each measurement (ms).
     #[arg(long, default_value_t = 500)]
     warmup_ms: u64,
@@ -219,6 +224,14 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         args.rates_per_s.iter().all(|r| r.is_finite() && *r > 0.0),
         "--rates-per-s must be positive numbers"
     );
+    anyhow::ensure!(
+        args.interference_rate_per_s.is_finite() && args.interference_rate_per_s > 0.0,
+        "--interference-rate-per-s must be a positive number"
+    );
+    anyhow::ensure!(
+        !args.workloads.contains(&WorkloadName::Interference) || !args.fanout_sizes.is_empty(),
+        "the interference workload broadcasts to the largest --fanout-sizes: give one"
+    );
     let send = match (args.target, args.gateway) {
         (TargetKind::Pushgate, Some(gateway)) => gateway,
         (TargetKind::Pushgate, None) => anyhow::bail!("--gateway is required for pushgate"),
@@ -255,6 +268,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             .collect(),
         fanout_sizes: args.fanout_sizes.clone(),
         fanout_windows: args.fanout_windows.clone(),
+        interference_rate_per_s: args.interference_rate_per_s,
         warmup_ms: args.warmup_ms,
         measure_ms: args.measure_ms,
         drain_ms: args.drain_ms,
@@ -266,6 +280,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         storm: has(WorkloadName::Storm),
         single: has(WorkloadName::Single),
         fanout: has(WorkloadName::Fanout),
+        interference: has(WorkloadName::Interference),
         redis_stats: args.redis_stats.clone(),
         label: label.clone(),
     };

@@ -14,6 +14,8 @@ pub enum Workload {
     Single,
     Fanout,
     Storm,
+    /// Single pushes at a fixed rate while broadcasts to every fan-out phone run back to back.
+    Interference,
 }
 
 /// One measured point of one target.
@@ -80,6 +82,12 @@ pub struct Point {
     /// the whole network namespace, not only this server.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub kernel: BTreeMap<String, u64>,
+    /// Interference: broadcasts that completed while the single pushes ran, and their
+    /// deliveries per second inside the measurement window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub background_broadcasts: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub background_deliveries_per_s: Option<f64>,
 }
 
 /// One target's run (`pushgate-bench run`).

@@ -227,6 +227,83 @@ pub fn checks(report: &RunReport) -> Vec<Check> {
             None => missing(storm_check),
         },
     );
+    let connect_check =
+        "connect + handshake + bind >= 4,900/s and >= mosquitto's connect rate (idle point)";
+    out.push(
+        match (
+            find(report, "pushgate", "idle"),
+            find(report, "mosquitto", "idle"),
+        ) {
+            (Some(pg), mosq) => Check {
+                name: connect_check.into(),
+                pass: Some(
+                    pg.achieved_per_s >= 4_900.0
+                        && mosq.is_none_or(|m| pg.achieved_per_s >= m.achieved_per_s),
+                ),
+                detail: match mosq {
+                    Some(m) => format!(
+                        "pushgate {:.0}/s vs mosquitto {:.0}/s ({})",
+                        pg.achieved_per_s,
+                        m.achieved_per_s,
+                        ratio_text(pg.achieved_per_s, m.achieved_per_s)
+                    ),
+                    None => format!(
+                        "pushgate {:.0}/s (mosquitto not measured)",
+                        pg.achieved_per_s
+                    ),
+                },
+            },
+            _ => missing(connect_check),
+        },
+    );
+    let cpu_check = "server CPU per delivered push (ack none, 20k/s) <= mosquitto's and nats'";
+    let cpu_at =
+        |target| find(report, target, "single/open/20000").and_then(|p| server_cpu_us_per_op(p));
+    out.push(match cpu_at("pushgate") {
+        Some(pg) => {
+            let peers: Vec<(&str, f64)> = PEERS
+                .iter()
+                .filter_map(|peer| cpu_at(peer).map(|us| (*peer, us)))
+                .collect();
+            Check {
+                name: cpu_check.into(),
+                pass: (!peers.is_empty()).then(|| peers.iter().all(|(_, us)| pg <= *us)),
+                detail: std::iter::once(format!("pushgate {pg:.2} us"))
+                    .chain(
+                        peers.iter().map(|(peer, us)| {
+                            format!("{peer} {us:.2} us ({})", ratio_text(pg, *us))
+                        }),
+                    )
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            }
+        }
+        None => missing(cpu_check),
+    });
+    let interference_check =
+        "single-push status beside back-to-back broadcasts: max <= 10 ms, p99.9 <= 2 ms";
+    let interference = report
+        .runs
+        .iter()
+        .filter(|r| r.target == "pushgate")
+        .flat_map(|r| r.points.iter())
+        .find(|p| p.workload == Some(Workload::Interference));
+    out.push(match interference.and_then(|p| p.status.map(|s| (p, s))) {
+        Some((point, status)) => Check {
+            name: interference_check.into(),
+            pass: Some(status.max_us <= 10_000.0 && status.p999_us <= 2_000.0 && point.lost == 0),
+            detail: format!(
+                "{}: status p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms; {} broadcasts completed beside ({:.0} deliveries/s)",
+                point.title,
+                status.p99_us / 1000.0,
+                status.p999_us / 1000.0,
+                status.max_us / 1000.0,
+                point.background_broadcasts.unwrap_or(0),
+                point.background_deliveries_per_s.unwrap_or(0.0)
+            ),
+        },
+        None => missing(interference_check),
+    });
     // The cluster point: binds/s on Redis against binds/s on the embedded store, same run.
     for run in store_runs(report) {
         let redis = find(report, &run.target, "idle");
@@ -258,7 +335,7 @@ pub fn checks(report: &RunReport) -> Vec<Check> {
         .iter()
         .filter(|r| r.target == "pushgate" || r.target.starts_with("pushgate+"))
         .flat_map(|r| r.points.iter())
-        .filter(|p| p.workload == Some(Workload::Single))
+        .filter(|p| matches!(p.workload, Some(Workload::Single | Workload::Interference)))
         .collect();
     if !pushgate_points.is_empty() {
         let sent: u64 = pushgate_points.iter().map(|p| p.sent).sum();
@@ -351,10 +428,22 @@ fn cpu(p: &Point) -> Option<Cell> {
     })
 }
 
+/// Server CPU time per operation of the point (delivered message, connection opened or bound
+/// phone), in µs: its CPU share over the measurement divided by the achieved rate.
+fn server_cpu_us_per_op(p: &Point) -> Option<f64> {
+    (p.achieved_per_s > 0.0 && p.cpu.server_pct > 0.0)
+        .then(|| p.cpu.server_pct / 100.0 * 1e6 / p.achieved_per_s)
+}
+
 fn metrics(workload: Workload) -> Vec<Metric> {
     let cpu_row = Metric {
         name: "CPU srv/gen/other %",
         cell: cpu,
+        hide_zero: false,
+    };
+    let cpu_per_op = |name| Metric {
+        name,
+        cell: |p| server_cpu_us_per_op(p).and_then(|us| number(us, 2)),
         hide_zero: false,
     };
     match workload {
@@ -369,6 +458,7 @@ fn metrics(workload: Workload) -> Vec<Metric> {
                 cell: |p| number(p.achieved_per_s, 0),
                 hide_zero: false,
             },
+            cpu_per_op("srv CPU us/connect"),
             cpu_row,
         ],
         Workload::Storm => vec![
@@ -420,6 +510,7 @@ fn metrics(workload: Workload) -> Vec<Metric> {
                 },
                 hide_zero: false,
             },
+            cpu_per_op("srv CPU us/bind"),
             cpu_row,
         ],
         Workload::Single => vec![
@@ -463,6 +554,7 @@ fn metrics(workload: Workload) -> Vec<Metric> {
                 },
                 hide_zero: true,
             },
+            cpu_per_op("srv CPU us/delivery"),
             cpu_row,
         ],
         Workload::Fanout => vec![
@@ -484,6 +576,61 @@ fn metrics(workload: Workload) -> Vec<Metric> {
             Metric {
                 name: "status p50/p99",
                 cell: |p| percentiles(p.status, false),
+                hide_zero: false,
+            },
+            Metric {
+                name: "lost",
+                cell: |p| {
+                    number(p.lost as f64, 0).map(|c| Cell {
+                        ratio_of: None,
+                        ..c
+                    })
+                },
+                hide_zero: true,
+            },
+            cpu_per_op("srv CPU us/delivery"),
+            cpu_row,
+        ],
+        Workload::Interference => vec![
+            Metric {
+                name: "msgs/s",
+                cell: |p| number(p.achieved_per_s, 0),
+                hide_zero: false,
+            },
+            Metric {
+                name: "status p50/p99/p999",
+                cell: |p| percentiles(p.status, true),
+                hide_zero: false,
+            },
+            Metric {
+                name: "deliv p50/p99/p999 ms",
+                cell: |p| percentiles(p.delivery, true),
+                hide_zero: false,
+            },
+            Metric {
+                name: "status/deliv max ms",
+                cell: |p| {
+                    let max = p.status.or(p.delivery).filter(|s| s.count > 0)?.max_us;
+                    Some(Cell {
+                        text: fmt_ms(max),
+                        ratio_of: Some(max),
+                    })
+                },
+                hide_zero: false,
+            },
+            Metric {
+                name: "broadcasts beside",
+                cell: |p| {
+                    p.background_broadcasts.map(|n| Cell {
+                        text: n.to_string(),
+                        ratio_of: Some(n as f64),
+                    })
+                },
+                hide_zero: false,
+            },
+            Metric {
+                name: "bcast deliveries/s",
+                cell: |p| p.background_deliveries_per_s.and_then(|r| number(r, 0)),
                 hide_zero: false,
             },
             Metric {

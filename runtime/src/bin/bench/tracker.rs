@@ -12,6 +12,11 @@
 //!
 //! Latencies are recorded for messages whose send time lies in the measurement window
 //! (warm-up and drain excluded); throughput counts deliveries received inside the window.
+//!
+//! A single-push point may run broadcasts in the background (the interference point): their
+//! stamps carry the point's id and a sequence number with [`BACKGROUND_SEQ`] set; they are
+//! counted apart ([`Tracker::background_in_flight`], [`Counts::background`]) and never mix
+//! with the single pushes' counts or latencies.
 use crate::latency::{Latency, LatencySummary};
 use crate::payload::{now_ns, Stamp};
 use pushgate_core::status::PushStatus;
@@ -31,6 +36,9 @@ impl Window {
         (self.from_ns..self.to_ns).contains(&ns)
     }
 }
+
+/// Set in the sequence number of a background broadcast's stamp.
+pub const BACKGROUND_SEQ: u32 = 1 << 31;
 
 /// How a status came back (or did not).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,6 +89,27 @@ pub struct Counts {
     pub status: LatencySummary,
     /// Fan-out: time until the last of the N phones had a broadcast.
     pub last_delivery: LatencySummary,
+    /// The background broadcasts of a single-push point, if it ran any.
+    pub background: Option<BackgroundCounts>,
+}
+
+/// What the background broadcasts of a single-push point did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BackgroundCounts {
+    pub sent: u64,
+    /// Broadcasts every phone had (and, where the target answers, whose status came back).
+    pub completed: u64,
+    /// Deliveries received, all and inside the measurement window.
+    pub delivered: u64,
+    pub delivered_in_window: u64,
+}
+
+/// Background broadcasts in flight and what they counted.
+#[derive(Default)]
+struct Background {
+    phones: usize,
+    casts: HashMap<u32, Cast>,
+    counts: BackgroundCounts,
 }
 
 struct Slot {
@@ -99,6 +128,8 @@ enum Work {
     Nothing,
     Single {
         slots: HashMap<u32, Slot>,
+        /// Broadcasts to this many phones run beside the single pushes (interference).
+        background: Option<Background>,
     },
     Fanout {
         phones: usize,
@@ -166,15 +197,57 @@ impl Tracker {
         st.point_id
     }
 
-    /// Starts a point of single pushes; returns its id (for the payload stamps).
-    pub fn begin_single(&self, needs_status: bool, window: Window) -> u32 {
+    /// Starts a point of single pushes; returns its id (for the payload stamps). With
+    /// `background_phones`, broadcasts to that many phones run beside them
+    /// ([`Tracker::sent_background`]).
+    pub fn begin_single(
+        &self,
+        needs_status: bool,
+        window: Window,
+        background_phones: Option<usize>,
+    ) -> u32 {
         self.begin(
             needs_status,
             window,
             Work::Single {
                 slots: HashMap::new(),
+                background: background_phones.map(|phones| Background {
+                    phones,
+                    ..Background::default()
+                }),
             },
         )
+    }
+
+    /// A background broadcast `seq` (with [`BACKGROUND_SEQ`] set) is about to be written.
+    pub fn sent_background(&self, seq: u32, sent_ns: u64) {
+        debug_assert!(seq & BACKGROUND_SEQ != 0);
+        if let Work::Single {
+            background: Some(bg),
+            ..
+        } = &mut self.lock().work
+        {
+            bg.counts.sent += 1;
+            bg.casts.insert(
+                seq,
+                Cast {
+                    sent_ns,
+                    remaining: bg.phones,
+                    answered: false,
+                },
+            );
+        }
+    }
+
+    /// Background broadcasts sent and not complete yet.
+    pub fn background_in_flight(&self) -> usize {
+        match &self.lock().work {
+            Work::Single {
+                background: Some(bg),
+                ..
+            } => bg.casts.len(),
+            _ => 0,
+        }
     }
 
     /// Starts a fan-out point: every broadcast is to reach `phones` receivers.
@@ -195,7 +268,7 @@ impl Tracker {
         let mut st = self.lock();
         st.counts.sent += 1;
         match &mut st.work {
-            Work::Single { slots } => {
+            Work::Single { slots, .. } => {
                 slots.insert(
                     seq,
                     Slot {
@@ -223,7 +296,7 @@ impl Tracker {
     /// Messages (or broadcasts) sent and not complete yet.
     pub fn in_flight(&self) -> usize {
         match &self.lock().work {
-            Work::Single { slots } => slots.len(),
+            Work::Single { slots, .. } => slots.len(),
             Work::Fanout { casts, .. } => casts.len(),
             Work::Nothing => 0,
         }
@@ -247,7 +320,28 @@ impl Tracker {
         let timed = st.window.contains(stamp.sent_ns);
         let mut completed = false;
         match &mut st.work {
-            Work::Single { slots } => {
+            Work::Single {
+                background: Some(bg),
+                ..
+            } if stamp.seq & BACKGROUND_SEQ != 0 => {
+                let Some(cast) = bg.casts.get_mut(&stamp.seq).filter(|c| c.remaining > 0) else {
+                    st.counts.unexpected += 1;
+                    return;
+                };
+                cast.remaining -= 1;
+                bg.counts.delivered += 1;
+                if in_window {
+                    bg.counts.delivered_in_window += 1;
+                }
+                if cast.remaining == 0 && (!st.needs_status || cast.answered) {
+                    bg.casts.remove(&stamp.seq);
+                    bg.counts.completed += 1;
+                    drop(guard);
+                    self.progress.notify_one();
+                }
+                return;
+            }
+            Work::Single { slots, .. } => {
                 let Some(slot) = slots.get_mut(&stamp.seq).filter(|s| !s.delivered) else {
                     st.counts.unexpected += 1;
                     return;
@@ -301,6 +395,24 @@ impl Tracker {
         if point_id != st.point_id {
             return;
         }
+        if seq & BACKGROUND_SEQ != 0 {
+            if let Work::Single {
+                background: Some(bg),
+                ..
+            } = &mut st.work
+            {
+                if let Some(cast) = bg.casts.get_mut(&seq) {
+                    cast.answered = true;
+                    if cast.remaining == 0 || !outcome.is_success() {
+                        bg.casts.remove(&seq);
+                        bg.counts.completed += 1;
+                        drop(guard);
+                        self.progress.notify_one();
+                    }
+                }
+            }
+            return;
+        }
         *st.counts.statuses.entry(outcome.name()).or_default() += 1;
         if let Outcome::ClientError(text) = &outcome {
             st.counts.first_error.get_or_insert_with(|| text.clone());
@@ -308,7 +420,7 @@ impl Tracker {
         let success = outcome.is_success();
         let mut completed = false;
         match &mut st.work {
-            Work::Single { slots } => {
+            Work::Single { slots, .. } => {
                 if let Some(slot) = slots.get_mut(&seq) {
                     if st.window.contains(slot.sent_ns) {
                         st.status.record_ns(now.saturating_sub(slot.sent_ns));
@@ -349,8 +461,9 @@ impl Tracker {
         counts.delivery = st.delivery.summary();
         counts.status = st.status.summary();
         match work {
-            Work::Single { slots } => {
+            Work::Single { slots, background } => {
                 counts.lost = slots.values().filter(|s| !s.delivered).count() as u64;
+                counts.background = background.map(|bg| bg.counts);
             }
             Work::Fanout { casts, last, .. } => {
                 counts.incomplete = casts.values().filter(|c| c.remaining > 0).count() as u64;
@@ -385,7 +498,7 @@ mod tests {
             from_ns: 0,
             to_ns: u64::MAX,
         };
-        let point = tracker.begin_single(true, window);
+        let point = tracker.begin_single(true, window, None);
         tracker.sent(1, now_ns());
         tracker.sent(2, now_ns());
         tracker.on_delivery(&payload(point, 1, now_ns()));
@@ -404,6 +517,52 @@ mod tests {
         assert_eq!(counts.statuses.get("offline"), Some(&1));
         assert_eq!(counts.delivery.count, 1);
         assert_eq!(counts.status.count, 2);
+    }
+
+    #[test]
+    fn background_broadcasts_are_counted_apart_from_the_single_pushes() {
+        let tracker = Tracker::new();
+        let window = Window {
+            from_ns: 0,
+            to_ns: u64::MAX,
+        };
+        let point = tracker.begin_single(true, window, Some(2));
+        let cast = BACKGROUND_SEQ | 1;
+        tracker.sent(1, now_ns());
+        tracker.sent_background(cast, now_ns());
+        assert_eq!(
+            (tracker.in_flight(), tracker.background_in_flight()),
+            (1, 1)
+        );
+        tracker.on_delivery(&payload(point, cast, 1));
+        tracker.on_delivery(&payload(point, cast, 1));
+        assert_eq!(
+            tracker.background_in_flight(),
+            1,
+            "its status is still missing"
+        );
+        tracker.on_status(point, cast, Outcome::Status(PushStatus::Success));
+        assert_eq!(tracker.background_in_flight(), 0);
+        tracker.on_delivery(&payload(point, cast, 1));
+        tracker.on_delivery(&payload(point, 1, 1));
+        tracker.on_status(point, 1, Outcome::Status(PushStatus::Success));
+        assert_eq!(tracker.in_flight(), 0);
+        let counts = tracker.finish();
+        assert_eq!(
+            (counts.sent, counts.delivered, counts.status.count),
+            (1, 1, 1)
+        );
+        assert_eq!(
+            counts.statuses.get("success"),
+            Some(&1),
+            "the broadcast's is not counted"
+        );
+        assert_eq!(
+            counts.unexpected, 1,
+            "a third delivery of a broadcast to two phones"
+        );
+        let bg = counts.background.expect("background counts");
+        assert_eq!((bg.sent, bg.completed, bg.delivered), (1, 1, 2));
     }
 
     #[test]

@@ -15,6 +15,10 @@
 //! - **fanout**: N receivers; closed loop over broadcasts (`window` broadcasts in flight, each
 //!   complete when all N phones have it); deliveries per second, per-delivery latency and the
 //!   time until the last phone had each broadcast.
+//! - **interference**: single pushes at a fixed rate (open loop) to the single-push users while
+//!   broadcasts to every fan-out phone (the largest fan-out size) run back to back, one after
+//!   the other; the single pushes' status and delivery latencies show how much the broadcasts
+//!   hold them up.
 //!
 //! Every point runs `warmup_ms`, then measures for `measure_ms`, then stops sending and waits
 //! at most `drain_ms` for what is in flight. CPU use of both processes is taken over the
@@ -26,7 +30,7 @@ use crate::point::{Point, Workload};
 use crate::resources::{rss_bytes, CpuMark};
 use crate::store_stats;
 use crate::targets::{user_address, Endpoints, Receiver, Role, Sender, TargetKind};
-use crate::tracker::{Counts, Tracker, Window};
+use crate::tracker::{Counts, Tracker, Window, BACKGROUND_SEQ};
 use anyhow::Context;
 use pushgate_core::push::AckMode;
 use std::sync::Arc;
@@ -59,6 +63,8 @@ pub struct Plan {
     pub ack_modes: Vec<AckMode>,
     pub fanout_sizes: Vec<usize>,
     pub fanout_windows: Vec<usize>,
+    /// Interference: the single pushes' offered rate (messages/s).
+    pub interference_rate_per_s: f64,
     pub warmup_ms: u64,
     pub measure_ms: u64,
     pub drain_ms: u64,
@@ -74,6 +80,7 @@ pub struct Plan {
     pub storm: bool,
     pub single: bool,
     pub fanout: bool,
+    pub interference: bool,
     /// `host:port` of the Redis whose `INFO commandstats` is read around each point.
     pub redis_stats: Option<String>,
     /// The name the points carry (the target's, or `--label`).
@@ -123,7 +130,7 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Vec<Point>> {
         print_point(&point);
         points.push(point);
     }
-    if !(plan.single || plan.fanout) {
+    if !(plan.single || plan.fanout || plan.interference) {
         return Ok(points);
     }
     let mut sender = Sender::connect(plan.ends, tracker.clone()).await?;
@@ -144,9 +151,10 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Vec<Point>> {
             for &window in &plan.windows {
                 let shape = Shape::Closed(window);
                 let mark = store_mark(plan)?;
-                let mut point = single_point(plan, &tracker, &mut sender, &addresses, shape, ack)
-                    .await
-                    .with_context(|| format!("single, {window} in flight"))?;
+                let mut point =
+                    single_point(plan, &tracker, &mut sender, &addresses, shape, ack, None)
+                        .await
+                        .with_context(|| format!("single, {window} in flight"))?;
                 let sent = point.sent;
                 store_since(plan, &mut point, mark, sent)?;
                 print_point(&point);
@@ -155,9 +163,10 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Vec<Point>> {
             for &rate in &plan.rates_per_s {
                 let shape = Shape::Open(rate);
                 let mark = store_mark(plan)?;
-                let mut point = single_point(plan, &tracker, &mut sender, &addresses, shape, ack)
-                    .await
-                    .with_context(|| format!("single, {rate}/s"))?;
+                let mut point =
+                    single_point(plan, &tracker, &mut sender, &addresses, shape, ack, None)
+                        .await
+                        .with_context(|| format!("single, {rate}/s"))?;
                 let sent = point.sent;
                 store_since(plan, &mut point, mark, sent)?;
                 print_point(&point);
@@ -165,17 +174,20 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Vec<Point>> {
             }
         }
     }
-    if plan.fanout {
+    if plan.fanout || plan.interference {
         // pushgate's broadcast reaches every bound phone: the single-push phones serve as the
-        // first fan-out receivers. The peers' fan-out receivers hold the shared topic instead.
+        // first fan-out receivers. The peers' fan-out receivers hold the shared topic instead
+        // (and their single-push receivers stay open for the interference point).
         let mut fans = if target == TargetKind::Pushgate {
             std::mem::take(&mut users)
         } else {
             Vec::new()
         };
-        drop(users);
         let mut sizes = plan.fanout_sizes.clone();
         sizes.sort_unstable();
+        if !plan.fanout {
+            sizes = sizes.last().copied().into_iter().collect();
+        }
         for size in sizes {
             if fans.len() > size {
                 fans.truncate(size);
@@ -187,6 +199,9 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Vec<Point>> {
                     .with_context(|| format!("connecting {size} fan-out receivers"))?;
                 fans.extend(more);
             }
+            if !plan.fanout {
+                continue;
+            }
             for &window in &plan.fanout_windows {
                 let mark = store_mark(plan)?;
                 let mut point = fanout_point(plan, &tracker, &mut sender, size, window)
@@ -197,6 +212,39 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Vec<Point>> {
                 print_point(&point);
                 points.push(point);
             }
+        }
+        if plan.interference && !fans.is_empty() {
+            // pushgate's fans are bound as the users `u<n>`; the peers need their own receivers.
+            let singles = if target == TargetKind::Pushgate {
+                plan.users.min(fans.len())
+            } else {
+                if users.is_empty() {
+                    users = connect_many(plan, Role::User, 0..plan.users, &tracker)
+                        .await
+                        .context("connecting the single-push receivers")?;
+                }
+                users.len()
+            };
+            let addresses: Vec<String> = (0..singles)
+                .map(|n| user_address(target, Role::User, n))
+                .collect();
+            let rate = plan.interference_rate_per_s;
+            let mark = store_mark(plan)?;
+            let mut point = single_point(
+                plan,
+                &tracker,
+                &mut sender,
+                &addresses,
+                Shape::Open(rate),
+                AckMode::None,
+                Some(fans.len()),
+            )
+            .await
+            .with_context(|| format!("interference, {rate}/s"))?;
+            let sent = point.sent;
+            store_since(plan, &mut point, mark, sent)?;
+            print_point(&point);
+            points.push(point);
         }
     }
     Ok(points)
@@ -372,7 +420,8 @@ fn window_from_now(plan: &Plan) -> Window {
     }
 }
 
-/// Runs one single-push point.
+/// Runs one single-push point; with `background` (phones), broadcasts to that many phones run
+/// back to back beside it until its measurement window ends (the interference point).
 async fn single_point(
     plan: &Plan,
     tracker: &Arc<Tracker>,
@@ -380,10 +429,12 @@ async fn single_point(
     addresses: &[String],
     shape: Shape,
     ack: AckMode,
+    background: Option<usize>,
 ) -> anyhow::Result<Point> {
     let target = plan.ends.kind;
     let window = window_from_now(plan);
-    let point_id = tracker.begin_single(sender.has_statuses(), window);
+    let point_id = tracker.begin_single(sender.has_statuses(), window, background);
+    let mut background_seq: u32 = 0;
     let start_ns = now_ns();
     let mut seq: u32 = 0;
     let mut not_sent = 0u64;
@@ -408,6 +459,16 @@ async fn single_point(
         }
         if now >= window.to_ns || u64::from(seq) >= limit {
             break;
+        }
+        if background.is_some() && tracker.background_in_flight() == 0 {
+            let stamp = Stamp {
+                sent_ns: now_ns(),
+                point_id,
+                seq: BACKGROUND_SEQ | background_seq,
+            };
+            background_seq = background_seq.wrapping_add(1) & !BACKGROUND_SEQ;
+            tracker.sent_background(stamp.seq, stamp.sent_ns);
+            sender.send_broadcast(stamp);
         }
         match shape {
             Shape::Closed(in_flight) => {
@@ -463,7 +524,7 @@ async fn single_point(
     drop(pacer);
     drain(plan, tracker).await;
     let counts = tracker.finish();
-    let (key, title) = match shape {
+    let (mut key, mut title) = match shape {
         Shape::Closed(w) => (
             format!("single/closed/w{w}"),
             format!("single, closed loop, {w} in flight"),
@@ -473,7 +534,24 @@ async fn single_point(
             format!("single, open loop, {} msgs/s", rate as u64),
         ),
     };
-    let mut point = point_from_counts(plan, Workload::Single, counts, window, sender, limit);
+    let workload = match background {
+        Some(phones) => {
+            key = format!(
+                "interference/{phones}/{}",
+                key.trim_start_matches("single/")
+            );
+            title = format!("{title}, broadcasts to {phones} back to back");
+            Workload::Interference
+        }
+        None => Workload::Single,
+    };
+    let background_counts = counts.background;
+    let mut point = point_from_counts(plan, workload, counts, window, sender, limit);
+    if let Some(bg) = background_counts {
+        point.background_broadcasts = Some(bg.completed);
+        point.background_deliveries_per_s =
+            Some(bg.delivered_in_window as f64 / (plan.measure_ms as f64 / 1000.0).max(1e-9));
+    }
     point.key = format!("{key}{}", ack_suffix(target, ack));
     point.title = format!("{title}, ack {}", ack_name(target, ack));
     point.connections = addresses.len();
@@ -690,6 +768,13 @@ fn print_point(point: &Point) {
         }
         if point.send_lag.is_some() {
             line += &format!(", generator send lag {}", latency(&point.send_lag));
+        }
+        if let Some(broadcasts) = point.background_broadcasts {
+            line += &format!(
+                ", {broadcasts} broadcasts beside ({:.0} deliveries/s), status max {:.3} ms",
+                point.background_deliveries_per_s.unwrap_or(0.0),
+                point.status.map_or(0.0, |s| s.max_us / 1000.0)
+            );
         }
         if point.errors > 0 || point.not_sent > 0 {
             line += &format!(
