@@ -74,7 +74,7 @@ else
 fi
 
 if [ "$build" -eq 1 ]; then
-    cargo build --release -p pushgate --bins
+    cargo build --release -p pushgate -p pushgate-bench --bins
 fi
 # What was built, for the report.
 revision="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
@@ -84,7 +84,7 @@ provenance="pushgate built from git $revision"
 [ "$build" -eq 1 ] || provenance="$provenance (--no-build: the binaries found in target/release)"
 
 bin="$root/target/release"
-[ -x "$bin/pushgate" ] && [ -x "$bin/pushgate-bench" ] || { echo "run.sh: build first (cargo build --release -p pushgate --bins)" >&2; exit 1; }
+[ -x "$bin/pushgate" ] && [ -x "$bin/pushgate-bench" ] || { echo "run.sh: build first (cargo build --release -p pushgate -p pushgate-bench --bins)" >&2; exit 1; }
 
 # The plot's text needs a TrueType font (drawn by pure-Rust code, no fontconfig).
 font=/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf

@@ -176,7 +176,8 @@ fn main() {
     cfg.broadcast_flow_limit_per_window = 0;
     cfg.broadcast_flow_max_total = 0;
     cfg.broadcast_batch_size = 4096;
-    // As the runtime runs it without an observer; BENCH_TRACE_EVENTS=1: as under the simulator.
+    cfg.max_connections = sessions; // the default (100,000) refuses the rest
+                                    // As the runtime runs it without an observer; BENCH_TRACE_EVENTS=1: as under the simulator.
     cfg.trace_events = env_usize("BENCH_TRACE_EVENTS", 0) != 0;
     let threshold = cfg.compress_threshold_bytes;
     let conn_cfg = ConnConfig::from_node(&cfg, 1_795_000_000_000, QueueMarks::default());

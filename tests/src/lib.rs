@@ -100,14 +100,14 @@ pub fn pushgate_bin() -> &'static Path {
         if let Some(path) = std::env::var_os("PUSHGATE_BIN") {
             return PathBuf::from(path);
         }
-        build_workspace_bin("pushgate")
+        build_workspace_bin("pushgate", "pushgate")
             .unwrap_or_else(|e| panic!("cannot build the pushgate binary: {e:#}"))
     })
 }
 
-/// Builds the binary `name` of the `pushgate` package with `cargo build` (a quick no-op when
-/// it is up to date) and returns the executable's path, as cargo names it.
-pub fn build_workspace_bin(name: &str) -> anyhow::Result<PathBuf> {
+/// Builds the binary `name` of the workspace's package `package` with `cargo build` (a quick
+/// no-op when it is up to date) and returns the executable's path, as cargo names it.
+pub fn build_workspace_bin(package: &str, name: &str) -> anyhow::Result<PathBuf> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut command = Command::new(cargo);
     // What cargo sets for this test binary describes the test package, not the build: a build
@@ -134,7 +134,7 @@ pub fn build_workspace_bin(name: &str) -> anyhow::Result<PathBuf> {
         .args([
             "build",
             "-p",
-            "pushgate",
+            package,
             "--bin",
             name,
             "--message-format=json",

@@ -22,7 +22,7 @@ const BROADCASTS: u64 = 20;
 fn bench_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
-        build_workspace_bin("pushgate-bench")
+        build_workspace_bin("pushgate-bench", "pushgate-bench")
             .unwrap_or_else(|e| panic!("cannot build the pushgate-bench binary: {e:#}"))
     })
 }

@@ -257,8 +257,7 @@ pub fn checks(report: &RunReport) -> Vec<Check> {
         },
     );
     let cpu_check = "server CPU per delivered push (ack none, 20k/s) <= mosquitto's and nats'";
-    let cpu_at =
-        |target| find(report, target, "single/open/20000").and_then(|p| server_cpu_us_per_op(p));
+    let cpu_at = |target| find(report, target, "single/open/20000").and_then(server_cpu_us_per_op);
     out.push(match cpu_at("pushgate") {
         Some(pg) => {
             let peers: Vec<(&str, f64)> = PEERS
