@@ -40,13 +40,14 @@ impl Drop for Phone {
 }
 
 impl Phone {
-    /// Connects (full handshake), binds `user_id` and starts handing pushes to `tracker`.
-    /// The phone ACKs AUTO_ACK and BIZ_ACK pushes as soon as they arrive (an app that
-    /// acknowledges business pushes at once).
+    /// Connects (full handshake), binds `user_id` with `tags` and starts handing pushes to
+    /// `tracker`. The phone ACKs AUTO_ACK and BIZ_ACK pushes as soon as they arrive (an app
+    /// that acknowledges business pushes at once).
     pub async fn connect(
         addr: SocketAddr,
         device_id: String,
         user_id: &str,
+        tags: &[&str],
         tracker: Arc<Tracker>,
     ) -> anyhow::Result<Phone> {
         let mut opts = DeviceOptions::new(device_id);
@@ -58,7 +59,7 @@ impl Phone {
             .await
             .with_context(|| format!("phone {user_id}: connect"))?;
         client
-            .bind(user_id, &[])
+            .bind(user_id, tags)
             .await
             .with_context(|| format!("phone {user_id}: bind"))?;
         let mut rx = client
@@ -149,9 +150,11 @@ impl Pusher {
     }
 
     /// Broadcasts `payload` to every bound phone; the finishing status goes to the tracker.
-    pub fn broadcast(&self, stamp: Stamp) {
+    /// A broadcast of `stamp` to every bound phone, or only to those bound with `tag`.
+    pub fn broadcast(&self, stamp: Stamp, tag: Option<&str>) {
         let request = BroadcastRequest {
             timeout_ms: PUSH_TIMEOUT_MS,
+            tags: tag.into_iter().map(str::to_owned).collect(),
             ..BroadcastRequest::new(Bytes::copy_from_slice(&stamp.encode()))
         };
         let tracker = self.tracker.clone();

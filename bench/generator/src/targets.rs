@@ -4,8 +4,10 @@
 //! Naming, the same shape on every target:
 //! - idle connections: pushgate binds user `i<n>`; MQTT subscribes to `i/<n>`, NATS to `i.<n>`;
 //! - single-user messages: user `u<n>`, topic `u/<n>`, subject `u.<n>`;
-//! - fan-out: pushgate broadcasts to every bound phone (the `u<n>` phones); the peers publish
-//!   to the one shared topic `fan`, which N fresh subscribers hold.
+//! - fan-out: pushgate broadcasts to every bound phone (the `u<n>` phones, then `f<n>` phones
+//!   bound with the tag `fan`); the peers publish to the one shared topic `fan`, which N fresh
+//!   subscribers hold. The interference point's broadcasts go to the tag `fan` only, so the
+//!   single-push users are not among their receivers on any target.
 //!
 //! Per message every sender encodes one frame into its output; frames queued together go out
 //! in one write (the PushClient's writer task coalesces everything queued; the MQTT and NATS
@@ -83,7 +85,8 @@ pub fn user_address(kind: TargetKind, role: Role, n: usize) -> String {
     let prefix = match role {
         Role::Idle => "i",
         Role::Storm => "s",
-        Role::User | Role::Fan => "u",
+        Role::User => "u",
+        Role::Fan => "f",
     };
     match kind {
         TargetKind::Pushgate => format!("{prefix}{n}"),
@@ -92,7 +95,7 @@ pub fn user_address(kind: TargetKind, role: Role, n: usize) -> String {
     }
 }
 
-/// The shared fan-out topic of the peers.
+/// The shared fan-out topic of the peers, and the tag pushgate's fan-out phones bind with.
 const FAN_TOPIC: &str = "fan";
 
 /// One receiving connection; dropping it closes it.
@@ -118,8 +121,6 @@ impl Receiver {
         n: usize,
         tracker: Arc<Tracker>,
     ) -> anyhow::Result<Receiver> {
-        // Fan-out receivers of pushgate are ordinary bound phones: a broadcast reaches them all.
-        let pushgate_role = if role == Role::Fan { Role::User } else { role };
         let client_id = format!("bench-{}-{n}", role_tag(role));
         let topic = match role {
             Role::Fan => FAN_TOPIC.to_owned(),
@@ -127,8 +128,12 @@ impl Receiver {
         };
         match ends.kind {
             TargetKind::Pushgate => {
-                let user = user_address(ends.kind, pushgate_role, n);
-                let phone = Phone::connect(ends.connect_for(n), client_id, &user, tracker).await?;
+                // Fan-out receivers of pushgate are ordinary bound phones (a broadcast without
+                // a tag reaches every one), tagged so a broadcast can also leave the users out.
+                let user = user_address(ends.kind, role, n);
+                let tags: &[&str] = if role == Role::Fan { &[FAN_TOPIC] } else { &[] };
+                let phone =
+                    Phone::connect(ends.connect_for(n), client_id, &user, tags, tracker).await?;
                 Ok(Receiver {
                     _held: Box::new(phone),
                 })
@@ -195,10 +200,20 @@ impl Sender {
         }
     }
 
-    /// Queues one message to every fan-out receiver.
+    /// Queues one message to every fan-out receiver (pushgate: every bound phone).
     pub fn send_broadcast(&mut self, stamp: Stamp) {
         match self {
-            Sender::Pushgate(pusher) => pusher.broadcast(stamp),
+            Sender::Pushgate(pusher) => pusher.broadcast(stamp, None),
+            Sender::Mqtt(publisher) => publisher.publish(FAN_TOPIC, &stamp.encode()),
+            Sender::Nats(publisher) => publisher.publish(FAN_TOPIC, &stamp.encode()),
+        }
+    }
+
+    /// Queues one message to the fan-out receivers only (pushgate: the phones bound with the
+    /// tag `fan`, not the single-push users).
+    pub fn send_to_fans(&mut self, stamp: Stamp) {
+        match self {
+            Sender::Pushgate(pusher) => pusher.broadcast(stamp, Some(FAN_TOPIC)),
             Sender::Mqtt(publisher) => publisher.publish(FAN_TOPIC, &stamp.encode()),
             Sender::Nats(publisher) => publisher.publish(FAN_TOPIC, &stamp.encode()),
         }

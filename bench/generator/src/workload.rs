@@ -183,6 +183,8 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Vec<Point>> {
         } else {
             Vec::new()
         };
+        // pushgate: the single-push users (untagged) leading `fans`.
+        let mut users_in_fans = fans.len();
         let mut sizes = plan.fanout_sizes.clone();
         sizes.sort_unstable();
         if !plan.fanout {
@@ -191,6 +193,7 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Vec<Point>> {
         for size in sizes {
             if fans.len() > size {
                 fans.truncate(size);
+                users_in_fans = users_in_fans.min(size);
                 tokio::time::sleep(Duration::from_millis(plan.settle_ms)).await;
             }
             if fans.len() < size {
@@ -214,17 +217,29 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Vec<Point>> {
             }
         }
         if plan.interference && !fans.is_empty() {
-            // pushgate's fans are bound as the users `u<n>`; the peers need their own receivers.
-            let singles = if target == TargetKind::Pushgate {
-                plan.users.min(fans.len())
-            } else {
-                if users.is_empty() {
-                    users = connect_many(plan, Role::User, 0..plan.users, &tracker)
-                        .await
-                        .context("connecting the single-push receivers")?;
-                }
-                users.len()
-            };
+            // The broadcasts go to `size` fan-out phones that take no single push; the single
+            // pushes to the users, who take no broadcast (pushgate: the fans' tag leaves them
+            // out), so the latencies show what the server does, not a phone's queue.
+            let size = fans.len();
+            let mut audience = fans.len() - users_in_fans;
+            if audience < size {
+                let more = connect_many(
+                    plan,
+                    Role::Fan,
+                    fans.len()..fans.len() + size - audience,
+                    &tracker,
+                )
+                .await
+                .context("connecting the interference point's fan-out receivers")?;
+                audience += more.len();
+                fans.extend(more);
+            }
+            if users_in_fans == 0 && users.is_empty() {
+                users = connect_many(plan, Role::User, 0..plan.users, &tracker)
+                    .await
+                    .context("connecting the single-push receivers")?;
+            }
+            let singles = users_in_fans.max(users.len());
             let addresses: Vec<String> = (0..singles)
                 .map(|n| user_address(target, Role::User, n))
                 .collect();
@@ -237,7 +252,7 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Vec<Point>> {
                 &addresses,
                 Shape::Open(rate),
                 AckMode::None,
-                Some(fans.len()),
+                Some(audience),
             )
             .await
             .with_context(|| format!("interference, {rate}/s"))?;
@@ -468,7 +483,7 @@ async fn single_point(
             };
             background_seq = background_seq.wrapping_add(1) & !BACKGROUND_SEQ;
             tracker.sent_background(stamp.seq, stamp.sent_ns);
-            sender.send_broadcast(stamp);
+            sender.send_to_fans(stamp);
         }
         match shape {
             Shape::Closed(in_flight) => {
