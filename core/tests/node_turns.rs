@@ -361,3 +361,78 @@ fn a_million_finished_pushes_leave_no_timers_behind() {
         "after {PUSHES} finished pushes only the idle check is left"
     );
 }
+
+/// Confirms the first `n` writes the world holds.
+fn confirm_some(w: &mut World, n: usize) {
+    let confirmed: Vec<_> = w.unconfirmed.drain(..n).collect();
+    for (conn, sid) in confirmed {
+        w.node.handle(
+            w.now,
+            Input::PhoneWritten {
+                conn,
+                push_session_id: sid,
+                ok: true,
+            },
+        );
+    }
+    w.drive();
+}
+
+#[test]
+fn a_broadcast_keeps_at_most_a_batch_and_a_half_of_its_writes_awaited() {
+    const PHONES: usize = 20;
+    const BATCH: usize = 4;
+    let mut w = World::new(|c| c.broadcast_batch_size = BATCH);
+    let phones = online(&mut w, PHONES);
+    w.auto_write = false;
+    let reached = |w: &World| phones.iter().filter(|c| !w.pushes(**c).is_empty()).count();
+    w.gateway_push(
+        GW,
+        9,
+        Flags::NONE,
+        &GatewayPush {
+            content: bytes::Bytes::from_static(b"to everyone"),
+            ..Default::default()
+        },
+    );
+    w.advance(0);
+    assert_eq!(
+        reached(&w),
+        BATCH,
+        "a batch's worth awaited: the walk waits"
+    );
+    assert_eq!(w.node.stats().broadcasts, 1);
+    confirm_some(&mut w, 1);
+    w.advance(0);
+    assert_eq!(reached(&w), BATCH, "3 awaited is more than half a batch");
+    confirm_some(&mut w, 1);
+    w.advance(0);
+    assert_eq!(reached(&w), 2 * BATCH, "half written: the next batch went");
+    assert_eq!(
+        w.unconfirmed.len(),
+        BATCH + BATCH / 2,
+        "never more than 1.5 batches"
+    );
+    // Writes that fail count as done too: a closing connection never holds a broadcast.
+    let failed: Vec<_> = w.unconfirmed.drain(..).collect();
+    for (conn, sid) in failed {
+        w.node.handle(
+            w.now,
+            Input::PhoneWritten {
+                conn,
+                push_session_id: sid,
+                ok: false,
+            },
+        );
+    }
+    w.drive();
+    w.auto_write = true;
+    while w.node.stats().broadcasts > 0 {
+        let pending = std::mem::take(&mut w.unconfirmed).len();
+        w.advance(0);
+        w.confirm_writes(true);
+        assert!(pending <= 2 * BATCH);
+    }
+    assert_eq!(reached(&w), PHONES);
+    assert_eq!(w.reply(GW, 9).status, PushStatus::Success);
+}

@@ -2,6 +2,12 @@
 //! batches, send the content to every connection the filter accepts, under the broadcast's own
 //! flow control, and answer the PushClient once the walk and all its writes are done.
 //!
+//! A broadcast also waits for its own writes: it sends its next batch only while fewer than a
+//! batch of its sends wait for their write, and once it held back it resumes when half of
+//! them are written ([`BroadcastTask::waiting_writes`]). So the connection tasks never hold
+//! more than about one and a half batches of one broadcast's PUSHes, and a single push sent
+//! meanwhile waits behind those, not behind a whole broadcast's worth of writes.
+//!
 //! A broadcast without a task id is limited per broadcast (default 3000/s, at most 100,000
 //! sends). With a task id, the per-second limit and a cancel flag come from the store, which
 //! also receives the progress (count sent and users reached) after every batch. Broadcasts
@@ -36,6 +42,9 @@ pub struct BroadcastTask {
     pub iteration_done: bool,
     /// Sends whose write result is still awaited.
     pub pending_writes: u64,
+    /// Held back with a batch's worth of writes awaited: resumes (queued for its turn) when
+    /// half of them are written.
+    pub waiting_writes: bool,
     /// Connections already sent to: a connection that re-binds under a user the walk has not
     /// reached yet must not get the broadcast twice. Bounded by the broadcast's total cap.
     pub reached: FxHashSet<ConnId>,
@@ -88,6 +97,7 @@ impl Node {
                 flow,
                 iteration_done: false,
                 pending_writes: 0,
+                waiting_writes: false,
                 reached: FxHashSet::default(),
                 sent: 0,
                 delivered: 0,
@@ -190,6 +200,10 @@ impl Node {
         let batch = self.routes.batch_after(cursor, batch_size);
         if batch.is_empty() {
             task.iteration_done = true;
+        } else if task.pending_writes >= batch_size as u64 {
+            // A batch's worth of its writes still awaited: on_broadcast_written resumes it.
+            task.waiting_writes = true;
+            return;
         }
         let mut delay_ms = None;
         for entry in batch {
@@ -302,6 +316,13 @@ impl Node {
         task.pending_writes = task.pending_writes.saturating_sub(1);
         if ok {
             task.delivered += 1;
+        }
+        let batch_size = self.cfg.broadcast_batch_size.max(1) as u64;
+        if task.waiting_writes && task.pending_writes <= batch_size / 2 {
+            task.waiting_writes = false;
+            if task.step_at_ms.is_none() {
+                return self.queue_broadcast(id);
+            }
         }
         self.maybe_finish_broadcast(id);
     }

@@ -1024,6 +1024,24 @@ impl Node {
                 self.broadcasts_ready.len(),
                 self.broadcasts.values().filter(|t| t.queued).count()
             );
+            for task in self.broadcasts.values() {
+                // A live broadcast always has something that moves it on: its turn, its
+                // flow-control step, the store's answer, or its awaited writes.
+                debug_assert!(
+                    task.queued
+                        || task.step_at_ms.is_some()
+                        || task.waiting_control.is_some()
+                        || (task.waiting_writes && task.pending_writes > 0)
+                        || (task.iteration_done && task.pending_writes > 0),
+                    "broadcast {:?} is stuck: {task:?}",
+                    task.id
+                );
+                debug_assert!(
+                    task.pending_writes <= 2 * self.cfg.broadcast_batch_size.max(1) as u64,
+                    "broadcast {:?} has more writes awaited than its window allows",
+                    task.id
+                );
+            }
             for (user, ct, conn) in self.routes.iter() {
                 let session = self.sessions.get(&conn);
                 debug_assert!(session.is_some(), "route {user}/{ct:?} names closed {conn}");
