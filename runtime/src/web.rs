@@ -19,8 +19,10 @@
 //!   each message is compressed on its own, so the deflate state is borrowed from one
 //!   [`DeflatePool`] for the length of one message instead of living in every connection;
 //! - a 15-bit window both ways: an offer that asks the server for a smaller window
-//!   (`server_max_window_bits` below 15) is declined and the connection runs uncompressed,
-//!   and `client_max_window_bits` is left out of the answer (the client keeps to 15 bits);
+//!   (`server_max_window_bits` below 15), or carries a parameter RFC 7692 does not define, is
+//!   declined and the connection runs uncompressed ([`deflate_offer_acceptable`]), and
+//!   `client_max_window_bits` is left out of the answer (the client keeps to 15 bits or less,
+//!   which the 15-bit inflater reads);
 //! - the message size limit (`net.ws_max_message_bytes`) holds for the inflated message:
 //!   inflating stops at the limit and the client gets close 1009, so a deflate bomb costs
 //!   at most the limit;
@@ -72,8 +74,8 @@ pub struct WebSettings {
 
 /// Outbound messages shorter than this go out uncompressed.
 pub const DEFLATE_THRESHOLD_BYTES: usize = 128;
-/// Idle deflate and inflate states the pool keeps (each about 300 KiB and 40 KiB): enough
-/// for the messages compressed at one moment, not one per connection.
+/// Idle deflate and inflate states the pool keeps: enough for the messages compressed at one
+/// moment (a few per worker thread), not one per connection.
 const DEFLATE_POOL_STATES: usize = 8;
 /// Initial (and resting) size of each connection's socket read and write buffers.
 const SOCKET_BUFFER_BYTES: usize = 4 * 1024;
@@ -141,7 +143,8 @@ async fn page(State(state): State<WebState>) -> Html<String> {
 
 /// Whether a `Sec-WebSocket-Extensions` offer can be answered with permessage-deflate on
 /// this server's terms: every permessage-deflate offer in it leaves the server its 15-bit
-/// window (`server_max_window_bits` absent or 15). Anything else is declined, not bent.
+/// window (`server_max_window_bits` absent or 15) and has only the parameters of RFC 7692 with
+/// valid values. Anything else is declined (the client gets plain frames), not bent.
 pub fn deflate_offer_acceptable(headers: &HeaderMap) -> bool {
     let mut offered = false;
     for value in headers.get_all(header::SEC_WEBSOCKET_EXTENSIONS) {
@@ -159,7 +162,15 @@ pub fn deflate_offer_acceptable(headers: &HeaderMap) -> bool {
                     Some((name, bits)) => (name.trim(), Some(bits.trim().trim_matches('"'))),
                     None => (param, None),
                 };
-                if name == "server_max_window_bits" && bits != Some("15") {
+                let window = |bits: &str| bits.parse::<u8>().is_ok_and(|b| (8..=15).contains(&b));
+                let fits = match (name, bits) {
+                    ("server_no_context_takeover" | "client_no_context_takeover", None) => true,
+                    ("server_max_window_bits", Some(bits)) => bits == "15",
+                    ("client_max_window_bits", None) => true,
+                    ("client_max_window_bits", Some(bits)) => window(bits),
+                    _ => false,
+                };
+                if !fits {
                     return false;
                 }
             }
@@ -395,5 +406,55 @@ async fn run_web(
                 machine.handle_timeout(cfg, now.max(due));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn acceptable(offers: &[&str]) -> bool {
+        let mut headers = HeaderMap::new();
+        for offer in offers {
+            headers.append(header::SEC_WEBSOCKET_EXTENSIONS, offer.parse().unwrap());
+        }
+        deflate_offer_acceptable(&headers)
+    }
+
+    #[test]
+    fn browser_offers_are_taken_and_terms_the_server_cannot_keep_are_declined() {
+        // Chromium's, Firefox's, and the RFC's parameters within the server's terms.
+        assert!(acceptable(&["permessage-deflate; client_max_window_bits"]));
+        assert!(acceptable(&["permessage-deflate"]));
+        assert!(acceptable(&[
+            "permessage-deflate; server_no_context_takeover; client_no_context_takeover; \
+             server_max_window_bits=15; client_max_window_bits=10"
+        ]));
+        assert!(acceptable(&[
+            "x-webkit-deflate-frame",
+            "permessage-deflate; client_max_window_bits=\"12\""
+        ]));
+        // Nothing offered.
+        assert!(!acceptable(&[]));
+        assert!(!acceptable(&["x-webkit-deflate-frame"]));
+        // A smaller server window, in any of the offers.
+        assert!(!acceptable(&[
+            "permessage-deflate; server_max_window_bits=10"
+        ]));
+        assert!(!acceptable(&["permessage-deflate; server_max_window_bits"]));
+        assert!(!acceptable(&[
+            "permessage-deflate, permessage-deflate; server_max_window_bits=9"
+        ]));
+        // Parameters RFC 7692 does not define, or with values it does not allow.
+        assert!(!acceptable(&["permessage-deflate; unknown"]));
+        assert!(!acceptable(&[
+            "permessage-deflate; client_max_window_bits=7"
+        ]));
+        assert!(!acceptable(&[
+            "permessage-deflate; client_max_window_bits=x"
+        ]));
+        assert!(!acceptable(&[
+            "permessage-deflate; server_no_context_takeover=1"
+        ]));
     }
 }

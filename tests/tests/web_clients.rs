@@ -716,11 +716,14 @@ async fn a_client_that_offers_nothing_or_terms_the_server_cannot_keep_gets_plain
         assert_eq!(frame.wire.len(), text.len());
         assert!(text.contains(&content));
 
-        // An offer that asks the server for a smaller window than its 15 bits is declined.
+        // An offer that asks the server for a smaller window than its 15 bits, or that RFC 7692
+        // does not allow, is declined.
         for offer in [
             "permessage-deflate; server_max_window_bits=10",
             "permessage-deflate; client_max_window_bits, permessage-deflate; server_max_window_bits=9",
             "x-webkit-deflate-frame",
+            "permessage-deflate; unknown_parameter",
+            "permessage-deflate; client_max_window_bits=20",
         ] {
             let mut web = RawWs::connect(addr, Some(offer)).await;
             assert_eq!(web.extensions, None, "{offer}");
@@ -732,7 +735,7 @@ async fn a_client_that_offers_nothing_or_terms_the_server_cannot_keep_gets_plain
         let metrics = server.metrics().await;
         assert_eq!(
             metrics.value("pushgate_ws_connections_total", &[("deflate", "off")]),
-            Some(5.0),
+            Some(7.0),
             "{}",
             metrics.0
         );
