@@ -16,8 +16,8 @@
 //! [`PhoneConn::poll_timeout`].
 //!
 //! # Slow consumers
-//! A phone that stops reading makes its sealed bytes pile up. Three marks on the queued bytes
-//! ([`QueueMarks`]) decide what happens:
+//! A phone that stops reading makes its sealed bytes pile up. The marks of [`WriteMarks`]
+//! (shared with web connections) decide what happens:
 //! - above `high_water_bytes` the node is told the phone is not writable
 //!   ([`Input::PhoneWritable`] false): pushes to it fail at once instead of queueing, as in
 //!   MPush;
@@ -38,48 +38,14 @@ use crate::message::{
 use crate::node::{CloseReason, Input, OutFrame, Seal};
 use crate::pipeline::{self, OpenKey};
 use crate::store::CachedSession;
+pub use crate::write_marks::QueueMarks;
+use crate::write_marks::{Crossing, WriteMarks};
 use bytes::{Buf, Bytes, BytesMut};
 use rand_core::CryptoRngCore;
 use std::collections::VecDeque;
 
 /// Reason text MPush sends with an invalid HANDSHAKE.
 const PARAM_INVALID: &str = "Param invalid";
-
-/// The queued-byte marks of the slow-consumer rule (see the module docs).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct QueueMarks {
-    pub low_water_bytes: usize,
-    pub high_water_bytes: usize,
-    pub hard_limit_bytes: usize,
-}
-
-impl QueueMarks {
-    /// Marks with `low ≤ high ≤ hard`; `None` otherwise.
-    pub fn new(
-        low_water_bytes: usize,
-        high_water_bytes: usize,
-        hard_limit_bytes: usize,
-    ) -> Option<Self> {
-        (low_water_bytes <= high_water_bytes && high_water_bytes <= hard_limit_bytes).then_some(
-            Self {
-                low_water_bytes,
-                high_water_bytes,
-                hard_limit_bytes,
-            },
-        )
-    }
-}
-
-impl Default for QueueMarks {
-    /// 32 KiB low, 64 KiB high, 1 MiB hard.
-    fn default() -> Self {
-        Self {
-            low_water_bytes: 32 * 1024,
-            high_water_bytes: 64 * 1024,
-            hard_limit_bytes: 1024 * 1024,
-        }
-    }
-}
 
 /// What every phone connection of a node runs with (shared by all of them).
 #[derive(Debug, Clone)]
@@ -212,15 +178,15 @@ pub struct PhoneConn {
     /// started without a BIND since, when it passes.
     bind_deadline_ms: Millis,
     bind_by_ms: Option<Millis>,
-    /// Sealed bytes not yet written: the queued bytes the marks are measured on.
+    /// Sealed bytes not yet written.
     outbound: BytesMut,
+    /// The slow-consumer marks on `outbound`'s length.
+    marks: WriteMarks,
     /// Bytes sealed and bytes written since the connection opened.
     sealed_bytes: u64,
     written_bytes: u64,
     /// Pushes whose write the node wants to hear of: (offset their frame ends at, sessionId).
     reports: VecDeque<(u64, i32)>,
-    /// False between crossing the high-water mark and draining to the low-water mark.
-    writable: bool,
     to_node: VecDeque<Input>,
 }
 
@@ -239,10 +205,10 @@ impl PhoneConn {
             bind_deadline_ms: cfg.bind_deadline_ms,
             bind_by_ms: None,
             outbound: BytesMut::new(),
+            marks: WriteMarks::new(),
             sealed_bytes: 0,
             written_bytes: 0,
             reports: VecDeque::new(),
-            writable: true,
             to_node: VecDeque::new(),
         }
     }
@@ -260,7 +226,7 @@ impl PhoneConn {
     /// False while the queued bytes are over the high-water mark (until they drain to the
     /// low-water mark).
     pub fn is_writable(&self) -> bool {
-        self.writable
+        self.marks.is_writable()
     }
 
     /// True once a handshake or fast connect gave the connection its session cipher.
@@ -549,6 +515,8 @@ impl PhoneConn {
             self.outbound.len()
         );
         self.outbound.advance(bytes);
+        let crossing = self.marks.written(&cfg.marks, bytes);
+        debug_assert_eq!(self.marks.queued_bytes(), self.outbound.len());
         self.written_bytes += bytes as u64;
         if self.outbound.is_empty() {
             self.outbound = BytesMut::new(); // an idle connection holds no buffer
@@ -570,8 +538,7 @@ impl PhoneConn {
         if self.reports.is_empty() && self.reports.capacity() > 0 {
             self.reports = VecDeque::new();
         }
-        if !self.writable && self.outbound.len() <= cfg.marks.low_water_bytes {
-            self.writable = true;
+        if crossing == Crossing::Writable {
             self.hand_to_node(Input::PhoneWritable {
                 conn: self.conn,
                 writable: true,
@@ -683,16 +650,13 @@ impl PhoneConn {
         if let Some(session_id) = report_write {
             self.reports.push_back((self.sealed_bytes, session_id));
         }
-        let marks = cfg.marks;
-        if self.outbound.len() > marks.hard_limit_bytes {
-            return self.abort(CloseReason::SlowConsumer);
-        }
-        if self.writable && self.outbound.len() > marks.high_water_bytes {
-            self.writable = false;
-            self.hand_to_node(Input::PhoneWritable {
+        match self.marks.queued(&cfg.marks, added) {
+            Crossing::HardLimit => self.abort(CloseReason::SlowConsumer),
+            Crossing::NotWritable => self.hand_to_node(Input::PhoneWritable {
                 conn: self.conn,
                 writable: false,
-            });
+            }),
+            Crossing::None | Crossing::Writable => {}
         }
     }
 
@@ -712,6 +676,7 @@ impl PhoneConn {
         }
         self.phase = Phase::Closed;
         self.outbound = BytesMut::new();
+        self.marks.clear();
     }
 
     fn tell_closed(&mut self, reason: CloseReason) {

@@ -51,6 +51,7 @@ pub mod store;
 pub mod store_state;
 pub mod timer;
 pub mod web_conn;
+pub mod write_marks;
 
 pub use config::{NodeAddr, NodeConfig};
 pub use conn::{ConnConfig, PhoneConn, PhoneMessage, QueueMarks};

@@ -14,9 +14,10 @@
 //! plaintext, as in MPush.
 //!
 //! Beyond MPush, which neither checks web connections for idleness nor bounds them: a
-//! handshake deadline, WebSocket pings after `ping_interval_ms` of silence and a close after
-//! `idle_timeout_ms` of it, a bound on the inbound message size, and the slow-consumer marks of
-//! [`QueueMarks`] on the messages queued and not yet written.
+//! handshake deadline, the bind deadline of TCP phones (`core.bind_deadline_ms`), WebSocket
+//! pings after `ping_interval_ms` of silence and a close after `idle_timeout_ms` of it, a
+//! bound on the inbound message size, and the slow-consumer marks of [`WriteMarks`] (the
+//! phones' own) on the messages queued and not yet written.
 //!
 //! Sans-IO like [`PhoneConn`], with the same drain contract: after any `handle_*`, drain
 //! [`WebConn::poll_input`] into the node, write [`WebConn::poll_transmit`] (one message at a
@@ -32,6 +33,7 @@ use crate::ids::{ConnId, Millis};
 use crate::message::{Bind, Body, ErrorCode, ErrorMessage, Kick, OkMessage, Push};
 use crate::node::{CloseReason, Input, OutFrame};
 use crate::store::CachedSession;
+use crate::write_marks::{Crossing, WriteMarks};
 use bytes::Bytes;
 use serde::Deserialize;
 use std::collections::VecDeque;
@@ -73,6 +75,9 @@ pub struct WebConfig {
     pub idle_timeout_ms: Millis,
     /// The HANDSHAKE packet must arrive within this time.
     pub handshake_deadline_ms: Millis,
+    /// A handshaken connection must send a BIND within this time (0: no deadline), as a TCP
+    /// phone must.
+    pub bind_deadline_ms: Millis,
     pub marks: QueueMarks,
 }
 
@@ -90,6 +95,7 @@ impl WebConfig {
             ping_interval_ms,
             idle_timeout_ms,
             handshake_deadline_ms: cfg.handshake_deadline_ms,
+            bind_deadline_ms: cfg.bind_deadline_ms,
             marks,
         }
     }
@@ -138,16 +144,17 @@ pub struct WebConn {
     last_read_ms: Millis,
     /// A ping went out since the last read.
     ping_sent: bool,
-    /// Messages queued and not yet written, and their weight.
+    /// Handshaken and no BIND sent since: when the bind deadline passes.
+    bind_by_ms: Option<Millis>,
+    /// Messages queued and not yet written, and the slow-consumer marks on their weight.
     outbound: VecDeque<WsMessage>,
-    queued_bytes: usize,
+    marks: WriteMarks,
     /// Messages queued and messages written since the connection opened.
     queued_messages: u64,
     written_messages: u64,
     /// Pushes whose write the node wants to hear of: (message count their message ends at,
     /// sessionId).
     reports: VecDeque<(u64, i32)>,
-    writable: bool,
     to_node: VecDeque<Input>,
 }
 
@@ -188,12 +195,12 @@ impl WebConn {
             opened_ms: now_ms,
             last_read_ms: now_ms,
             ping_sent: false,
+            bind_by_ms: None,
             outbound: VecDeque::new(),
-            queued_bytes: 0,
+            marks: WriteMarks::new(),
             queued_messages: 0,
             written_messages: 0,
             reports: VecDeque::new(),
-            writable: true,
             to_node: VecDeque::new(),
         }
     }
@@ -224,13 +231,13 @@ impl WebConn {
 
     /// The weight of the messages queued and not yet written.
     pub fn queued_bytes(&self) -> usize {
-        self.queued_bytes
+        self.marks.queued_bytes()
     }
 
     /// False while the queued bytes are over the high-water mark (until they drain to the
     /// low-water mark).
     pub fn is_writable(&self) -> bool {
-        self.writable
+        self.marks.is_writable()
     }
 
     /// Handles one text message from the client.
@@ -271,6 +278,8 @@ impl WebConn {
                     Err(BadMember) => return self.dispatch_error(cfg, packet.cmd, session_id),
                 };
                 if command == Command::Bind {
+                    // A BIND was sent: the node answers it (a refused one closes).
+                    self.bind_by_ms = None;
                     PhoneMessage::Bind { session_id, bind }
                 } else {
                     PhoneMessage::Unbind { session_id, bind }
@@ -376,6 +385,10 @@ impl WebConn {
         );
         self.queue(cfg, WsMessage::Text(reply), None);
         self.device_id = device_id.clone();
+        self.bind_by_ms = (cfg.bind_deadline_ms > 0).then(|| {
+            // The handshake is the last traffic read.
+            self.last_read_ms.saturating_add(cfg.bind_deadline_ms)
+        });
         // No keys: a web session is never encrypted and never stored for fast connects.
         let handshaken = Handshaken {
             reusable_session_id: None,
@@ -452,7 +465,7 @@ impl WebConn {
         }
         let (code, text) = close_frame_for(reason);
         self.reports.clear();
-        self.push_message(WsMessage::Close { code, reason: text });
+        self.push_close(code, text);
         self.phase = Phase::Closing;
     }
 
@@ -461,7 +474,7 @@ impl WebConn {
         let Some(message) = self.outbound.pop_front() else {
             return;
         };
-        self.queued_bytes -= message.weight_bytes();
+        let crossing = self.marks.written(&cfg.marks, message.weight_bytes());
         self.written_messages += 1;
         if self.outbound.is_empty() && self.outbound.capacity() > 0 {
             self.outbound = VecDeque::new(); // an idle connection holds no buffer
@@ -484,8 +497,7 @@ impl WebConn {
                 ok: true,
             });
         }
-        if !self.writable && self.queued_bytes <= cfg.marks.low_water_bytes {
-            self.writable = true;
+        if crossing == Crossing::Writable {
             self.hand_to_node(Input::PhoneWritable {
                 conn: self.conn,
                 writable: true,
@@ -531,17 +543,22 @@ impl WebConn {
         if !self.is_open() {
             return None;
         }
-        Some(if !self.is_handshaken() {
-            self.opened_ms.saturating_add(cfg.handshake_deadline_ms)
-        } else if self.ping_sent {
+        if !self.is_handshaken() {
+            return Some(self.opened_ms.saturating_add(cfg.handshake_deadline_ms));
+        }
+        let keep_alive = if self.ping_sent {
             self.last_read_ms.saturating_add(cfg.idle_timeout_ms)
         } else {
             self.last_read_ms.saturating_add(cfg.ping_interval_ms)
-        })
+        };
+        Some(
+            self.bind_by_ms
+                .map_or(keep_alive, |bind_by| bind_by.min(keep_alive)),
+        )
     }
 
-    /// Runs the checks due at `now_ms`: the handshake deadline, then a ping after
-    /// `ping_interval_ms` of silence and a close after `idle_timeout_ms` of it.
+    /// Runs the checks due at `now_ms`: the handshake deadline, the bind deadline, then a ping
+    /// after `ping_interval_ms` of silence and a close after `idle_timeout_ms` of it.
     pub fn handle_timeout(&mut self, cfg: &WebConfig, now_ms: Millis) {
         if !self.is_open() {
             return;
@@ -555,6 +572,11 @@ impl WebConn {
                 );
             }
             return;
+        }
+        if self.bind_by_ms.is_some_and(|bind_by| now_ms >= bind_by) {
+            // Handshaken, but no BIND within the bind deadline.
+            let (code, text) = close_frame_for(Some(CloseReason::BindTimeout));
+            return self.close_after_flush(CloseReason::BindTimeout, code, text);
         }
         let silent_ms = now_ms.saturating_sub(self.last_read_ms);
         if silent_ms >= cfg.idle_timeout_ms {
@@ -581,27 +603,29 @@ impl WebConn {
         if !self.is_open() {
             return;
         }
-        self.push_message(message);
+        let crossing = self.marks.queued(&cfg.marks, message.weight_bytes());
+        self.queued_messages += 1;
+        self.outbound.push_back(message);
         if let Some(session_id) = report_write {
             self.reports.push_back((self.queued_messages, session_id));
         }
-        let marks = cfg.marks;
-        if self.queued_bytes > marks.hard_limit_bytes {
-            return self.abort(CloseReason::SlowConsumer);
-        }
-        if self.writable && self.queued_bytes > marks.high_water_bytes {
-            self.writable = false;
-            self.hand_to_node(Input::PhoneWritable {
+        match crossing {
+            Crossing::HardLimit => self.abort(CloseReason::SlowConsumer),
+            Crossing::NotWritable => self.hand_to_node(Input::PhoneWritable {
                 conn: self.conn,
                 writable: false,
-            });
+            }),
+            Crossing::None | Crossing::Writable => {}
         }
     }
 
-    fn push_message(&mut self, message: WsMessage) {
-        self.queued_bytes += message.weight_bytes();
+    /// Queues the close frame, the last message: counted, but no mark applies to it (a
+    /// closing connection tells the node nothing more, and its close frame is bounded).
+    fn push_close(&mut self, code: u16, reason: &'static str) {
+        let close = WsMessage::Close { code, reason };
+        self.marks.queued_closing(close.weight_bytes());
         self.queued_messages += 1;
-        self.outbound.push_back(message);
+        self.outbound.push_back(close);
     }
 
     /// Closes after writing what is queued and a close frame; the node hears why.
@@ -610,7 +634,7 @@ impl WebConn {
             return;
         }
         self.tell_closed(reason);
-        self.push_message(WsMessage::Close { code, reason: text });
+        self.push_close(code, text);
         self.phase = Phase::Closing;
     }
 
@@ -621,7 +645,7 @@ impl WebConn {
         }
         self.phase = Phase::Closed;
         self.outbound = VecDeque::new();
-        self.queued_bytes = 0;
+        self.marks.clear();
     }
 
     fn tell_closed(&mut self, reason: CloseReason) {
@@ -791,6 +815,7 @@ mod tests {
             ping_interval_ms: 30_000,
             idle_timeout_ms: 75_000,
             handshake_deadline_ms: 10_000,
+            bind_deadline_ms: 0,
             marks: QueueMarks::new(1024, 2048, 8192).unwrap(),
         }
     }
@@ -1093,6 +1118,52 @@ mod tests {
             [WsMessage::Close { .. }]
         ));
         assert!(format!("{:?}", inputs(&mut conn)).contains("HandshakeTimeout"));
+    }
+
+    #[test]
+    fn a_handshaken_connection_that_never_binds_is_closed_at_the_bind_deadline() {
+        let cfg = WebConfig {
+            bind_deadline_ms: 5_000,
+            ..cfg()
+        };
+        let bind = r#"{"cmd":5,"flags":16,"sessionId":2,"body":{"userId":"u-1"}}"#;
+        // Handshaken at 0: due at 5 s, before the first ping; traffic is no BIND.
+        let mut idle = handshaken(&cfg);
+        assert_eq!(idle.poll_timeout(&cfg), Some(5_000));
+        idle.handle_control(4_000);
+        assert_eq!(idle.poll_timeout(&cfg), Some(5_000));
+        idle.handle_timeout(&cfg, 4_999);
+        assert!(idle.is_open());
+        idle.handle_timeout(&cfg, 5_000);
+        assert_eq!(
+            drain(&mut idle, &cfg),
+            vec![WsMessage::Close {
+                code: close_code::POLICY_VIOLATION,
+                reason: "bind timeout"
+            }]
+        );
+        assert!(format!("{:?}", inputs(&mut idle)).contains("BindTimeout"));
+        assert!(idle.is_finished());
+        // One that binds in time is kept: only the keep-alive is due after its BIND.
+        let mut binding = handshaken(&cfg);
+        binding.handle_text(&cfg, 4_000, bind);
+        assert!(format!("{:?}", inputs(&mut binding)).contains("Bind"));
+        assert_eq!(
+            binding.poll_timeout(&cfg),
+            Some(4_000 + cfg.ping_interval_ms)
+        );
+        binding.handle_timeout(&cfg, 5_000);
+        assert!(binding.is_open());
+        // Without a deadline, a handshaken connection may wait to bind.
+        let no_deadline = super::tests::cfg();
+        let mut waiting = handshaken(&no_deadline);
+        assert_eq!(
+            waiting.poll_timeout(&no_deadline),
+            Some(no_deadline.ping_interval_ms)
+        );
+        waiting.handle_control(29_000);
+        waiting.handle_timeout(&no_deadline, 29_000);
+        assert!(waiting.is_open());
     }
 
     #[test]

@@ -217,6 +217,9 @@ pub struct NetConfig {
     pub ws_ping_interval_ms: u64,
     /// A web client silent this long (pongs count) is closed.
     pub ws_idle_timeout_ms: u64,
+    /// permessage-deflate (RFC 7692) for web clients that offer it, on the server's bounded
+    /// terms (see `web.rs`); off: every web client gets plain frames.
+    pub ws_deflate: bool,
 }
 
 impl Default for NetConfig {
@@ -243,6 +246,7 @@ impl Default for NetConfig {
             ws_max_message_bytes: 64 * 1024,
             ws_ping_interval_ms: 30_000,
             ws_idle_timeout_ms: 90_000,
+            ws_deflate: true,
         }
     }
 }

@@ -81,6 +81,9 @@ struct ServeArgs {
     /// Override net.ws_path (the WebSocket path; a plain GET there serves the demo page).
     #[arg(long)]
     ws_path: Option<String>,
+    /// Override net.ws_deflate: permessage-deflate for web clients that offer it.
+    #[arg(long, value_name = "BOOL")]
+    ws_deflate: Option<bool>,
     /// PEM certificate chain for the TLS ports (tls.cert_file); reread on SIGHUP.
     #[arg(long, value_name = "FILE")]
     tls_cert: Option<String>,
@@ -209,6 +212,9 @@ impl ServeArgs {
         }
         if let Some(v) = &self.ws_path {
             set("net", "ws_path", toml::Value::String(v.clone()));
+        }
+        if let Some(v) = self.ws_deflate {
+            set("net", "ws_deflate", toml::Value::Boolean(v));
         }
         if let Some(v) = &self.public_host {
             set("net", "public_host", toml::Value::String(v.clone()));

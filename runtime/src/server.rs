@@ -150,6 +150,7 @@ pub async fn start_with(config: &Config, hooks: ServerHooks) -> anyhow::Result<R
         start: clock_start,
         path: net.ws_path.clone(),
         max_queued_items: marks.hard_limit_bytes / pushgate_core::frame::HEADER_BYTES + 1,
+        deflate: net.ws_deflate,
     });
     let phone_settings = Arc::new(PhoneSettings {
         cfg: ConnConfig::from_node(&node_config, epoch_ms, marks),

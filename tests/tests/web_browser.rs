@@ -2,7 +2,8 @@
 //! it serves at the WebSocket path opened in headless Chromium (Debian's `chromium`), driven
 //! over the DevTools protocol: connect, bind, one push with `ack: "auto"` (the client
 //! acknowledges it) and one with `"biz"` (acknowledged with the page's Ack button); the HTTP
-//! API answers ack-success for both. A screenshot of the page is kept in
+//! API answers ack-success for both; the browser's connection runs permessage-deflate (the
+//! handshake's answer, seen over the DevTools protocol, and the server's count). A screenshot of the page is kept in
 //! `target/web-client/demo.png`. Then the connection drops and the client reconnects, binds
 //! again and gets pushes; an operator's kick closes it for good.
 //!
@@ -168,18 +169,27 @@ impl Drop for Browser {
     }
 }
 
-/// A DevTools protocol session with one page: commands and their results (events skipped).
+/// A DevTools protocol session with one page: commands and their results, and the events
+/// read while waiting for them (the last [`MAX_EVENTS`]).
 struct Cdp {
     ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
     next_id: u64,
+    events: std::collections::VecDeque<Value>,
 }
+
+/// The DevTools events a [`Cdp`] keeps.
+const MAX_EVENTS: usize = 256;
 
 impl Cdp {
     async fn connect(url: &str) -> Self {
         let (ws, _) = tokio_tungstenite::connect_async(url)
             .await
             .expect("DevTools WebSocket");
-        Self { ws, next_id: 1 }
+        Self {
+            ws,
+            next_id: 1,
+            events: Default::default(),
+        }
     }
 
     async fn call(&mut self, method: &str, params: Value) -> Value {
@@ -205,6 +215,12 @@ impl Cdp {
                     panic!("{method}: {error}");
                 }
                 return value["result"].clone();
+            }
+            if value.get("method").is_some() {
+                if self.events.len() == MAX_EVENTS {
+                    self.events.pop_front();
+                }
+                self.events.push_back(value);
             }
         }
     }
@@ -270,6 +286,8 @@ async fn the_demo_page_binds_and_acknowledges_auto_and_biz_pushes_in_chromium() 
             "the page and its client",
         )
         .await;
+        // The WebSocket handshake's answer is seen through the Network domain.
+        page.call("Network.enable", json!({})).await;
         page.eval(
             "document.getElementById('user').value = 'browser-user';\
              document.getElementById('tags').value = 'demo';\
@@ -281,6 +299,31 @@ async fn the_demo_page_binds_and_acknowledges_auto_and_biz_pushes_in_chromium() 
             "the bind",
         )
         .await;
+
+        // Chromium offered permessage-deflate and the server took it, on its own terms.
+        let answer = page
+            .events
+            .iter()
+            .filter(|e| e["method"] == "Network.webSocketHandshakeResponseReceived")
+            .find_map(|e| {
+                let headers = e["params"]["response"]["headers"].as_object()?;
+                headers.iter().find_map(|(name, value)| {
+                    name.eq_ignore_ascii_case("sec-websocket-extensions")
+                        .then(|| value.as_str().unwrap_or_default().to_owned())
+                })
+            })
+            .unwrap_or_else(|| panic!("no extension in the handshake answer: {:?}", page.events));
+        assert_eq!(
+            answer,
+            "permessage-deflate; server_no_context_takeover; client_no_context_takeover"
+        );
+        let metrics = server.metrics().await;
+        assert_eq!(
+            metrics.value("pushgate_ws_connections_total", &[("deflate", "on")]),
+            Some(1.0),
+            "{}",
+            metrics.0
+        );
 
         // ack "auto": the client acknowledges it as it arrives.
         let auto = server

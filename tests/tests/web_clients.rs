@@ -7,7 +7,7 @@
 #![cfg(not(madsim))]
 
 use futures_util::{SinkExt, StreamExt};
-use pushgate_tests::{bounded, http, TestServer};
+use pushgate_tests::{bounded, eventually, http, TestServer};
 use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -436,6 +436,406 @@ async fn on_sigterm_web_clients_get_a_going_away_close_and_the_server_exits() {
             "the web connection held the shutdown for {:?}",
             started.elapsed()
         );
+    })
+    .await;
+}
+
+/// A bare WebSocket client over TCP that writes the upgrade and the frames itself, so a test
+/// sees what went on the wire: the `Sec-WebSocket-Extensions` answer, the RSV1 bit and the
+/// size of each compressed message, and it can send any compressed frame (a deflate bomb).
+struct RawWs {
+    tcp: TcpStream,
+    /// The `Sec-WebSocket-Extensions` header of the 101 answer.
+    extensions: Option<String>,
+}
+
+/// One frame from the server.
+struct RawFrame {
+    opcode: u8,
+    /// RSV1: the message is compressed (permessage-deflate).
+    compressed: bool,
+    /// The payload as sent (compressed when `compressed`).
+    wire: Vec<u8>,
+}
+
+/// The tail RFC 7692 §7.2.1 strips from a compressed message.
+const DEFLATE_TAIL: [u8; 4] = [0, 0, 0xff, 0xff];
+
+/// A message compressed as permessage-deflate sends it (raw deflate, sync flush, tail removed).
+fn deflate(data: &[u8]) -> Vec<u8> {
+    let mut compress = flate2::Compress::new(flate2::Compression::best(), false);
+    let mut out = Vec::with_capacity(data.len() / 100 + 64);
+    loop {
+        let consumed = compress.total_in() as usize;
+        out.reserve(64 * 1024);
+        compress
+            .compress_vec(&data[consumed..], &mut out, flate2::FlushCompress::Sync)
+            .expect("deflate");
+        if compress.total_in() as usize == data.len() && out.ends_with(&DEFLATE_TAIL) {
+            break;
+        }
+    }
+    out.truncate(out.len() - DEFLATE_TAIL.len());
+    out
+}
+
+/// A compressed message inflated.
+fn inflate(wire: &[u8]) -> Vec<u8> {
+    let mut input = wire.to_vec();
+    input.extend_from_slice(&DEFLATE_TAIL);
+    let mut out = Vec::with_capacity(wire.len() * 8 + 1024);
+    let mut decompress = flate2::Decompress::new(false);
+    loop {
+        out.reserve(64 * 1024);
+        let consumed = decompress.total_in() as usize;
+        decompress
+            .decompress_vec(&input[consumed..], &mut out, flate2::FlushDecompress::Sync)
+            .expect("inflate");
+        if decompress.total_in() as usize == input.len() {
+            return out;
+        }
+    }
+}
+
+impl RawWs {
+    /// Upgrades on `/`, offering `extensions` when given.
+    async fn connect(addr: SocketAddr, extensions: Option<&str>) -> Self {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut tcp = TcpStream::connect(addr).await.expect("connect");
+        let offer = extensions
+            .map(|e| format!("Sec-WebSocket-Extensions: {e}\r\n"))
+            .unwrap_or_default();
+        let request = format!(
+            "GET / HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{offer}\r\n"
+        );
+        tcp.write_all(request.as_bytes()).await.unwrap();
+        // Byte by byte up to the blank line: nothing of the first frame is read with it.
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            assert!(head.len() < 8192, "an endless answer");
+            head.push(tcp.read_u8().await.expect("the upgrade answer"));
+        }
+        let head = String::from_utf8(head).expect("an ASCII answer");
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        assert!(
+            head.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
+            "the accept key of RFC 6455's example: {head}"
+        );
+        let extensions = head.lines().find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.eq_ignore_ascii_case("sec-websocket-extensions")
+                .then(|| value.trim().to_owned())
+        });
+        Self { tcp, extensions }
+    }
+
+    /// Sends one masked frame.
+    async fn send_frame(&mut self, opcode: u8, compressed: bool, payload: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        let mut frame = vec![0x80 | opcode | if compressed { 0x40 } else { 0 }];
+        match payload.len() {
+            n @ 0..=125 => frame.push(0x80 | n as u8),
+            n @ 126..=65535 => {
+                frame.push(0x80 | 126);
+                frame.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                frame.push(0x80 | 127);
+                frame.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        let mask = [0x37, 0xfa, 0x21, 0x3d];
+        frame.extend_from_slice(&mask);
+        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        self.tcp.write_all(&frame).await.expect("send a frame");
+    }
+
+    async fn send_text(&mut self, text: &str, compressed: bool) {
+        if compressed {
+            self.send_frame(0x1, true, &deflate(text.as_bytes())).await;
+        } else {
+            self.send_frame(0x1, false, text.as_bytes()).await;
+        }
+    }
+
+    /// The next frame that is not a ping or pong (unfragmented: the server does not fragment).
+    async fn next_frame(&mut self) -> RawFrame {
+        use tokio::io::AsyncReadExt;
+        loop {
+            let read = async {
+                let b0 = self.tcp.read_u8().await?;
+                let b1 = self.tcp.read_u8().await?;
+                assert_eq!(b1 & 0x80, 0, "server frames are not masked");
+                assert_ne!(b0 & 0x80, 0, "server frames are not fragmented");
+                let len = match b1 & 0x7f {
+                    126 => u64::from(self.tcp.read_u16().await?),
+                    127 => self.tcp.read_u64().await?,
+                    n => u64::from(n),
+                };
+                let mut wire = vec![0; usize::try_from(len).unwrap()];
+                self.tcp.read_exact(&mut wire).await?;
+                std::io::Result::Ok(RawFrame {
+                    opcode: b0 & 0x0f,
+                    compressed: b0 & 0x40 != 0,
+                    wire,
+                })
+            };
+            let frame = tokio::time::timeout(WAIT, read)
+                .await
+                .expect("a frame in time")
+                .expect("a readable frame");
+            if !matches!(frame.opcode, 0x9 | 0xa) {
+                return frame;
+            }
+        }
+    }
+
+    /// The next text message, inflated when compressed; with the frame.
+    async fn recv_text(&mut self) -> (String, RawFrame) {
+        let frame = self.next_frame().await;
+        assert_eq!(frame.opcode, 0x1, "a text message");
+        let text = if frame.compressed {
+            inflate(&frame.wire)
+        } else {
+            frame.wire.clone()
+        };
+        (String::from_utf8(text).expect("UTF-8"), frame)
+    }
+
+    /// The close frame's code.
+    async fn expect_close(&mut self) -> u16 {
+        loop {
+            let frame = self.next_frame().await;
+            if frame.opcode == 0x8 {
+                return u16::from_be_bytes([frame.wire[0], frame.wire[1]]);
+            }
+            assert_eq!(frame.opcode, 0x1, "only text before the close");
+        }
+    }
+
+    /// Handshakes and binds `user` (the BIND compressed when `compressed`).
+    async fn bind(&mut self, device: &str, user: &str, compressed: bool) {
+        let handshake = json!({"cmd": 2, "flags": 16, "sessionId": 1,
+            "body": {"deviceId": device, "osName": "web", "osVersion": "t", "clientVersion": "1"}});
+        self.send_text(&handshake.to_string(), false).await;
+        let (ok, _) = self.recv_text().await;
+        assert!(ok.contains(r#""cmd":2"#), "{ok}");
+        let bind = json!({"cmd": 5, "flags": 16, "sessionId": 2, "body": {"userId": user}});
+        self.send_text(&bind.to_string(), compressed).await;
+        let (ok, _) = self.recv_text().await;
+        assert!(ok.contains("bind success"), "{ok}");
+    }
+}
+
+/// The answer a browser's offer (`permessage-deflate; client_max_window_bits`) gets: the
+/// server's terms, no context takeover either way, its window left at 15 bits.
+const DEFLATE_ANSWER: &str =
+    "permessage-deflate; server_no_context_takeover; client_no_context_takeover";
+
+/// A push content that deflate shrinks: 8 KiB of repeated, JSON-escaped-free text.
+fn compressible_content() -> String {
+    (0..200)
+        .map(|i| format!("price update {:04} for item {}; ", i % 7, i % 5))
+        .collect::<String>()
+}
+
+#[tokio::test]
+async fn a_client_that_offers_permessage_deflate_gets_it_and_pushes_shrink_on_the_wire() {
+    bounded(LIMIT, async {
+        let (server, addr) = server_with_ws("").await;
+        let mut web =
+            RawWs::connect(addr, Some("permessage-deflate; client_max_window_bits")).await;
+        assert_eq!(web.extensions.as_deref(), Some(DEFLATE_ANSWER));
+        // The client's own compressed BIND is inflated and answered.
+        web.bind("web-deflate", "user-deflate", true).await;
+
+        let content = compressible_content();
+        let status = http_push(
+            &server,
+            json!({"userId": "user-deflate", "content": content}),
+        )
+        .await;
+        assert_eq!(status["status"], "success", "{status}");
+        let (text, frame) = web.recv_text().await;
+        let packet: Value = serde_json::from_str(&text).expect("a JSON packet");
+        assert_eq!(packet["cmd"], 15);
+        assert_eq!(packet["body"]["content"], content.as_str(), "intact");
+        assert!(frame.compressed, "a compressible push goes out compressed");
+        eprintln!(
+            "push of {} bytes: {} bytes on the wire ({:.1}x)",
+            text.len(),
+            frame.wire.len(),
+            text.len() as f64 / frame.wire.len() as f64
+        );
+        assert!(
+            frame.wire.len() * 5 < text.len(),
+            "{} bytes on the wire for {}",
+            frame.wire.len(),
+            text.len()
+        );
+
+        // A short answer is not worth compressing (no context takeover: each message alone).
+        web.send_text(
+            &json!({"cmd": 5, "flags": 16, "sessionId": 3, "body": {"userId": "user-deflate"}})
+                .to_string(),
+            false,
+        )
+        .await;
+        let (ok, frame) = web.recv_text().await;
+        assert!(ok.contains("bind success"), "{ok}");
+        assert!(!frame.compressed, "{} bytes sent compressed", ok.len());
+
+        let metrics = server.metrics().await;
+        assert_eq!(
+            metrics.value("pushgate_ws_connections_total", &[("deflate", "on")]),
+            Some(1.0),
+            "{}",
+            metrics.0
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_client_that_offers_nothing_or_terms_the_server_cannot_keep_gets_plain_frames() {
+    bounded(LIMIT, async {
+        let (server, addr) = server_with_ws("").await;
+        // No offer (as tokio-tungstenite's client): no extension, plain frames.
+        let (_ws, response) = tokio_tungstenite::connect_async(format!("ws://{addr}/"))
+            .await
+            .expect("WebSocket connect");
+        assert!(!response.headers().contains_key("sec-websocket-extensions"));
+        let mut plain = RawWs::connect(addr, None).await;
+        assert_eq!(plain.extensions, None);
+        plain.bind("web-plain", "user-plain", false).await;
+        let content = compressible_content();
+        http_push(&server, json!({"userId": "user-plain", "content": content})).await;
+        let (text, frame) = plain.recv_text().await;
+        assert!(!frame.compressed);
+        assert_eq!(frame.wire.len(), text.len());
+        assert!(text.contains(&content));
+
+        // An offer that asks the server for a smaller window than its 15 bits, or that RFC 7692
+        // does not allow, is declined.
+        for offer in [
+            "permessage-deflate; server_max_window_bits=10",
+            "permessage-deflate; client_max_window_bits, permessage-deflate; server_max_window_bits=9",
+            "x-webkit-deflate-frame",
+            "permessage-deflate; unknown_parameter",
+            "permessage-deflate; client_max_window_bits=20",
+        ] {
+            let mut web = RawWs::connect(addr, Some(offer)).await;
+            assert_eq!(web.extensions, None, "{offer}");
+            web.bind("web-declined", "user-declined", false).await;
+        }
+        // An explicit 15 is the server's own window: accepted.
+        let web = RawWs::connect(addr, Some("permessage-deflate; server_max_window_bits=15")).await;
+        assert!(web.extensions.is_some());
+        let metrics = server.metrics().await;
+        assert_eq!(
+            metrics.value("pushgate_ws_connections_total", &[("deflate", "off")]),
+            Some(7.0),
+            "{}",
+            metrics.0
+        );
+        drop(server);
+
+        // Switched off: every client gets plain frames.
+        let (_server, addr) = server_with_ws("ws_deflate = false").await;
+        let mut web = RawWs::connect(addr, Some("permessage-deflate; client_max_window_bits")).await;
+        assert_eq!(web.extensions, None);
+        web.bind("web-off", "user-off", false).await;
+    })
+    .await;
+}
+
+/// The most memory the server process held so far (VmHWM), in bytes.
+fn peak_rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM");
+    kib * 1024
+}
+
+#[tokio::test]
+async fn an_inflate_bomb_is_refused_with_a_close_and_costs_no_memory() {
+    bounded(LIMIT, async {
+        // The default limit: 64 KiB per message, inflated.
+        let (server, addr) = server_with_ws("").await;
+        let mut web = RawWs::connect(addr, Some("permessage-deflate")).await;
+        assert_eq!(web.extensions.as_deref(), Some(DEFLATE_ANSWER));
+        web.bind("web-bomb", "user-bomb", false).await;
+        // 60 MiB of one JSON string that deflates to under the wire limit.
+        let mut bomb = br#"{"cmd":5,"flags":16,"sessionId":3,"body":{"userId":""#.to_vec();
+        bomb.resize(60 << 20, b'a');
+        bomb.extend_from_slice(br#""}}"#);
+        let wire = deflate(&bomb);
+        assert!(wire.len() < 64 * 1024, "{} bytes on the wire", wire.len());
+        let before = peak_rss_bytes(server.pid());
+        web.send_frame(0x1, true, &wire).await;
+        assert_eq!(web.expect_close().await, 1009, "message too big");
+        let after = peak_rss_bytes(server.pid());
+        eprintln!(
+            "bomb: {} bytes on the wire, {} inflated; server peak RSS {} -> {} KiB",
+            wire.len(),
+            bomb.len(),
+            before / 1024,
+            after / 1024
+        );
+        assert!(
+            after < before + (16 << 20),
+            "the bomb cost {} KiB",
+            (after - before) / 1024
+        );
+        // The server goes on serving compressed clients.
+        let mut next = RawWs::connect(addr, Some("permessage-deflate")).await;
+        next.bind("web-after-bomb", "user-after-bomb", true).await;
+        let status = http_push(
+            &server,
+            json!({"userId": "user-after-bomb", "content": "ok"}),
+        )
+        .await;
+        assert_eq!(status["status"], "success", "{status}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_web_client_that_handshakes_and_never_binds_is_closed_at_the_bind_deadline() {
+    bounded(LIMIT, async {
+        let (server, addr) = server_with_ws("\n[core]\nbind_deadline_ms = 500").await;
+        let mut bound = Web::bound(addr, "web-binds", "user-binds", None).await;
+        let mut idle = Web::connect(addr).await;
+        idle.handshake("web-never-binds").await;
+        let started = std::time::Instant::now();
+        assert_eq!(
+            idle.expect_close().await,
+            (CloseCode::Policy, "bind timeout".to_owned())
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "closed after {:?}",
+            started.elapsed()
+        );
+        eventually(WAIT, "the bind-deadline limit counts the close", || async {
+            let limits = server.http_get("/v1/limits").await.json();
+            let hits = limits["limits"]
+                .as_array()?
+                .iter()
+                .find(|l| l["name"] == "bind-deadline")?["hits"]
+                .as_u64()?;
+            (hits == 1).then_some(())
+        })
+        .await;
+        // The one that bound in time is kept past the deadline.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let status = http_push(&server, json!({"userId": "user-binds", "content": "kept"})).await;
+        assert_eq!(status["status"], "success", "{status}");
+        assert_eq!(bound.expect_push().await["body"]["content"], "kept");
     })
     .await;
 }

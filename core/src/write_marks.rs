@@ -1,0 +1,244 @@
+//! The slow-consumer accounting of one connection ([`WriteMarks`]): the bytes queued for the
+//! client and not yet written, measured against three marks ([`QueueMarks`]). A TCP phone's
+//! [`PhoneConn`] and a web client's [`WebConn`] both keep one, so the two connections follow
+//! one rule:
+//! - above `high_water_bytes` the connection turns not writable (the node is told, and pushes
+//!   to it fail at once instead of queueing, as in MPush);
+//! - once written down to `low_water_bytes` it is writable again (told once per crossing);
+//! - above `hard_limit_bytes` the connection is dropped without flushing, as a slow consumer.
+//!
+//! The struct only counts and says which mark was crossed ([`Crossing`]); the connection
+//! decides what a crossing does (tell the node, close).
+//!
+//! [`PhoneConn`]: crate::conn::PhoneConn
+//! [`WebConn`]: crate::web_conn::WebConn
+
+/// The queued-byte marks of the slow-consumer rule (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueMarks {
+    pub low_water_bytes: usize,
+    pub high_water_bytes: usize,
+    pub hard_limit_bytes: usize,
+}
+
+impl QueueMarks {
+    /// Marks with `low ≤ high ≤ hard`; `None` otherwise.
+    pub fn new(
+        low_water_bytes: usize,
+        high_water_bytes: usize,
+        hard_limit_bytes: usize,
+    ) -> Option<Self> {
+        (low_water_bytes <= high_water_bytes && high_water_bytes <= hard_limit_bytes).then_some(
+            Self {
+                low_water_bytes,
+                high_water_bytes,
+                hard_limit_bytes,
+            },
+        )
+    }
+}
+
+impl Default for QueueMarks {
+    /// 32 KiB low, 64 KiB high, 1 MiB hard.
+    fn default() -> Self {
+        Self {
+            low_water_bytes: 32 * 1024,
+            high_water_bytes: 64 * 1024,
+            hard_limit_bytes: 1024 * 1024,
+        }
+    }
+}
+
+/// What a change of the queued bytes crossed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Crossing {
+    /// No mark.
+    None,
+    /// Over the high-water mark while writable: the connection is not writable now.
+    NotWritable,
+    /// Down to the low-water mark while not writable: the connection is writable again.
+    Writable,
+    /// Over the hard limit: the connection is to be dropped as a slow consumer.
+    HardLimit,
+}
+
+/// The bytes a connection queued and has not written yet, and whether it is writable (see the
+/// module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WriteMarks {
+    queued_bytes: usize,
+    writable: bool,
+}
+
+impl Default for WriteMarks {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl WriteMarks {
+    /// Nothing queued, writable.
+    pub const fn new() -> Self {
+        Self {
+            queued_bytes: 0,
+            writable: true,
+        }
+    }
+
+    /// The bytes queued and not yet written.
+    pub fn queued_bytes(&self) -> usize {
+        self.queued_bytes
+    }
+
+    /// False between crossing the high-water mark and draining to the low-water mark.
+    pub fn is_writable(&self) -> bool {
+        self.writable
+    }
+
+    /// `bytes` more were queued. Past the hard limit the answer is [`Crossing::HardLimit`]
+    /// (whatever the writable state); past the high-water mark while writable, the connection
+    /// turns not writable.
+    pub fn queued(&mut self, marks: &QueueMarks, bytes: usize) -> Crossing {
+        self.queued_bytes = self.queued_bytes.saturating_add(bytes);
+        if self.queued_bytes > marks.hard_limit_bytes {
+            return Crossing::HardLimit;
+        }
+        if self.writable && self.queued_bytes > marks.high_water_bytes {
+            self.writable = false;
+            return Crossing::NotWritable;
+        }
+        Crossing::None
+    }
+
+    /// `bytes` more were queued on a closing connection, which tells the node nothing more
+    /// and is not dropped for them: counted, no mark applies.
+    pub fn queued_closing(&mut self, bytes: usize) {
+        self.queued_bytes = self.queued_bytes.saturating_add(bytes);
+    }
+
+    /// `bytes` of the queued ones were written (at most what is queued). Down to the
+    /// low-water mark while not writable, the connection is writable again.
+    pub fn written(&mut self, marks: &QueueMarks, bytes: usize) -> Crossing {
+        debug_assert!(
+            bytes <= self.queued_bytes,
+            "{bytes} written of {} queued",
+            self.queued_bytes
+        );
+        self.queued_bytes = self.queued_bytes.saturating_sub(bytes);
+        if !self.writable && self.queued_bytes <= marks.low_water_bytes {
+            self.writable = true;
+            return Crossing::Writable;
+        }
+        Crossing::None
+    }
+
+    /// Everything queued was dropped (the connection closed without flushing). The writable
+    /// state is kept: a closed connection tells the node nothing more.
+    pub fn clear(&mut self) {
+        self.queued_bytes = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn marks_are_ordered() {
+        assert!(QueueMarks::new(1, 2, 3).is_some());
+        assert!(QueueMarks::new(2, 2, 2).is_some());
+        assert!(QueueMarks::new(3, 2, 4).is_none());
+        assert!(QueueMarks::new(1, 5, 4).is_none());
+    }
+
+    #[test]
+    fn high_water_then_low_water_then_hard_limit() {
+        let marks = QueueMarks::new(10, 20, 40).unwrap();
+        let mut w = WriteMarks::new();
+        assert_eq!(w.queued(&marks, 20), Crossing::None);
+        assert_eq!(w.queued(&marks, 1), Crossing::NotWritable);
+        assert_eq!(w.queued(&marks, 5), Crossing::None); // told once
+        assert!(!w.is_writable());
+        assert_eq!(w.written(&marks, 15), Crossing::None); // 11 > low
+        assert_eq!(w.written(&marks, 1), Crossing::Writable); // 10 = low
+        assert!(w.is_writable());
+        assert_eq!(w.queued(&marks, 30), Crossing::NotWritable);
+        assert_eq!(w.queued(&marks, 1), Crossing::HardLimit); // 41
+        w.clear();
+        assert_eq!(w.queued_bytes(), 0);
+        // A closing connection's close frame is counted and crosses nothing.
+        let mut closing = WriteMarks::new();
+        closing.queued_closing(100);
+        assert_eq!(closing.queued_bytes(), 100);
+        assert!(closing.is_writable());
+        assert_eq!(closing.written(&marks, 100), Crossing::None);
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Queue(usize),
+        /// Writes this share (in per mille) of what is queued.
+        Write(u16),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (0usize..400).prop_map(Op::Queue),
+            (0u16..=1000).prop_map(Op::Write),
+        ]
+    }
+
+    fn marks() -> impl Strategy<Value = QueueMarks> {
+        (0usize..300, 0usize..300, 0usize..600).prop_map(|(a, b, c)| {
+            let mut v = [a, b, c];
+            v.sort_unstable();
+            QueueMarks::new(v[0], v[1], v[2]).unwrap()
+        })
+    }
+
+    proptest! {
+        /// Against a plain model: the count is the bytes queued less those written; the
+        /// writable state flips only at the marks, and each flip is told exactly once, in
+        /// alternation (not writable, writable, not writable, ...); the hard limit is told
+        /// whenever the count is over it, and only then.
+        #[test]
+        fn the_marks_follow_the_queued_bytes(marks in marks(), ops in proptest::collection::vec(op(), 0..80)) {
+            let mut w = WriteMarks::new();
+            let mut queued = 0usize;
+            let mut writable = true;
+            for op in ops {
+                match op {
+                    Op::Queue(bytes) => {
+                        queued += bytes;
+                        let crossing = w.queued(&marks, bytes);
+                        if queued > marks.hard_limit_bytes {
+                            prop_assert_eq!(crossing, Crossing::HardLimit);
+                            // The connection is dropped: nothing stays queued.
+                            w.clear();
+                            queued = 0;
+                        } else if writable && queued > marks.high_water_bytes {
+                            prop_assert_eq!(crossing, Crossing::NotWritable);
+                            writable = false;
+                        } else {
+                            prop_assert_eq!(crossing, Crossing::None);
+                        }
+                    }
+                    Op::Write(per_mille) => {
+                        let bytes = queued * usize::from(per_mille) / 1000;
+                        queued -= bytes;
+                        let crossing = w.written(&marks, bytes);
+                        if !writable && queued <= marks.low_water_bytes {
+                            prop_assert_eq!(crossing, Crossing::Writable);
+                            writable = true;
+                        } else {
+                            prop_assert_eq!(crossing, Crossing::None);
+                        }
+                    }
+                }
+                prop_assert_eq!(w.queued_bytes(), queued);
+                prop_assert_eq!(w.is_writable(), writable);
+            }
+        }
+    }
+}
