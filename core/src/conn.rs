@@ -46,6 +46,8 @@ use std::collections::VecDeque;
 
 /// Reason text MPush sends with an invalid HANDSHAKE.
 const PARAM_INVALID: &str = "Param invalid";
+/// Longest a closed connection keeps writing what it still holds to a peer.
+pub const CLOSE_FLUSH_TIMEOUT_MS: Millis = 5_000;
 
 /// What every phone connection of a node runs with (shared by all of them).
 #[derive(Debug, Clone)]
@@ -249,6 +251,13 @@ impl PhoneConn {
         }
     }
 
+    /// True when the connection finished by writing everything it held: the driver closes
+    /// the socket gracefully (TLS: close_notify). A connection dropped (peer gone, slow
+    /// consumer, flush deadline passed) gets no goodbye: writing one could wait forever.
+    pub fn wants_goodbye(&self) -> bool {
+        self.phase == Phase::Closing && self.outbound.is_empty()
+    }
+
     /// Feeds the bytes read from the socket: every whole frame at the front of `inbound` is
     /// taken off and handled; a partial frame stays for the next read.
     pub fn handle_bytes(
@@ -273,8 +282,8 @@ impl PhoneConn {
 
     /// The byte stream could not be framed (oversized or negative length): the connection is
     /// closed with [`CloseReason::BadFrame`].
-    pub fn handle_frame_error(&mut self, _now_ms: Millis, _error: FrameError) {
-        self.close_after_flush(CloseReason::BadFrame);
+    pub fn handle_frame_error(&mut self, now_ms: Millis, _error: FrameError) {
+        self.close_after_flush(now_ms, CloseReason::BadFrame);
     }
 
     /// Handles one frame read from the phone.
@@ -309,7 +318,7 @@ impl PhoneConn {
             _ => {
                 let error = ErrorMessage::new(packet.cmd, ErrorCode::UnsupportedCmd);
                 self.send_raw(cfg, Command::Error, packet.session_id, &error);
-                return self.close_after_flush(CloseReason::UnsupportedCommand);
+                return self.close_after_flush(now_ms, CloseReason::UnsupportedCommand);
             }
         };
         // A HANDSHAKE is always RSA, whatever state the connection is in (as in MPush).
@@ -323,7 +332,7 @@ impl PhoneConn {
         if opened.is_err() {
             let error = ErrorMessage::new(packet.cmd, ErrorCode::DispatchError);
             self.send_raw(cfg, Command::Error, packet.session_id, &error);
-            self.close_after_flush(CloseReason::BadBody);
+            self.close_after_flush(now_ms, CloseReason::BadBody);
         }
     }
 
@@ -399,7 +408,7 @@ impl PhoneConn {
         if hs.device_id.is_empty() || hs.iv.len() != 16 || hs.client_key.len() != 16 {
             let error = ErrorMessage::validation(Command::Handshake, PARAM_INVALID);
             self.send_raw(cfg, Command::Error, session_id, &error);
-            return self.close_after_flush(CloseReason::BadRequest);
+            return self.close_after_flush(now_ms, CloseReason::BadRequest);
         }
         if self.cipher.is_some() && self.device_id == hs.device_id {
             let error = ErrorMessage::new(Command::Handshake.code(), ErrorCode::RepeatHandshake);
@@ -500,9 +509,9 @@ impl PhoneConn {
 
     /// The node closed the connection: what is queued is written, then the socket closes.
     /// The node knows already; it hears nothing more.
-    pub fn handle_close(&mut self, _now_ms: Millis) {
+    pub fn handle_close(&mut self, now_ms: Millis) {
         if self.is_open() {
-            self.phase = Phase::Closing;
+            self.start_closing(now_ms);
             self.reports.clear();
         }
     }
@@ -582,31 +591,42 @@ impl PhoneConn {
 
     /// When [`PhoneConn::handle_timeout`] should next be called.
     pub fn poll_timeout(&self) -> Option<Millis> {
-        let next = match self.bind_by_ms {
-            Some(bind_by) => self.idle_check_at_ms.min(bind_by),
-            None => self.idle_check_at_ms,
-        };
-        self.is_open().then_some(next)
+        match self.phase {
+            Phase::Open => Some(match self.bind_by_ms {
+                Some(bind_by) => self.idle_check_at_ms.min(bind_by),
+                None => self.idle_check_at_ms,
+            }),
+            // The flush deadline, while there is something to flush.
+            Phase::Closing => (!self.outbound.is_empty()).then_some(self.idle_check_at_ms),
+            Phase::Closed => None,
+        }
     }
 
     /// Runs the idle check (or the handshake deadline) if it is due at `now_ms`: MPush's
     /// check (§9.3) counts a miss when nothing was read for more than heartbeat + 1 s, and
     /// closes after `max_heartbeat_misses` + 1 consecutive misses.
     pub fn handle_timeout(&mut self, cfg: &ConnConfig, now_ms: Millis) {
+        if self.phase == Phase::Closing && now_ms >= self.idle_check_at_ms {
+            // The closing connection's peer read nothing in time: what is left is dropped.
+            self.phase = Phase::Closed;
+            self.outbound = BytesMut::new();
+            self.marks.clear();
+            return;
+        }
         if !self.is_open() {
             return;
         }
         if self.bind_by_ms.is_some_and(|bind_by| now_ms >= bind_by) {
             // Handshaken, but no BIND within the bind deadline.
             debug_assert!(self.cipher.is_some());
-            return self.close_after_flush(CloseReason::BindTimeout);
+            return self.close_after_flush(now_ms, CloseReason::BindTimeout);
         }
         if now_ms < self.idle_check_at_ms {
             return;
         }
         if self.cipher.is_none() {
             // Never completed a handshake or fast connect: the handshake deadline passed.
-            return self.close_after_flush(CloseReason::HandshakeTimeout);
+            return self.close_after_flush(now_ms, CloseReason::HandshakeTimeout);
         }
         if now_ms.saturating_sub(self.last_read_ms) > self.heartbeat_ms.saturating_add(1000) {
             self.heartbeat_misses += 1;
@@ -614,7 +634,7 @@ impl PhoneConn {
             self.heartbeat_misses = 0;
         }
         if self.heartbeat_misses > cfg.max_heartbeat_misses {
-            return self.close_after_flush(CloseReason::IdleTimeout);
+            return self.close_after_flush(now_ms, CloseReason::IdleTimeout);
         }
         self.idle_check_at_ms = now_ms.saturating_add(self.heartbeat_ms.max(1));
     }
@@ -661,12 +681,21 @@ impl PhoneConn {
     }
 
     /// Closes after writing what is queued; the node hears why.
-    fn close_after_flush(&mut self, reason: CloseReason) {
+    fn close_after_flush(&mut self, now_ms: Millis, reason: CloseReason) {
         if !self.is_open() {
             return;
         }
         self.tell_closed(reason);
+        self.start_closing(now_ms);
+    }
+
+    /// From now on only what is queued is written, for at most [`CLOSE_FLUSH_TIMEOUT_MS`]: a
+    /// peer that reads nothing does not hold the socket longer (the idle check's deadline
+    /// serves as the flush deadline).
+    fn start_closing(&mut self, now_ms: Millis) {
         self.phase = Phase::Closing;
+        self.idle_check_at_ms = now_ms.saturating_add(CLOSE_FLUSH_TIMEOUT_MS);
+        self.bind_by_ms = None;
     }
 
     /// Closes at once, dropping what is queued; the node hears why (unless it closed first).

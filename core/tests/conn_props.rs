@@ -801,7 +801,10 @@ fn third_consecutive_idle_miss_closes_and_traffic_resets_the_count() {
         ),
         "3rd consecutive miss"
     );
-    assert_eq!(conn.poll_timeout(), None);
+    // Closing: no more idle checks; only the flush deadline of what it still holds.
+    let flush = (!conn.poll_transmit().is_empty())
+        .then_some(70_000 + pushgate_core::conn::CLOSE_FLUSH_TIMEOUT_MS);
+    assert_eq!(conn.poll_timeout(), flush);
 }
 
 /// A connection that never completes a handshake is closed at the deadline; heartbeats do not
@@ -823,4 +826,35 @@ fn the_handshake_deadline_closes_a_connection_without_a_session() {
             reason: CloseReason::HandshakeTimeout
         })
     ));
+}
+
+/// A closing connection writes what it holds for at most the flush deadline; a peer that
+/// reads nothing meanwhile has the rest dropped and gets no goodbye. One that takes the bytes
+/// is closed gracefully.
+#[test]
+fn a_closing_connection_whose_peer_reads_nothing_is_dropped_at_the_flush_deadline() {
+    use pushgate_core::conn::CLOSE_FLUSH_TIMEOUT_MS;
+    let cfg = ConnConfig::from_node(&test_config(), 0, QueueMarks::default());
+    for peer_reads in [false, true] {
+        let mut conn = PhoneConn::new(CONN, &cfg, 0);
+        conn.handle_transmit(&cfg, 10, OutFrame::Heartbeat, None);
+        conn.handle_close(20);
+        assert!(
+            !conn.is_open() && !conn.is_finished(),
+            "a heartbeat to write"
+        );
+        assert_eq!(conn.poll_timeout(), Some(20 + CLOSE_FLUSH_TIMEOUT_MS));
+        conn.handle_timeout(&cfg, 20 + CLOSE_FLUSH_TIMEOUT_MS - 1);
+        assert!(!conn.is_finished(), "not due yet");
+        if peer_reads {
+            let written = conn.poll_transmit().len();
+            conn.handle_written(&cfg, 30, written);
+            assert!(conn.is_finished() && conn.wants_goodbye());
+        } else {
+            conn.handle_timeout(&cfg, 20 + CLOSE_FLUSH_TIMEOUT_MS);
+            assert!(conn.is_finished() && !conn.wants_goodbye());
+            assert!(conn.poll_transmit().is_empty());
+            assert_eq!(conn.poll_timeout(), None);
+        }
+    }
 }

@@ -108,17 +108,12 @@ impl CryptoRng for ConnRng<'_> {}
 
 /// What woke a phone task.
 enum Wake {
-    /// The closing connection's flush ran out of time.
-    FlushExpired,
     Wrote(usize),
     WriteFailed,
     Queue,
     Read(std::io::Result<usize>),
     Timer,
 }
-
-/// Longest a closed connection keeps writing what it still holds to a peer.
-const CLOSE_FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// A phone's byte stream: a TCP socket (read by readiness, so an idle phone holds no read
 /// buffer), or TLS over one (the TLS connection port).
@@ -173,10 +168,9 @@ pub async fn run_phone<S: PhoneStream>(
 ) {
     let mut machine = Box::new(PhoneConn::new(conn, &settings.cfg, settings.now_ms()));
     let mut inbound = BytesMut::new();
+    // The connection's idle checks, bind deadline and, once it closes with bytes still to
+    // write, its flush deadline (a peer that reads nothing holds the socket only so long).
     let mut timer: Option<Pin<Box<Sleep>>> = None;
-    // Armed once the connection closes with bytes still to write: a peer that reads nothing
-    // holds the socket at most CLOSE_FLUSH_TIMEOUT.
-    let mut flush_deadline: Option<Pin<Box<Sleep>>> = None;
     let mut rng_uses = 0u32;
     #[cfg(madsim)]
     let peer = stream.peer_ip();
@@ -186,11 +180,10 @@ pub async fn run_phone<S: PhoneStream>(
             return; // the node is gone
         }
         if machine.is_finished() {
-            let _ = stream.shutdown().await;
+            if machine.wants_goodbye() {
+                let _ = stream.shutdown().await;
+            }
             return;
-        }
-        if !machine.is_open() && flush_deadline.is_none() {
-            flush_deadline = Some(Box::pin(tokio::time::sleep(CLOSE_FLUSH_TIMEOUT)));
         }
         set_timer(
             &mut timer,
@@ -198,11 +191,6 @@ pub async fn run_phone<S: PhoneStream>(
         );
         // One poll for every source: nothing but wakers is registered while the phone is idle.
         let wake = std::future::poll_fn(|cx| {
-            if let Some(deadline) = &mut flush_deadline {
-                if deadline.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(Wake::FlushExpired);
-                }
-            }
             let pending = machine.poll_transmit();
             if !pending.is_empty() {
                 #[cfg(madsim)]
@@ -234,13 +222,6 @@ pub async fn run_phone<S: PhoneStream>(
         let cfg = &settings.cfg;
         let now = settings.now_ms();
         match wake {
-            Wake::FlushExpired => {
-                tracing::debug!(
-                    ?conn,
-                    "closing connection's peer read nothing in time: dropped"
-                );
-                return;
-            }
             Wake::Wrote(bytes) => machine.handle_written(cfg, now, bytes),
             Wake::WriteFailed => machine.handle_peer_closed(now),
             Wake::Queue => {
