@@ -121,12 +121,11 @@ fn a_refused_bind_gets_bind_failed_and_closes_without_a_route() {
     assert!(w.closed_by_node.contains(&phone));
     assert_eq!(close_reason(&w, phone), Some(CloseReason::BadRequest));
     assert!(w.node.routes_of("u1").is_empty());
-    assert!(w
+    assert!(!w
         .store
         .state
         .routes
-        .get(&("u1".to_owned(), ClientType::Mobile))
-        .is_none());
+        .contains_key(&("u1".to_owned(), ClientType::Mobile)));
     assert_eq!(
         checked(&w)[1],
         ("u1".to_owned(), BindCheckOutcome::Refused, false)

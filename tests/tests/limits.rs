@@ -331,7 +331,7 @@ async fn over_long_user_ids_and_tags_are_refused_and_counted_apart() {
         let result = server
             .push_client()
             .await
-            .push(SinglePushRequest::new(&"u".repeat(16), b"hi".to_vec()))
+            .push(SinglePushRequest::new("u".repeat(16), b"hi".to_vec()))
             .await
             .unwrap();
         assert_eq!(result.status, PushStatus::Success, "{result:?}");

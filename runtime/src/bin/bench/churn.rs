@@ -86,7 +86,7 @@ struct Live {
 
 /// A phone's place: connected, being (re)connected, or empty after a failed connect.
 enum Slot {
-    Live(Live),
+    Live(Box<Live>),
     Busy,
     Empty,
 }
@@ -302,7 +302,7 @@ async fn soak(args: &ChurnArgs) -> anyhow::Result<bool> {
             &mut *slot.lock().unwrap_or_else(|e| e.into_inner()),
             Slot::Empty,
         ) {
-            Slot::Live(live) => Some(live),
+            Slot::Live(live) => Some(*live),
             Slot::Busy | Slot::Empty => None,
         };
         if let Some(live) = live {
@@ -483,7 +483,7 @@ async fn reconnect(
     let next = match result {
         Ok(live) => {
             counters.connects.fetch_add(1, Ordering::Relaxed);
-            Slot::Live(live)
+            Slot::Live(Box::new(live))
         }
         Err(error) => {
             counters.connect_errors.fetch_add(1, Ordering::Relaxed);
