@@ -77,6 +77,21 @@ pub mod defaults {
     pub const MAX_STORE_REQUESTS: usize = 1 << 20;
     pub const MAX_USER_ID_BYTES: usize = 256;
     pub const MAX_TAGS_BYTES: usize = 4096;
+    /// Bind checks awaiting their verdict at once (see [`super::NodeConfig::bind_check`]).
+    pub const MAX_BIND_CHECKS: usize = 4096;
+}
+
+/// What a bind becomes when its check could not give a verdict (the checker failed, timed
+/// out, or too many checks were in flight).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BindCheckFallback {
+    /// Refused, as a refusal by the checker is: the check guards who may bind, so an
+    /// unanswered check lets nobody in.
+    #[default]
+    Refuse,
+    /// Allowed, as if no check were configured: availability before the check.
+    Allow,
 }
 
 /// The numbers a [`crate::Node`] runs with.
@@ -134,6 +149,13 @@ pub struct NodeConfig {
     /// default (tests, the simulator's oracle); the runtime turns it off unless it was given
     /// an observer, so a production node does not build and queue them.
     pub trace_events: bool,
+    /// Ask the driver before a bind of a new user takes effect ([`crate::Output::BindCheck`],
+    /// MPush's `BindValidator`); off by default (every bind allowed, as MPush's default).
+    pub bind_check: bool,
+    /// What a bind whose check gave no verdict becomes.
+    pub bind_check_fallback: BindCheckFallback,
+    /// Bind checks awaiting their verdict at once; a bind beyond it gets the fallback.
+    pub max_bind_checks: usize,
 }
 
 impl NodeConfig {
@@ -170,6 +192,9 @@ impl NodeConfig {
             max_user_id_bytes: d::MAX_USER_ID_BYTES,
             max_tags_bytes: d::MAX_TAGS_BYTES,
             trace_events: true,
+            bind_check: false,
+            bind_check_fallback: BindCheckFallback::Refuse,
+            max_bind_checks: d::MAX_BIND_CHECKS,
         }
     }
 

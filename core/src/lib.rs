@@ -56,6 +56,9 @@ pub mod write_marks;
 pub use config::{NodeAddr, NodeConfig};
 pub use conn::{ConnConfig, PhoneConn, PhoneMessage, QueueMarks};
 pub use ids::{ConnId, GatewayId, Millis, PushId, RequestId};
-pub use node::{CloseReason, Event, Input, KickCause, Node, NodeStats, OutFrame, Output, Seal};
+pub use node::{
+    BindCheck, BindCheckOutcome, BindField, BindVerdict, CloseReason, Event, Input, KickCause,
+    Node, NodeStats, OutFrame, Output, Seal,
+};
 pub use status::PushStatus;
 pub use web_conn::{WebConfig, WebConn, WsMessage};

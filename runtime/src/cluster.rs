@@ -42,13 +42,14 @@ pub struct ClusterNode {
 impl ClusterNode {
     /// Membership of a node on `redis` (announced now and every `ttl / 3`), or of a lone node;
     /// with `zookeeper`, also registered there. Pushes it forwards to other nodes carry
-    /// `gateway_token`.
+    /// `gateway_token`, over `gateway_tls` when the gateways serve TLS.
     pub fn start(
         info: NodeInfo,
         redis: Option<RedisTarget>,
         zookeeper: Option<(ZkOptions, Registration)>,
         node: NodeHandle,
         gateway_token: Option<String>,
+        gateway_tls: Option<Arc<crate::client::GatewayTls>>,
     ) -> Arc<Self> {
         let zookeeper =
             zookeeper.map(|(options, registration)| ZkMember::start(options, Some(registration)));
@@ -62,8 +63,9 @@ impl ClusterNode {
             });
         };
         let reader = RedisReader::new(target);
-        let mut push =
-            ClusterPushClient::with_reader(reader.clone()).with_gateway_token(gateway_token);
+        let mut push = ClusterPushClient::with_reader(reader.clone())
+            .with_gateway_token(gateway_token)
+            .with_gateway_tls(gateway_tls);
         if let Some(member) = &zookeeper {
             push = push.with_zookeeper(member.subscribe());
         }

@@ -327,7 +327,7 @@ impl Default for FlowConfig {
 /// The RSA key pair of the handshake, as base64 DER (PKCS#8 private, X.509 public), like
 /// MPush's `mp.security.*` (empty = MPush's published default pair), and who may use the
 /// business ports.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SecurityConfig {
     pub private_key: String,
@@ -345,6 +345,37 @@ pub struct SecurityConfig {
     /// Source networks admitted to the gateway without a token (MPush's Java PushClient sends
     /// none), e.g. `["10.0.0.0/8", "192.0.2.7"]`. Flag: `--gateway-allow` (repeatable).
     pub gateway_allow: Vec<String>,
+    /// MPush's `BindValidator` as an HTTP callback: a BIND of a new user is POSTed here as
+    /// JSON and goes on only when the answer allows it (README, "On the open internet").
+    /// `http://HOST[:PORT]/PATH`; empty = every bind allowed. Flag: `--bind-check-url URL`.
+    pub bind_check_url: String,
+    /// Sent as `Authorization: Bearer TOKEN` to the bind check; empty = none.
+    pub bind_check_token: String,
+    /// A bind check not answered in this time is an error.
+    pub bind_check_timeout_ms: u64,
+    /// What a bind becomes when its check fails (error answer, timeout, unreachable, too many
+    /// checks in flight): "refuse" (the default: the check guards who may bind) or "allow".
+    pub bind_check_on_error: pushgate_core::config::BindCheckFallback,
+    /// Bind checks in flight at once; beyond it a bind follows `bind_check_on_error`.
+    pub bind_check_max_in_flight: usize,
+}
+
+impl Default for SecurityConfig {
+    fn default() -> Self {
+        Self {
+            private_key: String::new(),
+            public_key: String::new(),
+            production: false,
+            admin_tokens: Vec::new(),
+            gateway_tokens: Vec::new(),
+            gateway_allow: Vec::new(),
+            bind_check_url: String::new(),
+            bind_check_token: String::new(),
+            bind_check_timeout_ms: 2_000,
+            bind_check_on_error: pushgate_core::config::BindCheckFallback::Refuse,
+            bind_check_max_in_flight: defaults::MAX_BIND_CHECKS,
+        }
+    }
 }
 
 impl SecurityConfig {
@@ -381,6 +412,22 @@ impl SecurityConfig {
             }
         }
         Ok(())
+    }
+
+    /// The bind check's client, when `bind_check_url` is set.
+    pub fn bind_checker(
+        &self,
+    ) -> anyhow::Result<Option<std::sync::Arc<crate::bind_check::BindChecker>>> {
+        if self.bind_check_url.trim().is_empty() {
+            return Ok(None);
+        }
+        anyhow::ensure!(
+            self.bind_check_max_in_flight > 0,
+            "security.bind_check_max_in_flight must be > 0"
+        );
+        let token = Some(self.bind_check_token.trim().to_owned());
+        crate::bind_check::BindChecker::new(&self.bind_check_url, token, self.bind_check_timeout_ms)
+            .map(Some)
     }
 
     /// True when the published default key is in use.
@@ -485,6 +532,13 @@ pub struct TlsConfig {
     pub ws: bool,
     /// A TLS handshake not done in this time closes the connection.
     pub handshake_timeout_ms: u64,
+    /// With `gateway`: the CAs (PEM) this node trusts when it forwards a push to another
+    /// node's gateway; empty = `cert_file` (every node's certificate signed by the CA in it,
+    /// or one self-signed certificate shared by the nodes). Flag: `--gateway-ca FILE`.
+    pub gateway_ca_file: String,
+    /// The name other nodes' gateway certificates must carry; empty = the host their routes
+    /// name (`net.public_host`).
+    pub gateway_server_name: String,
 }
 
 impl Default for TlsConfig {
@@ -497,11 +551,31 @@ impl Default for TlsConfig {
             connect_port: 0,
             ws: false,
             handshake_timeout_ms: 10_000,
+            gateway_ca_file: String::new(),
+            gateway_server_name: String::new(),
         }
     }
 }
 
 impl TlsConfig {
+    /// How this node reaches other nodes' gateways: TLS when its own gateway serves TLS
+    /// (the nodes of a cluster share the setting), plain otherwise.
+    pub fn gateway_client(
+        &self,
+    ) -> anyhow::Result<Option<std::sync::Arc<crate::client::GatewayTls>>> {
+        if !self.gateway {
+            return Ok(None);
+        }
+        let ca = match self.gateway_ca_file.trim() {
+            "" => self.cert_file.trim(),
+            file => file,
+        };
+        let name = Some(self.gateway_server_name.trim()).filter(|n| !n.is_empty());
+        crate::client::GatewayTls::from_ca_file(std::path::Path::new(ca), name)
+            .map(Some)
+            .map_err(|e| anyhow::anyhow!("tls.gateway_ca_file: {e}"))
+    }
+
     /// True when some port uses TLS.
     pub fn is_used(&self) -> bool {
         self.gateway || self.admin || self.connect_port != 0 || self.ws
@@ -600,6 +674,7 @@ impl Config {
         self.security.server_key()?;
         self.security.validate_tokens()?;
         self.security.gateway_access()?;
+        self.security.bind_checker()?;
         crate::access::AllowList::parse(
             &self.limits.per_address_exempt,
             "limits.per_address_exempt",
@@ -656,6 +731,14 @@ impl Config {
             Limit::HandshakeDeadline => json!(self.core.handshake_deadline_ms),
             Limit::BindDeadline => json!(self.core.bind_deadline_ms),
             Limit::FrameSize => json!(self.core.max_packet_bytes),
+            Limit::UserIdLength => json!(l.max_user_id_bytes),
+            Limit::TagsLength => json!(l.max_tags_bytes),
+            Limit::BindChecks => json!({
+                "maxInFlight": self.security.bind_check_max_in_flight,
+                "on": !self.security.bind_check_url.trim().is_empty(),
+                "timeoutMs": self.security.bind_check_timeout_ms,
+                "onError": self.security.bind_check_on_error,
+            }),
             Limit::PhoneQueuedBytes => json!(self.net.write_hard_limit_bytes),
             Limit::GatewayQueuedBytes => json!(l.max_gateway_queued_bytes),
             Limit::GatewayConnections => json!(l.max_gateway_connections),
@@ -787,6 +870,10 @@ impl Config {
         cfg.max_broadcasts = l.max_broadcasts;
         cfg.max_user_id_bytes = l.max_user_id_bytes;
         cfg.max_tags_bytes = l.max_tags_bytes;
+        let s = &self.security;
+        cfg.bind_check = !s.bind_check_url.trim().is_empty();
+        cfg.bind_check_fallback = s.bind_check_on_error;
+        cfg.max_bind_checks = s.bind_check_max_in_flight;
         Ok(cfg)
     }
 }

@@ -270,6 +270,8 @@ pub struct QueueLimits {
     pub max_gateway_connections: usize,
     /// Where limit hits are counted.
     pub counters: Arc<crate::limits::LimitCounters>,
+    /// Who answers the core's bind checks (`security.bind_check_url`); `None`: no check.
+    pub bind_checker: Option<Arc<crate::bind_check::BindChecker>>,
 }
 
 impl QueueLimits {
@@ -280,6 +282,7 @@ impl QueueLimits {
             max_gateway_queued_bytes: 8 * 1024 * 1024,
             max_gateway_connections: pushgate_core::config::defaults::MAX_GATEWAY_CONNECTIONS,
             counters: Arc::default(),
+            bind_checker: None,
         }
     }
 }
@@ -320,6 +323,9 @@ pub struct Driver {
     limits: QueueLimits,
     observer: Option<EventObserver>,
     load: NodeLoad,
+    /// The node task's own queue, for the verdicts of bind checks (weak: the task still ends
+    /// when every handle is gone).
+    own_queue: mpsc::WeakSender<NodeMsg>,
 }
 
 /// Starts the node task; returns its handle. The node's time is measured from `start`, the
@@ -369,6 +375,7 @@ pub fn spawn(
         limits,
         observer,
         load: NodeLoad::new(start),
+        own_queue: handle.tx.downgrade(),
     };
     let join = tokio::spawn(driver.run(rx, store_rx));
     (handle, join)
@@ -700,6 +707,17 @@ impl Driver {
                         }
                     }
                 }
+                Output::BindCheck(check) => match &self.limits.bind_checker {
+                    Some(checker) => checker.spawn_check(check, self.own_queue.clone()),
+                    None => {
+                        // A core asking without a checker configured gets no verdict.
+                        let input = Input::BindVerdict {
+                            check: check.id,
+                            verdict: pushgate_core::BindVerdict::Failed,
+                        };
+                        self.node.handle(self.now, input);
+                    }
+                },
                 Output::Event(event) => {
                     if let Some(observer) = &self.observer {
                         observer(&self.node_addr, self.now, &event);
@@ -810,6 +828,18 @@ impl Driver {
                 tracing::warn!(op, %error, "route store request failed")
             }
             Event::DecodeError { kind } => tracing::debug!(kind, "decode error"),
+            Event::BindChecked {
+                conn,
+                user_id,
+                outcome,
+                allowed,
+            } => {
+                if outcome == pushgate_core::BindCheckOutcome::Busy {
+                    // Not asked: counted here, the asked ones where they are answered.
+                    metrics::bind_check(outcome.label());
+                }
+                tracing::debug!(%conn, user = %user_id, outcome = outcome.label(), allowed, "bind checked");
+            }
             Event::Closed { conn, reason } => tracing::debug!(%conn, ?reason, "connection closed"),
             Event::Kicked {
                 conn,

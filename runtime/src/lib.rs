@@ -22,6 +22,7 @@ pub use pushgate_core as core;
 pub mod access;
 #[cfg(not(madsim))]
 pub mod alloc;
+pub mod bind_check;
 pub mod client;
 #[cfg(not(madsim))]
 pub mod cluster;

@@ -8,7 +8,7 @@
 //! every [`LOG_INTERVAL_MS`] with the number of hits in between.
 use crate::access::AllowList;
 use pushgate_core::status::{Busy, Reason};
-use pushgate_core::{CloseReason, Event};
+use pushgate_core::{BindCheckOutcome, BindField, CloseReason, Event};
 use rustc_hash::FxHashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -37,6 +37,12 @@ pub enum Limit {
     BindDeadline,
     /// `core.max_packet_bytes`: a frame (phone or gateway) was too large or malformed.
     FrameSize,
+    /// `limits.max_user_id_bytes`: a BIND's user id was too long.
+    UserIdLength,
+    /// `limits.max_tags_bytes`: a BIND's tags were too long.
+    TagsLength,
+    /// `security.bind_check_max_in_flight`: a bind found too many bind checks in flight.
+    BindChecks,
     /// `net.write_hard_limit_bytes`: a phone did not read its queued bytes.
     PhoneQueuedBytes,
     /// `limits.max_gateway_queued_bytes`: a PushClient did not read its statuses.
@@ -54,13 +60,16 @@ pub enum Limit {
 }
 
 impl Limit {
-    pub const ALL: [Limit; 13] = [
+    pub const ALL: [Limit; 16] = [
         Limit::Connections,
         Limit::ConnectionsPerAddress,
         Limit::NewConnectionsPerAddress,
         Limit::HandshakeDeadline,
         Limit::BindDeadline,
         Limit::FrameSize,
+        Limit::UserIdLength,
+        Limit::TagsLength,
+        Limit::BindChecks,
         Limit::PhoneQueuedBytes,
         Limit::GatewayQueuedBytes,
         Limit::GatewayConnections,
@@ -79,6 +88,9 @@ impl Limit {
             Limit::HandshakeDeadline => "handshake-deadline",
             Limit::BindDeadline => "bind-deadline",
             Limit::FrameSize => "frame-size",
+            Limit::UserIdLength => "user-id-length",
+            Limit::TagsLength => "tags-length",
+            Limit::BindChecks => "bind-checks",
             Limit::PhoneQueuedBytes => "phone-queued-bytes",
             Limit::GatewayQueuedBytes => "gateway-queued-bytes",
             Limit::GatewayConnections => "gateway-connections",
@@ -98,6 +110,9 @@ impl Limit {
             Limit::HandshakeDeadline => "core.handshake_deadline_ms",
             Limit::BindDeadline => "core.bind_deadline_ms",
             Limit::FrameSize => "core.max_packet_bytes",
+            Limit::UserIdLength => "limits.max_user_id_bytes",
+            Limit::TagsLength => "limits.max_tags_bytes",
+            Limit::BindChecks => "security.bind_check_max_in_flight",
             Limit::PhoneQueuedBytes => "net.write_hard_limit_bytes",
             Limit::GatewayQueuedBytes => "limits.max_gateway_queued_bytes",
             Limit::GatewayConnections => "limits.max_gateway_connections",
@@ -122,6 +137,14 @@ impl Limit {
             Event::DecodeError {
                 kind: "gateway-frame",
             } => Some(Limit::FrameSize),
+            Event::BindTooLong { field, .. } => Some(match field {
+                BindField::UserId => Limit::UserIdLength,
+                BindField::Tags => Limit::TagsLength,
+            }),
+            Event::BindChecked {
+                outcome: BindCheckOutcome::Busy,
+                ..
+            } => Some(Limit::BindChecks),
             Event::PushFinished {
                 reason: Some(Reason::Busy(busy)),
                 ..
@@ -197,7 +220,9 @@ impl LimitCounters {
     pub fn record_event(&self, event: &Event) {
         if let Some(limit) = Limit::of_event(event) {
             let detail: &dyn std::fmt::Display = match event {
-                Event::Closed { conn, .. } => conn,
+                Event::Closed { conn, .. }
+                | Event::BindTooLong { conn, .. }
+                | Event::BindChecked { conn, .. } => conn,
                 _ => &"refused",
             };
             self.hit(limit, detail);
@@ -384,5 +409,11 @@ mod tests {
         assert_eq!(counters.hits(Limit::GatewayAuth), 3);
         assert_eq!(counters.hits(Limit::HandshakeDeadline), 1);
         assert_eq!(counters.hits(Limit::AdminAuth), 0);
+        counters.record_event(&Event::BindTooLong {
+            conn: pushgate_core::ConnId(2),
+            field: BindField::Tags,
+        });
+        assert_eq!(counters.hits(Limit::TagsLength), 1);
+        assert_eq!(counters.hits(Limit::UserIdLength), 0);
     }
 }

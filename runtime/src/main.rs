@@ -71,6 +71,10 @@ struct ServeArgs {
     /// (security.gateway_allow, e.g. 10.0.0.0/8); repeatable.
     #[arg(long, value_name = "CIDR")]
     gateway_allow: Vec<String>,
+    /// Ask this HTTP callback before a bind of a new user (security.bind_check_url,
+    /// `http://HOST[:PORT]/PATH`; MPush's BindValidator).
+    #[arg(long, value_name = "URL")]
+    bind_check_url: Option<String>,
     /// Refuse unsafe settings: MPush's published key, business ports without a token, debug
     /// logging (security.production).
     #[arg(long)]
@@ -93,6 +97,10 @@ struct ServeArgs {
     /// The gateway port speaks TLS (tls.gateway).
     #[arg(long)]
     gateway_tls: bool,
+    /// With --gateway-tls: the CAs (PEM) trusted when this node forwards a push to another
+    /// node's gateway (tls.gateway_ca_file; default: --tls-cert).
+    #[arg(long, value_name = "FILE")]
+    gateway_ca: Option<String>,
     /// The admin API speaks HTTPS (tls.admin).
     #[arg(long)]
     admin_tls: bool,
@@ -186,6 +194,9 @@ impl ServeArgs {
         if !self.gateway_allow.is_empty() {
             set("security", "gateway_allow", list(&self.gateway_allow));
         }
+        if let Some(v) = &self.bind_check_url {
+            set("security", "bind_check_url", text(v));
+        }
         if let Some(v) = &self.tls_cert {
             set("tls", "cert_file", text(v));
         }
@@ -194,6 +205,9 @@ impl ServeArgs {
         }
         if self.gateway_tls {
             set("tls", "gateway", toml::Value::Boolean(true));
+        }
+        if let Some(v) = &self.gateway_ca {
+            set("tls", "gateway_ca_file", text(v));
         }
         if self.admin_tls {
             set("tls", "admin", toml::Value::Boolean(true));

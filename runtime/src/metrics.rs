@@ -45,6 +45,9 @@ pub mod names {
     pub const LIMIT_HITS: &str = "pushgate_limit_hits_total";
     /// TLS handshakes that failed (label `port`: gateway, admin, connection).
     pub const TLS_FAILURES: &str = "pushgate_tls_handshake_failures_total";
+    /// Bind checks (`security.bind_check_url`) by outcome (label `outcome`: allowed, refused,
+    /// error).
+    pub const BIND_CHECKS: &str = "pushgate_bind_checks_total";
 }
 
 /// How long the node task's load is summed before its busy ratio and deepest queue are
@@ -179,6 +182,10 @@ mod imp {
         metrics::counter!(LIMIT_HITS, "limit" => limit).increment(1);
     }
 
+    pub fn bind_check(outcome: &'static str) {
+        metrics::counter!(BIND_CHECKS, "outcome" => outcome).increment(1);
+    }
+
     pub fn tls_handshake_failed(port: &'static str) {
         metrics::counter!(TLS_FAILURES, "port" => port).increment(1);
     }
@@ -249,6 +256,7 @@ mod imp {
     pub fn connection_opened() {}
     pub fn connection_closed() {}
     pub fn limit_hit(_limit: &'static str) {}
+    pub fn bind_check(_outcome: &'static str) {}
     pub fn record(_event: &Event) {}
     pub fn node_wake(_queue_depth: usize, _timers: usize) {}
     pub fn node_window(_busy_ratio: f64, _busy_us: u64, _queue_depth_max: usize) {}

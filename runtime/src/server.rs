@@ -164,6 +164,7 @@ pub async fn start_with(config: &Config, hooks: ServerHooks) -> anyhow::Result<R
         max_gateway_queued_bytes: config.limits.max_gateway_queued_bytes,
         max_gateway_connections: config.limits.max_gateway_connections,
         counters: counters.clone(),
+        bind_checker: config.security.bind_checker()?,
     };
     let phone_door = PhoneDoor {
         addresses: AddressLimits::new(
@@ -306,8 +307,15 @@ pub async fn start_with(config: &Config, hooks: ServerHooks) -> anyhow::Result<R
             );
             (options, registration)
         });
-        let cluster =
-            crate::cluster::ClusterNode::start(info, redis, zookeeper, handle.clone(), token);
+        let gateway_tls = config.tls.gateway_client()?;
+        let cluster = crate::cluster::ClusterNode::start(
+            info,
+            redis,
+            zookeeper,
+            handle.clone(),
+            token,
+            gateway_tls,
+        );
         if net.alloc_port != 0 {
             let alloc = listen(&net.alloc_bind, net.alloc_port, net.listen_backlog)
                 .await

@@ -275,3 +275,67 @@ async fn a_push_client_that_never_reads_its_statuses_is_dropped() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_long_user_ids_and_tags_are_refused_and_counted_apart() {
+    bounded(LIMIT, async {
+        let server =
+            TestServer::start_toml("[limits]\nmax_user_id_bytes = 16\nmax_tags_bytes = 32\n").await;
+        let body = limits(&server).await;
+        assert_eq!(limit(&body, "user-id-length")["value"], 16);
+        assert_eq!(
+            limit(&body, "user-id-length")["key"],
+            "limits.max_user_id_bytes"
+        );
+        assert_eq!(limit(&body, "tags-length")["value"], 32);
+
+        let long_user = server.device_with(server.device_options("device-u")).await;
+        let error = long_user.bind(&"u".repeat(17), &[]).await.unwrap_err();
+        assert!(error.to_string().contains("invalid param"), "{error}");
+        let long_tags = server.device_with(server.device_options("device-t")).await;
+        let tags = ["tag-0123456789", "tag-0123456789", "tag-0123"];
+        let error = long_tags.bind("user-t", &tags).await.unwrap_err();
+        assert!(error.to_string().contains("invalid param"), "{error}");
+        let error = long_tags
+            .bind("user-t2", &["t"])
+            .await
+            .expect_err("the refused connection is closed");
+        assert!(
+            matches!(error, pushgate::client::ClientError::Closed),
+            "{error}"
+        );
+
+        assert_eq!(hits(&server, "user-id-length").await, 1);
+        assert_eq!(hits(&server, "tags-length").await, 1);
+        assert_eq!(
+            hits(&server, "frame-size").await,
+            0,
+            "not counted elsewhere"
+        );
+        let metrics = server.metrics().await;
+        for name in ["user-id-length", "tags-length"] {
+            assert_eq!(
+                metrics.count("pushgate_limit_hits_total", &[("limit", name)]),
+                1.0,
+                "{name}"
+            );
+        }
+        // Lengths at the limit bind, and other phones are unaffected.
+        let fine = server
+            .bound_device(
+                "device-f",
+                &"u".repeat(16),
+                &["0123456789012345678901234567890"],
+            )
+            .await;
+        let result = server
+            .push_client()
+            .await
+            .push(SinglePushRequest::new("u".repeat(16), b"hi".to_vec()))
+            .await
+            .unwrap();
+        assert_eq!(result.status, PushStatus::Success, "{result:?}");
+        drop(fine);
+    })
+    .await;
+}

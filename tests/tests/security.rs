@@ -373,3 +373,230 @@ async fn production_refuses_each_unsafe_setting_with_its_fix() {
     })
     .await;
 }
+
+/// A tiny bind-check service on a free loopback port: it records each request's JSON body
+/// and answers by the user id's prefix — `ok-` allowed, `no-` refused, `err-` HTTP 500,
+/// `slow-` no answer for 10 s. Stopped when dropped.
+struct CheckService {
+    addr: SocketAddr,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<(String, Value)>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl CheckService {
+    async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the check service");
+        let addr = listener.local_addr().unwrap();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = seen.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let log = log.clone();
+                tokio::spawn(async move {
+                    let Some((head, body)) = read_request(&mut stream).await else {
+                        return;
+                    };
+                    let json: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                    log.lock().unwrap().push((head.clone(), json.clone()));
+                    let user = json["userId"].as_str().unwrap_or_default().to_owned();
+                    let (status, answer) = if user.starts_with("ok-") {
+                        ("200 OK", r#"{"allow":true}"#)
+                    } else if user.starts_with("no-") {
+                        ("200 OK", r#"{"allow":false,"reason":"not this one"}"#)
+                    } else if user.starts_with("slow-") {
+                        tokio::time::sleep(Duration::from_secs(10)).await;
+                        ("200 OK", r#"{"allow":true}"#)
+                    } else {
+                        ("500 Internal Server Error", r#"{"error":"broken"}"#)
+                    };
+                    let response = format!(
+                        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}",
+                        answer.len()
+                    );
+                    let _ = stream.write_all(response.as_bytes()).await;
+                });
+            }
+        });
+        Self { addr, seen, task }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}/check", self.addr)
+    }
+
+    fn seen(&self) -> Vec<(String, Value)> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+impl Drop for CheckService {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Reads one HTTP request with a Content-Length body (bounded): the head and the body.
+async fn read_request(stream: &mut TcpStream) -> Option<(String, Vec<u8>)> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+            let length = head
+                .lines()
+                .find_map(|l| {
+                    let (name, value) = l.split_once(':')?;
+                    name.eq_ignore_ascii_case("content-length")
+                        .then(|| value.trim().parse::<usize>().ok())?
+                })
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + length {
+                return Some((head, buf[end + 4..end + 4 + length].to_vec()));
+            }
+        }
+        let n = stream.read(&mut chunk).await.ok()?;
+        if n == 0 || buf.len() > 64 * 1024 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bind_check_callback_allows_refuses_and_fails_safe() {
+    bounded(LIMIT, async {
+        let service = CheckService::start().await;
+        let server = TestServer::start_with(ServerOptions {
+            toml: "[security]\nbind_check_timeout_ms = 500\nbind_check_token = \"check-token-0123456789\"\n".into(),
+            args: vec!["--bind-check-url".into(), service.url()],
+        })
+        .await;
+
+        // Allowed: bound, and pushes reach it.
+        let allowed = server.bound_device("device-ok", "ok-alice", &["vip"]).await;
+        let result = server
+            .push_client()
+            .await
+            .push(SinglePushRequest::new("ok-alice", b"hi".to_vec()))
+            .await
+            .unwrap();
+        assert_eq!(result.status, PushStatus::Success, "{result:?}");
+        let seen = service.seen();
+        assert_eq!(seen.len(), 1);
+        let (head, json) = &seen[0];
+        assert!(head.starts_with("POST /check HTTP/1.1"), "{head}");
+        assert!(
+            head.contains("Authorization: Bearer check-token-0123456789"),
+            "{head}"
+        );
+        assert_eq!(json["userId"], "ok-alice");
+        assert_eq!(json["deviceId"], "device-ok");
+        assert_eq!(json["tags"], "vip");
+        assert_eq!(json["data"], "");
+        assert!(json["clientType"].is_i64(), "{json}");
+
+        // Refused, failed (HTTP 500) and timed out: MPush's ERROR "bind failed", then closed.
+        for user in ["no-bob", "err-carol", "slow-dave"] {
+            let device = server.device_with(server.device_options(user)).await;
+            match device.bind(user, &[]).await {
+                Err(ClientError::Rejected { cmd, code, reason }) => {
+                    assert_eq!((cmd, code, reason.as_str()), (5, 0, "bind failed"), "{user}");
+                }
+                other => panic!("{user}: expected bind failed, got {other:?}"),
+            }
+            pushgate_tests::expect_closed(&device, Duration::from_secs(5)).await;
+            let result = server
+                .push_client()
+                .await
+                .push(SinglePushRequest::new(user, b"hi".to_vec()))
+                .await
+                .unwrap();
+            assert_eq!(result.status, PushStatus::Offline, "{user}: {result:?}");
+        }
+
+        // The allowed phone is unaffected; the checks are counted by outcome.
+        let result = server
+            .push_client()
+            .await
+            .push(SinglePushRequest::new("ok-alice", b"still".to_vec()))
+            .await
+            .unwrap();
+        assert_eq!(result.status, PushStatus::Success, "{result:?}");
+        let metrics = server.metrics().await;
+        for (outcome, count) in [("allowed", 1.0), ("refused", 1.0), ("error", 2.0)] {
+            assert_eq!(
+                metrics.count("pushgate_bind_checks_total", &[("outcome", outcome)]),
+                count,
+                "{outcome}"
+            );
+        }
+        drop(allowed);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_bind_check_allows_only_when_configured_to() {
+    bounded(LIMIT, async {
+        // Nothing listens there: every check fails at once.
+        let closed_port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let url = format!("http://127.0.0.1:{closed_port}/check");
+        let refusing = TestServer::start_with(ServerOptions {
+            args: vec!["--bind-check-url".into(), url.clone()],
+            ..ServerOptions::default()
+        })
+        .await;
+        let device = refusing
+            .device_with(refusing.device_options("device-1"))
+            .await;
+        let error = device.bind("user-1", &[]).await.unwrap_err();
+        assert!(error.to_string().contains("bind failed"), "{error}");
+
+        let allowing = TestServer::start_with(ServerOptions {
+            toml: "[security]\nbind_check_on_error = \"allow\"\n".into(),
+            args: vec!["--bind-check-url".into(), url],
+        })
+        .await;
+        let _bound = allowing.bound_device("device-2", "user-2", &[]).await;
+        let metrics = allowing.metrics().await;
+        assert_eq!(
+            metrics.count("pushgate_bind_checks_total", &[("outcome", "error")]),
+            1.0
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_bind_check_url_is_refused_at_start() {
+    bounded(LIMIT, async {
+        let mut serve = CliProcess::spawn(&[
+            "serve",
+            "--connect-port",
+            "0",
+            "--gateway-port",
+            "0",
+            "--admin-port",
+            "0",
+            "--bind-check-url",
+            "https://auth.example/check",
+        ]);
+        let status = serve.finish(Duration::from_secs(10)).await;
+        assert!(!status.success());
+        assert!(
+            serve.transcript().contains("security.bind_check_url"),
+            "{}",
+            serve.transcript()
+        );
+    })
+    .await;
+}

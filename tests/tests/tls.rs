@@ -443,3 +443,116 @@ async fn web_clients_connect_over_wss() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_forward_pushes_to_each_other_over_tls_gateways() {
+    let redis = pushgate_tests::redis::RedisServer::start();
+    bounded(Duration::from_secs(60), async {
+        let dir = ScratchDir::new("tls-nodes");
+        let good = pki();
+        let (cert, key) = write_pki(dir.path(), &good);
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, ca_pem(&good.ca_der)).unwrap();
+        let node = || {
+            TestServer::start_with(ServerOptions {
+                toml: String::new(),
+                args: vec![
+                    "--redis".into(),
+                    redis.url(),
+                    "--tls-cert".into(),
+                    cert.display().to_string(),
+                    "--tls-key".into(),
+                    key.display().to_string(),
+                    "--gateway-tls".into(),
+                    "--gateway-ca".into(),
+                    ca.display().to_string(),
+                ],
+            })
+        };
+        let a = node().await;
+        let b = node().await;
+        let phone = a.bound_device("device-a", "user-tls", &[]).await;
+
+        // B does not hold the user: it forwards to A's TLS gateway and answers A's status.
+        let body = serde_json::json!({"userId": "user-tls", "content": "via b", "ack": "auto"});
+        let answer = eventually(WAIT, "B forwards to A over TLS", || {
+            let b = &b;
+            let body = body.clone();
+            async move {
+                let response = b.http_post("/v1/push", &body).await;
+                let json = response.json();
+                (json["status"] == "ack-success").then_some(json)
+            }
+        })
+        .await;
+        assert_eq!(answer["userId"], "user-tls", "{answer}");
+        assert_eq!(&expect_push(&phone, WAIT).await.content[..], b"via b");
+
+        // pushgate's PushClient and `pushgate push` reach a TLS gateway with the CA.
+        let tls = pushgate::client::GatewayTls::from_ca_file(&ca, None).unwrap();
+        let client = pushgate::client::PushClient::connect_with_tls(
+            a.gateway,
+            pushgate::client::PushClientOptions::default(),
+            Some(tls),
+        )
+        .await
+        .unwrap();
+        let result = client
+            .push(pushgate::client::SinglePushRequest::new(
+                "user-tls",
+                b"library".to_vec(),
+            ))
+            .await
+            .unwrap();
+        assert_eq!(
+            result.status,
+            pushgate_core::PushStatus::Success,
+            "{result:?}"
+        );
+        assert_eq!(&expect_push(&phone, WAIT).await.content[..], b"library");
+        let gateway = a.gateway.to_string();
+        let ca_arg = ca.display().to_string();
+        let mut cli = CliProcess::spawn(&[
+            "push",
+            "--gateway",
+            gateway.as_str(),
+            "--tls-ca",
+            ca_arg.as_str(),
+            "--user",
+            "user-tls",
+            "--content",
+            "cli",
+        ]);
+        let status = cli.finish(WAIT).await;
+        assert!(status.success(), "{}", cli.transcript());
+        assert_eq!(&expect_push(&phone, WAIT).await.content[..], b"cli");
+
+        // Trusting another CA, the client is refused by its own check.
+        let other = pki();
+        let other_ca = dir.path().join("other-ca.pem");
+        std::fs::write(&other_ca, ca_pem(&other.ca_der)).unwrap();
+        let wrong = pushgate::client::GatewayTls::from_ca_file(&other_ca, None).unwrap();
+        let refused = pushgate::client::PushClient::connect_with_tls(
+            a.gateway,
+            pushgate::client::PushClientOptions::default(),
+            Some(wrong),
+        )
+        .await;
+        let error = refused.expect_err("another CA is not trusted");
+        assert!(error.to_string().contains("certificate"), "{error}");
+    })
+    .await;
+}
+
+/// A certificate as PEM text.
+fn ca_pem(der: &CertificateDer<'static>) -> String {
+    use base64::Engine as _;
+    let text = base64::engine::general_purpose::STANDARD.encode(der.as_ref());
+    let mut pem = String::from("-----BEGIN CERTIFICATE-----\n");
+    for line in text.as_bytes().chunks(64) {
+        pem.push_str(std::str::from_utf8(line).unwrap());
+        pem.push('\n');
+    }
+    pem.push_str("-----END CERTIFICATE-----\n");
+    pem
+}

@@ -11,6 +11,7 @@
 //! The generator runs on one tokio thread (it gets one core of its own).
 #[cfg(test)]
 mod broker_check;
+mod churn;
 mod latency;
 mod mqtt;
 mod nats;
@@ -50,6 +51,8 @@ enum Command {
     Run(Box<RunArgs>),
     /// Merge target files into one report: table, JSON, PNG plot.
     Report(ReportArgs),
+    /// The churn soak against one running pushgate (bench/soak.sh).
+    Churn(Box<churn::ChurnArgs>),
 }
 
 /// A workload name.
@@ -198,6 +201,7 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => run(*args),
+        Command::Churn(args) => churn::run(*args),
         Command::Report(args) => report::report(
             &args.inputs,
             &args.out,

@@ -5,6 +5,9 @@
 //! handshake, a kick or teardown release the binding: the local route goes and the store route
 //! is marked offline — only if it still names this binding.
 //!
+//! With a bind check configured, a BIND of a new user waits for its verdict first
+//! (`bind_check.rs`).
+//!
 //! Why the care: binds of one user race across nodes, store answers arrive late or never, and
 //! a store must never keep naming a connection that no longer holds the user.
 use super::phone::{INVALID_PARAM, NOT_HANDSHAKE};
@@ -15,7 +18,7 @@ use crate::message::{Bind, ErrorMessage, OkMessage};
 use crate::route::ClientType;
 use crate::session::BoundUser;
 use crate::store::{KickNotice, RouteRecord, StoreError, StoreOp, StoreReply};
-use crate::{CloseReason, Event, KickCause};
+use crate::{BindField, CloseReason, Event, KickCause};
 
 impl Node {
     pub(super) fn on_bind(&mut self, conn: ConnId, sid: i32, bind: Bind) {
@@ -24,15 +27,37 @@ impl Node {
             self.send_raw(conn, Command::Error, sid, &error);
             return self.teardown(conn, CloseReason::BadRequest);
         }
-        if bind.user_id.is_empty()
-            || bind.user_id.len() > self.cfg.max_user_id_bytes
-            || bind.tags.len() > self.cfg.max_tags_bytes
-        {
+        let too_long = if bind.user_id.len() > self.cfg.max_user_id_bytes {
+            Some(BindField::UserId)
+        } else if bind.tags.len() > self.cfg.max_tags_bytes {
+            Some(BindField::Tags)
+        } else {
+            None
+        };
+        if let Some(field) = too_long {
+            self.emit(Event::BindTooLong { conn, field });
+        }
+        if bind.user_id.is_empty() || too_long.is_some() {
             let error = ErrorMessage::validation(Command::Bind, INVALID_PARAM);
             self.send_raw(conn, Command::Error, sid, &error);
             return self.teardown(conn, CloseReason::BadRequest);
         }
-        let session = self.sessions.get_mut(&conn).expect("checked above");
+        if self.rebind_while_checking(conn, sid, &bind) {
+            return; // the same bind again: the check in flight answers it
+        }
+        let same_user = self.sessions[&conn].user_id() == Some(bind.user_id.as_str());
+        if self.cfg.bind_check && !same_user {
+            // MPush asks its validator after the same-user shortcut, before any route changes.
+            return self.ask_bind_check(conn, sid, bind);
+        }
+        self.bind_now(conn, sid, bind);
+    }
+
+    /// Binds a Ready connection whose BIND passed validation (and its check, if any).
+    pub(super) fn bind_now(&mut self, conn: ConnId, sid: i32, bind: Bind) {
+        let Some(session) = self.sessions.get_mut(&conn) else {
+            return;
+        };
         if session.user_id() == Some(bind.user_id.as_str()) {
             // Same user again: new tags and a new bind, written to the store. The latest bind
             // wins everywhere, also against a concurrent bind of the same user on another node.
@@ -121,6 +146,8 @@ impl Node {
     /// Drops the connection's user: local route (if still ours), store route offline (if it
     /// still names this connection).
     pub(super) fn unbind_session(&mut self, conn: ConnId) {
+        // A bind still waiting for its check is given up with the binding.
+        self.cancel_bind_check(conn);
         if let Some(bound) = self.release_binding(conn) {
             self.emit(Event::Unbound {
                 conn,

@@ -10,12 +10,13 @@
 //! [`PhoneConn`]: crate::conn::PhoneConn
 //!
 //! Inside: phone sessions (`phone.rs`, with one file per concept: `handshake.rs`,
-//! `fast_connect.rs`, `bind.rs`, `versioning.rs`, `repair.rs`, `kicks.rs`), single-user push tasks (`single.rs`) and broadcasts
+//! `fast_connect.rs`, `bind.rs`, `bind_check.rs`, `versioning.rs`, `repair.rs`, `kicks.rs`), single-user push tasks (`single.rs`) and broadcasts
 //! (`broadcast.rs`) share the route table, the in-flight table of pushes awaiting a write
 //! result or an ACK, flow control, the timer heap and the pending store requests. Every
 //! table is bounded by [`NodeConfig`]; work beyond a bound is refused with a status, never
 //! queued.
 mod bind;
+mod bind_check;
 mod broadcast;
 mod fast_connect;
 mod handshake;
@@ -44,6 +45,7 @@ use rand_chacha::ChaCha20Rng;
 use rustc_hash::{FxHashMap, FxHashSet};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
+pub use bind_check::{BindCheck, BindCheckOutcome, BindVerdict, BIND_FAILED};
 pub use broadcast::BroadcastTask;
 pub use single::SingleTask;
 
@@ -89,6 +91,8 @@ pub enum Input {
     /// The link to the route store came up (again): the store may have lost writes or restarted
     /// empty, so the node writes every local route again.
     StoreConnected,
+    /// The verdict on the bind check `check` ([`Output::BindCheck`]).
+    BindVerdict { check: u64, verdict: BindVerdict },
     /// The node is stopping: answer every pending push and close every phone.
     Shutdown,
 }
@@ -203,6 +207,15 @@ pub enum KickCause {
     Operator,
 }
 
+/// The part of a BIND that was longer than its limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BindField {
+    /// Longer than [`NodeConfig::max_user_id_bytes`].
+    UserId,
+    /// Longer than [`NodeConfig::max_tags_bytes`].
+    Tags,
+}
+
 /// Things worth logging or counting; the node's behaviour does not depend on them.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
@@ -243,6 +256,19 @@ pub enum Event {
     Unbound {
         conn: ConnId,
         user_id: String,
+    },
+    /// A BIND was refused (ERROR "invalid param", closed): its `field` was too long.
+    BindTooLong {
+        conn: ConnId,
+        field: BindField,
+    },
+    /// A bind check ended; `allowed` says whether the bind went on (a check without a verdict
+    /// follows [`NodeConfig::bind_check_fallback`]).
+    BindChecked {
+        conn: ConnId,
+        user_id: String,
+        outcome: BindCheckOutcome,
+        allowed: bool,
     },
     /// A KICK was sent to `conn`: it lost its user.
     Kicked {
@@ -335,6 +361,9 @@ pub enum Output {
     },
     /// Perform a store operation and answer with [`Input::StoreReply`].
     Store(StoreRequest),
+    /// Ask whether this bind may go on and answer with [`Input::BindVerdict`] (only with
+    /// [`NodeConfig::bind_check`] on).
+    BindCheck(BindCheck),
     Event(Event),
 }
 
@@ -479,6 +508,11 @@ pub struct Node {
     /// while the connection holds the user. At most [`MAX_LATE_BIND_ANSWERS`]; forgotten when
     /// the store link comes back (the old link's answers are lost).
     late_bind_answers: BTreeMap<RequestId, (ConnId, StoreOp)>,
+    /// Bind checks in flight by id, at most [`NodeConfig::max_bind_checks`], and the check of
+    /// each connection (one at most).
+    bind_checks: FxHashMap<u64, bind_check::PendingBindCheck>,
+    bind_check_of: FxHashMap<ConnId, u64>,
+    next_bind_check: u64,
     stats: NodeStats,
     shut_down: bool,
 }
@@ -515,6 +549,9 @@ impl Node {
             offline_marks_to_repair: VecDeque::new(),
             repair_armed: false,
             late_bind_answers: BTreeMap::new(),
+            bind_checks: FxHashMap::default(),
+            bind_check_of: FxHashMap::default(),
+            next_bind_check: 1,
             stats: NodeStats::default(),
             shut_down: false,
         }
@@ -569,6 +606,7 @@ impl Node {
                 self.late_bind_answers.clear();
                 self.republish_routes();
             }
+            Input::BindVerdict { check, verdict } => self.on_bind_verdict(check, verdict),
             Input::Shutdown => self.shutdown(),
         }
         self.check_invariants();
@@ -992,6 +1030,8 @@ impl Node {
         );
         assert!(self.broadcasts_ready.len() <= self.broadcasts.len());
         assert!(self.store_pending.len() <= self.cfg.max_store_requests);
+        assert!(self.bind_checks.len() <= self.cfg.max_bind_checks);
+        assert_eq!(self.bind_checks.len(), self.bind_check_of.len());
         if cfg!(debug_assertions) {
             for (at, timer) in self.timers.iter() {
                 debug_assert!(
@@ -1048,6 +1088,12 @@ impl Node {
                 debug_assert!(
                     session.is_some_and(|s| s.user_id() == Some(user) && s.client_type == ct),
                     "route {user}/{ct:?} names {conn}, bound to someone else"
+                );
+            }
+            for (conn, id) in &self.bind_check_of {
+                debug_assert!(
+                    self.sessions.contains_key(conn),
+                    "bind check {id} of closed {conn}"
                 );
             }
             for (sid, entry) in self.in_flight.iter() {

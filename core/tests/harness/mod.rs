@@ -251,6 +251,8 @@ pub struct World {
     pub gateway_closed: HashSet<GatewayId>,
     /// Phones that stopped reading: their connections' sealed bytes stay unwritten.
     pub stalled: HashSet<ConnId>,
+    /// Bind checks the node asked for and the test has not answered yet.
+    pub bind_checks: Vec<pushgate_core::BindCheck>,
     next_conn: u64,
     rng: ChaCha8Rng,
     client_key: ClientRsaKey,
@@ -294,6 +296,7 @@ impl World {
             closed_by_node: HashSet::new(),
             gateway_closed: HashSet::new(),
             stalled: HashSet::new(),
+            bind_checks: Vec::new(),
             next_conn: 1,
             rng: ChaCha8Rng::seed_from_u64(seed ^ 0x5eed),
             client_key: server_key().public_key(),
@@ -444,6 +447,7 @@ impl World {
                     StoreMode::Drop => {}
                 }
             }
+            Output::BindCheck(check) => self.bind_checks.push(check),
             Output::Event(event) => self.events.push(event),
         }
     }

@@ -84,6 +84,13 @@ pub struct PushArgs {
     /// gateway connection. Also read from PUSHGATE_GATEWAY_TOKEN (kept out of the process list).
     #[arg(long, env = "PUSHGATE_GATEWAY_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// The gateways serve TLS (--gateway-tls): trust the CAs in this PEM file.
+    #[arg(long, value_name = "FILE")]
+    pub tls_ca: Option<std::path::PathBuf>,
+    /// With --tls-ca: the name the gateway's certificate must carry (default: the address
+    /// connected to, or the host a route names).
+    #[arg(long, requires = "tls_ca", value_name = "NAME")]
+    pub tls_server_name: Option<String>,
     /// With --redis and --broadcast: also broadcast to the gateways registered in this
     /// ZooKeeper in MPush's layout (MPush's Java nodes), `host:port[,host:port…]`; the
     /// namespace and digest are MPush's defaults (`mpush`).
@@ -92,6 +99,15 @@ pub struct PushArgs {
 }
 
 impl PushArgs {
+    /// TLS to the gateways, with `--tls-ca`.
+    fn gateway_tls(&self) -> anyhow::Result<Option<std::sync::Arc<super::GatewayTls>>> {
+        self.tls_ca
+            .as_deref()
+            .map(|ca| super::GatewayTls::from_ca_file(ca, self.tls_server_name.as_deref()))
+            .transpose()
+            .context("--tls-ca")
+    }
+
     /// Rejects broadcast-only options on a single push.
     pub fn validate(&self) -> anyhow::Result<()> {
         if !self.broadcast {
@@ -167,7 +183,8 @@ pub async fn push_command(args: PushArgs) -> anyhow::Result<ExitCode> {
         token: args.token.clone(),
         ..Default::default()
     };
-    let client = PushClient::connect_with(args.gateway, options)
+    let tls = args.gateway_tls()?;
+    let client = PushClient::connect_with_tls(args.gateway, options, tls)
         .await
         .with_context(|| format!("connecting to the gateway {}", args.gateway))?;
     let (line, success) = if args.broadcast {
@@ -217,7 +234,8 @@ async fn cluster_push_command(args: PushArgs, url: &str) -> anyhow::Result<ExitC
     use super::cluster::ClusterPushClient;
     let mut client = ClusterPushClient::new(url)
         .context("--redis")?
-        .with_gateway_token(args.token.clone());
+        .with_gateway_token(args.token.clone())
+        .with_gateway_tls(args.gateway_tls()?);
     let mut member = None;
     if let (Some(servers), true) = (&args.zookeeper, args.broadcast) {
         let options = crate::zookeeper::ZkOptions {

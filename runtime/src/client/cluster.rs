@@ -111,6 +111,8 @@ pub struct ClusterPushClient {
     cache: Arc<Mutex<HashMap<String, (Instant, Routes)>>>,
     /// The gateway token sent on every gateway connection.
     token: Option<String>,
+    /// TLS on every gateway connection (the nodes' gateways serve `--gateway-tls`).
+    tls: Option<Arc<crate::client::GatewayTls>>,
     /// The gateways registered in ZooKeeper, when watched.
     zookeeper: Option<tokio::sync::watch::Receiver<crate::zookeeper::ZkView>>,
 }
@@ -164,6 +166,7 @@ impl ClusterPushClient {
             cache_ttl: Duration::ZERO,
             cache: Arc::new(Mutex::new(HashMap::new())),
             token: None,
+            tls: None,
             zookeeper: None,
         }
     }
@@ -171,6 +174,13 @@ impl ClusterPushClient {
     /// Sends `token` first on every gateway connection (the nodes' `security.gateway_tokens`).
     pub fn with_gateway_token(mut self, token: Option<String>) -> Self {
         self.token = token.filter(|t| !t.trim().is_empty());
+        self
+    }
+
+    /// Speaks TLS to every gateway with `tls` (checking each route's host name unless `tls`
+    /// names a server); `None`: plain TCP.
+    pub fn with_gateway_tls(mut self, tls: Option<Arc<crate::client::GatewayTls>>) -> Self {
+        self.tls = tls;
         self
     }
 
@@ -581,7 +591,8 @@ impl ClusterPushClient {
             token: self.token.clone(),
             ..PushClientOptions::default()
         };
-        let client = PushClient::connect_with(addr, options)
+        let tls = self.tls.as_ref().map(|tls| tls.for_host(host));
+        let client = PushClient::connect_with_tls(addr, options, tls)
             .await
             .map_err(|e| format!("connecting to {addr}: {e}"))?;
         let client = Arc::new(client);

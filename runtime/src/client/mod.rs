@@ -11,11 +11,13 @@ pub mod cli;
 pub mod cluster;
 pub mod device;
 pub mod push;
+pub mod tls;
 
 pub use device::{AckPolicy, DeviceClient, DeviceEvent, DeviceOptions, StoredSession};
 pub use push::{
     BroadcastRequest, PushClient, PushClientOptions, PushResult, RouteResolver, SinglePushRequest,
 };
+pub use tls::GatewayTls;
 
 use bytes::{Bytes, BytesMut};
 use pushgate_core::frame::{Frame, FrameDecoder, Packet, HEARTBEAT_BYTE};

@@ -12,6 +12,7 @@
 //! On router change, a [`RouteResolver`] (if given) names the gateway that now holds the user
 //! and the push is sent there, at most `max_redirects` times, each with the full timeout (as
 //! MPush re-sends once per redirect).
+use super::tls::{ClientIo, GatewayTls};
 use super::{
     connect_tcp, lock, read_frame, run_writer, take_pending, ClientError, Outbound, Pending,
     CLIENT_MAX_BODY_BYTES,
@@ -273,8 +274,19 @@ impl GatewayConn {
         addr: SocketAddr,
         connect_timeout: Duration,
         token: Option<&str>,
+        tls: Option<&GatewayTls>,
     ) -> Result<Self, ClientError> {
-        let stream = connect_tcp(addr, connect_timeout).await?;
+        let started = tokio::time::Instant::now();
+        let tcp = connect_tcp(addr, connect_timeout).await?;
+        let stream: Box<dyn ClientIo> = match tls {
+            Some(tls) => {
+                let left = connect_timeout.saturating_sub(started.elapsed());
+                tokio::time::timeout(left, tls.connect(tcp, addr))
+                    .await
+                    .map_err(|_| ClientError::Timeout)??
+            }
+            None => Box::new(tcp),
+        };
         let (read_half, write_half) = tokio::io::split(stream);
         let (tx, rx) = mpsc::unbounded_channel();
         if let Some(token) = token {
@@ -451,6 +463,8 @@ async fn run_gateway_reader<R: AsyncRead + Unpin>(
 pub struct PushClient {
     gateway: SocketAddr,
     options: PushClientOptions,
+    /// TLS on every gateway link (`None`: plain TCP, as MPush's PushClient).
+    tls: Option<Arc<GatewayTls>>,
     conns: Mutex<HashMap<SocketAddr, Arc<GatewayConn>>>,
 }
 
@@ -474,9 +488,20 @@ impl PushClient {
         gateway: SocketAddr,
         options: PushClientOptions,
     ) -> Result<Self, ClientError> {
+        Self::connect_with_tls(gateway, options, None).await
+    }
+
+    /// Connects to a gateway port that serves TLS (`--gateway-tls`) with `tls`, or plain TCP
+    /// when `None`; every link it opens later (router changes) uses the same.
+    pub async fn connect_with_tls(
+        gateway: SocketAddr,
+        options: PushClientOptions,
+        tls: Option<Arc<GatewayTls>>,
+    ) -> Result<Self, ClientError> {
         let client = Self {
             gateway,
             options,
+            tls,
             conns: Mutex::new(HashMap::new()),
         };
         client.conn(gateway).await?;
@@ -616,6 +641,7 @@ impl PushClient {
                 addr,
                 Duration::from_millis(self.options.connect_timeout_ms),
                 self.options.token.as_deref(),
+                self.tls.as_deref(),
             )
             .await?,
         );
