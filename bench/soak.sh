@@ -58,10 +58,10 @@ if [ "$(ulimit -n)" -lt $((phones + 1000)) ]; then
 fi
 
 if [ "$build" -eq 1 ]; then
-    cargo build --release -p pushgate --bin pushgate --bin pushgate-bench
+    cargo build --release -p pushgate -p pushgate-bench --bins
 fi
 bin="$root/target/release"
-[ -x "$bin/pushgate" ] && [ -x "$bin/pushgate-bench" ] || { echo "soak.sh: build first (cargo build --release -p pushgate --bins)" >&2; exit 1; }
+[ -x "$bin/pushgate" ] && [ -x "$bin/pushgate-bench" ] || { echo "soak.sh: build first (cargo build --release -p pushgate -p pushgate-bench --bins)" >&2; exit 1; }
 revision="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
 
 free_port() {
