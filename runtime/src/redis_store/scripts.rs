@@ -109,7 +109,7 @@ if cur then
       and new_conn_version ~= 0 and old_conn_version ~= 0
     local wins
     if by_age then
-      wins = new_conn_version >= old_conn_version
+      wins = (not is_online(old)) or new_conn_version >= old_conn_version
     else
       wins = new_version >= num(old['version'])
     end
