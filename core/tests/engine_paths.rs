@@ -2208,7 +2208,6 @@ fn a_device_moving_here_from_a_node_whose_clock_is_ahead_keeps_its_user() {
     let phone = w.connect("dev-A", "android");
     w.handshake(phone);
     w.bind(phone, "u1", "");
-    w.settle();
     assert!(w.received(phone, Command::Kick).is_empty());
     assert_eq!(w.node.routes_of("u1"), vec![(ClientType::Mobile, phone)]);
     let stored = &w.store.state.routes[&("u1".to_owned(), ClientType::Mobile)];
@@ -2242,7 +2241,6 @@ fn a_node_stamps_connections_after_the_versions_it_read_from_the_store() {
     let phone = w.connect("dev-A", "android");
     w.handshake(phone);
     w.bind(phone, "u1", "");
-    w.settle();
     assert!(w.received(phone, Command::Kick).is_empty());
     assert_eq!(w.node.routes_of("u1"), vec![(ClientType::Mobile, phone)]);
     let stored = &w.store.state.routes[&("u1".to_owned(), ClientType::Mobile)];

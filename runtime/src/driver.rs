@@ -469,10 +469,7 @@ impl Driver {
         mut store_rx: Option<mpsc::UnboundedReceiver<StoreLinkEvent>>,
     ) {
         loop {
-            let deadline = self
-                .node
-                .poll_timeout()
-                .map(|at| self.instant_at(at));
+            let deadline = self.node.poll_timeout().map(|at| self.instant_at(at));
             // `biased`: branches are polled in this order, so a run is the same for the same
             // inputs (the simulator checks it), and due timers are never starved by traffic.
             let publish_at = self.load.publish_at();

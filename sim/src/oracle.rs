@@ -734,7 +734,11 @@ impl Oracle {
                 // other, whatever the nodes' clocks say.)
                 let skew = self.clock_slack_ms(now);
                 let superseded = self.conns.iter().any(|o| {
-                    let slack = if o.node == node || o.phone == phone { 0 } else { skew };
+                    let slack = if o.node == node || o.phone == phone {
+                        0
+                    } else {
+                        skew
+                    };
                     o.id != conn
                         && o.client_type == client_type
                         && o.binds.iter().any(|b| {
@@ -985,7 +989,11 @@ impl Oracle {
                 // shortly before, on another node, whose clock may stamp that bind newer).
                 let skew = self.clock_slack_ms(to);
                 let contested = self.conns.iter().any(|o| {
-                    let slack = if o.node == c.node || o.phone == c.phone { 0 } else { skew };
+                    let slack = if o.node == c.node || o.phone == c.phone {
+                        0
+                    } else {
+                        skew
+                    };
                     o.id != c.id
                         && o.client_type == c.client_type
                         && o.binds.iter().any(|ob| {
@@ -1191,8 +1199,11 @@ impl Oracle {
                             && (b.tags.is_empty() || bind.tags.iter().any(|t| b.tags.contains(t)))
                             && b.users.as_ref().is_none_or(|u| u.contains(&bind.user))
                             && !self.conns.iter().any(|o| {
-                                let slack =
-                                    if o.node == c.node || o.phone == c.phone { 0 } else { skew };
+                                let slack = if o.node == c.node || o.phone == c.phone {
+                                    0
+                                } else {
+                                    skew
+                                };
                                 o.id != c.id
                                     && o.client_type == c.client_type
                                     && o.binds.iter().any(|ob| {
