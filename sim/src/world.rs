@@ -361,7 +361,9 @@ impl Injector {
             FaultKind::NodeStorm => {
                 // Two phones in three; the rest stay where they are (the node's other phones,
                 // whose pushes must not slow down).
-                let who: Vec<usize> = (0..phones).filter(|i| (i + f.b) % 3 != 0).collect();
+                let who: Vec<usize> = (0..phones)
+                    .filter(|i| !(i + f.b).is_multiple_of(3))
+                    .collect();
                 self.ctl.storm_to(&who, k);
                 let id = oracle.fault_started(
                     f.kind,
@@ -862,7 +864,7 @@ async fn sample_until(sh: &Shared, ctl: &Control, until: tokio::time::Instant, s
         let step = (until - now).min(Duration::from_millis(1_000));
         tokio::time::sleep(step).await;
         *samples += 1;
-        if *samples % 5 != 0 {
+        if !(*samples).is_multiple_of(5) {
             continue;
         }
         for (k, slot) in ctl.servers.iter().enumerate() {
