@@ -93,6 +93,13 @@ M = [
   [("core/src/node/single.rs", "if self.local_route(&user_id, client_type).is_some() {", "if self.local_route(&user_id, client_type).is_some() && user_id.is_empty() {")]),
  ("late-bind-answer", "a bind's route write answered after its timeout is ignored (the connection it displaced is never kicked)",
   [("core/src/node/mod.rs", "if holds_user && reply.is_ok() {", "if holds_user && reply.is_ok() && request.0 == 0 {")]),
+ ("device-move-skew", "a device's offline route on a node whose clock is ahead keeps the device's next connection out (its bind is answered, then kicked as late)",
+  [("core/src/store.rs", "!stored.is_online() || self.conn_version >= stored.conn_version", "self.conn_version >= stored.conn_version")]),
+ ("gateway-margin", "the PushClient gives the gateway all but 30 ms of its timeout: no room for a gateway whose clock runs slow",
+  [("runtime/src/client/push.rs", "        timeout_ms - 500\n", "        timeout_ms - 30\n")]),
+ ("slow-reader-stalls-sends", "while any phone of the node is over its high-water mark, single pushes to the others wait a flow window",
+  [("core/src/node/single.rs", "        match self.global_flow.check(now) {", """        let any_full = self.sessions.values().any(|s| !s.writable);
+        match if any_full { FlowDecision::RetryInMs(1_000) } else { self.global_flow.check(now) } {""")]),
 ]
 cmd = sys.argv[1]
 if cmd == "list":

@@ -72,10 +72,14 @@ impl RouteRecord {
     /// even when its bind was processed first: a bind that a stalled node processes late, after
     /// the device gave that connection up and bound again elsewhere, must neither displace the
     /// device's live connection nor, once that late route went offline, keep the live one out.
+    /// A route of the same device that is offline never keeps a bind out: its connection gave
+    /// the user up, so it displaces nobody — and connection ages come from two nodes' clocks,
+    /// which may disagree by more than the time a device takes to move from one node to the
+    /// other (a device leaving a node whose clock is ahead would lose its user).
     /// Otherwise (other devices, the same connection, or unknown ages) the newer bind wins.
     pub fn supersedes(&self, stored: &RouteRecord) -> bool {
         if self.compares_by_connection_age(stored) {
-            self.conn_version >= stored.conn_version
+            !stored.is_online() || self.conn_version >= stored.conn_version
         } else {
             self.version >= stored.version
         }
@@ -84,7 +88,9 @@ impl RouteRecord {
     /// True when `stored` is online for a newer connection of this route's device: a bind on
     /// this route's connection came too late ([`RouteRecord::supersedes`]).
     pub fn is_late_against(&self, stored: &RouteRecord) -> bool {
-        self.compares_by_connection_age(stored) && self.conn_version < stored.conn_version
+        self.compares_by_connection_age(stored)
+            && stored.is_online()
+            && self.conn_version < stored.conn_version
     }
 
     /// Whether the two routes are decided by connection age: routes of two connections of the
@@ -396,20 +402,40 @@ mod tests {
         assert!(late.is_late_against(&live));
         assert!(live.supersedes(&late));
         assert!(!live.is_late_against(&late));
-        // Offline routes too: the late route, gone offline, does not keep the live connection
-        // out, and the live connection's route, gone offline, is not replaced by the late one.
+        // Offline routes of the device keep nobody out: the late route, gone offline, does not
+        // keep the live connection out, and a connection whose route is offline displaces
+        // nobody (the late bind is then marked offline when its connection's close is read).
         let mut late_offline = late.clone();
         late_offline.conn_id = None;
         assert!(live.supersedes(&late_offline));
         let mut live_offline = live.clone();
         live_offline.conn_id = None;
-        assert!(!late.supersedes(&live_offline));
+        assert!(late.supersedes(&live_offline));
+        assert!(!late.is_late_against(&live_offline));
         // Routes without connection ages (MPush's) fall back to the bind version.
         let unknown_age = RouteRecord {
             conn_version: 0,
             ..late.clone()
         };
         assert!(unknown_age.supersedes(&live));
+    }
+
+    #[test]
+    fn a_device_moving_to_a_node_whose_clock_is_behind_keeps_its_user() {
+        // The device left c1 on a node whose clock is 300 ms ahead (connection age 10_300) and
+        // connected 50 ms later to c2 on a node whose clock is right (age 10_050).
+        let left = bind("device-A", "c1", 10_300, 10_301);
+        let moved = RouteRecord {
+            host: "10.0.0.2".into(),
+            ..bind("device-A", "c2", 10_050, 10_060)
+        };
+        // Its first node marked c1 offline when the device left: the move wins.
+        let mut left_offline = left.clone();
+        left_offline.conn_id = None;
+        assert!(moved.supersedes(&left_offline));
+        assert!(!moved.is_late_against(&left_offline));
+        // Before that mark lands, the stored route is online and the two clocks decide.
+        assert!(moved.is_late_against(&left));
     }
 
     #[test]

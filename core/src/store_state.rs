@@ -178,6 +178,12 @@ impl StoreState {
             }
             Some(current) => {
                 route.ended = current.ended.clone();
+                // An offline route's bind has ended: the route replacing it remembers that, so a
+                // late write of that bind never comes back online (an offline route of the same
+                // device keeps no bind out, [`RouteRecord::supersedes`]).
+                if !current.is_online() && current.version != 0 {
+                    route.remember_ended(&current.node(), current.version);
+                }
                 StoreReply::Previous(self.routes.insert(key, route))
             }
             None => StoreReply::Previous(self.routes.insert(key, route)),
@@ -411,10 +417,54 @@ mod tests {
         ));
         let (_, stored) = s.route("u", None).unwrap();
         assert_eq!(stored.conn_id.as_deref(), Some("newer"));
-        assert_eq!(stored.ended.len(), 2, "late@10 and late2@30");
+        // (older-device@5 too: its route was offline when "other" replaced it.)
+        assert_eq!(
+            stored.ended.len(),
+            3,
+            "late@10, older-device@5 and late2@30: {:?}",
+            stored.ended
+        );
         // A bind that never ended still wins.
         assert!(matches!(
             s.apply(0, put("newest", 40)),
+            StoreReply::Previous(Some(_))
+        ));
+    }
+
+    /// Found by the simulation (seed 914, once an offline route of the same device stopped
+    /// keeping binds out): a connection's bind (connection age 5) went offline and was replaced
+    /// by the device's next connection (age 9), which went offline too; then a retry of the
+    /// first bind's write, held up on its link, landed. It must not come back online.
+    #[test]
+    fn a_late_write_of_a_bind_whose_route_was_replaced_offline_stays_out() {
+        let mut s = StoreState::new();
+        let with_age = |conn: &str, version: u64, age: u64| StoreOp::PutRoute {
+            user_id: "u".into(),
+            client_type: ClientType::Mobile,
+            route: RouteRecord {
+                conn_version: age,
+                ..route(Some(conn), version)
+            },
+        };
+        s.apply(0, with_age("a", 10, 5));
+        s.apply(0, offline("a", 10));
+        assert!(matches!(
+            s.apply(0, with_age("b", 20, 9)),
+            StoreReply::Previous(Some(_))
+        ));
+        s.apply(0, offline("b", 20));
+        assert!(matches!(
+            s.apply(0, with_age("a", 10, 5)),
+            StoreReply::Stale { .. }
+        ));
+        let stored = s.route("u", Some(ClientType::Mobile));
+        assert!(
+            stored.as_ref().is_none_or(|(_, r)| !r.is_online()),
+            "{stored:?}"
+        );
+        // A new bind of the device still takes the offline route over.
+        assert!(matches!(
+            s.apply(0, with_age("c", 30, 1)),
             StoreReply::Previous(Some(_))
         ));
     }

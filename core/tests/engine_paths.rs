@@ -2186,3 +2186,66 @@ fn a_user_who_binds_here_while_the_route_is_read_gets_the_push_locally() {
     assert_eq!(w.reply(GW, 1).status, PushStatus::Success);
     assert_eq!(w.pushes(phone).len(), 1);
 }
+
+/// Found by the simulation with skewed node clocks (seed 1, and 8 more of seeds 1–300): a
+/// device left a node whose clock was ahead — its connection's age stamped 300 ms in this
+/// node's future —, that node marked the route offline, and the device connected here 34 ms
+/// later and bound. The route write came back `Stale` (by the two clocks, an older connection
+/// of the device) and the device was kicked from its own user. An offline route of the device
+/// displaces nobody and keeps no bind out.
+#[test]
+fn a_device_moving_here_from_a_node_whose_clock_is_ahead_keeps_its_user() {
+    let mut w = World::new(|_| {});
+    let ahead_us = u64::try_from(EPOCH0_MS + 300).unwrap() * 1000;
+    let mut left = FakeStore::route("10.0.0.2", 3001, None);
+    left.device_id = "dev-A".into();
+    left.conn_version = ahead_us;
+    left.version = ahead_us + 5_000;
+    w.store
+        .state
+        .routes
+        .insert(("u1".into(), ClientType::Mobile), left);
+    let phone = w.connect("dev-A", "android");
+    w.handshake(phone);
+    w.bind(phone, "u1", "");
+    assert!(w.received(phone, Command::Kick).is_empty());
+    assert_eq!(w.node.routes_of("u1"), vec![(ClientType::Mobile, phone)]);
+    let stored = &w.store.state.routes[&("u1".to_owned(), ClientType::Mobile)];
+    assert!(stored.is_online(), "{stored:?}");
+    assert_eq!(stored.host, w.node.config().node_addr.host);
+    assert!(store_token(&w, "u1", ClientType::Mobile).is_some());
+}
+
+/// Found by the simulation with skewed node clocks (seed 23000664): the device's old route was
+/// still online — its node had crashed, so nobody marked it — and stamped by a node whose clock
+/// was 900 ms ahead; the device connected here 350 ms later and was refused its user as a late
+/// bind. A node takes in the versions it reads from the store and never stamps below them (a
+/// hybrid logical clock): once a push through here has read the device's route, the device's
+/// next connection here is the newer one.
+#[test]
+fn a_node_stamps_connections_after_the_versions_it_read_from_the_store() {
+    let mut w = World::new(|_| {});
+    let ahead_us = u64::try_from(EPOCH0_MS + 900).unwrap() * 1000;
+    let mut old = FakeStore::route("10.0.0.2", 3001, Some("old-conn"));
+    old.device_id = "dev-A".into();
+    old.conn_version = ahead_us;
+    old.version = ahead_us + 5_000;
+    w.store
+        .state
+        .routes
+        .insert(("u1".into(), ClientType::Mobile), old);
+    // A push to u1 through this node reads the route (and answers router-change).
+    w.push_to(GW, 1, "u1", 1, 3000, Flags::NONE, "elsewhere");
+    w.settle();
+    assert_eq!(w.reply(GW, 1).status, PushStatus::RouterChange);
+    let phone = w.connect("dev-A", "android");
+    w.handshake(phone);
+    w.bind(phone, "u1", "");
+    assert!(w.received(phone, Command::Kick).is_empty());
+    assert_eq!(w.node.routes_of("u1"), vec![(ClientType::Mobile, phone)]);
+    let stored = &w.store.state.routes[&("u1".to_owned(), ClientType::Mobile)];
+    assert_eq!(stored.host, w.node.config().node_addr.host);
+    assert!(stored.conn_version > ahead_us && stored.version > ahead_us + 5_000);
+    // The old connection's node is told to kick it.
+    assert!(w.store.kicks.iter().any(|k| k.conn_id == "old-conn"));
+}

@@ -56,11 +56,19 @@ impl PhoneSettings {
     }
 
     fn now_ms(&self) -> Millis {
-        u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX)
+        #[cfg(not(madsim))]
+        let elapsed = self.start.elapsed();
+        #[cfg(madsim)]
+        let elapsed = crate::sim_hooks::elapsed(self.start);
+        u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)
     }
 
     fn instant(&self, at_ms: Millis) -> Instant {
-        self.start + std::time::Duration::from_millis(at_ms)
+        #[cfg(madsim)]
+        let at = crate::sim_hooks::instant_at(self.start, std::time::Duration::from_millis(at_ms));
+        #[cfg(not(madsim))]
+        let at = self.start + std::time::Duration::from_millis(at_ms);
+        at
     }
 }
 

@@ -385,7 +385,20 @@ impl Driver {
     /// Reads the clock for a wake-up; returns the instant read.
     fn tick(&mut self) -> Instant {
         let at = Instant::now();
-        self.now = u64::try_from(at.duration_since(self.start).as_millis()).unwrap_or(u64::MAX);
+        #[cfg(not(madsim))]
+        let since_start = at.duration_since(self.start);
+        #[cfg(madsim)]
+        let since_start = crate::sim_hooks::elapsed(self.start);
+        self.now = u64::try_from(since_start.as_millis()).unwrap_or(u64::MAX);
+        at
+    }
+
+    /// The instant the node's clock reads `at_ms`.
+    fn instant_at(&self, at_ms: Millis) -> Instant {
+        #[cfg(madsim)]
+        let at = crate::sim_hooks::instant_at(self.start, Duration::from_millis(at_ms));
+        #[cfg(not(madsim))]
+        let at = self.start + Duration::from_millis(at_ms);
         at
     }
 
@@ -463,10 +476,7 @@ impl Driver {
         mut store_rx: Option<mpsc::UnboundedReceiver<StoreLinkEvent>>,
     ) {
         loop {
-            let deadline = self
-                .node
-                .poll_timeout()
-                .map(|at| self.start + Duration::from_millis(at));
+            let deadline = self.node.poll_timeout().map(|at| self.instant_at(at));
             // `biased`: branches are polled in this order, so a run is the same for the same
             // inputs (the simulator checks it), and due timers are never starved by traffic.
             let publish_at = self.load.publish_at();

@@ -128,6 +128,8 @@ pub async fn start_with(config: &Config, hooks: ServerHooks) -> anyhow::Result<R
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
         .unwrap_or(0);
+    #[cfg(madsim)]
+    let epoch_ms = epoch_ms.saturating_add(crate::sim_hooks::wall_offset_ms());
     let marks = QueueMarks::new(
         net.write_low_water_bytes,
         net.write_high_water_bytes,

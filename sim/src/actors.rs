@@ -119,6 +119,11 @@ impl Phone<'_> {
             } else {
                 self.rng.gen_range(0..self.params.nodes)
             };
+            // A storm aimed at one node sends the phone there (in the fault phase).
+            let node = match self.ctl.take_storm_target(self.index) {
+                Some(target) if phase == Phase::Fault => target,
+                _ => node,
+            };
             let mut opts = DeviceOptions::new(self.spec.device_id.clone());
             opts.os_name = self.spec.os_name.to_owned();
             opts.min_heartbeat_ms = i32::try_from(self.params.min_heartbeat_ms).unwrap_or(2000);

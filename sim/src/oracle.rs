@@ -235,6 +235,11 @@ pub struct Oracle {
 /// Settle time after a bind's OK before the oracle calls the user definitely online.
 const BIND_SETTLE_MS: u64 = 200;
 
+/// How long a push on an undisturbed path may wait for its status (`9-others-not-slowed`):
+/// a few network hops of a few ms each, with room to spare; whatever else the node is doing
+/// (a slow reader's full queue, a storm of reconnects, a broadcast) must not hold it longer.
+pub const PROMPT_STATUS_MS: u64 = 1_000;
+
 impl Oracle {
     pub fn new(params: Arc<Params>, trace_on: bool) -> Self {
         let phones = params.phones.len();
@@ -274,6 +279,16 @@ impl Oracle {
     /// binds with their wall clock in µs (bumped by 1 µs to stay unique).
     pub fn bind_time_of_version(&self, version: u64) -> u64 {
         (version / 1000).saturating_sub(self.t0_wall_ms)
+    }
+
+    /// How far apart two nodes' clocks can read at `at_ms` (0 unless clocks are skewed): binds
+    /// on different nodes closer than this are concurrent — their versions may order them
+    /// either way.
+    pub fn clock_slack_ms(&self, at_ms: u64) -> u64 {
+        self.params
+            .clock
+            .as_ref()
+            .map_or(0, |clock| clock.max_disagreement_ms(at_ms))
     }
 
     /// One line of the event trace.
@@ -712,13 +727,25 @@ impl Oracle {
                 // connection is gone. Such a bind was in flight, so concurrent, when this one
                 // was made. (On another node the store's answer comes after the close, and a
                 // bind whose connection is gone by then kicks nobody: that stays strict.)
+                //
+                // With skewed clocks, binds of two devices on two nodes closer than the clocks
+                // can disagree are concurrent: the store orders them by versions either way.
+                // (A device's own connections stay ordered: it opens one after giving up the
+                // other, whatever the nodes' clocks say.)
+                let skew = self.clock_slack_ms(now);
                 let superseded = self.conns.iter().any(|o| {
+                    let slack = if o.node == node || o.phone == phone {
+                        0
+                    } else {
+                        skew
+                    };
                     o.id != conn
                         && o.client_type == client_type
                         && o.binds.iter().any(|b| {
                             b.user == user
-                                && (b.requested >= since || b.ok.is_none_or(|ok| ok >= since))
-                                && (b.ended.is_none_or(|e| e >= since)
+                                && (b.requested + slack >= since
+                                    || b.ok.is_none_or(|ok| ok + slack >= since))
+                                && (b.ended.is_none_or(|e| e + slack >= since)
                                     || (o.node == node
                                         && b.ok.is_none()
                                         && self.disturbed(
@@ -958,14 +985,21 @@ impl Oracle {
                 {
                     continue;
                 }
-                // Nobody else took this user and type while it was bound.
+                // Nobody else took this user and type while it was bound (with skewed clocks: or
+                // shortly before, on another node, whose clock may stamp that bind newer).
+                let skew = self.clock_slack_ms(to);
                 let contested = self.conns.iter().any(|o| {
+                    let slack = if o.node == c.node || o.phone == c.phone {
+                        0
+                    } else {
+                        skew
+                    };
                     o.id != c.id
                         && o.client_type == c.client_type
                         && o.binds.iter().any(|ob| {
                             ob.user == user
                                 && ob.requested <= to
-                                && ob.ended.is_none_or(|e| e >= b.requested)
+                                && ob.ended.is_none_or(|e| e + slack >= b.requested)
                         })
                 });
                 if contested {
@@ -987,6 +1021,37 @@ impl Oracle {
         None
     }
 
+    /// `9-others-not-slowed`: a push asking no ACK, through the node where its user was
+    /// certainly bound for the whole push, with nothing disturbing its phone, that node, the
+    /// store or its PushClient, gets its status within [`PROMPT_STATUS_MS`] — whatever other
+    /// phones of that node do (stop reading, reconnect all at once). Not judged under a tiny
+    /// global flow limit (a push may rightly wait for the next window there).
+    fn check_not_slowed(&mut self, p: &PushRec, outcome: &Outcome, end: u64) {
+        if p.ack.needs_ack() || p.abandoned || self.params.global_flow_limit < 5_000 {
+            return;
+        }
+        let Some(conn) = self
+            .certainly_online(&p.user, p.client_type, p.node, p.start, end)
+            .filter(|c| self.conns[*c].node == p.node)
+        else {
+            return;
+        };
+        let path = [Entity::PushClient(p.push_client), Entity::Node(p.node)];
+        if self.disturbed(&path, p.start.saturating_sub(1_000), end) {
+            return;
+        }
+        self.checked("9-others-not-slowed");
+        let replied = matches!(outcome, Outcome::Status { replied: true, .. });
+        if !replied || end.saturating_sub(p.start) > PROMPT_STATUS_MS {
+            let phone = self.conns[conn].phone;
+            let text = format!(
+                "p-{} to {:?} via node{} [{}..{end}ms]: phone{phone} c{conn} was bound there with nothing disturbing its path, but the status ({outcome:?}) took {} ms (bound {PROMPT_STATUS_MS} ms)",
+                p.id, p.user, p.node, p.start, end.saturating_sub(p.start)
+            );
+            self.violate("9-others-not-slowed", text);
+        }
+    }
+
     /// The checks made once the run is over.
     pub fn final_checks(&mut self) {
         let pushes = self.pushes.clone();
@@ -1006,6 +1071,7 @@ impl Oracle {
                 continue;
             };
             let end = p.end.unwrap_or(p.start);
+            self.check_not_slowed(p, outcome, end);
             let path = [Entity::Node(p.node), Entity::PushClient(p.push_client)];
             let path_faults = [
                 FaultKind::NodeCrash,
@@ -1120,6 +1186,7 @@ impl Oracle {
             }
             let end = b.end.unwrap_or(b.start);
             let content = format!("b-{}", b.id);
+            let skew = self.clock_slack_ms(end);
             self.checked("2-broadcast-complete");
             let missed: Vec<usize> = self
                 .conns
@@ -1132,12 +1199,17 @@ impl Oracle {
                             && (b.tags.is_empty() || bind.tags.iter().any(|t| b.tags.contains(t)))
                             && b.users.as_ref().is_none_or(|u| u.contains(&bind.user))
                             && !self.conns.iter().any(|o| {
+                                let slack = if o.node == c.node || o.phone == c.phone {
+                                    0
+                                } else {
+                                    skew
+                                };
                                 o.id != c.id
                                     && o.client_type == c.client_type
                                     && o.binds.iter().any(|ob| {
                                         ob.user == bind.user
                                             && ob.requested <= end
-                                            && ob.ended.is_none_or(|e| e >= bind.requested)
+                                            && ob.ended.is_none_or(|e| e + slack >= bind.requested)
                                     })
                             })
                     }) && c.closed.is_none_or(|t| t > end + 1_000)

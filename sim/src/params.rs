@@ -44,6 +44,9 @@ pub enum FaultKind {
     StoreSlow,
     /// Kick notices to one node are lost (its pub/sub subscriber is away).
     KickNoticeLoss,
+    /// Most phones drop their connection and reconnect to one node at once (twice: when it
+    /// starts and when it ends), the others left alone on it.
+    NodeStorm,
 }
 
 impl FaultKind {
@@ -94,6 +97,7 @@ impl FaultKind {
             FaultKind::StoreFailover => "store-failover",
             FaultKind::StoreSlow => "store-slow",
             FaultKind::KickNoticeLoss => "kick-notice-loss",
+            FaultKind::NodeStorm => "node-storm",
         }
     }
 }
@@ -128,6 +132,28 @@ pub struct PhoneSpec {
     pub shared_bind_prob: f64,
 }
 
+/// Skewed node clocks (`clock-skew`): each node's clock runs fast or slow (its timers fire
+/// early or late) and its wall clock is off by an offset, so the bind versions it stamps are
+/// off too.
+#[derive(Debug, Clone)]
+pub struct ClockPlan {
+    /// The bound of every node's rate skew, in parts per million.
+    pub max_rate_ppm: i64,
+    /// The bound of every node's wall-clock offset, in ms.
+    pub max_offset_ms: i64,
+    /// Per node: (rate skew in ppm, wall-clock offset in ms).
+    pub nodes: Vec<(i64, i64)>,
+}
+
+impl ClockPlan {
+    /// How far apart two nodes' wall clocks can read at `at_ms` of the run (their clocks were
+    /// read at most `at_ms` ago): twice the offset bound plus twice the drift since.
+    pub fn max_disagreement_ms(&self, at_ms: u64) -> u64 {
+        let drift = i128::from(at_ms) * i128::from(self.max_rate_ppm) / 1_000_000;
+        u64::try_from(2 * (i128::from(self.max_offset_ms) + drift) + 1).unwrap_or(u64::MAX)
+    }
+}
+
 /// Everything drawn from the seed.
 #[derive(Debug, Clone)]
 pub struct Params {
@@ -154,6 +180,8 @@ pub struct Params {
     /// readers reach them.
     pub write_high_water_bytes: usize,
     pub write_hard_limit_bytes: usize,
+    /// Skewed node clocks, when that fault is on (drawn after everything else).
+    pub clock: Option<ClockPlan>,
 }
 
 pub const OS_NAMES: [(&str, i32); 5] = [
@@ -233,6 +261,7 @@ impl Params {
             tags: (0..4).map(|i| format!("t{i}")).collect(),
             write_high_water_bytes: 64 * 1024,
             write_hard_limit_bytes: 1024 * 1024,
+            clock: None,
         };
         // Drawn last, from a stream of their own: the rest of the world is as before.
         let mut more = StdRng::seed_from_u64(seed ^ 0x5157_5EED_0000_0002);
@@ -250,6 +279,30 @@ impl Params {
         }
         if params.global_flow_limit == 5_000 && more.gen_bool(0.15) {
             params.global_flow_limit = more.gen_range(3..=20);
+        }
+        // Drawn after those, from a stream of its own: seeds without it are as before.
+        let mut clocks = StdRng::seed_from_u64(seed ^ 0x5157_5EED_0000_0003);
+        if clocks.gen_bool(0.4) {
+            let max_rate_ppm = *[2_000i64, 10_000, 30_000]
+                .get(clocks.gen_range(0..3))
+                .unwrap_or(&10_000);
+            let max_offset_ms = clocks.gen_range(1i64..=250);
+            let nodes = (0..params.nodes)
+                .map(|_| {
+                    (
+                        clocks.gen_range(-max_rate_ppm..=max_rate_ppm),
+                        clocks.gen_range(-max_offset_ms..=max_offset_ms),
+                    )
+                })
+                .collect();
+            params.clock = Some(ClockPlan {
+                max_rate_ppm,
+                max_offset_ms,
+                nodes,
+            });
+        }
+        if clocks.gen_bool(0.4) {
+            params.enabled_faults.push(FaultKind::NodeStorm);
         }
         params
     }
@@ -317,6 +370,21 @@ impl fmt::Display for Params {
             self.broadcast_flow_limit,
             self.write_high_water_bytes,
             self.write_hard_limit_bytes,
-        )
+        )?;
+        if let Some(clock) = &self.clock {
+            let nodes: Vec<String> = clock
+                .nodes
+                .iter()
+                .map(|(rate, offset)| format!("{rate:+}ppm/{offset:+}ms"))
+                .collect();
+            write!(
+                f,
+                " clock-skew=±{}ppm/±{}ms[{}]",
+                clock.max_rate_ppm,
+                clock.max_offset_ms,
+                nodes.join(",")
+            )?;
+        }
+        Ok(())
     }
 }

@@ -60,6 +60,8 @@ pub struct Control {
     /// One per phone, then one per PushClient: told when the phase changes.
     pub wakeups: Vec<Arc<Notify>>,
     pub storms: Vec<Arc<Notify>>,
+    /// Per phone: the node a storm aimed at one node sends it to next (`usize::MAX`: none).
+    pub storm_targets: Vec<AtomicUsize>,
     /// Each phone's stored session (its `token.dat`: survives a phone crash).
     pub sessions: Mutex<Vec<Option<StoredSession>>>,
     pub servers: Vec<ServerSlot>,
@@ -71,6 +73,20 @@ impl Control {
             0 => Phase::Fault,
             1 => Phase::Calm,
             _ => Phase::Stop,
+        }
+    }
+
+    /// Takes the node a storm aimed at one node sends `phone` to, if any.
+    pub fn take_storm_target(&self, phone: usize) -> Option<usize> {
+        let target = self.storm_targets[phone].swap(usize::MAX, Ordering::SeqCst);
+        (target != usize::MAX).then_some(target)
+    }
+
+    /// Sends `phones` to reconnect to `node` at once.
+    fn storm_to(&self, phones: &[usize], node: usize) {
+        for phone in phones {
+            self.storm_targets[*phone].store(node, Ordering::SeqCst);
+            self.storms[*phone].notify_one();
         }
     }
 
@@ -256,7 +272,7 @@ fn plan_faults(params: &Params, rng: &mut StdRng) -> Vec<Planned> {
             let kind = params.enabled_faults[rng.gen_range(0..params.enabled_faults.len())];
             let at = rng.gen_range(1_000..params.fault_window_ms.saturating_sub(1_000).max(1_001));
             let duration = match kind {
-                FaultKind::ReconnectStorm => rng.gen_range(100..1_500),
+                FaultKind::ReconnectStorm | FaultKind::NodeStorm => rng.gen_range(100..1_500),
                 FaultKind::LatencySpike | FaultKind::PacketLoss => rng.gen_range(500..5_000),
                 _ => rng.gen_range(300..9_000),
             };
@@ -284,6 +300,7 @@ enum Undo {
     UnclogNode(NodeId),
     NetDefaults,
     Storm(Vec<usize>),
+    NodeStorm(Vec<usize>, usize),
     Unstall(IpAddr),
     StoreFast,
     Hear(usize),
@@ -340,6 +357,21 @@ impl Injector {
                     &format!("phones {who:?} reconnect"),
                 );
                 (id, Undo::Storm(who))
+            }
+            FaultKind::NodeStorm => {
+                // Two phones in three; the rest stay where they are (the node's other phones,
+                // whose pushes must not slow down).
+                let who: Vec<usize> = (0..phones)
+                    .filter(|i| !(i + f.b).is_multiple_of(3))
+                    .collect();
+                self.ctl.storm_to(&who, k);
+                let id = oracle.fault_started(
+                    f.kind,
+                    Vec::new(),
+                    0,
+                    &format!("phones {who:?} reconnect to node{k}"),
+                );
+                (id, Undo::NodeStorm(who, k))
             }
             FaultKind::NodeCrash => {
                 if !self.node_up[k] {
@@ -592,6 +624,7 @@ impl Injector {
                     self.ctl.storms[phone].notify_one();
                 }
             }
+            Undo::NodeStorm(who, node) => self.ctl.storm_to(&who, node),
             Undo::Restart(host, node) => {
                 self.handle.restart(host);
                 if let Some(k) = node {
@@ -700,12 +733,28 @@ pub async fn run() -> RunReport {
         storms: (0..params.phones.len())
             .map(|_| Arc::new(Notify::new()))
             .collect(),
+        storm_targets: (0..params.phones.len())
+            .map(|_| AtomicUsize::new(usize::MAX))
+            .collect(),
         sessions: Mutex::new(vec![None; params.phones.len()]),
         servers: (0..params.nodes).map(|_| ServerSlot::default()).collect(),
     });
     pushgate::sim_hooks::reset();
     let model = StoreModel::new(sh.clone(), params.clone());
     let hosts = build_hosts(&handle, &params, &sh, &ctl, &model);
+    // Before any node task runs: a node reads its skewed clock from its first instant.
+    if let Some(clock) = &params.clock {
+        for (host, (rate_ppm, offset_ms)) in hosts.nodes.iter().zip(&clock.nodes) {
+            pushgate::sim_hooks::set_clock_skew(
+                *host,
+                pushgate::sim_hooks::ClockSkew {
+                    rate_ppm: *rate_ppm,
+                    offset_ms: *offset_ms,
+                },
+            );
+        }
+        *lock(&sh).counts.faults.entry("clock-skew").or_default() += 1;
+    }
     let _log = crate::capture::install();
 
     let mut rng = StdRng::seed_from_u64(seed ^ 0xFA17);
@@ -815,7 +864,7 @@ async fn sample_until(sh: &Shared, ctl: &Control, until: tokio::time::Instant, s
         let step = (until - now).min(Duration::from_millis(1_000));
         tokio::time::sleep(step).await;
         *samples += 1;
-        if *samples % 5 != 0 {
+        if !(*samples).is_multiple_of(5) {
             continue;
         }
         for (k, slot) in ctl.servers.iter().enumerate() {
@@ -946,7 +995,11 @@ async fn liveness_checks(sh: Shared, ctl: Arc<Control>, params: Arc<Params>) {
                 .copied();
             // The bind the route names happened before its node crashed, whenever its write
             // landed: a write still on its way when the node died lands after the crash.
-            let bound_at = o.bind_time_of_version(route.version);
+            // (Read on the node's clock: with skewed clocks, up to the clocks' disagreement
+            // off the true time.)
+            let bound_at = o
+                .bind_time_of_version(route.version)
+                .saturating_sub(o.clock_slack_ms(o.now()));
             let crashed_after = node.is_some_and(|k| {
                 let last = written.unwrap_or_else(|| o.last_bind_on(user, *ct, k).unwrap_or(0));
                 o.node_kills

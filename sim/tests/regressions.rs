@@ -159,6 +159,14 @@ const REGRESSIONS: &[(u64, &str)] = &[
         12001850,
         "B12 (oracle): a BIND held back by a one-way clog reached its node after the phone gave up and kicked the local holder (2-kick-only-when-superseded)",
     ),
+    (
+        1,
+        "B16 (clock-skew): a device moved from a node whose clock was ahead to one behind; its old route, offline, kept the new connection out and the device was kicked from its user (2-kick-only-when-superseded)",
+    ),
+    (
+        23000664,
+        "B17 (clock-skew, open): the same move while the old route was still online (its node had crashed); the clocks decided against the device (2-kick-only-when-superseded)",
+    ),
 ];
 
 fn run_seed(seed: u64) -> pushgate_sim::RunReport {

@@ -596,7 +596,10 @@ impl Node {
                 self.gateways.remove(&gw);
             }
             Input::LocalPush { token, request } => self.submit(Origin::Local { token }, request),
-            Input::StoreReply { request, reply } => self.on_store_reply(request, reply),
+            Input::StoreReply { request, reply } => {
+                self.observe_versions(&reply);
+                self.on_store_reply(request, reply)
+            }
             Input::KickNotice { notice } => self.on_kick_notice(notice),
             Input::KickUser {
                 user_id,

@@ -7,20 +7,54 @@
 //!
 //! Why: writes from a stalled, partitioned or restarted node arrive late; without versions a
 //! late write would overwrite a newer route.
+//!
+//! The nodes' clocks disagree a little (NTP keeps them within ms to a few hundred ms), so a
+//! node also takes in the versions it reads from the store (a hybrid logical clock): it never
+//! stamps a version below one it has read. A device that moves here from a node whose clock is
+//! ahead then gets a newer connection version than its old connection's, once this node has
+//! read a route of that node stamped after it — e.g. a push to the device's user through here.
 use super::Node;
 use crate::ids::ConnId;
 use crate::route::ClientType;
-use crate::store::RouteRecord;
+use crate::store::{RouteRecord, StoreError, StoreReply};
+
+/// How far ahead of this node's clock a version read from the store may be and still be taken
+/// in: a node whose clock is far off must not drag every other node's versions along.
+pub const MAX_VERSION_LEAD_MS: u64 = 60_000;
 
 impl Node {
     /// A new bind or connection version: the node's clock (epoch ms × 1000), strictly
-    /// increasing per node.
+    /// increasing per node, and above every version taken in from the store.
     pub(super) fn next_version(&mut self) -> u64 {
-        let clock = u64::try_from(self.epoch_ms())
-            .unwrap_or(0)
-            .saturating_mul(1000);
-        self.last_route_version = clock.max(self.last_route_version + 1);
+        let clock = self.clock_us();
+        self.last_route_version = clock.max(self.last_route_version.saturating_add(1));
         self.last_route_version
+    }
+
+    /// The node's clock in µs since the epoch (the versions' unit).
+    fn clock_us(&self) -> u64 {
+        u64::try_from(self.epoch_ms())
+            .unwrap_or(0)
+            .saturating_mul(1000)
+    }
+
+    /// Takes in the versions of the route a store reply carries (the route a bind replaced or
+    /// lost to, or a route read for a push): later versions of this node come after them,
+    /// unless they lead this node's clock by more than [`MAX_VERSION_LEAD_MS`].
+    pub(super) fn observe_versions(&mut self, reply: &Result<StoreReply, StoreError>) {
+        let route = match reply {
+            Ok(StoreReply::Previous(Some(route)))
+            | Ok(StoreReply::Stale { current: route })
+            | Ok(StoreReply::Route(Some((_, route)))) => route,
+            _ => return,
+        };
+        let seen = route.version.max(route.conn_version);
+        let limit = self
+            .clock_us()
+            .saturating_add(MAX_VERSION_LEAD_MS.saturating_mul(1000));
+        if seen <= limit {
+            self.last_route_version = self.last_route_version.max(seen);
+        }
     }
 
     /// The store route describing a bound connection's current bind.

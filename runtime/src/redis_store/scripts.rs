@@ -84,7 +84,8 @@ end
 /// route has a connId, that connId, new version, new connVersion, new host, new port.
 /// Returns `{1, previous or nil}` when written, `{0, current}` when the stored route is the
 /// newer bind ([`RouteRecord::supersedes`]) or knows this bind ended
-/// ([`RouteRecord::knows_ended`]). The written route keeps the stored route's ended binds.
+/// ([`RouteRecord::knows_ended`]). The written route keeps the stored route's ended binds, and
+/// remembers the stored route's own bind as ended when it was offline.
 const PUT_ROUTE_BODY: &str = r#"
 local cur = redis.call('HGET', KEYS[1], ARGV[1])
 local value = ARGV[2]
@@ -109,7 +110,7 @@ if cur then
       and new_conn_version ~= 0 and old_conn_version ~= 0
     local wins
     if by_age then
-      wins = new_conn_version >= old_conn_version
+      wins = (not is_online(old)) or new_conn_version >= old_conn_version
     else
       wins = new_version >= num(old['version'])
     end
@@ -117,8 +118,12 @@ if cur then
       return {0, cur}
     end
     local new = cjson.decode(value)
-    if #ended_of(old) > 0 or #ended_of(new) > 0 then
-      new['endedBinds'] = ended_of(old)
+    local carried = {endedBinds = ended_of(old)}
+    if not is_online(old) and num(old['version']) ~= 0 then
+      remember_ended(carried, str(old['host']), num(old['port']), num(old['version']))
+    end
+    if #carried['endedBinds'] > 0 or #ended_of(new) > 0 then
+      new['endedBinds'] = carried['endedBinds']
       value = encode_route(new)
     end
   end
