@@ -2,12 +2,14 @@
 # The churn soak: phones connecting, binding, dropping and reconnecting while pushes run.
 #
 #   bench/soak.sh [--phones N] [--duration-s S] [--reconnects-per-s R] [--pushes-per-s P]
-#                 [--broadcast-every-s B] [--no-build] [--out FILE.json]
+#                 [--broadcast-every-s B] [--fast-reconnect] [--no-build] [--out FILE.json]
 #
 # Starts pushgate (bench/pushgate.toml, loopback only, free ports) and runs
 # `pushgate-bench churn` against it: N phones (default 10,000) speak MPush's protocol (RSA
 # handshake, AES session, bind), then for S seconds (default 240) R phones a second (default
-# 100) drop their connection and reconnect as a new connection of the same user, while P single
+# 100) drop their connection and reconnect as a new connection of the same user (a new device
+# with a full handshake; --fast-reconnect: the same device resuming its session with
+# FAST_CONNECT, as MPush's SDK reconnects), while P single
 # pushes a second (default 200) go to random users and a broadcast reaches every phone each B
 # seconds (default 10). At the end every phone closes and the server's file descriptors and
 # RSS are read again. It prints the phones, reconnects, pushes sent / statuses by kind / lost,
@@ -27,6 +29,7 @@ duration=240
 reconnects=100
 pushes=200
 broadcast=10
+fast=0
 build=1
 out=""
 while [ "$#" -gt 0 ]; do
@@ -36,9 +39,10 @@ while [ "$#" -gt 0 ]; do
     --reconnects-per-s) reconnects="${2:?--reconnects-per-s needs a number}"; shift ;;
     --pushes-per-s) pushes="${2:?--pushes-per-s needs a number}"; shift ;;
     --broadcast-every-s) broadcast="${2:?--broadcast-every-s needs a number}"; shift ;;
+    --fast-reconnect) fast=1 ;;
     --no-build) build=0 ;;
     --out) out="${2:?--out needs a file}"; shift ;;
-    -h | --help) sed -n '2,18p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,20p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "soak.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
     esac
     shift
@@ -100,6 +104,7 @@ args=(churn --connect "127.0.0.1:$connect_port" --gateway "127.0.0.1:$gateway_po
     --duration-s "$duration" --reconnects-per-s "$reconnects" --pushes-per-s "$pushes"
     --broadcast-every-s "$broadcast")
 [ -z "$out" ] || args+=(--out "$out")
+[ "$fast" -eq 0 ] || args+=(--fast-reconnect)
 status=0
 # The generator gets its own core when there are two.
 if [ "$(nproc)" -ge 2 ] && command -v taskset >/dev/null; then

@@ -1,7 +1,9 @@
 //! `pushgate-bench churn`: the churn soak (`bench/soak.sh`). Phones speaking MPush's protocol
 //! (RSA handshake, AES session, bind) connect to one running pushgate, then for a bounded time
 //! random phones drop their connection and come back as a new connection of the same user
-//! (full handshake, bind), while single pushes go to random users and broadcasts to everyone.
+//! (full handshake, bind; with `--fast-reconnect`, as the same device with FAST_CONNECT and the
+//! session of its last connection, as MPush's SDK does), while single pushes go to random
+//! users and broadcasts to everyone.
 //! At the end every phone is closed and the server's file descriptors and resident memory are
 //! read again.
 //!
@@ -17,6 +19,7 @@ use anyhow::Context;
 use bytes::Bytes;
 use pushgate::client::{
     BroadcastRequest, DeviceClient, DeviceEvent, DeviceOptions, PushClient, SinglePushRequest,
+    StoredSession,
 };
 use rand::Rng;
 use std::collections::BTreeMap;
@@ -58,6 +61,11 @@ pub struct ChurnArgs {
     /// Phones dropped and reconnected per second.
     #[arg(long, default_value_t = 100)]
     reconnects_per_s: u64,
+    /// A phone comes back as the same device with the session of its last connection
+    /// (FAST_CONNECT), as MPush's SDK does; without it every reconnect is a new device with a
+    /// full RSA handshake (and leaves one more reusable session in the store).
+    #[arg(long)]
+    fast_reconnect: bool,
     /// Single pushes per second, each to a random user.
     #[arg(long, default_value_t = 200)]
     pushes_per_s: u64,
@@ -97,6 +105,7 @@ struct Counters {
     connects: AtomicU64,
     connect_errors: AtomicU64,
     reconnects: AtomicU64,
+    fast_connects: AtomicU64,
     deliveries: AtomicU64,
     pushes_sent: AtomicU64,
     broadcasts_sent: AtomicU64,
@@ -190,7 +199,7 @@ async fn soak(args: &ChurnArgs) -> anyhow::Result<bool> {
         let (slots, counters) = (slots.clone(), counters.clone());
         let addr = args.connect;
         connecting.push(tokio::spawn(async move {
-            reconnect(addr, &slots, i, 0, &counters).await;
+            reconnect(addr, &slots, i, 0, false, &counters).await;
             drop(permit);
         }));
     }
@@ -215,6 +224,7 @@ async fn soak(args: &ChurnArgs) -> anyhow::Result<bool> {
     let churn = {
         let (slots, counters, gate) = (slots.clone(), counters.clone(), gate.clone());
         let (addr, rate, phones) = (args.connect, args.reconnects_per_s, args.phones);
+        let fast = args.fast_reconnect;
         tokio::spawn(async move {
             if rate == 0 {
                 return;
@@ -230,7 +240,7 @@ async fn soak(args: &ChurnArgs) -> anyhow::Result<bool> {
                 generation += 1;
                 let (slots, counters) = (slots.clone(), counters.clone());
                 tokio::spawn(async move {
-                    if reconnect(addr, &slots, i, generation, &counters).await {
+                    if reconnect(addr, &slots, i, generation, fast, &counters).await {
                         counters.reconnects.fetch_add(1, Ordering::Relaxed);
                     }
                     drop(permit);
@@ -368,10 +378,11 @@ async fn soak(args: &ChurnArgs) -> anyhow::Result<bool> {
 
     let reconnects = counters.reconnects.load(Ordering::Relaxed);
     println!(
-        "phones {} · connects {} (errors {}) · reconnects {reconnects} in {} s · deliveries {} · closed at the end {closed}",
+        "phones {} · connects {} (errors {}, fast connects {}) · reconnects {reconnects} in {} s · deliveries {} · closed at the end {closed}",
         args.phones,
         counters.connects.load(Ordering::Relaxed),
         counters.connect_errors.load(Ordering::Relaxed),
+        counters.fast_connects.load(Ordering::Relaxed),
         args.duration_s,
         counters.deliveries.load(Ordering::Relaxed),
     );
@@ -458,12 +469,14 @@ fn describe(map: &BTreeMap<String, u64>) -> String {
 }
 
 /// Takes phone `i` out of its slot (closing its connection), connects a new one as user
-/// `churn-{i}` and puts it back. False when the slot was busy or the connect failed.
+/// `churn-{i}` (with `fast`, as the same device resuming its last session) and puts it back.
+/// False when the slot was busy or the connect failed.
 async fn reconnect(
     addr: SocketAddr,
     slots: &[Mutex<Slot>],
     i: usize,
     generation: u64,
+    fast: bool,
     counters: &Arc<Counters>,
 ) -> bool {
     let old = {
@@ -474,11 +487,13 @@ async fn reconnect(
             Slot::Empty => None,
         }
     };
+    let mut session = None;
     if let Some(old) = old {
+        session = fast.then(|| old.client.stored_session());
         old.client.close().await;
         old.events.abort();
     }
-    let result = connect_phone(addr, i, generation, counters).await;
+    let result = connect_phone(addr, i, generation, session, counters).await;
     let ok = result.is_ok();
     let next = match result {
         Ok(live) => {
@@ -498,20 +513,30 @@ async fn reconnect(
     ok
 }
 
-/// A phone of user `churn-{i}`: full handshake, bind, and a task counting its pushes.
+/// A phone of user `churn-{i}`: full handshake (or, given the `session` of its last
+/// connection, a fast connect as the same device), bind, and a task counting its pushes.
 async fn connect_phone(
     addr: SocketAddr,
     i: usize,
     generation: u64,
+    session: Option<StoredSession>,
     counters: &Arc<Counters>,
 ) -> anyhow::Result<Live> {
-    let mut options = DeviceOptions::new(format!("churn-{i}-{generation}"));
+    let device_id = match &session {
+        Some(_) => format!("churn-{i}-0"),
+        None => format!("churn-{i}-{generation}"),
+    };
+    let mut options = DeviceOptions::new(device_id);
+    options.session = session;
     options.handshake_timeout_ms = PHONE_TIMEOUT_MS;
     options.request_timeout_ms = PHONE_TIMEOUT_MS;
     options.connect_timeout_ms = PHONE_TIMEOUT_MS;
     let client = DeviceClient::connect(addr, options)
         .await
         .context("connect")?;
+    if client.fast_connected() {
+        counters.fast_connects.fetch_add(1, Ordering::Relaxed);
+    }
     client
         .bind(&format!("churn-{i}"), &[])
         .await
