@@ -39,7 +39,7 @@ use crate::node::{CloseReason, Input, OutFrame, Seal};
 use crate::pipeline::{self, OpenKey};
 use crate::store::CachedSession;
 pub use crate::write_marks::QueueMarks;
-use crate::write_marks::{Crossing, WriteMarks};
+use crate::write_marks::{Crossing, WriteMarks, WriteReports};
 use bytes::{Buf, Bytes, BytesMut};
 use rand_core::CryptoRngCore;
 use std::collections::VecDeque;
@@ -188,7 +188,7 @@ pub struct PhoneConn {
     sealed_bytes: u64,
     written_bytes: u64,
     /// Pushes whose write the node wants to hear of: (offset their frame ends at, sessionId).
-    reports: VecDeque<(u64, i32)>,
+    reports: WriteReports,
     to_node: VecDeque<Input>,
 }
 
@@ -210,7 +210,7 @@ impl PhoneConn {
             marks: WriteMarks::new(),
             sealed_bytes: 0,
             written_bytes: 0,
-            reports: VecDeque::new(),
+            reports: WriteReports::default(),
             to_node: VecDeque::new(),
         }
     }
@@ -533,20 +533,8 @@ impl PhoneConn {
         if !self.is_open() {
             return;
         }
-        while let Some(&(end, session_id)) = self.reports.front() {
-            if end > self.written_bytes {
-                break;
-            }
-            self.reports.pop_front();
-            self.hand_to_node(Input::PhoneWritten {
-                conn: self.conn,
-                push_session_id: session_id,
-                ok: true,
-            });
-        }
-        if self.reports.is_empty() && self.reports.capacity() > 0 {
-            self.reports = VecDeque::new();
-        }
+        self.reports
+            .written_through(self.written_bytes, self.conn, &mut self.to_node);
         if crossing == Crossing::Writable {
             self.hand_to_node(Input::PhoneWritable {
                 conn: self.conn,
@@ -668,7 +656,7 @@ impl PhoneConn {
         let added = self.outbound.len() - before;
         self.sealed_bytes += added as u64;
         if let Some(session_id) = report_write {
-            self.reports.push_back((self.sealed_bytes, session_id));
+            self.reports.expect(self.sealed_bytes, session_id);
         }
         match self.marks.queued(&cfg.marks, added) {
             Crossing::HardLimit => self.abort(CloseReason::SlowConsumer),
@@ -709,7 +697,7 @@ impl PhoneConn {
     }
 
     fn tell_closed(&mut self, reason: CloseReason) {
-        self.reports = VecDeque::new();
+        self.reports.clear();
         self.hand_to_node(Input::PhoneClosed {
             conn: self.conn,
             reason,

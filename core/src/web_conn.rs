@@ -33,7 +33,7 @@ use crate::ids::{ConnId, Millis};
 use crate::message::{Bind, Body, ErrorCode, ErrorMessage, Kick, OkMessage, Push};
 use crate::node::{CloseReason, Input, OutFrame};
 use crate::store::CachedSession;
-use crate::write_marks::{Crossing, WriteMarks};
+use crate::write_marks::{Crossing, WriteMarks, WriteReports};
 use bytes::Bytes;
 use serde::Deserialize;
 use std::collections::VecDeque;
@@ -154,7 +154,7 @@ pub struct WebConn {
     written_messages: u64,
     /// Pushes whose write the node wants to hear of: (message count their message ends at,
     /// sessionId).
-    reports: VecDeque<(u64, i32)>,
+    reports: WriteReports,
     to_node: VecDeque<Input>,
 }
 
@@ -200,7 +200,7 @@ impl WebConn {
             marks: WriteMarks::new(),
             queued_messages: 0,
             written_messages: 0,
-            reports: VecDeque::new(),
+            reports: WriteReports::default(),
             to_node: VecDeque::new(),
         }
     }
@@ -486,17 +486,8 @@ impl WebConn {
         if !self.is_open() {
             return;
         }
-        while let Some(&(end, session_id)) = self.reports.front() {
-            if end > self.written_messages {
-                break;
-            }
-            self.reports.pop_front();
-            self.hand_to_node(Input::PhoneWritten {
-                conn: self.conn,
-                push_session_id: session_id,
-                ok: true,
-            });
-        }
+        self.reports
+            .written_through(self.written_messages, self.conn, &mut self.to_node);
         if crossing == Crossing::Writable {
             self.hand_to_node(Input::PhoneWritable {
                 conn: self.conn,
@@ -607,7 +598,7 @@ impl WebConn {
         self.queued_messages += 1;
         self.outbound.push_back(message);
         if let Some(session_id) = report_write {
-            self.reports.push_back((self.queued_messages, session_id));
+            self.reports.expect(self.queued_messages, session_id);
         }
         match crossing {
             Crossing::HardLimit => self.abort(CloseReason::SlowConsumer),
@@ -649,7 +640,7 @@ impl WebConn {
     }
 
     fn tell_closed(&mut self, reason: CloseReason) {
-        self.reports = VecDeque::new();
+        self.reports.clear();
         self.hand_to_node(Input::PhoneClosed {
             conn: self.conn,
             reason,

@@ -10,8 +10,14 @@
 //! The struct only counts and says which mark was crossed ([`Crossing`]); the connection
 //! decides what a crossing does (tell the node, close).
 //!
+//! Beside the marks, [`WriteReports`]: the pushes whose write the node asked to hear of, told
+//! once the connection wrote past the end of their frame.
+//!
 //! [`PhoneConn`]: crate::conn::PhoneConn
 //! [`WebConn`]: crate::web_conn::WebConn
+use crate::ids::ConnId;
+use crate::node::Input;
+use std::collections::VecDeque;
 
 /// The queued-byte marks of the slow-consumer rule (see the module docs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,10 +145,81 @@ impl WriteMarks {
     }
 }
 
+/// The pushes whose write the node wants to hear of ([`Input::PhoneWritten`]), each with the
+/// position its frame ends at: bytes (a TCP phone) or messages (a web client) queued since the
+/// connection opened. Holds no memory while empty.
+#[derive(Debug, Default)]
+pub struct WriteReports {
+    pending: VecDeque<(u64, i32)>,
+}
+
+impl WriteReports {
+    /// Push `session_id`'s frame ends at `end`.
+    pub fn expect(&mut self, end: u64, session_id: i32) {
+        debug_assert!(self.pending.back().is_none_or(|(last, _)| *last <= end));
+        self.pending.push_back((end, session_id));
+    }
+
+    /// The connection wrote through `position`: every push whose frame ends there or before is
+    /// reported to the node (in order) through `to_node`.
+    pub fn written_through(&mut self, position: u64, conn: ConnId, to_node: &mut VecDeque<Input>) {
+        while let Some(&(end, session_id)) = self.pending.front() {
+            if end > position {
+                break;
+            }
+            self.pending.pop_front();
+            to_node.push_back(Input::PhoneWritten {
+                conn,
+                push_session_id: session_id,
+                ok: true,
+            });
+        }
+        if self.pending.is_empty() && self.pending.capacity() > 0 {
+            self.pending = VecDeque::new(); // an idle connection holds no buffer
+        }
+    }
+
+    /// Nothing more is reported (the connection closed: the node answers its pushes itself).
+    pub fn clear(&mut self) {
+        self.pending = VecDeque::new();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn reports_come_once_the_write_passes_the_end_of_their_frame() {
+        let conn = ConnId(7);
+        let mut reports = WriteReports::default();
+        let mut to_node = VecDeque::new();
+        reports.expect(10, 1);
+        reports.expect(25, 2);
+        reports.written_through(9, conn, &mut to_node);
+        assert!(to_node.is_empty());
+        reports.written_through(25, conn, &mut to_node);
+        let sids: Vec<i32> = to_node
+            .iter()
+            .map(|input| match input {
+                Input::PhoneWritten {
+                    push_session_id, ..
+                } => *push_session_id,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(sids, [1, 2]);
+        assert_eq!(
+            reports.pending.capacity(),
+            0,
+            "an idle connection holds no buffer"
+        );
+        reports.expect(30, 3);
+        reports.clear();
+        reports.written_through(40, conn, &mut to_node);
+        assert_eq!(to_node.len(), 2, "cleared: nothing more reported");
+    }
 
     #[test]
     fn marks_are_ordered() {
