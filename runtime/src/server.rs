@@ -539,6 +539,34 @@ struct PhoneDoor {
     counters: Arc<LimitCounters>,
 }
 
+impl PhoneDoor {
+    /// Takes a per-address slot for a connection from `peer`, or counts the refusal.
+    fn admit(&self, peer: std::net::IpAddr) -> Option<crate::limits::AddressSlot> {
+        match self.addresses.admit(peer, tokio::time::Instant::now()) {
+            Ok(slot) => Some(slot),
+            Err(refusal) => {
+                self.counters.hit(refusal.limit(), &peer);
+                None
+            }
+        }
+    }
+}
+
+/// Tells the node a phone (or web client) connection opened; its hand-off queue of at most
+/// `max_queued_items`, or `None` when the node is gone.
+pub(crate) async fn open_phone(
+    node: &NodeHandle,
+    conn: ConnId,
+    max_queued_items: usize,
+) -> Option<Arc<PhoneQueue>> {
+    let queue = Arc::new(PhoneQueue::new(max_queued_items));
+    let opened = NodeMsg::PhoneOpened {
+        conn,
+        queue: queue.clone(),
+    };
+    node.send(opened).await.ok().map(|()| queue)
+}
+
 async fn accept_phones(
     listener: TcpListener,
     node: NodeHandle,
@@ -550,29 +578,16 @@ async fn accept_phones(
     accept_loop(listener, "connection", live, |stream, peer| {
         let node = node.clone();
         let settings = settings.clone();
-        let admitted = door.addresses.admit(peer.ip(), tokio::time::Instant::now());
-        let counters = door.counters.clone();
+        let admitted = door.admit(peer.ip());
         let conn = ConnId(next_id.fetch_add(1, Ordering::Relaxed));
         async move {
-            let slot = match admitted {
-                Ok(slot) => slot,
-                Err(refusal) => {
-                    counters.hit(refusal.limit(), &peer.ip());
-                    drop(stream);
-                    return Admit::Refused;
-                }
+            let Some(slot) = admitted else {
+                drop(stream);
+                return Admit::Refused;
             };
-            let queue = Arc::new(PhoneQueue::new(settings.max_queued_items()));
-            if node
-                .send(NodeMsg::PhoneOpened {
-                    conn,
-                    queue: queue.clone(),
-                })
-                .await
-                .is_err()
-            {
+            let Some(queue) = open_phone(&node, conn, settings.max_queued_items()).await else {
                 return Admit::Stop;
-            }
+            };
             Admit::Run(
                 conn::run_phone(conn, stream, node, queue, settings).map(move |()| drop(slot)),
             )
@@ -677,27 +692,17 @@ async fn accept_tls_phones(
         let node = node.clone();
         let settings = settings.clone();
         let tls = tls.clone();
-        let admitted = door.addresses.admit(peer.ip(), tokio::time::Instant::now());
-        let counters = door.counters.clone();
+        let admitted = door.admit(peer.ip());
         let conn = ConnId(next_id.fetch_add(1, Ordering::Relaxed));
         async move {
-            let slot = match admitted {
-                Ok(slot) => slot,
-                Err(refusal) => {
-                    counters.hit(refusal.limit(), &peer.ip());
-                    return Admit::Refused;
-                }
+            let Some(slot) = admitted else {
+                return Admit::Refused;
             };
             Admit::Run(async move {
                 let Some(stream) = tls.accept(stream, "connection").await else {
                     return;
                 };
-                let queue = Arc::new(PhoneQueue::new(settings.max_queued_items()));
-                let opened = NodeMsg::PhoneOpened {
-                    conn,
-                    queue: queue.clone(),
-                };
-                if node.send(opened).await.is_ok() {
+                if let Some(queue) = open_phone(&node, conn, settings.max_queued_items()).await {
                     conn::run_phone(conn, stream, node, queue, settings).await;
                 }
                 drop(slot);

@@ -247,12 +247,9 @@ async fn upgrade_or_page(
         // nothing behind).
         let conn = ConnId(state.next_id.fetch_add(1, Ordering::Relaxed));
         tracing::debug!(?conn, deflate = negotiated, "web client connected");
-        let queue = Arc::new(PhoneQueue::new(state.settings.max_queued_items));
-        let opened = NodeMsg::PhoneOpened {
-            conn,
-            queue: queue.clone(),
-        };
-        if state.node.send(opened).await.is_ok() {
+        let opened =
+            crate::server::open_phone(&state.node, conn, state.settings.max_queued_items).await;
+        if let Some(queue) = opened {
             run_web(conn, socket, state.node, queue, state.settings).await;
         }
         drop(guard);
