@@ -27,7 +27,7 @@
 //! [`PhoneConn`]: crate::conn::PhoneConn
 use crate::command::Command;
 use crate::config::NodeConfig;
-use crate::conn::{Handshaken, PhoneMessage, QueueMarks};
+use crate::conn::{Handshaken, PhoneMessage, QueueMarks, CLOSE_FLUSH_TIMEOUT_MS};
 use crate::frame::Flags;
 use crate::ids::{ConnId, Millis};
 use crate::message::{Bind, Body, ErrorCode, ErrorMessage, Kick, OkMessage, Push};
@@ -253,6 +253,7 @@ impl WebConn {
             Ok(packet) => packet,
             Err(_) => {
                 return self.close_after_flush(
+                    now_ms,
                     CloseReason::BadFrame,
                     close_code::INVALID_PAYLOAD,
                     "malformed packet",
@@ -262,20 +263,22 @@ impl WebConn {
         let body = packet.body.unwrap_or_default();
         if !body.is_empty() && !Flags(packet.flags).contains(Flags::JSON_BODY) {
             // MPush reads a body without the JSON flag as binary, and fails.
-            return self.dispatch_error(cfg, packet.cmd, packet.session_id);
+            return self.dispatch_error(cfg, now_ms, packet.cmd, packet.session_id);
         }
         let session_id = packet.session_id;
         let message = match Command::try_from(packet.cmd) {
             Ok(Command::Handshake) => {
-                return match self.on_handshake(cfg, session_id, &body) {
+                return match self.on_handshake(cfg, now_ms, session_id, &body) {
                     Ok(()) => {}
-                    Err(BadMember) => self.dispatch_error(cfg, packet.cmd, session_id),
+                    Err(BadMember) => self.dispatch_error(cfg, now_ms, packet.cmd, session_id),
                 }
             }
             Ok(command @ (Command::Bind | Command::Unbind)) => {
                 let bind = match bind_body(&body) {
                     Ok(bind) => bind,
-                    Err(BadMember) => return self.dispatch_error(cfg, packet.cmd, session_id),
+                    Err(BadMember) => {
+                        return self.dispatch_error(cfg, now_ms, packet.cmd, session_id)
+                    }
                 };
                 if command == Command::Bind {
                     // A BIND was sent: the node answers it (a refused one closes).
@@ -288,7 +291,9 @@ impl WebConn {
             Ok(Command::Push) => {
                 let content = match member(&body, "content") {
                     Ok(content) => content,
-                    Err(BadMember) => return self.dispatch_error(cfg, packet.cmd, session_id),
+                    Err(BadMember) => {
+                        return self.dispatch_error(cfg, now_ms, packet.cmd, session_id)
+                    }
                 };
                 if Flags(packet.flags).contains(Flags::AUTO_ACK) {
                     let ack = packet_json(Command::Ack.code(), Flags::JSON_BODY, session_id, None);
@@ -305,6 +310,7 @@ impl WebConn {
                 let error = ErrorMessage::new(packet.cmd, ErrorCode::UnsupportedCmd);
                 self.send_error(cfg, session_id, &error);
                 return self.close_after_flush(
+                    now_ms,
                     CloseReason::UnsupportedCommand,
                     close_code::POLICY_VIOLATION,
                     "unsupported command",
@@ -321,6 +327,7 @@ impl WebConn {
         }
         self.saw_traffic(now_ms);
         self.close_after_flush(
+            now_ms,
             CloseReason::BadFrame,
             close_code::UNSUPPORTED_DATA,
             "binary messages are not supported",
@@ -328,8 +335,9 @@ impl WebConn {
     }
 
     /// A message over the size limit (seen here, or refused by the WebSocket reader).
-    pub fn handle_oversized(&mut self, _now_ms: Millis) {
+    pub fn handle_oversized(&mut self, now_ms: Millis) {
         self.close_after_flush(
+            now_ms,
             CloseReason::BadFrame,
             close_code::MESSAGE_TOO_BIG,
             "message too big",
@@ -352,6 +360,7 @@ impl WebConn {
     fn on_handshake(
         &mut self,
         cfg: &WebConfig,
+        now_ms: Millis,
         session_id: i32,
         body: &serde_json::Map<String, serde_json::Value>,
     ) -> Result<(), BadMember> {
@@ -363,6 +372,7 @@ impl WebConn {
             let error = ErrorMessage::validation(Command::Handshake, PARAM_INVALID);
             self.send_error(cfg, session_id, &error);
             self.close_after_flush(
+                now_ms,
                 CloseReason::BadRequest,
                 close_code::POLICY_VIOLATION,
                 PARAM_INVALID,
@@ -407,10 +417,11 @@ impl WebConn {
     }
 
     /// MPush's answer to a packet its handler cannot read: ERROR 100, then close.
-    fn dispatch_error(&mut self, cfg: &WebConfig, cmd: u8, session_id: i32) {
+    fn dispatch_error(&mut self, cfg: &WebConfig, now_ms: Millis, cmd: u8, session_id: i32) {
         let error = ErrorMessage::new(cmd, ErrorCode::DispatchError);
         self.send_error(cfg, session_id, &error);
         self.close_after_flush(
+            now_ms,
             CloseReason::BadBody,
             close_code::POLICY_VIOLATION,
             "handle message error",
@@ -459,14 +470,14 @@ impl WebConn {
 
     /// The node closed the connection (for `reason`, when it said): what is queued is written,
     /// then the close frame. The node knows already; it hears nothing more.
-    pub fn handle_close(&mut self, _now_ms: Millis, reason: Option<CloseReason>) {
+    pub fn handle_close(&mut self, now_ms: Millis, reason: Option<CloseReason>) {
         if !self.is_open() {
             return;
         }
         let (code, text) = close_frame_for(reason);
         self.reports.clear();
         self.push_close(code, text);
-        self.phase = Phase::Closing;
+        self.start_closing(now_ms);
     }
 
     /// The message at the front of [`WebConn::poll_transmit`] was written.
@@ -531,8 +542,11 @@ impl WebConn {
 
     /// When [`WebConn::handle_timeout`] should next be called.
     pub fn poll_timeout(&self, cfg: &WebConfig) -> Option<Millis> {
-        if !self.is_open() {
-            return None;
+        match self.phase {
+            Phase::Open => {}
+            // The flush deadline, while there is something to flush.
+            Phase::Closing => return self.bind_by_ms.filter(|_| !self.outbound.is_empty()),
+            Phase::Closed => return None,
         }
         if !self.is_handshaken() {
             return Some(self.opened_ms.saturating_add(cfg.handshake_deadline_ms));
@@ -551,12 +565,20 @@ impl WebConn {
     /// Runs the checks due at `now_ms`: the handshake deadline, the bind deadline, then a ping
     /// after `ping_interval_ms` of silence and a close after `idle_timeout_ms` of it.
     pub fn handle_timeout(&mut self, cfg: &WebConfig, now_ms: Millis) {
+        if self.phase == Phase::Closing && self.bind_by_ms.is_some_and(|at| now_ms >= at) {
+            // The closing connection's client read nothing in time: what is left is dropped.
+            self.phase = Phase::Closed;
+            self.outbound = VecDeque::new();
+            self.marks.clear();
+            return;
+        }
         if !self.is_open() {
             return;
         }
         if !self.is_handshaken() {
             if now_ms >= self.opened_ms.saturating_add(cfg.handshake_deadline_ms) {
                 self.close_after_flush(
+                    now_ms,
                     CloseReason::HandshakeTimeout,
                     close_code::POLICY_VIOLATION,
                     "handshake timeout",
@@ -567,11 +589,12 @@ impl WebConn {
         if self.bind_by_ms.is_some_and(|bind_by| now_ms >= bind_by) {
             // Handshaken, but no BIND within the bind deadline.
             let (code, text) = close_frame_for(Some(CloseReason::BindTimeout));
-            return self.close_after_flush(CloseReason::BindTimeout, code, text);
+            return self.close_after_flush(now_ms, CloseReason::BindTimeout, code, text);
         }
         let silent_ms = now_ms.saturating_sub(self.last_read_ms);
         if silent_ms >= cfg.idle_timeout_ms {
             return self.close_after_flush(
+                now_ms,
                 CloseReason::IdleTimeout,
                 close_code::GOING_AWAY,
                 "idle timeout",
@@ -620,13 +643,27 @@ impl WebConn {
     }
 
     /// Closes after writing what is queued and a close frame; the node hears why.
-    fn close_after_flush(&mut self, reason: CloseReason, code: u16, text: &'static str) {
+    fn close_after_flush(
+        &mut self,
+        now_ms: Millis,
+        reason: CloseReason,
+        code: u16,
+        text: &'static str,
+    ) {
         if !self.is_open() {
             return;
         }
         self.tell_closed(reason);
         self.push_close(code, text);
+        self.start_closing(now_ms);
+    }
+
+    /// From now on only what is queued (ending with the close frame) is written, for at most
+    /// [`CLOSE_FLUSH_TIMEOUT_MS`]: a client that reads nothing does not hold the socket longer.
+    /// The bind deadline's field serves as the flush deadline.
+    fn start_closing(&mut self, now_ms: Millis) {
         self.phase = Phase::Closing;
+        self.bind_by_ms = Some(now_ms.saturating_add(CLOSE_FLUSH_TIMEOUT_MS));
     }
 
     /// Closes at once, dropping what is queued; the node hears why (unless it closed first).
@@ -855,6 +892,33 @@ mod tests {
         drain(&mut conn, cfg);
         inputs(&mut conn);
         conn
+    }
+
+    /// A closing web client that reads nothing has what is left dropped at the flush deadline;
+    /// one that takes its messages ends with the close frame.
+    #[test]
+    fn a_closing_client_that_reads_nothing_is_dropped_at_the_flush_deadline() {
+        let cfg = cfg();
+        for client_reads in [false, true] {
+            let mut conn = handshaken(&cfg);
+            conn.handle_close(100, Some(CloseReason::IdleTimeout));
+            assert!(
+                !conn.is_open() && !conn.is_finished(),
+                "the close frame to write"
+            );
+            assert_eq!(conn.poll_timeout(&cfg), Some(100 + CLOSE_FLUSH_TIMEOUT_MS));
+            conn.handle_timeout(&cfg, 100 + CLOSE_FLUSH_TIMEOUT_MS - 1);
+            assert!(!conn.is_finished(), "not due yet");
+            if client_reads {
+                let written = drain(&mut conn, &cfg);
+                assert!(matches!(written.last(), Some(WsMessage::Close { .. })));
+            } else {
+                conn.handle_timeout(&cfg, 100 + CLOSE_FLUSH_TIMEOUT_MS);
+                assert!(conn.poll_transmit().is_none(), "what was left is dropped");
+            }
+            assert!(conn.is_finished());
+            assert_eq!(conn.poll_timeout(&cfg), None);
+        }
     }
 
     /// Every web client holds one for as long as it is connected.

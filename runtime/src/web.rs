@@ -259,16 +259,12 @@ async fn upgrade_or_page(
 
 /// What woke a web task.
 enum Wake {
-    FlushExpired,
     Wrote,
     WriteFailed,
     Queue,
     Read(Result<Frame, WebSocketError>),
     Timer,
 }
-
-/// Longest a closed connection keeps writing what it still holds to a client.
-const CLOSE_FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 fn to_frame(message: &WsMessage) -> Frame {
     match message {
@@ -290,8 +286,8 @@ async fn run_web(
     std::future::poll_fn(|cx| queue.poll_admitted(cx)).await;
     let cfg = &settings.cfg;
     let mut machine = WebConn::new(conn, settings.now_ms());
+    // The connection's keep-alive, deadlines and, once it closes, its flush deadline.
     let mut timer: Option<Pin<Box<Sleep>>> = None;
-    let mut flush_deadline: Option<Pin<Box<Sleep>>> = None;
     // A message handed to the socket and not yet flushed.
     let mut sending = false;
     loop {
@@ -303,19 +299,11 @@ async fn run_web(
         if machine.is_finished() {
             return;
         }
-        if !machine.is_open() && flush_deadline.is_none() {
-            flush_deadline = Some(Box::pin(tokio::time::sleep(CLOSE_FLUSH_TIMEOUT)));
-        }
         crate::conn::set_timer(
             &mut timer,
             machine.poll_timeout(cfg).map(|at| settings.instant(at)),
         );
         let wake = std::future::poll_fn(|cx| {
-            if let Some(deadline) = &mut flush_deadline {
-                if deadline.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(Wake::FlushExpired);
-                }
-            }
             let mut sink = Pin::new(&mut socket);
             if !sending {
                 if let Some(message) = machine.poll_transmit() {
@@ -359,10 +347,6 @@ async fn run_web(
         .await;
         let now = settings.now_ms();
         match wake {
-            Wake::FlushExpired => {
-                tracing::debug!(?conn, "closing web client read nothing in time: dropped");
-                return;
-            }
             Wake::Wrote => machine.handle_written(cfg, now),
             Wake::WriteFailed => machine.handle_peer_closed(now),
             Wake::Queue => {
