@@ -535,11 +535,8 @@ impl PhoneConn {
         }
         self.reports
             .written_through(self.written_bytes, self.conn, &mut self.to_node);
-        if crossing == Crossing::Writable {
-            self.hand_to_node(Input::PhoneWritable {
-                conn: self.conn,
-                writable: true,
-            });
+        if let Some(input) = crossing.writable_input(self.conn) {
+            self.hand_to_node(input);
         }
     }
 
@@ -660,11 +657,11 @@ impl PhoneConn {
         }
         match self.marks.queued(&cfg.marks, added) {
             Crossing::HardLimit => self.abort(CloseReason::SlowConsumer),
-            Crossing::NotWritable => self.hand_to_node(Input::PhoneWritable {
-                conn: self.conn,
-                writable: false,
-            }),
-            Crossing::None | Crossing::Writable => {}
+            other => {
+                if let Some(input) = other.writable_input(self.conn) {
+                    self.hand_to_node(input);
+                }
+            }
         }
     }
 

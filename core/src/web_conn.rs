@@ -499,11 +499,8 @@ impl WebConn {
         }
         self.reports
             .written_through(self.written_messages, self.conn, &mut self.to_node);
-        if crossing == Crossing::Writable {
-            self.hand_to_node(Input::PhoneWritable {
-                conn: self.conn,
-                writable: true,
-            });
+        if let Some(input) = crossing.writable_input(self.conn) {
+            self.hand_to_node(input);
         }
     }
 
@@ -625,11 +622,11 @@ impl WebConn {
         }
         match crossing {
             Crossing::HardLimit => self.abort(CloseReason::SlowConsumer),
-            Crossing::NotWritable => self.hand_to_node(Input::PhoneWritable {
-                conn: self.conn,
-                writable: false,
-            }),
-            Crossing::None | Crossing::Writable => {}
+            other => {
+                if let Some(input) = other.writable_input(self.conn) {
+                    self.hand_to_node(input);
+                }
+            }
         }
     }
 

@@ -68,6 +68,24 @@ pub enum Crossing {
     HardLimit,
 }
 
+impl Crossing {
+    /// What the node hears of this crossing on `conn`: the connection turned not writable, or
+    /// writable again (`None` for no crossing, and for the hard limit, which closes instead).
+    pub fn writable_input(self, conn: ConnId) -> Option<Input> {
+        match self {
+            Crossing::NotWritable => Some(Input::PhoneWritable {
+                conn,
+                writable: false,
+            }),
+            Crossing::Writable => Some(Input::PhoneWritable {
+                conn,
+                writable: true,
+            }),
+            Crossing::None | Crossing::HardLimit => None,
+        }
+    }
+}
+
 /// The bytes a connection queued and has not written yet, and whether it is writable (see the
 /// module docs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

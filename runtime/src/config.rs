@@ -169,6 +169,9 @@ impl ClusterConfig {
 /// The listeners' default backlog: Linux's default `net.core.somaxconn` (MPush: 1,024).
 pub const DEFAULT_LISTEN_BACKLOG: u32 = 4096;
 
+/// `limits.max_gateway_queued_bytes`' default: statuses queued for one PushClient.
+pub const MAX_GATEWAY_QUEUED_BYTES: usize = 8 * 1024 * 1024;
+
 /// Listeners and per-connection buffers.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -499,7 +502,7 @@ impl Default for LimitsConfig {
             new_connections_per_second_per_address: 500,
             per_address_exempt: vec!["127.0.0.0/8".into(), "::1/128".into()],
             max_gateway_connections: defaults::MAX_GATEWAY_CONNECTIONS,
-            max_gateway_queued_bytes: 8 * 1024 * 1024,
+            max_gateway_queued_bytes: MAX_GATEWAY_QUEUED_BYTES,
             gateway_auth_deadline_ms: 5_000,
             max_pending_pushes: defaults::MAX_PENDING_PUSHES,
             max_broadcasts: defaults::MAX_BROADCASTS,

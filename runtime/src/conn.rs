@@ -56,19 +56,11 @@ impl PhoneSettings {
     }
 
     fn now_ms(&self) -> Millis {
-        #[cfg(not(madsim))]
-        let elapsed = self.start.elapsed();
-        #[cfg(madsim)]
-        let elapsed = crate::sim_hooks::elapsed(self.start);
-        u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)
+        crate::node_clock::now_ms(self.start)
     }
 
     fn instant(&self, at_ms: Millis) -> Instant {
-        #[cfg(madsim)]
-        let at = crate::sim_hooks::instant_at(self.start, std::time::Duration::from_millis(at_ms));
-        #[cfg(not(madsim))]
-        let at = self.start + std::time::Duration::from_millis(at_ms);
-        at
+        crate::node_clock::instant_at(self.start, at_ms)
     }
 }
 

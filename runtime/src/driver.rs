@@ -279,7 +279,7 @@ impl QueueLimits {
     pub fn new(slow_ms: u64) -> Self {
         Self {
             slow_ms,
-            max_gateway_queued_bytes: 8 * 1024 * 1024,
+            max_gateway_queued_bytes: crate::config::MAX_GATEWAY_QUEUED_BYTES,
             max_gateway_connections: pushgate_core::config::defaults::MAX_GATEWAY_CONNECTIONS,
             counters: Arc::default(),
             bind_checker: None,
@@ -385,21 +385,13 @@ impl Driver {
     /// Reads the clock for a wake-up; returns the instant read.
     fn tick(&mut self) -> Instant {
         let at = Instant::now();
-        #[cfg(not(madsim))]
-        let since_start = at.duration_since(self.start);
-        #[cfg(madsim)]
-        let since_start = crate::sim_hooks::elapsed(self.start);
-        self.now = u64::try_from(since_start.as_millis()).unwrap_or(u64::MAX);
+        self.now = crate::node_clock::now_ms(self.start);
         at
     }
 
     /// The instant the node's clock reads `at_ms`.
     fn instant_at(&self, at_ms: Millis) -> Instant {
-        #[cfg(madsim)]
-        let at = crate::sim_hooks::instant_at(self.start, Duration::from_millis(at_ms));
-        #[cfg(not(madsim))]
-        let at = self.start + Duration::from_millis(at_ms);
-        at
+        crate::node_clock::instant_at(self.start, at_ms)
     }
 
     /// Ends a wake-up that began at `woke` with `queue_depth` messages waiting: records the

@@ -34,6 +34,7 @@ pub mod gateway_auth;
 pub mod http;
 pub mod limits;
 pub mod metrics;
+pub mod node_clock;
 pub mod phone_queue;
 #[cfg(not(madsim))]
 pub mod redis_store;

@@ -84,11 +84,11 @@ pub const WS_CONNECTIONS_METRIC: &str = "pushgate_ws_connections_total";
 
 impl WebSettings {
     fn now_ms(&self) -> Millis {
-        u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX)
+        crate::node_clock::now_ms(self.start)
     }
 
     fn instant(&self, at_ms: Millis) -> Instant {
-        self.start + std::time::Duration::from_millis(at_ms)
+        crate::node_clock::instant_at(self.start, at_ms)
     }
 }
 
