@@ -85,8 +85,8 @@ pub struct RouteEntry {
     pub conn: ConnId,
 }
 
-/// The hasher of the route index: SipHash keyed per node (user ids are chosen by phones, so a
-/// hash an attacker could predict would let them pile users into one bucket).
+/// The hasher of the route index: SipHash-1-3 keyed per node (user ids are chosen by phones,
+/// so a hash an attacker could predict would let them pile users into one bucket).
 #[derive(Debug, Clone, Copy)]
 pub struct RouteHasher {
     k0: u64,
@@ -94,12 +94,10 @@ pub struct RouteHasher {
 }
 
 impl std::hash::BuildHasher for RouteHasher {
-    #[allow(deprecated)] // `SipHasher` is the only keyed SipHash in std; it is not going away.
-    type Hasher = std::hash::SipHasher;
+    type Hasher = crate::keyed_hash::SipHasher13;
 
-    #[allow(deprecated)]
     fn build_hasher(&self) -> Self::Hasher {
-        std::hash::SipHasher::new_with_keys(self.k0, self.k1)
+        crate::keyed_hash::SipHasher13::new_with_keys(self.k0, self.k1)
     }
 }
 
