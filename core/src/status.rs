@@ -157,7 +157,8 @@ impl TimeLine {
         t
     }
 
-    /// Records a point (ignored beyond [`MAX_TIME_POINTS`]).
+    /// Records a point (ignored beyond [`MAX_TIME_POINTS`]). `name` is a plain identifier such
+    /// as `before-send`: it is written into the result JSON as it is, unescaped.
     pub fn add(&mut self, name: &'static str, epoch_ms: i64) {
         if self.points.len() < MAX_TIME_POINTS {
             self.points.push((name, epoch_ms));
@@ -174,49 +175,160 @@ impl TimeLine {
 /// keys in alphabetical order, `clientType` omitted when not a real type). Written directly,
 /// byte for byte what `serde_json` writes for it, without building JSON values.
 pub fn result_json(user_id: &str, client_type: Option<ClientType>, timeline: &TimeLine) -> String {
-    use std::fmt::Write;
-    let points = timeline.points();
-    let mut out = String::with_capacity(48 + user_id.len() + 40 * points.len());
-    out.push('{');
+    let mut out = Vec::with_capacity(result_json_capacity(user_id, timeline));
+    write_result_json(&mut out, user_id, client_type, timeline);
+    // Only whole UTF-8 strings and ASCII were written.
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// A size for the result JSON's buffer: enough for user ids without escapes and time points
+/// of up to 20 characters of name and 13 digits, so the JSON is written without growing it.
+fn result_json_capacity(user_id: &str, timeline: &TimeLine) -> usize {
+    48 + user_id.len() + 40 * timeline.points().len()
+}
+
+/// Appends the result JSON of [`result_json`] to `out`.
+fn write_result_json(
+    out: &mut Vec<u8>,
+    user_id: &str,
+    client_type: Option<ClientType>,
+    timeline: &TimeLine,
+) {
+    out.push(b'{');
     if let Some(code) = client_type.map(ClientType::code).filter(|c| *c > 0) {
-        // Writing to a String cannot fail.
-        let _ = write!(out, "\"clientType\":{code},");
+        out.extend_from_slice(b"\"clientType\":");
+        push_i64(out, i64::from(code));
+        out.push(b',');
     }
-    out.push_str("\"timePoints\":[");
-    for (index, (name, at)) in points.iter().enumerate() {
+    out.extend_from_slice(b"\"timePoints\":[");
+    // The points of a push are mostly in the same millisecond: its digits are reused.
+    let mut last: Option<(i64, std::ops::Range<usize>)> = None;
+    for (index, (name, at)) in timeline.points().iter().enumerate() {
         if index > 0 {
-            out.push(',');
+            out.push(b',');
         }
-        push_json_string(&mut out, name);
-        let _ = write!(out, ",{at}");
+        // Point names are the code's own constants: nothing in them needs an escape.
+        debug_assert!(!name.bytes().any(needs_escape), "{name:?}");
+        out.push(b'"');
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b"\",");
+        match &last {
+            Some((value, digits)) if value == at => out.extend_from_within(digits.clone()),
+            _ => {
+                let from = out.len();
+                push_i64(out, *at);
+                last = Some((*at, from..out.len()));
+            }
+        }
     }
-    out.push_str("],\"userId\":");
-    push_json_string(&mut out, user_id);
-    out.push('}');
-    out
+    out.extend_from_slice(b"],\"userId\":");
+    push_json_string(out, user_id);
+    out.push(b'}');
+}
+
+/// "00" to "99", for writing two digits at a time.
+const DIGIT_PAIRS: &[u8; 200] = b"\
+0001020304050607080910111213141516171819\
+2021222324252627282930313233343536373839\
+4041424344454647484950515253545556575859\
+6061626364656667686970717273747576777879\
+8081828384858687888990919293949596979899";
+
+/// Appends `value` in decimal, as `{value}` formats it, without the formatting machinery.
+fn push_i64(out: &mut Vec<u8>, value: i64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    let mut rest = value.unsigned_abs();
+    while rest >= 100 {
+        let pair = (rest % 100) as usize * 2;
+        rest /= 100;
+        at -= 2;
+        digits[at..at + 2].copy_from_slice(&DIGIT_PAIRS[pair..pair + 2]);
+    }
+    if rest >= 10 {
+        let pair = rest as usize * 2;
+        at -= 2;
+        digits[at..at + 2].copy_from_slice(&DIGIT_PAIRS[pair..pair + 2]);
+    } else {
+        at -= 1;
+        digits[at] = b'0' + rest as u8;
+    }
+    if value < 0 {
+        out.push(b'-');
+    }
+    out.extend_from_slice(&digits[at..]);
+}
+
+/// True for the bytes a JSON string escapes (all ASCII: a UTF-8 sequence never holds them).
+fn needs_escape(byte: u8) -> bool {
+    byte < 0x20 || byte == b'"' || byte == b'\\'
 }
 
 /// Appends `text` as a JSON string, escaped as `serde_json` escapes it (quote, backslash and
-/// control characters; everything else as is).
-fn push_json_string(out: &mut String, text: &str) {
-    out.push('"');
-    for c in text.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            '\u{08}' => out.push_str("\\b"),
-            '\u{0c}' => out.push_str("\\f"),
-            c if (c as u32) < 0x20 => {
-                use std::fmt::Write;
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
+/// control characters; everything else as is). Every byte that needs an escape is ASCII, so
+/// the bytes are scanned, and the runs between escapes copied whole.
+fn push_json_string(out: &mut Vec<u8>, text: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let bytes = text.as_bytes();
+    out.push(b'"');
+    if !bytes.iter().copied().any(needs_escape) {
+        out.extend_from_slice(bytes);
+        out.push(b'"');
+        return;
     }
-    out.push('"');
+    let mut plain_from = 0;
+    for (at, &byte) in bytes.iter().enumerate() {
+        let escaped: &[u8] = match byte {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0x08 => b"\\b",
+            0x0c => b"\\f",
+            0x00..=0x1f => b"",
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[plain_from..at]);
+        if escaped.is_empty() {
+            out.extend_from_slice(b"\\u00");
+            out.push(HEX[usize::from(byte >> 4)]);
+            out.push(HEX[usize::from(byte & 0xf)]);
+        } else {
+            out.extend_from_slice(escaped);
+        }
+        plain_from = at + 1;
+    }
+    out.extend_from_slice(&bytes[plain_from..]);
+    out.push(b'"');
+}
+
+/// The gateway reply for a single-user push that succeeded: OK(cmd 16) carrying the result
+/// JSON, the same bytes as [`single_reply`] with [`result_json`], written into one buffer.
+pub fn success_reply(
+    session_id: i32,
+    user_id: &str,
+    client_type: Option<ClientType>,
+    timeline: &TimeLine,
+) -> Packet {
+    let mut body = Vec::with_capacity(4 + result_json_capacity(user_id, timeline));
+    // The OK's cmd and code, then the JSON's length, set below.
+    body.extend_from_slice(&[Command::GatewayPush.code(), 0, 0, 0]);
+    write_result_json(&mut body, user_id, client_type, timeline);
+    let json_len = body.len() - 4;
+    match i16::try_from(json_len) {
+        Ok(len) if len < crate::codec::EXTENDED_LENGTH_MARKER => {
+            body[2..4].copy_from_slice(&len.to_be_bytes());
+            Packet::new(Command::Ok.code(), Flags::NONE, session_id, body)
+        }
+        // A JSON this long needs the extended length form.
+        _ => single_reply(
+            session_id,
+            PushStatus::Success,
+            None,
+            result_json(user_id, client_type, timeline),
+        ),
+    }
 }
 
 /// The gateway reply for a finished single-user push. `reason` replaces the standard reason
@@ -333,6 +445,43 @@ mod tests {
                     expected["clientType"] = code.into();
                 }
                 assert_eq!(result_json(user, ct, &t), expected.to_string(), "{user:?}");
+            }
+        }
+    }
+
+    proptest::proptest! {
+        /// Any user id and any time points: the JSON serde_json writes.
+        #[test]
+        fn result_json_is_serde_jsons_for_any_values(
+            user in ".{0,12}",
+            points in proptest::collection::vec(proptest::num::i64::ANY, 0..5),
+            repeat_first in proptest::bool::ANY,
+        ) {
+            let mut t = TimeLine::default();
+            let mut values = Vec::new();
+            let first = points.first().copied();
+            for at in points {
+                let at = if repeat_first { first.unwrap_or(at) } else { at };
+                t.add("point", at);
+                values.push(serde_json::Value::from("point"));
+                values.push(serde_json::Value::from(at));
+            }
+            let expected = serde_json::json!({ "timePoints": values, "userId": user });
+            proptest::prop_assert_eq!(result_json(&user, None, &t), expected.to_string());
+        }
+    }
+
+    #[test]
+    fn success_reply_is_the_ok_single_reply_writes() {
+        let mut t = TimeLine::begin(1795553844669);
+        t.add("before-send", -1);
+        t.add("success-end", i64::MIN);
+        let long = "x".repeat(40_000);
+        for user in ["user-1", "", "quote\" \u{01}", long.as_str()] {
+            for ct in [None, Some(ClientType::Web), Some(ClientType::Unknown)] {
+                let expected =
+                    single_reply(9, PushStatus::Success, None, result_json(user, ct, &t));
+                assert_eq!(success_reply(9, user, ct, &t), expected, "{}", user.len());
             }
         }
     }

@@ -353,9 +353,13 @@ impl Node {
         self.stats.pushes_by_status[super::status_index(status)] += 1;
         let delivered = match origin {
             Origin::Gateway { gw, session_id } if self.gateways.contains(&gw) => {
-                let data = status::result_json(&user_id, client_type, &timeline);
-                let text = reason.as_ref().map(Reason::to_string);
-                let packet = status::single_reply(session_id, status, text.as_deref(), data);
+                let packet = if status.is_success() {
+                    status::success_reply(session_id, &user_id, client_type, &timeline)
+                } else {
+                    let data = status::result_json(&user_id, client_type, &timeline);
+                    let text = reason.as_ref().map(Reason::to_string);
+                    status::single_reply(session_id, status, text.as_deref(), data)
+                };
                 self.gateway_send(gw, packet);
                 true
             }
