@@ -2004,8 +2004,10 @@ impl Run {
                     .map(|(key, _)| key.clone())
                     .collect();
                 if let Some(key) = foreign.get(usize::from(pick) % foreign.len().max(1)) {
-                    let route = self.w.store.state.routes.get_mut(key).expect("listed");
-                    route.conn_id = None;
+                    let found = self.w.store.state.routes.update(key, |route| {
+                        route.conn_id = None;
+                    });
+                    assert!(found, "listed");
 
                     self.tainted.insert(key.clone());
                 }
