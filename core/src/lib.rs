@@ -49,6 +49,7 @@ pub mod route;
 pub mod session;
 pub mod status;
 pub mod store;
+pub mod store_packed;
 pub mod store_state;
 pub mod timer;
 pub mod web_conn;

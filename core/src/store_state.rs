@@ -25,7 +25,8 @@
 use crate::ids::Millis;
 use crate::route::ClientType;
 use crate::store::{CachedSession, KickNotice, RouteRecord, StoreOp, StoreReply, TaskControl};
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use crate::store_packed::{PackedSession, RouteMap, SessionKey};
+use std::collections::{HashMap, VecDeque};
 
 /// Most reusable sessions kept.
 pub const MAX_SESSIONS: usize = 1 << 20;
@@ -48,9 +49,10 @@ pub struct TaskProgress {
 pub struct StoreState {
     /// Routes by (user, client type). Writing here directly skips the version rules: that is
     /// for seeding a store as a Java node or an operator would, never for a node's writes.
-    pub routes: BTreeMap<(String, ClientType), RouteRecord>,
-    /// Session and the time it expires.
-    sessions: HashMap<String, (CachedSession, Millis)>,
+    /// Kept packed ([`crate::store_packed`]): one allocation per route.
+    pub routes: RouteMap,
+    /// Sessions and the time each expires, packed: one allocation per session.
+    sessions: HashMap<SessionKey, PackedSession>,
     /// Broadcast task control records, as the business side sets them.
     pub tasks: HashMap<String, TaskControl>,
     progress: HashMap<String, TaskProgress>,
@@ -77,20 +79,19 @@ impl StoreState {
                 conn_id,
                 version,
             } => {
-                match self.routes.get_mut(&(user_id.clone(), client_type)) {
-                    Some(route) => {
-                        let took = route.take_offline(&node, &conn_id, version);
-                        if !(took && route.version == version) {
-                            route.remember_ended(&node, version);
-                        }
+                let key = (user_id, client_type);
+                let found = self.routes.update(&key, |route| {
+                    let took = route.take_offline(&node, &conn_id, version);
+                    if !(took && route.version == version) {
+                        route.remember_ended(&node, version);
                     }
+                });
+                if !found {
                     // The mark overtook its bind's write: keep an empty, offline route that
                     // only remembers the ended bind (any other bind supersedes it).
-                    None => {
-                        let mut ended = RouteRecord::default();
-                        ended.remember_ended(&node, version);
-                        self.routes.insert((user_id, client_type), ended);
-                    }
+                    let mut ended = RouteRecord::default();
+                    ended.remember_ended(&node, version);
+                    self.routes.insert(key, ended);
                 }
                 StoreReply::Done
             }
@@ -101,7 +102,7 @@ impl StoreState {
                 version,
                 previous,
             } => {
-                if let Some(route) = self.routes.get_mut(&(user_id, client_type)) {
+                self.routes.update(&(user_id, client_type), |route| {
                     if route.is_bind(&node, version) {
                         let mut restored = *previous;
                         // The displaced connection may have ended meanwhile.
@@ -111,7 +112,7 @@ impl StoreState {
                         restored.ended = std::mem::take(&mut route.ended);
                         *route = restored;
                     }
-                }
+                });
                 StoreReply::Done
             }
             StoreOp::GetRoute {
@@ -169,15 +170,13 @@ impl StoreState {
             // A late write of an older bind, or of a bind that already ended: keep what is
             // stored.
             Some(current)
-                if !route.supersedes(current)
+                if !route.supersedes(&current)
                     || current.knows_ended(&route.node(), route.version) =>
             {
-                StoreReply::Stale {
-                    current: current.clone(),
-                }
+                StoreReply::Stale { current }
             }
-            Some(current) => {
-                route.ended = current.ended.clone();
+            Some(mut current) => {
+                route.ended = std::mem::take(&mut current.ended);
                 // An offline route's bind has ended: the route replacing it remembers that, so a
                 // late write of that bind never comes back online (an offline route of the same
                 // device keeps no bind out, [`RouteRecord::supersedes`]).
@@ -197,24 +196,27 @@ impl StoreState {
         session: CachedSession,
         ttl_ms: u64,
     ) {
-        if self.sessions.len() >= MAX_SESSIONS && !self.sessions.contains_key(&session_id) {
-            self.sessions.retain(|_, (_, expires)| *expires > now_ms);
-        }
-        if self.sessions.len() < MAX_SESSIONS || self.sessions.contains_key(&session_id) {
+        let key = SessionKey::new(&session_id);
+        if self.sessions.len() >= MAX_SESSIONS && !self.sessions.contains_key(&key) {
             self.sessions
-                .insert(session_id, (session, now_ms.saturating_add(ttl_ms)));
+                .retain(|_, packed| packed.expires_ms() > now_ms);
+        }
+        if self.sessions.len() < MAX_SESSIONS || self.sessions.contains_key(&key) {
+            let packed = PackedSession::pack(&session, now_ms.saturating_add(ttl_ms));
+            self.sessions.insert(key, packed);
         }
     }
 
     /// The live session `session_id` (an expired one is forgotten).
     fn session(&mut self, now_ms: Millis, session_id: &str) -> Option<CachedSession> {
+        let key = SessionKey::new(session_id);
         let live = self
             .sessions
-            .get(session_id)
-            .filter(|(_, expires)| *expires > now_ms)
-            .map(|(session, _)| session.clone());
+            .get(&key)
+            .filter(|packed| packed.expires_ms() > now_ms)
+            .and_then(PackedSession::unpack);
         if live.is_none() {
-            self.sessions.remove(session_id);
+            self.sessions.remove(&key);
         }
         live
     }
@@ -227,10 +229,7 @@ impl StoreState {
         client_type: Option<ClientType>,
     ) -> Option<(ClientType, RouteRecord)> {
         match client_type {
-            Some(ct) => self
-                .routes
-                .get(&(user_id.to_owned(), ct))
-                .map(|r| (ct, r.clone())),
+            Some(ct) => self.routes.get(&(user_id.to_owned(), ct)).map(|r| (ct, r)),
             None => {
                 let all = self.routes_of(user_id);
                 let online = all.iter().position(|(_, r)| r.is_online());
@@ -245,19 +244,15 @@ impl StoreState {
     pub fn routes_of(&self, user_id: &str) -> Vec<(ClientType, RouteRecord)> {
         ClientType::ALL
             .into_iter()
-            .filter_map(|ct| {
-                self.routes
-                    .get(&(user_id.to_owned(), ct))
-                    .map(|r| (ct, r.clone()))
-            })
+            .filter_map(|ct| self.routes.get(&(user_id.to_owned(), ct)).map(|r| (ct, r)))
             .collect()
     }
 
     /// Every route held, in key order.
-    pub fn all_routes(&self) -> impl Iterator<Item = (&str, ClientType, &RouteRecord)> {
+    pub fn all_routes(&self) -> impl Iterator<Item = (String, ClientType, RouteRecord)> + '_ {
         self.routes
             .iter()
-            .map(|((user, ct), route)| (user.as_str(), *ct, route))
+            .map(|((user, ct), route)| (user, ct, route))
     }
 
     /// Sets a broadcast task's control record (qps, cancel flag), as the business side does.
@@ -277,7 +272,7 @@ impl StoreState {
 
     /// True when a session is kept under `session_id` (expired or not).
     pub fn has_session(&self, session_id: &str) -> bool {
-        self.sessions.contains_key(session_id)
+        self.sessions.contains_key(&SessionKey::new(session_id))
     }
 
     /// The next kick notice published and not yet taken.

@@ -606,7 +606,12 @@ fn closed_connection_drops_its_local_route_and_marks_the_store_route_offline() {
     assert!(store_token(&w, "u1", ClientType::Mobile).is_some());
     w.drop_phone(phone);
     assert!(w.node.routes_of("u1").is_empty());
-    let route = &w.store.state.routes[&("u1".to_owned(), ClientType::Mobile)];
+    let route = &w
+        .store
+        .state
+        .routes
+        .get(&("u1".to_owned(), ClientType::Mobile))
+        .expect("stored");
     assert_eq!(route.conn_id, None, "rewritten offline, not deleted");
     assert_eq!((route.host.as_str(), route.port), ("127.0.0.1", 3001));
     w.push_to(GW, 1, "u1", 1, 3000, Flags::NONE, "x");
@@ -822,7 +827,11 @@ fn a_bind_whose_connection_closed_before_the_store_answered_gives_the_route_back
     w.release_store();
     w.settle();
     assert_eq!(
-        w.store.state.routes[&("u1".to_owned(), ClientType::Mobile)],
+        w.store
+            .state
+            .routes
+            .get(&("u1".to_owned(), ClientType::Mobile))
+            .expect("stored"),
         far,
         "the displaced connection's route is back"
     );
@@ -929,7 +938,12 @@ fn a_late_answer_never_puts_the_displaced_route_back() {
     w.release_store();
     w.settle();
     assert!(w.store.kicks.is_empty(), "nobody is kicked for a dead bind");
-    let stored = &w.store.state.routes[&("u1".to_owned(), ClientType::Mobile)];
+    let stored = &w
+        .store
+        .state
+        .routes
+        .get(&("u1".to_owned(), ClientType::Mobile))
+        .expect("stored");
     assert!(
         !stored.is_online(),
         "the dead bind stays offline: {stored:?}"
@@ -964,7 +978,12 @@ fn a_displaced_connection_that_closed_meanwhile_comes_back_offline() {
     w.store.mode = StoreMode::Immediate;
     w.release_store();
     w.settle();
-    let stored = &w.store.state.routes[&("u1".to_owned(), ClientType::Mobile)];
+    let stored = &w
+        .store
+        .state
+        .routes
+        .get(&("u1".to_owned(), ClientType::Mobile))
+        .expect("stored");
     assert!(stored.is_bind(&far.node(), far.version), "{stored:?}");
     assert!(!stored.is_online());
 }
@@ -1013,7 +1032,11 @@ fn undoing_a_dead_bind_never_touches_a_newer_one() {
     w.release_store();
     w.settle();
     assert_eq!(
-        w.store.state.routes[&("u1".to_owned(), ClientType::Mobile)],
+        w.store
+            .state
+            .routes
+            .get(&("u1".to_owned(), ClientType::Mobile))
+            .expect("stored"),
         newer
     );
 }
@@ -2032,9 +2055,9 @@ fn a_kick_notice_for_an_older_bind_of_the_connection_kicks_nothing() {
     let phone = w.online("dev-A", "android", "u1", "");
     let key = ("u1".to_owned(), ClientType::Mobile);
     let token = store_token(&w, "u1", ClientType::Mobile).unwrap();
-    let old_version = w.store.state.routes[&key].version;
+    let old_version = w.store.state.routes.get(&key).expect("stored").version;
     w.bind(phone, "u1", "vip"); // the same user again: a new binding
-    let new_version = w.store.state.routes[&key].version;
+    let new_version = w.store.state.routes.get(&key).expect("stored").version;
     assert!(new_version > old_version);
     let notice = |version| KickNotice {
         client_type: 1,
@@ -2146,10 +2169,10 @@ fn a_kick_notice_for_a_binding_that_ended_spares_the_next_one() {
     let phone = w.online("dev-A", "android", "u1", "");
     let key = ("u1".to_owned(), ClientType::Mobile);
     let token = store_token(&w, "u1", ClientType::Mobile).unwrap();
-    let first = w.store.state.routes[&key].version;
+    let first = w.store.state.routes.get(&key).expect("stored").version;
     w.unbind(phone, "u1");
     w.bind(phone, "u1", "");
-    assert!(w.store.state.routes[&key].version > first);
+    assert!(w.store.state.routes.get(&key).expect("stored").version > first);
     w.input(Input::KickNotice {
         notice: KickNotice {
             client_type: 1,
@@ -2210,7 +2233,12 @@ fn a_device_moving_here_from_a_node_whose_clock_is_ahead_keeps_its_user() {
     w.bind(phone, "u1", "");
     assert!(w.received(phone, Command::Kick).is_empty());
     assert_eq!(w.node.routes_of("u1"), vec![(ClientType::Mobile, phone)]);
-    let stored = &w.store.state.routes[&("u1".to_owned(), ClientType::Mobile)];
+    let stored = &w
+        .store
+        .state
+        .routes
+        .get(&("u1".to_owned(), ClientType::Mobile))
+        .expect("stored");
     assert!(stored.is_online(), "{stored:?}");
     assert_eq!(stored.host, w.node.config().node_addr.host);
     assert!(store_token(&w, "u1", ClientType::Mobile).is_some());
@@ -2243,7 +2271,12 @@ fn a_node_stamps_connections_after_the_versions_it_read_from_the_store() {
     w.bind(phone, "u1", "");
     assert!(w.received(phone, Command::Kick).is_empty());
     assert_eq!(w.node.routes_of("u1"), vec![(ClientType::Mobile, phone)]);
-    let stored = &w.store.state.routes[&("u1".to_owned(), ClientType::Mobile)];
+    let stored = &w
+        .store
+        .state
+        .routes
+        .get(&("u1".to_owned(), ClientType::Mobile))
+        .expect("stored");
     assert_eq!(stored.host, w.node.config().node_addr.host);
     assert!(stored.conn_version > ahead_us && stored.version > ahead_us + 5_000);
     // The old connection's node is told to kick it.

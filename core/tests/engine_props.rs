@@ -1449,7 +1449,7 @@ impl Run {
         &self,
         action: &Action,
         binds_before: &[(ConnId, usize)],
-        store_before: &BTreeMap<(String, ClientType), pushgate_core::store::RouteRecord>,
+        store_before: &pushgate_core::store_packed::RouteMap,
         kicks_before: usize,
         events_before: usize,
     ) -> Check {
@@ -1862,9 +1862,9 @@ impl Run {
                     .routes
                     .iter()
                     .filter(|(key, r)| {
-                        !self.routes.contains_key(*key) && (r.host == FOREIGN_HOST || r.is_online())
+                        !self.routes.contains_key(key) && (r.host == FOREIGN_HOST || r.is_online())
                     })
-                    .map(|(key, _)| key.clone())
+                    .map(|(key, _)| key)
                     .collect();
                 let Some((user, ct)) = stored.get(usize::from(pick) % stored.len().max(1)) else {
                     return;
@@ -2004,8 +2004,10 @@ impl Run {
                     .map(|(key, _)| key.clone())
                     .collect();
                 if let Some(key) = foreign.get(usize::from(pick) % foreign.len().max(1)) {
-                    let route = self.w.store.state.routes.get_mut(key).expect("listed");
-                    route.conn_id = None;
+                    let found = self.w.store.state.routes.update(key, |route| {
+                        route.conn_id = None;
+                    });
+                    assert!(found, "listed");
 
                     self.tainted.insert(key.clone());
                 }
@@ -2219,7 +2221,9 @@ impl Run {
                 if let Some((user, ct, token)) = stale {
                     let route = self.w.store.state.routes.get(&(user.clone(), *ct));
                     ensure!(
-                        route.is_none_or(|r| r.conn_id.as_ref() != Some(token)),
+                        route
+                            .as_ref()
+                            .is_none_or(|r| r.conn_id.as_ref() != Some(token)),
                         "request {key:?} found the stale route {user}/{ct:?} naming this node \
                          and answered offline, but the route is still online: {route:?}"
                     );
@@ -2308,8 +2312,10 @@ impl Run {
             };
             let route = self.w.store.state.routes.get(key);
             ensure!(
-                route.is_some_and(|r| r.conn_id.as_ref() == Some(token)
-                    && self.versions.get(conn).is_none_or(|v| *v == r.version)),
+                route
+                    .as_ref()
+                    .is_some_and(|r| r.conn_id.as_ref() == Some(token)
+                        && self.versions.get(conn).is_none_or(|v| *v == r.version)),
                 "{}/{:?} is bound here on {conn} (token {token}, bind {:?}) but the store's \
                  route is {route:?}{}",
                 key.0,
@@ -2344,7 +2350,7 @@ impl Run {
     fn check_store_versions(
         &mut self,
         action: &Action,
-        store_before: &BTreeMap<(String, ClientType), pushgate_core::store::RouteRecord>,
+        store_before: &pushgate_core::store_packed::RouteMap,
     ) -> Check {
         let direct = matches!(
             action,
@@ -2354,7 +2360,7 @@ impl Run {
                 | Action::StoreReconnect(true)
         );
         for (key, new) in &self.w.store.state.routes {
-            let Some(old) = store_before.get(key).filter(|_| !direct) else {
+            let Some(old) = store_before.get(&key).filter(|_| !direct) else {
                 continue;
             };
             let restored = self.route_history.contains(&(
@@ -3818,7 +3824,7 @@ fn a_route_write_refused_for_too_many_store_requests_is_written_by_a_repair_roun
         .routes
         .get(&("1000".to_owned(), ClientType::Mobile));
     assert!(
-        route.is_some_and(|r| r.is_online()),
+        route.as_ref().is_some_and(|r| r.is_online()),
         "1000 is bound here, the store answers again, but its route is {route:?}"
     );
 }

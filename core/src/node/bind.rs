@@ -164,7 +164,7 @@ impl Node {
         let session = self.sessions.get_mut(&conn)?;
         let bound = session.bound.take()?;
         let client_type = session.client_type;
-        let conn_token = session.conn_token.clone();
+        let conn_token = session.conn_token.to_string();
         self.routes.remove_if(&bound.user_id, client_type, conn);
         self.store_write(StoreOp::SetRouteOffline {
             user_id: bound.user_id.clone(),

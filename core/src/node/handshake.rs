@@ -62,10 +62,10 @@ impl Node {
             session.conn_version = ready_version;
         }
         session.cipher = Some(AesCipher::new(cached.session_key, cached.iv));
-        session.device_id = cached.device_id.clone();
-        session.os_name = cached.os_name.clone();
-        session.os_version = cached.os_version.clone();
-        session.client_version = cached.client_version.clone();
+        session.device_id = cached.device_id.as_str().into();
+        session.os_name = cached.os_name.as_str().into();
+        session.os_version = cached.os_version.as_str().into();
+        session.client_version = cached.client_version.as_str().into();
         session.client_type = ClientType::from_os_name(&cached.os_name);
         session.state = SessionState::Ready;
     }

@@ -24,7 +24,7 @@ impl Node {
             return;
         };
         let session = &self.sessions[&conn];
-        let device_id = session.device_id.clone();
+        let device_id = session.device_id.to_string();
         if let Some(cipher) = session.cipher.clone() {
             let kick = Kick {
                 device_id: device_id.clone(),
@@ -53,7 +53,7 @@ impl Node {
         };
         // Only the binding the notice names: a connection that bound again since is newer.
         let named = self.sessions.get(&conn).is_some_and(|s| {
-            s.conn_token == notice.conn_id
+            *s.conn_token == *notice.conn_id
                 && (notice.version == 0
                     || s.bound
                         .as_ref()
@@ -62,7 +62,7 @@ impl Node {
         let kicked = named.then(|| {
             let session = &self.sessions[&conn];
             let version = session.bound.as_ref().map_or(0, |b| b.route_version);
-            (conn, session.conn_token.clone(), version)
+            (conn, session.conn_token.to_string(), version)
         });
         self.trace(|| Event::KickNoticeHandled {
             notice: notice.clone(),
