@@ -108,6 +108,15 @@ fn broadcasts_finished(w: &World) -> Vec<(u64, PushStatus, Option<Reason>)> {
 }
 
 /// The `connId` the node wrote into the store for (user, type).
+/// The store's route of (user, client type); the test expects one.
+fn stored_route(w: &World, user: &str, ct: ClientType) -> RouteRecord {
+    w.store
+        .state
+        .routes
+        .get(&(user.to_owned(), ct))
+        .expect("a stored route")
+}
+
 fn store_token(w: &World, user: &str, ct: ClientType) -> Option<String> {
     w.store
         .state
@@ -606,12 +615,7 @@ fn closed_connection_drops_its_local_route_and_marks_the_store_route_offline() {
     assert!(store_token(&w, "u1", ClientType::Mobile).is_some());
     w.drop_phone(phone);
     assert!(w.node.routes_of("u1").is_empty());
-    let route = &w
-        .store
-        .state
-        .routes
-        .get(&("u1".to_owned(), ClientType::Mobile))
-        .expect("stored");
+    let route = stored_route(&w, "u1", ClientType::Mobile);
     assert_eq!(route.conn_id, None, "rewritten offline, not deleted");
     assert_eq!((route.host.as_str(), route.port), ("127.0.0.1", 3001));
     w.push_to(GW, 1, "u1", 1, 3000, Flags::NONE, "x");
@@ -827,11 +831,7 @@ fn a_bind_whose_connection_closed_before_the_store_answered_gives_the_route_back
     w.release_store();
     w.settle();
     assert_eq!(
-        w.store
-            .state
-            .routes
-            .get(&("u1".to_owned(), ClientType::Mobile))
-            .expect("stored"),
+        stored_route(&w, "u1", ClientType::Mobile),
         far,
         "the displaced connection's route is back"
     );
@@ -938,12 +938,7 @@ fn a_late_answer_never_puts_the_displaced_route_back() {
     w.release_store();
     w.settle();
     assert!(w.store.kicks.is_empty(), "nobody is kicked for a dead bind");
-    let stored = &w
-        .store
-        .state
-        .routes
-        .get(&("u1".to_owned(), ClientType::Mobile))
-        .expect("stored");
+    let stored = stored_route(&w, "u1", ClientType::Mobile);
     assert!(
         !stored.is_online(),
         "the dead bind stays offline: {stored:?}"
@@ -978,12 +973,7 @@ fn a_displaced_connection_that_closed_meanwhile_comes_back_offline() {
     w.store.mode = StoreMode::Immediate;
     w.release_store();
     w.settle();
-    let stored = &w
-        .store
-        .state
-        .routes
-        .get(&("u1".to_owned(), ClientType::Mobile))
-        .expect("stored");
+    let stored = stored_route(&w, "u1", ClientType::Mobile);
     assert!(stored.is_bind(&far.node(), far.version), "{stored:?}");
     assert!(!stored.is_online());
 }
@@ -1031,14 +1021,7 @@ fn undoing_a_dead_bind_never_touches_a_newer_one() {
     w.store.mode = StoreMode::Immediate;
     w.release_store();
     w.settle();
-    assert_eq!(
-        w.store
-            .state
-            .routes
-            .get(&("u1".to_owned(), ClientType::Mobile))
-            .expect("stored"),
-        newer
-    );
+    assert_eq!(stored_route(&w, "u1", ClientType::Mobile), newer);
 }
 
 #[test]
@@ -2233,12 +2216,7 @@ fn a_device_moving_here_from_a_node_whose_clock_is_ahead_keeps_its_user() {
     w.bind(phone, "u1", "");
     assert!(w.received(phone, Command::Kick).is_empty());
     assert_eq!(w.node.routes_of("u1"), vec![(ClientType::Mobile, phone)]);
-    let stored = &w
-        .store
-        .state
-        .routes
-        .get(&("u1".to_owned(), ClientType::Mobile))
-        .expect("stored");
+    let stored = stored_route(&w, "u1", ClientType::Mobile);
     assert!(stored.is_online(), "{stored:?}");
     assert_eq!(stored.host, w.node.config().node_addr.host);
     assert!(store_token(&w, "u1", ClientType::Mobile).is_some());
@@ -2271,12 +2249,7 @@ fn a_node_stamps_connections_after_the_versions_it_read_from_the_store() {
     w.bind(phone, "u1", "");
     assert!(w.received(phone, Command::Kick).is_empty());
     assert_eq!(w.node.routes_of("u1"), vec![(ClientType::Mobile, phone)]);
-    let stored = &w
-        .store
-        .state
-        .routes
-        .get(&("u1".to_owned(), ClientType::Mobile))
-        .expect("stored");
+    let stored = stored_route(&w, "u1", ClientType::Mobile);
     assert_eq!(stored.host, w.node.config().node_addr.host);
     assert!(stored.conn_version > ahead_us && stored.version > ahead_us + 5_000);
     // The old connection's node is told to kick it.
