@@ -40,7 +40,6 @@ pub mod flow;
 pub mod frame;
 pub mod ids;
 pub mod in_flight;
-pub mod keyed_hash;
 pub mod message;
 pub mod node;
 pub mod pipeline;

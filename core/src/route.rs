@@ -94,10 +94,10 @@ pub struct RouteHasher {
 }
 
 impl std::hash::BuildHasher for RouteHasher {
-    type Hasher = crate::keyed_hash::SipHasher13;
+    type Hasher = siphasher::sip::SipHasher13;
 
     fn build_hasher(&self) -> Self::Hasher {
-        crate::keyed_hash::SipHasher13::new_with_keys(self.k0, self.k1)
+        siphasher::sip::SipHasher13::new_with_keys(self.k0, self.k1)
     }
 }
 
@@ -265,6 +265,29 @@ impl RouteTable {
 
 #[cfg(test)]
 mod tests {
+    /// The route index's hash is SipHash-1-3 (the published values under the all-zero key,
+    /// written most significant byte first) and depends on its keys and on every byte.
+    #[test]
+    fn the_route_hash_is_keyed_siphash_1_3() {
+        use std::hash::{BuildHasher, Hash, Hasher};
+        for (input, output) in [
+            (&b""[..], [0xd1, 0xfb, 0xa7, 0x62, 0x15, 0x0c, 0x53, 0x2c]),
+            (b"siphash", [0x82, 0x64, 0xce, 0xec, 0xcb, 0x16, 0xbc, 0xbe]),
+        ] {
+            let mut h = RouteHasher { k0: 0, k1: 0 }.build_hasher();
+            h.write(input);
+            assert_eq!(h.finish(), u64::from_be_bytes(output), "{input:?}");
+        }
+        let hash = |k0, k1, text: &str| {
+            let mut h = RouteHasher { k0, k1 }.build_hasher();
+            text.hash(&mut h);
+            h.finish()
+        };
+        assert_ne!(hash(1, 2, "user-1"), hash(1, 3, "user-1"));
+        assert_ne!(hash(1, 2, "user-1"), hash(1, 2, "user-2"));
+        assert_ne!(hash(1, 2, "user-1"), hash(1, 2, "user-1\u{0}"));
+    }
+
     use super::*;
 
     #[test]
