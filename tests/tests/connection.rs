@@ -327,17 +327,19 @@ async fn undecodable_body_gets_error_100_and_close() {
             "{events:?}"
         );
 
-        // Whole AES blocks that do not decrypt to valid padding under the session key.
+        // Whole AES blocks that do not decrypt to valid padding under the session key. The key
+        // is random per connection and about one block in 255 decrypts to valid padding by
+        // chance, so the blocks are picked with the session's own cipher.
         let device = server
             .device_with(server.device_options("device-garbage-2"))
             .await;
+        let cipher = device.stored_session().cipher();
+        let blocks = (0x5Au8..=0xFF)
+            .map(|byte| vec![byte; 32])
+            .find(|blocks| cipher.decrypt(blocks).is_err())
+            .expect("some filler byte fails the padding check");
         device
-            .send_raw(Packet::new(
-                Command::Push.code(),
-                Flags::CRYPTO,
-                3,
-                vec![0x5Au8; 32],
-            ))
+            .send_raw(Packet::new(Command::Push.code(), Flags::CRYPTO, 3, blocks))
             .await
             .unwrap();
         let events = expect_closed(&device, WAIT).await;
