@@ -22,9 +22,12 @@
 //!   up the sends and keeps the users reached, at most [`MAX_TASK_USERS`] per task.
 //!
 //! Pure data and no clock: time comes in as `now_ms`.
+use crate::config::NodeAddr;
 use crate::ids::Millis;
 use crate::route::ClientType;
-use crate::store::{CachedSession, KickNotice, RouteRecord, StoreOp, StoreReply, TaskControl};
+use crate::store::{
+    best_route, CachedSession, KickNotice, RouteRecord, StoreOp, StoreReply, TaskControl,
+};
 use crate::store_packed::{PackedSession, RouteMap, SessionKey};
 use std::collections::{HashMap, VecDeque};
 
@@ -118,7 +121,8 @@ impl StoreState {
             StoreOp::GetRoute {
                 user_id,
                 client_type,
-            } => StoreReply::Route(self.route(&user_id, client_type)),
+                asker,
+            } => StoreReply::Route(self.route(&user_id, client_type, asker.as_ref())),
             StoreOp::PutSession {
                 session_id,
                 session,
@@ -221,22 +225,17 @@ impl StoreState {
         live
     }
 
-    /// The route of (user, type), or with no type the user's best route: the first online one
-    /// in [`ClientType::ALL`] order, else the first one.
+    /// The route of (user, type), or with no type the user's best route for a push through
+    /// `asker` ([`best_route`]).
     pub fn route(
         &self,
         user_id: &str,
         client_type: Option<ClientType>,
+        asker: Option<&NodeAddr>,
     ) -> Option<(ClientType, RouteRecord)> {
         match client_type {
             Some(ct) => self.routes.get(&(user_id.to_owned(), ct)).map(|r| (ct, r)),
-            None => {
-                let all = self.routes_of(user_id);
-                let online = all.iter().position(|(_, r)| r.is_online());
-                online
-                    .or((!all.is_empty()).then_some(0))
-                    .map(|i| all[i].clone())
-            }
+            None => best_route(self.routes_of(user_id), asker),
         }
     }
 
@@ -334,12 +333,18 @@ mod tests {
             }
         );
         s.apply(0, offline("a", 10));
-        assert!(s.route("u", None).unwrap().1.is_online(), "a stale owner");
+        assert!(
+            s.route("u", None, None).unwrap().1.is_online(),
+            "a stale owner"
+        );
         s.apply(0, offline("b", 19));
-        assert!(s.route("u", None).unwrap().1.is_online(), "an older bind");
+        assert!(
+            s.route("u", None, None).unwrap().1.is_online(),
+            "an older bind"
+        );
         s.apply(0, offline("b", 20));
         assert!(!s
-            .route("u", Some(ClientType::Mobile))
+            .route("u", Some(ClientType::Mobile), None)
             .unwrap()
             .1
             .is_online());
@@ -370,13 +375,20 @@ mod tests {
             previous: Box::new(far.clone()),
         };
         s.apply(0, restore(9));
-        assert_eq!(s.route("u", None).unwrap().1.version, 10, "another bind");
+        assert_eq!(
+            s.route("u", None, None).unwrap().1.version,
+            10,
+            "another bind"
+        );
         s.apply(0, restore(10));
-        assert_eq!(s.route("u", None).unwrap().1, far);
+        assert_eq!(s.route("u", None, None).unwrap().1, far);
         // Once a newer bind holds the route, a late restore does nothing.
         s.apply(0, put("newer", 20));
         s.apply(0, restore(10));
-        assert_eq!(s.route("u", None).unwrap().1, route(Some("newer"), 20));
+        assert_eq!(
+            s.route("u", None, None).unwrap().1,
+            route(Some("newer"), 20)
+        );
     }
 
     /// Found by the simulation (fresh seeds, B7): a route write delivered late on an old store
@@ -400,7 +412,7 @@ mod tests {
             StoreReply::Stale { .. }
         ));
         s.apply(0, offline("older-device", 5));
-        assert!(!s.route("u", None).unwrap().1.is_online());
+        assert!(!s.route("u", None, None).unwrap().1.is_online());
         // The mark arrives while another bind is stored: remembered there, and carried along
         // when a newer bind replaces that one.
         s.apply(0, put("other", 20));
@@ -410,7 +422,7 @@ mod tests {
             s.apply(0, put("late2", 30)),
             StoreReply::Stale { .. }
         ));
-        let (_, stored) = s.route("u", None).unwrap();
+        let (_, stored) = s.route("u", None, None).unwrap();
         assert_eq!(stored.conn_id.as_deref(), Some("newer"));
         // (older-device@5 too: its route was offline when "other" replaced it.)
         assert_eq!(
@@ -471,7 +483,7 @@ mod tests {
         for v in 0..(crate::store::MAX_ENDED_BINDS as u64 + 3) {
             s.apply(0, offline("x", v + 1));
         }
-        let (_, stored) = s.route("u", None).unwrap();
+        let (_, stored) = s.route("u", None, None).unwrap();
         assert_eq!(stored.ended.len(), crate::store::MAX_ENDED_BINDS);
         assert_eq!(
             stored.ended.last().unwrap().version,
@@ -518,7 +530,7 @@ mod tests {
                 previous: Box::new(far.clone()),
             },
         );
-        let (_, stored) = s.route("u", None).unwrap();
+        let (_, stored) = s.route("u", None, None).unwrap();
         assert!(stored.is_bind(&far.node(), 1));
         assert!(!stored.is_online());
     }
@@ -532,14 +544,14 @@ mod tests {
         let mut s = StoreState::new();
         s.apply(0, put("c", 10));
         s.apply(0, offline("c", 15));
-        let (_, stored) = s.route("u", None).unwrap();
+        let (_, stored) = s.route("u", None, None).unwrap();
         assert!(!stored.is_online());
         // The newer bind is remembered as ended: its write arriving late stays out.
         assert!(matches!(s.apply(0, put("c", 15)), StoreReply::Stale { .. }));
         // Another connection's older route is never touched by it.
         s.apply(0, put("d", 20));
         s.apply(0, offline("c", 30));
-        assert!(s.route("u", None).unwrap().1.is_online());
+        assert!(s.route("u", None, None).unwrap().1.is_online());
     }
 
     #[test]
@@ -549,7 +561,7 @@ mod tests {
             .insert(("u".into(), ClientType::Mobile), route(None, 1));
         s.routes
             .insert(("u".into(), ClientType::Web), route(Some("w"), 1));
-        assert_eq!(s.route("u", None).unwrap().0, ClientType::Web);
+        assert_eq!(s.route("u", None, None).unwrap().0, ClientType::Web);
         s.apply(
             0,
             StoreOp::SetRouteOffline {
@@ -560,7 +572,7 @@ mod tests {
                 version: 1,
             },
         );
-        assert_eq!(s.route("u", None).unwrap().0, ClientType::Mobile);
+        assert_eq!(s.route("u", None, None).unwrap().0, ClientType::Mobile);
         assert_eq!(s.route("nobody", None), None);
     }
 
@@ -642,6 +654,69 @@ mod tests {
                 qps: Some(5),
                 cancelled: true
             })
+        );
+    }
+
+    /// Found by the simulation (seed 27000827): a connection bound a user twice; the write of
+    /// its first bind was held up in the network, the second bind ended (its offline mark
+    /// reached the store while another node's offline route was stored, which remembered it),
+    /// and then the first bind's write landed and put the route back online for a connection
+    /// that had given the user up. A later ended bind of a node ends its earlier binds.
+    #[test]
+    fn a_late_write_of_an_earlier_bind_of_a_node_whose_later_bind_ended_is_refused() {
+        let mut s = StoreState::new();
+        let mut elsewhere = route(Some("b"), 5);
+        elsewhere.host = "10.0.0.2".into();
+        s.apply(
+            0,
+            StoreOp::PutRoute {
+                user_id: "u".into(),
+                client_type: ClientType::Mobile,
+                route: elsewhere.clone(),
+            },
+        );
+        s.apply(
+            0,
+            StoreOp::SetRouteOffline {
+                user_id: "u".into(),
+                client_type: ClientType::Mobile,
+                node: NodeAddr::new("10.0.0.2", 3001),
+                conn_id: "b".into(),
+                version: 5,
+            },
+        );
+        // The mark of this node's second bind (20), whose write never landed, is remembered.
+        s.apply(0, offline("a", 20));
+        // The first bind's (10) write lands late.
+        let reply = s.apply(0, put("a", 10));
+        assert!(matches!(reply, StoreReply::Stale { .. }), "{reply:?}");
+        let (_, stored) = s.route("u", Some(ClientType::Mobile), None).unwrap();
+        assert!(!stored.is_online(), "{stored:?}");
+    }
+
+    #[test]
+    fn a_push_naming_no_client_type_gets_an_online_route_elsewhere_before_one_of_the_asker() {
+        let mut s = StoreState::new();
+        let here = NodeAddr::new("127.0.0.1", 3001);
+        s.apply(0, put("stale", 10));
+        let mut live = route(Some("live"), 5);
+        live.host = "10.0.0.2".into();
+        s.apply(
+            0,
+            StoreOp::PutRoute {
+                user_id: "u".into(),
+                client_type: ClientType::Pc,
+                route: live.clone(),
+            },
+        );
+        assert_eq!(
+            s.route("u", None, Some(&here)),
+            Some((ClientType::Pc, live))
+        );
+        // Without an asker, the first online route in client-type order.
+        assert_eq!(
+            s.route("u", None, None).map(|(ct, _)| ct),
+            Some(ClientType::Mobile)
         );
     }
 }

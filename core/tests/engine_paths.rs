@@ -2255,3 +2255,176 @@ fn a_node_stamps_connections_after_the_versions_it_read_from_the_store() {
     // The old connection's node is told to kick it.
     assert!(w.store.kicks.iter().any(|k| k.conn_id == "old-conn"));
 }
+
+/// Found by the simulation with skewed node clocks (seed 26000030): the device's old route was
+/// still online — its node had crashed, so nobody marked it — and stamped by a node whose clock
+/// was 800 ms ahead; the device connected here 600 ms later and, before any push here had
+/// read that route, bound: the bind was refused as late and the device kicked from its own
+/// user. Across nodes a connection counts as older only beyond the clocks' bound
+/// (`MAX_CLOCK_SKEW_MS`): the device keeps its user and its old connection is kicked.
+#[test]
+fn a_device_moving_here_off_a_crashed_node_whose_clock_was_ahead_keeps_its_user() {
+    let mut w = World::new(|_| {});
+    let ahead_us = u64::try_from(EPOCH0_MS + 800).unwrap() * 1000;
+    let mut old = FakeStore::route("10.0.0.2", 3001, Some("old-conn"));
+    old.device_id = "dev-A".into();
+    old.conn_version = ahead_us;
+    old.version = ahead_us + 5_000;
+    w.store
+        .state
+        .routes
+        .insert(("u1".into(), ClientType::Mobile), old);
+    let phone = w.connect("dev-A", "android");
+    w.handshake(phone);
+    w.bind(phone, "u1", "");
+    assert!(w.received(phone, Command::Kick).is_empty());
+    assert_eq!(w.node.routes_of("u1"), vec![(ClientType::Mobile, phone)]);
+    let stored = stored_route(&w, "u1", ClientType::Mobile);
+    assert_eq!(stored.host, w.node.config().node_addr.host);
+    assert!(stored.is_online(), "{stored:?}");
+    assert!(w.store.kicks.iter().any(|k| k.conn_id == "old-conn"));
+}
+
+/// The other side of the clocks' bound: a bind on a connection older, by more than the bound,
+/// than the device's connection online elsewhere comes from a connection the device has
+/// given up (a node that stalled and processed it late). It displaces nobody: the device's
+/// route elsewhere stays, and this connection is kicked as a late bind.
+#[test]
+fn a_bind_older_than_the_device_route_elsewhere_beyond_the_clock_bound_is_kicked_as_late() {
+    let mut w = World::new(|_| {});
+    let later_us = u64::try_from(EPOCH0_MS + 5_000).unwrap() * 1000;
+    let mut newer = FakeStore::route("10.0.0.2", 3001, Some("newer-conn"));
+    newer.device_id = "dev-A".into();
+    newer.conn_version = later_us;
+    newer.version = later_us + 5_000;
+    w.store
+        .state
+        .routes
+        .insert(("u1".into(), ClientType::Mobile), newer);
+    let phone = w.connect("dev-A", "android");
+    w.handshake(phone);
+    w.bind(phone, "u1", "");
+    w.settle();
+    assert_eq!(w.received(phone, Command::Kick).len(), 1, "kicked as late");
+    assert!(w.node.routes_of("u1").is_empty());
+    assert_eq!(
+        store_token(&w, "u1", ClientType::Mobile).as_deref(),
+        Some("newer-conn")
+    );
+    assert!(w.store.kicks.iter().all(|k| k.conn_id != "newer-conn"));
+}
+
+/// A node re-reads the wall clock (`Node::follow_wall_clock`): the versions it stamps follow
+/// the wall clock, not its own monotonic clock's drift, and never go back when the wall clock
+/// is stepped back.
+#[test]
+fn a_node_stamps_versions_from_the_latest_wall_clock_reading() {
+    let mut w = World::new(|_| {});
+    let now = w.now;
+    let wall_ms = EPOCH0_MS + 60_000;
+    w.node.follow_wall_clock(now, wall_ms);
+    let phone = w.online("dev-A", "android", "u1", "");
+    let first = stored_route(&w, "u1", ClientType::Mobile);
+    let wall_us = u64::try_from(wall_ms).unwrap() * 1000;
+    assert!(
+        first.conn_version >= wall_us && first.conn_version < wall_us + 1_000_000,
+        "{first:?}"
+    );
+    // Stepped back by 10 s: versions keep increasing.
+    w.node.follow_wall_clock(w.now, EPOCH0_MS + 50_000);
+    w.bind(phone, "u1", "");
+    let second = stored_route(&w, "u1", ClientType::Mobile);
+    assert!(second.version > first.version, "{first:?} then {second:?}");
+}
+
+/// Found by the simulation (seed 26000611): a user bound on another node with one client
+/// type and with a stale route naming this node (it had restarted) with another. A push that
+/// named no client type read the stale route — the first online one — and was answered
+/// offline. With no client type the store hands the asking node an online route elsewhere
+/// first: router-change.
+#[test]
+fn a_push_naming_no_client_type_passes_a_stale_route_here_for_one_online_elsewhere() {
+    let mut w = World::new(|_| {});
+    w.store.state.routes.insert(
+        ("s1".into(), ClientType::Mobile),
+        FakeStore::route("127.0.0.1", 3001, Some("gone")),
+    );
+    w.store.state.routes.insert(
+        ("s1".into(), ClientType::Pc),
+        FakeStore::route("10.0.0.2", 3001, Some("live")),
+    );
+    w.push_to(GW, 1, "s1", 0, 3000, Flags::NONE, "x");
+    w.settle();
+    assert_eq!(w.reply(GW, 1).status, PushStatus::RouterChange);
+    // With only the stale route left, the push is offline and the route marked.
+    w.store
+        .state
+        .routes
+        .remove(&("s1".to_owned(), ClientType::Pc));
+    w.push_to(GW, 2, "s1", 0, 3000, Flags::NONE, "y");
+    w.settle();
+    assert_eq!(w.reply(GW, 2).status, PushStatus::Offline);
+    assert_eq!(store_token(&w, "s1", ClientType::Mobile), None);
+}
+
+/// Found by the simulation (seed 26002162): the store answered a push's route read after the
+/// push had timed out; the answer was a stale route naming this node (from before a
+/// restart), and it was dropped with the push, so the route stayed online for good. A stale
+/// route of this node is marked offline whenever its answer comes.
+#[test]
+fn a_route_answer_after_the_push_ended_still_cleans_a_stale_route_here() {
+    let mut w = World::new(|_| {});
+    w.store.state.routes.insert(
+        ("u1".into(), ClientType::Mobile),
+        FakeStore::route("127.0.0.1", 3001, Some("gone")),
+    );
+    w.store.mode = StoreMode::Hold;
+    w.push_to(GW, 1, "u1", 1, 100, Flags::NONE, "x");
+    w.advance(200);
+    assert_eq!(w.reply(GW, 1).status, PushStatus::Timeout);
+    w.store.mode = StoreMode::Immediate;
+    w.release_store();
+    w.settle();
+    assert_eq!(store_token(&w, "u1", ClientType::Mobile), None);
+    assert_eq!(w.replies_to(GW, 1).len(), 1, "one status");
+}
+
+/// A route read of a route this node holds live is no stale route: a late answer naming the
+/// local connection leaves it online.
+#[test]
+fn a_late_route_answer_naming_a_live_local_connection_leaves_it() {
+    let mut w = World::new(|_| {});
+    w.store.mode = StoreMode::Hold;
+    w.push_to(GW, 1, "u1", 1, 100, Flags::NONE, "x");
+    w.advance(200);
+    assert_eq!(w.reply(GW, 1).status, PushStatus::Timeout);
+    w.store.mode = StoreMode::Immediate;
+    let phone = w.online("dev-A", "android", "u1", "");
+    let token = store_token(&w, "u1", ClientType::Mobile).expect("bound");
+    // The held read is answered with the live route.
+    w.release_store();
+    w.settle();
+    assert_eq!(store_token(&w, "u1", ClientType::Mobile), Some(token));
+    assert_eq!(w.node.routes_of("u1"), vec![(ClientType::Mobile, phone)]);
+}
+
+/// The same when the answer comes after the read itself timed out (the store link was backed
+/// up beyond the store timeout): the push failed, and the late answer still cleans the route.
+#[test]
+fn a_route_answer_after_its_read_timed_out_still_cleans_a_stale_route_here() {
+    let mut w = World::new(|_| {});
+    w.store.state.routes.insert(
+        ("u1".into(), ClientType::Mobile),
+        FakeStore::route("127.0.0.1", 3001, Some("gone")),
+    );
+    w.store.mode = StoreMode::Hold;
+    w.push_to(GW, 1, "u1", 1, 60_000, Flags::NONE, "x");
+    let store_timeout_ms = w.node.config().store_timeout_ms;
+    w.advance(store_timeout_ms + 100);
+    assert_eq!(w.reply(GW, 1).status, PushStatus::Failure);
+    w.store.mode = StoreMode::Immediate;
+    w.release_store();
+    w.settle();
+    assert_eq!(store_token(&w, "u1", ClientType::Mobile), None);
+    assert_eq!(w.replies_to(GW, 1).len(), 1, "one status");
+}

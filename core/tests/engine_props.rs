@@ -1093,7 +1093,7 @@ impl Run {
                         .w
                         .store
                         .state
-                        .route(user, *ct)
+                        .route(user, *ct, Some(&here))
                         .is_some_and(|(_, r)| r.is_online() && !r.is_on(&here));
                     let unwritable = self.routes.iter().any(|((u, c), conn)| {
                         u == user && ct.is_none_or(|ct| ct == *c) && !self.phones[conn].writable
@@ -2145,7 +2145,7 @@ impl Run {
             return Some(Prediction::Wait);
         }
         let here = self.here();
-        Some(match self.w.store.state.route(user, ct) {
+        Some(match self.w.store.state.route(user, ct, Some(&here)) {
             Some((route_ct, route)) if route.is_online() && route.is_on(&here) => {
                 Prediction::Finish {
                     status: PushStatus::Offline,

@@ -315,6 +315,8 @@ pub struct Driver {
     /// The time of the current wake-up ([`Driver::tick`]): every message handled in one
     /// wake-up is handled at it, so a burst reads the clock once, not once per message.
     now: Millis,
+    /// When the node's clock next re-reads the wall clock ([`Node::follow_wall_clock`]).
+    wall_clock_due_ms: Millis,
     /// Each phone's outbound queue.
     phones: FxHashMap<ConnId, Arc<PhoneQueue>>,
     gateways: FxHashMap<GatewayId, GatewayLink>,
@@ -368,6 +370,7 @@ pub fn spawn(
         node_addr,
         start,
         now: 0,
+        wall_clock_due_ms: crate::node_clock::WALL_CLOCK_READ_INTERVAL_MS,
         phones: FxHashMap::default(),
         gateways: FxHashMap::default(),
         local_waiters: FxHashMap::default(),
@@ -386,6 +389,11 @@ impl Driver {
     fn tick(&mut self) -> Instant {
         let at = Instant::now();
         self.now = crate::node_clock::now_ms(self.start);
+        if self.now >= self.wall_clock_due_ms {
+            let epoch_ms = crate::node_clock::wall_epoch_ms();
+            self.node.follow_wall_clock(self.now, epoch_ms);
+            self.wall_clock_due_ms = self.now + crate::node_clock::WALL_CLOCK_READ_INTERVAL_MS;
+        }
         at
     }
 

@@ -1,7 +1,9 @@
 //! The node's clock: milliseconds since the node started (what the core's `now` is), and the
 //! instant a reading comes due (what a task's timer sleeps until). The node task and every
 //! connection task read it here, so under the simulator one host's clock fault
-//! ([`crate::sim_hooks`]: a skewed rate) applies to all of them alike.
+//! ([`crate::sim_hooks`]: a skewed rate) applies to all of them alike. The wall clock (the
+//! versions' time base) is read here too, NTP-disciplined in production and off by the host's
+//! bounded offset under the simulator.
 use pushgate_core::Millis;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -22,4 +24,19 @@ pub fn instant_at(start: Instant, at_ms: Millis) -> Instant {
     #[cfg(not(madsim))]
     let at = start + Duration::from_millis(at_ms);
     at
+}
+
+/// How often the node task re-reads the wall clock (`Node::follow_wall_clock`): between two
+/// readings its wall-clock time runs on the monotonic clock, at that clock's rate.
+pub const WALL_CLOCK_READ_INTERVAL_MS: Millis = 1_000;
+
+/// The wall-clock time in ms since the Unix epoch (0 before it).
+pub fn wall_epoch_ms() -> i64 {
+    let epoch_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0);
+    #[cfg(madsim)]
+    let epoch_ms = epoch_ms.saturating_add(crate::sim_hooks::wall_offset_ms());
+    epoch_ms
 }

@@ -124,12 +124,7 @@ pub async fn start_with(config: &Config, hooks: ServerHooks) -> anyhow::Result<R
     // building the node (key set-up) does not put its clock, and its bind versions, behind
     // other nodes' (a later bind elsewhere must get a newer version).
     let clock_start = tokio::time::Instant::now();
-    let epoch_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0);
-    #[cfg(madsim)]
-    let epoch_ms = epoch_ms.saturating_add(crate::sim_hooks::wall_offset_ms());
+    let epoch_ms = crate::node_clock::wall_epoch_ms();
     let marks = QueueMarks::new(
         net.write_low_water_bytes,
         net.write_high_water_bytes,

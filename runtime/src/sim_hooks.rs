@@ -10,7 +10,7 @@
 //!   by that rate) and its wall clock may be off by a bounded offset (NTP-like), so the bind
 //!   versions it stamps are off too. The node task and its connection tasks read their clock
 //!   through [`elapsed`] and turn deadlines into instants through [`instant_at`]; the server
-//!   adds [`wall_offset_ms`] to the epoch it reads at start.
+//!   adds [`wall_offset_ms`] to every wall-clock reading (`node_clock::wall_epoch_ms`).
 //!
 //! The state is per thread: madsim runs one world per thread.
 use std::cell::RefCell;

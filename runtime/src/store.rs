@@ -35,7 +35,7 @@ impl MemoryStore {
         user_id: &str,
         client_type: Option<ClientType>,
     ) -> Option<(ClientType, RouteRecord)> {
-        self.state.route(user_id, client_type)
+        self.state.route(user_id, client_type, None)
     }
 
     /// Every route of a user (for the admin API).

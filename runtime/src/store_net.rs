@@ -355,6 +355,7 @@ mod tests {
             StoreOp::GetRoute {
                 user_id: "u".into(),
                 client_type: Some(ClientType::Mobile),
+                asker: None,
             }
         ));
         let again = tokio::time::timeout(within, events.recv()).await.unwrap();
@@ -385,6 +386,7 @@ mod tests {
             op: StoreOp::GetRoute {
                 user_id: "u".into(),
                 client_type: Some(ClientType::Mobile),
+                asker: None,
             },
         };
         encode_frame(&message, &mut buf);

@@ -281,14 +281,14 @@ impl Oracle {
         (version / 1000).saturating_sub(self.t0_wall_ms)
     }
 
-    /// How far apart two nodes' clocks can read at `at_ms` (0 unless clocks are skewed): binds
+    /// How far apart two nodes' clocks can read (0 unless clocks are skewed): binds
     /// on different nodes closer than this are concurrent — their versions may order them
     /// either way.
-    pub fn clock_slack_ms(&self, at_ms: u64) -> u64 {
+    pub fn clock_slack_ms(&self) -> u64 {
         self.params
             .clock
             .as_ref()
-            .map_or(0, |clock| clock.max_disagreement_ms(at_ms))
+            .map_or(0, |clock| clock.max_disagreement_ms())
     }
 
     /// One line of the event trace.
@@ -732,7 +732,7 @@ impl Oracle {
                 // can disagree are concurrent: the store orders them by versions either way.
                 // (A device's own connections stay ordered: it opens one after giving up the
                 // other, whatever the nodes' clocks say.)
-                let skew = self.clock_slack_ms(now);
+                let skew = self.clock_slack_ms();
                 let superseded = self.conns.iter().any(|o| {
                     let slack = if o.node == node || o.phone == phone {
                         0
@@ -987,7 +987,7 @@ impl Oracle {
                 }
                 // Nobody else took this user and type while it was bound (with skewed clocks: or
                 // shortly before, on another node, whose clock may stamp that bind newer).
-                let skew = self.clock_slack_ms(to);
+                let skew = self.clock_slack_ms();
                 let contested = self.conns.iter().any(|o| {
                     let slack = if o.node == c.node || o.phone == c.phone {
                         0
@@ -1186,7 +1186,7 @@ impl Oracle {
             }
             let end = b.end.unwrap_or(b.start);
             let content = format!("b-{}", b.id);
-            let skew = self.clock_slack_ms(end);
+            let skew = self.clock_slack_ms();
             self.checked("2-broadcast-complete");
             let missed: Vec<usize> = self
                 .conns

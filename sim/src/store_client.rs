@@ -78,6 +78,7 @@ impl StoreClient {
                 StoreOp::GetRoute {
                     user_id: user.to_owned(),
                     client_type,
+                    asker: None,
                 },
                 within,
             )

@@ -999,7 +999,7 @@ async fn liveness_checks(sh: Shared, ctl: Arc<Control>, params: Arc<Params>) {
             // off the true time.)
             let bound_at = o
                 .bind_time_of_version(route.version)
-                .saturating_sub(o.clock_slack_ms(o.now()));
+                .saturating_sub(o.clock_slack_ms());
             let crashed_after = node.is_some_and(|k| {
                 let last = written.unwrap_or_else(|| o.last_bind_on(user, *ct, k).unwrap_or(0));
                 o.node_kills

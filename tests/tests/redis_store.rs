@@ -173,9 +173,13 @@ fn op() -> impl Strategy<Value = StoreOp> {
                 previous: Box::new(previous),
             }
         ),
-        4 => (user(), proptest::option::of(client_type())).prop_map(|(user_id, client_type)| {
-            StoreOp::GetRoute { user_id, client_type }
-        }),
+        4 => (user(), proptest::option::of(client_type()), proptest::option::of(0..2usize)).prop_map(
+            |(user_id, client_type, h)| StoreOp::GetRoute {
+                user_id,
+                client_type,
+                asker: h.map(|h| NodeAddr::new(HOSTS[h].0, HOSTS[h].1)),
+            }
+        ),
         1 => ((0..2usize), session()).prop_map(|(s, session)| StoreOp::PutSession {
             session_id: format!("s{s}"),
             session,
@@ -248,9 +252,11 @@ fn prefixed(op: StoreOp, prefix: &str) -> StoreOp {
         StoreOp::GetRoute {
             user_id,
             client_type,
+            asker,
         } => StoreOp::GetRoute {
             user_id: p(user_id),
             client_type,
+            asker,
         },
         StoreOp::PutSession {
             session_id,
@@ -490,6 +496,7 @@ async fn routes_and_sessions_mpush_wrote_read_back() {
                 .apply(StoreOp::GetRoute {
                     user_id,
                     client_type: Some(client_type)
+                    asker: None,
                 })
                 .await,
             Ok(StoreReply::Route(Some((client_type, want)))),
@@ -501,6 +508,7 @@ async fn routes_and_sessions_mpush_wrote_read_back() {
         .apply(StoreOp::GetRoute {
             user_id: "user-1".into(),
             client_type: None,
+            asker: None,
         })
         .await;
     match best {
@@ -589,6 +597,7 @@ async fn a_route_mpush_wrote_counts_as_the_oldest_bind() {
             .apply(StoreOp::GetRoute {
                 user_id: user_id.clone(),
                 client_type: Some(ClientType::Mobile)
+                asker: None,
             })
             .await,
         Ok(StoreReply::Route(Some((
@@ -1018,6 +1027,7 @@ async fn a_sentinel_failover_is_followed_to_the_new_master() {
             .apply(StoreOp::GetRoute {
                 user_id: "fo-user".into(),
                 client_type: Some(ClientType::Mobile),
+                asker: None,
             })
             .await,
         Ok(StoreReply::Route(Some((ClientType::Mobile, route.clone()))))
@@ -1067,6 +1077,7 @@ async fn round_trips_and_pipelined_throughput_against_local_redis() {
             Box::new(|n: u64| StoreOp::GetRoute {
                 user_id: format!("rt{}", n % 100),
                 client_type: None,
+                asker: None,
             }),
         ),
         (
@@ -1141,6 +1152,7 @@ async fn a_stalled_redis_is_answered_within_the_deadline_and_the_link_recovers()
     let get = StoreOp::GetRoute {
         user_id: "stalled".into(),
         client_type: None,
+        asker: None,
     };
     let accepted = store.request(1, get.clone());
     if accepted {
@@ -1330,6 +1342,7 @@ async fn concurrent_binds_from_two_nodes_keep_the_newest() {
         a.apply(StoreOp::GetRoute {
             user_id: "race".into(),
             client_type: Some(ClientType::Mobile),
+            asker: None,
         })
         .await,
         Ok(StoreReply::Route(Some((ClientType::Mobile, newest))))

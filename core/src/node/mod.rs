@@ -426,8 +426,10 @@ enum StorePurpose {
     FastConnect {
         conn: ConnId,
     },
+    /// A push's route lookup; the user is kept for the stale-route check of a late answer.
     PushRoute {
         push: PushId,
+        user_id: String,
     },
     TaskControl {
         push: PushId,
@@ -467,6 +469,9 @@ struct PendingStore {
 /// Most bind route writes that timed out kept waiting for their late answer; the oldest are
 /// dropped beyond it.
 const MAX_LATE_BIND_ANSWERS: usize = 4_096;
+
+/// Most timed-out push route reads whose late answers are still checked for stale routes.
+const MAX_LATE_ROUTE_READS: usize = 4_096;
 
 /// The push engine and phone sessions of one pushgate node.
 pub struct Node {
@@ -508,6 +513,10 @@ pub struct Node {
     /// while the connection holds the user. At most [`MAX_LATE_BIND_ANSWERS`]; forgotten when
     /// the store link comes back (the old link's answers are lost).
     late_bind_answers: BTreeMap<RequestId, (ConnId, StoreOp)>,
+    /// Push route reads that timed out, by request, with their user: a late answer may still
+    /// show a stale route of this node, which is then marked offline. At most
+    /// [`MAX_LATE_ROUTE_READS`]; forgotten when the store link comes back.
+    late_route_reads: BTreeMap<RequestId, String>,
     /// Bind checks in flight by id, at most [`NodeConfig::max_bind_checks`], and the check of
     /// each connection (one at most).
     bind_checks: FxHashMap<u64, bind_check::PendingBindCheck>,
@@ -549,6 +558,7 @@ impl Node {
             offline_marks_to_repair: VecDeque::new(),
             repair_armed: false,
             late_bind_answers: BTreeMap::new(),
+            late_route_reads: BTreeMap::new(),
             bind_checks: FxHashMap::default(),
             bind_check_of: FxHashMap::default(),
             next_bind_check: 1,
@@ -607,6 +617,7 @@ impl Node {
             } => self.kick_user(&user_id, client_type),
             Input::StoreConnected => {
                 self.late_bind_answers.clear();
+                self.late_route_reads.clear();
                 self.republish_routes();
             }
             Input::BindVerdict { check, verdict } => self.on_bind_verdict(check, verdict),
@@ -750,6 +761,17 @@ impl Node {
         self.now = self.now.max(now_ms);
     }
 
+    /// Takes a fresh reading of the wall clock: `epoch_ms` (ms since the Unix epoch) is the
+    /// time at `now_ms`. The node's wall-clock time follows it from then on, so its bind and
+    /// connection versions stay within NTP's bound of other nodes' however fast its monotonic
+    /// clock runs ([`crate::store::MAX_CLOCK_SKEW_MS`]); the runtime calls it about once a
+    /// second. Versions never go back: a clock stepped back leaves them increasing
+    /// ([`Node::next_version`]).
+    pub fn follow_wall_clock(&mut self, now_ms: Millis, epoch_ms: i64) {
+        self.advance(now_ms);
+        self.epoch_offset_ms = epoch_ms.saturating_sub(i64::try_from(self.now).unwrap_or(i64::MAX));
+    }
+
     fn epoch_ms(&self) -> i64 {
         self.epoch_offset_ms
             .saturating_add(i64::try_from(self.now).unwrap_or(i64::MAX))
@@ -838,13 +860,19 @@ impl Node {
 
     fn on_store_reply(&mut self, request: RequestId, reply: Result<StoreReply, StoreError>) {
         let Some(purpose) = self.forget_store_request(request) else {
-            // A late answer to a request that already timed out: only a bind's route write
-            // still matters, while its connection still holds that user: the connection it
+            // A late answer to a request that already timed out: a push's route read still
+            // shows whether the store holds a stale route of this node, and a bind's route
+            // write still matters while its connection still holds that user: the connection it
             // displaced elsewhere gets its kick notice (or, when the store kept a newer bind,
             // this one gives the user up). Once the connection gave the user up, its bind was
             // live for a while (answered, retried), so the displaced route is never put back
             // from a late answer, as the undo of a dead bind would: the displaced connection
             // may have ended since, beyond what the store remembers of ended binds.
+            if let Some(user_id) = self.late_route_reads.remove(&request) {
+                if let Ok(StoreReply::Route(Some((route_type, route)))) = &reply {
+                    self.clean_if_stale(&user_id, *route_type, route);
+                }
+            }
             if let Some((conn, op)) = self.late_bind_answers.remove(&request) {
                 let holds_user = match &op {
                     StoreOp::PutRoute {
@@ -895,7 +923,15 @@ impl Node {
                 self.on_bind_route_reply(conn, op, attempts, reply)
             }
             StorePurpose::FastConnect { conn } => self.on_fast_connect_reply(conn, request, reply),
-            StorePurpose::PushRoute { push } => self.on_push_route_reply(push, reply),
+            StorePurpose::PushRoute { push, user_id } => {
+                if matches!(reply, Err(StoreError::Timeout)) {
+                    if self.late_route_reads.len() >= MAX_LATE_ROUTE_READS {
+                        self.late_route_reads.pop_first();
+                    }
+                    self.late_route_reads.insert(request, user_id.clone());
+                }
+                self.on_push_route_reply(push, &user_id, reply)
+            }
             StorePurpose::TaskControl { push } => self.on_task_control_reply(push, reply),
         }
     }

@@ -2,8 +2,10 @@
 //!
 //! A task runs its steps until it sends or finishes: deadline → local route → writability →
 //! global flow control (go, or run again after the rest of the window) → send. No local route:
-//! ask the store — missing or offline → offline; this node → offline and the stale store
-//! route marked offline; another node → router-change. After the send: write failed →
+//! ask the store (with no client type: the user's best route, one online elsewhere first) —
+//! missing or offline → offline; this node → offline; another node → router-change. A store
+//! route naming this node that no local connection holds is stale and is marked offline, even
+//! when its answer comes after the push ended. After the send: write failed →
 //! failure; written → success (no ACK asked) or wait for the ACK → ack-success. The deadline
 //! timer answers timeout for anything still open, so every task ends exactly once.
 use super::{Event, Node, OutFrame, Seal, StorePurpose};
@@ -109,8 +111,13 @@ impl Node {
             let op = StoreOp::GetRoute {
                 user_id: task.request.user_id.clone(),
                 client_type: task.request.client_type,
+                asker: Some(self.cfg.node_addr.clone()),
             };
-            return match self.store(op, StorePurpose::PushRoute { push: id }) {
+            let purpose = StorePurpose::PushRoute {
+                push: id,
+                user_id: task.request.user_id.clone(),
+            };
+            return match self.store(op, purpose) {
                 Some(request) => {
                     if let Some(task) = self.singles.get_mut(&id) {
                         task.state = SingleState::WaitingRoute { request };
@@ -180,8 +187,14 @@ impl Node {
     pub(super) fn on_push_route_reply(
         &mut self,
         id: PushId,
+        user_id: &str,
         reply: Result<StoreReply, StoreError>,
     ) {
+        // Cleaned whether or not the push still waits: an answer that comes after the push
+        // ended (its deadline) still shows the store holding a stale route of this node.
+        if let Ok(StoreReply::Route(Some((route_type, route)))) = &reply {
+            self.clean_if_stale(user_id, *route_type, route);
+        }
         let Some(task) = self.singles.get_mut(&id) else {
             return;
         };
@@ -189,8 +202,8 @@ impl Node {
             return;
         }
         task.state = SingleState::Ready;
-        let (user_id, client_type) = (task.request.user_id.clone(), task.request.client_type);
-        if self.local_route(&user_id, client_type).is_some() {
+        let client_type = task.request.client_type;
+        if self.local_route(user_id, client_type).is_some() {
             // The user bound here while the store was asked: deliver locally.
             return self.run_single(id);
         }
@@ -200,16 +213,8 @@ impl Node {
                     task.resolved_type = Some(route_type);
                 }
                 if route.is_on(&self.cfg.node_addr) {
-                    // The store says "here" but no local connection exists: the route is stale.
-                    if let Some(conn_id) = route.conn_id {
-                        self.store_write(StoreOp::SetRouteOffline {
-                            user_id,
-                            client_type: route_type,
-                            node: self.cfg.node_addr.clone(),
-                            conn_id,
-                            version: route.version,
-                        });
-                    }
+                    // The store says "here" but no local connection exists: the route is stale
+                    // (marked offline above).
                     self.finish_single(id, PushStatus::Offline, None);
                 } else {
                     if let Some(task) = self.singles.get_mut(&id) {
@@ -225,6 +230,38 @@ impl Node {
                 Some(Reason::RouteLookupFailed(error.to_string())),
             ),
         }
+    }
+
+    /// Marks `route` offline when it is a stale route of this node: online, naming this node,
+    /// and no local connection holds (user, type) with its connection id (the local table
+    /// takes a bind before its route is written, so a live bind here is always in it).
+    pub(super) fn clean_if_stale(
+        &mut self,
+        user_id: &str,
+        client_type: ClientType,
+        route: &RouteRecord,
+    ) {
+        let Some(conn_id) = route.conn_id.as_deref() else {
+            return;
+        };
+        if !route.is_on(&self.cfg.node_addr) {
+            return;
+        }
+        let held = self
+            .routes
+            .get(user_id, client_type)
+            .and_then(|conn| self.sessions.get(&conn))
+            .is_some_and(|session| &*session.conn_token == conn_id);
+        if held {
+            return;
+        }
+        self.store_write(StoreOp::SetRouteOffline {
+            user_id: user_id.to_owned(),
+            client_type,
+            node: self.cfg.node_addr.clone(),
+            conn_id: conn_id.to_owned(),
+            version: route.version,
+        });
     }
 
     pub(super) fn on_written(&mut self, conn: ConnId, session_id: i32, ok: bool) {

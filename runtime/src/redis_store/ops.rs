@@ -8,9 +8,11 @@
 use super::{keys, scripts};
 use pushgate_core::route::ClientType;
 use pushgate_core::store::{
-    CachedSession, KickNotice, RouteRecord, StoreError, StoreOp, StoreReply, TaskControl,
+    best_route, CachedSession, KickNotice, RouteRecord, StoreError, StoreOp, StoreReply,
+    TaskControl,
 };
 use pushgate_core::store_state::MAX_TASK_USERS;
+use pushgate_core::NodeAddr;
 use redis::aio::ConnectionLike;
 use redis::{RedisError, RedisResult};
 
@@ -172,7 +174,8 @@ async fn run<C: ConnectionLike + Send>(
         StoreOp::GetRoute {
             user_id,
             client_type,
-        } => StoreReply::Route(get_route(conn, &user_id, client_type).await?),
+            asker,
+        } => StoreReply::Route(get_route(conn, &user_id, client_type, asker.as_ref()).await?),
         StoreOp::PutSession {
             session_id,
             session,
@@ -259,6 +262,7 @@ async fn get_route<C: ConnectionLike + Send>(
     conn: &mut C,
     user_id: &str,
     client_type: Option<ClientType>,
+    asker: Option<&NodeAddr>,
 ) -> RedisResult<Option<(ClientType, RouteRecord)>> {
     let key = keys::user_routes(user_id);
     match client_type {
@@ -277,16 +281,11 @@ async fn get_route<C: ConnectionLike + Send>(
                 cmd.arg(keys::client_type_field(ct));
             }
             let values: Vec<Option<String>> = cmd.query_async(conn).await?;
-            let mut best = None;
-            for (ct, text) in ClientType::ALL.into_iter().zip(values) {
-                if let Some(route) = text.as_deref().and_then(parse_route) {
-                    if route.is_online() {
-                        return Ok(Some((ct, route)));
-                    }
-                    best.get_or_insert((ct, route));
-                }
-            }
-            Ok(best)
+            let routes = ClientType::ALL
+                .into_iter()
+                .zip(values)
+                .filter_map(|(ct, text)| text.as_deref().and_then(parse_route).map(|r| (ct, r)));
+            Ok(best_route(routes, asker))
         }
     }
 }
