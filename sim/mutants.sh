@@ -55,7 +55,7 @@ cat >"$mutants_py" <<'PY'
 import json, sys
 M = [
  ("stale-route-cleanup", "a store route naming this node with no local connection is not marked offline",
-  [("core/src/node/single.rs", "if let Some(conn_id) = route.conn_id {", "if let Some(conn_id) = route.conn_id.filter(|_| false) {")]),
+  [("core/src/node/single.rs", "let Some(conn_id) = route.conn_id.as_deref() else {", "let Some(conn_id) = route.conn_id.as_deref().filter(|_| false) else {")]),
  ("offline-vs-router-change", "a stale route naming the answering node answers router-change instead of offline",
   [("core/src/node/single.rs", """                    self.finish_single(id, PushStatus::Offline, None);
                 } else {""", """                    self.finish_single(id, PushStatus::RouterChange, None);
@@ -90,13 +90,21 @@ M = [
   [("core/src/node/single.rs", """                    task.timeline.add("waiting-ack", epoch);""", """                    task.timeline.add("waiting-ack", epoch);
                     self.finish_single(id, PushStatus::AckSuccess, None);""")]),
  ("router-change-while-local", "a user who bound here while the store was asked is not delivered locally",
-  [("core/src/node/single.rs", "if self.local_route(&user_id, client_type).is_some() {", "if self.local_route(&user_id, client_type).is_some() && user_id.is_empty() {")]),
+  [("core/src/node/single.rs", "if self.local_route(user_id, client_type).is_some() {", "if self.local_route(user_id, client_type).is_some() && user_id.is_empty() {")]),
  ("late-bind-answer", "a bind's route write answered after its timeout is ignored (the connection it displaced is never kicked)",
   [("core/src/node/mod.rs", "if holds_user && reply.is_ok() {", "if holds_user && reply.is_ok() && request.0 == 0 {")]),
  ("device-move-skew", "a device's offline route on a node whose clock is ahead keeps the device's next connection out (its bind is answered, then kicked as late)",
-  [("core/src/store.rs", "!stored.is_online() || self.conn_version >= stored.conn_version", "self.conn_version >= stored.conn_version")]),
+  [("core/src/store.rs", "!stored.is_online() || !self.is_older_connection_than(stored)", "!self.is_older_connection_than(stored)")]),
  ("gateway-margin", "the PushClient gives the gateway all but 30 ms of its timeout: no room for a gateway whose clock runs slow",
   [("runtime/src/client/push.rs", "        timeout_ms - 500\n", "        timeout_ms - 30\n")]),
+ ("wall-clock-not-followed", "the node never re-reads the wall clock: its versions drift with its monotonic clock for the whole run",
+  [("runtime/src/driver.rs", "self.node.follow_wall_clock(self.now, epoch_ms);", "let _ = epoch_ms;")]),
+ ("no-type-stale-first", "a push naming no client type reads the first online route, even a stale one of the asking node, while the user is online elsewhere",
+  [("core/src/store.rs", "(true, false) => 0,\n            (true, true) => 1,", "(true, _) => 0,")]),
+ ("late-answer-dropped", "a push route answer that comes after its push ended or its read timed out is not checked for a stale route of this node",
+  [("core/src/node/mod.rs", "if let Some(user_id) = self.late_route_reads.remove(&request) {", "if let Some(user_id) = self.late_route_reads.remove(&request).filter(|_| false) {")]),
+ ("dead-bind-write-left-online", "a bind write that lands after its bind ended (a late answer) is left online",
+  [("core/src/node/mod.rs", "                    if let Some(conn_id) = route.conn_id {", "                    if let Some(conn_id) = route.conn_id.filter(|_| false) {")]),
  ("slow-reader-stalls-sends", "while any phone of the node is over its high-water mark, single pushes to the others wait a flow window",
   [("core/src/node/single.rs", "        match self.global_flow.check(now) {", """        let any_full = self.sessions.values().any(|s| !s.writable);
         match if any_full { FlowDecision::RetryInMs(1_000) } else { self.global_flow.check(now) } {""")]),

@@ -136,6 +136,7 @@ impl Phone<'_> {
             if self.rng.gen_bool(0.85) {
                 opts.session = crate::world::lock_std(&self.ctl.sessions)[self.index].clone();
             }
+            let connecting_since = lock(self.sh).now();
             let client = match DeviceClient::connect(self.params.connect_addr(node), opts).await {
                 Ok(client) => {
                     failures = 0;
@@ -150,7 +151,12 @@ impl Phone<'_> {
                 }
             };
             crate::world::lock_std(&self.ctl.sessions)[self.index] = Some(client.stored_session());
-            let conn = lock(self.sh).conn_opened(self.index, node, client.fast_connected());
+            let conn = lock(self.sh).conn_opened(
+                self.index,
+                node,
+                client.fast_connected(),
+                connecting_since,
+            );
             let Some(mut events) = client.take_events().await else {
                 lock(self.sh).conn_closed(conn, "no event channel");
                 continue;
@@ -628,7 +634,14 @@ pub async fn push_client_actor(pc: usize, sh: Shared, ctl: Arc<Control>, params:
             ));
             continue;
         }
-        let user = users.choose(&mut rng).cloned().unwrap_or_default();
+        // While a phone stops reading, half the pushes go to its user: its queue fills up to
+        // the marks (and beyond), as a slow reader's does, while the rest go on.
+        let stalled = crate::world::lock_std(&ctl.stalled_users).clone();
+        let user = if !stalled.is_empty() && rng.gen_bool(0.5) {
+            stalled.choose(&mut rng).cloned().unwrap_or_default()
+        } else {
+            users.choose(&mut rng).cloned().unwrap_or_default()
+        };
         let client_type = if rng.gen_bool(0.6) {
             None
         } else {

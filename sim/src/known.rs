@@ -42,15 +42,16 @@
 /// stamp versions below the ones they read from the store).
 ///
 /// B17 a device's old route, still online (its node crashed), stamped by a clock ahead kept
-/// the device's next connection out (across nodes a connection is older only by more than
-/// `MAX_CLOCK_SKEW_MS`; nodes re-read the wall clock every second, so their clocks stay
-/// within it), B18 a push naming no client type was answered offline from a stale route of
-/// the answering node while the user was online elsewhere with another client type (the
-/// store hands the asker an online route elsewhere first), B19 a stale route of a node stayed
-/// online when the store's answer naming it came after the push or the read had timed out
-/// (late answers are checked too), B20 a late write of a connection's earlier bind put the
-/// route back online after its later bind had ended (a later ended bind of a node ends its
-/// earlier ones).
+/// the device's next connection out (nodes re-read the wall clock every second, so their
+/// clocks disagree by NTP's error only, not by drift; within it a live connection may still be
+/// refused as late once, and the device's next connection wins — the oracle allows that kick),
+/// B18 a push naming no client type was answered offline from a stale route of the answering
+/// node while the user was online elsewhere with another client type (the store hands the
+/// asker an online route elsewhere first), B19 a stale route of a node stayed online when the
+/// store's answer naming it came after the push or the read had timed out (late answers are
+/// checked too), B20 a late write of a connection's earlier bind put the route back online
+/// after its later bind had ended (the write's late answer shows it; the node takes that bind
+/// offline again).
 pub const KNOWN_FAILURES: &[(u64, &str)] = &[];
 
 /// The open bug a seed is known to hit, if any.

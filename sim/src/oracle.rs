@@ -174,6 +174,8 @@ pub struct ConnRec {
     pub node: usize,
     pub client_type: i32,
     pub opened: u64,
+    /// When the phone began connecting (the node made the connection ready after it).
+    pub connecting_since: u64,
     pub closed: Option<u64>,
     pub close_cause: &'static str,
     pub binds: Vec<BindRec>,
@@ -589,7 +591,13 @@ impl Oracle {
 
     // ----- phone connections -----
 
-    pub fn conn_opened(&mut self, phone: usize, node: usize, fast: bool) -> usize {
+    pub fn conn_opened(
+        &mut self,
+        phone: usize,
+        node: usize,
+        fast: bool,
+        connecting_since: u64,
+    ) -> usize {
         let id = self.conns.len();
         let now = self.now();
         let client_type = self.params.phones[phone].client_type;
@@ -599,6 +607,7 @@ impl Oracle {
             node,
             client_type,
             opened: now,
+            connecting_since,
             closed: None,
             close_cause: "",
             binds: Vec::new(),
@@ -730,9 +739,23 @@ impl Oracle {
                 //
                 // With skewed clocks, binds of two devices on two nodes closer than the clocks
                 // can disagree are concurrent: the store orders them by versions either way.
-                // (A device's own connections stay ordered: it opens one after giving up the
-                // other, whatever the nodes' clocks say.)
+                // A device's own connections are ordered by their ages, stamped by their nodes'
+                // clocks: a connection made ready less than the clocks' disagreement after the
+                // device's connection on another node may count as the older one, and its bind
+                // is kicked as late while that route is online (its node crashed, or has not
+                // read the close yet); the device's next connection wins.
                 let skew = self.clock_slack_ms();
+                let connecting_since = self.conns[conn].connecting_since;
+                let own_clock_race = skew > 0
+                    && self.conns.iter().any(|o| {
+                        o.id != conn
+                            && o.phone == phone
+                            && o.node != node
+                            && o.client_type == client_type
+                            && o.opened + skew >= connecting_since
+                            && o.opened <= connecting_since
+                            && o.binds.iter().any(|b| b.user == user)
+                    });
                 let superseded = self.conns.iter().any(|o| {
                     let slack = if o.node == node || o.phone == phone {
                         0
@@ -755,7 +778,7 @@ impl Oracle {
                                         )))
                         })
                 });
-                if !superseded {
+                if !superseded && !own_clock_race {
                     self.violate(
                         "2-kick-only-when-superseded",
                         format!("phone{phone} c{conn} (type {client_type}) was kicked from {user:?} although no other connection bound that user and type after (or concurrently with) it (bound at {since}ms)"),
@@ -1038,6 +1061,24 @@ impl Oracle {
         };
         let path = [Entity::PushClient(p.push_client), Entity::Node(p.node)];
         if self.disturbed(&path, p.start.saturating_sub(1_000), end) {
+            return;
+        }
+        // The node may deliver to any of the user's connections there that the push's client
+        // type matches (with none named: the first it finds): one of them disturbed (a phone
+        // that stopped reading) may rightly hold the push up.
+        let other_path_disturbed = self.conns.iter().any(|o| {
+            o.node == p.node
+                && p.client_type.is_none_or(|ct| ct == o.client_type)
+                && o.binds.iter().any(|b| {
+                    b.user == p.user && b.requested <= end && b.ended.is_none_or(|e| e >= p.start)
+                })
+                && self.disturbed(
+                    &[Entity::Phone(o.phone)],
+                    p.start.saturating_sub(1_000),
+                    end,
+                )
+        });
+        if other_path_disturbed {
             return;
         }
         self.checked("9-others-not-slowed");

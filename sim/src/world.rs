@@ -65,6 +65,9 @@ pub struct Control {
     /// Each phone's stored session (its `token.dat`: survives a phone crash).
     pub sessions: Mutex<Vec<Option<StoredSession>>>,
     pub servers: Vec<ServerSlot>,
+    /// The users of phones that stopped reading (`slow-reader`): PushClients aim pushes at
+    /// them, so their queues reach the marks while other pushes go through the same node.
+    pub stalled_users: Mutex<Vec<String>>,
 }
 
 impl Control {
@@ -301,7 +304,7 @@ enum Undo {
     NetDefaults,
     Storm(Vec<usize>),
     NodeStorm(Vec<usize>, usize),
-    Unstall(IpAddr),
+    Unstall(IpAddr, String),
     StoreFast,
     Hear(usize),
 }
@@ -510,13 +513,15 @@ impl Injector {
                     return None;
                 }
                 pushgate::sim_hooks::set_stalled(phone_ip, true);
+                let user = self.params.phones[p].primary_user.clone();
+                lock_std(&self.ctl.stalled_users).push(user.clone());
                 let id = oracle.fault_started(
                     f.kind,
                     vec![Entity::Phone(p)],
                     settle,
                     &format!("phone{p} stops reading"),
                 );
-                (id, Undo::Unstall(phone_ip))
+                (id, Undo::Unstall(phone_ip, user))
             }
             FaultKind::StoreFailover => {
                 if !self.store_up {
@@ -651,9 +656,13 @@ impl Injector {
                 }
             }
             Undo::UnclogNode(host) => self.net.unclog_node(host),
-            Undo::Unstall(phone) => {
+            Undo::Unstall(phone, user) => {
                 self.stalled.remove(&phone);
                 pushgate::sim_hooks::set_stalled(phone, false);
+                let mut users = lock_std(&self.ctl.stalled_users);
+                if let Some(i) = users.iter().position(|u| *u == user) {
+                    users.remove(i);
+                }
             }
             Undo::StoreFast => self.model.slow_ms.store(0, Ordering::Relaxed),
             Undo::Hear(k) => {
@@ -690,6 +699,7 @@ impl Injector {
         for phone in std::mem::take(&mut self.stalled) {
             pushgate::sim_hooks::set_stalled(phone, false);
         }
+        lock_std(&self.ctl.stalled_users).clear();
         self.model.heal();
     }
 }
@@ -738,6 +748,7 @@ pub async fn run() -> RunReport {
             .collect(),
         sessions: Mutex::new(vec![None; params.phones.len()]),
         servers: (0..params.nodes).map(|_| ServerSlot::default()).collect(),
+        stalled_users: Mutex::new(Vec::new()),
     });
     pushgate::sim_hooks::reset();
     let model = StoreModel::new(sh.clone(), params.clone());

@@ -513,8 +513,9 @@ pub struct Node {
     /// while the connection holds the user. At most [`MAX_LATE_BIND_ANSWERS`]; forgotten when
     /// the store link comes back (the old link's answers are lost).
     late_bind_answers: BTreeMap<RequestId, (ConnId, StoreOp)>,
-    /// Push route reads that timed out, by request, with their user: a late answer may still
-    /// show a stale route of this node, which is then marked offline. At most
+    /// Push route reads that timed out or whose push ended first, by request, with their
+    /// user: a late answer may still show a stale route of this node, which is then marked
+    /// offline. At most
     /// [`MAX_LATE_ROUTE_READS`]; forgotten when the store link comes back.
     late_route_reads: BTreeMap<RequestId, String>,
     /// Bind checks in flight by id, at most [`NodeConfig::max_bind_checks`], and the check of
@@ -763,9 +764,9 @@ impl Node {
 
     /// Takes a fresh reading of the wall clock: `epoch_ms` (ms since the Unix epoch) is the
     /// time at `now_ms`. The node's wall-clock time follows it from then on, so its bind and
-    /// connection versions stay within NTP's bound of other nodes' however fast its monotonic
-    /// clock runs ([`crate::store::MAX_CLOCK_SKEW_MS`]); the runtime calls it about once a
-    /// second. Versions never go back: a clock stepped back leaves them increasing
+    /// connection versions stay within NTP's error of other nodes' however fast its monotonic
+    /// clock runs (the store orders two connections of one device by them,
+    /// [`crate::store::RouteRecord::supersedes`]); the runtime calls it about once a second. Versions never go back: a clock stepped back leaves them increasing
     /// ([`Node::next_version`]).
     pub fn follow_wall_clock(&mut self, now_ms: Millis, epoch_ms: i64) {
         self.advance(now_ms);
@@ -849,6 +850,23 @@ impl Node {
         }
     }
 
+    /// Keeps a push route read whose answer may still come (the read timed out, or its push
+    /// ended first), so that answer is still checked for a stale route of this node.
+    fn remember_late_route_read(&mut self, request: RequestId, user_id: String) {
+        if self.late_route_reads.len() >= MAX_LATE_ROUTE_READS {
+            self.late_route_reads.pop_first();
+        }
+        self.late_route_reads.insert(request, user_id);
+    }
+
+    /// A push ended while its route read was pending: the read is forgotten, and its answer
+    /// only checked for a stale route.
+    fn abandon_route_read(&mut self, request: RequestId) {
+        if let Some(StorePurpose::PushRoute { user_id, .. }) = self.forget_store_request(request) {
+            self.remember_late_route_read(request, user_id);
+        }
+    }
+
     /// Forgets a pending store request (its answer, if one comes, is ignored) and cancels its
     /// deadline.
     fn forget_store_request(&mut self, request: RequestId) -> Option<StorePurpose> {
@@ -867,7 +885,8 @@ impl Node {
             // this one gives the user up). Once the connection gave the user up, its bind was
             // live for a while (answered, retried), so the displaced route is never put back
             // from a late answer, as the undo of a dead bind would: the displaced connection
-            // may have ended since, beyond what the store remembers of ended binds.
+            // may have ended since, beyond what the store remembers of ended binds. A write
+            // that landed for a bind that has ended is taken offline again.
             if let Some(user_id) = self.late_route_reads.remove(&request) {
                 if let Ok(StoreReply::Route(Some((route_type, route)))) = &reply {
                     self.clean_if_stale(&user_id, *route_type, route);
@@ -886,6 +905,27 @@ impl Node {
                 };
                 if holds_user && reply.is_ok() {
                     self.on_bind_route_reply(conn, op, STORE_WRITE_ATTEMPTS, reply);
+                } else if let (
+                    Ok(StoreReply::Previous(_)),
+                    StoreOp::PutRoute {
+                        user_id,
+                        client_type,
+                        route,
+                    },
+                ) = (&reply, op)
+                {
+                    // Written for a bind that has ended since (its offline mark may have reached
+                    // the store first): that bind is taken offline again; the mark names it, so
+                    // a newer route is never touched.
+                    if let Some(conn_id) = route.conn_id {
+                        self.store_write(StoreOp::SetRouteOffline {
+                            user_id,
+                            client_type,
+                            node: self.cfg.node_addr.clone(),
+                            conn_id,
+                            version: route.version,
+                        });
+                    }
                 }
             }
             return;
@@ -925,10 +965,7 @@ impl Node {
             StorePurpose::FastConnect { conn } => self.on_fast_connect_reply(conn, request, reply),
             StorePurpose::PushRoute { push, user_id } => {
                 if matches!(reply, Err(StoreError::Timeout)) {
-                    if self.late_route_reads.len() >= MAX_LATE_ROUTE_READS {
-                        self.late_route_reads.pop_first();
-                    }
-                    self.late_route_reads.insert(request, user_id.clone());
+                    self.remember_late_route_read(request, user_id.clone());
                 }
                 self.on_push_route_reply(push, &user_id, reply)
             }

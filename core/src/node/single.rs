@@ -190,8 +190,8 @@ impl Node {
         user_id: &str,
         reply: Result<StoreReply, StoreError>,
     ) {
-        // Cleaned whether or not the push still waits: an answer that comes after the push
-        // ended (its deadline) still shows the store holding a stale route of this node.
+        // A stale route of this node is marked offline whatever the push makes of the answer
+        // (answers that come after the push ended are checked too: `late_route_reads`).
         if let Ok(StoreReply::Route(Some((route_type, route)))) = &reply {
             self.clean_if_stale(user_id, *route_type, route);
         }
@@ -358,7 +358,7 @@ impl Node {
             }
         }
         if let SingleState::WaitingRoute { request } = task.state {
-            self.forget_store_request(request);
+            self.abandon_route_read(request);
         }
         task.timeline.add(status.end_point(), self.epoch_ms());
         self.report_single(

@@ -177,6 +177,11 @@ impl Engine {
             .min()
     }
 
+    /// Passes a wall-clock reading to the node ([`Node::follow_wall_clock`]).
+    pub fn follow_wall_clock(&mut self, now: Millis, epoch_ms: i64) {
+        self.node.follow_wall_clock(now, epoch_ms);
+    }
+
     /// Runs the node's timers and the connections' idle checks due at `now`; what the
     /// connections tell the node is handed over at once (their bytes wait for the next drive).
     pub fn handle_timeout(&mut self, now: Millis) {

@@ -16,7 +16,7 @@
 //! ([`MAX_EXACT_VERSION`]) instead of comparing them wrongly.
 use super::keys;
 use pushgate_core::route::ClientType;
-use pushgate_core::store::{RouteRecord, MAX_CLOCK_SKEW_US, MAX_ENDED_BINDS};
+use pushgate_core::store::{RouteRecord, MAX_ENDED_BINDS};
 use pushgate_core::NodeAddr;
 use redis::aio::ConnectionLike;
 use redis::{RedisResult, Script};
@@ -27,7 +27,7 @@ pub const MAX_EXACT_VERSION: u64 = 1 << 53;
 
 /// Helpers shared by the scripts: a decoded field as a string or a number (the empty value
 /// when absent, null or of another type, as serde's defaults give for absent keys); the rules
-/// of [`RouteRecord`] on a decoded route (`is_on`, `is_bind`, `ends`, `knows_ended`,
+/// of [`RouteRecord`] on a decoded route (`is_on`, `is_bind`, `knows_ended`,
 /// `remember_ended`); and the route's JSON in serde's key order (MPush's order for MPush's
 /// keys), integers written exactly.
 const LUA_HELPERS: &str = r#"
@@ -41,11 +41,10 @@ end
 local function is_on(r, host, port) return str(r['host']) == host and num(r['port']) == port end
 local function is_bind(r, host, port, version) return is_on(r, host, port) and num(r['version']) == version end
 local function is_online(r) return type(r['connId']) == 'string' end
-local function ends(ended, version) return ended == version or (version ~= 0 and ended > version) end
 local function knows_ended(r, host, port, version)
-  if is_on(r, host, port) and not is_online(r) and ends(num(r['version']), version) then return true end
+  if is_bind(r, host, port, version) and not is_online(r) then return true end
   for _, e in ipairs(ended_of(r)) do
-    if type(e) == 'table' and str(e['host']) == host and num(e['port']) == port and ends(num(e['version']), version) then
+    if type(e) == 'table' and str(e['host']) == host and num(e['port']) == port and num(e['version']) == version then
       return true
     end
   end
@@ -111,9 +110,7 @@ if cur then
       and new_conn_version ~= 0 and old_conn_version ~= 0
     local wins
     if by_age then
-      local margin = MAX_SKEW_US
-      if is_on(old, ARGV[8], tonumber(ARGV[9])) then margin = 0 end
-      wins = (not is_online(old)) or new_conn_version + margin >= old_conn_version
+      wins = (not is_online(old)) or new_conn_version >= old_conn_version
     else
       wins = new_version >= num(old['version'])
     end
@@ -185,11 +182,10 @@ if is_online(previous) then return 2 end
 return 1
 "#;
 
-/// The scripts' source: the helpers (with [`MAX_ENDED_BINDS`] and [`MAX_CLOCK_SKEW_US`])
-/// before a body.
+/// The scripts' source: the helpers (with [`MAX_ENDED_BINDS`]) before a body.
 fn script(body: &str) -> Script {
     Script::new(&format!(
-        "local MAX_ENDED = {MAX_ENDED_BINDS}\nlocal MAX_SKEW_US = {MAX_CLOCK_SKEW_US}\n{LUA_HELPERS}{body}"
+        "local MAX_ENDED = {MAX_ENDED_BINDS}\n{LUA_HELPERS}{body}"
     ))
 }
 
