@@ -105,6 +105,8 @@ M = [
   [("core/src/node/mod.rs", "if let Some(user_id) = self.late_route_reads.remove(&request) {", "if let Some(user_id) = self.late_route_reads.remove(&request).filter(|_| false) {")]),
  ("dead-bind-write-left-online", "a bind write that lands after its bind ended (a late answer) is left online",
   [("core/src/node/mod.rs", "                    if let Some(conn_id) = route.conn_id {", "                    if let Some(conn_id) = route.conn_id.filter(|_| false) {")]),
+ ("rebind-leaves-old-bind", "a re-bind of the same user does not mark the bind it ends: a late write of that bind (its answer lost) lands online",
+  [("core/src/node/bind.rs", "if let (Some(version), Some(conn_id)) = (ended_version, record.conn_id.clone()) {", "if let (Some(version), Some(conn_id)) = (ended_version.filter(|_| false), record.conn_id.clone()) {")]),
  ("slow-reader-stalls-sends", "while any phone of the node is over its high-water mark, single pushes to the others wait a flow window",
   [("core/src/node/single.rs", "        match self.global_flow.check(now) {", """        let any_full = self.sessions.values().any(|s| !s.writable);
         match if any_full { FlowDecision::RetryInMs(1_000) } else { self.global_flow.check(now) } {""")]),

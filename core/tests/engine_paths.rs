@@ -2440,3 +2440,30 @@ fn a_bind_write_that_lands_after_its_bind_ended_is_taken_offline_again() {
     );
     assert!(w.received(phone, Command::Kick).is_empty());
 }
+
+/// The same when the first write's answer never comes (it landed through a store link the
+/// node had given up): the re-bind marks the bind it ends, so the late write finds it ended.
+#[test]
+fn a_rebind_marks_the_bind_it_ends_so_a_late_write_of_it_never_lands_online() {
+    let mut w = World::new(|_| {});
+    let phone = w.connect("dev-A", "android");
+    w.handshake(phone);
+    w.store.mode = StoreMode::Hold;
+    w.bind(phone, "u1", "");
+    let held = std::mem::take(&mut w.store.held);
+    assert!(!held.is_empty());
+    w.store.mode = StoreMode::Immediate;
+    w.bind(phone, "u1", "");
+    w.unbind(phone, "u1");
+    assert_eq!(store_token(&w, "u1", ClientType::Mobile), None);
+    // The first bind's write lands now; its answer is lost with the old link.
+    for request in held {
+        w.store.apply(&request.op);
+    }
+    assert_eq!(
+        store_token(&w, "u1", ClientType::Mobile),
+        None,
+        "{:?}",
+        stored_route(&w, "u1", ClientType::Mobile)
+    );
+}

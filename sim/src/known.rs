@@ -50,8 +50,8 @@
 /// asker an online route elsewhere first), B19 a stale route of a node stayed online when the
 /// store's answer naming it came after the push or the read had timed out (late answers are
 /// checked too), B20 a late write of a connection's earlier bind put the route back online
-/// after its later bind had ended (the write's late answer shows it; the node takes that bind
-/// offline again).
+/// after its later bind had ended (a re-bind marks the bind it ends; a late answer showing
+/// such a write takes it offline again).
 pub const KNOWN_FAILURES: &[(u64, &str)] = &[];
 
 /// The open bug a seed is known to hit, if any.

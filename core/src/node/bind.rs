@@ -62,11 +62,24 @@ impl Node {
             // Same user again: new tags and a new bind, written to the store. The latest bind
             // wins everywhere, also against a concurrent bind of the same user on another node.
             let route_version = self.next_version();
+            let mut ended_version = None;
             if let Some(bound) = self.sessions.get_mut(&conn).and_then(|s| s.bound.as_mut()) {
                 bound.tags = bind.tags;
-                bound.route_version = route_version;
+                ended_version = Some(std::mem::replace(&mut bound.route_version, route_version));
             }
             if let Some((user_id, client_type, record)) = self.route_record(conn) {
+                // The previous bind ends here, and its mark goes first: a write of it still on
+                // its way (held up on a store link the node has given up, whose answer never
+                // comes) then finds it ended, and never lands online after this bind ends.
+                if let (Some(version), Some(conn_id)) = (ended_version, record.conn_id.clone()) {
+                    self.store_write(StoreOp::SetRouteOffline {
+                        user_id: user_id.clone(),
+                        client_type,
+                        node: self.cfg.node_addr.clone(),
+                        conn_id,
+                        version,
+                    });
+                }
                 self.put_route(conn, user_id, client_type, record);
             }
             return self.send_raw(
