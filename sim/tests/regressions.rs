@@ -165,7 +165,31 @@ const REGRESSIONS: &[(u64, &str)] = &[
     ),
     (
         23000664,
-        "B17 (clock-skew, open): the same move while the old route was still online (its node had crashed); the clocks decided against the device (2-kick-only-when-superseded)",
+        "B17 (clock-skew): the same move while the old route was still online (its node had crashed); the clocks, drifted apart, decided against the device (2-kick-only-when-superseded)",
+    ),
+    (
+        26000030,
+        "B17: a device moved off a crashed node whose clock had drifted ahead and was kicked from its user",
+    ),
+    (
+        26000611,
+        "B18: a push naming no client type answered offline from a stale route here while the user was online elsewhere",
+    ),
+    (
+        26002162,
+        "B19: a route answer after its push timed out was dropped, leaving a stale route online",
+    ),
+    (
+        27000827,
+        "B20: a bind write held up past its bind's end landed and put the route back online",
+    ),
+    (
+        28000133,
+        "B17 margin tried: a late write of a given-up connection displaced the device's live connection",
+    ),
+    (
+        28000246,
+        "oracle: a push to a user whose other connection there stopped reading may rightly wait",
     ),
 ];
 
