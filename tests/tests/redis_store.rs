@@ -495,7 +495,7 @@ async fn routes_and_sessions_mpush_wrote_read_back() {
             linked
                 .apply(StoreOp::GetRoute {
                     user_id,
-                    client_type: Some(client_type)
+                    client_type: Some(client_type),
                     asker: None,
                 })
                 .await,
@@ -596,7 +596,7 @@ async fn a_route_mpush_wrote_counts_as_the_oldest_bind() {
         linked
             .apply(StoreOp::GetRoute {
                 user_id: user_id.clone(),
-                client_type: Some(ClientType::Mobile)
+                client_type: Some(ClientType::Mobile),
                 asker: None,
             })
             .await,
