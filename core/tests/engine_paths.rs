@@ -109,6 +109,22 @@ fn broadcasts_finished(w: &World) -> Vec<(u64, PushStatus, Option<Reason>)> {
 
 /// The `connId` the node wrote into the store for (user, type).
 /// The store's route of (user, client type); the test expects one.
+/// Stores user u1's Mobile route of device dev-A on node 10.0.0.2 (connection `conn_id`;
+/// `None`: offline), stamped by a clock `ahead_ms` ahead of this node's; returns its
+/// connection age (µs).
+fn store_device_route_elsewhere(w: &mut World, conn_id: Option<&str>, ahead_ms: i64) -> u64 {
+    let ahead_us = u64::try_from(EPOCH0_MS + ahead_ms).unwrap() * 1000;
+    let mut route = FakeStore::route("10.0.0.2", 3001, conn_id);
+    route.device_id = "dev-A".into();
+    route.conn_version = ahead_us;
+    route.version = ahead_us + 5_000;
+    w.store
+        .state
+        .routes
+        .insert(("u1".into(), ClientType::Mobile), route);
+    ahead_us
+}
+
 fn stored_route(w: &World, user: &str, ct: ClientType) -> RouteRecord {
     w.store
         .state
@@ -2202,15 +2218,7 @@ fn a_user_who_binds_here_while_the_route_is_read_gets_the_push_locally() {
 #[test]
 fn a_device_moving_here_from_a_node_whose_clock_is_ahead_keeps_its_user() {
     let mut w = World::new(|_| {});
-    let ahead_us = u64::try_from(EPOCH0_MS + 300).unwrap() * 1000;
-    let mut left = FakeStore::route("10.0.0.2", 3001, None);
-    left.device_id = "dev-A".into();
-    left.conn_version = ahead_us;
-    left.version = ahead_us + 5_000;
-    w.store
-        .state
-        .routes
-        .insert(("u1".into(), ClientType::Mobile), left);
+    store_device_route_elsewhere(&mut w, None, 300);
     let phone = w.connect("dev-A", "android");
     w.handshake(phone);
     w.bind(phone, "u1", "");
@@ -2231,15 +2239,7 @@ fn a_device_moving_here_from_a_node_whose_clock_is_ahead_keeps_its_user() {
 #[test]
 fn a_node_stamps_connections_after_the_versions_it_read_from_the_store() {
     let mut w = World::new(|_| {});
-    let ahead_us = u64::try_from(EPOCH0_MS + 900).unwrap() * 1000;
-    let mut old = FakeStore::route("10.0.0.2", 3001, Some("old-conn"));
-    old.device_id = "dev-A".into();
-    old.conn_version = ahead_us;
-    old.version = ahead_us + 5_000;
-    w.store
-        .state
-        .routes
-        .insert(("u1".into(), ClientType::Mobile), old);
+    let ahead_us = store_device_route_elsewhere(&mut w, Some("old-conn"), 900);
     // A push to u1 through this node reads the route (and answers router-change).
     w.push_to(GW, 1, "u1", 1, 3000, Flags::NONE, "elsewhere");
     w.settle();
@@ -2266,15 +2266,7 @@ fn a_node_stamps_connections_after_the_versions_it_read_from_the_store() {
 #[test]
 fn a_device_moving_here_off_a_crashed_node_whose_clock_was_ahead_wins_on_its_next_connection() {
     let mut w = World::new(|_| {});
-    let ahead_us = u64::try_from(EPOCH0_MS + 400).unwrap() * 1000;
-    let mut old = FakeStore::route("10.0.0.2", 3001, Some("old-conn"));
-    old.device_id = "dev-A".into();
-    old.conn_version = ahead_us;
-    old.version = ahead_us + 5_000;
-    w.store
-        .state
-        .routes
-        .insert(("u1".into(), ClientType::Mobile), old);
+    let ahead_us = store_device_route_elsewhere(&mut w, Some("old-conn"), 400);
     let first = w.connect("dev-A", "android");
     w.handshake(first);
     w.bind(first, "u1", "");
