@@ -107,8 +107,6 @@ fn broadcasts_finished(w: &World) -> Vec<(u64, PushStatus, Option<Reason>)> {
         .collect()
 }
 
-/// The `connId` the node wrote into the store for (user, type).
-/// The store's route of (user, client type); the test expects one.
 /// Stores user u1's Mobile route of device dev-A on node 10.0.0.2 (connection `conn_id`;
 /// `None`: offline), stamped by a clock `ahead_ms` ahead of this node's; returns its
 /// connection age (µs).
@@ -125,6 +123,7 @@ fn store_device_route_elsewhere(w: &mut World, conn_id: Option<&str>, ahead_ms: 
     ahead_us
 }
 
+/// The store's route of (user, client type); the test expects one.
 fn stored_route(w: &World, user: &str, ct: ClientType) -> RouteRecord {
     w.store
         .state

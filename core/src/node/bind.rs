@@ -72,13 +72,7 @@ impl Node {
                 // its way (held up on a store link the node has given up, whose answer never
                 // comes) then finds it ended, and never lands online after this bind ends.
                 if let (Some(version), Some(conn_id)) = (ended_version, record.conn_id.clone()) {
-                    self.store_write(StoreOp::SetRouteOffline {
-                        user_id: user_id.clone(),
-                        client_type,
-                        node: self.cfg.node_addr.clone(),
-                        conn_id,
-                        version,
-                    });
+                    self.mark_bind_offline(user_id.clone(), client_type, conn_id, version);
                 }
                 self.put_route(conn, user_id, client_type, record);
             }
@@ -179,14 +173,32 @@ impl Node {
         let client_type = session.client_type;
         let conn_token = session.conn_token.to_string();
         self.routes.remove_if(&bound.user_id, client_type, conn);
+        self.mark_bind_offline(
+            bound.user_id.clone(),
+            client_type,
+            conn_token,
+            bound.route_version,
+        );
+        Some(bound)
+    }
+
+    /// Sends the offline mark of this node's bind `version` of (user, type) on connection
+    /// `conn_id`: the store takes that binding (or an older one of the connection) offline, or
+    /// remembers it ended; a newer route is never touched.
+    pub(super) fn mark_bind_offline(
+        &mut self,
+        user_id: String,
+        client_type: ClientType,
+        conn_id: String,
+        version: u64,
+    ) {
         self.store_write(StoreOp::SetRouteOffline {
-            user_id: bound.user_id.clone(),
+            user_id,
             client_type,
             node: self.cfg.node_addr.clone(),
-            conn_id: conn_token,
-            version: bound.route_version,
+            conn_id,
+            version,
         });
-        Some(bound)
     }
 
     /// Writes a connection's route to the store (the answer may name an older route to kick).

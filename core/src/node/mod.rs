@@ -515,8 +515,7 @@ pub struct Node {
     late_bind_answers: BTreeMap<RequestId, (ConnId, StoreOp)>,
     /// Push route reads that timed out or whose push ended first, by request, with their
     /// user: a late answer may still show a stale route of this node, which is then marked
-    /// offline. At most
-    /// [`MAX_LATE_ROUTE_READS`]; forgotten when the store link comes back.
+    /// offline. At most [`MAX_LATE_ROUTE_READS`]; forgotten when the store link comes back.
     late_route_reads: BTreeMap<RequestId, String>,
     /// Bind checks in flight by id, at most [`NodeConfig::max_bind_checks`], and the check of
     /// each connection (one at most).
@@ -766,7 +765,8 @@ impl Node {
     /// time at `now_ms`. The node's wall-clock time follows it from then on, so its bind and
     /// connection versions stay within NTP's error of other nodes' however fast its monotonic
     /// clock runs (the store orders two connections of one device by them,
-    /// [`crate::store::RouteRecord::supersedes`]); the runtime calls it about once a second. Versions never go back: a clock stepped back leaves them increasing
+    /// [`crate::store::RouteRecord::supersedes`]); the runtime calls it about once a second.
+    /// Versions never go back: a clock stepped back leaves them increasing
     /// ([`Node::next_version`]).
     pub fn follow_wall_clock(&mut self, now_ms: Millis, epoch_ms: i64) {
         self.advance(now_ms);
@@ -918,13 +918,7 @@ impl Node {
                     // the store first): that bind is taken offline again; the mark names it, so
                     // a newer route is never touched.
                     if let Some(conn_id) = route.conn_id {
-                        self.store_write(StoreOp::SetRouteOffline {
-                            user_id,
-                            client_type,
-                            node: self.cfg.node_addr.clone(),
-                            conn_id,
-                            version: route.version,
-                        });
+                        self.mark_bind_offline(user_id, client_type, conn_id, route.version);
                     }
                 }
             }

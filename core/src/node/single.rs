@@ -255,13 +255,12 @@ impl Node {
         if held {
             return;
         }
-        self.store_write(StoreOp::SetRouteOffline {
-            user_id: user_id.to_owned(),
+        self.mark_bind_offline(
+            user_id.to_owned(),
             client_type,
-            node: self.cfg.node_addr.clone(),
-            conn_id: conn_id.to_owned(),
-            version: route.version,
-        });
+            conn_id.to_owned(),
+            route.version,
+        );
     }
 
     pub(super) fn on_written(&mut self, conn: ConnId, session_id: i32, ok: bool) {
