@@ -65,6 +65,11 @@ impl InFlightTable {
         self.entries.remove(&session_id)
     }
 
+    /// Gives back capacity a crowd left behind ([`crate::spare`]).
+    pub fn shrink_spare_capacity(&mut self) {
+        crate::spare::shrink_map(&mut self.entries);
+    }
+
     pub fn len(&self) -> usize {
         self.entries.len()
     }

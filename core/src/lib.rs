@@ -46,6 +46,7 @@ pub mod pipeline;
 pub mod push;
 pub mod route;
 pub mod session;
+pub mod spare;
 pub mod status;
 pub mod store;
 pub mod store_packed;

@@ -135,6 +135,11 @@ impl RouteTable {
     }
 
     /// Number of routes.
+    /// Gives back capacity a crowd left behind ([`crate::spare`]).
+    pub fn shrink_spare_capacity(&mut self) {
+        crate::spare::shrink_map(&mut self.users);
+    }
+
     pub fn len(&self) -> usize {
         self.len
     }

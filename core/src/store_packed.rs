@@ -22,6 +22,14 @@ pub(crate) enum SessionKey {
 }
 
 impl SessionKey {
+    /// Bytes this key holds on the heap (an id not in the short form keeps its text).
+    pub(crate) fn heap_bytes(&self) -> usize {
+        match self {
+            SessionKey::Hex(_) => 0,
+            SessionKey::Text(text) => text.len(),
+        }
+    }
+
     /// The key of `id`. Only lowercase digits take the short form, so two ids that differ in
     /// case stay two keys.
     pub(crate) fn new(id: &str) -> Self {
@@ -76,6 +84,11 @@ impl PackedSession {
             put_str(&mut out, text);
         }
         Self(out.into_boxed_slice())
+    }
+
+    /// Bytes this record holds on the heap.
+    pub(crate) fn heap_bytes(&self) -> usize {
+        self.0.len()
     }
 
     /// When the session expires (0 for a record that does not parse, which never happens:
@@ -187,6 +200,8 @@ impl PackedRoute {
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct RouteMap {
     map: BTreeMap<(Box<str>, ClientType), PackedRoute>,
+    /// The heap bytes of every key's user id and every packed route (kept as they change).
+    payload_bytes: usize,
 }
 
 impl RouteMap {
@@ -207,9 +222,19 @@ impl RouteMap {
     /// Keeps `route` as the route of (user, client type), as it is (no version rules); answers
     /// the route it replaced.
     pub fn insert(&mut self, key: (String, ClientType), route: RouteRecord) -> Option<RouteRecord> {
-        self.map
-            .insert((key.0.into(), key.1), PackedRoute::pack(&route))
-            .and_then(|old| old.unpack())
+        let packed = PackedRoute::pack(&route);
+        let user_bytes = key.0.len();
+        self.payload_bytes += packed.0.len();
+        match self.map.insert((key.0.into(), key.1), packed) {
+            Some(old) => {
+                self.payload_bytes -= old.0.len();
+                old.unpack()
+            }
+            None => {
+                self.payload_bytes += user_bytes;
+                None
+            }
+        }
     }
 
     /// Changes the route of (user, client type) with `change`; false when there is none.
@@ -225,12 +250,32 @@ impl RouteMap {
             return false;
         };
         change(&mut route);
-        *packed = PackedRoute::pack(&route);
+        let repacked = PackedRoute::pack(&route);
+        self.payload_bytes = self.payload_bytes - packed.0.len() + repacked.0.len();
+        *packed = repacked;
         true
+    }
+
+    /// Approximately the bytes the routes take: their packed records and user ids, and about
+    /// one and a half times each entry's slot in the tree (nodes are not always full).
+    pub fn approx_bytes(&self) -> usize {
+        const SLOT_BYTES: usize =
+            std::mem::size_of::<((Box<str>, ClientType), PackedRoute)>() * 3 / 2;
+        self.payload_bytes + self.map.len() * SLOT_BYTES
     }
 
     pub fn len(&self) -> usize {
         self.map.len()
+    }
+
+    /// The tracked heap bytes of keys and records, and the same counted afresh.
+    #[cfg(test)]
+    pub(crate) fn payload_bytes_tracked_and_counted(&self) -> (usize, usize) {
+        let counted = self
+            .map
+            .iter()
+            .map(|((user, _), packed)| user.len() + packed.0.len());
+        (self.payload_bytes, counted.sum())
     }
 
     pub fn is_empty(&self) -> bool {
@@ -239,6 +284,7 @@ impl RouteMap {
 
     pub fn clear(&mut self) {
         self.map.clear();
+        self.payload_bytes = 0;
     }
 
     /// Every route, in key order.

@@ -47,6 +47,15 @@ pub struct TaskProgress {
     pub user_ids: VecDeque<String>,
 }
 
+/// What a store holds, for its gauges (`pushgate_store_*`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreFootprint {
+    pub sessions: usize,
+    pub routes: usize,
+    /// Approximately: packed records, keys and table slots (not the allocator's rounding).
+    pub approx_bytes: usize,
+}
+
 /// A store's data and the rules of every op.
 #[derive(Debug, Clone, Default)]
 pub struct StoreState {
@@ -56,6 +65,8 @@ pub struct StoreState {
     pub routes: RouteMap,
     /// Sessions and the time each expires, packed: one allocation per session.
     sessions: HashMap<SessionKey, PackedSession>,
+    /// The heap bytes of every session's key and packed record (kept as they change).
+    session_payload_bytes: usize,
     /// Broadcast task control records, as the business side sets them.
     pub tasks: HashMap<String, TaskControl>,
     progress: HashMap<String, TaskProgress>,
@@ -202,13 +213,30 @@ impl StoreState {
     ) {
         let key = SessionKey::new(&session_id);
         if self.sessions.len() >= MAX_SESSIONS && !self.sessions.contains_key(&key) {
-            self.sessions
-                .retain(|_, packed| packed.expires_ms() > now_ms);
+            self.sweep_expired_sessions(now_ms);
         }
         if self.sessions.len() < MAX_SESSIONS || self.sessions.contains_key(&key) {
             let packed = PackedSession::pack(&session, now_ms.saturating_add(ttl_ms));
-            self.sessions.insert(key, packed);
+            let key_bytes = key.heap_bytes();
+            self.session_payload_bytes += packed.heap_bytes();
+            match self.sessions.insert(key, packed) {
+                Some(old) => self.session_payload_bytes -= old.heap_bytes(),
+                None => self.session_payload_bytes += key_bytes,
+            }
         }
+    }
+
+    /// Forgets every expired session (Redis expires them on its own).
+    pub fn sweep_expired_sessions(&mut self, now_ms: Millis) {
+        let mut freed = 0;
+        self.sessions.retain(|key, packed| {
+            let live = packed.expires_ms() > now_ms;
+            if !live {
+                freed += key.heap_bytes() + packed.heap_bytes();
+            }
+            live
+        });
+        self.session_payload_bytes -= freed;
     }
 
     /// The live session `session_id` (an expired one is forgotten).
@@ -220,7 +248,9 @@ impl StoreState {
             .filter(|packed| packed.expires_ms() > now_ms)
             .and_then(PackedSession::unpack);
         if live.is_none() {
-            self.sessions.remove(&key);
+            if let Some((key, packed)) = self.sessions.remove_entry(&key) {
+                self.session_payload_bytes -= key.heap_bytes() + packed.heap_bytes();
+            }
         }
         live
     }
@@ -267,6 +297,25 @@ impl StoreState {
     /// Sessions kept (expired ones included until read or swept).
     pub fn session_count(&self) -> usize {
         self.sessions.len()
+    }
+
+    /// How much this store holds: sessions, routes and approximately their bytes (records,
+    /// keys and table slots). Kept as the data changes: reading it costs nothing.
+    pub fn footprint(&self) -> StoreFootprint {
+        const SESSION_SLOT_BYTES: usize = std::mem::size_of::<(SessionKey, PackedSession)>() + 1;
+        StoreFootprint {
+            sessions: self.sessions.len(),
+            routes: self.routes.len(),
+            approx_bytes: self.session_payload_bytes
+                + self.sessions.capacity() * SESSION_SLOT_BYTES
+                + self.routes.approx_bytes(),
+        }
+    }
+
+    /// Gives back table capacity far beyond what is held (after a crowd of sessions expired;
+    /// [`crate::spare`]).
+    pub fn shrink_spare_capacity(&mut self) {
+        crate::spare::shrink_map(&mut self.sessions);
     }
 
     /// True when a session is kept under `session_id` (expired or not).
@@ -595,6 +644,57 @@ mod tests {
         );
         assert_eq!(s.route("u", None, None).unwrap().0, ClientType::Mobile);
         assert_eq!(s.route("nobody", None, None), None);
+    }
+
+    proptest::proptest! {
+        /// The footprint's byte counts follow every change: after any mix of session writes,
+        /// replacements, expired reads, sweeps, route writes and offline marks they equal the
+        /// bytes counted afresh.
+        #[test]
+        fn the_footprint_follows_every_change(ops in proptest::collection::vec((0u8..6, 0u8..6, 0u64..4), 1..60)) {
+            let mut s = StoreState::new();
+            for (step, (kind, which, at)) in ops.into_iter().enumerate() {
+                let now = step as u64 * 100 + at * 10;
+                // Three ids in the nodes' short hex form, three kept as text.
+                let session_id = match which % 6 {
+                    n @ 0..=2 => format!("{n:032x}"),
+                    n => format!("text-id-{}", "x".repeat(usize::from(n))),
+                };
+                let user = format!("user{}", "u".repeat(usize::from(which)));
+                match kind {
+                    0 | 1 => {
+                        let session = CachedSession {
+                            os_name: "android".into(),
+                            os_version: "6".into(),
+                            client_version: "1".into(),
+                            device_id: "d".repeat(at as usize + 1),
+                            session_key: [1; 16],
+                            iv: [2; 16],
+                        };
+                        s.apply(now, StoreOp::PutSession { session_id, session, ttl_ms: at * 100 });
+                    }
+                    2 => {
+                        s.apply(now, StoreOp::GetSession { session_id });
+                    }
+                    3 => s.sweep_expired_sessions(now),
+                    4 => {
+                        let conn = "c".repeat(at as usize + 1);
+                        s.apply(now, StoreOp::PutRoute { user_id: user, client_type: ClientType::Mobile, route: route(Some(&conn), now + 1) });
+                    }
+                    _ => {
+                        s.apply(now, StoreOp::SetRouteOffline { user_id: user, client_type: ClientType::Mobile, node: NodeAddr::new("127.0.0.1", 3001), conn_id: "c".into(), version: now });
+                    }
+                }
+                let counted: usize = s.sessions.iter().map(|(k, p)| k.heap_bytes() + p.heap_bytes()).sum();
+                proptest::prop_assert_eq!(s.session_payload_bytes, counted);
+                let (tracked, counted) = s.routes.payload_bytes_tracked_and_counted();
+                proptest::prop_assert_eq!(tracked, counted);
+                let footprint = s.footprint();
+                proptest::prop_assert_eq!(footprint.sessions, s.sessions.len());
+                proptest::prop_assert_eq!(footprint.routes, s.routes.len());
+                proptest::prop_assert!(footprint.approx_bytes >= s.session_payload_bytes + tracked);
+            }
+        }
     }
 
     #[test]

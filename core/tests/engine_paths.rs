@@ -123,6 +123,22 @@ fn store_device_route_elsewhere(w: &mut World, conn_id: Option<&str>, ahead_ms: 
     ahead_us
 }
 
+/// Stores a route of user `u1` by another device ("dev-B") on another node, bound
+/// `ahead_ms` after this node's clock start; `conn_id` `None` for a bind that has ended.
+/// Answers its version.
+fn store_other_device_route_elsewhere(w: &mut World, conn_id: Option<&str>, ahead_ms: i64) -> u64 {
+    let ahead_us = u64::try_from(EPOCH0_MS + ahead_ms).unwrap() * 1000;
+    let mut route = FakeStore::route("10.0.0.2", 3001, conn_id);
+    route.device_id = "dev-B".into();
+    route.conn_version = ahead_us - 1_000_000;
+    route.version = ahead_us;
+    w.store
+        .state
+        .routes
+        .insert(("u1".into(), ClientType::Mobile), route);
+    ahead_us
+}
+
 /// The store's route of (user, client type); the test expects one.
 fn stored_route(w: &World, user: &str, ct: ClientType) -> RouteRecord {
     w.store
@@ -2287,6 +2303,48 @@ fn a_device_moving_here_off_a_crashed_node_whose_clock_was_ahead_wins_on_its_nex
         "{stored:?}"
     );
     assert!(w.store.kicks.iter().any(|k| k.conn_id == "old-conn"));
+}
+
+/// Found by the simulation (seed 30001436): another device's bind of the user sat in the queue
+/// of a node that stalled for 4.6 s; the device gave up and closed, and when the node resumed
+/// it bound the user, stamped at that moment, and marked it offline at once. This node's bind
+/// of a live connection, made before the resume but written through a slow link, then came
+/// back `Stale` against that newer, already ended bind, and the live connection was kicked
+/// for a bind nobody held. A newer bind that has ended holds nobody: the connection binds
+/// again above it and keeps its user.
+#[test]
+fn a_bind_kept_out_only_by_a_newer_bind_that_already_ended_binds_again_and_keeps_its_user() {
+    let mut w = World::new(|_| {});
+    let ended_us = store_other_device_route_elsewhere(&mut w, None, 2_000);
+    let phone = w.connect("dev-A", "android");
+    w.handshake(phone);
+    w.bind(phone, "u1", "");
+    assert!(w.received(phone, Command::Kick).is_empty());
+    assert_eq!(w.node.routes_of("u1"), vec![(ClientType::Mobile, phone)]);
+    let stored = stored_route(&w, "u1", ClientType::Mobile);
+    assert!(stored.is_online(), "{stored:?}");
+    assert_eq!(stored.host, w.node.config().node_addr.host);
+    assert!(stored.version > ended_us, "{stored:?}");
+    // A push finds the phone.
+    w.push_to(GW, 1, "u1", 1, 3000, Flags::NONE, "x");
+    w.settle();
+    assert_eq!(w.reply(GW, 1).status, PushStatus::Success);
+}
+
+/// The other side of the rule above: a newer bind of another device that still holds the user
+/// wins, and this connection is kicked.
+#[test]
+fn a_bind_kept_out_by_a_newer_live_bind_elsewhere_is_kicked() {
+    let mut w = World::new(|_| {});
+    store_other_device_route_elsewhere(&mut w, Some("live-there"), 2_000);
+    let phone = w.connect("dev-A", "android");
+    w.handshake(phone);
+    w.bind(phone, "u1", "");
+    assert_eq!(w.received(phone, Command::Kick).len(), 1);
+    assert_eq!(
+        store_token(&w, "u1", ClientType::Mobile).as_deref(),
+        Some("live-there")
+    );
 }
 
 /// A node re-reads the wall clock (`Node::follow_wall_clock`): the versions it stamps follow

@@ -201,6 +201,36 @@ impl Node {
         });
     }
 
+    /// Gives `conn`'s bind a new version (above every version the node has read, so above the
+    /// ended bind that kept it out) and writes it again as attempt `attempts + 1`. The old
+    /// version's mark goes first, as on a re-bind: a write of it still on its way never lands.
+    fn restamp_bind(&mut self, conn: ConnId, attempts: u32) {
+        let route_version = self.next_version();
+        let Some(bound) = self.sessions.get_mut(&conn).and_then(|s| s.bound.as_mut()) else {
+            return;
+        };
+        let old_version = std::mem::replace(&mut bound.route_version, route_version);
+        let Some((user_id, client_type, record)) = self.route_record(conn) else {
+            return;
+        };
+        if let Some(conn_id) = record.conn_id.clone() {
+            self.mark_bind_offline(user_id.clone(), client_type, conn_id, old_version);
+        }
+        let op = StoreOp::PutRoute {
+            user_id,
+            client_type,
+            route: record,
+        };
+        let purpose = StorePurpose::BindRoute {
+            conn,
+            op: op.clone(),
+            attempts: attempts + 1,
+        };
+        if self.store(op, purpose).is_none() {
+            self.schedule_route_repair(conn);
+        }
+    }
+
     /// Writes a connection's route to the store (the answer may name an older route to kick).
     pub(super) fn put_route(
         &mut self,
@@ -288,14 +318,22 @@ impl Node {
                     .get(&conn)
                     .and_then(|s| s.bound.as_ref())
                     .is_some_and(|b| b.route_version == route.version);
-                if still_this_bind && current.conn_id != route.conn_id {
-                    let cause = if route.is_late_against(&current) {
-                        KickCause::LateBind
-                    } else {
-                        KickCause::NewerBind
-                    };
-                    self.kick_connection(conn, cause);
+                if !still_this_bind || current.conn_id == route.conn_id {
+                    return;
                 }
+                if !current.is_online() && attempts <= STORE_WRITE_ATTEMPTS {
+                    // The newer bind has ended already (its connection closed, perhaps before
+                    // its node, stalled, even got to it): nobody holds the user but this
+                    // connection, which binds again above it rather than leave the user to
+                    // nobody.
+                    return self.restamp_bind(conn, attempts);
+                }
+                let cause = if route.is_late_against(&current) {
+                    KickCause::LateBind
+                } else {
+                    KickCause::NewerBind
+                };
+                self.kick_connection(conn, cause);
             }
             Ok(_) => {}
             Err(error) => {

@@ -684,6 +684,23 @@ impl Node {
         self.check_invariants();
     }
 
+    /// Gives back the capacity a crowd left in the node's tables (connections, routes, pushes,
+    /// ACKs, store requests, outputs; [`crate::spare`]). The driver calls it now and then, not
+    /// per input.
+    pub fn shrink_spare_capacity(&mut self) {
+        crate::spare::shrink_map(&mut self.sessions);
+        crate::spare::shrink_set(&mut self.gateways);
+        self.routes.shrink_spare_capacity();
+        crate::spare::shrink_map(&mut self.singles);
+        crate::spare::shrink_map(&mut self.broadcasts);
+        self.in_flight.shrink_spare_capacity();
+        crate::spare::shrink_map(&mut self.store_pending);
+        crate::spare::shrink_queue(&mut self.broadcasts_ready);
+        crate::spare::shrink_queue(&mut self.outputs);
+        crate::spare::shrink_map(&mut self.bind_checks);
+        crate::spare::shrink_map(&mut self.bind_check_of);
+    }
+
     /// Timers armed: the timers of live pushes, broadcasts and store requests,
     /// nothing else (finished work cancels its timers).
     pub fn timer_count(&self) -> usize {
