@@ -481,7 +481,8 @@ impl PhoneConn {
             (self.bind_deadline_ms > 0).then(|| now_ms.saturating_add(self.bind_deadline_ms));
     }
 
-    /// The node accepted a fast connect (its FAST_CONNECT-ok was queued just before).
+    /// The node accepted a fast connect (its FAST_CONNECT-ok is queued just after: the cipher
+    /// is in force before the phone can read the OK and send sealed packets).
     pub fn handle_resume(&mut self, now_ms: Millis, resume: Resume) {
         if !self.is_open() {
             return;

@@ -20,7 +20,7 @@ use pushgate_core::pipeline;
 use pushgate_core::route::ClientType;
 use pushgate_core::status::{PushStatus, Reason};
 use pushgate_core::store::{KickNotice, RouteRecord, StoreOp, TaskControl};
-use pushgate_core::{CloseReason, ConnId, Event, GatewayId, Input, KickCause};
+use pushgate_core::{CloseReason, ConnId, Event, GatewayId, Input, KickCause, OutFrame, Output};
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use std::collections::BTreeSet;
@@ -1099,6 +1099,49 @@ fn kick_notice_kicks_only_the_connection_it_names() {
 // ---------------------------------------------------------------------------------------------
 // Phone sessions (§9)
 // ---------------------------------------------------------------------------------------------
+
+/// Found by the churn soak (`bench/soak.sh --fast-reconnect`, 22 of 6,000 fast connects): the
+/// node queued FAST_CONNECT-ok and then the session for the connection task; the task, on
+/// another thread, wrote the OK out before the session reached it, the phone answered with its
+/// sealed BIND, and the task, still without the cipher, answered ERROR 100 and closed. The
+/// session goes to the connection before the OK.
+#[test]
+fn a_fast_connect_hands_the_connection_its_session_before_the_ok() {
+    let mut w = World::new(|_| {});
+    let first = w.connect("dev-A", "android");
+    w.handshake(first);
+    let (session_id, key) = w.phones[&first]
+        .reusable
+        .clone()
+        .expect("HANDSHAKE-ok read");
+    let iv = w.phones[&first].iv;
+    let second = w.connect("dev-A", "android");
+    w.store.mode = StoreMode::Hold;
+    w.fast_connect(second, &session_id, key, iv);
+    // The session read is answered; the node's outputs are read as a connection task sees them.
+    let request = w.store.held.pop().expect("the session read");
+    let reply = w.store.apply(&request.op);
+    w.node.handle(
+        w.now,
+        Input::StoreReply {
+            request: request.id,
+            reply: Ok(reply),
+        },
+    );
+    let mut order = Vec::new();
+    while let Some(output) = w.node.poll_output() {
+        match &output {
+            Output::Resume { conn, .. } if *conn == second => order.push("resume"),
+            Output::Transmit {
+                conn,
+                frame: OutFrame::Packet { cmd, .. },
+                ..
+            } if *conn == second && *cmd == Command::FastConnect.code() => order.push("ok"),
+            _ => {}
+        }
+    }
+    assert_eq!(order, ["resume", "ok"]);
+}
 
 #[test]
 fn fast_connect_with_a_cached_session_resumes_it() {

@@ -191,6 +191,10 @@ const REGRESSIONS: &[(u64, &str)] = &[
         28000246,
         "oracle: a push to a user whose other connection there stopped reading may rightly wait",
     ),
+    (
+        30001436,
+        "B21: a live bind refused as stale against a newer bind that had ended was kicked",
+    ),
 ];
 
 fn run_seed(seed: u64) -> pushgate_sim::RunReport {

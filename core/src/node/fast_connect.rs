@@ -88,7 +88,9 @@ impl Node {
         let ok = FastConnectOk {
             heartbeat_ms: i32::try_from(heartbeat_ms).unwrap_or(i32::MAX),
         };
-        self.send_raw(conn, Command::FastConnect, packet_session_id, &ok);
+        // The connection takes on the session before the OK is queued: the phone sends its
+        // first sealed packet once it reads the OK, and the connection task may write the OK
+        // out (on another thread) before it sees anything queued after it.
         let resume = Resume {
             session_key: cached.session_key,
             iv: cached.iv,
@@ -99,6 +101,7 @@ impl Node {
             conn,
             resume: Box::new(resume),
         });
+        self.send_raw(conn, Command::FastConnect, packet_session_id, &ok);
         self.adopt(conn, &cached);
         self.stats.fast_connects += 1;
         self.emit(Event::HandshakeDone {
