@@ -1,23 +1,27 @@
 #!/usr/bin/env bash
 # The churn soak: phones connecting, binding, dropping and reconnecting while pushes run.
 #
-#   bench/soak.sh [--phones N] [--duration-s S] [--reconnects-per-s R] [--pushes-per-s P]
-#                 [--broadcast-every-s B] [--fast-reconnect] [--no-build] [--out FILE.json]
+#   bench/soak.sh [--phones N] [--duration-s S] [--rounds K] [--reconnects-per-s R]
+#                 [--pushes-per-s P] [--broadcast-every-s B] [--fast-reconnect] [--no-build]
+#                 [--out FILE.json]
 #
 # Starts pushgate (bench/pushgate.toml, loopback only, free ports) and runs
-# `pushgate-bench churn` against it: N phones (default 10,000) speak MPush's protocol (RSA
-# handshake, AES session, bind), then for S seconds (default 240) R phones a second (default
-# 100) drop their connection and reconnect as a new connection of the same user (a new device
-# with a full handshake; --fast-reconnect: the same device resuming its session with
-# FAST_CONNECT, as MPush's SDK reconnects), while P single
-# pushes a second (default 200) go to random users and a broadcast reaches every phone each B
-# seconds (default 10). At the end every phone closes and the server's file descriptors and
-# RSS are read again. It prints the phones, reconnects, pushes sent / statuses by kind / lost,
-# and the server's descriptors and RSS before, at the peak and after, then PASS or FAIL: every
-# push got exactly one status (also against the server's own counters) and the descriptors
-# came back to the baseline. Exit status 0 on PASS. The server is stopped by its pid.
-# Bounded: the run lasts S seconds plus the connects and at most a minute of draining;
-# N is at most 18,000 (each side holds one descriptor per phone; the limit is 20,000).
+# `pushgate-bench churn` against it, K rounds (default 4): N phones (default 10,000) speak
+# MPush's protocol (RSA handshake, AES session, bind), then for S seconds (default 80) R
+# phones a second (default 100) drop their connection and reconnect as a new connection of
+# the same user (a new device with a full handshake; --fast-reconnect: the same device
+# resuming its session with FAST_CONNECT, as MPush's SDK reconnects), while P single pushes
+# a second (default 200) go to random users and a broadcast reaches every phone each B
+# seconds (default 10). At the end of a round every phone closes and the server's file
+# descriptors and RSS are read again (after two of its housekeeping rounds); with
+# --fast-reconnect the next round's phones come back with their sessions. It prints, per
+# round, the phones, reconnects, pushes sent / statuses by kind / lost, the server's
+# descriptors and RSS before, at the peak and after, and what its store holds, then PASS or
+# FAIL: every push got exactly one status (also against the server's own counters), the
+# descriptors came back to the baseline, and from the third round on RSS did not grow beyond
+# what the store grew (the first two let the allocator settle). Exit status 0 on PASS. The server is stopped by its pid.
+# Bounded: a round lasts S seconds plus the connects and at most a minute and a half of
+# draining; N is at most 18,000 (each side holds one descriptor per phone; the limit is 20,000).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -25,7 +29,8 @@ root="$(cd "$here/.." && pwd)"
 cd "$root"
 
 phones=10000
-duration=240
+duration=80
+rounds=4
 reconnects=100
 pushes=200
 broadcast=10
@@ -36,23 +41,25 @@ while [ "$#" -gt 0 ]; do
     case "$1" in
     --phones) phones="${2:?--phones needs a number}"; shift ;;
     --duration-s) duration="${2:?--duration-s needs a number}"; shift ;;
+    --rounds) rounds="${2:?--rounds needs a number}"; shift ;;
     --reconnects-per-s) reconnects="${2:?--reconnects-per-s needs a number}"; shift ;;
     --pushes-per-s) pushes="${2:?--pushes-per-s needs a number}"; shift ;;
     --broadcast-every-s) broadcast="${2:?--broadcast-every-s needs a number}"; shift ;;
     --fast-reconnect) fast=1 ;;
     --no-build) build=0 ;;
     --out) out="${2:?--out needs a file}"; shift ;;
-    -h | --help) sed -n '2,20p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,24p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "soak.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
     esac
     shift
 done
-for pair in "phones:$phones" "duration-s:$duration" "reconnects-per-s:$reconnects" "pushes-per-s:$pushes" "broadcast-every-s:$broadcast"; do
+for pair in "phones:$phones" "duration-s:$duration" "rounds:$rounds" "reconnects-per-s:$reconnects" "pushes-per-s:$pushes" "broadcast-every-s:$broadcast"; do
     value="${pair#*:}"
     [[ "$value" =~ ^[0-9]+$ ]] || { echo "soak.sh: --${pair%%:*} takes a whole number" >&2; exit 2; }
 done
 [ "$phones" -ge 1 ] && [ "$phones" -le 18000 ] || { echo "soak.sh: --phones takes 1 to 18000" >&2; exit 2; }
 [ "$duration" -ge 1 ] && [ "$duration" -le 3600 ] || { echo "soak.sh: --duration-s takes 1 to 3600" >&2; exit 2; }
+[ "$rounds" -ge 1 ] && [ "$rounds" -le 10 ] || { echo "soak.sh: --rounds takes 1 to 10" >&2; exit 2; }
 
 # One descriptor per phone on each side (the server and the generator are separate processes).
 ulimit -n 20000 2>/dev/null || ulimit -n "$(ulimit -Hn)"
@@ -98,10 +105,10 @@ for _ in $(seq 1 100); do
 done
 curl -fsS "http://127.0.0.1:$admin_port/healthz" >/dev/null || { echo "soak.sh: pushgate did not start:" >&2; cat "$log" >&2; exit 1; }
 
-echo "churn soak: pushgate $revision, $(date -u +%Y-%m-%d), $phones phones, $duration s, $reconnects reconnects/s, $pushes pushes/s, a broadcast every $broadcast s (loopback)"
+echo "churn soak: pushgate $revision, $(date -u +%Y-%m-%d), $phones phones, $rounds round(s) of $duration s, $reconnects reconnects/s, $pushes pushes/s, a broadcast every $broadcast s (loopback)"
 args=(churn --connect "127.0.0.1:$connect_port" --gateway "127.0.0.1:$gateway_port"
     --admin "127.0.0.1:$admin_port" --server-pid "$server_pid" --phones "$phones"
-    --duration-s "$duration" --reconnects-per-s "$reconnects" --pushes-per-s "$pushes"
+    --duration-s "$duration" --rounds "$rounds" --reconnects-per-s "$reconnects" --pushes-per-s "$pushes"
     --broadcast-every-s "$broadcast")
 [ -z "$out" ] || args+=(--out "$out")
 [ "$fast" -eq 0 ] || args+=(--fast-reconnect)

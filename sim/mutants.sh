@@ -107,6 +107,18 @@ M = [
   [("core/src/node/mod.rs", "                    if let Some(conn_id) = route.conn_id {", "                    if let Some(conn_id) = route.conn_id.filter(|_| false) {")]),
  ("rebind-leaves-old-bind", "a re-bind of the same user does not mark the bind it ends: a late write of that bind (its answer lost) lands online",
   [("core/src/node/bind.rs", "if let (Some(version), Some(conn_id)) = (ended_version, record.conn_id.clone()) {", "if let (Some(version), Some(conn_id)) = (ended_version.filter(|_| false), record.conn_id.clone()) {")]),
+ ("ended-newer-bind-kicks", "a bind refused as stale against a newer bind that has ended is kicked instead of binding again above it (B21)",
+  [("core/src/node/bind.rs", "if !current.is_online() && attempts <= STORE_WRITE_ATTEMPTS {", "if !current.is_online() && attempts <= STORE_WRITE_ATTEMPTS && false {")]),
+ ("fast-connect-ok-before-session", "FAST_CONNECT-ok is queued before the connection takes on the session (the churn soak's ERROR 100)",
+  [("core/src/node/fast_connect.rs", """        self.outputs.push_back(Output::Resume {
+            conn,
+            resume: Box::new(resume),
+        });
+        self.send_raw(conn, Command::FastConnect, packet_session_id, &ok);""", """        self.send_raw(conn, Command::FastConnect, packet_session_id, &ok);
+        self.outputs.push_back(Output::Resume {
+            conn,
+            resume: Box::new(resume),
+        });""")]),
  ("slow-reader-stalls-sends", "while any phone of the node is over its high-water mark, single pushes to the others wait a flow window",
   [("core/src/node/single.rs", "        match self.global_flow.check(now) {", """        let any_full = self.sessions.values().any(|s| !s.writable);
         match if any_full { FlowDecision::RetryInMs(1_000) } else { self.global_flow.check(now) } {""")]),

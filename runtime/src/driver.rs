@@ -317,6 +317,8 @@ pub struct Driver {
     now: Millis,
     /// When the node's clock next re-reads the wall clock ([`Node::follow_wall_clock`]).
     wall_clock_due_ms: Millis,
+    /// When the next housekeeping round is due ([`crate::housekeeping`]).
+    housekeeping: crate::housekeeping::Schedule,
     /// Each phone's outbound queue.
     phones: FxHashMap<ConnId, Arc<PhoneQueue>>,
     gateways: FxHashMap<GatewayId, GatewayLink>,
@@ -371,6 +373,7 @@ pub fn spawn(
         start,
         now: 0,
         wall_clock_due_ms: crate::node_clock::WALL_CLOCK_READ_INTERVAL_MS,
+        housekeeping: crate::housekeeping::Schedule::new(0),
         phones: FxHashMap::default(),
         gateways: FxHashMap::default(),
         local_waiters: FxHashMap::default(),
@@ -397,6 +400,31 @@ impl Driver {
         at
     }
 
+    /// Does the housekeeping when a round is due ([`crate::housekeeping`]): spare capacity
+    /// given back, expired sessions forgotten now and then, memory gauges published.
+    fn housekeep_if_due(&mut self) {
+        let Some(round) = self.housekeeping.due(self.now) else {
+            return;
+        };
+        self.node.shrink_spare_capacity();
+        pushgate_core::spare::shrink_map(&mut self.phones);
+        pushgate_core::spare::shrink_map(&mut self.gateways);
+        pushgate_core::spare::shrink_map(&mut self.local_waiters);
+        let footprint = match &mut self.store {
+            StoreBackend::Memory(memory) => {
+                let state = memory.state_mut();
+                if round.sweep_sessions {
+                    state.sweep_expired_sessions(self.now);
+                }
+                state.shrink_spare_capacity();
+                Some(state.footprint())
+            }
+            _ => None,
+        };
+        crate::housekeeping::release_freed_memory();
+        metrics::memory(footprint);
+    }
+
     /// The instant the node's clock reads `at_ms`.
     fn instant_at(&self, at_ms: Millis) -> Instant {
         crate::node_clock::instant_at(self.start, at_ms)
@@ -406,6 +434,7 @@ impl Driver {
     /// node task's load, and warns when the wake-up kept it busy longer than
     /// `profile_slowly_ms` (every push waiting behind it was delayed that long).
     fn end_wake(&mut self, woke: Instant, queue_depth: usize, messages: usize, kind: &'static str) {
+        self.housekeep_if_due();
         let done = Instant::now();
         self.load
             .record(woke, done, queue_depth, self.node.timer_count());
@@ -527,8 +556,13 @@ impl Driver {
                     }
                     self.end_wake(woke, queue_depth, messages, kind);
                 }
-                // Publishes the node task's load when it stays idle past a window's end.
-                _ = tokio::time::sleep_until(publish_at) => self.load.publish(Instant::now()),
+                // Publishes the node task's load when it stays idle past a window's end,
+                // and does the housekeeping when it is due.
+                _ = tokio::time::sleep_until(publish_at) => {
+                    self.load.publish(Instant::now());
+                    self.tick();
+                    self.housekeep_if_due();
+                }
             }
         }
     }

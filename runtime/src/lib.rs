@@ -31,6 +31,7 @@ pub mod conn;
 pub mod driver;
 pub mod gateway_auth;
 #[cfg(not(madsim))]
+pub mod housekeeping;
 pub mod http;
 pub mod limits;
 pub mod metrics;

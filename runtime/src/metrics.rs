@@ -48,6 +48,13 @@ pub mod names {
     /// Bind checks (`security.bind_check_url`) by outcome (label `outcome`: allowed, refused,
     /// error).
     pub const BIND_CHECKS: &str = "pushgate_bind_checks_total";
+    /// The embedded store (published by the housekeeping, `crate::housekeeping`): reusable
+    /// sessions and routes held, and approximately their bytes (records, keys, table slots).
+    pub const STORE_SESSIONS: &str = "pushgate_store_sessions";
+    pub const STORE_ROUTES: &str = "pushgate_store_routes";
+    pub const STORE_BYTES: &str = "pushgate_store_bytes";
+    /// The process's resident memory (the Prometheus process collector's name).
+    pub const RESIDENT_BYTES: &str = "process_resident_memory_bytes";
 }
 
 /// How long the node task's load is summed before its busy ratio and deepest queue are
@@ -195,6 +202,19 @@ mod imp {
         metrics::gauge!(NODE_TIMERS).set(timers as f64);
     }
 
+    /// Publishes what the embedded store holds (none with a store elsewhere) and the
+    /// process's resident memory.
+    pub fn memory(store: Option<pushgate_core::store_state::StoreFootprint>) {
+        if let Some(store) = store {
+            metrics::gauge!(STORE_SESSIONS).set(store.sessions as f64);
+            metrics::gauge!(STORE_ROUTES).set(store.routes as f64);
+            metrics::gauge!(STORE_BYTES).set(store.approx_bytes as f64);
+        }
+        if let Some(bytes) = crate::housekeeping::resident_bytes() {
+            metrics::gauge!(RESIDENT_BYTES).set(bytes as f64);
+        }
+    }
+
     pub fn node_window(busy_ratio: f64, busy_us: u64, queue_depth_max: usize) {
         metrics::gauge!(NODE_BUSY_RATIO).set(busy_ratio);
         metrics::counter!(NODE_BUSY_MICROSECONDS).increment(busy_us);
@@ -260,6 +280,7 @@ mod imp {
     pub fn record(_event: &Event) {}
     pub fn node_wake(_queue_depth: usize, _timers: usize) {}
     pub fn node_window(_busy_ratio: f64, _busy_us: u64, _queue_depth_max: usize) {}
+    pub fn memory(_store: Option<pushgate_core::store_state::StoreFootprint>) {}
 }
 
 pub use imp::*;

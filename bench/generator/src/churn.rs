@@ -5,12 +5,18 @@
 //! session of its last connection, as MPush's SDK does), while single pushes go to random
 //! users and broadcasts to everyone.
 //! At the end every phone is closed and the server's file descriptors and resident memory are
-//! read again.
+//! read again. `--rounds N` runs all of it N times against the same server; with
+//! `--fast-reconnect` a later round's phones come back with the sessions of the last one, so
+//! the server's store holds the same sessions and routes round after round.
 //!
 //! What it checks: every push got exactly one status (counted here per push, and against the
 //! server's own `pushgate_pushes_total` when `--admin` is given), and the server gives back
-//! what the phones held (its descriptors return to their baseline). It prints a short result
-//! and exits 1 when a check fails.
+//! what the phones held: its descriptors return to their baseline every round, and from the
+//! third round on its resident memory does not grow beyond what its store grew (a round that
+//! leaked per connection or per push would). The growth over the baseline is printed, with the
+//! store's share (the allocator keeps pages that still hold a few live records among the freed
+//! ones; `bench/README.md`). It prints a short result per round and
+//! exits 1 when a check fails.
 //!
 //! Bounded: `--duration-s`, `--phones`, `--max-pushes`; every push has a timeout, every
 //! connect a deadline, and the in-flight reconnects are capped by `--connect-concurrency`.
@@ -37,6 +43,18 @@ const PHONE_TIMEOUT_MS: u64 = 20_000;
 const PUSH_TIMEOUT_MS: u64 = 10_000;
 /// The server's descriptors count as back when within this many of the baseline.
 const FD_SLACK: usize = 16;
+/// The first round whose memory is judged: the first leaves the allocator's pages that still
+/// hold a few live records (the store's, among the connections' freed ones), the second still
+/// settles (about 4 MiB at 10,000 phones, half that in the third); from the third on a round
+/// that kept memory per connection or per push would stand out.
+const FIRST_JUDGED_ROUND: u32 = 3;
+/// From [`FIRST_JUDGED_ROUND`] on, resident memory after a round counts as back when within the
+/// last round's plus this many times what the server's embedded store grew by
+/// (`pushgate_store_bytes`: reusable sessions of full handshakes, kept a day as in MPush, and
+/// a route per user; the allocator's size classes and pages add about half again) ...
+const RSS_STORE_FACTOR: f64 = 1.5;
+/// ... plus this much (allocator caches, a table that doubled).
+const RSS_ROUND_SLACK_BYTES: u64 = 4 << 20;
 
 #[derive(Debug, clap::Args)]
 pub struct ChurnArgs {
@@ -81,7 +99,10 @@ pub struct ChurnArgs {
     /// Longest wait after the phones closed for the server's descriptors to come back (ms).
     #[arg(long, default_value_t = 30_000)]
     settle_ms: u64,
-    /// Also write the result here (JSON).
+    /// Runs of the whole soak (connect, churn, close) against the same server.
+    #[arg(long, default_value_t = 1)]
+    rounds: u32,
+    /// Also write the result here (JSON, one entry per round).
     #[arg(long)]
     out: Option<PathBuf>,
 }
@@ -92,10 +113,12 @@ struct Live {
     events: tokio::task::JoinHandle<()>,
 }
 
-/// A phone's place: connected, being (re)connected, or empty after a failed connect.
+/// A phone's place: connected, being (re)connected, between rounds with its session (with
+/// `--fast-reconnect`), or empty after a failed connect.
 enum Slot {
     Live(Box<Live>),
     Busy,
+    Parked(StoredSession),
     Empty,
 }
 
@@ -165,15 +188,52 @@ pub fn run(args: ChurnArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What a round leaves for the next: the server's usage and store after it.
+#[derive(Debug, Clone, Copy)]
+struct AfterRound {
+    usage: Usage,
+    store: Option<StoreHeld>,
+}
+
 async fn soak(args: &ChurnArgs) -> anyhow::Result<bool> {
+    anyhow::ensure!(args.rounds >= 1, "--rounds must be >= 1");
+    let slots: Arc<Vec<Mutex<Slot>>> =
+        Arc::new((0..args.phones).map(|_| Mutex::new(Slot::Empty)).collect());
+    let baseline = usage(args.server_pid)?;
+    let mut last: Option<AfterRound> = None;
+    let mut passed = true;
+    let mut rounds_json = Vec::new();
+    for round in 1..=args.rounds {
+        if args.rounds > 1 {
+            println!("round {round} of {}", args.rounds);
+        }
+        let (round_passed, after, json) = soak_round(args, &slots, round, baseline, last).await?;
+        passed &= round_passed;
+        last = Some(after);
+        rounds_json.push(json);
+    }
+    if let Some(path) = &args.out {
+        std::fs::write(path, serde_json::to_string_pretty(&rounds_json)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(passed)
+}
+
+/// One round: every phone connects, the churn runs, every phone closes; then the checks.
+async fn soak_round(
+    args: &ChurnArgs,
+    slots: &Arc<Vec<Mutex<Slot>>>,
+    round: u32,
+    baseline: Usage,
+    last: Option<AfterRound>,
+) -> anyhow::Result<(bool, AfterRound, serde_json::Value)> {
     let before = usage(args.server_pid)?;
     let server_before = match args.admin {
         Some(admin) => Some(server_push_counts(admin).await?),
         None => None,
     };
     let counters = Arc::new(Counters::default());
-    let slots: Arc<Vec<Mutex<Slot>>> =
-        Arc::new((0..args.phones).map(|_| Mutex::new(Slot::Empty)).collect());
+    let slots = slots.clone();
     let gate = Arc::new(Semaphore::new(args.connect_concurrency));
     let peak = Arc::new(Mutex::new(before));
     let sampler = {
@@ -197,9 +257,10 @@ async fn soak(args: &ChurnArgs) -> anyhow::Result<bool> {
     for i in 0..args.phones {
         let permit = gate.clone().acquire_owned().await?;
         let (slots, counters) = (slots.clone(), counters.clone());
-        let addr = args.connect;
+        let (addr, fast) = (args.connect, args.fast_reconnect);
         connecting.push(tokio::spawn(async move {
-            reconnect(addr, &slots, i, 0, false, &counters).await;
+            // A phone parked by the last round comes back with its session.
+            reconnect(addr, &slots, i, 0, fast, &counters).await;
             drop(permit);
         }));
     }
@@ -313,9 +374,14 @@ async fn soak(args: &ChurnArgs) -> anyhow::Result<bool> {
             Slot::Empty,
         ) {
             Slot::Live(live) => Some(*live),
-            Slot::Busy | Slot::Empty => None,
+            Slot::Busy | Slot::Parked(_) | Slot::Empty => None,
         };
         if let Some(live) = live {
+            if args.fast_reconnect {
+                // The next round's phone comes back as this device, with this session.
+                *slot.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Slot::Parked(live.client.stored_session());
+            }
             live.client.close().await;
             live.events.abort();
             closed += 1;
@@ -327,13 +393,21 @@ async fn soak(args: &ChurnArgs) -> anyhow::Result<bool> {
         tokio::time::sleep(Duration::from_millis(250)).await;
         after = usage(args.server_pid)?;
     }
-    // A last look once the server had a moment to free what the connections held.
-    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    // A last look once the server's housekeeping gave back what the connections left: two
+    // rounds and a second (the allocator hands pages back a round after they were freed).
+    tokio::time::sleep(Duration::from_millis(
+        2 * pushgate::housekeeping::HOUSEKEEPING_INTERVAL_MS + 1_000,
+    ))
+    .await;
     after = usage(args.server_pid)?;
     sampler.abort();
     let peak = *peak.lock().unwrap_or_else(|e| e.into_inner());
     let server_after = match args.admin {
         Some(admin) => Some(server_push_counts(admin).await?),
+        None => None,
+    };
+    let store = match args.admin {
+        Some(admin) => server_store(admin).await?,
         None => None,
     };
 
@@ -374,6 +448,18 @@ async fn soak(args: &ChurnArgs) -> anyhow::Result<bool> {
         && server_finished.is_none_or(|n| n == pushes_sent)
         && server_broadcasts.is_none_or(|n| n == broadcasts_sent);
     let fds_back = after.fds <= before.fds + FD_SLACK;
+    // From FIRST_JUDGED_ROUND on: the last round's RSS plus what the store grew by (without
+    // the store's gauges, a store elsewhere or no admin port, nothing for it).
+    let rss_bound = last.filter(|_| round >= FIRST_JUDGED_ROUND).map(|last| {
+        let store_growth = match (store, last.store) {
+            (Some(now), Some(then)) => now.bytes.saturating_sub(then.bytes),
+            _ => 0,
+        };
+        last.usage.rss_bytes
+            + (store_growth as f64 * RSS_STORE_FACTOR) as u64
+            + RSS_ROUND_SLACK_BYTES
+    });
+    let rss_back = rss_bound.is_none_or(|bound| after.rss_bytes <= bound);
     let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
 
     let reconnects = counters.reconnects.load(Ordering::Relaxed);
@@ -417,37 +503,62 @@ async fn soak(args: &ChurnArgs) -> anyhow::Result<bool> {
         mib(peak.rss_bytes),
         mib(after.rss_bytes)
     );
-    let passed = one_status_each && fds_back;
+    if let Some(store) = store {
+        println!(
+            "server store: sessions {} · routes {} · about {:.1} MiB · RSS over the first baseline {:.1} MiB, {:.1} MiB beyond the store",
+            store.sessions,
+            store.routes,
+            mib(store.bytes),
+            mib(after.rss_bytes.saturating_sub(baseline.rss_bytes)),
+            mib(after.rss_bytes.saturating_sub(baseline.rss_bytes).saturating_sub(store.bytes)),
+        );
+    }
+    let passed = one_status_each && fds_back && rss_back;
+    let memory_verdict = match rss_bound {
+        Some(bound) => format!(
+            "RSS within {:.1} MiB (last round + {RSS_STORE_FACTOR} x store growth + {} MiB): {}",
+            mib(bound),
+            RSS_ROUND_SLACK_BYTES >> 20,
+            yes(rss_back)
+        ),
+        None => format!("RSS judged from round {FIRST_JUDGED_ROUND} on"),
+    };
     println!(
-        "result: {} (every push one status: {}; descriptors back within {FD_SLACK} of the baseline: {})",
+        "result: {} (every push one status: {}; descriptors back within {FD_SLACK} of the baseline: {}; {memory_verdict})",
         if passed { "PASS" } else { "FAIL" },
         yes(one_status_each),
-        yes(fds_back)
+        yes(fds_back),
     );
-    if let Some(path) = &args.out {
-        let json = serde_json::json!({
-            "phones": args.phones,
-            "durationS": args.duration_s,
-            "connects": counters.connects.load(Ordering::Relaxed),
-            "connectErrors": counters.connect_errors.load(Ordering::Relaxed),
-            "reconnects": reconnects,
-            "deliveries": counters.deliveries.load(Ordering::Relaxed),
-            "pushesSent": pushes_sent,
-            "pushStatuses": push_statuses,
-            "pushesLost": lost,
-            "serverPushesFinished": server_finished,
-            "broadcastsSent": broadcasts_sent,
-            "broadcastStatuses": broadcast_statuses,
-            "broadcastsLost": broadcasts_lost,
-            "before": before,
-            "peak": peak,
-            "after": after,
-            "passed": passed,
-        });
-        std::fs::write(path, serde_json::to_string_pretty(&json)?)
-            .with_context(|| format!("writing {}", path.display()))?;
-    }
-    Ok(passed)
+    let json = serde_json::json!({
+        "round": round,
+        "phones": args.phones,
+        "durationS": args.duration_s,
+        "connects": counters.connects.load(Ordering::Relaxed),
+        "connectErrors": counters.connect_errors.load(Ordering::Relaxed),
+        "reconnects": reconnects,
+        "deliveries": counters.deliveries.load(Ordering::Relaxed),
+        "pushesSent": pushes_sent,
+        "pushStatuses": push_statuses,
+        "pushesLost": lost,
+        "serverPushesFinished": server_finished,
+        "broadcastsSent": broadcasts_sent,
+        "broadcastStatuses": broadcast_statuses,
+        "broadcastsLost": broadcasts_lost,
+        "before": before,
+        "peak": peak,
+        "after": after,
+        "store": store,
+        "rssBoundBytes": rss_bound,
+        "passed": passed,
+    });
+    Ok((
+        passed,
+        AfterRound {
+            usage: after,
+            store,
+        },
+        json,
+    ))
 }
 
 fn yes(b: bool) -> &'static str {
@@ -479,15 +590,19 @@ async fn reconnect(
     fast: bool,
     counters: &Arc<Counters>,
 ) -> bool {
+    let mut session = None;
     let old = {
         let mut slot = slots[i].lock().unwrap_or_else(|e| e.into_inner());
         match std::mem::replace(&mut *slot, Slot::Busy) {
             Slot::Busy => return false, // another reconnect of this phone is under way
             Slot::Live(live) => Some(live),
+            Slot::Parked(parked) => {
+                session = fast.then_some(parked);
+                None
+            }
             Slot::Empty => None,
         }
     };
-    let mut session = None;
     if let Some(old) = old {
         session = fast.then(|| old.client.stored_session());
         old.client.close().await;
@@ -560,8 +675,41 @@ async fn connect_phone(
     Ok(Live { client, events })
 }
 
-/// The server's finished single pushes and broadcasts so far (`GET /metrics`).
-async fn server_push_counts(admin: SocketAddr) -> anyhow::Result<(u64, u64)> {
+/// What the server's embedded store holds (its `pushgate_store_*` gauges).
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+struct StoreHeld {
+    sessions: u64,
+    routes: u64,
+    bytes: u64,
+}
+
+/// The server's store gauges; `None` when it publishes none (a store elsewhere).
+async fn server_store(admin: SocketAddr) -> anyhow::Result<Option<StoreHeld>> {
+    let text = server_metrics(admin).await?;
+    let bytes = metric(&text, "pushgate_store_bytes");
+    Ok(bytes.map(|bytes| StoreHeld {
+        sessions: metric(&text, "pushgate_store_sessions").unwrap_or(0),
+        routes: metric(&text, "pushgate_store_routes").unwrap_or(0),
+        bytes,
+    }))
+}
+
+/// The sum of every series of metric `name` in Prometheus text (`None`: no series).
+fn metric(text: &str, name: &str) -> Option<u64> {
+    let values: Vec<u64> = text
+        .lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum())
+}
+
+/// The server's metrics text (`GET /metrics`).
+async fn server_metrics(admin: SocketAddr) -> anyhow::Result<String> {
     let mut stream = tokio::net::TcpStream::connect(admin)
         .await
         .with_context(|| format!("--admin {admin}"))?;
@@ -572,15 +720,14 @@ async fn server_push_counts(admin: SocketAddr) -> anyhow::Result<(u64, u64)> {
     tokio::time::timeout(Duration::from_secs(10), stream.read_to_string(&mut text))
         .await
         .context("GET /metrics timed out")??;
-    let sum = |name: &str| -> u64 {
-        text.lines()
-            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{'))
-            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
-            .map(|v| v as u64)
-            .sum()
-    };
+    Ok(text)
+}
+
+/// The server's finished single pushes and broadcasts so far (`GET /metrics`).
+async fn server_push_counts(admin: SocketAddr) -> anyhow::Result<(u64, u64)> {
+    let text = server_metrics(admin).await?;
     Ok((
-        sum("pushgate_pushes_total"),
-        sum("pushgate_broadcasts_total"),
+        metric(&text, "pushgate_pushes_total").unwrap_or(0),
+        metric(&text, "pushgate_broadcasts_total").unwrap_or(0),
     ))
 }
