@@ -30,8 +30,8 @@ pub mod config;
 pub mod conn;
 pub mod driver;
 pub mod gateway_auth;
-#[cfg(not(madsim))]
 pub mod housekeeping;
+#[cfg(not(madsim))]
 pub mod http;
 pub mod limits;
 pub mod metrics;
