@@ -1110,11 +1110,7 @@ fn a_fast_connect_hands_the_connection_its_session_before_the_ok() {
     let mut w = World::new(|_| {});
     let first = w.connect("dev-A", "android");
     w.handshake(first);
-    let (session_id, key) = w.phones[&first]
-        .reusable
-        .clone()
-        .expect("HANDSHAKE-ok read");
-    let iv = w.phones[&first].iv;
+    let (session_id, key, iv) = w.reusable_session(first);
     let second = w.connect("dev-A", "android");
     w.store.mode = StoreMode::Hold;
     w.fast_connect(second, &session_id, key, iv);
@@ -1148,11 +1144,7 @@ fn fast_connect_with_a_cached_session_resumes_it() {
     let mut w = World::new(|_| {});
     let first = w.connect("dev-A", "android");
     w.handshake(first);
-    let (session_id, key) = w.phones[&first]
-        .reusable
-        .clone()
-        .expect("HANDSHAKE-ok read");
-    let iv = w.phones[&first].iv;
+    let (session_id, key, iv) = w.reusable_session(first);
     assert!(
         w.store.state.has_session(&session_id),
         "cached in the store"
@@ -1186,8 +1178,7 @@ fn late_fast_connect_answer_after_a_full_handshake_is_ignored() {
     let mut w = World::new(|c| c.handshake_deadline_ms = 10_000);
     let first = w.connect("dev-A", "android");
     w.handshake(first);
-    let (session_id, key) = w.phones[&first].reusable.clone().unwrap();
-    let iv = w.phones[&first].iv;
+    let (session_id, key, iv) = w.reusable_session(first);
 
     let phone = w.connect("dev-A", "android");
     w.store.mode = StoreMode::Hold;
@@ -1222,8 +1213,7 @@ fn fast_connect_on_a_live_session_is_not_closed_while_the_store_answers() {
         c.max_heartbeat_ms = 10_000;
     });
     let phone = w.online("dev-A", "android", "u1", "");
-    let (session_id, key) = w.phones[&phone].reusable.clone().unwrap();
-    let iv = w.phones[&phone].iv;
+    let (session_id, key, iv) = w.reusable_session(phone);
     w.advance(9_000);
     w.store.mode = StoreMode::Hold;
     w.fast_connect(phone, &session_id, key, iv); // fresh traffic at 9 s
@@ -1268,8 +1258,7 @@ fn fast_connect_from_another_device_answers_104() {
     let mut w = World::new(|_| {});
     let first = w.connect("dev-A", "android");
     w.handshake(first);
-    let (session_id, key) = w.phones[&first].reusable.clone().unwrap();
-    let iv = w.phones[&first].iv;
+    let (session_id, key, iv) = w.reusable_session(first);
     let thief = w.connect("dev-B", "android");
     w.fast_connect(thief, &session_id, key, iv);
     assert_eq!(

@@ -594,6 +594,13 @@ impl World {
         );
     }
 
+    /// The reusable session the phone on `conn` read from its HANDSHAKE-ok: id, key and IV.
+    pub fn reusable_session(&self, conn: ConnId) -> (String, [u8; 16], [u8; 16]) {
+        let phone = &self.phones[&conn];
+        let (session_id, key) = phone.reusable.clone().expect("HANDSHAKE-ok read");
+        (session_id, key, phone.iv)
+    }
+
     /// Sends BIND (encrypted with the phone's session cipher).
     pub fn bind(&mut self, conn: ConnId, user_id: &str, tags: &str) {
         let body = Bind {
