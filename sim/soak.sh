@@ -40,9 +40,17 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target/sim}"
 [ "$known" = 1 ] && export PUSHGATE_SIM_IGNORE_KNOWN=1
 
 echo "== building the simulation (RUSTFLAGS=\"$RUSTFLAGS\", CARGO_TARGET_DIR=$CARGO_TARGET_DIR)"
-binary=$(cargo test -p pushgate-sim --test sim --no-run 2>&1 | sed -n 's/.*Executable tests\/sim.rs (\(.*\))/\1/p' | tail -1)
+build_log=$(mktemp)
+if ! cargo test -p pushgate-sim --test sim --no-run >"$build_log" 2>&1; then
+  echo "error: could not build the sim test binary; the build said:" >&2
+  tail -n 40 "$build_log" >&2
+  rm -f "$build_log"
+  exit 1
+fi
+binary=$(sed -n 's/.*Executable tests\/sim.rs (\(.*\))/\1/p' "$build_log" | tail -1)
+rm -f "$build_log"
 if [ -z "$binary" ] || [ ! -x "$binary" ]; then
-  echo "error: could not build the sim test binary" >&2
+  echo "error: the build named no sim test binary" >&2
   exit 1
 fi
 echo "== seeds $first..$((first + count - 1)), $jobs at a time ($([ "$batch" = 1 ] && echo "one batch process" || echo "one process per seed"))"
