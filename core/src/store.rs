@@ -10,6 +10,12 @@ use crate::ids::RequestId;
 use crate::route::ClientType;
 use serde::{Deserialize, Serialize};
 
+/// How far apart two nodes' clocks may read, in µs (nodes re-read the wall clock every
+/// second; NTP keeps them within milliseconds to a few hundred): between two connections of
+/// one device stamped closer than this, connection ages do not order them
+/// ([`RouteRecord::supersedes`]).
+pub const MAX_CLOCK_DISAGREEMENT_US: u64 = 2_000_000;
+
 /// Most ended binds a route remembers ([`RouteRecord::ended`]).
 pub const MAX_ENDED_BINDS: usize = 4;
 
@@ -72,8 +78,12 @@ impl RouteRecord {
     /// even when its bind was processed first: a bind that a stalled node processes late, after
     /// the device gave that connection up and bound again elsewhere, must neither displace the
     /// device's live connection nor, once that late route went offline, keep the live one out.
-    /// A route of the same device that is offline never keeps a bind out: its connection gave
-    /// the user up, so it displaces nobody.
+    /// A route of the same device that is offline keeps a bind out only when both the bind's
+    /// connection and the bind itself are older than the stored ones by more than the nodes'
+    /// clocks can disagree ([`MAX_CLOCK_DISAGREEMENT_US`], [`RouteRecord::is_replaced_by`]):
+    /// such a bind is a late write of a connection the device gave up before it connected
+    /// again (its offline mark may be gone from `ended`, which is bounded). Otherwise it
+    /// displaces nobody: the device moving between nodes whose clocks disagree, or binding now.
     ///
     /// Connection ages stamped by two nodes come from two clocks, which disagree by up to
     /// twice NTP's error (nodes re-read the wall clock every second,
@@ -86,7 +96,11 @@ impl RouteRecord {
     /// Otherwise (other devices, the same connection, or unknown ages) the newer bind wins.
     pub fn supersedes(&self, stored: &RouteRecord) -> bool {
         if self.compares_by_connection_age(stored) {
-            !stored.is_online() || self.conn_version >= stored.conn_version
+            if stored.is_online() {
+                self.conn_version >= stored.conn_version
+            } else {
+                !self.is_replaced_by(stored)
+            }
         } else {
             self.version >= stored.version
         }
@@ -98,6 +112,16 @@ impl RouteRecord {
         self.compares_by_connection_age(stored)
             && stored.is_online()
             && self.conn_version < stored.conn_version
+    }
+
+    /// True when `stored` is the route of a newer connection of this route's device whose
+    /// bind also came after this one, both by more than the clocks can disagree: this is a
+    /// late write of a connection the device replaced ([`RouteRecord::supersedes`]). A bind
+    /// made now on an older connection still open is not (its version is new).
+    pub fn is_replaced_by(&self, stored: &RouteRecord) -> bool {
+        self.compares_by_connection_age(stored)
+            && self.conn_version.saturating_add(MAX_CLOCK_DISAGREEMENT_US) < stored.conn_version
+            && self.version.saturating_add(MAX_CLOCK_DISAGREEMENT_US) < stored.version
     }
 
     /// Whether the two routes are decided by connection age: routes of two connections of the
@@ -485,6 +509,30 @@ mod tests {
         let late = bind("device-A", "c1", 1_000_000_000, 1_000_011_000);
         assert!(!late.supersedes(&live));
         assert!(late.is_late_against(&live));
+    }
+
+    #[test]
+    fn a_late_write_of_a_connection_the_device_replaced_stays_out_of_its_offline_route() {
+        // Found by the simulation (seed 1791379): a device bound on c1 during a store outage
+        // and gave c1 up; its offline mark landed, but four later ended binds pushed it out
+        // of the route's bounded `ended` list. The device connected again 15 s later (c2),
+        // bound and left: an offline route of c2. Then c1's write, held up on a store link its
+        // node had given up, landed and put the user online on a dead connection.
+        let c2_ended = RouteRecord {
+            conn_id: None,
+            ..bind("device-A", "c2", 1_015_500_000, 1_017_000_000)
+        };
+        let late = bind("device-A", "c1", 1_000_000_000, 1_005_000_000);
+        assert!(!late.supersedes(&c2_ended));
+        assert!(late.is_replaced_by(&c2_ended));
+        // A connection about as new as the offline one (clocks disagreeing) still gets in,
+        let c3_version = 1_015_500_000 - MAX_CLOCK_DISAGREEMENT_US;
+        let moved = bind("device-A", "c3", c3_version, c3_version + 1);
+        assert!(moved.supersedes(&c2_ended));
+        assert!(!moved.is_replaced_by(&c2_ended));
+        // and so does a bind made now on an older connection still open.
+        let now_on_c1 = bind("device-A", "c1", 1_000_000_000, 1_018_000_000);
+        assert!(now_on_c1.supersedes(&c2_ended));
     }
 
     #[test]

@@ -195,6 +195,10 @@ const REGRESSIONS: &[(u64, &str)] = &[
         30001436,
         "B21: a live bind refused as stale against a newer bind that had ended was kicked",
     ),
+    (
+        1791379,
+        "B22: a late write of a connection its device had replaced got into the device's offline route once its ended mark was evicted",
+    ),
 ];
 
 fn run_seed(seed: u64) -> pushgate_sim::RunReport {

@@ -321,11 +321,14 @@ impl Node {
                 if !still_this_bind || current.conn_id == route.conn_id {
                     return;
                 }
-                if !current.is_online() && attempts <= STORE_WRITE_ATTEMPTS {
+                if !current.is_online()
+                    && !route.is_replaced_by(&current)
+                    && attempts <= STORE_WRITE_ATTEMPTS
+                {
                     // The newer bind has ended already (its connection closed, perhaps before
                     // its node, stalled, even got to it): nobody holds the user but this
                     // connection, which binds again above it rather than leave the user to
-                    // nobody.
+                    // nobody. (A connection its device has replaced since loses for good.)
                     return self.restamp_bind(conn, attempts);
                 }
                 let cause = if route.is_late_against(&current) {

@@ -81,7 +81,8 @@ end
 "#;
 
 /// KEYS[1] = `mp:ur:{userId}`; ARGV = field, new route JSON, new deviceId, '1' when the new
-/// route has a connId, that connId, new version, new connVersion, new host, new port.
+/// route has a connId, that connId, new version, new connVersion, new host, new port, and
+/// the clocks' margin for an offline route of the same device (`MAX_CLOCK_DISAGREEMENT_US`).
 /// Returns `{1, previous or nil}` when written, `{0, current}` when the stored route is the
 /// newer bind ([`RouteRecord::supersedes`]) or knows this bind ended
 /// ([`RouteRecord::knows_ended`]). The written route keeps the stored route's ended binds, and
@@ -110,7 +111,13 @@ if cur then
       and new_conn_version ~= 0 and old_conn_version ~= 0
     local wins
     if by_age then
-      wins = (not is_online(old)) or new_conn_version >= old_conn_version
+      if is_online(old) then
+        wins = new_conn_version >= old_conn_version
+      else
+        local margin = tonumber(ARGV[10])
+        wins = not (new_conn_version + margin < old_conn_version
+          and new_version + margin < num(old['version']))
+      end
     else
       wins = new_version >= num(old['version'])
     end
@@ -221,6 +228,7 @@ pub async fn put_route<C: ConnectionLike>(
         .arg(route.conn_version)
         .arg(&route.host)
         .arg(route.port)
+        .arg(pushgate_core::store::MAX_CLOCK_DISAGREEMENT_US)
         .invoke_async(conn)
         .await?;
     Ok(match (written, stored) {
