@@ -139,6 +139,17 @@ fn store_other_device_route_elsewhere(w: &mut World, conn_id: Option<&str>, ahea
     ahead_us
 }
 
+/// Asserts that `phone` kept user u1 (Mobile), unkicked, and that the store names this node
+/// for it, online; answers the stored route.
+fn assert_holds_u1_here(w: &World, phone: ConnId) -> RouteRecord {
+    assert!(w.received(phone, Command::Kick).is_empty());
+    assert_eq!(w.node.routes_of("u1"), vec![(ClientType::Mobile, phone)]);
+    let stored = stored_route(w, "u1", ClientType::Mobile);
+    assert!(stored.is_online(), "{stored:?}");
+    assert_eq!(stored.host, w.node.config().node_addr.host);
+    stored
+}
+
 /// The store's route of (user, client type); the test expects one.
 fn stored_route(w: &World, user: &str, ct: ClientType) -> RouteRecord {
     w.store
@@ -2269,11 +2280,7 @@ fn a_device_moving_here_from_a_node_whose_clock_is_ahead_keeps_its_user() {
     let phone = w.connect("dev-A", "android");
     w.handshake(phone);
     w.bind(phone, "u1", "");
-    assert!(w.received(phone, Command::Kick).is_empty());
-    assert_eq!(w.node.routes_of("u1"), vec![(ClientType::Mobile, phone)]);
-    let stored = stored_route(&w, "u1", ClientType::Mobile);
-    assert!(stored.is_online(), "{stored:?}");
-    assert_eq!(stored.host, w.node.config().node_addr.host);
+    assert_holds_u1_here(&w, phone);
     assert!(store_token(&w, "u1", ClientType::Mobile).is_some());
 }
 
@@ -2351,11 +2358,7 @@ fn a_bind_kept_out_only_by_a_newer_bind_that_already_ended_binds_again_and_keeps
     let phone = w.connect("dev-A", "android");
     w.handshake(phone);
     w.bind(phone, "u1", "");
-    assert!(w.received(phone, Command::Kick).is_empty());
-    assert_eq!(w.node.routes_of("u1"), vec![(ClientType::Mobile, phone)]);
-    let stored = stored_route(&w, "u1", ClientType::Mobile);
-    assert!(stored.is_online(), "{stored:?}");
-    assert_eq!(stored.host, w.node.config().node_addr.host);
+    let stored = assert_holds_u1_here(&w, phone);
     assert!(stored.version > ended_us, "{stored:?}");
     // A push finds the phone.
     w.push_to(GW, 1, "u1", 1, 3000, Flags::NONE, "x");
