@@ -312,10 +312,15 @@ impl StoreState {
         }
     }
 
-    /// Gives back table capacity far beyond what is held (after a crowd of sessions expired;
-    /// [`crate::spare`]).
-    pub fn shrink_spare_capacity(&mut self) {
+    /// The embedded store's housekeeping round at `now_ms`: forgets expired sessions when
+    /// `sweep_sessions` (a walk of every session, so not every round), gives back table
+    /// capacity far beyond what is held ([`crate::spare`]), and answers the footprint.
+    pub fn housekeep(&mut self, now_ms: Millis, sweep_sessions: bool) -> StoreFootprint {
+        if sweep_sessions {
+            self.sweep_expired_sessions(now_ms);
+        }
         crate::spare::shrink_map(&mut self.sessions);
+        self.footprint()
     }
 
     /// True when a session is kept under `session_id` (expired or not).

@@ -412,12 +412,7 @@ impl Driver {
         pushgate_core::spare::shrink_map(&mut self.local_waiters);
         let footprint = match &mut self.store {
             StoreBackend::Memory(memory) => {
-                let state = memory.state_mut();
-                if round.sweep_sessions {
-                    state.sweep_expired_sessions(self.now);
-                }
-                state.shrink_spare_capacity();
-                Some(state.footprint())
+                Some(memory.state_mut().housekeep(self.now, round.sweep_sessions))
             }
             _ => None,
         };

@@ -11,7 +11,7 @@
 //! peak capacity and the allocator keeps the pages they freed; without this, resident memory
 //! stays at the peak for good, and nobody can tell the store's reusable sessions (kept a day,
 //! as in MPush) from memory held for nothing. The churn soak (`bench/soak.sh`) judges
-//! resident memory after the run against the baseline plus what the store reports.
+//! resident memory round after round against what the store reports.
 use pushgate_core::Millis;
 
 /// The allocator's "hand freed pages back to the OS now" (set by the binary, which chose the
