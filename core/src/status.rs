@@ -109,6 +109,18 @@ impl PushStatus {
         PushStatus::Timeout,
     ];
 
+    /// This status's place in [`PushStatus::ALL`] (tables indexed by status).
+    pub const fn index(self) -> usize {
+        match self {
+            PushStatus::Success => 0,
+            PushStatus::AckSuccess => 1,
+            PushStatus::Offline => 2,
+            PushStatus::Failure => 3,
+            PushStatus::RouterChange => 4,
+            PushStatus::Timeout => 5,
+        }
+    }
+
     /// The kebab-case name used in logs, metrics and the HTTP API.
     pub const fn name(self) -> &'static str {
         match self {
@@ -381,6 +393,13 @@ pub fn status_of_reply(cmd: u8, code: u8, reason: &str) -> PushStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_status_index_is_its_place_in_all() {
+        for (place, status) in PushStatus::ALL.iter().enumerate() {
+            assert_eq!(status.index(), place, "{status:?}");
+        }
+    }
 
     #[test]
     fn result_json_matches_the_captured_form() {

@@ -136,6 +136,32 @@ mod imp {
     pub use metrics_exporter_prometheus::PrometheusHandle;
 
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    static HOT: OnceLock<Hot> = OnceLock::new();
+
+    /// The metrics touched on every push or every wake-up of the node task, looked up once
+    /// (a lookup by name hashes the key, and one with a label allocates it).
+    struct Hot {
+        /// `pushgate_pushes_total`, one per status, in [`PushStatus::ALL`]'s order.
+        pushes: [metrics::Counter; PushStatus::ALL.len()],
+        queue_depth: metrics::Gauge,
+        timers: metrics::Gauge,
+    }
+
+    impl Hot {
+        fn new() -> Self {
+            Self {
+                pushes: PushStatus::ALL
+                    .map(|status| metrics::counter!(PUSHES, "status" => status.name())),
+                queue_depth: metrics::gauge!(NODE_QUEUE_DEPTH),
+                timers: metrics::gauge!(NODE_TIMERS),
+            }
+        }
+
+        /// The handles once the recorder is installed; none before (nothing is recorded).
+        fn get() -> Option<&'static Hot> {
+            HOT.get()
+        }
+    }
 
     /// Installs the process-wide recorder (once) and returns the handle that renders it.
     pub fn install() -> PrometheusHandle {
@@ -171,6 +197,7 @@ mod imp {
                 let handle = recorder.handle();
                 // A second recorder in the same process (tests) keeps the first one.
                 let _ = metrics::set_global_recorder(recorder);
+                HOT.get_or_init(Hot::new);
                 handle
             })
             .clone()
@@ -198,8 +225,10 @@ mod imp {
     }
 
     pub fn node_wake(queue_depth: usize, timers: usize) {
-        metrics::gauge!(NODE_QUEUE_DEPTH).set(queue_depth as f64);
-        metrics::gauge!(NODE_TIMERS).set(timers as f64);
+        if let Some(hot) = Hot::get() {
+            hot.queue_depth.set(queue_depth as f64);
+            hot.timers.set(timers as f64);
+        }
     }
 
     /// Publishes what the embedded store holds (none with a store elsewhere) and the
@@ -226,7 +255,9 @@ mod imp {
             Event::PushFinished {
                 status, timeline, ..
             } => {
-                metrics::counter!(PUSHES, "status" => status.name()).increment(1);
+                if let Some(hot) = Hot::get() {
+                    hot.pushes[status.index()].increment(1);
+                }
                 if *status == PushStatus::AckSuccess {
                     let points = timeline.points();
                     let sent = points
