@@ -2366,6 +2366,62 @@ fn a_bind_kept_out_only_by_a_newer_bind_that_already_ended_binds_again_and_keeps
     assert_eq!(w.reply(GW, 1).status, PushStatus::Success);
 }
 
+/// Found by the simulation (seed 37001080): a bind refused by a newer bind that had ended
+/// binds again (the rule above), but it was re-stamped with the node's clock. Another device
+/// bound the user between the ended bind and the re-stamped write, and the re-stamp, its
+/// clock past that bind, displaced it: the later device was kicked by an earlier bind. The
+/// re-stamp is the version just above the ended bind, so a bind made after that one keeps
+/// the user and this connection, the earlier bind, is kicked.
+#[test]
+fn a_rebind_above_an_ended_bind_does_not_displace_a_bind_made_after_it() {
+    let mut w = World::new(|_| {});
+    let phone = w.connect("dev-A", "android");
+    w.handshake(phone);
+    // The ended bind of dev-B is 1 s newer than this node's bind, which waits in the store.
+    let ended_us = store_other_device_route_elsewhere(&mut w, None, 1_000);
+    w.store.mode = StoreMode::Hold;
+    w.bind(phone, "u1", "");
+    // The store answers 1.5 s later (`Stale`, against the ended bind); the re-stamped write
+    // waits in the store again.
+    w.now += 1_500;
+    w.release_store();
+    let restamped = w
+        .store
+        .held
+        .iter()
+        .find_map(|r| match &r.op {
+            StoreOp::PutRoute { route, .. } => Some(route.version),
+            _ => None,
+        })
+        .expect("the bind is written again");
+    // Meanwhile dev-C binds u1 on another node, after the ended bind.
+    let mut live = FakeStore::route("10.0.0.3", 3001, Some("live-C"));
+    live.device_id = "dev-C".into();
+    live.conn_version = ended_us + 100_000;
+    live.version = ended_us + 200_000;
+    w.store
+        .state
+        .routes
+        .insert(("u1".into(), ClientType::Mobile), live);
+    w.store.mode = StoreMode::Immediate;
+    w.release_store();
+    assert_eq!(
+        store_token(&w, "u1", ClientType::Mobile).as_deref(),
+        Some("live-C")
+    );
+    assert!(
+        w.store.kicks.is_empty(),
+        "dev-C kept the user: {:?}",
+        w.store.kicks
+    );
+    assert_eq!(
+        w.received(phone, Command::Kick).len(),
+        1,
+        "the earlier bind gives the user up"
+    );
+    assert_eq!(restamped, ended_us + 1, "just above the ended bind");
+}
+
 /// The other side of the rule above: a newer bind of another device that still holds the user
 /// wins, and this connection is kicked.
 #[test]

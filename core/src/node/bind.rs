@@ -201,15 +201,21 @@ impl Node {
         });
     }
 
-    /// Gives `conn`'s bind a new version (above every version the node has read, so above the
-    /// ended bind that kept it out) and writes it again as attempt `attempts + 1`. The old
-    /// version's mark goes first, as on a re-bind: a write of it still on its way never lands.
-    fn restamp_bind(&mut self, conn: ConnId, attempts: u32) {
-        let route_version = self.next_version();
+    /// Gives `conn`'s bind the version just above `ended_version`, the ended bind that kept it
+    /// out, and writes it again as attempt `attempts + 1`. Just above, not the clock's now: a
+    /// bind of another connection made after the ended one (and before this write lands) is
+    /// newer than this connection's bind and keeps the user. The old version's mark goes
+    /// first, as on a re-bind: a write of it still on its way never lands.
+    fn restamp_bind(&mut self, conn: ConnId, attempts: u32, ended_version: u64) {
+        let route_version = self.version_just_above(ended_version);
         let Some(bound) = self.sessions.get_mut(&conn).and_then(|s| s.bound.as_mut()) else {
             return;
         };
         let old_version = std::mem::replace(&mut bound.route_version, route_version);
+        debug_assert!(
+            route_version > old_version,
+            "a re-stamp moves the bind forward"
+        );
         let Some((user_id, client_type, record)) = self.route_record(conn) else {
             return;
         };
@@ -329,7 +335,7 @@ impl Node {
                     // its node, stalled, even got to it): nobody holds the user but this
                     // connection, which binds again above it rather than leave the user to
                     // nobody. (A connection its device has replaced since loses for good.)
-                    return self.restamp_bind(conn, attempts);
+                    return self.restamp_bind(conn, attempts, current.version);
                 }
                 let cause = if route.is_late_against(&current) {
                     KickCause::LateBind

@@ -31,6 +31,27 @@ impl Node {
         self.last_route_version
     }
 
+    /// A version for a bind that must win only against the bind of version `version`: the
+    /// next one after it (not the clock, which may be past binds made since), and the node's
+    /// later versions come after it. A `version` that leads the clock by more than
+    /// [`MAX_VERSION_LEAD_MS`] is not taken in (as for versions read from the store): the
+    /// answer is then [`Node::next_version`], which does not win against it.
+    pub(super) fn version_just_above(&mut self, version: u64) -> u64 {
+        let above = version.saturating_add(1);
+        if above > self.version_lead_limit() {
+            return self.next_version();
+        }
+        self.last_route_version = self.last_route_version.max(above);
+        above
+    }
+
+    /// The highest version this node takes in from elsewhere: its clock plus
+    /// [`MAX_VERSION_LEAD_MS`].
+    fn version_lead_limit(&self) -> u64 {
+        self.clock_us()
+            .saturating_add(MAX_VERSION_LEAD_MS.saturating_mul(1000))
+    }
+
     /// The node's clock in µs since the epoch (the versions' unit).
     fn clock_us(&self) -> u64 {
         u64::try_from(self.epoch_ms())
@@ -49,10 +70,7 @@ impl Node {
             _ => return,
         };
         let seen = route.version.max(route.conn_version);
-        let limit = self
-            .clock_us()
-            .saturating_add(MAX_VERSION_LEAD_MS.saturating_mul(1000));
-        if seen <= limit {
+        if seen <= self.version_lead_limit() {
             self.last_route_version = self.last_route_version.max(seen);
         }
     }
