@@ -3,7 +3,8 @@
 //! A phone's task runs the phone's [`PhoneConn`] (the per-connection half of the core, sans-IO)
 //! beside its socket, so framing, RSA, AES, inflate, compression and sealing happen here, on
 //! whichever core the task runs, not on the node task. It feeds the connection what it reads,
-//! what the node queued for it ([`PhoneQueue`]) and its timer, hands the node the decoded
+//! what the node queued for it ([`PhoneQueue`]) and its timer (an entry on the node's wheel,
+//! [`crate::phone_timers`], which fires through the queue), hands the node the decoded
 //! messages, and writes what the connection sealed as the socket takes it. The slow-consumer
 //! rule is the connection's: this task only reports how many bytes the socket took.
 //!
@@ -11,19 +12,20 @@
 //! buffer is allocated when the socket becomes readable and released as soon as it holds no
 //! partial frame, the outbound queue owns no memory while empty, the connection releases its
 //! write buffer once written, and the hand-over to the node runs in a boxed future that exists
-//! only while it runs. What stays is the socket, the queue, the connection and its timer.
+//! only while it runs. What stays is the socket, the queue, the connection and its entry on
+//! the timer wheel.
 //!
 //! A PushClient's task reads frames and hands them to the node task, and writes what the node
 //! sends it in batches.
 use crate::driver::{GatewayCmd, GatewayOutbox, NodeHandle, NodeMsg};
 use crate::phone_queue::{PhoneQueue, ToPhone};
+use crate::phone_timers::PhoneTimers;
 use bytes::BytesMut;
 use pushgate_core::conn::{ConnConfig, PhoneConn};
 use pushgate_core::frame::{Frame, FrameDecoder};
 use pushgate_core::{ConnId, GatewayId, Input, Millis};
 use rand_chacha::rand_core::{CryptoRng, RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
-use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -46,6 +48,9 @@ pub struct PhoneSettings {
     pub start: Instant,
     /// Secret key of the connections' random generators (one stream per connection).
     pub seed: [u8; 32],
+    /// The connections' timers (one wheel, not a tokio timer per phone); its ticker runs
+    /// beside the node ([`PhoneTimers::run`]).
+    pub timers: Arc<PhoneTimers>,
 }
 
 impl PhoneSettings {
@@ -57,10 +62,6 @@ impl PhoneSettings {
 
     fn now_ms(&self) -> Millis {
         crate::node_clock::now_ms(self.start)
-    }
-
-    fn instant(&self, at_ms: Millis) -> Instant {
-        crate::node_clock::instant_at(self.start, at_ms)
     }
 }
 
@@ -112,7 +113,6 @@ enum Wake {
     WriteFailed,
     Queue,
     Read(std::io::Result<usize>),
-    Timer,
 }
 
 /// A phone's byte stream: a TCP socket (read by readiness, so an idle phone holds no read
@@ -167,28 +167,28 @@ pub async fn run_phone<S: PhoneStream>(
     settings: Arc<PhoneSettings>,
 ) {
     let mut machine = Box::new(PhoneConn::new(conn, &settings.cfg, settings.now_ms()));
-    let mut inbound = BytesMut::new();
     // The connection's idle checks, bind deadline and, once it closes with bytes still to
-    // write, its flush deadline (a peer that reads nothing holds the socket only so long).
-    let mut timer: Option<Pin<Box<Sleep>>> = None;
+    // write, its flush deadline (a peer that reads nothing holds the socket only so long),
+    // armed on the node's wheel: the tick held there (0: none), disarmed when the task ends.
+    let mut timer_tick = 0u64;
+    let mut inbound = BytesMut::new();
     let mut rng_uses = 0u32;
     #[cfg(madsim)]
     let peer = stream.peer_ip();
     std::future::poll_fn(|cx| queue.poll_admitted(cx)).await;
     loop {
         if machine.has_input() && !Box::pin(hand_over(&mut machine, &node)).await {
-            return; // the node is gone
+            break; // the node is gone
         }
         if machine.is_finished() {
             if machine.wants_goodbye() {
                 let _ = stream.shutdown().await;
             }
-            return;
+            break;
         }
-        set_timer(
-            &mut timer,
-            machine.poll_timeout().map(|at| settings.instant(at)),
-        );
+        timer_tick = settings
+            .timers
+            .arm(conn, &queue, machine.poll_timeout(), timer_tick);
         // One poll for every source: nothing but wakers is registered while the phone is idle.
         let wake = std::future::poll_fn(|cx| {
             let pending = machine.poll_transmit();
@@ -209,11 +209,6 @@ pub async fn run_phone<S: PhoneStream>(
             if machine.is_open() {
                 if let Poll::Ready(read) = stream.poll_read_some(&mut inbound, cx) {
                     return Poll::Ready(Wake::Read(read));
-                }
-            }
-            if let Some(sleep) = &mut timer {
-                if sleep.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(Wake::Timer);
                 }
             }
             Poll::Pending
@@ -241,6 +236,20 @@ pub async fn run_phone<S: PhoneStream>(
                 if batch.close {
                     machine.handle_close(now);
                 }
+                if batch.timer_tick != 0 {
+                    if batch.timer_tick == timer_tick {
+                        timer_tick = 0; // the wheel took the entry out when it fired
+                    }
+                    // Due at the tick's time even when the clock, read in whole
+                    // milliseconds, has not reached the deadline yet (the tick is at or
+                    // after it); a deadline moved later since is armed again above.
+                    let tick_ms = batch
+                        .timer_tick
+                        .saturating_mul(crate::phone_timers::TICK_MS);
+                    if let Some(due) = machine.poll_timeout().filter(|due| *due <= tick_ms) {
+                        machine.handle_timeout(cfg, now.max(due));
+                    }
+                }
             }
             Wake::Read(Ok(read)) if read > 0 => {
                 let mut rng = ConnRng {
@@ -253,14 +262,9 @@ pub async fn run_phone<S: PhoneStream>(
                 release_if_empty(&mut inbound);
             }
             Wake::Read(_) => machine.handle_peer_closed(now),
-            Wake::Timer => {
-                // The timer fired: the check is due even when the clock, read in whole
-                // milliseconds, has not reached it yet (else the elapsed timer would spin).
-                let due = machine.poll_timeout().unwrap_or(now);
-                machine.handle_timeout(cfg, now.max(due));
-            }
         }
     }
+    settings.timers.disarm(conn, timer_tick);
 }
 
 /// Points a connection task's timer at `at` (none: no timer), re-arming the one it holds
@@ -591,6 +595,7 @@ mod tests {
                 cfg: ConnConfig::from_node(&cfg, 0, pushgate_core::QueueMarks::default()),
                 start: Instant::now(),
                 seed: [7; 32],
+                timers: Arc::new(PhoneTimers::new(Instant::now())),
             });
             let task = run_phone(
                 ConnId(1),
@@ -600,13 +605,12 @@ mod tests {
                 settings,
             );
             eprintln!(
-                "held per idle phone besides: PhoneConn {} bytes, Sleep {} bytes",
+                "held per idle phone besides: PhoneConn {} bytes",
                 std::mem::size_of::<PhoneConn>(),
-                std::mem::size_of::<Sleep>()
             );
             let bytes = std::mem::size_of_val(&task);
             eprintln!("run_phone future: {bytes} bytes");
-            assert!(bytes <= 320, "an idle phone task holds {bytes} bytes");
+            assert!(bytes <= 256, "an idle phone task holds {bytes} bytes");
         });
     }
 }

@@ -37,6 +37,7 @@ pub mod limits;
 pub mod metrics;
 pub mod node_clock;
 pub mod phone_queue;
+pub mod phone_timers;
 #[cfg(not(madsim))]
 pub mod redis_store;
 pub mod server;

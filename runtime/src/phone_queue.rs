@@ -43,6 +43,8 @@ pub struct Batch {
     pub close_reason: Option<CloseReason>,
     /// Items were dropped: more were handed over than the queue holds.
     pub overflow: bool,
+    /// The connection's timer fired at this tick ([`crate::phone_timers`]); 0: it did not.
+    pub timer_tick: u64,
 }
 
 #[derive(Debug, Default)]
@@ -56,6 +58,8 @@ struct State {
     /// The node took the connection in (under its connection limit): the task may read.
     admitted: bool,
     overflow: bool,
+    /// The latest tick at which the connection's timer fired, not yet taken; 0: none.
+    timer_tick: u64,
     /// The connection task, when it waits for frames.
     waiter: Option<Waker>,
 }
@@ -116,12 +120,23 @@ impl PhoneQueue {
         }
     }
 
-    /// Ready when there is something to take (frames or a close); otherwise the task of `cx`
-    /// is woken by the next [`PhoneQueue::push`] or [`PhoneQueue::close`]. One task waits on a
-    /// queue at a time (the connection task).
+    /// The connection's timer fired at `tick` ([`crate::phone_timers`]): wakes the task.
+    pub fn wake_timer(&self, tick: u64) {
+        let mut state = self.lock();
+        state.timer_tick = state.timer_tick.max(tick);
+        let waiter = state.waiter.take();
+        drop(state);
+        if let Some(waiter) = waiter {
+            waiter.wake();
+        }
+    }
+
+    /// Ready when there is something to take (frames, a close, a fired timer); otherwise the
+    /// task of `cx` is woken by the next [`PhoneQueue::push`], [`PhoneQueue::close`] or
+    /// [`PhoneQueue::wake_timer`]. One task waits on a queue at a time (the connection task).
     pub fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
         let mut state = self.lock();
-        if !state.frames.is_empty() || state.close || state.overflow {
+        if !state.frames.is_empty() || state.close || state.overflow || state.timer_tick != 0 {
             return Poll::Ready(());
         }
         match &mut state.waiter {
@@ -166,6 +181,7 @@ impl PhoneQueue {
             close: std::mem::take(&mut state.close),
             close_reason: state.close_reason.take(),
             overflow: std::mem::take(&mut state.overflow),
+            timer_tick: std::mem::take(&mut state.timer_tick),
         }
     }
 

@@ -149,10 +149,15 @@ pub async fn start_with(config: &Config, hooks: ServerHooks) -> anyhow::Result<R
         max_queued_items: marks.hard_limit_bytes / pushgate_core::frame::HEADER_BYTES + 1,
         deflate: net.ws_deflate,
     });
+    let phone_timers = Arc::new(crate::phone_timers::PhoneTimers::new(clock_start));
+    tokio::spawn(crate::phone_timers::PhoneTimers::run(Arc::downgrade(
+        &phone_timers,
+    )));
     let phone_settings = Arc::new(PhoneSettings {
         cfg: ConnConfig::from_node(&node_config, epoch_ms, marks),
         start: clock_start,
         seed: node_seed(),
+        timers: phone_timers,
     });
     let max_body_bytes = node_config.max_body_bytes;
     let counters = Arc::new(LimitCounters::default());
