@@ -199,6 +199,10 @@ const REGRESSIONS: &[(u64, &str)] = &[
         1791379,
         "B22: a late write of a connection its device had replaced got into the device's offline route once its ended mark was evicted",
     ),
+    (
+        37001080,
+        "B23: a bind re-stamped above an ended bind with the clock displaced a bind made after the ended one",
+    ),
 ];
 
 fn run_seed(seed: u64) -> pushgate_sim::RunReport {
