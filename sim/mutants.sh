@@ -108,7 +108,9 @@ M = [
  ("rebind-leaves-old-bind", "a re-bind of the same user does not mark the bind it ends: a late write of that bind (its answer lost) lands online",
   [("core/src/node/bind.rs", "if let (Some(version), Some(conn_id)) = (ended_version, record.conn_id.clone()) {", "if let (Some(version), Some(conn_id)) = (ended_version.filter(|_| false), record.conn_id.clone()) {")]),
  ("ended-newer-bind-kicks", "a bind refused as stale against a newer bind that has ended is kicked instead of binding again above it (B21)",
-  [("core/src/node/bind.rs", "if !current.is_online() && attempts <= STORE_WRITE_ATTEMPTS {", "if !current.is_online() && attempts <= STORE_WRITE_ATTEMPTS && false {")]),
+  [("core/src/node/bind.rs", "                    && attempts <= STORE_WRITE_ATTEMPTS\n", "                    && attempts <= STORE_WRITE_ATTEMPTS\n                    && false\n")]),
+ ("restamp-at-clock", "a bind re-stamped above an ended bind takes the clock's version and displaces a bind made after the ended one (B23)",
+  [("core/src/node/bind.rs", "let route_version = self.version_just_above(ended_version);", "let route_version = { let _ = ended_version; self.next_version() };")]),
  ("fast-connect-ok-before-session", "FAST_CONNECT-ok is queued before the connection takes on the session (the churn soak's ERROR 100)",
   [("core/src/node/fast_connect.rs", """        self.outputs.push_back(Output::Resume {
             conn,
