@@ -52,7 +52,10 @@
 /// checked too), B20 a late write of a connection's earlier bind put the route back online
 /// after its later bind had ended (a re-bind marks the bind it ends; a late answer showing
 /// such a write takes it offline again).
-pub const KNOWN_FAILURES: &[(u64, &str)] = &[];
+pub const KNOWN_FAILURES: &[(u64, &str)] = &[(
+    12002418,
+    "B24: a late write of a bind whose offline mark was evicted from the route's bounded ended list (MAX_ENDED_BINDS) by another node's binds lands online",
+)];
 
 /// The open bug a seed is known to hit, if any.
 pub fn known_failure(seed: u64) -> Option<&'static str> {
