@@ -109,16 +109,10 @@ impl PushStatus {
         PushStatus::Timeout,
     ];
 
-    /// This status's place in [`PushStatus::ALL`] (tables indexed by status).
+    /// This status's place in [`PushStatus::ALL`] (tables indexed by status): `ALL` lists the
+    /// statuses in declaration order.
     pub const fn index(self) -> usize {
-        match self {
-            PushStatus::Success => 0,
-            PushStatus::AckSuccess => 1,
-            PushStatus::Offline => 2,
-            PushStatus::Failure => 3,
-            PushStatus::RouterChange => 4,
-            PushStatus::Timeout => 5,
-        }
+        self as usize
     }
 
     /// The kebab-case name used in logs, metrics and the HTTP API.

@@ -32,7 +32,7 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 
 /// Most frames coalesced into one write on a PushClient connection.
 pub const MAX_FRAMES_PER_WRITE: usize = 256;
@@ -265,17 +265,6 @@ pub async fn run_phone<S: PhoneStream>(
         }
     }
     settings.timers.disarm(conn, timer_tick);
-}
-
-/// Points a connection task's timer at `at` (none: no timer), re-arming the one it holds
-/// instead of allocating another.
-pub(crate) fn set_timer(timer: &mut Option<Pin<Box<Sleep>>>, at: Option<Instant>) {
-    match (at, timer.as_mut()) {
-        (None, _) => *timer = None,
-        (Some(at), Some(sleep)) if sleep.deadline() == at => {}
-        (Some(at), Some(sleep)) => sleep.as_mut().reset(at),
-        (Some(at), None) => *timer = Some(Box::pin(tokio::time::sleep_until(at))),
-    }
 }
 
 /// Hands the node every message the connection has for it; false when the node is gone.
@@ -595,7 +584,7 @@ mod tests {
                 cfg: ConnConfig::from_node(&cfg, 0, pushgate_core::QueueMarks::default()),
                 start: Instant::now(),
                 seed: [7; 32],
-                timers: Arc::new(PhoneTimers::new(Instant::now())),
+                timers: Arc::new(PhoneTimers::new()),
             });
             let task = run_phone(
                 ConnId(1),

@@ -502,16 +502,17 @@ impl Driver {
         // The core's next deadline and the load window's end, each one timer held across
         // wake-ups and moved only when its deadline changes (not a timer registered and
         // cancelled per message).
-        let mut deadline = Deadline::new(self.start);
-        let mut publish = Deadline::new(self.start);
+        let mut deadline = None;
+        let mut publish = None;
         loop {
-            deadline.set(self.node.poll_timeout().map(|at| self.instant_at(at)));
-            publish.set(Some(self.load.publish_at()));
+            let core_due = self.node.poll_timeout().map(|at| self.instant_at(at));
+            crate::node_clock::set_timer(&mut deadline, core_due);
+            crate::node_clock::set_timer(&mut publish, Some(self.load.publish_at()));
             // `biased`: branches are polled in this order, so a run is the same for the same
             // inputs (the simulator checks it), and due timers are never starved by traffic.
             tokio::select! {
                 biased;
-                () = deadline.fired() => {
+                () = crate::node_clock::timer_fired(&mut deadline) => {
                     let woke = self.tick();
                     let queue_depth = rx.len();
                     // One bounded turn (at most one broadcast batch), then what arrived meanwhile.
@@ -558,7 +559,7 @@ impl Driver {
                 }
                 // Publishes the node task's load when it stays idle past a window's end,
                 // and does the housekeeping when it is due.
-                () = publish.fired() => {
+                () = crate::node_clock::timer_fired(&mut publish) => {
                     self.load.publish(Instant::now());
                     self.tick();
                     self.housekeep_if_due();
@@ -924,42 +925,5 @@ async fn recv_store(
     match rx {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,
-    }
-}
-
-/// A timer the node task keeps across its wake-ups: re-armed when its deadline moves, never
-/// dropped and registered again while the deadline stays.
-struct Deadline {
-    sleep: std::pin::Pin<Box<tokio::time::Sleep>>,
-    /// The deadline armed; none: disarmed (the timer is never polled).
-    at: Option<Instant>,
-}
-
-impl Deadline {
-    fn new(now: Instant) -> Self {
-        Self {
-            sleep: Box::pin(tokio::time::sleep_until(now)),
-            at: None,
-        }
-    }
-
-    /// Arms the timer at `at` (none: disarms it).
-    fn set(&mut self, at: Option<Instant>) {
-        if at != self.at {
-            if let Some(at) = at {
-                self.sleep.as_mut().reset(at);
-            }
-            self.at = at;
-        }
-    }
-
-    /// Resolves when the armed deadline passes (never while disarmed); the timer is disarmed
-    /// then, so the next [`Deadline::set`] arms it again.
-    async fn fired(&mut self) {
-        if self.at.is_none() {
-            return std::future::pending().await;
-        }
-        self.sleep.as_mut().await;
-        self.at = None;
     }
 }

@@ -136,6 +136,7 @@ mod imp {
     pub use metrics_exporter_prometheus::PrometheusHandle;
 
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    /// Set once the recorder is installed; unset before (nothing is recorded then).
     static HOT: OnceLock<Hot> = OnceLock::new();
 
     /// The metrics touched on every push or every wake-up of the node task, looked up once
@@ -155,11 +156,6 @@ mod imp {
                 queue_depth: metrics::gauge!(NODE_QUEUE_DEPTH),
                 timers: metrics::gauge!(NODE_TIMERS),
             }
-        }
-
-        /// The handles once the recorder is installed; none before (nothing is recorded).
-        fn get() -> Option<&'static Hot> {
-            HOT.get()
         }
     }
 
@@ -225,7 +221,7 @@ mod imp {
     }
 
     pub fn node_wake(queue_depth: usize, timers: usize) {
-        if let Some(hot) = Hot::get() {
+        if let Some(hot) = HOT.get() {
             hot.queue_depth.set(queue_depth as f64);
             hot.timers.set(timers as f64);
         }
@@ -255,7 +251,7 @@ mod imp {
             Event::PushFinished {
                 status, timeline, ..
             } => {
-                if let Some(hot) = Hot::get() {
+                if let Some(hot) = HOT.get() {
                     hot.pushes[status.index()].increment(1);
                 }
                 if *status == PushStatus::AckSuccess {

@@ -5,8 +5,9 @@
 //! versions' time base) is read here too, NTP-disciplined in production and off by the host's
 //! bounded offset under the simulator.
 use pushgate_core::Millis;
+use std::pin::Pin;
 use std::time::Duration;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 /// Milliseconds since `start` on this host's clock.
 pub fn now_ms(start: Instant) -> Millis {
@@ -24,6 +25,25 @@ pub fn instant_at(start: Instant, at_ms: Millis) -> Instant {
     #[cfg(not(madsim))]
     let at = start + Duration::from_millis(at_ms);
     at
+}
+
+/// Points a task's timer at `at` (none: no timer), re-arming the one it holds instead of
+/// registering another: a deadline that stays costs nothing.
+pub fn set_timer(timer: &mut Option<Pin<Box<Sleep>>>, at: Option<Instant>) {
+    match (at, timer.as_mut()) {
+        (None, _) => *timer = None,
+        (Some(at), Some(sleep)) if sleep.deadline() == at => {}
+        (Some(at), Some(sleep)) => sleep.as_mut().reset(at),
+        (Some(at), None) => *timer = Some(Box::pin(tokio::time::sleep_until(at))),
+    }
+}
+
+/// Resolves when `timer` fires; never while there is none.
+pub async fn timer_fired(timer: &mut Option<Pin<Box<Sleep>>>) {
+    match timer {
+        Some(sleep) => sleep.as_mut().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// How often the node task re-reads the wall clock (`Node::follow_wall_clock`): between two

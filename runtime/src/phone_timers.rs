@@ -24,21 +24,16 @@ use tokio::time::Instant;
 pub const TICK_MS: u64 = 100;
 
 /// The armed timers of a node's phone connections.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct PhoneTimers {
-    /// Time 0 of the ticks (the node's clock).
-    start: Instant,
     /// `(tick, connection)` → the connection's queue, woken when the tick comes.
     armed: Mutex<BTreeMap<(u64, ConnId), Weak<PhoneQueue>>>,
 }
 
 impl PhoneTimers {
-    /// No timers armed; ticks count from `start`, the node clock's time 0.
-    pub fn new(start: Instant) -> Self {
-        Self {
-            start,
-            armed: Mutex::default(),
-        }
+    /// No timers armed.
+    pub fn new() -> Self {
+        Self::default()
     }
 
     /// The first tick at or after `at_ms` (never 0: 0 means "no tick").
@@ -107,8 +102,9 @@ impl PhoneTimers {
         self.len() == 0
     }
 
-    /// The ticker: fires the due timers every [`TICK_MS`] until the timers are dropped.
-    pub async fn run(timers: Weak<PhoneTimers>) {
+    /// The ticker: fires the due timers every [`TICK_MS`] of the node's clock (time 0 at
+    /// `start`) until the timers are dropped.
+    pub async fn run(timers: Weak<PhoneTimers>, start: Instant) {
         let period = std::time::Duration::from_millis(TICK_MS);
         let mut interval = tokio::time::interval(period);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -117,7 +113,7 @@ impl PhoneTimers {
             let Some(timers) = timers.upgrade() else {
                 return;
             };
-            timers.fire_due(crate::node_clock::now_ms(timers.start));
+            timers.fire_due(crate::node_clock::now_ms(start));
         }
     }
 
@@ -138,7 +134,7 @@ mod tests {
     }
 
     fn timers() -> PhoneTimers {
-        PhoneTimers::new(Instant::now())
+        PhoneTimers::new()
     }
 
     #[test]
@@ -196,7 +192,7 @@ mod tests {
             .expect("runtime");
         rt.block_on(async {
             let timers = Arc::new(timers());
-            tokio::spawn(PhoneTimers::run(Arc::downgrade(&timers)));
+            tokio::spawn(PhoneTimers::run(Arc::downgrade(&timers), Instant::now()));
             let q = queue();
             let held = timers.arm(ConnId(7), &q, Some(350), 0);
             let waiter = q.clone();

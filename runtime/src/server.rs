@@ -149,10 +149,11 @@ pub async fn start_with(config: &Config, hooks: ServerHooks) -> anyhow::Result<R
         max_queued_items: marks.hard_limit_bytes / pushgate_core::frame::HEADER_BYTES + 1,
         deflate: net.ws_deflate,
     });
-    let phone_timers = Arc::new(crate::phone_timers::PhoneTimers::new(clock_start));
-    tokio::spawn(crate::phone_timers::PhoneTimers::run(Arc::downgrade(
-        &phone_timers,
-    )));
+    let phone_timers = Arc::new(crate::phone_timers::PhoneTimers::new());
+    tokio::spawn(crate::phone_timers::PhoneTimers::run(
+        Arc::downgrade(&phone_timers),
+        clock_start,
+    ));
     let phone_settings = Arc::new(PhoneSettings {
         cfg: ConnConfig::from_node(&node_config, epoch_ms, marks),
         start: clock_start,

@@ -299,7 +299,7 @@ async fn run_web(
         if machine.is_finished() {
             return;
         }
-        crate::conn::set_timer(
+        crate::node_clock::set_timer(
             &mut timer,
             machine.poll_timeout(cfg).map(|at| settings.instant(at)),
         );
