@@ -111,6 +111,9 @@ M = [
   [("core/src/node/bind.rs", "                    && attempts <= STORE_WRITE_ATTEMPTS\n", "                    && attempts <= STORE_WRITE_ATTEMPTS\n                    && false\n")]),
  ("restamp-at-clock", "a bind re-stamped above an ended bind takes the clock's version and displaces a bind made after the ended one (B23)",
   [("core/src/node/bind.rs", "let route_version = self.version_just_above(ended_version);", "let route_version = { let _ = ended_version; self.next_version() };")]),
+ ("ended-marks-one-list", "a route's ended binds are one list of four, so another node's binds push a node's mark out (B24)",
+  [("core/src/store.rs", "        if of_node >= MAX_ENDED_BINDS_PER_NODE {\n", "        if of_node >= MAX_ENDED_BINDS_PER_NODE && false {\n"),
+   ("core/src/store.rs", "        } else if self.ended.len() >= MAX_ENDED_BINDS {\n", "        } else if self.ended.len() >= MAX_ENDED_BINDS_PER_NODE {\n")]),
  ("fast-connect-ok-before-session", "FAST_CONNECT-ok is queued before the connection takes on the session (the churn soak's ERROR 100)",
   [("core/src/node/fast_connect.rs", """        self.outputs.push_back(Output::Resume {
             conn,

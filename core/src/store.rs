@@ -16,8 +16,14 @@ use serde::{Deserialize, Serialize};
 /// ([`RouteRecord::supersedes`]).
 pub const MAX_CLOCK_DISAGREEMENT_US: u64 = 2_000_000;
 
-/// Most ended binds a route remembers ([`RouteRecord::ended`]).
-pub const MAX_ENDED_BINDS: usize = 4;
+/// Most ended binds a route remembers ([`RouteRecord::ended`]), of all nodes together.
+pub const MAX_ENDED_BINDS: usize = 32;
+
+/// Most ended binds of one node a route remembers: a node's own later binds evict its older
+/// marks first, so a burst of binds on one node cannot flush another node's mark (a late write
+/// of that node's bind would then land online). Past [`MAX_ENDED_BINDS`] the oldest mark of
+/// any node goes.
+pub const MAX_ENDED_BINDS_PER_NODE: usize = 4;
 
 /// A bind known to have ended, named by its node and bind version (a node's versions are
 /// strictly increasing, so the pair names one bind).
@@ -26,6 +32,13 @@ pub struct EndedBind {
     pub host: String,
     pub port: u16,
     pub version: u64,
+}
+
+impl EndedBind {
+    /// True when this ended bind was made on `node`.
+    pub fn is_on(&self, node: &NodeAddr) -> bool {
+        self.host == node.host && self.port == node.port
+    }
 }
 
 /// Where a user's connection of one client type lives (MPush's `ClientLocation` JSON:
@@ -62,7 +75,9 @@ pub struct RouteRecord {
     /// Binds of this user and client type whose offline mark reached the store while it held
     /// another route (marks can overtake their bind's own write, e.g. a write delivered late
     /// on an old link, or a route put back by [`StoreOp::RestoreRoute`]): none of them may
-    /// come back online. Kept by the store, at most [`MAX_ENDED_BINDS`], newest last.
+    /// come back online. Kept by the store, newest last, at most
+    /// [`MAX_ENDED_BINDS_PER_NODE`] of one node and [`MAX_ENDED_BINDS`] in all
+    /// ([`RouteRecord::remember_ended`]).
     #[serde(default, rename = "endedBinds", skip_serializing_if = "Vec::is_empty")]
     pub ended: Vec<EndedBind>,
 }
@@ -160,16 +175,24 @@ impl RouteRecord {
             || self
                 .ended
                 .iter()
-                .any(|e| e.host == node.host && e.port == node.port && e.version == version)
+                .any(|e| e.is_on(node) && e.version == version)
     }
 
-    /// Remembers that the bind `version` of `node` ended (the oldest memory goes beyond
-    /// [`MAX_ENDED_BINDS`]).
+    /// Remembers that the bind `version` of `node` ended. The memory is bounded: past
+    /// [`MAX_ENDED_BINDS_PER_NODE`] marks of `node` its oldest goes, else past
+    /// [`MAX_ENDED_BINDS`] the oldest of all. (A node's own later binds replace the stored
+    /// route with newer versions, which keep its older binds out by version; another node's
+    /// binds do not, so they must not push this node's marks out.)
     pub fn remember_ended(&mut self, node: &NodeAddr, version: u64) {
         if self.knows_ended(node, version) {
             return;
         }
-        if self.ended.len() >= MAX_ENDED_BINDS {
+        let of_node = self.ended.iter().filter(|e| e.is_on(node)).count();
+        if of_node >= MAX_ENDED_BINDS_PER_NODE {
+            if let Some(oldest) = self.ended.iter().position(|e| e.is_on(node)) {
+                self.ended.remove(oldest);
+            }
+        } else if self.ended.len() >= MAX_ENDED_BINDS {
             self.ended.remove(0);
         }
         self.ended.push(EndedBind {

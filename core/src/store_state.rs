@@ -552,18 +552,58 @@ mod tests {
     }
 
     #[test]
-    fn ended_binds_are_bounded() {
+    fn ended_binds_are_bounded_per_node_and_in_all() {
+        use crate::store::{MAX_ENDED_BINDS, MAX_ENDED_BINDS_PER_NODE};
         let mut s = StoreState::new();
         s.apply(0, put("a", 100));
-        for v in 0..(crate::store::MAX_ENDED_BINDS as u64 + 3) {
-            s.apply(0, offline("x", v + 1));
+        // One node's marks: its newest MAX_ENDED_BINDS_PER_NODE stay.
+        let extra = 3;
+        for v in 1..=(MAX_ENDED_BINDS_PER_NODE as u64 + extra) {
+            s.apply(0, offline("x", v));
         }
         let (_, stored) = s.route("u", None, None).unwrap();
-        assert_eq!(stored.ended.len(), crate::store::MAX_ENDED_BINDS);
+        let versions: Vec<u64> = stored.ended.iter().map(|e| e.version).collect();
+        let want: Vec<u64> = (extra + 1..=MAX_ENDED_BINDS_PER_NODE as u64 + extra).collect();
+        assert_eq!(versions, want);
+        // Many nodes' marks: at most MAX_ENDED_BINDS, the oldest go.
+        for n in 0..MAX_ENDED_BINDS {
+            s.apply(0, offline_on(&format!("10.1.0.{n}"), "x", 7));
+        }
+        let (_, stored) = s.route("u", None, None).unwrap();
+        assert_eq!(stored.ended.len(), MAX_ENDED_BINDS);
         assert_eq!(
-            stored.ended.last().unwrap().version,
-            crate::store::MAX_ENDED_BINDS as u64 + 3
+            stored.ended.last().unwrap().host,
+            format!("10.1.0.{}", MAX_ENDED_BINDS - 1)
         );
+        assert!(stored.ended.iter().all(|e| e.host != "127.0.0.1"));
+    }
+
+    /// B24: node A's mark of a bind overtook the bind's write, which is held up on a store link
+    /// A has given up; meanwhile node B's binds of the user end, one after another. B's marks
+    /// must not push A's out, or A's late write lands online and the store names a connection
+    /// nobody holds.
+    #[test]
+    fn another_nodes_ended_binds_do_not_flush_a_nodes_mark() {
+        let mut s = StoreState::new();
+        // Another device's route, offline, older than A's bind.
+        let mut old = route(None, 50);
+        old.device_id = "d0".into();
+        s.apply(
+            0,
+            StoreOp::PutRoute {
+                user_id: "u".into(),
+                client_type: ClientType::Mobile,
+                route: old,
+            },
+        );
+        s.apply(0, offline_on("10.0.0.2", "a1", 100));
+        for v in 0..(crate::store::MAX_ENDED_BINDS_PER_NODE as u64 + 2) {
+            s.apply(0, offline_on("10.0.0.5", &format!("b{v}"), 200 + v));
+        }
+        let late = put_on("10.0.0.2", "a1", 100);
+        assert!(matches!(s.apply(0, late), StoreReply::Stale { .. }));
+        let (_, stored) = s.route("u", None, None).unwrap();
+        assert!(!stored.is_online(), "{stored:?}");
     }
 
     /// A restore puts the displaced route back offline when that connection's own mark came

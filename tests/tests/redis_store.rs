@@ -1348,3 +1348,74 @@ async fn concurrent_binds_from_two_nodes_keep_the_newest() {
         Ok(StoreReply::Route(Some((ClientType::Mobile, newest))))
     );
 }
+
+/// The bound on a route's ended binds, in the script as in `MemoryStore`: a node's marks are
+/// kept against a burst of another node's (B24: a late write of a bind whose mark another
+/// node's binds pushed out landed online), one node's oldest go past its share, and the
+/// oldest of all go past the total. Every answer and the stored route agree op by op.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ended_binds_are_bounded_per_node_as_in_memory() {
+    use pushgate_core::store::{MAX_ENDED_BINDS, MAX_ENDED_BINDS_PER_NODE};
+    let redis = RedisServer::start();
+    let mut linked = Linked::connect(&redis.url(), this_node()).await;
+    let mut memory = MemoryStore::new();
+    let user = "ended-bound";
+    let offline = |host: &str, conn: &str, version: u64| StoreOp::SetRouteOffline {
+        user_id: user.into(),
+        client_type: ClientType::Mobile,
+        node: NodeAddr::new(host, 3001),
+        conn_id: conn.into(),
+        version,
+    };
+    let put = |host: &str, device: &str, conn: Option<&str>, version: u64| StoreOp::PutRoute {
+        user_id: user.into(),
+        client_type: ClientType::Mobile,
+        route: RouteRecord {
+            host: host.into(),
+            port: 3001,
+            device_id: device.into(),
+            os_name: "android".into(),
+            client_version: "2.0".into(),
+            conn_id: conn.map(str::to_owned),
+            version: EPOCH_VERSION + version,
+            conn_version: EPOCH_VERSION + version,
+            ended: Vec::new(),
+        },
+    };
+    let read = StoreOp::GetRoute {
+        user_id: user.into(),
+        client_type: Some(ClientType::Mobile),
+        asker: None,
+    };
+    let per_node = MAX_ENDED_BINDS_PER_NODE as u64;
+    let mut ops = vec![
+        // Another device's route, offline; node a's mark overtakes its bind's write.
+        put("a", "d0", None, 10),
+        offline("a", "a1", EPOCH_VERSION + 100),
+    ];
+    // Node b's binds end, more than one node's share.
+    for v in 0..per_node + 2 {
+        ops.push(offline("b", &format!("b{v}"), EPOCH_VERSION + 200 + v));
+    }
+    // a's late write stays out; b's oldest marks went, a's did not.
+    ops.push(put("a", "d1", Some("a1"), 100));
+    ops.push(read.clone());
+    // More nodes than the total holds.
+    for n in 0..MAX_ENDED_BINDS as u64 {
+        ops.push(offline(&format!("n{n}"), "x", EPOCH_VERSION + 300 + n));
+    }
+    ops.push(read.clone());
+    for (step, op) in ops.into_iter().enumerate() {
+        let want = memory.apply(0, op.clone());
+        let got = linked.apply(op.clone()).await;
+        assert_eq!(got, want, "step {step}: {op:?}");
+        if step == 2 + per_node as usize + 2 {
+            assert!(matches!(got, Ok(StoreReply::Stale { .. })), "{got:?}");
+        }
+    }
+    let Ok(StoreReply::Route(Some((_, stored)))) = memory.apply(0, read) else {
+        panic!("the route is stored");
+    };
+    assert_eq!(stored.ended.len(), MAX_ENDED_BINDS);
+    assert!(!stored.is_online());
+}

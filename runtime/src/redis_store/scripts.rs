@@ -16,7 +16,7 @@
 //! ([`MAX_EXACT_VERSION`]) instead of comparing them wrongly.
 use super::keys;
 use pushgate_core::route::ClientType;
-use pushgate_core::store::{RouteRecord, MAX_ENDED_BINDS};
+use pushgate_core::store::{RouteRecord, MAX_ENDED_BINDS, MAX_ENDED_BINDS_PER_NODE};
 use pushgate_core::NodeAddr;
 use redis::aio::ConnectionLike;
 use redis::{RedisResult, Script};
@@ -53,7 +53,18 @@ end
 local function remember_ended(r, host, port, version)
   if knows_ended(r, host, port, version) then return false end
   local ended = ended_of(r)
-  if #ended >= MAX_ENDED then table.remove(ended, 1) end
+  local of_node, oldest = 0, nil
+  for i, e in ipairs(ended) do
+    if type(e) == 'table' and str(e['host']) == host and num(e['port']) == port then
+      of_node = of_node + 1
+      if oldest == nil then oldest = i end
+    end
+  end
+  if of_node >= MAX_ENDED_PER_NODE then
+    table.remove(ended, oldest)
+  elseif #ended >= MAX_ENDED then
+    table.remove(ended, 1)
+  end
   table.insert(ended, {host = host, port = port, version = version})
   r['endedBinds'] = ended
   return true
@@ -189,10 +200,11 @@ if is_online(previous) then return 2 end
 return 1
 "#;
 
-/// The scripts' source: the helpers (with [`MAX_ENDED_BINDS`]) before a body.
+/// The scripts' source: the helpers (with [`MAX_ENDED_BINDS`] and
+/// [`MAX_ENDED_BINDS_PER_NODE`]) before a body.
 fn script(body: &str) -> Script {
     Script::new(&format!(
-        "local MAX_ENDED = {MAX_ENDED_BINDS}\n{LUA_HELPERS}{body}"
+        "local MAX_ENDED = {MAX_ENDED_BINDS}\nlocal MAX_ENDED_PER_NODE = {MAX_ENDED_BINDS_PER_NODE}\n{LUA_HELPERS}{body}"
     ))
 }
 
