@@ -56,6 +56,12 @@ pub struct Point {
     pub first_error: Option<String>,
     pub delivery: Option<LatencySummary>,
     pub status: Option<LatencySummary>,
+    /// pushgate's single pushes: the server's own share of each status's latency, from the
+    /// time line the status carries (`push-center-begin` to its end point, whole ms on the
+    /// node's clock): what the server took between taking the push in and answering it,
+    /// without the generator's queues and the trips over loopback.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_status: Option<LatencySummary>,
     pub last_delivery: Option<LatencySummary>,
     /// Open loop: how late the generator sent each message after its intended time (this
     /// delay is inside every latency of the point; it is the generator's, not the server's).

@@ -133,7 +133,12 @@ impl Pusher {
                 let client = client.clone();
                 tokio::spawn(async move {
                     let outcome = match client.push(request).await {
-                        Ok(result) => Outcome::Status(result.status),
+                        Ok(result) => {
+                            if let Some(ms) = server_ms(&result.time_points) {
+                                tracker.on_server_time(stamp.point_id, stamp.seq, ms);
+                            }
+                            Outcome::Status(result.status)
+                        }
                         Err(error) => Outcome::ClientError(error.to_string()),
                     };
                     tracker.on_status(stamp.point_id, stamp.seq, outcome);
@@ -177,5 +182,33 @@ impl Pusher {
                 });
             }
         }
+    }
+}
+
+/// The server's own time for a push, from the time line its status carries: ms from its first
+/// point (`push-center-begin`, when the node took the push in) to its last (the status's end
+/// point). `None` without two points (a client-side timeout has no time line).
+fn server_ms(time_points: &[(String, i64)]) -> Option<u64> {
+    let (first, last) = (time_points.first()?, time_points.last()?);
+    (time_points.len() >= 2).then(|| u64::try_from(last.1 - first.1).unwrap_or(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::server_ms;
+
+    #[test]
+    fn the_servers_time_is_the_span_of_the_time_line() {
+        let points = |p: &[(&str, i64)]| -> Vec<(String, i64)> {
+            p.iter().map(|(n, t)| (n.to_string(), *t)).collect()
+        };
+        let line = points(&[
+            ("push-center-begin", 1_000),
+            ("before-send", 1_001),
+            ("success-end", 1_004),
+        ]);
+        assert_eq!(server_ms(&line), Some(4));
+        assert_eq!(server_ms(&points(&[("push-center-begin", 1_000)])), None);
+        assert_eq!(server_ms(&[]), None);
     }
 }

@@ -87,6 +87,9 @@ pub struct Counts {
     pub first_error: Option<String>,
     pub delivery: LatencySummary,
     pub status: LatencySummary,
+    /// Single pushes: the server's own time per status, from its time line
+    /// ([`Tracker::on_server_time`]).
+    pub server_status: LatencySummary,
     /// Fan-out: time until the last of the N phones had a broadcast.
     pub last_delivery: LatencySummary,
     /// The background broadcasts of a single-push point, if it ran any.
@@ -146,6 +149,7 @@ struct State {
     counts: Counts,
     delivery: Latency,
     status: Latency,
+    server_status: Latency,
 }
 
 /// See the module documentation.
@@ -174,6 +178,7 @@ impl Tracker {
                 counts: Counts::default(),
                 delivery: Latency::new(),
                 status: Latency::new(),
+                server_status: Latency::new(),
             }),
             progress: Notify::new(),
         }
@@ -194,6 +199,7 @@ impl Tracker {
         st.counts = Counts::default();
         st.delivery = Latency::new();
         st.status = Latency::new();
+        st.server_status = Latency::new();
         st.point_id
     }
 
@@ -452,6 +458,26 @@ impl Tracker {
         }
     }
 
+    /// The server's own time for single push `seq`, read from its status's time line (ms
+    /// between its first and last point); counted when the push was sent inside the window.
+    /// Called before [`Tracker::on_status`] for the same push.
+    pub fn on_server_time(&self, point_id: u32, seq: u32, server_ms: u64) {
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        if point_id != st.point_id || seq & BACKGROUND_SEQ != 0 {
+            return;
+        }
+        if let Work::Single { slots, .. } = &st.work {
+            if slots
+                .get(&seq)
+                .is_some_and(|slot| st.window.contains(slot.sent_ns))
+            {
+                st.server_status
+                    .record_ns(server_ms.saturating_mul(1_000_000));
+            }
+        }
+    }
+
     /// Ends the point: what it counted (what is still in flight counts as lost).
     pub fn finish(&self) -> Counts {
         let mut guard = self.lock();
@@ -460,6 +486,7 @@ impl Tracker {
         let mut counts = std::mem::take(&mut st.counts);
         counts.delivery = st.delivery.summary();
         counts.status = st.status.summary();
+        counts.server_status = st.server_status.summary();
         match work {
             Work::Single { slots, background } => {
                 counts.lost = slots.values().filter(|s| !s.delivered).count() as u64;
@@ -517,6 +544,26 @@ mod tests {
         assert_eq!(counts.statuses.get("offline"), Some(&1));
         assert_eq!(counts.delivery.count, 1);
         assert_eq!(counts.status.count, 2);
+    }
+
+    #[test]
+    fn the_servers_share_counts_single_pushes_sent_inside_the_window_only() {
+        let tracker = Tracker::new();
+        let window = Window {
+            from_ns: 1_000,
+            to_ns: 2_000,
+        };
+        let point = tracker.begin_single(true, window, Some(2));
+        tracker.sent(1, 1_500);
+        tracker.sent(2, 500);
+        tracker.sent_background(BACKGROUND_SEQ | 1, 1_500);
+        tracker.on_server_time(point, 1, 3);
+        tracker.on_server_time(point, 2, 40);
+        tracker.on_server_time(point, BACKGROUND_SEQ | 1, 50);
+        tracker.on_server_time(point + 1, 1, 60);
+        let counts = tracker.finish();
+        assert_eq!(counts.server_status.count, 1);
+        assert!((counts.server_status.max_us - 3_000.0).abs() < 10.0);
     }
 
     #[test]

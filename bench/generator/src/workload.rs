@@ -731,6 +731,7 @@ fn point_from_counts(
         first_error: counts.first_error,
         delivery: Some(counts.delivery),
         status: sender.has_statuses().then_some(counts.status),
+        server_status: (counts.server_status.count > 0).then_some(counts.server_status),
         statuses: counts.statuses,
         rss_after_bytes: plan.server_pid.and_then(|pid| rss_bytes(pid).ok()),
         ..Point::default()
@@ -780,6 +781,14 @@ fn print_point(point: &Point) {
         );
         if point.status.is_some() {
             line += &format!(", status {}", latency(&point.status));
+        }
+        if let Some(server) = point.server_status {
+            line += &format!(
+                ", server's share (time line, whole ms) p99 {:.0} p999 {:.0} max {:.0} ms",
+                server.p99_us / 1000.0,
+                server.p999_us / 1000.0,
+                server.max_us / 1000.0
+            );
         }
         if point.send_lag.is_some() {
             line += &format!(", generator send lag {}", latency(&point.send_lag));
