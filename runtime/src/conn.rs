@@ -19,7 +19,7 @@
 //! sends it in batches.
 use crate::driver::{GatewayCmd, GatewayOutbox, NodeHandle, NodeMsg};
 use crate::phone_queue::{PhoneQueue, ToPhone};
-use crate::phone_timers::PhoneTimers;
+use crate::phone_timers::{PhoneTimers, WheelEntry};
 use bytes::BytesMut;
 use pushgate_core::conn::{ConnConfig, PhoneConn};
 use pushgate_core::frame::{Frame, FrameDecoder};
@@ -169,8 +169,8 @@ pub async fn run_phone<S: PhoneStream>(
     let mut machine = Box::new(PhoneConn::new(conn, &settings.cfg, settings.now_ms()));
     // The connection's idle checks, bind deadline and, once it closes with bytes still to
     // write, its flush deadline (a peer that reads nothing holds the socket only so long),
-    // armed on the node's wheel: the tick held there (0: none), disarmed when the task ends.
-    let mut timer_tick = 0u64;
+    // an entry on the node's timer wheel, disarmed when the task ends.
+    let mut wheel = WheelEntry::default();
     let mut inbound = BytesMut::new();
     let mut rng_uses = 0u32;
     #[cfg(madsim)]
@@ -186,9 +186,7 @@ pub async fn run_phone<S: PhoneStream>(
             }
             break;
         }
-        timer_tick = settings
-            .timers
-            .arm(conn, &queue, machine.poll_timeout(), timer_tick);
+        wheel.arm(&settings.timers, conn, &queue, machine.poll_timeout());
         // One poll for every source: nothing but wakers is registered while the phone is idle.
         let wake = std::future::poll_fn(|cx| {
             let pending = machine.poll_transmit();
@@ -236,16 +234,8 @@ pub async fn run_phone<S: PhoneStream>(
                 if batch.close {
                     machine.handle_close(now);
                 }
-                if batch.timer_tick != 0 {
-                    if batch.timer_tick == timer_tick {
-                        timer_tick = 0; // the wheel took the entry out when it fired
-                    }
-                    // Due at the tick's time even when the clock, read in whole
-                    // milliseconds, has not reached the deadline yet (the tick is at or
-                    // after it); a deadline moved later since is armed again above.
-                    let tick_ms = batch
-                        .timer_tick
-                        .saturating_mul(crate::phone_timers::TICK_MS);
+                if let Some(tick_ms) = wheel.fired(batch.timer_tick) {
+                    // A deadline moved later since is armed again above.
                     if let Some(due) = machine.poll_timeout().filter(|due| *due <= tick_ms) {
                         machine.handle_timeout(cfg, now.max(due));
                     }
@@ -264,7 +254,7 @@ pub async fn run_phone<S: PhoneStream>(
             Wake::Read(_) => machine.handle_peer_closed(now),
         }
     }
-    settings.timers.disarm(conn, timer_tick);
+    wheel.disarm(&settings.timers, conn);
 }
 
 /// Hands the node every message the connection has for it; false when the node is gone.

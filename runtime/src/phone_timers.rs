@@ -1,5 +1,5 @@
-//! The phone connections' timers (idle checks, handshake, bind and flush deadlines): one coarse
-//! wheel per node instead of a tokio timer per phone.
+//! The phone and web connections' timers (idle checks and pings, handshake, bind and flush
+//! deadlines): one coarse wheel per node instead of a tokio timer per connection.
 //!
 //! A phone has a timer armed almost all of its life (its next idle check, seconds to minutes
 //! away). A tokio `Sleep` per phone costs a boxed timer entry (about 115 heap bytes) per
@@ -125,6 +125,49 @@ impl PhoneTimers {
     }
 }
 
+/// One connection's place on the wheel: the tick it holds (none at first). The connection
+/// task arms it before each wait, hands it the tick its queue reports fired, and disarms it when
+/// the connection ends.
+#[derive(Debug, Default)]
+pub struct WheelEntry {
+    /// The tick of the entry in the map; 0: none.
+    tick: u64,
+}
+
+impl WheelEntry {
+    /// Arms the connection's timer for `at_ms` ([`PhoneTimers::arm`]).
+    pub fn arm(
+        &mut self,
+        timers: &PhoneTimers,
+        conn: ConnId,
+        queue: &Arc<PhoneQueue>,
+        at_ms: Option<Millis>,
+    ) {
+        self.tick = timers.arm(conn, queue, at_ms, self.tick);
+    }
+
+    /// The tick `fired_tick` came (a queue batch's `timer_tick`; 0: none): the time it stands
+    /// for, in ms of the node's clock. A deadline at or before it is due then, even while the
+    /// clock, read in whole ms, has not reached the deadline (the tick is at or after it). When
+    /// it is the held tick, its entry is gone from the map (the wheel took it out), so the next
+    /// [`WheelEntry::arm`] arms again.
+    pub fn fired(&mut self, fired_tick: u64) -> Option<Millis> {
+        if fired_tick == 0 {
+            return None;
+        }
+        if fired_tick == self.tick {
+            self.tick = 0;
+        }
+        Some(fired_tick.saturating_mul(TICK_MS))
+    }
+
+    /// Removes the connection's entry (the connection ended).
+    pub fn disarm(&mut self, timers: &PhoneTimers, conn: ConnId) {
+        timers.disarm(conn, self.tick);
+        self.tick = 0;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -147,6 +190,25 @@ mod tests {
         assert_eq!(q.take().timer_tick, 0);
         assert_eq!(timers.fire_due(300), 1);
         assert_eq!(q.take().timer_tick, 3, "the queue says which tick fired");
+        assert!(timers.is_empty());
+    }
+
+    #[test]
+    fn an_entry_arms_again_after_its_tick_fired_and_is_gone_once_disarmed() {
+        let timers = timers();
+        let q = queue();
+        let mut entry = WheelEntry::default();
+        entry.arm(&timers, ConnId(7), &q, Some(250));
+        assert_eq!(entry.fired(0), None, "no tick fired");
+        timers.fire_due(300);
+        assert_eq!(entry.fired(q.take().timer_tick), Some(300));
+        // The wheel took the entry out: the next deadline arms again, even a later one.
+        entry.arm(&timers, ConnId(7), &q, Some(900));
+        assert_eq!(timers.len(), 1);
+        // A tick it no longer holds fires nothing out of the map.
+        assert_eq!(entry.fired(2), Some(200));
+        assert_eq!(timers.len(), 1);
+        entry.disarm(&timers, ConnId(7));
         assert!(timers.is_empty());
     }
 

@@ -135,6 +135,11 @@ pub async fn start_with(config: &Config, hooks: ServerHooks) -> anyhow::Result<R
             "net.write_low_water_bytes <= net.write_high_water_bytes <= net.write_hard_limit_bytes"
         )
     })?;
+    let phone_timers = Arc::new(crate::phone_timers::PhoneTimers::new());
+    tokio::spawn(crate::phone_timers::PhoneTimers::run(
+        Arc::downgrade(&phone_timers),
+        clock_start,
+    ));
     #[cfg(not(madsim))]
     let web_settings = Arc::new(crate::web::WebSettings {
         cfg: pushgate_core::WebConfig::from_node(
@@ -148,12 +153,8 @@ pub async fn start_with(config: &Config, hooks: ServerHooks) -> anyhow::Result<R
         path: net.ws_path.clone(),
         max_queued_items: marks.hard_limit_bytes / pushgate_core::frame::HEADER_BYTES + 1,
         deflate: net.ws_deflate,
+        timers: phone_timers.clone(),
     });
-    let phone_timers = Arc::new(crate::phone_timers::PhoneTimers::new());
-    tokio::spawn(crate::phone_timers::PhoneTimers::run(
-        Arc::downgrade(&phone_timers),
-        clock_start,
-    ));
     let phone_settings = Arc::new(PhoneSettings {
         cfg: ConnConfig::from_node(&node_config, epoch_ms, marks),
         start: clock_start,

@@ -33,6 +33,7 @@
 //! Built outside the simulator only: axum needs a real tokio reactor.
 use crate::driver::{NodeHandle, NodeMsg};
 use crate::phone_queue::{PhoneQueue, ToPhone};
+use crate::phone_timers::WheelEntry;
 use crate::server::LiveGuard;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
@@ -42,12 +43,11 @@ use axum::Router;
 use futures_util::Sink;
 use pushgate_core::web_conn::{WebConfig, WebConn, WsMessage};
 use pushgate_core::{ConnId, Millis};
-use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 use yawc::close::CloseCode;
 use yawc::{CompressionLevel, DeflatePool, Frame, HttpWebSocket, IncomingUpgrade, OpCode};
 use yawc::{Options, WebSocketError};
@@ -70,6 +70,8 @@ pub struct WebSettings {
     pub max_queued_items: usize,
     /// Offer permessage-deflate to clients that ask for it (`net.ws_deflate`).
     pub deflate: bool,
+    /// The connections' timers: the node's wheel, shared with its phone connections.
+    pub timers: Arc<crate::phone_timers::PhoneTimers>,
 }
 
 /// Outbound messages shorter than this go out uncompressed.
@@ -85,10 +87,6 @@ pub const WS_CONNECTIONS_METRIC: &str = "pushgate_ws_connections_total";
 impl WebSettings {
     fn now_ms(&self) -> Millis {
         crate::node_clock::now_ms(self.start)
-    }
-
-    fn instant(&self, at_ms: Millis) -> Instant {
-        crate::node_clock::instant_at(self.start, at_ms)
     }
 }
 
@@ -263,7 +261,6 @@ enum Wake {
     WriteFailed,
     Queue,
     Read(Result<Frame, WebSocketError>),
-    Timer,
 }
 
 fn to_frame(message: &WsMessage) -> Frame {
@@ -286,23 +283,21 @@ async fn run_web(
     std::future::poll_fn(|cx| queue.poll_admitted(cx)).await;
     let cfg = &settings.cfg;
     let mut machine = WebConn::new(conn, settings.now_ms());
-    // The connection's keep-alive, deadlines and, once it closes, its flush deadline.
-    let mut timer: Option<Pin<Box<Sleep>>> = None;
+    // The connection's keep-alive, deadlines and, once it closes, its flush deadline: an entry
+    // on the node's timer wheel, disarmed when the task ends.
+    let mut wheel = WheelEntry::default();
     // A message handed to the socket and not yet flushed.
     let mut sending = false;
-    loop {
+    'connection: loop {
         while let Some(input) = machine.poll_input() {
             if node.send(NodeMsg::Input(input)).await.is_err() {
-                return; // the node is gone
+                break 'connection; // the node is gone
             }
         }
         if machine.is_finished() {
-            return;
+            break;
         }
-        crate::node_clock::set_timer(
-            &mut timer,
-            machine.poll_timeout(cfg).map(|at| settings.instant(at)),
-        );
+        wheel.arm(&settings.timers, conn, &queue, machine.poll_timeout(cfg));
         let wake = std::future::poll_fn(|cx| {
             let mut sink = Pin::new(&mut socket);
             if !sending {
@@ -337,11 +332,6 @@ async fn run_web(
                     return Poll::Ready(Wake::Read(read));
                 }
             }
-            if let Some(sleep) = &mut timer {
-                if sleep.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(Wake::Timer);
-                }
-            }
             Poll::Pending
         })
         .await;
@@ -367,6 +357,12 @@ async fn run_web(
                 if batch.close {
                     machine.handle_close(now, batch.close_reason);
                 }
+                if let Some(tick_ms) = wheel.fired(batch.timer_tick) {
+                    // A deadline moved later since is armed again above.
+                    if let Some(due) = machine.poll_timeout(cfg).filter(|due| *due <= tick_ms) {
+                        machine.handle_timeout(cfg, now.max(due));
+                    }
+                }
             }
             Wake::Read(Ok(frame)) => match frame.opcode() {
                 OpCode::Text => match std::str::from_utf8(frame.payload()) {
@@ -382,12 +378,9 @@ async fn run_web(
             },
             Wake::Read(Err(WebSocketError::FrameTooLarge)) => machine.handle_oversized(now),
             Wake::Read(Err(_)) => machine.handle_peer_closed(now),
-            Wake::Timer => {
-                let due = machine.poll_timeout(cfg).unwrap_or(now);
-                machine.handle_timeout(cfg, now.max(due));
-            }
         }
     }
+    wheel.disarm(&settings.timers, conn);
 }
 
 #[cfg(test)]
