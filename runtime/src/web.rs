@@ -4,7 +4,9 @@
 //!
 //! To the node a web connection is a phone like any other: it opens with
 //! [`NodeMsg::PhoneOpened`] and a [`PhoneQueue`], hands over the same inputs and takes the same
-//! frames, so routes, kicks, pushes, broadcasts and ACKs follow one set of rules. The WebSocket
+//! frames, so routes, kicks, pushes, broadcasts and ACKs follow one set of rules; its pings,
+//! idle, bind and flush deadlines are an entry on the node's timer wheel
+//! ([`crate::phone_timers`]), as a phone's are. The WebSocket
 //! protocol itself (upgrade, framing, masking, answering pings, the message size limit) is
 //! yawc's, as an axum extractor. A plain `GET` of the WebSocket path (or of `index.html` under
 //! it) serves the demo page, with the JavaScript client of `clients/js/` inlined, as MPush
