@@ -13,6 +13,7 @@
 mod broker_check;
 mod churn;
 mod latency;
+mod loopback_source;
 mod mqtt;
 mod nats;
 mod pacer;

@@ -19,7 +19,6 @@ use anyhow::{anyhow, bail, ensure, Context};
 use bytes::{Buf, BufMut, BytesMut};
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
 /// Largest PUBLISH payload the client accepts from the broker or sends to it (1 MiB).
@@ -366,10 +365,7 @@ async fn connect_and_handshake(
     then: impl FnOnce(&mut BytesMut),
 ) -> anyhow::Result<(OwnedReadHalf, OwnedWriteHalf, BytesMut, usize)> {
     check_string("client id", client_id)?;
-    let stream = TcpStream::connect(addr)
-        .await
-        .with_context(|| format!("TCP connect to {addr}"))?;
-    stream.set_nodelay(true).context("TCP_NODELAY")?;
+    let stream = crate::loopback_source::connect(addr).await?;
     let (reader, mut writer) = stream.into_split();
     let mut out = BytesMut::with_capacity(64 + client_id.len());
     encode_connect(&mut out, client_id, KEEPALIVE_SECS);

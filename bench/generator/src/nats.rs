@@ -25,7 +25,6 @@ use anyhow::{anyhow, bail, ensure, Context};
 use bytes::{Buf, BufMut, BytesMut};
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
 use tokio::sync::{watch, Mutex};
 use tokio::task::JoinHandle;
 
@@ -327,10 +326,7 @@ async fn connect_and_handshake(
     name: &str,
     then: impl FnOnce(&mut BytesMut),
 ) -> anyhow::Result<Connected> {
-    let stream = TcpStream::connect(addr)
-        .await
-        .with_context(|| format!("TCP connect to {addr}"))?;
-    stream.set_nodelay(true).context("TCP_NODELAY")?;
+    let stream = crate::loopback_source::connect(addr).await?;
     let (reader, mut writer) = stream.into_split();
     let mut buf = BytesMut::new();
     let mut chunk_bytes = READ_CHUNK_MIN_BYTES;

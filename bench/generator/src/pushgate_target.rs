@@ -55,7 +55,12 @@ impl Phone {
         opts.handshake_timeout_ms = PHONE_TIMEOUT_MS;
         opts.request_timeout_ms = PHONE_TIMEOUT_MS;
         opts.connect_timeout_ms = PHONE_TIMEOUT_MS;
-        let client = DeviceClient::connect(addr, opts)
+        let timeout = std::time::Duration::from_millis(opts.connect_timeout_ms);
+        let stream = tokio::time::timeout(timeout, crate::loopback_source::connect(addr))
+            .await
+            .map_err(|_| anyhow::anyhow!("phone {user_id}: TCP connect timed out"))??;
+        let local_addr = stream.local_addr().ok();
+        let client = DeviceClient::connect_over(stream, local_addr, opts)
             .await
             .with_context(|| format!("phone {user_id}: connect"))?;
         client
