@@ -194,8 +194,10 @@ impl Pusher {
 /// point (`push-center-begin`, when the node took the push in) to its last (the status's end
 /// point). `None` without two points (a client-side timeout has no time line).
 fn server_ms(time_points: &[(String, i64)]) -> Option<u64> {
-    let (first, last) = (time_points.first()?, time_points.last()?);
-    (time_points.len() >= 2).then(|| u64::try_from(last.1 - first.1).unwrap_or(0))
+    match time_points {
+        [(_, first), .., (_, last)] => Some(u64::try_from(last - first).unwrap_or(0)),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
