@@ -436,3 +436,31 @@ fn a_broadcast_keeps_at_most_a_batch_and_a_half_of_its_writes_awaited() {
     assert_eq!(reached(&w), PHONES);
     assert_eq!(w.reply(GW, 9).status, PushStatus::Success);
 }
+
+#[test]
+fn a_broadcast_whose_batch_reaches_the_end_of_the_routes_finishes_without_another_turn() {
+    const PHONES: usize = 10;
+    const BATCH: usize = 4;
+    let mut w = World::new(|c| {
+        c.broadcast_batch_size = BATCH;
+        c.broadcast_flow_limit_per_window = 0;
+    });
+    online(&mut w, PHONES);
+    let (node, now) = (w.node.into_node(), w.now);
+    let mut d = Driver {
+        node,
+        now,
+        arrived: VecDeque::from([broadcast_to_everyone(-1)]),
+        turns: 0,
+    };
+    d.node.handle(d.now, Input::GatewayConnected { gw: GW });
+    let mut frames: usize = d.take_arrived().iter().map(|o| o.broadcast_frames).sum();
+    while let Some(turn) = d.turn() {
+        frames += turn.broadcast_frames;
+        d.take_arrived();
+    }
+    assert_eq!(frames, PHONES);
+    assert_eq!(d.node.stats().broadcasts(PushStatus::Success), 1);
+    // 4 + 4 + 2 routes: the start's batch and two turns; the short last batch ends the walk.
+    assert_eq!(d.turns, PHONES.div_ceil(BATCH) - 1);
+}

@@ -205,6 +205,8 @@ impl Node {
             task.waiting_writes = true;
             return;
         }
+        // Fewer routes than a batch: this batch walks to the end of the table.
+        let walks_to_end = batch.len() < batch_size;
         let mut delay_ms = None;
         for entry in batch {
             let session = &self.sessions[&entry.conn];
@@ -270,6 +272,11 @@ impl Node {
                     }));
             }
             task.cursor = Some((entry.user_id, entry.client_type));
+        }
+        if walks_to_end && delay_ms.is_none() {
+            // Every route was visited: the broadcast is done once its writes are, without
+            // another turn to find the table's end.
+            task.iteration_done = true;
         }
         self.stats.broadcast_deliveries += task.progress_sent;
         let progress = task
