@@ -124,6 +124,10 @@ impl StoreState {
                             restored.conn_id = None;
                         }
                         restored.ended = std::mem::take(&mut route.ended);
+                        // The undone bind has ended: a write of it still on its way (a retry
+                        // held up on a link its node gave up) must not land after the restore
+                        // replaced the one record that knew it.
+                        restored.remember_ended(&node, version);
                         *route = restored;
                     }
                 });
@@ -456,14 +460,24 @@ mod tests {
             "another bind"
         );
         s.apply(0, restore(10));
-        assert_eq!(s.route("u", None, None).unwrap().1, far);
+        let (_, back) = s.route("u", None, None).unwrap();
+        assert_eq!(
+            RouteRecord {
+                ended: Vec::new(),
+                ..back.clone()
+            },
+            far
+        );
+        assert!(
+            back.knows_ended(&NodeAddr::new("127.0.0.1", 3001), 10),
+            "the undone bind is remembered as ended"
+        );
         // Once a newer bind holds the route, a late restore does nothing.
         s.apply(0, put("newer", 20));
         s.apply(0, restore(10));
-        assert_eq!(
-            s.route("u", None, None).unwrap().1,
-            route(Some("newer"), 20)
-        );
+        let (_, stored) = s.route("u", None, None).unwrap();
+        assert_eq!(stored.conn_id.as_deref(), Some("newer"));
+        assert_eq!(stored.version, 20);
     }
 
     /// Found by the simulation (fresh seeds, B7): a route write delivered late on an old store
@@ -648,6 +662,57 @@ mod tests {
         let (_, stored) = s.route("u", None, None).unwrap();
         assert!(stored.is_bind(&far.node(), 1));
         assert!(!stored.is_online());
+    }
+
+    /// Found by the simulation (seed 44002400): a bind's route write (b on node 10.0.0.2)
+    /// replaced another node's route (a), but b had already given the user up, so its node
+    /// asked for a back; b's offline mark had landed before the restore. The restore put a's
+    /// route back, and with it forgot that b's bind had ended (the record that knew was b's
+    /// own offline route): a retry of b's write, held up on a store link its node had given
+    /// up, then landed online naming a connection bound to another user.
+    #[test]
+    fn a_restore_remembers_the_undone_bind_as_ended() {
+        let mut s = StoreState::new();
+        let mut a = route(Some("a"), 10);
+        a.device_id = "da".into();
+        s.apply(
+            0,
+            StoreOp::PutRoute {
+                user_id: "u".into(),
+                client_type: ClientType::Mobile,
+                route: a.clone(),
+            },
+        );
+        let b_put = || {
+            let mut b = route(Some("b"), 20);
+            b.host = "10.0.0.2".into();
+            b.device_id = "db".into();
+            StoreOp::PutRoute {
+                user_id: "u".into(),
+                client_type: ClientType::Mobile,
+                route: b,
+            }
+        };
+        assert_eq!(s.apply(0, b_put()), StoreReply::Previous(Some(a.clone())));
+        s.apply(0, offline_on("127.0.0.1", "a", 10));
+        s.apply(0, offline_on("10.0.0.2", "b", 20));
+        s.apply(
+            0,
+            StoreOp::RestoreRoute {
+                user_id: "u".into(),
+                client_type: ClientType::Mobile,
+                node: NodeAddr::new("10.0.0.2", 3001),
+                version: 20,
+                previous: Box::new(a.clone()),
+            },
+        );
+        let (_, stored) = s.route("u", None, None).unwrap();
+        assert!(stored.is_bind(&a.node(), 10), "a's route is back");
+        assert!(!stored.is_online(), "a ended meanwhile");
+        assert!(stored.knows_ended(&NodeAddr::new("10.0.0.2", 3001), 20));
+        // The late retry of b's write stays out.
+        assert!(matches!(s.apply(0, b_put()), StoreReply::Stale { .. }));
+        assert!(!s.route("u", None, None).unwrap().1.is_online());
     }
 
     /// Found by the simulation (seed 175): a connection re-bound its user during a store

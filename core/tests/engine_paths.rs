@@ -872,11 +872,16 @@ fn a_bind_whose_connection_closed_before_the_store_answered_gives_the_route_back
     w.store.mode = StoreMode::Immediate;
     w.release_store();
     w.settle();
+    let back = stored_route(&w, "u1", ClientType::Mobile);
     assert_eq!(
-        stored_route(&w, "u1", ClientType::Mobile),
+        RouteRecord {
+            ended: Vec::new(),
+            ..back.clone()
+        },
         far,
         "the displaced connection's route is back"
     );
+    assert_eq!(back.ended.len(), 1, "remembering the undone bind as ended");
     assert!(w.store.kicks.is_empty());
     assert!(w.node.routes_of("u1").is_empty());
 }

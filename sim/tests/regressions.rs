@@ -203,6 +203,10 @@ const REGRESSIONS: &[(u64, &str)] = &[
         37001080,
         "B23: a bind re-stamped above an ended bind with the clock displaced a bind made after the ended one",
     ),
+    (
+        44002400,
+        "B25: a restore forgot that the undone bind had ended; a held-up retry of its write landed online",
+    ),
 ];
 
 fn run_seed(seed: u64) -> pushgate_sim::RunReport {

@@ -184,7 +184,8 @@ return 0
 /// KEYS[1] = `mp:ur:{userId}`; ARGV = field, node host, node port, bind version, previous
 /// route JSON, its host, port and version. Puts the previous route back while the stored route
 /// is that bind ([`RouteRecord::is_bind`]), offline when the stored route knows the previous
-/// bind ended, keeping the stored ended binds. Returns 2 when the restored route is online,
+/// bind ended, keeping the stored ended binds and remembering the undone bind as ended (a late
+/// write of it then stays out). Returns 2 when the restored route is online,
 /// 1 when offline, 0 when nothing changed.
 const RESTORE_ROUTE_BODY: &str = r#"
 local cur = redis.call('HGET', KEYS[1], ARGV[1])
@@ -195,6 +196,7 @@ if not is_bind(r, ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])) then return 0 e
 local previous = cjson.decode(ARGV[5])
 if knows_ended(r, ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[8])) then previous['connId'] = nil end
 previous['endedBinds'] = ended_of(r)
+remember_ended(previous, ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]))
 redis.call('HSET', KEYS[1], ARGV[1], encode_route(previous))
 if is_online(previous) then return 2 end
 return 1
