@@ -101,6 +101,24 @@ struct Driver {
 }
 
 impl Driver {
+    /// A node with `phones` phones online (`user-0` …), broadcasts in batches of `batch`
+    /// routes without flow control, and a PushClient connected; `arrived` waits its turn.
+    fn with_phones(phones: usize, batch: usize, arrived: impl IntoIterator<Item = Input>) -> Self {
+        let mut w = World::new(|c| {
+            c.broadcast_batch_size = batch;
+            c.broadcast_flow_limit_per_window = 0;
+        });
+        online(&mut w, phones);
+        let mut d = Driver {
+            node: w.node.into_node(),
+            now: w.now,
+            arrived: arrived.into_iter().collect(),
+            turns: 0,
+        };
+        d.node.handle(d.now, Input::GatewayConnected { gw: GW });
+        d
+    }
+
     /// Handles every input that arrived, in order; the write confirmations they cause arrive
     /// after them.
     fn take_arrived(&mut self) -> Vec<CallOutput> {
@@ -142,19 +160,7 @@ impl Driver {
 fn one_turn_runs_at_most_one_broadcast_batch_and_a_push_arriving_meanwhile_goes_next() {
     const PHONES: usize = 600;
     const BATCH: usize = 16;
-    let mut w = World::new(|c| {
-        c.broadcast_batch_size = BATCH;
-        c.broadcast_flow_limit_per_window = 0;
-    });
-    online(&mut w, PHONES);
-    let (node, now) = (w.node.into_node(), w.now);
-    let mut d = Driver {
-        node,
-        now,
-        arrived: VecDeque::new(),
-        turns: 0,
-    };
-    d.node.handle(d.now, Input::GatewayConnected { gw: GW });
+    let mut d = Driver::with_phones(PHONES, BATCH, []);
     // Three broadcasts to everyone, started together.
     for session_id in [-1, -2, -3] {
         d.arrived.push_back(broadcast_to_everyone(session_id));
@@ -441,19 +447,7 @@ fn a_broadcast_keeps_at_most_a_batch_and_a_half_of_its_writes_awaited() {
 fn a_broadcast_whose_batch_reaches_the_end_of_the_routes_finishes_without_another_turn() {
     const PHONES: usize = 10;
     const BATCH: usize = 4;
-    let mut w = World::new(|c| {
-        c.broadcast_batch_size = BATCH;
-        c.broadcast_flow_limit_per_window = 0;
-    });
-    online(&mut w, PHONES);
-    let (node, now) = (w.node.into_node(), w.now);
-    let mut d = Driver {
-        node,
-        now,
-        arrived: VecDeque::from([broadcast_to_everyone(-1)]),
-        turns: 0,
-    };
-    d.node.handle(d.now, Input::GatewayConnected { gw: GW });
+    let mut d = Driver::with_phones(PHONES, BATCH, [broadcast_to_everyone(-1)]);
     let mut frames: usize = d.take_arrived().iter().map(|o| o.broadcast_frames).sum();
     while let Some(turn) = d.turn() {
         frames += turn.broadcast_frames;
