@@ -313,9 +313,7 @@ impl ServerRsaKey {
 
     /// The matching public key, as clients embed it.
     pub fn public_key(&self) -> ClientRsaKey {
-        ClientRsaKey {
-            inner: self.inner.to_public_key(),
-        }
+        ClientRsaKey::from_rsa(self.inner.to_public_key())
     }
 
     /// A fresh key pair of `bits` bits (1024..=4096) with e = 65537, for `pushgate keygen`.
@@ -481,12 +479,39 @@ impl fmt::Debug for ServerRsaKey {
 
 /// The RSA public key as clients embed it; encrypts the HANDSHAKE body on the client side
 /// (pushgate uses it in tests, the simulator and load generators).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct ClientRsaKey {
     inner: RsaPublicKey,
+    /// `inner` loaded into OpenSSL once, for [`ClientRsaKey::encrypt`] outside the simulator.
+    #[cfg(not(madsim))]
+    openssl: Option<std::sync::Arc<openssl::rsa::Rsa<openssl::pkey::Public>>>,
+}
+
+impl PartialEq for ClientRsaKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.inner == other.inner
+    }
+}
+
+impl Eq for ClientRsaKey {}
+
+impl fmt::Debug for ClientRsaKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientRsaKey")
+            .field("inner", &self.inner)
+            .finish()
+    }
 }
 
 impl ClientRsaKey {
+    fn from_rsa(inner: RsaPublicKey) -> Self {
+        Self {
+            #[cfg(not(madsim))]
+            openssl: openssl_public_key(&inner),
+            inner,
+        }
+    }
+
     /// The public key every MPush client ships with ([`MPUSH_DEFAULT_PUBLIC_KEY_B64`]).
     pub fn mpush_default() -> Self {
         Self::from_x509_base64(MPUSH_DEFAULT_PUBLIC_KEY_B64)
@@ -500,7 +525,7 @@ impl ClientRsaKey {
         let der = decode_base64(b64)?;
         let inner = RsaPublicKey::from_public_key_der(&der)
             .map_err(|e| CryptoError::BadKey(format!("bad X.509 public key: {e}")))?;
-        Ok(Self { inner })
+        Ok(Self::from_rsa(inner))
     }
 
     /// The key as base64 X.509 SubjectPublicKeyInfo DER, the form clients embed.
@@ -549,7 +574,7 @@ impl ClientRsaKey {
         chunk: &[u8],
     ) -> Result<Vec<u8>, CryptoError> {
         #[cfg(not(madsim))]
-        {
+        if let Some(key) = &self.openssl {
             let block_bytes = self.modulus_bytes();
             if chunk.len() + RSA_PKCS1_OVERHEAD_BYTES > block_bytes {
                 return Err(CryptoError::RsaEncrypt);
@@ -560,25 +585,28 @@ impl ClientRsaKey {
             let separator = block_bytes - chunk.len() - 1;
             fill_nonzero(rng, &mut padded[2..separator]);
             padded[separator + 1..].copy_from_slice(chunk);
-            let key = openssl::rsa::Rsa::from_public_components(
-                openssl::bn::BigNum::from_slice(&self.inner.n().to_bytes_be())
-                    .map_err(|_| CryptoError::RsaEncrypt)?,
-                openssl::bn::BigNum::from_slice(&self.inner.e().to_bytes_be())
-                    .map_err(|_| CryptoError::RsaEncrypt)?,
-            )
-            .map_err(|_| CryptoError::RsaEncrypt)?;
             let mut block = vec![0u8; block_bytes];
             let written = key
                 .public_encrypt(&padded, &mut block, openssl::rsa::Padding::NONE)
                 .map_err(|_| CryptoError::RsaEncrypt)?;
             debug_assert_eq!(written, block_bytes);
-            Ok(block)
+            return Ok(block);
         }
-        #[cfg(madsim)]
         self.inner
             .encrypt(rng, Pkcs1v15Encrypt, chunk)
             .map_err(|_| CryptoError::RsaEncrypt)
     }
+}
+
+/// `key` loaded into OpenSSL, when OpenSSL takes it (else the `rsa` crate encrypts).
+#[cfg(not(madsim))]
+fn openssl_public_key(
+    key: &RsaPublicKey,
+) -> Option<std::sync::Arc<openssl::rsa::Rsa<openssl::pkey::Public>>> {
+    let n = openssl::bn::BigNum::from_slice(&key.n().to_bytes_be()).ok()?;
+    let e = openssl::bn::BigNum::from_slice(&key.e().to_bytes_be()).ok()?;
+    let loaded = openssl::rsa::Rsa::from_public_components(n, e).ok()?;
+    Some(std::sync::Arc::new(loaded))
 }
 
 /// Fills `out` with random bytes from `rng`, none of them zero (PKCS#1 v1.5 padding).
@@ -1350,6 +1378,8 @@ mod tests {
             seed in any::<u64>(),
         ) {
             let client = ClientRsaKey::mpush_default();
+            #[cfg(not(madsim))]
+            prop_assert!(client.openssl.is_some(), "OpenSSL takes MPush's public key");
             let server = ServerRsaKey::mpush_default();
             let mut r = rng(seed);
             let ciphertext = client.encrypt(&mut r, &plain).unwrap();
