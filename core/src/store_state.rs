@@ -386,6 +386,17 @@ mod tests {
         }
     }
 
+    /// A restore asked by the node at `host` for its bind `version`: `previous` goes back.
+    fn restore_on(host: &str, version: u64, previous: &RouteRecord) -> StoreOp {
+        StoreOp::RestoreRoute {
+            user_id: "u".into(),
+            client_type: ClientType::Mobile,
+            node: NodeAddr::new(host, 3001),
+            version,
+            previous: Box::new(previous.clone()),
+        }
+    }
+
     fn offline(conn: &str, version: u64) -> StoreOp {
         StoreOp::SetRouteOffline {
             user_id: "u".into(),
@@ -446,13 +457,7 @@ mod tests {
         );
         s.apply(0, put("dead", 10));
         s.apply(0, offline("dead", 10));
-        let restore = |version| StoreOp::RestoreRoute {
-            user_id: "u".into(),
-            client_type: ClientType::Mobile,
-            node: NodeAddr::new("127.0.0.1", 3001),
-            version,
-            previous: Box::new(far.clone()),
-        };
+        let restore = |version| restore_on("127.0.0.1", version, &far);
         s.apply(0, restore(9));
         assert_eq!(
             s.route("u", None, None).unwrap().1.version,
@@ -649,16 +654,7 @@ mod tests {
                 version: 1,
             },
         );
-        s.apply(
-            0,
-            StoreOp::RestoreRoute {
-                user_id: "u".into(),
-                client_type: ClientType::Mobile,
-                node: NodeAddr::new("127.0.0.1", 3001),
-                version: 10,
-                previous: Box::new(far.clone()),
-            },
-        );
+        s.apply(0, restore_on("127.0.0.1", 10, &far));
         let (_, stored) = s.route("u", None, None).unwrap();
         assert!(stored.is_bind(&far.node(), 1));
         assert!(!stored.is_online());
@@ -673,39 +669,13 @@ mod tests {
     #[test]
     fn a_restore_remembers_the_undone_bind_as_ended() {
         let mut s = StoreState::new();
-        let mut a = route(Some("a"), 10);
-        a.device_id = "da".into();
-        s.apply(
-            0,
-            StoreOp::PutRoute {
-                user_id: "u".into(),
-                client_type: ClientType::Mobile,
-                route: a.clone(),
-            },
-        );
-        let b_put = || {
-            let mut b = route(Some("b"), 20);
-            b.host = "10.0.0.2".into();
-            b.device_id = "db".into();
-            StoreOp::PutRoute {
-                user_id: "u".into(),
-                client_type: ClientType::Mobile,
-                route: b,
-            }
-        };
+        let a = route(Some("a"), 10);
+        s.apply(0, put_on("127.0.0.1", "a", 10));
+        let b_put = || put_on("10.0.0.2", "b", 20);
         assert_eq!(s.apply(0, b_put()), StoreReply::Previous(Some(a.clone())));
         s.apply(0, offline_on("127.0.0.1", "a", 10));
         s.apply(0, offline_on("10.0.0.2", "b", 20));
-        s.apply(
-            0,
-            StoreOp::RestoreRoute {
-                user_id: "u".into(),
-                client_type: ClientType::Mobile,
-                node: NodeAddr::new("10.0.0.2", 3001),
-                version: 20,
-                previous: Box::new(a.clone()),
-            },
-        );
+        s.apply(0, restore_on("10.0.0.2", 20, &a));
         let (_, stored) = s.route("u", None, None).unwrap();
         assert!(stored.is_bind(&a.node(), 10), "a's route is back");
         assert!(!stored.is_online(), "a ended meanwhile");
