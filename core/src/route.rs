@@ -101,6 +101,39 @@ impl std::hash::BuildHasher for RouteHasher {
     }
 }
 
+/// A user's connections, one slot per client type, packed: a slot holds the connection id
+/// plus one, 0 when empty (32 bytes instead of the 64 of four `Option<ConnId>`: every bound
+/// phone has a copy in both of the table's maps).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Slots([u64; 4]);
+
+impl Slots {
+    fn get(&self, client_type: ClientType) -> Option<ConnId> {
+        match self.0[client_type.slot()] {
+            0 => None,
+            packed => Some(ConnId(packed - 1)),
+        }
+    }
+
+    /// Puts `conn` in the slot of `client_type`; returns what it held.
+    fn replace(&mut self, client_type: ClientType, conn: Option<ConnId>) -> Option<ConnId> {
+        let previous = self.get(client_type);
+        self.0[client_type.slot()] = match conn {
+            // Connection ids count up from 0: the last id of the u64 range is never reached.
+            Some(conn) => conn
+                .0
+                .checked_add(1)
+                .expect("connection ids stay below u64::MAX"),
+            None => 0,
+        };
+        previous
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0 == [0; 4]
+    }
+}
+
 /// The node's local routes: user id → one slot per client type.
 ///
 /// Point lookups (every single push) go through a hash index; the ordered map serves the
@@ -108,8 +141,8 @@ impl std::hash::BuildHasher for RouteHasher {
 /// neither path chases a pointer into the other; asserted in debug builds).
 #[derive(Debug, Clone)]
 pub struct RouteTable {
-    users: HashMap<Arc<str>, [Option<ConnId>; 4], RouteHasher>,
-    order: BTreeMap<Arc<str>, [Option<ConnId>; 4]>,
+    users: HashMap<Arc<str>, Slots, RouteHasher>,
+    order: BTreeMap<Arc<str>, Slots>,
     len: usize,
 }
 
@@ -159,15 +192,15 @@ impl RouteTable {
     pub fn get(&self, user_id: &str, client_type: ClientType) -> Option<ConnId> {
         self.users
             .get(user_id)
-            .and_then(|slots| slots[client_type.slot()])
+            .and_then(|slots| slots.get(client_type))
     }
 
     /// Every route of a user, in client-type order.
     pub fn of_user(&self, user_id: &str) -> impl Iterator<Item = (ClientType, ConnId)> + '_ {
-        let slots = self.users.get(user_id).copied().unwrap_or([None; 4]);
+        let slots = self.users.get(user_id).copied().unwrap_or_default();
         ClientType::ALL
             .into_iter()
-            .filter_map(move |ct| slots[ct.slot()].map(|c| (ct, c)))
+            .filter_map(move |ct| slots.get(ct).map(|c| (ct, c)))
     }
 
     /// Sets the route; returns the connection it replaced, if any.
@@ -179,9 +212,9 @@ impl RouteTable {
     ) -> Option<ConnId> {
         let slots = match self.users.get_mut(user_id) {
             Some(slots) => slots,
-            None => self.users.entry(Arc::from(user_id)).or_insert([None; 4]),
+            None => self.users.entry(Arc::from(user_id)).or_default(),
         };
-        let previous = slots[client_type.slot()].replace(conn);
+        let previous = slots.replace(client_type, Some(conn));
         if previous.is_none() {
             self.len += 1;
         }
@@ -201,17 +234,24 @@ impl RouteTable {
         previous
     }
 
+    /// The table's own copy of `user_id`, while the user has a route here.
+    pub fn shared_user_id(&self, user_id: &str) -> Option<Arc<str>> {
+        self.users
+            .get_key_value(user_id)
+            .map(|(user, _)| user.clone())
+    }
+
     /// Removes the route only if it still names `conn`; true when removed.
     pub fn remove_if(&mut self, user_id: &str, client_type: ClientType, conn: ConnId) -> bool {
         let Some(slots) = self.users.get_mut(user_id) else {
             return false;
         };
-        if slots[client_type.slot()] != Some(conn) {
+        if slots.get(client_type) != Some(conn) {
             return false;
         }
-        slots[client_type.slot()] = None;
+        slots.replace(client_type, None);
         self.len -= 1;
-        if slots.iter().all(Option::is_none) {
+        if slots.is_empty() {
             self.users.remove(user_id);
             self.order.remove(user_id);
         } else if let Some(ordered) = self.order.get_mut(user_id) {
@@ -246,7 +286,7 @@ impl RouteTable {
                 if done_through.is_some_and(|done| ct <= done) {
                     continue;
                 }
-                if let Some(conn) = slots[ct.slot()] {
+                if let Some(conn) = slots.get(ct) {
                     out.push(RouteEntry {
                         user_id: user.clone(),
                         client_type: ct,
@@ -263,7 +303,7 @@ impl RouteTable {
         self.order.iter().flat_map(|(user, slots)| {
             ClientType::ALL
                 .into_iter()
-                .filter_map(move |ct| slots[ct.slot()].map(|c| (&**user, ct, c)))
+                .filter_map(move |ct| slots.get(ct).map(|c| (&**user, ct, c)))
         })
     }
 }
@@ -310,6 +350,29 @@ mod tests {
             assert_eq!(ClientType::from_code(ct.code()), Some(ct));
         }
         assert_eq!(ClientType::from_code(0), None);
+    }
+
+    /// A packed slot keeps every connection id, 0 included, apart from an empty slot.
+    #[test]
+    fn packed_slots_keep_every_connection_id() {
+        let mut slots = Slots::default();
+        assert!(slots.is_empty());
+        for (ct, id) in ClientType::ALL.into_iter().zip([0, 1, u64::MAX - 1, 7]) {
+            assert_eq!(slots.replace(ct, Some(ConnId(id))), None);
+        }
+        assert_eq!(slots.get(ClientType::Mobile), Some(ConnId(0)));
+        assert_eq!(slots.get(ClientType::Web), Some(ConnId(u64::MAX - 1)));
+        assert_eq!(
+            slots.replace(ClientType::Mobile, None),
+            Some(ConnId(0)),
+            "the slot gives back what it held"
+        );
+        assert_eq!(slots.get(ClientType::Mobile), None);
+        for ct in [ClientType::Pc, ClientType::Web, ClientType::Unknown] {
+            slots.replace(ct, None);
+        }
+        assert!(slots.is_empty());
+        assert_eq!(std::mem::size_of::<Slots>(), 32);
     }
 
     #[test]

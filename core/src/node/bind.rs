@@ -19,6 +19,7 @@ use crate::route::ClientType;
 use crate::session::BoundUser;
 use crate::store::{KickNotice, RouteRecord, StoreError, StoreOp, StoreReply};
 use crate::{BindField, CloseReason, Event, KickCause};
+use std::sync::Arc;
 
 impl Node {
     pub(super) fn on_bind(&mut self, conn: ConnId, sid: i32, bind: Bind) {
@@ -64,7 +65,7 @@ impl Node {
             let route_version = self.next_version();
             let mut ended_version = None;
             if let Some(bound) = self.sessions.get_mut(&conn).and_then(|s| s.bound.as_mut()) {
-                bound.tags = bind.tags;
+                bound.tags = bind.tags.into_boxed_str();
                 ended_version = Some(std::mem::replace(&mut bound.route_version, route_version));
             }
             if let Some((user_id, client_type, record)) = self.route_record(conn) {
@@ -90,8 +91,8 @@ impl Node {
         let session = self.sessions.get_mut(&conn).expect("checked above");
         let client_type = session.client_type;
         session.bound = Some(BoundUser {
-            user_id: bind.user_id.clone(),
-            tags: bind.tags,
+            user_id: Arc::from(bind.user_id.as_str()),
+            tags: bind.tags.into_boxed_str(),
             route_version,
         });
         let (_, _, record) = self.route_record(conn).expect("bound above");
@@ -113,6 +114,13 @@ impl Node {
                 // The older connection loses the user; the store route is overwritten below.
                 self.kick_connection(older, KickCause::NewerBind);
             }
+        }
+        // The session and the route table hold the user id once between them.
+        if let (Some(shared), Some(bound)) = (
+            self.routes.shared_user_id(&bind.user_id),
+            self.sessions.get_mut(&conn).and_then(|s| s.bound.as_mut()),
+        ) {
+            bound.user_id = shared;
         }
         self.stats.binds += 1;
         self.emit(Event::Bound {
@@ -158,7 +166,7 @@ impl Node {
         if let Some(bound) = self.release_binding(conn) {
             self.emit(Event::Unbound {
                 conn,
-                user_id: bound.user_id,
+                user_id: bound.user_id.to_string(),
             });
         }
     }
@@ -174,7 +182,7 @@ impl Node {
         let conn_token = session.conn_token.to_string();
         self.routes.remove_if(&bound.user_id, client_type, conn);
         self.mark_bind_offline(
-            bound.user_id.clone(),
+            bound.user_id.to_string(),
             client_type,
             conn_token,
             bound.route_version,

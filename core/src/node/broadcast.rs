@@ -213,7 +213,7 @@ impl Node {
             let candidate = Candidate {
                 user_id: &entry.user_id,
                 client_type: entry.client_type,
-                tags: session.bound.as_ref().map_or("", |b| b.tags.as_str()),
+                tags: session.bound.as_ref().map_or("", |b| &*b.tags),
                 client_version: &session.client_version,
                 os_name: &session.os_name,
                 os_version: &session.os_version,

@@ -12,7 +12,7 @@ use crate::command::Command;
 use crate::conn::Resume;
 use crate::ids::{ConnId, RequestId};
 use crate::message::{ErrorCode, ErrorMessage, FastConnect, FastConnectOk};
-use crate::session::SessionState;
+use crate::session::{FastConnectWait, SessionState};
 use crate::store::{StoreError, StoreOp, StoreReply};
 use crate::Event;
 
@@ -27,12 +27,12 @@ impl Node {
         ) {
             Some(request) => {
                 if let Some(session) = self.sessions.get_mut(&conn) {
-                    session.state = SessionState::FastConnecting {
+                    session.state = SessionState::FastConnecting(Box::new(FastConnectWait {
                         request,
                         packet_session_id: sid,
                         device_id: fc.device_id,
                         max_heartbeat_ms: fc.max_heartbeat_ms,
-                    };
+                    }));
                 }
             }
             None => {
@@ -52,19 +52,21 @@ impl Node {
         let Some(session) = self.sessions.get_mut(&conn) else {
             return;
         };
-        if !matches!(&session.state, SessionState::FastConnecting { request: r, .. } if *r == request)
+        if !matches!(&session.state, SessionState::FastConnecting(wait) if wait.request == request)
         {
             return; // an answer to an earlier attempt
         }
-        let SessionState::FastConnecting {
+        let SessionState::FastConnecting(wait) =
+            std::mem::replace(&mut session.state, SessionState::Connected)
+        else {
+            return;
+        };
+        let FastConnectWait {
             packet_session_id,
             device_id,
             max_heartbeat_ms,
             ..
-        } = std::mem::replace(&mut session.state, SessionState::Connected)
-        else {
-            return;
-        };
+        } = *wait;
         // A session that was Ready before (a fast connect on a live session) stays usable.
         if session.cipher.is_some() {
             session.state = SessionState::Ready;

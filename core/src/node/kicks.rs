@@ -28,14 +28,14 @@ impl Node {
         if let Some(cipher) = session.cipher.clone() {
             let kick = Kick {
                 device_id: device_id.clone(),
-                user_id: bound.user_id.clone(),
+                user_id: bound.user_id.to_string(),
             };
             self.send_sealed(conn, Command::Kick, Flags::NONE, 0, &kick, cipher);
         }
         self.stats.kicks += 1;
         self.emit(Event::Kicked {
             conn,
-            user_id: bound.user_id,
+            user_id: bound.user_id.to_string(),
             device_id,
             cause,
         });
@@ -53,7 +53,7 @@ impl Node {
         };
         // Only the binding the notice names: a connection that bound again since is newer.
         let named = self.sessions.get(&conn).is_some_and(|s| {
-            *s.conn_token == *notice.conn_id
+            s.conn_token.is(&notice.conn_id)
                 && (notice.version == 0
                     || s.bound
                         .as_ref()

@@ -17,7 +17,7 @@ use crate::frame::Flags;
 use crate::ids::ConnId;
 use crate::in_flight::Owner;
 use crate::message::Body;
-use crate::session::{Session, SessionState};
+use crate::session::{ConnToken, Session, SessionState};
 use crate::status::PushStatus;
 use bytes::Bytes;
 use rand_core::RngCore;
@@ -44,9 +44,8 @@ impl Node {
         }
         let mut token = [0u8; 8];
         self.rng.fill_bytes(&mut token);
-        let token: String = token.iter().map(|b| format!("{b:02x}")).collect();
-        self.sessions
-            .insert(conn, Box::new(Session::new(conn, token)));
+        let token = ConnToken(u64::from_be_bytes(token));
+        self.sessions.insert(conn, Box::new(Session::new(token)));
     }
 
     pub(super) fn on_phone_message(&mut self, conn: ConnId, message: PhoneMessage) {
@@ -124,8 +123,8 @@ impl Node {
         for sid in session.in_flight {
             self.on_written_failed(sid);
         }
-        if let SessionState::FastConnecting { request, .. } = session.state {
-            self.forget_store_request(request);
+        if let SessionState::FastConnecting(wait) = session.state {
+            self.forget_store_request(wait.request);
         }
         if close {
             self.outputs.push_back(Output::Close { conn, reason });

@@ -251,7 +251,7 @@ impl Node {
             .routes
             .get(user_id, client_type)
             .and_then(|conn| self.sessions.get(&conn))
-            .is_some_and(|session| &*session.conn_token == conn_id);
+            .is_some_and(|session| session.conn_token.is(conn_id));
         if held {
             return;
         }

@@ -90,7 +90,7 @@ impl Node {
             conn_version: session.conn_version,
             ended: Vec::new(),
         };
-        Some((bound.user_id.clone(), session.client_type, record))
+        Some((bound.user_id.to_string(), session.client_type, record))
     }
 
     /// The local connection holding (user, client type) whose route `record` may not replace
