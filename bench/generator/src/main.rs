@@ -11,6 +11,7 @@
 //! The generator runs on one tokio thread (it gets one core of its own).
 #[cfg(test)]
 mod broker_check;
+mod bulk_thread;
 mod churn;
 mod latency;
 mod loopback_source;
@@ -288,10 +289,16 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         interference: has(WorkloadName::Interference),
         redis_stats: args.redis_stats.clone(),
         label: label.clone(),
+        fan_runtime: None,
     };
     if let Some(pid) = args.server_pid {
         resources::rss_bytes(pid).with_context(|| format!("--server-pid {pid}"))?;
     }
+    let fans = bulk_thread::BulkThread::start()?;
+    let plan = workload::Plan {
+        fan_runtime: Some(fans.handle().clone()),
+        ..plan
+    };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -323,7 +330,8 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         points,
     };
     report::write_json(&args.out, &run)?;
-    // Connections still open are dropped with the runtime.
+    // Connections still open are dropped with the runtimes.
     drop(runtime);
+    drop(fans);
     Ok(())
 }

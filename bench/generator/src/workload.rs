@@ -85,6 +85,8 @@ pub struct Plan {
     pub redis_stats: Option<String>,
     /// The name the points carry (the target's, or `--label`).
     pub label: String,
+    /// Where the fan-out receivers run ([`crate::bulk_thread`]); `None`: beside the rest.
+    pub fan_runtime: Option<tokio::runtime::Handle>,
 }
 
 /// Redis's command counts now, when asked for.
@@ -279,7 +281,12 @@ async fn connect_many(
     loop {
         while next < range.end && tasks.len() < concurrency {
             let (ends, tracker, n) = (plan.ends, tracker.clone(), next);
-            tasks.spawn(async move { Receiver::connect(ends, role, n, tracker).await });
+            let connect = async move { Receiver::connect(ends, role, n, tracker).await };
+            // A receiver's reading tasks run on the runtime its connect ran on.
+            match (&plan.fan_runtime, role) {
+                (Some(fans), Role::Fan) => tasks.spawn_on(connect, fans),
+                _ => tasks.spawn(connect),
+            };
             next += 1;
         }
         match tasks.join_next().await {
