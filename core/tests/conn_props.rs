@@ -578,6 +578,7 @@ impl Bench {
                 let (key, iv) = ([0x30 + device; 16], [0x40 + device; 16]);
                 let was_open = self.conn.is_open();
                 self.conn.handle_resume(
+                    &self.cfg,
                     self.now,
                     Resume {
                         session_key: key,
@@ -767,6 +768,7 @@ fn third_consecutive_idle_miss_closes_and_traffic_resets_the_count() {
     let cfg = ConnConfig::from_node(&node_cfg, 0, QueueMarks::default());
     let mut conn = PhoneConn::new(CONN, &cfg, 0);
     conn.handle_resume(
+        &cfg,
         0,
         Resume {
             session_key: [1; 16],

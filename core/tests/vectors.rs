@@ -2119,7 +2119,7 @@ fn through_phone_conn(scenario: &Scenario, conn: &Connection) {
                         assert_eq!(&done.session.iv[..], &hs.iv[..], "{ctx}");
                         // The captured server chose its own key: the connection takes on the
                         // captured session, so the rest of the capture opens.
-                        pc.handle_resume(0, resume(&hs.device_id, done.heartbeat_ms));
+                        pc.handle_resume(&cfg, 0, resume(&hs.device_id, done.heartbeat_ms));
                     }
                     (Msg::FastConnect(fc), Some(PhoneMessage::FastConnect { request, .. })) => {
                         assert_eq!(request, fc, "{ctx}");
@@ -2185,7 +2185,7 @@ fn through_phone_conn(scenario: &Scenario, conn: &Connection) {
                     // The node accepted the fast connect: the connection takes on the session.
                     let device_id = fast_connect_device.take().expect("FAST_CONNECT first");
                     let heartbeat_ms = u64::try_from(ok.heartbeat_ms).unwrap_or(0);
-                    pc.handle_resume(0, resume(&device_id, heartbeat_ms));
+                    pc.handle_resume(&cfg, 0, resume(&device_id, heartbeat_ms));
                 }
             }
             other => panic!("{ctx}: {other:?} on a phone connection"),

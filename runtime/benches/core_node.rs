@@ -112,7 +112,7 @@ fn drain(
     session: &CachedSession,
     seal: bool,
     threshold: usize,
-    mut phone: Option<&mut PhoneConn>,
+    mut phone: Option<(&mut PhoneConn, &ConnConfig)>,
 ) -> (u64, u64) {
     let mut frames = 0;
     let mut statuses = 0;
@@ -155,8 +155,8 @@ fn drain(
             }
             Output::GatewayTransmit { .. } => statuses += 1,
             Output::Resume { resume, .. } => {
-                if let Some(phone) = phone.as_deref_mut() {
-                    phone.handle_resume(now, *resume);
+                if let Some((phone, cfg)) = phone.as_mut() {
+                    phone.handle_resume(cfg, now, *resume);
                 }
             }
             _ => {}
@@ -219,7 +219,14 @@ fn main() {
         while let Some(input) = phone.poll_input() {
             node.handle(now, input);
         }
-        drain(&mut node, now, &session, false, threshold, Some(&mut phone));
+        drain(
+            &mut node,
+            now,
+            &session,
+            false,
+            threshold,
+            Some((&mut phone, &conn_cfg)),
+        );
         let bind = sealed_packet(
             Command::Bind.code(),
             Flags::NONE,
@@ -235,7 +242,14 @@ fn main() {
         while let Some(input) = phone.poll_input() {
             node.handle(now, input);
         }
-        drain(&mut node, now, &session, false, threshold, Some(&mut phone));
+        drain(
+            &mut node,
+            now,
+            &session,
+            false,
+            threshold,
+            Some((&mut phone, &conn_cfg)),
+        );
         if i % 65_536 == 0 {
             now += 1;
         }

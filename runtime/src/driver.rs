@@ -212,6 +212,15 @@ pub struct NodeHandle {
     tx: mpsc::Sender<NodeMsg>,
 }
 
+/// Why [`NodeHandle::try_send`] did not send.
+#[derive(Debug)]
+pub enum TrySend {
+    /// The node's queue is full; the message is given back (boxed: this is the rare path).
+    Full(Box<NodeMsg>),
+    /// The node task is gone.
+    Gone,
+}
+
 /// The node task is gone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("the node is not running")]
@@ -227,6 +236,14 @@ impl NodeHandle {
     /// Sends a message to the node task.
     pub async fn send(&self, msg: NodeMsg) -> Result<(), NodeGone> {
         self.tx.send(msg).await.map_err(|_| NodeGone)
+    }
+
+    /// Sends a message to the node task if its queue has room now.
+    pub fn try_send(&self, msg: NodeMsg) -> Result<(), TrySend> {
+        self.tx.try_send(msg).map_err(|error| match error {
+            mpsc::error::TrySendError::Full(msg) => TrySend::Full(Box::new(msg)),
+            mpsc::error::TrySendError::Closed(_) => TrySend::Gone,
+        })
     }
 
     /// Pushes and waits for the terminal status.

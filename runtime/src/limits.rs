@@ -331,6 +331,14 @@ impl AddressLimits {
 #[derive(Debug)]
 pub struct AddressSlot(Option<(Arc<AddressLimits>, IpAddr)>);
 
+impl AddressSlot {
+    /// A slot of no address limit (for tests of what holds one).
+    #[cfg(test)]
+    pub(crate) fn unlimited() -> Self {
+        Self(None)
+    }
+}
+
 impl Drop for AddressSlot {
     fn drop(&mut self) {
         if let Some((limits, ip)) = self.0.take() {

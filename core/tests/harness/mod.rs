@@ -412,7 +412,7 @@ impl World {
             }
             Output::Resume { conn, resume } => {
                 if let Some(c) = self.node.conns.get_mut(&conn) {
-                    c.handle_resume(self.now, *resume);
+                    c.handle_resume(&self.node.conn_cfg, self.now, *resume);
                 }
             }
             Output::Close { conn, .. } => {
