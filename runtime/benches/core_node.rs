@@ -215,18 +215,16 @@ fn main() {
         let conn = ConnId(i as u64 + 1);
         node.handle(now, Input::PhoneConnected { conn });
         let mut phone = PhoneConn::new(conn, &conn_cfg, now);
-        phone.handle_frame(&conn_cfg, now, Frame::Packet(fast.clone()), &mut rng);
-        while let Some(input) = phone.poll_input() {
-            node.handle(now, input);
-        }
-        drain(
-            &mut node,
-            now,
-            &session,
-            false,
-            threshold,
-            Some((&mut phone, &conn_cfg)),
-        );
+        // The phone's packet through its connection to the node, and the node's answers back.
+        let mut feed = |node: &mut Node, phone: &mut PhoneConn, packet| {
+            phone.handle_frame(&conn_cfg, now, Frame::Packet(packet), &mut rng);
+            while let Some(input) = phone.poll_input() {
+                node.handle(now, input);
+            }
+            let phone = Some((phone, &conn_cfg));
+            drain(node, now, &session, false, threshold, phone);
+        };
+        feed(&mut node, &mut phone, fast.clone());
         let bind = sealed_packet(
             Command::Bind.code(),
             Flags::NONE,
@@ -238,18 +236,7 @@ fn main() {
             Some(&cipher),
             1024,
         );
-        phone.handle_frame(&conn_cfg, now, Frame::Packet(bind), &mut rng);
-        while let Some(input) = phone.poll_input() {
-            node.handle(now, input);
-        }
-        drain(
-            &mut node,
-            now,
-            &session,
-            false,
-            threshold,
-            Some((&mut phone, &conn_cfg)),
-        );
+        feed(&mut node, &mut phone, bind);
         if i % 65_536 == 0 {
             now += 1;
         }
