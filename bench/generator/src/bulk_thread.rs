@@ -6,10 +6,10 @@
 //! the main thread the sender, the statuses it reads and the single-push receivers waited
 //! behind that work: the generator's own send lag (p99.9 29 ms) hid the server's latency.
 //! Here the measured path keeps the main thread, and the kernel runs it first whenever it has
-//! work: a waking thread of the normal policy preempts a `SCHED_IDLE` one at once (a nice-19
-//! thread would still run out its slice, and kept the send lag at p99.9 18 ms). The fan-out
-//! receivers take the rest of the core, which in a fan-out point is nearly all of it. Every
-//! target gets the same.
+//! work: a waking thread of the normal policy preempts a `SCHED_IDLE` one at once (nice 19
+//! measured the same, within the runs' spread, but guarantees less). The fan-out receivers
+//! take the rest of the core, which in a fan-out point is nearly all of it. Every target gets
+//! the same.
 use anyhow::Context;
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
