@@ -11,9 +11,9 @@
 //! A phone is idle almost all of the time, so an idle phone task holds no buffers: the read
 //! buffer is allocated when the socket becomes readable and released as soon as it holds no
 //! partial frame, the outbound queue owns no memory while empty, the connection releases its
-//! write buffer once written, and the hand-over to the node runs in a boxed future that exists
-//! only while it runs. What stays is the socket, the queue, the connection and its entry on
-//! the timer wheel.
+//! write buffer once written, and a send to the node is boxed only while the node's queue is
+//! full. What stays is the task ([`PhoneTask`], a future written by hand to hold each thing
+//! once), the socket, the queue, the connection and its entry on the timer wheel.
 //!
 //! A PushClient's task reads frames and hands them to the node task, and writes what the node
 //! sends it in batches.
