@@ -214,6 +214,9 @@ struct Phone {
     rng_uses: u32,
 }
 
+/// A send to the node that waits for room in its queue.
+type NodeSend = Pin<Box<dyn std::future::Future<Output = Result<(), NodeGone>> + Send>>;
+
 /// Where a phone's task is.
 enum Stage {
     /// Waiting for the node to take the connection in (under its connection limit).
@@ -222,7 +225,7 @@ enum Stage {
     Running,
     /// The node's queue was full: this message goes first, when it has room. (Boxed: the node
     /// keeps up almost always, and an idle phone should not hold a send's state.)
-    HandingOver(Pin<Box<dyn std::future::Future<Output = Result<(), NodeGone>> + Send>>),
+    HandingOver(NodeSend),
     /// The connection ends with a goodbye: the socket's write side is being shut.
     ShuttingDown,
 }
@@ -260,8 +263,8 @@ impl<S: PhoneStream> std::future::Future for PhoneTask<S> {
                     return Poll::Ready(());
                 }
                 Stage::Running => {
-                    if let Err(gone) = this.hand_over() {
-                        match gone {
+                    if let Err(blocked) = this.hand_over() {
+                        match blocked {
                             HandOver::Wait(send) => {
                                 this.stage = Stage::HandingOver(send);
                                 continue;
@@ -288,7 +291,7 @@ impl<S: PhoneStream> std::future::Future for PhoneTask<S> {
 /// Why the connection's messages could not all go to the node at once.
 enum HandOver {
     /// The node's queue is full: the returned send finishes the message that did not fit.
-    Wait(Pin<Box<dyn std::future::Future<Output = Result<(), NodeGone>> + Send>>),
+    Wait(NodeSend),
     NodeGone,
 }
 
