@@ -691,6 +691,78 @@ async fn forward_frames(
 mod tests {
     use super::*;
 
+    /// A phone's messages wait for room when the node's queue is full, and reach the node
+    /// after what was queued before them.
+    #[test]
+    fn a_full_node_queue_holds_the_phones_message_until_there_is_room() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            let phone = TcpStream::connect(listener.local_addr().expect("addr"))
+                .await
+                .expect("connect");
+            let (server_side, _) = listener.accept().await.expect("accept");
+            let (node, mut rx) = NodeHandle::channel(1);
+            let earlier = Input::PhoneConnected { conn: ConnId(9) };
+            node.try_send(NodeMsg::Input(earlier))
+                .expect("room for one");
+            let queue = Arc::new(PhoneQueue::new(16));
+            queue.admit();
+            let task = tokio::spawn(run_phone(
+                ConnId(1),
+                server_side,
+                node,
+                queue,
+                Arc::new(test_settings()),
+            ));
+            drop(phone); // the peer closes: the connection tells the node
+            tokio::task::yield_now().await;
+            assert!(
+                !task.is_finished(),
+                "the task waits for room in the node's queue"
+            );
+            let first = rx.recv().await.expect("the earlier message");
+            assert!(
+                matches!(
+                    first,
+                    NodeMsg::Input(Input::PhoneConnected { conn: ConnId(9) })
+                ),
+                "{first:?}"
+            );
+            let second = rx.recv().await.expect("the phone's message");
+            assert!(
+                matches!(
+                    second,
+                    NodeMsg::Input(Input::PhoneClosed {
+                        conn: ConnId(1),
+                        ..
+                    })
+                ),
+                "{second:?}"
+            );
+            task.await
+                .expect("the task ends once the node has its message");
+        });
+    }
+
+    fn test_settings() -> PhoneSettings {
+        let cfg = pushgate_core::NodeConfig::new(
+            pushgate_core::NodeAddr::new("127.0.0.1", 3001),
+            pushgate_core::crypto::ServerRsaKey::mpush_default(),
+        );
+        PhoneSettings {
+            cfg: ConnConfig::from_node(&cfg, 0, pushgate_core::QueueMarks::default()),
+            start: Instant::now(),
+            seed: [7; 32],
+            timers: Arc::new(PhoneTimers::new()),
+        }
+    }
+
     /// An idle phone's task is this future plus tokio's task header and trailer: it must stay
     /// small, because 19,000 idle phones hold 19,000 of them.
     #[test]
@@ -708,22 +780,12 @@ mod tests {
                 .await
                 .expect("connect");
             let (node, _rx) = NodeHandle::channel(1);
-            let cfg = pushgate_core::NodeConfig::new(
-                pushgate_core::NodeAddr::new("127.0.0.1", 3001),
-                pushgate_core::crypto::ServerRsaKey::mpush_default(),
-            );
-            let settings = Arc::new(PhoneSettings {
-                cfg: ConnConfig::from_node(&cfg, 0, pushgate_core::QueueMarks::default()),
-                start: Instant::now(),
-                seed: [7; 32],
-                timers: Arc::new(PhoneTimers::new()),
-            });
             let task = run_phone(
                 ConnId(1),
                 stream,
                 node,
                 Arc::new(PhoneQueue::new(16)),
-                settings,
+                Arc::new(test_settings()),
             );
             let bytes = std::mem::size_of_val(&task);
             eprintln!(
