@@ -695,18 +695,7 @@ mod tests {
     /// after what was queued before them.
     #[test]
     fn a_full_node_queue_holds_the_phones_message_until_there_is_room() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(async {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-                .await
-                .expect("bind");
-            let phone = TcpStream::connect(listener.local_addr().expect("addr"))
-                .await
-                .expect("connect");
-            let (server_side, _) = listener.accept().await.expect("accept");
+        on_loopback(|phone, server_side| async move {
             let (node, mut rx) = NodeHandle::channel(1);
             let earlier = Input::PhoneConnected { conn: ConnId(9) };
             node.try_send(NodeMsg::Input(earlier))
@@ -750,6 +739,29 @@ mod tests {
         });
     }
 
+    /// Runs `test` on a current-thread runtime with a connected loopback pair (the phone's
+    /// end, the server's end).
+    fn on_loopback<F, Fut>(test: F)
+    where
+        F: FnOnce(TcpStream, TcpStream) -> Fut,
+        Fut: std::future::Future<Output = ()>,
+    {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            let phone = TcpStream::connect(listener.local_addr().expect("addr"))
+                .await
+                .expect("connect");
+            let (server_side, _) = listener.accept().await.expect("accept");
+            test(phone, server_side).await;
+        });
+    }
+
     fn test_settings() -> PhoneSettings {
         let cfg = pushgate_core::NodeConfig::new(
             pushgate_core::NodeAddr::new("127.0.0.1", 3001),
@@ -768,17 +780,7 @@ mod tests {
     #[test]
     fn an_idle_phone_task_is_small() {
         use futures_util::FutureExt;
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(async {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-                .await
-                .expect("bind");
-            let stream = TcpStream::connect(listener.local_addr().expect("addr"))
-                .await
-                .expect("connect");
+        on_loopback(|_phone, stream| async move {
             let (node, _rx) = NodeHandle::channel(1);
             let task = run_phone(
                 ConnId(1),
