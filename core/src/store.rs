@@ -105,14 +105,14 @@ impl RouteRecord {
     /// `Node::follow_wall_clock`). Between two connections of one device closer than that, the
     /// ages may order them wrongly either way, and the stored, online route is kept: a late
     /// write of a connection the device gave up must never take the user from its live
-    /// connection (nothing would give it back), while a live connection refused as late is
-    /// kicked, and the device's next connection is the newer one (the node took in the
-    /// stored route's versions, [`crate::node`]'s hybrid clock).
+    /// connection (nothing would give it back, seed 62001643), while a live connection refused
+    /// as late is kicked, and the device's connection made more than that margin after the
+    /// stored one is the newer one ([`RouteRecord::is_late_against`]).
     /// Otherwise (other devices, the same connection, or unknown ages) the newer bind wins.
     pub fn supersedes(&self, stored: &RouteRecord) -> bool {
         if self.compares_by_connection_age(stored) {
             if stored.is_online() {
-                self.conn_version >= stored.conn_version
+                !self.is_late_against(stored)
             } else {
                 !self.is_replaced_by(stored)
             }
@@ -121,12 +121,29 @@ impl RouteRecord {
         }
     }
 
-    /// True when `stored` is online for a newer connection of this route's device: a bind on
-    /// this route's connection came too late ([`RouteRecord::supersedes`]).
+    /// True when `stored` is online for a connection of this route's device that this one is
+    /// not known to be newer than: a bind on this route's connection came too late
+    /// ([`RouteRecord::supersedes`]). On one node one clock stamped both ages, and the newer
+    /// connection (or the same age) wins; across nodes this connection must be newer by more
+    /// than the clocks can disagree ([`MAX_CLOCK_DISAGREEMENT_US`]).
     pub fn is_late_against(&self, stored: &RouteRecord) -> bool {
         self.compares_by_connection_age(stored)
             && stored.is_online()
-            && self.conn_version < stored.conn_version
+            && self.conn_version
+                < stored
+                    .conn_version
+                    .saturating_add(self.age_margin_us(stored))
+    }
+
+    /// How much newer than `other`'s this route's connection age must read to count as the
+    /// newer connection: nothing on the same node (one clock), [`MAX_CLOCK_DISAGREEMENT_US`]
+    /// across nodes.
+    fn age_margin_us(&self, other: &RouteRecord) -> u64 {
+        if self.host == other.host && self.port == other.port {
+            0
+        } else {
+            MAX_CLOCK_DISAGREEMENT_US
+        }
     }
 
     /// True when `stored` is the route of a newer connection of this route's device whose
@@ -532,6 +549,40 @@ mod tests {
         let late = bind("device-A", "c1", 1_000_000_000, 1_000_011_000);
         assert!(!late.supersedes(&live));
         assert!(late.is_late_against(&live));
+    }
+
+    #[test]
+    fn a_late_write_stamped_by_a_clock_ahead_never_displaces_the_device_live_one() {
+        // Found by the simulation (seed 62001643): the device bound on c1 on node A, whose
+        // clock read 234 ms ahead of node B's, and gave c1 up 14 ms later; 148 ms after c1 it
+        // connected to c2 on node B and bound. c1's route write, held up on A's store link,
+        // landed 5 s later with a connection age 84 ms *above* c2's, displaced the live route,
+        // and c1's offline mark then left the user offline while c2 was connected. Across
+        // nodes, ages closer than the clocks can disagree do not order two connections: the
+        // stored live route stays.
+        let live = RouteRecord {
+            host: "10.0.0.3".into(),
+            ..bind("device-A", "c2", 1_703_721_000, 1_703_726_000)
+        };
+        let late = bind("device-A", "c1", 1_703_805_000, 1_703_817_000);
+        assert!(!late.supersedes(&live));
+        assert!(late.is_late_against(&live));
+        // A connection of that node newer by more than the clocks can disagree is the newer
+        // one, and on one node (one clock) any newer age is.
+        let much_later = bind(
+            "device-A",
+            "c3",
+            1_703_721_000 + MAX_CLOCK_DISAGREEMENT_US,
+            1,
+        );
+        assert!(much_later.supersedes(&live));
+        assert!(!much_later.is_late_against(&live));
+        let same_node_later = RouteRecord {
+            host: "10.0.0.3".into(),
+            ..bind("device-A", "c4", 1_703_721_001, 1)
+        };
+        assert!(same_node_later.supersedes(&live));
+        assert!(!same_node_later.is_late_against(&live));
     }
 
     #[test]

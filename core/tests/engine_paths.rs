@@ -19,7 +19,9 @@ use pushgate_core::message::{
 use pushgate_core::pipeline;
 use pushgate_core::route::ClientType;
 use pushgate_core::status::{PushStatus, Reason};
-use pushgate_core::store::{KickNotice, RouteRecord, StoreOp, TaskControl};
+use pushgate_core::store::{
+    KickNotice, RouteRecord, StoreOp, TaskControl, MAX_CLOCK_DISAGREEMENT_US,
+};
 use pushgate_core::{CloseReason, ConnId, Event, GatewayId, Input, KickCause, OutFrame, Output};
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -2305,23 +2307,41 @@ fn a_node_stamps_connections_after_the_versions_it_read_from_the_store() {
     assert_eq!(w.reply(GW, 1).status, PushStatus::RouterChange);
     let phone = w.connect("dev-A", "android");
     w.handshake(phone);
+    w.store.mode = StoreMode::Hold;
     w.bind(phone, "u1", "");
-    assert!(w.received(phone, Command::Kick).is_empty());
-    assert_eq!(w.node.routes_of("u1"), vec![(ClientType::Mobile, phone)]);
-    let stored = stored_route(&w, "u1", ClientType::Mobile);
-    assert_eq!(stored.host, w.node.config().node_addr.host);
-    assert!(stored.conn_version > ahead_us && stored.version > ahead_us + 5_000);
-    // The old connection's node is told to kick it.
-    assert!(w.store.kicks.iter().any(|k| k.conn_id == "old-conn"));
+    let written = w
+        .store
+        .held
+        .iter()
+        .find_map(|request| match &request.op {
+            StoreOp::PutRoute { route, .. } => Some(route.clone()),
+            _ => None,
+        })
+        .expect("the bind's route write");
+    assert!(
+        written.conn_version > ahead_us && written.version > ahead_us + 5_000,
+        "{written:?}"
+    );
+    // Stamped after the old connection, but not by more than two nodes' clocks may disagree:
+    // while the old route is online the store keeps it, and this bind is kicked as late
+    // (the device's connection made beyond that margin wins: the next test).
+    w.store.mode = StoreMode::Immediate;
+    w.release_store();
+    w.settle();
+    assert_eq!(w.received(phone, Command::Kick).len(), 1, "kicked as late");
+    assert_eq!(
+        store_token(&w, "u1", ClientType::Mobile).as_deref(),
+        Some("old-conn")
+    );
 }
 
 /// Found by the simulation with skewed node clocks (seeds 23000664, 26000030): the device's
 /// old route was still online — its node had crashed, so nobody marked it — and stamped by a
 /// node whose clock was ahead; the device connected here sooner than that lead and bound. The
 /// two clocks cannot order the connections: the stored route is kept (a late write of a
-/// given-up connection must never displace a live one), this bind is answered and kicked as
-/// late, and the node takes in the stored route's versions, so the device's next connection
-/// here is the newer one and keeps the user.
+/// given-up connection must never displace a live one, seed 62001643), this bind is answered
+/// and kicked as late, and the device's connection made more than the clocks' margin
+/// (`MAX_CLOCK_DISAGREEMENT_US`) after the old one is the newer one and keeps the user.
 #[test]
 fn a_device_moving_here_off_a_crashed_node_whose_clock_was_ahead_wins_on_its_next_connection() {
     let mut w = World::new(|_| {});
@@ -2335,6 +2355,9 @@ fn a_device_moving_here_off_a_crashed_node_whose_clock_was_ahead_wins_on_its_nex
         Some("old-conn")
     );
     w.drop_phone(first);
+    // The device reconnects after its old connection's age plus the clocks' margin: across
+    // nodes that is the newer connection.
+    w.now += 400 + MAX_CLOCK_DISAGREEMENT_US / 1000;
     let next = w.connect("dev-A", "android");
     w.handshake(next);
     w.bind(next, "u1", "");
@@ -2343,7 +2366,7 @@ fn a_device_moving_here_off_a_crashed_node_whose_clock_was_ahead_wins_on_its_nex
     let stored = stored_route(&w, "u1", ClientType::Mobile);
     assert_eq!(stored.host, w.node.config().node_addr.host);
     assert!(
-        stored.is_online() && stored.conn_version > ahead_us,
+        stored.is_online() && stored.conn_version >= ahead_us + MAX_CLOCK_DISAGREEMENT_US,
         "{stored:?}"
     );
     assert!(w.store.kicks.iter().any(|k| k.conn_id == "old-conn"));

@@ -741,21 +741,23 @@ impl Oracle {
                 // can disagree are concurrent: the store orders them by versions either way.
                 // A device's own connections are ordered by their ages, stamped by their nodes'
                 // clocks: a connection made ready less than the clocks' disagreement after the
-                // device's connection on another node may count as the older one, and its bind
-                // is kicked as late while that route is online (its node crashed, or has not
-                // read the close yet); the device's next connection wins.
+                // device's connection on another node may count as the older one; and across
+                // nodes a connection counts as the newer one only when its age reads newer by
+                // more than the clocks may disagree (`MAX_CLOCK_DISAGREEMENT_US`). Within that,
+                // its bind is kicked as late while the other route is online (its node crashed,
+                // or has not read the close yet); a later connection of the device wins.
                 let skew = self.clock_slack_ms();
+                let age_margin_ms = pushgate_core::store::MAX_CLOCK_DISAGREEMENT_US / 1_000;
                 let connecting_since = self.conns[conn].connecting_since;
-                let own_clock_race = skew > 0
-                    && self.conns.iter().any(|o| {
-                        o.id != conn
-                            && o.phone == phone
-                            && o.node != node
-                            && o.client_type == client_type
-                            && o.opened + skew >= connecting_since
-                            && o.opened <= connecting_since
-                            && o.binds.iter().any(|b| b.user == user)
-                    });
+                let own_clock_race = self.conns.iter().any(|o| {
+                    o.id != conn
+                        && o.phone == phone
+                        && o.node != node
+                        && o.client_type == client_type
+                        && o.opened + skew + age_margin_ms >= connecting_since
+                        && o.opened <= connecting_since
+                        && o.binds.iter().any(|b| b.user == user)
+                });
                 let superseded = self.conns.iter().any(|o| {
                     let slack = if o.node == node || o.phone == phone {
                         0

@@ -207,6 +207,14 @@ const REGRESSIONS: &[(u64, &str)] = &[
         44002400,
         "B25: a restore forgot that the undone bind had ended; a held-up retry of its write landed online",
     ),
+    (
+        62001643,
+        "B26: a late route write stamped by a clock ahead displaced the device's live connection on another node",
+    ),
+    (
+        66002216,
+        "B27 (open): a node's own later offline marks pushed its older mark out of the route's memory; that bind's late write landed online",
+    ),
 ];
 
 fn run_seed(seed: u64) -> pushgate_sim::RunReport {

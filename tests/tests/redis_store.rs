@@ -119,7 +119,12 @@ fn route() -> impl Strategy<Value = RouteRecord> {
         0..3usize,
         0..3usize,
         version(),
-        prop_oneof![0..3u64, (1..3u64).prop_map(|k| EPOCH_VERSION + k)],
+        prop_oneof![
+            0..3u64,
+            (1..3u64).prop_map(|k| EPOCH_VERSION + k),
+            // Newer than the others by more than two nodes' clocks may disagree.
+            Just(EPOCH_VERSION + pushgate_core::store::MAX_CLOCK_DISAGREEMENT_US + 3),
+        ],
         any::<bool>(),
     )
         .prop_map(|(h, d, c, version, conn_version, android)| RouteRecord {

@@ -13,6 +13,9 @@
 //! stamps a version below one it has read. A device that moves here from a node whose clock is
 //! ahead then gets a newer connection version than its old connection's, once this node has
 //! read a route of that node stamped after it — e.g. a push to the device's user through here.
+//! While the old connection's route is still online, ages stamped by two nodes order the two
+//! connections only beyond the clocks' margin (`MAX_CLOCK_DISAGREEMENT_US`,
+//! [`RouteRecord::is_late_against`]).
 use super::Node;
 use crate::ids::ConnId;
 use crate::route::ClientType;

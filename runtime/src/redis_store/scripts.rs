@@ -93,7 +93,8 @@ end
 
 /// KEYS[1] = `mp:ur:{userId}`; ARGV = field, new route JSON, new deviceId, '1' when the new
 /// route has a connId, that connId, new version, new connVersion, new host, new port, and
-/// the clocks' margin for an offline route of the same device (`MAX_CLOCK_DISAGREEMENT_US`).
+/// the clocks' margin (`MAX_CLOCK_DISAGREEMENT_US`) between connection ages of the same
+/// device stamped by two nodes.
 /// Returns `{1, previous or nil}` when written, `{0, current}` when the stored route is the
 /// newer bind ([`RouteRecord::supersedes`]) or knows this bind ended
 /// ([`RouteRecord::knows_ended`]). The written route keeps the stored route's ended binds, and
@@ -122,10 +123,16 @@ if cur then
       and new_conn_version ~= 0 and old_conn_version ~= 0
     local wins
     if by_age then
+      local margin = tonumber(ARGV[10])
       if is_online(old) then
-        wins = new_conn_version >= old_conn_version
+        -- Across nodes the new connection must be newer by more than the clocks disagree.
+        local same_node = str(old['host']) == ARGV[8] and num(old['port']) == tonumber(ARGV[9])
+        if same_node then
+          wins = new_conn_version >= old_conn_version
+        else
+          wins = new_conn_version >= old_conn_version + margin
+        end
       else
-        local margin = tonumber(ARGV[10])
         wins = not (new_conn_version + margin < old_conn_version
           and new_version + margin < num(old['version']))
       end
