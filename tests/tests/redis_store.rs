@@ -1135,6 +1135,89 @@ async fn round_trips_and_pipelined_throughput_against_local_redis() {
     );
 }
 
+/// Requests beyond the link's slots wait in its queue (as values, not tasks) and are each
+/// answered once, in full, when slots free up; while Redis stalls, each is answered once,
+/// within its deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_beyond_the_slots_is_answered_in_full_and_waiting_requests_keep_their_deadline() {
+    let redis = RedisServer::start();
+    let target = RedisTarget::parse(&redis.url()).unwrap();
+    let options = RedisOptions {
+        op_timeout: Duration::from_millis(400),
+        max_in_flight: 4,
+        // No PING during the test: a stall must be answered by the deadlines alone.
+        ping_interval: Duration::from_secs(60),
+        ..RedisOptions::default()
+    };
+    let (store, mut rx) = RedisStore::start(target, this_node(), options);
+    assert_eq!(
+        tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .unwrap(),
+        Some(StoreLinkEvent::Connected)
+    );
+    let get = |user: u64| StoreOp::GetRoute {
+        user_id: format!("burst-{user}"),
+        client_type: None,
+        asker: None,
+    };
+    // Wait for `ids`' answers; every id once.
+    async fn answers(
+        rx: &mut mpsc::UnboundedReceiver<StoreLinkEvent>,
+        count: usize,
+    ) -> std::collections::BTreeMap<u64, Result<StoreReply, StoreError>> {
+        let mut got = std::collections::BTreeMap::new();
+        while got.len() < count {
+            match tokio::time::timeout(Duration::from_secs(5), rx.recv()).await {
+                Ok(Some(StoreLinkEvent::Message(FromStore::Reply { id, result }))) => {
+                    assert!(
+                        got.insert(id, result).is_none(),
+                        "request {id} answered twice"
+                    );
+                }
+                Ok(Some(_)) => {}
+                other => panic!("{} of {count} answered, then {other:?}", got.len()),
+            }
+        }
+        got
+    }
+    const BURST: u64 = 500;
+    for id in 1..=BURST {
+        assert!(store.request(id, get(id)));
+    }
+    let got = answers(&mut rx, BURST as usize).await;
+    assert_eq!(
+        got.keys().copied().collect::<Vec<_>>(),
+        (1..=BURST).collect::<Vec<_>>()
+    );
+    assert!(
+        got.values()
+            .all(|r| matches!(r, Ok(StoreReply::Route(None)))),
+        "{got:?}"
+    );
+    // Redis stalls: the four in flight time out at their deadline and the link gives up the
+    // connection that left them unanswered; every request, in flight or queued, is answered
+    // once (timed out or unavailable), promptly.
+    redis.command(&["CLIENT", "PAUSE", "2000", "ALL"]);
+    let started = Instant::now();
+    for id in BURST + 1..=BURST + 20 {
+        assert!(store.request(id, get(id)));
+    }
+    let got = answers(&mut rx, 20).await;
+    let waited = started.elapsed();
+    assert!(
+        got.values().all(|r| matches!(
+            r,
+            Err(StoreError::Timeout) | Err(StoreError::Unavailable(_))
+        )),
+        "{got:?}"
+    );
+    assert!(
+        waited < Duration::from_millis(1_200),
+        "answered after {waited:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_redis_is_answered_within_the_deadline_and_the_link_recovers() {
     let redis = RedisServer::start();

@@ -1,7 +1,9 @@
 //! The task between the node and Redis: it opens the connections (following Sentinel to the
 //! current master), subscribes to this node's kick channel, runs every request as its own
 //! pipelined command sequence with at most [`RedisOptions::max_in_flight`] in flight and a
-//! deadline each, pings to find a dead link, and reconnects with backoff.
+//! deadline each, pings to find a dead link, and reconnects with backoff. Requests beyond the
+//! slots wait in a queue as plain values, not as tasks: a connect burst of thousands of binds
+//! parked a 2 KiB task each.
 //!
 //! Requests are refused (the driver answers them as unavailable) while the link is down, and
 //! those accepted but not yet sent when it goes down are answered as unavailable. Each outage
@@ -15,10 +17,11 @@ use crate::store_net::{FromStore, StoreLinkEvent};
 use futures_util::StreamExt;
 use pushgate_core::store::{StoreError, StoreOp};
 use pushgate_core::NodeAddr;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 /// How the link behaves.
 #[derive(Debug, Clone)]
@@ -196,7 +199,13 @@ async fn run_link(
         let mut ping = tokio::time::interval(options.ping_interval);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ping.tick().await;
+        // Requests waiting for a slot, as plain values with their arrival (a task each would
+        // hold a future of about 2 KiB: a connect burst parked thousands of them).
+        let mut waiting: VecDeque<(Request, Instant)> = VecDeque::new();
         let reason = loop {
+            let head_deadline = waiting
+                .front()
+                .map(|(_, arrived)| tokio::time::Instant::from_std(*arrived + options.op_timeout));
             tokio::select! {
                 biased;
                 reason = lost_rx.recv() => break reason.unwrap_or_default(),
@@ -211,16 +220,32 @@ async fn run_link(
                         return;
                     }
                 }
-                request = rx.recv() => {
-                    let Some(request) = request else { return };
+                permit = slots.clone().acquire_owned(), if !waiting.is_empty() => {
+                    let Ok(permit) = permit else { return };
+                    let Some((request, arrived)) = waiting.pop_front() else { continue };
                     tokio::spawn(perform(
                         data.clone(),
                         request,
-                        slots.clone(),
+                        arrived,
+                        permit,
                         options.op_timeout,
                         deliver.clone(),
                         lost_tx.clone(),
                     ));
+                }
+                request = rx.recv() => {
+                    let Some(request) = request else { return };
+                    waiting.push_back((request, Instant::now()));
+                }
+                () = sleep_until_some(head_deadline) => {
+                    // Waited out its deadline without a slot: answered as timed out.
+                    while waiting
+                        .front()
+                        .is_some_and(|(_, arrived)| arrived.elapsed() >= options.op_timeout)
+                    {
+                        let Some((request, _)) = waiting.pop_front() else { break };
+                        answer(&deliver, request, Err(StoreError::Timeout));
+                    }
                 }
                 _ = ping.tick() => {
                     let mut data = data.clone();
@@ -249,12 +274,10 @@ async fn run_link(
         tracing::warn!(redis = %target, %reason, "lost the Redis link; reconnecting");
         outage = Some((Instant::now(), reason));
         // Accepted while up but not sent: answered now, as the driver answers refused ones.
-        while let Ok(request) = rx.try_recv() {
+        let unsent = waiting.drain(..).map(|(request, _)| request);
+        for request in unsent.chain(std::iter::from_fn(|| rx.try_recv().ok())) {
             let result = Err(StoreError::Unavailable("the Redis link is down".into()));
-            let _ = deliver.send(StoreLinkEvent::Message(FromStore::Reply {
-                id: request.id,
-                result,
-            }));
+            answer(&deliver, request, result);
         }
     }
 }
@@ -285,20 +308,43 @@ async fn watch_sentinel(
     }
 }
 
-/// Runs one request: waits for a slot, performs the op within `limit`, answers, then sends
-/// the route's status event (online list and channel).
+/// Sleeps until `deadline`; never wakes without one.
+async fn sleep_until_some(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Answers `request` with `result`.
+fn answer(
+    deliver: &mpsc::UnboundedSender<StoreLinkEvent>,
+    request: Request,
+    result: Result<pushgate_core::store::StoreReply, StoreError>,
+) {
+    let _ = deliver.send(StoreLinkEvent::Message(FromStore::Reply {
+        id: request.id,
+        result,
+    }));
+}
+
+/// Runs one request holding its slot: performs the op within what is left of `limit` since
+/// the request `arrived`, answers, then sends the route's status event (online list and
+/// channel).
 async fn perform(
     mut data: DataConn,
     request: Request,
-    slots: Arc<Semaphore>,
+    arrived: Instant,
+    slot: OwnedSemaphorePermit,
     limit: Duration,
     deliver: mpsc::UnboundedSender<StoreLinkEvent>,
     lost: mpsc::UnboundedSender<String>,
 ) {
-    let started = Instant::now();
+    let started = arrived;
     let name = op_name(&request.op);
-    let outcome = tokio::time::timeout(limit, async {
-        let _slot = slots.acquire_owned().await;
+    let left = limit.saturating_sub(arrived.elapsed());
+    let outcome = tokio::time::timeout(left, async {
+        let _slot = slot;
         ops::execute(&mut data, request.op).await
     })
     .await;
