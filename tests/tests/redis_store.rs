@@ -1135,20 +1135,12 @@ async fn round_trips_and_pipelined_throughput_against_local_redis() {
     );
 }
 
-/// Requests beyond the link's slots wait in its queue (as values, not tasks) and are each
-/// answered once, in full, when slots free up; while Redis stalls, each is answered once,
-/// within its deadline.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_burst_beyond_the_slots_is_answered_in_full_and_waiting_requests_keep_their_deadline() {
-    let redis = RedisServer::start();
+/// A Redis store link to `redis` with `options`, once it reports itself connected.
+async fn start_connected(
+    redis: &RedisServer,
+    options: RedisOptions,
+) -> (RedisStore, mpsc::UnboundedReceiver<StoreLinkEvent>) {
     let target = RedisTarget::parse(&redis.url()).unwrap();
-    let options = RedisOptions {
-        op_timeout: Duration::from_millis(400),
-        max_in_flight: 4,
-        // No PING during the test: a stall must be answered by the deadlines alone.
-        ping_interval: Duration::from_secs(60),
-        ..RedisOptions::default()
-    };
     let (store, mut rx) = RedisStore::start(target, this_node(), options);
     assert_eq!(
         tokio::time::timeout(Duration::from_secs(5), rx.recv())
@@ -1156,12 +1148,32 @@ async fn a_burst_beyond_the_slots_is_answered_in_full_and_waiting_requests_keep_
             .unwrap(),
         Some(StoreLinkEvent::Connected)
     );
+    (store, rx)
+}
+
+/// Requests beyond the link's slots wait in its queue (as values, not tasks) and are each
+/// answered once, in full, when slots free up; while Redis stalls, each is answered once,
+/// within its deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_beyond_the_slots_is_answered_in_full_and_waiting_requests_keep_their_deadline() {
+    let redis = RedisServer::start();
+    let (store, mut rx) = start_connected(
+        &redis,
+        RedisOptions {
+            op_timeout: Duration::from_millis(400),
+            max_in_flight: 4,
+            // No PING during the test: a stall must be answered by the deadlines alone.
+            ping_interval: Duration::from_secs(60),
+            ..RedisOptions::default()
+        },
+    )
+    .await;
     let get = |user: u64| StoreOp::GetRoute {
         user_id: format!("burst-{user}"),
         client_type: None,
         asker: None,
     };
-    // Wait for `ids`' answers; every id once.
+    // The next `count` answers, each id once.
     async fn answers(
         rx: &mut mpsc::UnboundedReceiver<StoreLinkEvent>,
         count: usize,
@@ -1221,19 +1233,15 @@ async fn a_burst_beyond_the_slots_is_answered_in_full_and_waiting_requests_keep_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_redis_is_answered_within_the_deadline_and_the_link_recovers() {
     let redis = RedisServer::start();
-    let target = RedisTarget::parse(&redis.url()).unwrap();
-    let options = RedisOptions {
-        op_timeout: Duration::from_millis(300),
-        ping_interval: Duration::from_millis(100),
-        ..RedisOptions::default()
-    };
-    let (store, mut rx) = RedisStore::start(target, this_node(), options);
-    assert_eq!(
-        tokio::time::timeout(Duration::from_secs(5), rx.recv())
-            .await
-            .unwrap(),
-        Some(StoreLinkEvent::Connected)
-    );
+    let (store, mut rx) = start_connected(
+        &redis,
+        RedisOptions {
+            op_timeout: Duration::from_millis(300),
+            ping_interval: Duration::from_millis(100),
+            ..RedisOptions::default()
+        },
+    )
+    .await;
     // Redis answers nothing for 1.5 s.
     redis.command(&["CLIENT", "PAUSE", "1500", "ALL"]);
     let started = Instant::now();

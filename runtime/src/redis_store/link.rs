@@ -239,12 +239,13 @@ async fn run_link(
                 }
                 () = sleep_until_some(head_deadline) => {
                     // Waited out its deadline without a slot: answered as timed out.
-                    while waiting
-                        .front()
-                        .is_some_and(|(_, arrived)| arrived.elapsed() >= options.op_timeout)
-                    {
-                        let Some((request, _)) = waiting.pop_front() else { break };
-                        answer(&deliver, request, Err(StoreError::Timeout));
+                    while let Some((_, arrived)) = waiting.front() {
+                        if arrived.elapsed() < options.op_timeout {
+                            break;
+                        }
+                        if let Some((request, _)) = waiting.pop_front() {
+                            answer(&deliver, request.id, Err(StoreError::Timeout));
+                        }
                     }
                 }
                 _ = ping.tick() => {
@@ -277,7 +278,7 @@ async fn run_link(
         let unsent = waiting.drain(..).map(|(request, _)| request);
         for request in unsent.chain(std::iter::from_fn(|| rx.try_recv().ok())) {
             let result = Err(StoreError::Unavailable("the Redis link is down".into()));
-            answer(&deliver, request, result);
+            answer(&deliver, request.id, result);
         }
     }
 }
@@ -316,16 +317,13 @@ async fn sleep_until_some(deadline: Option<tokio::time::Instant>) {
     }
 }
 
-/// Answers `request` with `result`.
+/// Answers the request `id` with `result`.
 fn answer(
     deliver: &mpsc::UnboundedSender<StoreLinkEvent>,
-    request: Request,
+    id: u64,
     result: Result<pushgate_core::store::StoreReply, StoreError>,
 ) {
-    let _ = deliver.send(StoreLinkEvent::Message(FromStore::Reply {
-        id: request.id,
-        result,
-    }));
+    let _ = deliver.send(StoreLinkEvent::Message(FromStore::Reply { id, result }));
 }
 
 /// Runs one request holding its slot: performs the op within what is left of `limit` since
@@ -340,7 +338,6 @@ async fn perform(
     deliver: mpsc::UnboundedSender<StoreLinkEvent>,
     lost: mpsc::UnboundedSender<String>,
 ) {
-    let started = arrived;
     let name = op_name(&request.op);
     let left = limit.saturating_sub(arrived.elapsed());
     let outcome = tokio::time::timeout(left, async {
@@ -362,7 +359,7 @@ async fn perform(
         },
         Err(_) => (Err(StoreError::Timeout), None),
     };
-    metrics::histogram!(names::STORE_LATENCY, "op" => name).record(started.elapsed().as_secs_f64());
+    metrics::histogram!(names::STORE_LATENCY, "op" => name).record(arrived.elapsed().as_secs_f64());
     if let Err(error) = &result {
         let kind = match error {
             StoreError::Timeout => "timeout",
@@ -371,10 +368,7 @@ async fn perform(
         metrics::counter!(names::STORE_ERRORS, "op" => name, "kind" => kind).increment(1);
         tracing::debug!(op = name, %error, "Redis store op failed");
     }
-    let _ = deliver.send(StoreLinkEvent::Message(FromStore::Reply {
-        id: request.id,
-        result,
-    }));
+    answer(&deliver, request.id, result);
     if let Some(event) = event {
         match tokio::time::timeout(limit, ops::send_status_event(&mut data, event)).await {
             Ok(Ok(())) => {}
