@@ -115,7 +115,9 @@ M = [
   [("core/src/store.rs", "        if of_node >= MAX_ENDED_BINDS_PER_NODE {\n", "        if of_node >= MAX_ENDED_BINDS_PER_NODE && false {\n"),
    ("core/src/store.rs", "        } else if self.ended.len() >= MAX_ENDED_BINDS {\n", "        } else if self.ended.len() >= MAX_ENDED_BINDS_PER_NODE {\n")]),
  ("late-write-clock-ahead", "across nodes, a route write whose connection age reads newer by any amount displaces the device's live route (B26)",
-  [("core/src/store.rs", "            && self.conn_version < stored.conn_version.saturating_add(self.age_margin_us(stored))\n", "            && self.conn_version < stored.conn_version\n")]),
+  [("core/src/store.rs", "            && self.conn_version\n                < stored\n                    .conn_version\n                    .saturating_add(self.age_margin_us(stored))\n", "            && self.conn_version < stored.conn_version\n")]),
+ ("link-fence-off", "a route op sent on a store link its node has replaced lands after the ops of the new link (B27)",
+  [("core/src/store_state.rs", ".is_some_and(|route| route.is_fenced(node, link_epoch))", ".is_some_and(|route| route.is_fenced(node, link_epoch) && false)")]),
  ("fast-connect-ok-before-session", "FAST_CONNECT-ok is queued before the connection takes on the session (the churn soak's ERROR 100)",
   [("core/src/node/fast_connect.rs", """        self.outputs.push_back(Output::Resume {
             conn,

@@ -19,11 +19,35 @@ pub const MAX_CLOCK_DISAGREEMENT_US: u64 = 2_000_000;
 /// Most ended binds a route remembers ([`RouteRecord::ended`]), of all nodes together.
 pub const MAX_ENDED_BINDS: usize = 32;
 
-/// Most ended binds of one node a route remembers: a node's own later binds evict its older
+/// Most ended binds of one node a route remembers: a node's own later marks evict its older
 /// marks first, so a burst of binds on one node cannot flush another node's mark (a late write
 /// of that node's bind would then land online). Past [`MAX_ENDED_BINDS`] the oldest mark of
-/// any node goes.
+/// any node goes. A node's evicted mark cannot let its bind back in: the bind's write went out
+/// before the later marks, on the same store link (and landed first) or on a link the node has
+/// replaced since (and is refused, [`RouteRecord::is_fenced`]).
 pub const MAX_ENDED_BINDS_PER_NODE: usize = 4;
+
+/// Most nodes whose newest store link a route remembers ([`RouteRecord::links`]); past it the
+/// node whose link reached the route longest ago is forgotten.
+pub const MAX_LINKS: usize = 32;
+
+/// The newest store link of one node that an op reached a route on: the link's epoch, the
+/// node's clock in µs when it opened that link (strictly increasing per node, also across
+/// restarts). Ops a node sent on an older link are not applied after it
+/// ([`RouteRecord::is_fenced`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeLink {
+    pub host: String,
+    pub port: u16,
+    pub epoch: u64,
+}
+
+impl NodeLink {
+    /// True when this is a link of `node`.
+    pub fn is_of(&self, node: &NodeAddr) -> bool {
+        self.host == node.host && self.port == node.port
+    }
+}
 
 /// A bind known to have ended, named by its node and bind version (a node's versions are
 /// strictly increasing, so the pair names one bind).
@@ -80,6 +104,16 @@ pub struct RouteRecord {
     /// ([`RouteRecord::remember_ended`]).
     #[serde(default, rename = "endedBinds", skip_serializing_if = "Vec::is_empty")]
     pub ended: Vec<EndedBind>,
+    /// For each node whose route ops reached this route over a store link, the newest such
+    /// link ([`RouteRecord::note_link`]): an op that node sent on an older link arriving now
+    /// is not applied ([`RouteRecord::is_fenced`]). A node replaces a link that stopped
+    /// answering, and what it sent on the old one may still arrive (bytes held in the network
+    /// reach the store after the node's later ops on the new link): a bind's write landing
+    /// after its own offline mark would bring a closed connection back online once the mark
+    /// is gone from [`RouteRecord::ended`], which is bounded (seeds 66002216, 69000987). Kept
+    /// by the store, at most [`MAX_LINKS`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub links: Vec<NodeLink>,
 }
 
 fn is_zero(value: &u64) -> bool {
@@ -197,9 +231,9 @@ impl RouteRecord {
 
     /// Remembers that the bind `version` of `node` ended. The memory is bounded: past
     /// [`MAX_ENDED_BINDS_PER_NODE`] marks of `node` its oldest goes, else past
-    /// [`MAX_ENDED_BINDS`] the oldest of all. (A node's own later binds replace the stored
-    /// route with newer versions, which keep its older binds out by version; another node's
-    /// binds do not, so they must not push this node's marks out.)
+    /// [`MAX_ENDED_BINDS`] the oldest of all. (What a node sent before its later marks cannot
+    /// land after them, [`MAX_ENDED_BINDS_PER_NODE`]; another node's marks say nothing of this
+    /// node's writes, so they must not push this node's marks out.)
     pub fn remember_ended(&mut self, node: &NodeAddr, version: u64) {
         if self.knows_ended(node, version) {
             return;
@@ -217,6 +251,40 @@ impl RouteRecord {
             port: node.port,
             version,
         });
+    }
+
+    /// True when an op of `node` sent on its store link `epoch` comes too late: an op that
+    /// node sent on a newer link has reached this route already. Epoch 0 (an op not sent over
+    /// a link: the embedded store) is never fenced.
+    pub fn is_fenced(&self, node: &NodeAddr, epoch: u64) -> bool {
+        epoch != 0
+            && self
+                .links
+                .iter()
+                .any(|link| link.is_of(node) && link.epoch > epoch)
+    }
+
+    /// Remembers that an op of `node` sent on its link `epoch` reached this route; true when
+    /// that link is newer than the node's link remembered so far. Bounded: past [`MAX_LINKS`]
+    /// nodes, the one whose link was noted longest ago goes.
+    pub fn note_link(&mut self, node: &NodeAddr, epoch: u64) -> bool {
+        if epoch == 0 {
+            return false;
+        }
+        if let Some(at) = self.links.iter().position(|link| link.is_of(node)) {
+            if self.links[at].epoch >= epoch {
+                return false;
+            }
+            self.links.remove(at);
+        } else if self.links.len() >= MAX_LINKS {
+            self.links.remove(0);
+        }
+        self.links.push(NodeLink {
+            host: node.host.clone(),
+            port: node.port,
+            epoch,
+        });
+        true
     }
 
     /// The node this route points at.
@@ -440,6 +508,11 @@ pub enum StoreError {
     Unavailable(String),
     #[error("route store request timed out")]
     Timeout,
+    /// The op came on a store link its node has replaced since, and an op the node sent on the
+    /// newer link reached the route first: not applied ([`RouteRecord::is_fenced`]). Send it
+    /// again if it still matters.
+    #[error("route store op sent on a link this node has replaced")]
+    Fenced,
 }
 
 /// A store request as it leaves the core.
@@ -475,6 +548,7 @@ mod tests {
             version,
             conn_version,
             ended: Vec::new(),
+            links: Vec::new(),
         }
     }
 

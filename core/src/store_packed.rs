@@ -10,7 +10,7 @@
 //! connects and admin reads, never per push.
 use crate::ids::Millis;
 use crate::route::ClientType;
-use crate::store::{CachedSession, EndedBind, RouteRecord};
+use crate::store::{CachedSession, EndedBind, NodeLink, RouteRecord};
 use std::collections::BTreeMap;
 
 /// A session id as the store keys it: the 16 bytes of a 32-hex-digit id (the form nodes
@@ -116,7 +116,8 @@ impl PackedSession {
 
 /// A route, packed: port (2 bytes), version and connection version (8 each), host, device id,
 /// OS name, client version, then a byte saying whether a connection id follows (and it), then
-/// the ended binds (a count, then host, port and version of each).
+/// the ended binds (a count, then host, port and version of each), then the nodes' links (a
+/// count, then host, port and epoch of each).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PackedRoute(Box<[u8]>);
 
@@ -128,7 +129,8 @@ impl PackedRoute {
                 + route.os_name.len()
                 + route.client_version.len()
                 + route.conn_id.as_ref().map_or(0, String::len)
-                + route.ended.iter().map(|e| e.host.len() + 12).sum::<usize>(),
+                + route.ended.iter().map(|e| e.host.len() + 12).sum::<usize>()
+                + route.links.iter().map(|l| l.host.len() + 12).sum::<usize>(),
         );
         out.extend_from_slice(&route.port.to_le_bytes());
         out.extend_from_slice(&route.version.to_le_bytes());
@@ -153,6 +155,12 @@ impl PackedRoute {
             put_str(&mut out, &ended.host);
             out.extend_from_slice(&ended.port.to_le_bytes());
             out.extend_from_slice(&ended.version.to_le_bytes());
+        }
+        put_len(&mut out, route.links.len());
+        for link in &route.links {
+            put_str(&mut out, &link.host);
+            out.extend_from_slice(&link.port.to_le_bytes());
+            out.extend_from_slice(&link.epoch.to_le_bytes());
         }
         Self(out.into_boxed_slice())
     }
@@ -181,6 +189,15 @@ impl PackedRoute {
                 version: r.u64()?,
             });
         }
+        let count = r.len()?;
+        let mut links = Vec::with_capacity(count.min(crate::store::MAX_LINKS));
+        for _ in 0..count {
+            links.push(NodeLink {
+                host: r.string()?,
+                port: r.u16()?,
+                epoch: r.u64()?,
+            });
+        }
         Some(RouteRecord {
             port,
             host,
@@ -191,6 +208,7 @@ impl PackedRoute {
             version,
             conn_version,
             ended,
+            links,
         })
     }
 }
@@ -414,6 +432,7 @@ mod tests {
             version: u64::MAX,
             conn_version: 17,
             ended: Vec::new(),
+            links: Vec::new(),
         };
         let node = NodeAddr::new("10.0.0.1", 3001);
         let packed = PackedRoute::pack(&route);
@@ -424,6 +443,8 @@ mod tests {
         route.conn_id = None;
         route.remember_ended(&node, 3);
         route.remember_ended(&NodeAddr::new("h", 1), 4);
+        route.note_link(&node, 5);
+        route.note_link(&NodeAddr::new("h", 1), u64::MAX);
         let packed = PackedRoute::pack(&route);
         assert!(!packed.unpack().unwrap().is_online());
         assert_eq!(packed.unpack(), Some(route));

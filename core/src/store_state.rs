@@ -13,6 +13,11 @@
 //!   ([`RouteRecord::take_offline`]), so a late mark never touches a newer bind. A bind whose
 //!   connection closed before it took effect is undone the same way: `RestoreRoute` puts the
 //!   route it replaced back only while the store still holds that bind.
+//! - **Links** ([`StoreState::apply_on_link`]): a route op sent over a store link names the
+//!   link's epoch; the route remembers each node's newest link, and an op a node sent on an
+//!   older link arriving after it is not applied ([`StoreError::Fenced`]). So whatever a node
+//!   sent on a link it has replaced never lands after what it sent since (a bind's write held
+//!   in the network would otherwise land after the bind's own offline mark).
 //! - **Sessions** (`mp:rs:{id}`): kept for their TTL; a read after it finds nothing. At most
 //!   [`MAX_SESSIONS`] are kept (expired ones are dropped first, then new ones are refused).
 //! - **Kick notices** are published: the caller takes them with [`StoreState::poll_kick`] and
@@ -26,7 +31,8 @@ use crate::config::NodeAddr;
 use crate::ids::Millis;
 use crate::route::ClientType;
 use crate::store::{
-    best_route, CachedSession, KickNotice, RouteRecord, StoreOp, StoreReply, TaskControl,
+    best_route, CachedSession, KickNotice, RouteRecord, StoreError, StoreOp, StoreReply,
+    TaskControl,
 };
 use crate::store_packed::{PackedSession, RouteMap, SessionKey};
 use std::collections::{HashMap, VecDeque};
@@ -73,9 +79,70 @@ pub struct StoreState {
     kicks: VecDeque<KickNotice>,
 }
 
+/// The route a route op of a versioned bind changes and the node that sent it (the node its
+/// route or mark names). Ops of unversioned binds (version 0, MPush's format) name no link:
+/// what they write stays MPush's bytes.
+fn route_sender(op: &StoreOp) -> Option<((String, ClientType), NodeAddr)> {
+    let (user_id, client_type, node, version) = match op {
+        StoreOp::PutRoute {
+            user_id,
+            client_type,
+            route,
+        } => (user_id, client_type, route.node(), route.version),
+        StoreOp::SetRouteOffline {
+            user_id,
+            client_type,
+            node,
+            version,
+            ..
+        }
+        | StoreOp::RestoreRoute {
+            user_id,
+            client_type,
+            node,
+            version,
+            ..
+        } => (user_id, client_type, node.clone(), *version),
+        _ => return None,
+    };
+    (version != 0).then(|| ((user_id.clone(), *client_type), node))
+}
+
 impl StoreState {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Performs `op`, sent on a store link of epoch `link_epoch` (0: not over a link), at
+    /// `now_ms` and answers it. A route op of a node that sent an op on a newer link to the
+    /// same route before is not applied ([`RouteRecord::is_fenced`]); otherwise the route, if
+    /// one is stored after the op, remembers the link ([`RouteRecord::note_link`]). (Ops of
+    /// unversioned binds, MPush's format, name no link.)
+    pub fn apply_on_link(
+        &mut self,
+        now_ms: Millis,
+        op: StoreOp,
+        link_epoch: u64,
+    ) -> Result<StoreReply, StoreError> {
+        let sent_by = route_sender(&op).filter(|_| link_epoch != 0);
+        if let Some((key, node)) = &sent_by {
+            if self
+                .routes
+                .get(key)
+                .is_some_and(|route| route.is_fenced(node, link_epoch))
+            {
+                return Err(StoreError::Fenced);
+            }
+        }
+        let reply = self.apply(now_ms, op);
+        if let Some((key, node)) = sent_by {
+            if let Some(mut route) = self.routes.get(&key) {
+                if route.note_link(&node, link_epoch) {
+                    self.routes.insert(key, route);
+                }
+            }
+        }
+        Ok(reply)
     }
 
     /// Performs `op` at `now_ms` and answers it.
@@ -124,6 +191,7 @@ impl StoreState {
                             restored.conn_id = None;
                         }
                         restored.ended = std::mem::take(&mut route.ended);
+                        restored.links = std::mem::take(&mut route.links);
                         // The undone bind has ended: a write of it still on its way (a retry
                         // held up on a link its node gave up) must not land after the restore
                         // replaced the one record that knew it.
@@ -196,6 +264,7 @@ impl StoreState {
             }
             Some(mut current) => {
                 route.ended = std::mem::take(&mut current.ended);
+                route.links = std::mem::take(&mut current.links);
                 // An offline route's bind has ended: the route replacing it remembers that, so a
                 // late write of that bind never comes back online (an offline route of the same
                 // device keeps no bind out, [`RouteRecord::supersedes`]).
@@ -354,6 +423,7 @@ mod tests {
             version,
             conn_version: 0,
             ended: Vec::new(),
+            links: Vec::new(),
         }
     }
 
@@ -469,6 +539,7 @@ mod tests {
         assert_eq!(
             RouteRecord {
                 ended: Vec::new(),
+                links: Vec::new(),
                 ..back.clone()
             },
             far
@@ -882,5 +953,94 @@ mod tests {
             s.route("u", None, None).map(|(ct, _)| ct),
             Some(ClientType::Mobile)
         );
+    }
+
+    /// Seeds 66002216 and 69000987 (B27), their numbers: node1 replaced its store link during
+    /// an outage. Its bind 752613 (dev-7, connection c1) had gone out on the old link and was
+    /// held in the network; the bind's offline mark and four marks of the node's later binds
+    /// went out on the new link and landed first, while the store held another device's
+    /// offline route (node 10.0.1.4) — each mark missed it and was remembered, and the four
+    /// later ones pushed the first out of the route's bounded memory. Then the held write
+    /// landed, newer than the stored route: online for a connection closed seconds before, with
+    /// no end. The route remembers that node1's ops come on a newer link now, so the write is
+    /// refused; ops on the new link, and every op of the other node, still apply.
+    #[test]
+    fn a_write_held_on_a_replaced_link_never_lands_after_marks_sent_on_the_new_one() {
+        let (node1, other) = ("10.0.1.2", "10.0.1.4");
+        let (old_link, new_link) = (1_000, 2_000);
+        let mut s = StoreState::new();
+        let mut stored = route(None, 752_609);
+        stored.host = other.into();
+        stored.device_id = "dev-3".into();
+        let stored_put = StoreOp::PutRoute {
+            user_id: "u".into(),
+            client_type: ClientType::Mobile,
+            route: stored,
+        };
+        assert!(matches!(
+            s.apply_on_link(0, stored_put, 77),
+            Ok(StoreReply::Previous(None))
+        ));
+        let mut held = put_on(node1, "c1", 752_613);
+        if let StoreOp::PutRoute { route, .. } = &mut held {
+            route.device_id = "dev-7".into();
+        }
+        let marks = [
+            ("c1", 752_613),
+            ("c2", 757_967),
+            ("c3", 758_228),
+            ("c4", 758_406),
+            ("c5", 758_446),
+        ];
+        for (conn, version) in marks {
+            let mark = offline_on(node1, conn, version);
+            assert_eq!(s.apply_on_link(0, mark, new_link), Ok(StoreReply::Done));
+        }
+        let kept = s.routes.get(&("u".into(), ClientType::Mobile)).unwrap();
+        assert!(
+            !kept.knows_ended(&NodeAddr::new(node1, 3001), 752_613),
+            "the first mark is out of the bounded memory: only the link keeps the write out"
+        );
+        assert_eq!(
+            s.apply_on_link(0, held.clone(), old_link),
+            Err(StoreError::Fenced)
+        );
+        let after = s.routes.get(&("u".into(), ClientType::Mobile)).unwrap();
+        assert!(!after.is_online() && after.is_on(&NodeAddr::new(other, 3001)));
+        // Without links (the embedded store) nothing is fenced; on the new link, or from the
+        // other node, ops still apply.
+        assert!(matches!(
+            s.clone().apply_on_link(0, held, 0),
+            Ok(StoreReply::Previous(_))
+        ));
+        assert!(matches!(
+            s.apply_on_link(0, put_on(node1, "c6", 760_000), new_link),
+            Ok(StoreReply::Previous(_))
+        ));
+        assert!(matches!(
+            s.apply_on_link(0, put_on(other, "c7", 761_000), 77),
+            Ok(StoreReply::Previous(Some(_)))
+        ));
+    }
+
+    #[test]
+    fn a_route_remembers_each_nodes_newest_link_within_its_bound() {
+        let mut r = route(None, 1);
+        let a = NodeAddr::new("a", 1);
+        assert!(!r.note_link(&a, 0), "no link, nothing to note");
+        assert!(r.note_link(&a, 5));
+        assert!(!r.note_link(&a, 5) && !r.note_link(&a, 4));
+        assert!(r.is_fenced(&a, 4) && !r.is_fenced(&a, 5) && !r.is_fenced(&a, 0));
+        assert!(!r.is_fenced(&NodeAddr::new("b", 1), 1));
+        for n in 0..crate::store::MAX_LINKS {
+            r.note_link(&NodeAddr::new(format!("n{n}"), 1), 9);
+        }
+        assert_eq!(r.links.len(), crate::store::MAX_LINKS);
+        assert!(!r.is_fenced(&a, 4), "the node noted longest ago went first");
+        // An op of an unversioned bind (MPush's format) names no link.
+        let mut s = StoreState::new();
+        s.apply_on_link(0, put("c", 0), 7).unwrap();
+        let mpush = s.routes.get(&("u".into(), ClientType::Mobile)).unwrap();
+        assert!(mpush.links.is_empty());
     }
 }

@@ -878,6 +878,7 @@ fn a_bind_whose_connection_closed_before_the_store_answered_gives_the_route_back
     assert_eq!(
         RouteRecord {
             ended: Vec::new(),
+            links: Vec::new(),
             ..back.clone()
         },
         far,

@@ -5,7 +5,8 @@
 //! - [`server`]: listeners and start/shutdown; [`driver`]: the node task; [`conn`]: the
 //!   per-connection tasks; [`store`]: the embedded in-memory route store; [`store_net`]: the
 //!   store node several nodes share, and the driver's link to it; [`redis_store`]: the route
-//!   store on Redis in MPush's data model (not in the simulator).
+//!   store on Redis in MPush's data model (not in the simulator); [`link_epoch`]: the epoch
+//!   each store connection carries, so nothing sent on a replaced one lands after it.
 //! - [`http`] and [`metrics`]: the admin API and Prometheus metrics (not in the simulator);
 //!   [`cluster`]: the node registry membership and push forwarding on Redis (not in the
 //!   simulator); [`zookeeper`]: registration in MPush's ZooKeeper layout (not in the
@@ -34,6 +35,7 @@ pub mod housekeeping;
 #[cfg(not(madsim))]
 pub mod http;
 pub mod limits;
+pub mod link_epoch;
 pub mod metrics;
 pub mod node_clock;
 pub mod phone_queue;

@@ -29,6 +29,19 @@ impl MemoryStore {
         Ok(self.state.apply(now_ms, op))
     }
 
+    /// Performs `op`, sent on a node's store link of epoch `link_epoch`, at `now_ms`
+    /// ([`StoreState::apply_on_link`]): an op from a link its node has replaced is refused as
+    /// [`StoreError::Fenced`].
+    pub fn apply_on_link(
+        &mut self,
+        now_ms: Millis,
+        op: StoreOp,
+        link_epoch: u64,
+    ) -> Result<StoreReply, StoreError> {
+        tracing::trace!(?op, link_epoch, "store op");
+        self.state.apply_on_link(now_ms, op, link_epoch)
+    }
+
     /// The route of (user, type), or with no type the user's best route (online first).
     pub fn route(
         &self,

@@ -28,11 +28,20 @@ use tokio::sync::mpsc;
 /// Largest store frame accepted.
 pub const MAX_STORE_FRAME_BYTES: usize = 1024 * 1024;
 
-/// From a node to the store.
+/// From a node to the store. (A request is moved once, into a frame: not boxed.)
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum ToStore {
-    Subscribe { node: NodeAddr },
-    Request { id: u64, op: StoreOp },
+    Subscribe {
+        node: NodeAddr,
+    },
+    Request {
+        id: u64,
+        op: StoreOp,
+        /// The epoch of the connection it went out on (0: not set).
+        #[serde(default)]
+        link: u64,
+    },
 }
 
 /// From the store to a node.
@@ -45,7 +54,9 @@ pub enum FromStore {
     Kick(KickNotice),
 }
 
-/// What the link to the store hands the node task.
+/// What the link to the store hands the node task. (A message is moved once, through the
+/// channel to the node task: not boxed, which would cost an allocation per store reply.)
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum StoreLinkEvent {
     /// The link is up (again); the node should write its routes again.
@@ -101,11 +112,14 @@ async fn read_frame<T: for<'de> Deserialize<'de>>(
     }
 }
 
+/// What a connection hands the store task (moved once: not boxed).
+#[allow(clippy::large_enum_variant)]
 enum StoreTaskMsg {
     Op {
         op: StoreOp,
         reply: mpsc::UnboundedSender<FromStore>,
         id: u64,
+        link: u64,
     },
     Subscribe {
         node: NodeAddr,
@@ -127,8 +141,13 @@ pub async fn serve_store(listener: TcpListener) {
                 StoreTaskMsg::Subscribe { node, tx } => {
                     subscribers.insert(node, tx);
                 }
-                StoreTaskMsg::Op { op, reply, id } => {
-                    let result = store.apply(now, op);
+                StoreTaskMsg::Op {
+                    op,
+                    reply,
+                    id,
+                    link,
+                } => {
+                    let result = store.apply_on_link(now, op, link);
                     let _ = reply.send(FromStore::Reply { id, result });
                     for notice in store.take_kicks() {
                         if let Some(sub) = subscribers.get(&notice.target()) {
@@ -159,7 +178,7 @@ async fn serve_store_conn(mut stream: TcpStream, store: mpsc::UnboundedSender<St
                 let Some(message) = message else { return };
                 let msg = match message {
                     ToStore::Subscribe { node } => StoreTaskMsg::Subscribe { node, tx: out_tx.clone() },
-                    ToStore::Request { id, op } => StoreTaskMsg::Op { op, reply: out_tx.clone(), id },
+                    ToStore::Request { id, op, link } => StoreTaskMsg::Op { op, reply: out_tx.clone(), id, link },
                 };
                 if store.send(msg).is_err() {
                     return;
@@ -220,7 +239,7 @@ impl RemoteStore {
 
     /// Sends a request; false when the link is down (the caller answers it as unavailable).
     pub fn request(&self, id: u64, op: StoreOp) -> bool {
-        self.is_connected() && self.tx.send(ToStore::Request { id, op }).is_ok()
+        self.is_connected() && self.tx.send(ToStore::Request { id, op, link: 0 }).is_ok()
     }
 }
 
@@ -233,6 +252,7 @@ async fn run_remote(
     connected: Arc<AtomicBool>,
 ) {
     let mut backoff_ms = 50;
+    let mut epochs = crate::link_epoch::LinkEpochs::default();
     loop {
         let mut stream = match tokio::time::timeout(dead_after, TcpStream::connect(addr)).await {
             Ok(Ok(stream)) => stream,
@@ -244,6 +264,7 @@ async fn run_remote(
         };
         let _ = stream.set_nodelay(true);
         backoff_ms = 50;
+        let epoch = epochs.next_epoch();
         let mut out = BytesMut::new();
         encode_frame(&ToStore::Subscribe { node: node.clone() }, &mut out);
         if stream.write_all(&out).await.is_err() || stream.flush().await.is_err() {
@@ -283,9 +304,10 @@ async fn run_remote(
                     let Some(request) = request else { return };
                     let sent_at = tokio::time::Instant::now();
                     let mut out = BytesMut::new();
-                    for request in std::iter::once(request).chain(std::iter::from_fn(|| rx.try_recv().ok())) {
-                        if let ToStore::Request { id, .. } = &request {
+                    for mut request in std::iter::once(request).chain(std::iter::from_fn(|| rx.try_recv().ok())) {
+                        if let ToStore::Request { id, link, .. } = &mut request {
                             unanswered.insert(*id, sent_at);
+                            *link = epoch;
                         }
                         encode_frame(&request, &mut out);
                     }
@@ -363,6 +385,53 @@ mod tests {
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
     }
 
+    /// Each connection of a link stamps its requests with its own epoch, above the one before:
+    /// the store then refuses what was sent on the connection the node gave up once an op on
+    /// the new one reached the route (`StoreState::apply_on_link`).
+    #[cfg(not(madsim))]
+    #[tokio::test]
+    async fn a_reopened_link_stamps_its_requests_with_a_newer_epoch() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (seen_tx, mut seen) = mpsc::unbounded_channel::<(usize, u64)>();
+        tokio::spawn(async move {
+            let mut connection = 0;
+            while let Ok((mut stream, _)) = listener.accept().await {
+                connection += 1;
+                let seen_tx = seen_tx.clone();
+                tokio::spawn(async move {
+                    let mut inbound = BytesMut::new();
+                    while let Some(message) = read_frame::<ToStore>(&mut stream, &mut inbound).await
+                    {
+                        if let ToStore::Request { link, .. } = message {
+                            let _ = seen_tx.send((connection, link));
+                        }
+                    }
+                });
+            }
+        });
+        let (store, mut events) = RemoteStore::start(addr, this_node(), Duration::from_millis(200));
+        let within = Duration::from_secs(10);
+        let get = || StoreOp::GetRoute {
+            user_id: "u".into(),
+            client_type: Some(ClientType::Mobile),
+            asker: None,
+        };
+        let mut epochs = Vec::new();
+        for id in 1..=2 {
+            let connected = tokio::time::timeout(within, events.recv()).await.unwrap();
+            assert_eq!(connected, Some(StoreLinkEvent::Connected));
+            assert!(store.request(id, get()));
+            let (connection, link) = tokio::time::timeout(within, seen.recv())
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(connection, id as usize);
+            epochs.push(link);
+        }
+        assert!(epochs[0] > 0 && epochs[1] > epochs[0], "{epochs:?}");
+    }
+
     /// Without requests outstanding, a quiet link is left alone.
     #[cfg(not(madsim))]
     #[tokio::test]
@@ -388,6 +457,7 @@ mod tests {
                 client_type: Some(ClientType::Mobile),
                 asker: None,
             },
+            link: 3,
         };
         encode_frame(&message, &mut buf);
         encode_frame(

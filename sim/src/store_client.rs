@@ -34,7 +34,7 @@ impl StoreClient {
         let id = self.next_id;
         self.next_id += 1;
         let mut out = BytesMut::new();
-        encode_frame(&ToStore::Request { id, op }, &mut out);
+        encode_frame(&ToStore::Request { id, op, link: 0 }, &mut out);
         let exchange = async {
             self.stream
                 .write_all(&out)

@@ -1,5 +1,6 @@
 //! The simulator's store node: a model of the cluster store with Redis's semantics for what
-//! pushgate uses (one op at a time in arrival order — the real [`MemoryStore`] rules — replies
+//! pushgate uses (one op at a time in arrival order — the real [`MemoryStore`] rules, route ops
+//! with the epoch of the node's link they came on, as the Redis scripts take them — replies
 //! on a connection, pub/sub kick notices to subscribed nodes) and Redis's faults, switched by
 //! the fault schedule through [`StoreModel`]:
 //!
@@ -174,7 +175,7 @@ async fn serve_conn(mut stream: TcpStream, model: Arc<StoreModel>, live: Arc<Mut
                             lock_std(&live).subscribers.insert(k, out_tx.clone());
                         }
                     }
-                    ToStore::Request { id, op } => apply(&model, &live, node, id, op, &out_tx),
+                    ToStore::Request { id, op, link } => apply(&model, &live, node, id, op, link, &out_tx),
                 }
             }
             out = out_rx.recv() => {
@@ -198,6 +199,7 @@ fn apply(
     node: Option<usize>,
     id: u64,
     op: StoreOp,
+    link: u64,
     out: &mpsc::UnboundedSender<FromStore>,
 ) {
     let now = lock(&model.sh).now();
@@ -225,7 +227,7 @@ fn apply(
         );
     let shown = traced.then(|| format!("{op:?}"));
     let mut live = lock_std(live);
-    let result = live.store.apply(now, op);
+    let result = live.store.apply_on_link(now, op, link);
     if let Some(shown) = shown {
         lock(&model.sh).trace(format!("store from node{node:?}: {shown} -> {result:?}"));
     }

@@ -213,7 +213,11 @@ const REGRESSIONS: &[(u64, &str)] = &[
     ),
     (
         66002216,
-        "B27 (open): a node's own later offline marks pushed its older mark out of the route's memory; that bind's late write landed online",
+        "B27: a bind's write held on a store link its node had replaced landed online after the bind's mark, sent on the new link, left the route's memory",
+    ),
+    (
+        69000987,
+        "B27: the same, another seed (a held write landed 2 s after the marks of the node's later binds)",
     ),
 ];
 

@@ -86,6 +86,51 @@ impl Linked {
     }
 }
 
+/// The Redis store's ops run straight on a command connection, on a link epoch the caller
+/// picks (the link stamps its own): for comparing with `MemoryStore::apply_on_link`.
+struct Scripted {
+    data: pushgate::redis_store::conn::DataConn,
+}
+
+impl Scripted {
+    async fn connect(url: &str) -> Self {
+        let target = RedisTarget::parse(url).expect("a good URL");
+        let opened = pushgate::redis_store::conn::open(&target, Duration::from_secs(10))
+            .await
+            .expect("a Redis connection");
+        Self { data: opened.data }
+    }
+
+    /// Performs `op` as sent on a link of epoch `link_epoch`, then its status event.
+    async fn apply(&mut self, op: StoreOp, link_epoch: u64) -> Result<StoreReply, StoreError> {
+        let outcome = pushgate::redis_store::ops::execute(&mut self.data, op, link_epoch).await;
+        if let Some(event) = outcome.event {
+            pushgate::redis_store::ops::send_status_event(&mut self.data, event)
+                .await
+                .expect("the status event");
+        }
+        outcome.reply.map_err(|error| error.to_store_error())
+    }
+}
+
+/// `reply` with the links its route remembers cleared: their epochs are the link's clock
+/// (`a_write_held_on_a_replaced_link_is_refused_after_the_new_link_reached_the_route` checks
+/// them).
+fn unlinked(reply: Result<StoreReply, StoreError>) -> Result<StoreReply, StoreError> {
+    let clear = |mut route: RouteRecord| {
+        route.links.clear();
+        route
+    };
+    reply.map(|reply| match reply {
+        StoreReply::Route(Some((ct, route))) => StoreReply::Route(Some((ct, clear(route)))),
+        StoreReply::Previous(Some(route)) => StoreReply::Previous(Some(clear(route))),
+        StoreReply::Stale { current } => StoreReply::Stale {
+            current: clear(current),
+        },
+        other => other,
+    })
+}
+
 // ---------------------------------------------------------------------------------------------
 // Generated op sequences
 
@@ -141,6 +186,7 @@ fn route() -> impl Strategy<Value = RouteRecord> {
             version,
             conn_version,
             ended: Vec::new(),
+            links: Vec::new(),
         })
 }
 
@@ -153,6 +199,16 @@ fn session() -> impl Strategy<Value = CachedSession> {
         session_key: key,
         iv,
     })
+}
+
+/// The epoch of the link an op comes on: none, small ones (so ops of one node come on older
+/// and newer links), and ones the size nodes stamp (epoch µs, about 2^51 today).
+fn link_epoch() -> impl Strategy<Value = u64> {
+    prop_oneof![
+        Just(0u64),
+        1..4u64,
+        (0..2u64).prop_map(|k| EPOCH_VERSION + k)
+    ]
 }
 
 fn op() -> impl Strategy<Value = StoreOp> {
@@ -311,6 +367,7 @@ fn contract(url: &str, direct: Direct, cases: u32, label: &str) -> (u64, u64) {
         .build()
         .expect("a runtime");
     let linked = tokio::sync::Mutex::new(runtime.block_on(Linked::connect(url, this_node())));
+    let scripted = tokio::sync::Mutex::new(runtime.block_on(Scripted::connect(url)));
     static CASE: AtomicU64 = AtomicU64::new(0);
     let ops_run = AtomicU64::new(0);
     let cases_run = AtomicU64::new(0);
@@ -319,66 +376,71 @@ fn contract(url: &str, direct: Direct, cases: u32, label: &str) -> (u64, u64) {
         failure_persistence: None,
         ..Config::default()
     });
-    let result = runner.run(&proptest::collection::vec(op(), 1..40), |ops| {
-        let prefix = format!("{label}{}-", CASE.fetch_add(1, Ordering::Relaxed));
-        cases_run.fetch_add(1, Ordering::Relaxed);
-        runtime.block_on(async {
-            let mut linked = linked.lock().await;
-            let mut memory = MemoryStore::new();
-            let mut expected_kicks = Vec::new();
-            let mut users_reached: std::collections::HashMap<String, usize> = Default::default();
-            for (step, op) in ops.into_iter().enumerate() {
-                let op = prefixed(op, &prefix);
-                if let StoreOp::AddTaskProgress {
-                    task_id, user_ids, ..
-                } = &op
-                {
-                    *users_reached.entry(task_id.clone()).or_default() += user_ids.len();
+    let result = runner.run(
+        &proptest::collection::vec((op(), link_epoch()), 1..40),
+        |ops| {
+            let prefix = format!("{label}{}-", CASE.fetch_add(1, Ordering::Relaxed));
+            cases_run.fetch_add(1, Ordering::Relaxed);
+            runtime.block_on(async {
+                let mut linked = linked.lock().await;
+                let mut scripted = scripted.lock().await;
+                let mut memory = MemoryStore::new();
+                let mut expected_kicks = Vec::new();
+                let mut users_reached: std::collections::HashMap<String, usize> =
+                    Default::default();
+                for (step, (op, epoch)) in ops.into_iter().enumerate() {
+                    let op = prefixed(op, &prefix);
+                    if let StoreOp::AddTaskProgress {
+                        task_id, user_ids, ..
+                    } = &op
+                    {
+                        *users_reached.entry(task_id.clone()).or_default() += user_ids.len();
+                    }
+                    let want = memory.apply_on_link(0, op.clone(), epoch);
+                    expected_kicks.extend(
+                        memory
+                            .take_kicks()
+                            .into_iter()
+                            .filter(|n| n.target() == this_node()),
+                    );
+                    let got = scripted.apply(op.clone(), epoch).await;
+                    ops_run.fetch_add(1, Ordering::Relaxed);
+                    prop_assert_eq!(&got, &want, "step {} op {:?} on link {}", step, op, epoch);
                 }
-                let want = memory.apply(0, op.clone());
-                expected_kicks.extend(
-                    memory
-                        .take_kicks()
-                        .into_iter()
-                        .filter(|n| n.target() == this_node()),
-                );
-                let got = linked.apply(op.clone()).await;
-                ops_run.fetch_add(1, Ordering::Relaxed);
-                prop_assert_eq!(&got, &want, "step {} op {:?}", step, op);
-            }
-            let kicks = linked
-                .take_kicks(expected_kicks.len(), Duration::from_secs(3))
-                .await;
-            prop_assert_eq!(&kicks, &expected_kicks, "kick notices delivered");
-            // Broadcast progress: sent counts (HINCRBY sc) and users reached (LPUSH {t}:sui).
-            for t in 0..2 {
-                let task_id = format!("{prefix}t{t}");
-                let (sent, listed) = match &direct {
-                    Direct::Cluster(nodes) => {
-                        let client = redis::cluster::ClusterClient::new(nodes.clone())
-                            .expect("cluster client");
-                        let mut conn = client.get_connection().expect("cluster connection");
-                        read_progress(&mut conn, &task_id)
-                    }
-                    Direct::Single(url) => {
-                        let client = redis::Client::open(url.as_str()).expect("client");
-                        let mut conn = client.get_connection().expect("connection");
-                        read_progress(&mut conn, &task_id)
-                    }
-                };
-                let progress = memory.state().task_progress(&task_id);
-                prop_assert_eq!(sent, progress.sent, "sc of {}", task_id);
-                prop_assert_eq!(listed, progress.user_ids.len(), "users of {}", task_id);
-                prop_assert_eq!(
-                    listed,
-                    users_reached.get(&task_id).copied().unwrap_or(0),
-                    "users listed for {}",
-                    task_id
-                );
-            }
-            Ok::<(), TestCaseError>(())
-        })
-    });
+                let kicks = linked
+                    .take_kicks(expected_kicks.len(), Duration::from_secs(3))
+                    .await;
+                prop_assert_eq!(&kicks, &expected_kicks, "kick notices delivered");
+                // Broadcast progress: sent counts (HINCRBY sc) and users reached (LPUSH {t}:sui).
+                for t in 0..2 {
+                    let task_id = format!("{prefix}t{t}");
+                    let (sent, listed) = match &direct {
+                        Direct::Cluster(nodes) => {
+                            let client = redis::cluster::ClusterClient::new(nodes.clone())
+                                .expect("cluster client");
+                            let mut conn = client.get_connection().expect("cluster connection");
+                            read_progress(&mut conn, &task_id)
+                        }
+                        Direct::Single(url) => {
+                            let client = redis::Client::open(url.as_str()).expect("client");
+                            let mut conn = client.get_connection().expect("connection");
+                            read_progress(&mut conn, &task_id)
+                        }
+                    };
+                    let progress = memory.state().task_progress(&task_id);
+                    prop_assert_eq!(sent, progress.sent, "sc of {}", task_id);
+                    prop_assert_eq!(listed, progress.user_ids.len(), "users of {}", task_id);
+                    prop_assert_eq!(
+                        listed,
+                        users_reached.get(&task_id).copied().unwrap_or(0),
+                        "users listed for {}",
+                        task_id
+                    );
+                }
+                Ok::<(), TestCaseError>(())
+            })
+        },
+    );
     if let Err(error) = result {
         panic!("{label}: the Redis store and MemoryStore disagree: {error}");
     }
@@ -572,6 +634,7 @@ async fn a_route_mpush_wrote_counts_as_the_oldest_bind() {
         version: 1,
         conn_version: 1,
         ended: Vec::new(),
+        links: Vec::new(),
     };
     assert_eq!(
         linked
@@ -598,13 +661,15 @@ async fn a_route_mpush_wrote_counts_as_the_oldest_bind() {
         Ok(StoreReply::Done)
     );
     assert_eq!(
-        linked
-            .apply(StoreOp::GetRoute {
-                user_id: user_id.clone(),
-                client_type: Some(ClientType::Mobile),
-                asker: None,
-            })
-            .await,
+        unlinked(
+            linked
+                .apply(StoreOp::GetRoute {
+                    user_id: user_id.clone(),
+                    client_type: Some(ClientType::Mobile),
+                    asker: None,
+                })
+                .await
+        ),
         Ok(StoreReply::Route(Some((
             ClientType::Mobile,
             RouteRecord {
@@ -767,8 +832,15 @@ async fn what_pushgate_writes_is_what_mpush_writes() {
         .query_async(&mut raw)
         .await
         .unwrap();
+    let mut marked = serde_json::from_str::<RouteRecord>(&stored).unwrap();
     assert_eq!(
-        serde_json::from_str::<RouteRecord>(&stored).unwrap(),
+        marked.links.len(),
+        1,
+        "a versioned route remembers the node's link: {stored}"
+    );
+    marked.links.clear();
+    assert_eq!(
+        marked,
         RouteRecord {
             conn_id: None,
             ..versioned
@@ -1000,6 +1072,7 @@ async fn a_sentinel_failover_is_followed_to_the_new_master() {
         version: 10,
         conn_version: 5,
         ended: Vec::new(),
+        links: Vec::new(),
     };
     let put = |route: RouteRecord| StoreOp::PutRoute {
         user_id: "fo-user".into(),
@@ -1028,13 +1101,15 @@ async fn a_sentinel_failover_is_followed_to_the_new_master() {
     eprintln!("sentinel failover followed in {:?}", started.elapsed());
     assert_eq!(setup.master_port(), Some(setup.replica.port()));
     assert_eq!(
-        linked
-            .apply(StoreOp::GetRoute {
-                user_id: "fo-user".into(),
-                client_type: Some(ClientType::Mobile),
-                asker: None,
-            })
-            .await,
+        unlinked(
+            linked
+                .apply(StoreOp::GetRoute {
+                    user_id: "fo-user".into(),
+                    client_type: Some(ClientType::Mobile),
+                    asker: None,
+                })
+                .await
+        ),
         Ok(StoreReply::Route(Some((ClientType::Mobile, route.clone()))))
     );
     // Writes go to the new master.
@@ -1043,7 +1118,7 @@ async fn a_sentinel_failover_is_followed_to_the_new_master() {
         ..route.clone()
     };
     assert_eq!(
-        linked.apply(put(newer)).await,
+        unlinked(linked.apply(put(newer)).await),
         Ok(StoreReply::Previous(Some(route)))
     );
 }
@@ -1065,6 +1140,7 @@ async fn round_trips_and_pipelined_throughput_against_local_redis() {
         version: n + 1,
         conn_version: n + 1,
         ended: Vec::new(),
+        links: Vec::new(),
     };
     // One op at a time: the round trip of each kind.
     const SEQUENTIAL: u64 = 1000;
@@ -1319,6 +1395,7 @@ async fn a_manual_sentinel_failover_with_the_old_master_alive_is_followed() {
         version,
         conn_version: 5,
         ended: Vec::new(),
+        links: Vec::new(),
     };
     let put = |version: u64| StoreOp::PutRoute {
         user_id: "mf-user".into(),
@@ -1399,6 +1476,7 @@ async fn concurrent_binds_from_two_nodes_keep_the_newest() {
         version: EPOCH_VERSION + (n * 7919) % BINDS,
         conn_version: EPOCH_VERSION,
         ended: Vec::new(),
+        links: Vec::new(),
     };
     for n in 0..BINDS {
         let link = if n % 2 == 0 { &a } else { &b };
@@ -1435,35 +1513,22 @@ async fn concurrent_binds_from_two_nodes_keep_the_newest() {
         .max_by_key(|r| r.version)
         .expect("binds");
     assert_eq!(
-        a.apply(StoreOp::GetRoute {
-            user_id: "race".into(),
-            client_type: Some(ClientType::Mobile),
-            asker: None,
-        })
-        .await,
+        unlinked(
+            a.apply(StoreOp::GetRoute {
+                user_id: "race".into(),
+                client_type: Some(ClientType::Mobile),
+                asker: None,
+            })
+            .await
+        ),
         Ok(StoreReply::Route(Some((ClientType::Mobile, newest))))
     );
 }
 
-/// The bound on a route's ended binds, in the script as in `MemoryStore`: a node's marks are
-/// kept against a burst of another node's (B24: a late write of a bind whose mark another
-/// node's binds pushed out landed online), one node's oldest go past its share, and the
-/// oldest of all go past the total. Every answer and the stored route agree op by op.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ended_binds_are_bounded_per_node_as_in_memory() {
-    use pushgate_core::store::{MAX_ENDED_BINDS, MAX_ENDED_BINDS_PER_NODE};
-    let redis = RedisServer::start();
-    let mut linked = Linked::connect(&redis.url(), this_node()).await;
-    let mut memory = MemoryStore::new();
-    let user = "ended-bound";
-    let offline = |host: &str, conn: &str, version: u64| StoreOp::SetRouteOffline {
-        user_id: user.into(),
-        client_type: ClientType::Mobile,
-        node: NodeAddr::new(host, 3001),
-        conn_id: conn.into(),
-        version,
-    };
-    let put = |host: &str, device: &str, conn: Option<&str>, version: u64| StoreOp::PutRoute {
+/// A bind of `user`'s mobile route on the node `host`:3001 (bind version and connection age
+/// `EPOCH_VERSION + version`).
+fn mobile_bind(user: &str, host: &str, device: &str, conn: Option<&str>, version: u64) -> StoreOp {
+    StoreOp::PutRoute {
         user_id: user.into(),
         client_type: ClientType::Mobile,
         route: RouteRecord {
@@ -1476,13 +1541,42 @@ async fn ended_binds_are_bounded_per_node_as_in_memory() {
             version: EPOCH_VERSION + version,
             conn_version: EPOCH_VERSION + version,
             ended: Vec::new(),
+            links: Vec::new(),
         },
-    };
-    let read = StoreOp::GetRoute {
+    }
+}
+
+/// A read of `user`'s mobile route.
+fn mobile_read(user: &str) -> StoreOp {
+    StoreOp::GetRoute {
         user_id: user.into(),
         client_type: Some(ClientType::Mobile),
         asker: None,
+    }
+}
+
+/// The bound on a route's ended binds, in the script as in `MemoryStore`: a node's marks are
+/// kept against a burst of another node's (B24: a late write of a bind whose mark another
+/// node's binds pushed out landed online), one node's oldest go past its share, and the
+/// oldest of all go past the total. Every answer and the stored route agree op by op.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ended_binds_are_bounded_per_node_as_in_memory() {
+    use pushgate_core::store::{MAX_ENDED_BINDS, MAX_ENDED_BINDS_PER_NODE};
+    let redis = RedisServer::start();
+    let mut scripted = Scripted::connect(&redis.url()).await;
+    let mut memory = MemoryStore::new();
+    let user = "ended-bound";
+    let offline = |host: &str, conn: &str, version: u64| StoreOp::SetRouteOffline {
+        user_id: user.into(),
+        client_type: ClientType::Mobile,
+        node: NodeAddr::new(host, 3001),
+        conn_id: conn.into(),
+        version,
     };
+    let put = |host: &str, device: &str, conn: Option<&str>, version: u64| {
+        mobile_bind(user, host, device, conn, version)
+    };
+    let read = mobile_read(user);
     let per_node = MAX_ENDED_BINDS_PER_NODE as u64;
     let mut ops = vec![
         // Another device's route, offline; node a's mark overtakes its bind's write.
@@ -1502,8 +1596,8 @@ async fn ended_binds_are_bounded_per_node_as_in_memory() {
     }
     ops.push(read.clone());
     for (step, op) in ops.into_iter().enumerate() {
-        let want = memory.apply(0, op.clone());
-        let got = linked.apply(op.clone()).await;
+        let want = memory.apply_on_link(0, op.clone(), 7);
+        let got = scripted.apply(op.clone(), 7).await;
         assert_eq!(got, want, "step {step}: {op:?}");
         if step == 2 + per_node as usize + 2 {
             assert!(matches!(got, Ok(StoreReply::Stale { .. })), "{got:?}");
@@ -1513,5 +1607,48 @@ async fn ended_binds_are_bounded_per_node_as_in_memory() {
         panic!("the route is stored");
     };
     assert_eq!(stored.ended.len(), MAX_ENDED_BINDS);
+    assert_eq!(
+        stored.links.len(),
+        pushgate_core::store::MAX_LINKS,
+        "a, b and every n noted their link, within the bound"
+    );
     assert!(!stored.is_online());
+}
+
+/// A node that replaced its Redis link (B27, seeds 66002216 and 69000987): a bind's write held
+/// on the old link reaches Redis after the bind's offline mark sent on the new one. The route
+/// remembers the node's newer link, so the held write is refused (`StoreError::Fenced`) and
+/// the route stays offline, while the new link's ops apply. Two links of one node started one
+/// after the other stamp increasing epochs, as a link's reconnects do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_held_on_a_replaced_link_is_refused_after_the_new_link_reached_the_route() {
+    let redis = RedisServer::start();
+    let mut old = Linked::connect(&redis.url(), this_node()).await;
+    let mut new = Linked::connect(&redis.url(), this_node()).await;
+    let user = "replaced-link";
+    let bind = |conn: &str, version: u64| mobile_bind(user, "h1", "dA", Some(conn), version);
+    let read = mobile_read(user);
+    let mark = StoreOp::SetRouteOffline {
+        user_id: user.into(),
+        client_type: ClientType::Mobile,
+        node: this_node(),
+        conn_id: "c1".into(),
+        version: EPOCH_VERSION + 1,
+    };
+    assert_eq!(new.apply(mark).await, Ok(StoreReply::Done));
+    assert_eq!(old.apply(bind("c1", 1)).await, Err(StoreError::Fenced));
+    let Ok(StoreReply::Route(Some((_, stored)))) = new.apply(read.clone()).await else {
+        panic!("the mark left a route");
+    };
+    assert!(!stored.is_online(), "the held write stayed out: {stored:?}");
+    assert_eq!(stored.links.len(), 1);
+    assert!(stored.is_fenced(&this_node(), stored.links[0].epoch - 1));
+    assert!(matches!(
+        new.apply(bind("c2", 2)).await,
+        Ok(StoreReply::Previous(Some(_)))
+    ));
+    let Ok(StoreReply::Route(Some((_, stored)))) = new.apply(read).await else {
+        panic!("a route");
+    };
+    assert_eq!(stored.conn_id.as_deref(), Some("c2"));
 }

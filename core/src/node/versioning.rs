@@ -92,6 +92,7 @@ impl Node {
             version: bound.route_version,
             conn_version: session.conn_version,
             ended: Vec::new(),
+            links: Vec::new(),
         };
         Some((bound.user_id.to_string(), session.client_type, record))
     }

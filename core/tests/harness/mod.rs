@@ -125,6 +125,7 @@ impl FakeStore {
             version: 0,
             conn_version: 0,
             ended: Vec::new(),
+            links: Vec::new(),
         }
     }
 }

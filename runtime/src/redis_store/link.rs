@@ -55,6 +55,13 @@ struct Request {
     op: StoreOp,
 }
 
+/// A request leaving on a connection, with that connection's epoch
+/// ([`crate::link_epoch::LinkEpochs`]).
+struct Outgoing {
+    request: Request,
+    link_epoch: u64,
+}
+
 /// The node side of the Redis store.
 #[derive(Debug, Clone)]
 pub struct RedisStore {
@@ -133,6 +140,7 @@ async fn run_link(
     // When the current outage began (None while up); the first connect counts as one.
     let mut outage: Option<(Instant, String)> = Some((Instant::now(), String::new()));
     let mut links = 0u64;
+    let mut epochs = crate::link_epoch::LinkEpochs::default();
     loop {
         let opened = match conn::open(&target, options.op_timeout).await {
             Ok(mut opened) => {
@@ -172,6 +180,7 @@ async fn run_link(
             metrics::counter!(names::STORE_RECONNECTS).increment(1);
         }
         let data = opened.data;
+        let link_epoch = epochs.next_epoch();
         let mut kicks = opened.pubsub.into_on_message();
         connected.store(true, Ordering::Relaxed);
         metrics::gauge!(names::STORE_CONNECTED).set(1.0);
@@ -225,7 +234,7 @@ async fn run_link(
                     let Some((request, arrived)) = waiting.pop_front() else { continue };
                     tokio::spawn(perform(
                         data.clone(),
-                        request,
+                        Outgoing { request, link_epoch },
                         arrived,
                         permit,
                         options.op_timeout,
@@ -331,7 +340,10 @@ fn answer(
 /// channel).
 async fn perform(
     mut data: DataConn,
-    request: Request,
+    Outgoing {
+        request,
+        link_epoch,
+    }: Outgoing,
     arrived: Instant,
     slot: OwnedSemaphorePermit,
     limit: Duration,
@@ -342,7 +354,7 @@ async fn perform(
     let left = limit.saturating_sub(arrived.elapsed());
     let outcome = tokio::time::timeout(left, async {
         let _slot = slot;
-        ops::execute(&mut data, request.op).await
+        ops::execute(&mut data, request.op, link_epoch).await
     })
     .await;
     let (result, event) = match outcome {
@@ -364,6 +376,7 @@ async fn perform(
         let kind = match error {
             StoreError::Timeout => "timeout",
             StoreError::Unavailable(_) => "unavailable",
+            StoreError::Fenced => "fenced",
         };
         metrics::counter!(names::STORE_ERRORS, "op" => name, "kind" => kind).increment(1);
         tracing::debug!(op = name, %error, "Redis store op failed");

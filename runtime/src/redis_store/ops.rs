@@ -37,6 +37,8 @@ pub enum OpError {
     Redis(RedisError),
     /// The op cannot be done as asked (an unreadable stored value, a version out of range).
     Refused(String),
+    /// The op came on a link its node has replaced since ([`StoreError::Fenced`]).
+    Fenced,
 }
 
 impl OpError {
@@ -46,6 +48,7 @@ impl OpError {
             OpError::Redis(error) if error.is_timeout() => StoreError::Timeout,
             OpError::Redis(error) => StoreError::Unavailable(format!("redis: {error}")),
             OpError::Refused(reason) => StoreError::Unavailable(reason.clone()),
+            OpError::Fenced => StoreError::Fenced,
         }
     }
 }
@@ -56,18 +59,30 @@ impl From<RedisError> for OpError {
     }
 }
 
-/// Performs `op` on `conn`.
-pub async fn execute<C: ConnectionLike + Send>(conn: &mut C, op: StoreOp) -> OpResult {
+/// Performs `op` on `conn`, a connection of the node's link of epoch `link_epoch` (the
+/// node's clock in µs when it opened the link; 0: none): a route op that comes after one the
+/// node sent on a newer link is refused ([`StoreError::Fenced`]).
+pub async fn execute<C: ConnectionLike + Send>(
+    conn: &mut C,
+    op: StoreOp,
+    link_epoch: u64,
+) -> OpResult {
     let mut event = None;
-    let reply = run(conn, op, &mut event).await;
+    let reply = run(conn, op, link_epoch, &mut event).await;
     OpResult { reply, event }
 }
 
 async fn run<C: ConnectionLike + Send>(
     conn: &mut C,
     op: StoreOp,
+    link_epoch: u64,
     event: &mut Option<StatusEvent>,
 ) -> Result<StoreReply, OpError> {
+    if link_epoch > scripts::MAX_EXACT_VERSION {
+        return Err(OpError::Refused(format!(
+            "link epochs above 2^53 cannot be compared in Redis ({link_epoch})"
+        )));
+    }
     Ok(match op {
         StoreOp::PutRoute {
             user_id,
@@ -84,7 +99,9 @@ async fn run<C: ConnectionLike + Send>(
             }
             let json = serde_json::to_string(&route)
                 .map_err(|e| OpError::Refused(format!("route to JSON: {e}")))?;
-            match scripts::put_route(conn, &user_id, client_type, &route, &json).await? {
+            match scripts::put_route(conn, &user_id, client_type, &route, &json, link_epoch).await?
+            {
+                scripts::PutOutcome::Fenced => return Err(OpError::Fenced),
                 scripts::PutOutcome::Stale(current) => {
                     tracing::debug!(user = %user_id, client_type = client_type.code(), version = route.version, conn_version = route.conn_version, stored = %current, "put-route: the store holds a newer bind");
                     StoreReply::Stale {
@@ -120,13 +137,25 @@ async fn run<C: ConnectionLike + Send>(
                 // No stored route can hold it (PutRoute refuses such versions): nothing to do.
                 return Ok(StoreReply::Done);
             }
-            if scripts::set_route_offline(conn, &user_id, client_type, &node, &conn_id, version)
-                .await?
+            match scripts::set_route_offline(
+                conn,
+                &user_id,
+                client_type,
+                &node,
+                &conn_id,
+                version,
+                link_epoch,
+            )
+            .await?
             {
-                *event = Some(StatusEvent::Offline {
-                    host: node.host,
-                    user_id,
-                });
+                scripts::Marked::Fenced => return Err(OpError::Fenced),
+                scripts::Marked::Offline => {
+                    *event = Some(StatusEvent::Offline {
+                        host: node.host,
+                        user_id,
+                    });
+                }
+                scripts::Marked::Remembered => {}
             }
             StoreReply::Done
         }
@@ -156,9 +185,11 @@ async fn run<C: ConnectionLike + Send>(
                 version,
                 &previous,
                 &json,
+                link_epoch,
             )
             .await?;
             *event = match restored {
+                scripts::Restored::Fenced => return Err(OpError::Fenced),
                 scripts::Restored::Online => Some(StatusEvent::Online {
                     host: previous.host.clone(),
                     user_id,

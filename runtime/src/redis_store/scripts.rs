@@ -2,7 +2,9 @@
 //! rules of `StoreState` (pushgate-core's `store_state`): a versioned `PutRoute`
 //! ([`RouteRecord::supersedes`], [`RouteRecord::knows_ended`]), a guarded `SetRouteOffline`
 //! ([`RouteRecord::take_offline`], else [`RouteRecord::remember_ended`]) and a guarded
-//! `RestoreRoute` ([`RouteRecord::is_bind`]). MPush reads a route, decides, then writes it (HGET then
+//! `RestoreRoute` ([`RouteRecord::is_bind`]), each refused when it comes on a store link its
+//! node has replaced and the route remembers the newer one ([`RouteRecord::is_fenced`], else
+//! [`RouteRecord::note_link`]). MPush reads a route, decides, then writes it (HGET then
 //! HSET): two nodes binding one user at once can both win. Here the read, the decision and the
 //! write are one script, so Redis applies them one at a time.
 //!
@@ -16,7 +18,7 @@
 //! ([`MAX_EXACT_VERSION`]) instead of comparing them wrongly.
 use super::keys;
 use pushgate_core::route::ClientType;
-use pushgate_core::store::{RouteRecord, MAX_ENDED_BINDS, MAX_ENDED_BINDS_PER_NODE};
+use pushgate_core::store::{RouteRecord, MAX_ENDED_BINDS, MAX_ENDED_BINDS_PER_NODE, MAX_LINKS};
 use pushgate_core::NodeAddr;
 use redis::aio::ConnectionLike;
 use redis::{RedisResult, Script};
@@ -28,7 +30,7 @@ pub const MAX_EXACT_VERSION: u64 = 1 << 53;
 /// Helpers shared by the scripts: a decoded field as a string or a number (the empty value
 /// when absent, null or of another type, as serde's defaults give for absent keys); the rules
 /// of [`RouteRecord`] on a decoded route (`is_on`, `is_bind`, `knows_ended`,
-/// `remember_ended`); and the route's JSON in serde's key order (MPush's order for MPush's
+/// `remember_ended`, `is_fenced`, `note_link`); and the route's JSON in serde's key order (MPush's order for MPush's
 /// keys), integers written exactly.
 const LUA_HELPERS: &str = r#"
 local function str(v) if type(v) == 'string' then return v end return '' end
@@ -69,6 +71,39 @@ local function remember_ended(r, host, port, version)
   r['endedBinds'] = ended
   return true
 end
+local function links_of(r)
+  if type(r['links']) == 'table' then return r['links'] end
+  return {}
+end
+local function is_fenced(r, host, port, epoch)
+  if epoch == 0 then return false end
+  for _, l in ipairs(links_of(r)) do
+    if type(l) == 'table' and str(l['host']) == host and num(l['port']) == port and num(l['epoch']) > epoch then
+      return true
+    end
+  end
+  return false
+end
+local function note_link(r, host, port, epoch)
+  if epoch == 0 then return false end
+  local links = links_of(r)
+  local at = nil
+  for i, l in ipairs(links) do
+    if type(l) == 'table' and str(l['host']) == host and num(l['port']) == port then
+      if num(l['epoch']) >= epoch then return false end
+      at = i
+      break
+    end
+  end
+  if at ~= nil then
+    table.remove(links, at)
+  elseif #links >= MAX_LINKS then
+    table.remove(links, 1)
+  end
+  table.insert(links, {host = host, port = port, epoch = epoch})
+  r['links'] = links
+  return true
+end
 local function encode_route(r)
   local parts = {'"port":' .. int(num(r['port'])), '"host":' .. cjson.encode(str(r['host']))}
   for _, k in ipairs({'deviceId', 'osName', 'clientVersion'}) do
@@ -87,28 +122,45 @@ local function encode_route(r)
     end
     table.insert(parts, '"endedBinds":[' .. table.concat(items, ',') .. ']')
   end
+  local links = links_of(r)
+  if #links > 0 then
+    local items = {}
+    for _, l in ipairs(links) do
+      table.insert(items, '{"host":' .. cjson.encode(str(l['host'])) .. ',"port":' .. int(num(l['port']))
+        .. ',"epoch":' .. int(num(l['epoch'])) .. '}')
+    end
+    table.insert(parts, '"links":[' .. table.concat(items, ',') .. ']')
+  end
   return '{' .. table.concat(parts, ',') .. '}'
 end
 "#;
 
 /// KEYS[1] = `mp:ur:{userId}`; ARGV = field, new route JSON, new deviceId, '1' when the new
-/// route has a connId, that connId, new version, new connVersion, new host, new port, and
-/// the clocks' margin (`MAX_CLOCK_DISAGREEMENT_US`) between connection ages of the same
-/// device stamped by two nodes.
-/// Returns `{1, previous or nil}` when written, `{0, current}` when the stored route is the
-/// newer bind ([`RouteRecord::supersedes`]) or knows this bind ended
-/// ([`RouteRecord::knows_ended`]). The written route keeps the stored route's ended binds, and
-/// remembers the stored route's own bind as ended when it was offline.
+/// route has a connId, that connId, new version, new connVersion, new host, new port, the
+/// clocks' margin (`MAX_CLOCK_DISAGREEMENT_US`) between connection ages of the same device
+/// stamped by two nodes, and the epoch of the link it came on (0: none).
+/// Returns `{2, nil}` when the op came on a link its node has replaced ([`RouteRecord::is_fenced`]),
+/// `{1, previous or nil}` when written, `{0, current}` when the stored route is the newer
+/// bind ([`RouteRecord::supersedes`]) or knows this bind ended ([`RouteRecord::knows_ended`]).
+/// The written route keeps the stored route's ended binds and links, and remembers the stored
+/// route's own bind as ended when it was offline. A route of a versioned bind remembers the
+/// link it came on; an unversioned one (MPush's) is written as it came.
 const PUT_ROUTE_BODY: &str = r#"
 local cur = redis.call('HGET', KEYS[1], ARGV[1])
 local value = ARGV[2]
+local host = ARGV[8]
+local port = tonumber(ARGV[9])
+local new_version = tonumber(ARGV[6])
+local epoch = tonumber(ARGV[11])
+if new_version == 0 then epoch = 0 end
+local new = nil
 if cur then
   local ok, old = pcall(cjson.decode, cur)
   if ok and type(old) == 'table' then
+    if is_fenced(old, host, port, epoch) then return {2, false} end
     local new_device = ARGV[3]
     local new_has_conn = ARGV[4] == '1'
     local new_conn = ARGV[5]
-    local new_version = tonumber(ARGV[6])
     local new_conn_version = tonumber(ARGV[7])
     local old_conn = old['connId']
     local old_has_conn = type(old_conn) == 'string'
@@ -126,7 +178,7 @@ if cur then
       local margin = tonumber(ARGV[10])
       if is_online(old) then
         -- Across nodes the new connection must be newer by more than the clocks disagree.
-        local same_node = str(old['host']) == ARGV[8] and num(old['port']) == tonumber(ARGV[9])
+        local same_node = str(old['host']) == host and num(old['port']) == port
         if same_node then
           wins = new_conn_version >= old_conn_version
         else
@@ -139,81 +191,109 @@ if cur then
     else
       wins = new_version >= num(old['version'])
     end
-    if not wins or knows_ended(old, ARGV[8], tonumber(ARGV[9]), new_version) then
+    if not wins or knows_ended(old, host, port, new_version) then
+      if note_link(old, host, port, epoch) then
+        redis.call('HSET', KEYS[1], ARGV[1], encode_route(old))
+      end
       return {0, cur}
     end
-    local new = cjson.decode(value)
-    local carried = {endedBinds = ended_of(old)}
+    local carried = {endedBinds = ended_of(old), links = links_of(old)}
     if not is_online(old) and num(old['version']) ~= 0 then
       remember_ended(carried, str(old['host']), num(old['port']), num(old['version']))
     end
-    if #carried['endedBinds'] > 0 or #ended_of(new) > 0 then
+    new = cjson.decode(value)
+    if #carried['endedBinds'] > 0 or #ended_of(new) > 0 or #carried['links'] > 0 or #links_of(new) > 0 then
       new['endedBinds'] = carried['endedBinds']
+      new['links'] = carried['links']
       value = encode_route(new)
     end
   end
+end
+if epoch ~= 0 then
+  if new == nil then new = cjson.decode(value) end
+  note_link(new, host, port, epoch)
+  value = encode_route(new)
 end
 redis.call('HSET', KEYS[1], ARGV[1], value)
 return {1, cur}
 "#;
 
-/// KEYS[1] = `mp:ur:{userId}`; ARGV = field, node host, node port, connId, version.
-/// Takes the route offline (rewritten without its connId, MPush's offline marker) when it
-/// still names that node and connection with that bind version or an older one (remembering
-/// the newer one as ended), and returns 1. Otherwise remembers
-/// the bind as ended (in the stored route, or in an empty offline route when none is stored)
-/// and returns 0.
+/// KEYS[1] = `mp:ur:{userId}`; ARGV = field, node host, node port, connId, version, the epoch
+/// of the link it came on (0: none). Returns -1 when the op came on a link its node has
+/// replaced ([`RouteRecord::is_fenced`]). Otherwise takes the route offline (rewritten
+/// without its connId, MPush's offline marker) when it still names that node and connection
+/// with that bind version or an older one (remembering the newer one as ended), and returns
+/// 1; else remembers the bind as ended (in the stored route, or in an empty offline route
+/// when none is stored) and returns 0. The route remembers the link of a versioned bind's mark.
 const SET_ROUTE_OFFLINE_BODY: &str = r#"
 local host = ARGV[2]
 local port = tonumber(ARGV[3])
 local version = tonumber(ARGV[5])
+local epoch = tonumber(ARGV[6])
+if version == 0 then epoch = 0 end
 local cur = redis.call('HGET', KEYS[1], ARGV[1])
 local r
 if cur then
   local ok, decoded = pcall(cjson.decode, cur)
   if not ok or type(decoded) ~= 'table' then return 0 end
   r = decoded
+  if is_fenced(r, host, port, epoch) then return -1 end
   if is_on(r, host, port) and r['connId'] == ARGV[4] and num(r['version']) <= version then
     r['connId'] = nil
     if num(r['version']) ~= version then remember_ended(r, host, port, version) end
+    note_link(r, host, port, epoch)
     redis.call('HSET', KEYS[1], ARGV[1], encode_route(r))
     return 1
   end
 else
   r = {port = 0, host = ''}
 end
-if remember_ended(r, host, port, version) or not cur then
+local changed = remember_ended(r, host, port, version)
+if note_link(r, host, port, epoch) or changed or not cur then
   redis.call('HSET', KEYS[1], ARGV[1], encode_route(r))
 end
 return 0
 "#;
 
 /// KEYS[1] = `mp:ur:{userId}`; ARGV = field, node host, node port, bind version, previous
-/// route JSON, its host, port and version. Puts the previous route back while the stored route
-/// is that bind ([`RouteRecord::is_bind`]), offline when the stored route knows the previous
-/// bind ended, keeping the stored ended binds and remembering the undone bind as ended (a late
-/// write of it then stays out). Returns 2 when the restored route is online,
-/// 1 when offline, 0 when nothing changed.
+/// route JSON, its host, port and version, and the epoch of the link it came on (0: none).
+/// Returns -1 when the op came on a link its node has replaced ([`RouteRecord::is_fenced`]).
+/// Otherwise puts the previous route back while the stored route is that bind
+/// ([`RouteRecord::is_bind`]), offline when the stored route knows the previous bind ended,
+/// keeping the stored ended binds and links and remembering the undone bind as ended (a late
+/// write of it then stays out). Returns 2 when the restored route is online, 1 when offline,
+/// 0 when nothing changed but the link the route remembers.
 const RESTORE_ROUTE_BODY: &str = r#"
+local host = ARGV[2]
+local port = tonumber(ARGV[3])
+local version = tonumber(ARGV[4])
+local epoch = tonumber(ARGV[9])
+if version == 0 then epoch = 0 end
 local cur = redis.call('HGET', KEYS[1], ARGV[1])
 if not cur then return 0 end
 local ok, r = pcall(cjson.decode, cur)
 if not ok or type(r) ~= 'table' then return 0 end
-if not is_bind(r, ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])) then return 0 end
+if is_fenced(r, host, port, epoch) then return -1 end
+if not is_bind(r, host, port, version) then
+  if note_link(r, host, port, epoch) then redis.call('HSET', KEYS[1], ARGV[1], encode_route(r)) end
+  return 0
+end
 local previous = cjson.decode(ARGV[5])
 if knows_ended(r, ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[8])) then previous['connId'] = nil end
 previous['endedBinds'] = ended_of(r)
-remember_ended(previous, ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]))
+previous['links'] = links_of(r)
+remember_ended(previous, host, port, version)
+note_link(previous, host, port, epoch)
 redis.call('HSET', KEYS[1], ARGV[1], encode_route(previous))
 if is_online(previous) then return 2 end
 return 1
 "#;
 
-/// The scripts' source: the helpers (with [`MAX_ENDED_BINDS`] and
-/// [`MAX_ENDED_BINDS_PER_NODE`]) before a body.
+/// The scripts' source: the helpers (with [`MAX_ENDED_BINDS`], [`MAX_ENDED_BINDS_PER_NODE`]
+/// and [`MAX_LINKS`]) before a body.
 fn script(body: &str) -> Script {
     Script::new(&format!(
-        "local MAX_ENDED = {MAX_ENDED_BINDS}\nlocal MAX_ENDED_PER_NODE = {MAX_ENDED_BINDS_PER_NODE}\n{LUA_HELPERS}{body}"
+        "local MAX_ENDED = {MAX_ENDED_BINDS}\nlocal MAX_ENDED_PER_NODE = {MAX_ENDED_BINDS_PER_NODE}\nlocal MAX_LINKS = {MAX_LINKS}\n{LUA_HELPERS}{body}"
     ))
 }
 
@@ -224,6 +304,8 @@ static RESTORE_ROUTE: LazyLock<Script> = LazyLock::new(|| script(RESTORE_ROUTE_B
 /// What the put-route script did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PutOutcome {
+    /// Not applied: the op came on a link its node has replaced.
+    Fenced,
     /// Written; the raw value it replaced.
     Written(Option<String>),
     /// Not written: the raw value stored, a newer bind.
@@ -237,6 +319,7 @@ pub async fn put_route<C: ConnectionLike>(
     client_type: ClientType,
     route: &RouteRecord,
     json: &str,
+    link_epoch: u64,
 ) -> RedisResult<PutOutcome> {
     let (written, stored): (i64, Option<String>) = PUT_ROUTE
         .key(keys::user_routes(user_id))
@@ -250,15 +333,28 @@ pub async fn put_route<C: ConnectionLike>(
         .arg(&route.host)
         .arg(route.port)
         .arg(pushgate_core::store::MAX_CLOCK_DISAGREEMENT_US)
+        .arg(link_epoch)
         .invoke_async(conn)
         .await?;
     Ok(match (written, stored) {
+        (2, _) => PutOutcome::Fenced,
         (0, Some(current)) => PutOutcome::Stale(current),
         (_, previous) => PutOutcome::Written(previous),
     })
 }
 
-/// Runs the offline-mark script; true when the route went offline.
+/// What the offline-mark script did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Marked {
+    /// Not applied: the op came on a link its node has replaced.
+    Fenced,
+    /// The route went offline.
+    Offline,
+    /// The bind is remembered as ended (or was already).
+    Remembered,
+}
+
+/// Runs the offline-mark script.
 pub async fn set_route_offline<C: ConnectionLike>(
     conn: &mut C,
     user_id: &str,
@@ -266,7 +362,8 @@ pub async fn set_route_offline<C: ConnectionLike>(
     node: &NodeAddr,
     conn_id: &str,
     version: u64,
-) -> RedisResult<bool> {
+    link_epoch: u64,
+) -> RedisResult<Marked> {
     let taken: i64 = SET_ROUTE_OFFLINE
         .key(keys::user_routes(user_id))
         .arg(keys::client_type_field(client_type))
@@ -274,14 +371,21 @@ pub async fn set_route_offline<C: ConnectionLike>(
         .arg(node.port)
         .arg(conn_id)
         .arg(version)
+        .arg(link_epoch)
         .invoke_async(conn)
         .await?;
-    Ok(taken == 1)
+    Ok(match taken {
+        -1 => Marked::Fenced,
+        1 => Marked::Offline,
+        _ => Marked::Remembered,
+    })
 }
 
 /// What the restore script did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Restored {
+    /// Not applied: the op came on a link its node has replaced.
+    Fenced,
     Nothing,
     Online,
     Offline,
@@ -297,6 +401,7 @@ pub async fn restore_route<C: ConnectionLike>(
     version: u64,
     previous: &RouteRecord,
     previous_json: &str,
+    link_epoch: u64,
 ) -> RedisResult<Restored> {
     let outcome: i64 = RESTORE_ROUTE
         .key(keys::user_routes(user_id))
@@ -308,9 +413,11 @@ pub async fn restore_route<C: ConnectionLike>(
         .arg(&previous.host)
         .arg(previous.port)
         .arg(previous.version)
+        .arg(link_epoch)
         .invoke_async(conn)
         .await?;
     Ok(match outcome {
+        -1 => Restored::Fenced,
         2 => Restored::Online,
         1 => Restored::Offline,
         _ => Restored::Nothing,
