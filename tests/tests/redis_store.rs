@@ -1306,6 +1306,63 @@ async fn a_burst_beyond_the_slots_is_answered_in_full_and_waiting_requests_keep_
     );
 }
 
+/// Requests waiting for a slot when the link is lost are answered at once as unavailable
+/// (the node sends them again on the next link), not left to their deadline: Redis stalls
+/// with one request in flight and more queued, then dies; every request gets exactly one
+/// answer, long before the 30 s deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_waiting_for_a_slot_when_the_link_is_lost_are_answered_as_unavailable() {
+    let mut redis = RedisServer::start();
+    let (store, mut rx) = start_connected(
+        &redis,
+        RedisOptions {
+            op_timeout: Duration::from_secs(30),
+            max_in_flight: 1,
+            ping_interval: Duration::from_millis(100),
+            ..RedisOptions::default()
+        },
+    )
+    .await;
+    redis.command(&["CLIENT", "PAUSE", "20000", "ALL"]);
+    const REQUESTS: u64 = 20;
+    for id in 1..=REQUESTS {
+        assert!(
+            store.request(id, mobile_read("lost-link")),
+            "request {id} refused"
+        );
+    }
+    // One in flight, the rest queued behind the one slot; then Redis dies.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    redis.process.kill();
+    let mut answers = std::collections::BTreeMap::new();
+    while answers.len() < REQUESTS as usize {
+        match tokio::time::timeout(Duration::from_secs(5), rx.recv()).await {
+            Ok(Some(StoreLinkEvent::Message(FromStore::Reply { id, result }))) => {
+                assert!(
+                    answers.insert(id, result).is_none(),
+                    "request {id} answered twice"
+                );
+            }
+            Ok(Some(_)) => {}
+            other => panic!(
+                "{} of {REQUESTS} requests answered after the link was lost: {other:?}",
+                answers.len()
+            ),
+        }
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    let unavailable = answers
+        .values()
+        .filter(|r| matches!(r, Err(StoreError::Unavailable(_))))
+        .count();
+    assert_eq!(unavailable, REQUESTS as usize, "{answers:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_redis_is_answered_within_the_deadline_and_the_link_recovers() {
     let redis = RedisServer::start();
