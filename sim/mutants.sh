@@ -117,7 +117,7 @@ M = [
  ("late-write-clock-ahead", "across nodes, a route write whose connection age reads newer by any amount displaces the device's live route (B26)",
   [("core/src/store.rs", "            && self.conn_version\n                < stored\n                    .conn_version\n                    .saturating_add(self.age_margin_us(stored))\n", "            && self.conn_version < stored.conn_version\n")]),
  ("link-fence-off", "a route op sent on a store link its node has replaced lands after the ops of the new link (B27)",
-  [("core/src/store_state.rs", ".is_some_and(|route| route.is_fenced(node, link_epoch))", ".is_some_and(|route| route.is_fenced(node, link_epoch) && false)")]),
+  [("core/src/store_state.rs", ".and_then(|route| route.fence_of(node, link_epoch));", ".and_then(|route| route.fence_of(node, link_epoch)).filter(|_| false);")]),
  ("fast-connect-ok-before-session", "FAST_CONNECT-ok is queued before the connection takes on the session (the churn soak's ERROR 100)",
   [("core/src/node/fast_connect.rs", """        self.outputs.push_back(Output::Resume {
             conn,

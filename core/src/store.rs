@@ -257,11 +257,16 @@ impl RouteRecord {
     /// node sent on a newer link has reached this route already. Epoch 0 (an op not sent over
     /// a link: the embedded store) is never fenced.
     pub fn is_fenced(&self, node: &NodeAddr, epoch: u64) -> bool {
-        epoch != 0
-            && self
-                .links
-                .iter()
-                .any(|link| link.is_of(node) && link.epoch > epoch)
+        self.fence_of(node, epoch).is_some()
+    }
+
+    /// The epoch of `node`'s newer link that fences an op it sent on its link `epoch`
+    /// ([`RouteRecord::is_fenced`]), if any.
+    pub fn fence_of(&self, node: &NodeAddr, epoch: u64) -> Option<u64> {
+        self.links
+            .iter()
+            .find(|link| epoch != 0 && link.is_of(node) && link.epoch > epoch)
+            .map(|link| link.epoch)
     }
 
     /// Remembers that an op of `node` sent on its link `epoch` reached this route; true when
@@ -509,10 +514,12 @@ pub enum StoreError {
     #[error("route store request timed out")]
     Timeout,
     /// The op came on a store link its node has replaced since, and an op the node sent on the
-    /// newer link reached the route first: not applied ([`RouteRecord::is_fenced`]). Send it
-    /// again if it still matters.
-    #[error("route store op sent on a link this node has replaced")]
-    Fenced,
+    /// newer link (of epoch `newest_epoch`) reached the route first: not applied
+    /// ([`RouteRecord::is_fenced`]). Send it again if it still matters. The link it came on
+    /// takes its epochs above `newest_epoch` from then on: when it is the node's current link,
+    /// the node's clock stepped back since an earlier run of it stamped the newer epoch.
+    #[error("route store op sent on a link this node has replaced (its link {newest_epoch} reached the route)")]
+    Fenced { newest_epoch: u64 },
 }
 
 /// A store request as it leaves the core.

@@ -126,12 +126,12 @@ impl StoreState {
     ) -> Result<StoreReply, StoreError> {
         let sent_by = route_sender(&op).filter(|_| link_epoch != 0);
         if let Some((key, node)) = &sent_by {
-            if self
+            let fence = self
                 .routes
                 .get(key)
-                .is_some_and(|route| route.is_fenced(node, link_epoch))
-            {
-                return Err(StoreError::Fenced);
+                .and_then(|route| route.fence_of(node, link_epoch));
+            if let Some(newest_epoch) = fence {
+                return Err(StoreError::Fenced { newest_epoch });
             }
         }
         let reply = self.apply(now_ms, op);
@@ -1003,7 +1003,9 @@ mod tests {
         );
         assert_eq!(
             s.apply_on_link(0, held.clone(), old_link),
-            Err(StoreError::Fenced)
+            Err(StoreError::Fenced {
+                newest_epoch: new_link
+            })
         );
         let after = s.routes.get(&("u".into(), ClientType::Mobile)).unwrap();
         assert!(!after.is_online() && after.is_on(&NodeAddr::new(other, 3001)));

@@ -264,7 +264,7 @@ async fn run_remote(
         };
         let _ = stream.set_nodelay(true);
         backoff_ms = 50;
-        let epoch = epochs.next_epoch();
+        let mut epoch = epochs.next_epoch();
         let mut out = BytesMut::new();
         encode_frame(&ToStore::Subscribe { node: node.clone() }, &mut out);
         if stream.write_all(&out).await.is_err() || stream.flush().await.is_err() {
@@ -290,8 +290,17 @@ async fn run_remote(
                 message = read_frame::<FromStore>(&mut stream, &mut inbound) => {
                     match message {
                         Some(message) => {
-                            if let FromStore::Reply { id, .. } = &message {
+                            if let FromStore::Reply { id, result } = &message {
                                 unanswered.remove(id);
+                                if let Err(StoreError::Fenced { newest_epoch }) = result {
+                                    if *newest_epoch >= epoch {
+                                        // This connection is the node's newest, yet the store
+                                        // knows a newer epoch of it: the clock stepped back
+                                        // since an earlier run stamped that one.
+                                        tracing::warn!(epoch, newest_epoch, "the store knows a newer link epoch of this node; continuing above it");
+                                        epoch = epochs.above(*newest_epoch);
+                                    }
+                                }
                             }
                             if deliver.send(StoreLinkEvent::Message(message)).is_err() {
                                 return; // the node task is gone
@@ -430,6 +439,59 @@ mod tests {
             epochs.push(link);
         }
         assert!(epochs[0] > 0 && epochs[1] > epochs[0], "{epochs:?}");
+    }
+
+    /// A store that knows a newer epoch of this node than its clock gives now (an earlier run
+    /// stamped it before the clock stepped back) refuses the first request naming it; the
+    /// link's later requests carry an epoch above it, on the same connection.
+    #[cfg(not(madsim))]
+    #[tokio::test]
+    async fn a_refusal_naming_a_newer_epoch_moves_the_link_above_it() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (seen_tx, mut seen) = mpsc::unbounded_channel::<u64>();
+        let ahead = u64::MAX / 4;
+        tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut inbound = BytesMut::new();
+            while let Some(message) = read_frame::<ToStore>(&mut stream, &mut inbound).await {
+                if let ToStore::Request { id, link, .. } = message {
+                    let _ = seen_tx.send(link);
+                    let mut out = BytesMut::new();
+                    let result = Err(StoreError::Fenced {
+                        newest_epoch: ahead,
+                    });
+                    encode_frame(&FromStore::Reply { id, result }, &mut out);
+                    stream.write_all(&out).await.unwrap();
+                }
+            }
+        });
+        let (store, mut events) = RemoteStore::start(addr, this_node(), Duration::from_secs(5));
+        let within = Duration::from_secs(10);
+        let connected = tokio::time::timeout(within, events.recv()).await.unwrap();
+        assert_eq!(connected, Some(StoreLinkEvent::Connected));
+        let get = || StoreOp::GetRoute {
+            user_id: "u".into(),
+            client_type: Some(ClientType::Mobile),
+            asker: None,
+        };
+        assert!(store.request(1, get()));
+        let first = tokio::time::timeout(within, seen.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(first < ahead);
+        let refused = tokio::time::timeout(within, events.recv()).await.unwrap();
+        assert!(matches!(
+            refused,
+            Some(StoreLinkEvent::Message(FromStore::Reply { id: 1, .. }))
+        ));
+        assert!(store.request(2, get()));
+        let second = tokio::time::timeout(within, seen.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(second, ahead + 1);
     }
 
     /// Without requests outstanding, a quiet link is left alone.

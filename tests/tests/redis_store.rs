@@ -1693,13 +1693,18 @@ async fn a_write_held_on_a_replaced_link_is_refused_after_the_new_link_reached_t
         version: EPOCH_VERSION + 1,
     };
     assert_eq!(new.apply(mark).await, Ok(StoreReply::Done));
-    assert_eq!(old.apply(bind("c1", 1)).await, Err(StoreError::Fenced));
+    let refused = old.apply(bind("c1", 1)).await;
     let Ok(StoreReply::Route(Some((_, stored)))) = new.apply(read.clone()).await else {
         panic!("the mark left a route");
     };
     assert!(!stored.is_online(), "the held write stayed out: {stored:?}");
     assert_eq!(stored.links.len(), 1);
-    assert!(stored.is_fenced(&this_node(), stored.links[0].epoch - 1));
+    assert_eq!(
+        refused,
+        Err(StoreError::Fenced {
+            newest_epoch: stored.links[0].epoch
+        })
+    );
     assert!(matches!(
         new.apply(bind("c2", 2)).await,
         Ok(StoreReply::Previous(Some(_)))
@@ -1708,4 +1713,40 @@ async fn a_write_held_on_a_replaced_link_is_refused_after_the_new_link_reached_t
         panic!("a route");
     };
     assert_eq!(stored.conn_id.as_deref(), Some("c2"));
+}
+
+/// A node whose clock stepped back since an earlier run of it wrote a route (that run's link
+/// epoch is ahead of every epoch the clock gives now): its first route op is refused naming
+/// the newer epoch, the link continues above it, and the op sent again applies — the node's
+/// routes are refused once, not until the clock catches up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_behind_an_earlier_run_of_its_node_continues_above_it_after_one_refusal() {
+    let redis = RedisServer::start();
+    let user = "clock-back";
+    let ahead = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64
+        + 3_600_000_000;
+    let earlier_run = format!(
+        r#"{{"port":3001,"host":"h1","deviceId":"dA","osName":"android","clientVersion":"2.0","version":{EPOCH_VERSION},"connVersion":{EPOCH_VERSION},"links":[{{"host":"h1","port":3001,"epoch":{ahead}}}]}}"#
+    );
+    redis.command(&["HSET", &format!("mp:ur:{user}"), "1", &earlier_run]);
+    let mut linked = Linked::connect(&redis.url(), this_node()).await;
+    let bind = mobile_bind(user, "h1", "dA", Some("c1"), 1);
+    assert_eq!(
+        linked.apply(bind.clone()).await,
+        Err(StoreError::Fenced {
+            newest_epoch: ahead
+        })
+    );
+    assert!(matches!(
+        linked.apply(bind).await,
+        Ok(StoreReply::Previous(Some(_)))
+    ));
+    let Ok(StoreReply::Route(Some((_, stored)))) = linked.apply(mobile_read(user)).await else {
+        panic!("a route");
+    };
+    assert_eq!(stored.conn_id.as_deref(), Some("c1"));
+    assert!(stored.links[0].epoch > ahead, "{:?}", stored.links);
 }

@@ -18,7 +18,7 @@ use futures_util::StreamExt;
 use pushgate_core::store::{StoreError, StoreOp};
 use pushgate_core::NodeAddr;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
@@ -56,10 +56,11 @@ struct Request {
 }
 
 /// A request leaving on a connection, with that connection's epoch
-/// ([`crate::link_epoch::LinkEpochs`]).
+/// ([`crate::link_epoch::LinkEpochs`]): read when the op goes out, raised past the epoch a
+/// refusal names when the store knows a newer one of this node (a clock that stepped back).
 struct Outgoing {
     request: Request,
-    link_epoch: u64,
+    link_epoch: Arc<AtomicU64>,
 }
 
 /// The node side of the Redis store.
@@ -141,6 +142,7 @@ async fn run_link(
     let mut outage: Option<(Instant, String)> = Some((Instant::now(), String::new()));
     let mut links = 0u64;
     let mut epochs = crate::link_epoch::LinkEpochs::default();
+    let mut last_epoch = 0;
     loop {
         let opened = match conn::open(&target, options.op_timeout).await {
             Ok(mut opened) => {
@@ -180,7 +182,8 @@ async fn run_link(
             metrics::counter!(names::STORE_RECONNECTS).increment(1);
         }
         let data = opened.data;
-        let link_epoch = epochs.next_epoch();
+        // Above every epoch used before, also one a refusal raised on the last connection.
+        let link_epoch = Arc::new(AtomicU64::new(epochs.above(last_epoch)));
         let mut kicks = opened.pubsub.into_on_message();
         connected.store(true, Ordering::Relaxed);
         metrics::gauge!(names::STORE_CONNECTED).set(1.0);
@@ -234,7 +237,7 @@ async fn run_link(
                     let Some((request, arrived)) = waiting.pop_front() else { continue };
                     tokio::spawn(perform(
                         data.clone(),
-                        Outgoing { request, link_epoch },
+                        Outgoing { request, link_epoch: link_epoch.clone() },
                         arrived,
                         permit,
                         options.op_timeout,
@@ -279,6 +282,7 @@ async fn run_link(
             }
         };
         connected.store(false, Ordering::Relaxed);
+        last_epoch = link_epoch.load(Ordering::Relaxed);
         metrics::gauge!(names::STORE_CONNECTED).set(0.0);
         metrics::counter!(names::STORE_OUTAGES).increment(1);
         tracing::warn!(redis = %target, %reason, "lost the Redis link; reconnecting");
@@ -354,7 +358,20 @@ async fn perform(
     let left = limit.saturating_sub(arrived.elapsed());
     let outcome = tokio::time::timeout(left, async {
         let _slot = slot;
-        ops::execute(&mut data, request.op, link_epoch).await
+        let epoch = link_epoch.load(Ordering::Relaxed);
+        let done = ops::execute(&mut data, request.op, epoch).await;
+        if let Err(ops::OpError::Fenced(newest)) = &done.reply {
+            if *newest >= epoch && link_epoch.fetch_max(newest + 1, Ordering::Relaxed) <= *newest {
+                // This connection is the node's newest, yet Redis knows a newer epoch of it:
+                // the clock stepped back since an earlier run stamped that one.
+                tracing::warn!(
+                    epoch,
+                    newest,
+                    "Redis knows a newer link epoch of this node; continuing above it"
+                );
+            }
+        }
+        done
     })
     .await;
     let (result, event) = match outcome {
@@ -376,7 +393,7 @@ async fn perform(
         let kind = match error {
             StoreError::Timeout => "timeout",
             StoreError::Unavailable(_) => "unavailable",
-            StoreError::Fenced => "fenced",
+            StoreError::Fenced { .. } => "fenced",
         };
         metrics::counter!(names::STORE_ERRORS, "op" => name, "kind" => kind).increment(1);
         tracing::debug!(op = name, %error, "Redis store op failed");

@@ -37,8 +37,9 @@ pub enum OpError {
     Redis(RedisError),
     /// The op cannot be done as asked (an unreadable stored value, a version out of range).
     Refused(String),
-    /// The op came on a link its node has replaced since ([`StoreError::Fenced`]).
-    Fenced,
+    /// The op came on a link its node has replaced since ([`StoreError::Fenced`]): the newer
+    /// link's epoch.
+    Fenced(u64),
 }
 
 impl OpError {
@@ -48,7 +49,9 @@ impl OpError {
             OpError::Redis(error) if error.is_timeout() => StoreError::Timeout,
             OpError::Redis(error) => StoreError::Unavailable(format!("redis: {error}")),
             OpError::Refused(reason) => StoreError::Unavailable(reason.clone()),
-            OpError::Fenced => StoreError::Fenced,
+            OpError::Fenced(newest_epoch) => StoreError::Fenced {
+                newest_epoch: *newest_epoch,
+            },
         }
     }
 }
@@ -101,7 +104,7 @@ async fn run<C: ConnectionLike + Send>(
                 .map_err(|e| OpError::Refused(format!("route to JSON: {e}")))?;
             match scripts::put_route(conn, &user_id, client_type, &route, &json, link_epoch).await?
             {
-                scripts::PutOutcome::Fenced => return Err(OpError::Fenced),
+                scripts::PutOutcome::Fenced(epoch) => return Err(OpError::Fenced(epoch)),
                 scripts::PutOutcome::Stale(current) => {
                     tracing::debug!(user = %user_id, client_type = client_type.code(), version = route.version, conn_version = route.conn_version, stored = %current, "put-route: the store holds a newer bind");
                     StoreReply::Stale {
@@ -148,7 +151,7 @@ async fn run<C: ConnectionLike + Send>(
             )
             .await?
             {
-                scripts::Marked::Fenced => return Err(OpError::Fenced),
+                scripts::Marked::Fenced(epoch) => return Err(OpError::Fenced(epoch)),
                 scripts::Marked::Offline => {
                     *event = Some(StatusEvent::Offline {
                         host: node.host,
@@ -189,7 +192,7 @@ async fn run<C: ConnectionLike + Send>(
             )
             .await?;
             *event = match restored {
-                scripts::Restored::Fenced => return Err(OpError::Fenced),
+                scripts::Restored::Fenced(epoch) => return Err(OpError::Fenced(epoch)),
                 scripts::Restored::Online => Some(StatusEvent::Online {
                     host: previous.host.clone(),
                     user_id,

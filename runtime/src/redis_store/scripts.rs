@@ -30,7 +30,7 @@ pub const MAX_EXACT_VERSION: u64 = 1 << 53;
 /// Helpers shared by the scripts: a decoded field as a string or a number (the empty value
 /// when absent, null or of another type, as serde's defaults give for absent keys); the rules
 /// of [`RouteRecord`] on a decoded route (`is_on`, `is_bind`, `knows_ended`,
-/// `remember_ended`, `is_fenced`, `note_link`); and the route's JSON in serde's key order (MPush's order for MPush's
+/// `remember_ended`, `fence_of`, `note_link`); and the route's JSON in serde's key order (MPush's order for MPush's
 /// keys), integers written exactly.
 const LUA_HELPERS: &str = r#"
 local function str(v) if type(v) == 'string' then return v end return '' end
@@ -75,14 +75,14 @@ local function links_of(r)
   if type(r['links']) == 'table' then return r['links'] end
   return {}
 end
-local function is_fenced(r, host, port, epoch)
-  if epoch == 0 then return false end
+local function fence_of(r, host, port, epoch)
+  if epoch == 0 then return nil end
   for _, l in ipairs(links_of(r)) do
     if type(l) == 'table' and str(l['host']) == host and num(l['port']) == port and num(l['epoch']) > epoch then
-      return true
+      return num(l['epoch'])
     end
   end
-  return false
+  return nil
 end
 local function note_link(r, host, port, epoch)
   if epoch == 0 then return false end
@@ -139,9 +139,9 @@ end
 /// route has a connId, that connId, new version, new connVersion, new host, new port, the
 /// clocks' margin (`MAX_CLOCK_DISAGREEMENT_US`) between connection ages of the same device
 /// stamped by two nodes, and the epoch of the link it came on (0: none).
-/// Returns `{2, nil}` when the op came on a link its node has replaced ([`RouteRecord::is_fenced`]),
-/// `{1, previous or nil}` when written, `{0, current}` when the stored route is the newer
-/// bind ([`RouteRecord::supersedes`]) or knows this bind ended ([`RouteRecord::knows_ended`]).
+/// Returns `{2, nil, the newer link's epoch}` when the op came on a link its node has replaced
+/// ([`RouteRecord::is_fenced`]), `{1, previous or nil, 0}` when written, `{0, current, 0}` when
+/// the stored route is the newer bind ([`RouteRecord::supersedes`]) or knows this bind ended ([`RouteRecord::knows_ended`]).
 /// The written route keeps the stored route's ended binds and links, and remembers the stored
 /// route's own bind as ended when it was offline. A route of a versioned bind remembers the
 /// link it came on; an unversioned one (MPush's) is written as it came.
@@ -157,7 +157,8 @@ local new = nil
 if cur then
   local ok, old = pcall(cjson.decode, cur)
   if ok and type(old) == 'table' then
-    if is_fenced(old, host, port, epoch) then return {2, false} end
+    local fence = fence_of(old, host, port, epoch)
+    if fence then return {2, false, fence} end
     local new_device = ARGV[3]
     local new_has_conn = ARGV[4] == '1'
     local new_conn = ARGV[5]
@@ -195,7 +196,7 @@ if cur then
       if note_link(old, host, port, epoch) then
         redis.call('HSET', KEYS[1], ARGV[1], encode_route(old))
       end
-      return {0, cur}
+      return {0, cur, 0}
     end
     local carried = {endedBinds = ended_of(old), links = links_of(old)}
     if not is_online(old) and num(old['version']) ~= 0 then
@@ -215,16 +216,16 @@ if epoch ~= 0 then
   value = encode_route(new)
 end
 redis.call('HSET', KEYS[1], ARGV[1], value)
-return {1, cur}
+return {1, cur, 0}
 "#;
 
 /// KEYS[1] = `mp:ur:{userId}`; ARGV = field, node host, node port, connId, version, the epoch
-/// of the link it came on (0: none). Returns -1 when the op came on a link its node has
-/// replaced ([`RouteRecord::is_fenced`]). Otherwise takes the route offline (rewritten
-/// without its connId, MPush's offline marker) when it still names that node and connection
-/// with that bind version or an older one (remembering the newer one as ended), and returns
-/// 1; else remembers the bind as ended (in the stored route, or in an empty offline route
-/// when none is stored) and returns 0. The route remembers the link of a versioned bind's mark.
+/// of the link it came on (0: none). Returns `{-1, the newer link's epoch}` when the op came on
+/// a link its node has replaced ([`RouteRecord::is_fenced`]). Otherwise takes the route
+/// offline (rewritten without its connId, MPush's offline marker) when it still names that
+/// node and connection with that bind version or an older one (remembering the newer one as
+/// ended), and returns `{1}`; else remembers the bind as ended (in the stored route, or in an
+/// empty offline route when none is stored) and returns `{0}`. The route remembers the link of a versioned bind's mark.
 const SET_ROUTE_OFFLINE_BODY: &str = r#"
 local host = ARGV[2]
 local port = tonumber(ARGV[3])
@@ -235,15 +236,16 @@ local cur = redis.call('HGET', KEYS[1], ARGV[1])
 local r
 if cur then
   local ok, decoded = pcall(cjson.decode, cur)
-  if not ok or type(decoded) ~= 'table' then return 0 end
+  if not ok or type(decoded) ~= 'table' then return {0} end
   r = decoded
-  if is_fenced(r, host, port, epoch) then return -1 end
+  local fence = fence_of(r, host, port, epoch)
+  if fence then return {-1, fence} end
   if is_on(r, host, port) and r['connId'] == ARGV[4] and num(r['version']) <= version then
     r['connId'] = nil
     if num(r['version']) ~= version then remember_ended(r, host, port, version) end
     note_link(r, host, port, epoch)
     redis.call('HSET', KEYS[1], ARGV[1], encode_route(r))
-    return 1
+    return {1}
   end
 else
   r = {port = 0, host = ''}
@@ -252,17 +254,17 @@ local changed = remember_ended(r, host, port, version)
 if note_link(r, host, port, epoch) or changed or not cur then
   redis.call('HSET', KEYS[1], ARGV[1], encode_route(r))
 end
-return 0
+return {0}
 "#;
 
 /// KEYS[1] = `mp:ur:{userId}`; ARGV = field, node host, node port, bind version, previous
 /// route JSON, its host, port and version, and the epoch of the link it came on (0: none).
-/// Returns -1 when the op came on a link its node has replaced ([`RouteRecord::is_fenced`]).
-/// Otherwise puts the previous route back while the stored route is that bind
+/// Returns `{-1, the newer link's epoch}` when the op came on a link its node has replaced
+/// ([`RouteRecord::is_fenced`]). Otherwise puts the previous route back while the stored route is that bind
 /// ([`RouteRecord::is_bind`]), offline when the stored route knows the previous bind ended,
 /// keeping the stored ended binds and links and remembering the undone bind as ended (a late
-/// write of it then stays out). Returns 2 when the restored route is online, 1 when offline,
-/// 0 when nothing changed but the link the route remembers.
+/// write of it then stays out). Returns `{2}` when the restored route is online, `{1}` when
+/// offline, `{0}` when nothing changed but the link the route remembers.
 const RESTORE_ROUTE_BODY: &str = r#"
 local host = ARGV[2]
 local port = tonumber(ARGV[3])
@@ -270,13 +272,14 @@ local version = tonumber(ARGV[4])
 local epoch = tonumber(ARGV[9])
 if version == 0 then epoch = 0 end
 local cur = redis.call('HGET', KEYS[1], ARGV[1])
-if not cur then return 0 end
+if not cur then return {0} end
 local ok, r = pcall(cjson.decode, cur)
-if not ok or type(r) ~= 'table' then return 0 end
-if is_fenced(r, host, port, epoch) then return -1 end
+if not ok or type(r) ~= 'table' then return {0} end
+local fence = fence_of(r, host, port, epoch)
+if fence then return {-1, fence} end
 if not is_bind(r, host, port, version) then
   if note_link(r, host, port, epoch) then redis.call('HSET', KEYS[1], ARGV[1], encode_route(r)) end
-  return 0
+  return {0}
 end
 local previous = cjson.decode(ARGV[5])
 if knows_ended(r, ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[8])) then previous['connId'] = nil end
@@ -285,8 +288,8 @@ previous['links'] = links_of(r)
 remember_ended(previous, host, port, version)
 note_link(previous, host, port, epoch)
 redis.call('HSET', KEYS[1], ARGV[1], encode_route(previous))
-if is_online(previous) then return 2 end
-return 1
+if is_online(previous) then return {2} end
+return {1}
 "#;
 
 /// The scripts' source: the helpers (with [`MAX_ENDED_BINDS`], [`MAX_ENDED_BINDS_PER_NODE`]
@@ -304,8 +307,8 @@ static RESTORE_ROUTE: LazyLock<Script> = LazyLock::new(|| script(RESTORE_ROUTE_B
 /// What the put-route script did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PutOutcome {
-    /// Not applied: the op came on a link its node has replaced.
-    Fenced,
+    /// Not applied: the op came on a link its node has replaced; the newer link's epoch.
+    Fenced(u64),
     /// Written; the raw value it replaced.
     Written(Option<String>),
     /// Not written: the raw value stored, a newer bind.
@@ -321,7 +324,7 @@ pub async fn put_route<C: ConnectionLike>(
     json: &str,
     link_epoch: u64,
 ) -> RedisResult<PutOutcome> {
-    let (written, stored): (i64, Option<String>) = PUT_ROUTE
+    let (written, stored, fence): (i64, Option<String>, u64) = PUT_ROUTE
         .key(keys::user_routes(user_id))
         .arg(keys::client_type_field(client_type))
         .arg(json)
@@ -337,7 +340,7 @@ pub async fn put_route<C: ConnectionLike>(
         .invoke_async(conn)
         .await?;
     Ok(match (written, stored) {
-        (2, _) => PutOutcome::Fenced,
+        (2, _) => PutOutcome::Fenced(fence),
         (0, Some(current)) => PutOutcome::Stale(current),
         (_, previous) => PutOutcome::Written(previous),
     })
@@ -346,8 +349,8 @@ pub async fn put_route<C: ConnectionLike>(
 /// What the offline-mark script did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Marked {
-    /// Not applied: the op came on a link its node has replaced.
-    Fenced,
+    /// Not applied: the op came on a link its node has replaced; the newer link's epoch.
+    Fenced(u64),
     /// The route went offline.
     Offline,
     /// The bind is remembered as ended (or was already).
@@ -364,7 +367,7 @@ pub async fn set_route_offline<C: ConnectionLike>(
     version: u64,
     link_epoch: u64,
 ) -> RedisResult<Marked> {
-    let taken: i64 = SET_ROUTE_OFFLINE
+    let taken: Vec<i64> = SET_ROUTE_OFFLINE
         .key(keys::user_routes(user_id))
         .arg(keys::client_type_field(client_type))
         .arg(&node.host)
@@ -374,9 +377,9 @@ pub async fn set_route_offline<C: ConnectionLike>(
         .arg(link_epoch)
         .invoke_async(conn)
         .await?;
-    Ok(match taken {
-        -1 => Marked::Fenced,
-        1 => Marked::Offline,
+    Ok(match taken[..] {
+        [-1, fence] => Marked::Fenced(u64::try_from(fence).unwrap_or(0)),
+        [1] => Marked::Offline,
         _ => Marked::Remembered,
     })
 }
@@ -384,8 +387,8 @@ pub async fn set_route_offline<C: ConnectionLike>(
 /// What the restore script did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Restored {
-    /// Not applied: the op came on a link its node has replaced.
-    Fenced,
+    /// Not applied: the op came on a link its node has replaced; the newer link's epoch.
+    Fenced(u64),
     Nothing,
     Online,
     Offline,
@@ -403,7 +406,7 @@ pub async fn restore_route<C: ConnectionLike>(
     previous_json: &str,
     link_epoch: u64,
 ) -> RedisResult<Restored> {
-    let outcome: i64 = RESTORE_ROUTE
+    let outcome: Vec<i64> = RESTORE_ROUTE
         .key(keys::user_routes(user_id))
         .arg(keys::client_type_field(client_type))
         .arg(&node.host)
@@ -416,10 +419,10 @@ pub async fn restore_route<C: ConnectionLike>(
         .arg(link_epoch)
         .invoke_async(conn)
         .await?;
-    Ok(match outcome {
-        -1 => Restored::Fenced,
-        2 => Restored::Online,
-        1 => Restored::Offline,
+    Ok(match outcome[..] {
+        [-1, fence] => Restored::Fenced(u64::try_from(fence).unwrap_or(0)),
+        [2] => Restored::Online,
+        [1] => Restored::Offline,
         _ => Restored::Nothing,
     })
 }
