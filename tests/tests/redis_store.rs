@@ -1209,6 +1209,11 @@ async fn round_trips_and_pipelined_throughput_against_local_redis() {
         "pipelined put_route (512 in flight): {PIPELINED} in {elapsed:?} = {:.0} ops/s",
         PIPELINED as f64 / elapsed.as_secs_f64()
     );
+    // Redis's own time per script call (the route writes' Lua), from its command stats.
+    let stats = redis.command(&["INFO", "commandstats"]);
+    for line in stats.lines().filter(|l| l.starts_with("cmdstat_eval")) {
+        eprintln!("redis {line}");
+    }
 }
 
 /// A Redis store link to `redis` with `options`, once it reports itself connected.
