@@ -5,13 +5,15 @@ use pushgate::config::Config;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-#[cfg(not(madsim))]
+/// mimalloc (`runtime/Cargo.toml` says why); the feature `system-alloc` keeps the system's,
+/// which heaptrack can see.
+#[cfg(all(not(madsim), not(feature = "system-alloc")))]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// mimalloc purges the pages freed on a thread only when later frees come by; an idle node
 /// would keep its peak. The housekeeping calls this every round.
-#[cfg(not(madsim))]
+#[cfg(all(not(madsim), not(feature = "system-alloc")))]
 fn mimalloc_release_freed_memory() {
     // SAFETY: `mi_collect` takes no pointers and only walks the allocator's own state; it may
     // be called from any thread at any time.
@@ -292,7 +294,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     init_logging(&config.log.filter, config.log.json);
-    #[cfg(not(madsim))]
+    #[cfg(all(not(madsim), not(feature = "system-alloc")))]
     pushgate::housekeeping::set_release_freed_memory(mimalloc_release_freed_memory);
     let server = pushgate::server::start(&config).await?;
     wait_for_signal().await;
