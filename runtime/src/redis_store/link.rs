@@ -261,6 +261,9 @@ async fn run_link(
                     }
                 }
                 _ = ping.tick() => {
+                    // A burst's queue gives its capacity back once it has drained (a
+                    // VecDeque keeps its largest capacity: megabytes after a connect storm).
+                    pushgate_core::spare::shrink_queue(&mut waiting);
                     let mut data = data.clone();
                     let lost = lost_tx.clone();
                     let limit = options.op_timeout;
