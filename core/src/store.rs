@@ -31,6 +31,11 @@ pub const MAX_ENDED_BINDS_PER_NODE: usize = 4;
 /// node whose link reached the route longest ago is forgotten.
 pub const MAX_LINKS: usize = 32;
 
+/// Largest link epoch a store takes in: 2^53 µs since the Unix epoch is the year 2255, and
+/// Redis's Lua compares numbers exactly up to it. A larger one in a stored route (corrupt, or
+/// written by hand) neither fences nor is kept; an op naming one names no link.
+pub const MAX_LINK_EPOCH: u64 = 1 << 53;
+
 /// The newest store link of one node that an op reached a route on: the link's epoch, the
 /// node's clock in µs when it opened that link (strictly increasing per node, also across
 /// restarts). Ops a node sent on an older link are not applied after it
@@ -265,7 +270,9 @@ impl RouteRecord {
     pub fn fence_of(&self, node: &NodeAddr, epoch: u64) -> Option<u64> {
         self.links
             .iter()
-            .find(|link| epoch != 0 && link.is_of(node) && link.epoch > epoch)
+            .find(|link| {
+                epoch != 0 && link.is_of(node) && link.epoch > epoch && link.epoch <= MAX_LINK_EPOCH
+            })
             .map(|link| link.epoch)
     }
 
@@ -273,11 +280,12 @@ impl RouteRecord {
     /// that link is newer than the node's link remembered so far. Bounded: past [`MAX_LINKS`]
     /// nodes, the one whose link was noted longest ago goes.
     pub fn note_link(&mut self, node: &NodeAddr, epoch: u64) -> bool {
-        if epoch == 0 {
+        if epoch == 0 || epoch > MAX_LINK_EPOCH {
             return false;
         }
         if let Some(at) = self.links.iter().position(|link| link.is_of(node)) {
-            if self.links[at].epoch >= epoch {
+            let kept = self.links[at].epoch;
+            if kept >= epoch && kept <= MAX_LINK_EPOCH {
                 return false;
             }
             self.links.remove(at);

@@ -1045,4 +1045,47 @@ mod tests {
         let mpush = s.routes.get(&("u".into(), ClientType::Mobile)).unwrap();
         assert!(mpush.links.is_empty());
     }
+
+    /// Every route op is fenced alike (a write, a mark, a restore), a refused one changes
+    /// nothing, and an op left out by the rules (a stale write) still leaves its link noted.
+    /// A link epoch past `MAX_LINK_EPOCH` in a stored route (corrupt, or written by hand)
+    /// neither fences nor stays.
+    #[test]
+    fn every_route_op_is_fenced_and_an_epoch_no_node_stamps_is_ignored() {
+        use crate::store::MAX_LINK_EPOCH;
+        let key = ("u".to_owned(), ClientType::Mobile);
+        let node = NodeAddr::new("127.0.0.1", 3001);
+        let mut s = StoreState::new();
+        s.apply_on_link(0, put("c2", 20), 9).unwrap();
+        let before = s.routes.get(&key).unwrap();
+        let refused = Err(StoreError::Fenced { newest_epoch: 9 });
+        assert_eq!(s.apply_on_link(0, offline("c2", 20), 8), refused);
+        assert_eq!(s.apply_on_link(0, put("c3", 30), 8), refused);
+        let previous = route(Some("elsewhere"), 1);
+        let restore = restore_on("127.0.0.1", 20, &previous);
+        assert_eq!(s.apply_on_link(0, restore, 8), refused);
+        assert_eq!(
+            s.routes.get(&key),
+            Some(before),
+            "refused ops change nothing"
+        );
+        // A stale write on a newer link: not applied, yet its link is noted.
+        assert!(matches!(
+            s.apply_on_link(0, put("c1", 10), 12),
+            Ok(StoreReply::Stale { .. })
+        ));
+        assert!(s.routes.get(&key).unwrap().is_fenced(&node, 11));
+        // A corrupt epoch beyond any a node stamps: not a fence, replaced by the next link.
+        let mut corrupt = s.routes.get(&key).unwrap();
+        corrupt.links[0].epoch = u64::MAX;
+        s.routes.insert(key.clone(), corrupt);
+        assert!(matches!(
+            s.apply_on_link(0, put("c4", 40), 13),
+            Ok(StoreReply::Previous(Some(_)))
+        ));
+        let mut kept = s.routes.get(&key).unwrap();
+        assert_eq!(kept.links.len(), 1);
+        assert_eq!(kept.links[0].epoch, 13);
+        assert!(!kept.note_link(&node, MAX_LINK_EPOCH + 1) && kept.links[0].epoch == 13);
+    }
 }

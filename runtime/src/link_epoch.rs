@@ -22,8 +22,15 @@ impl LinkEpochs {
     }
 
     /// An epoch above `floor` (a newer epoch of this node the store knows), above every epoch
-    /// before, and the clock's when that is higher.
+    /// before, and the clock's when that is higher. A floor past
+    /// [`MAX_LINK_EPOCH`](pushgate_core::store::MAX_LINK_EPOCH) is no epoch a node stamps
+    /// (stores ignore such links): not taken in.
     pub fn above(&mut self, floor: u64) -> u64 {
+        let floor = if floor < pushgate_core::store::MAX_LINK_EPOCH {
+            floor
+        } else {
+            0
+        };
         let now_us = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |since| {
@@ -53,5 +60,11 @@ mod tests {
         let ahead = second + 3_600_000_000;
         assert_eq!(epochs.above(ahead), ahead + 1);
         assert!(epochs.next_epoch() > ahead + 1);
+        let sane = epochs.next_epoch();
+        assert_eq!(
+            epochs.above(u64::MAX),
+            sane + 1,
+            "no epoch a node stamps: ignored"
+        );
     }
 }

@@ -450,7 +450,8 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (seen_tx, mut seen) = mpsc::unbounded_channel::<u64>();
-        let ahead = u64::MAX / 4;
+        // An hour ahead of this clock.
+        let ahead = crate::link_epoch::LinkEpochs::default().next_epoch() + 3_600_000_000;
         tokio::spawn(async move {
             let (mut stream, _) = listener.accept().await.unwrap();
             let mut inbound = BytesMut::new();

@@ -1366,6 +1366,12 @@ async fn requests_waiting_for_a_slot_when_the_link_is_lost_are_answered_as_unava
         .filter(|r| matches!(r, Err(StoreError::Unavailable(_))))
         .count();
     assert_eq!(unavailable, REQUESTS as usize, "{answers:?}");
+    // Nothing is answered a second time afterwards.
+    while let Ok(Some(event)) = tokio::time::timeout(Duration::from_millis(500), rx.recv()).await {
+        if let StoreLinkEvent::Message(FromStore::Reply { id, .. }) = event {
+            panic!("request {id} answered again");
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1754,4 +1760,39 @@ async fn a_link_behind_an_earlier_run_of_its_node_continues_above_it_after_one_r
     };
     assert_eq!(stored.conn_id.as_deref(), Some("c1"));
     assert!(stored.links[0].epoch > ahead, "{:?}", stored.links);
+}
+
+/// A link epoch no node stamps (past `MAX_LINK_EPOCH`, e.g. a route written by hand) in a
+/// stored route neither fences the node nor stays: the node's next route write applies and
+/// its link replaces it, in the script as in `MemoryStore`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_epoch_no_node_stamps_neither_fences_nor_stays() {
+    let redis = RedisServer::start();
+    let mut scripted = Scripted::connect(&redis.url()).await;
+    let mut memory = MemoryStore::new();
+    let user = "corrupt-link";
+    let written = format!(
+        r#"{{"port":3001,"host":"h1","deviceId":"dA","osName":"android","clientVersion":"2.0","version":{EPOCH_VERSION},"connVersion":{EPOCH_VERSION},"links":[{{"host":"h1","port":3001,"epoch":{}}}]}}"#,
+        1u64 << 60
+    );
+    redis.command(&["HSET", &format!("mp:ur:{user}"), "1", &written]);
+    memory.state_mut().routes.insert(
+        (user.to_owned(), ClientType::Mobile),
+        serde_json::from_str(&written).unwrap(),
+    );
+    let bind = mobile_bind(user, "h1", "dA", Some("c1"), 1);
+    let want = memory.apply_on_link(0, bind.clone(), 5);
+    assert!(
+        matches!(want, Ok(StoreReply::Previous(Some(_)))),
+        "{want:?}"
+    );
+    assert_eq!(scripted.apply(bind, 5).await, want);
+    let read = mobile_read(user);
+    let stored = scripted.apply(read.clone(), 0).await;
+    assert_eq!(stored, memory.apply(0, read));
+    let Ok(StoreReply::Route(Some((_, stored)))) = stored else {
+        panic!("a route");
+    };
+    assert_eq!(stored.links.len(), 1);
+    assert_eq!(stored.links[0].epoch, 5);
 }

@@ -108,6 +108,12 @@ pub async fn open(target: &RedisTarget, timeout: Duration) -> Result<Opened, Str
             Ok(opened)
         }
         RedisTarget::Cluster { nodes } => {
+            // redis-rs sends a command again (up to `retries`) on a new socket to its shard
+            // after a redirect or an I/O error, under the link's same epoch: the store's link
+            // fence (`RouteRecord::is_fenced`) orders this link's connections, not one shard's
+            // successive sockets inside it. A route write held on the old socket could land
+            // after a mark sent on the new one; the route's ended-bind memory still keeps it
+            // out unless four more marks of this node came between: a gap left on Cluster.
             let client = redis::cluster::ClusterClient::builder(nodes.clone())
                 .connection_timeout(timeout)
                 .response_timeout(timeout)

@@ -56,11 +56,15 @@ struct Request {
 }
 
 /// A request leaving on a connection, with that connection's epoch
-/// ([`crate::link_epoch::LinkEpochs`]): read when the op goes out, raised past the epoch a
-/// refusal names when the store knows a newer one of this node (a clock that stepped back).
+/// ([`crate::link_epoch::LinkEpochs`]), read when the op goes out, and the highest epoch this
+/// link has used on any connection. A refusal naming an epoch above that one names an earlier
+/// run of this node whose clock was ahead: the connection's epoch is raised past it. (One
+/// naming an epoch this link used refused an op of a connection it has replaced: the fence at
+/// work.)
 struct Outgoing {
     request: Request,
     link_epoch: Arc<AtomicU64>,
+    highest_used: Arc<AtomicU64>,
 }
 
 /// The node side of the Redis store.
@@ -143,6 +147,7 @@ async fn run_link(
     let mut links = 0u64;
     let mut epochs = crate::link_epoch::LinkEpochs::default();
     let mut last_epoch = 0;
+    let highest_used = Arc::new(AtomicU64::new(0));
     loop {
         let opened = match conn::open(&target, options.op_timeout).await {
             Ok(mut opened) => {
@@ -184,6 +189,7 @@ async fn run_link(
         let data = opened.data;
         // Above every epoch used before, also one a refusal raised on the last connection.
         let link_epoch = Arc::new(AtomicU64::new(epochs.above(last_epoch)));
+        highest_used.fetch_max(link_epoch.load(Ordering::Relaxed), Ordering::Relaxed);
         let mut kicks = opened.pubsub.into_on_message();
         connected.store(true, Ordering::Relaxed);
         metrics::gauge!(names::STORE_CONNECTED).set(1.0);
@@ -237,7 +243,11 @@ async fn run_link(
                     let Some((request, arrived)) = waiting.pop_front() else { continue };
                     tokio::spawn(perform(
                         data.clone(),
-                        Outgoing { request, link_epoch: link_epoch.clone() },
+                        Outgoing {
+                            request,
+                            link_epoch: link_epoch.clone(),
+                            highest_used: highest_used.clone(),
+                        },
                         arrived,
                         permit,
                         options.op_timeout,
@@ -350,6 +360,7 @@ async fn perform(
     Outgoing {
         request,
         link_epoch,
+        highest_used,
     }: Outgoing,
     arrived: Instant,
     slot: OwnedSemaphorePermit,
@@ -364,9 +375,11 @@ async fn perform(
         let epoch = link_epoch.load(Ordering::Relaxed);
         let done = ops::execute(&mut data, request.op, epoch).await;
         if let Err(ops::OpError::Fenced(newest)) = &done.reply {
-            if *newest >= epoch && link_epoch.fetch_max(newest + 1, Ordering::Relaxed) <= *newest {
-                // This connection is the node's newest, yet Redis knows a newer epoch of it:
-                // the clock stepped back since an earlier run stamped that one.
+            if *newest > highest_used.load(Ordering::Relaxed) {
+                // No connection of this link used that epoch: an earlier run of the node did,
+                // with a clock ahead of this one's.
+                link_epoch.fetch_max(newest + 1, Ordering::Relaxed);
+                highest_used.fetch_max(newest + 1, Ordering::Relaxed);
                 tracing::warn!(
                     epoch,
                     newest,

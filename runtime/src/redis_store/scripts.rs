@@ -18,7 +18,9 @@
 //! ([`MAX_EXACT_VERSION`]) instead of comparing them wrongly.
 use super::keys;
 use pushgate_core::route::ClientType;
-use pushgate_core::store::{RouteRecord, MAX_ENDED_BINDS, MAX_ENDED_BINDS_PER_NODE, MAX_LINKS};
+use pushgate_core::store::{
+    RouteRecord, MAX_ENDED_BINDS, MAX_ENDED_BINDS_PER_NODE, MAX_LINKS, MAX_LINK_EPOCH,
+};
 use pushgate_core::NodeAddr;
 use redis::aio::ConnectionLike;
 use redis::{RedisResult, Script};
@@ -78,19 +80,20 @@ end
 local function fence_of(r, host, port, epoch)
   if epoch == 0 then return nil end
   for _, l in ipairs(links_of(r)) do
-    if type(l) == 'table' and str(l['host']) == host and num(l['port']) == port and num(l['epoch']) > epoch then
+    if type(l) == 'table' and str(l['host']) == host and num(l['port']) == port and num(l['epoch']) > epoch
+      and num(l['epoch']) <= MAX_LINK_EPOCH then
       return num(l['epoch'])
     end
   end
   return nil
 end
 local function note_link(r, host, port, epoch)
-  if epoch == 0 then return false end
+  if epoch == 0 or epoch > MAX_LINK_EPOCH then return false end
   local links = links_of(r)
   local at = nil
   for i, l in ipairs(links) do
     if type(l) == 'table' and str(l['host']) == host and num(l['port']) == port then
-      if num(l['epoch']) >= epoch then return false end
+      if num(l['epoch']) >= epoch and num(l['epoch']) <= MAX_LINK_EPOCH then return false end
       at = i
       break
     end
@@ -292,11 +295,11 @@ if is_online(previous) then return {2} end
 return {1}
 "#;
 
-/// The scripts' source: the helpers (with [`MAX_ENDED_BINDS`], [`MAX_ENDED_BINDS_PER_NODE`]
-/// and [`MAX_LINKS`]) before a body.
+/// The scripts' source: the helpers (with [`MAX_ENDED_BINDS`], [`MAX_ENDED_BINDS_PER_NODE`],
+/// [`MAX_LINKS`] and [`MAX_LINK_EPOCH`]) before a body.
 fn script(body: &str) -> Script {
     Script::new(&format!(
-        "local MAX_ENDED = {MAX_ENDED_BINDS}\nlocal MAX_ENDED_PER_NODE = {MAX_ENDED_BINDS_PER_NODE}\nlocal MAX_LINKS = {MAX_LINKS}\n{LUA_HELPERS}{body}"
+        "local MAX_ENDED = {MAX_ENDED_BINDS}\nlocal MAX_ENDED_PER_NODE = {MAX_ENDED_BINDS_PER_NODE}\nlocal MAX_LINKS = {MAX_LINKS}\nlocal MAX_LINK_EPOCH = {MAX_LINK_EPOCH}\n{LUA_HELPERS}{body}"
     ))
 }
 
