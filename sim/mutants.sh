@@ -116,6 +116,8 @@ M = [
    ("core/src/store.rs", "        } else if self.ended.len() >= MAX_ENDED_BINDS {\n", "        } else if self.ended.len() >= MAX_ENDED_BINDS_PER_NODE {\n")]),
  ("late-write-clock-ahead", "across nodes, a route write whose connection age reads newer by any amount displaces the device's live route (B26)",
   [("core/src/store.rs", "            && self.conn_version\n                < stored\n                    .conn_version\n                    .saturating_add(self.age_margin_us(stored))\n", "            && self.conn_version < stored.conn_version\n")]),
+ ("restore-despite-newer-bind-here", "a bind that lost its user to a newer bind on its node restores the route it displaced elsewhere instead of kicking it (B28)",
+  [("core/src/node/bind.rs", "&& !self.newer_bind_here(user_id, *client_type, &previous)", "&& !(false && self.newer_bind_here(user_id, *client_type, &previous))")]),
  ("link-fence-off", "a route op sent on a store link its node has replaced lands after the ops of the new link (B27)",
   [("core/src/store_state.rs", ".and_then(|route| route.fence_of(node, link_epoch));", ".and_then(|route| route.fence_of(node, link_epoch)).filter(|_| false);")]),
  ("fast-connect-ok-before-session", "FAST_CONNECT-ok is queued before the connection takes on the session (the churn soak's ERROR 100)",

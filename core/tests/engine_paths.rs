@@ -2636,3 +2636,41 @@ fn a_rebind_marks_the_bind_it_ends_so_a_late_write_of_it_never_lands_online() {
         stored_route(&w, "u1", ClientType::Mobile)
     );
 }
+
+/// Found by the simulation (seed 85002247): two phones bound one user and type here one after
+/// the other while the store held their writes. The first write displaced a connection on
+/// another node (`far`); by its answer the first phone had lost the user to the second one
+/// here, whose own write displaced only the first's route and so kicks nobody. Putting `far`
+/// back would undo nothing (the store holds the second bind), and `far` would keep the user
+/// beside the second phone for good: the first bind's answer kicks it instead.
+#[test]
+fn a_displaced_connection_elsewhere_is_kicked_when_a_newer_bind_here_took_the_user() {
+    let mut w = World::new(|_| {});
+    let far = FakeStore::route("10.0.0.2", 3001, Some("far-conn"));
+    w.store
+        .state
+        .routes
+        .insert(("u1".into(), ClientType::Mobile), far);
+    let first = w.connect("dev-A", "android");
+    w.handshake(first);
+    let second = w.connect("dev-B", "android");
+    w.handshake(second);
+    w.store.mode = StoreMode::Hold;
+    w.bind(first, "u1", "");
+    w.bind(second, "u1", ""); // the first phone loses the user here
+    w.store.mode = StoreMode::Immediate;
+    w.release_store();
+    let notices: Vec<&KickNotice> = w
+        .store
+        .kicks
+        .iter()
+        .filter(|k| k.conn_id == "far-conn")
+        .collect();
+    assert_eq!(notices.len(), 1, "{:?}", w.store.kicks);
+    let stored = stored_route(&w, "u1", ClientType::Mobile);
+    assert_eq!(w.node.routes_of("u1"), vec![(ClientType::Mobile, second)]);
+    assert!(
+        stored.is_online() && stored.device_id == "dev-B",
+        "{stored:?}"
+    );
+}

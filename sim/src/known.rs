@@ -64,7 +64,9 @@
 /// (across nodes, connection ages order two connections only beyond the clocks' margin), B27 a
 /// bind's write held on a store link its node had replaced landed after the bind's offline
 /// mark, sent on the new link, had been pushed out of the route's memory (a route remembers
-/// each node's newest link and refuses ops from older ones).
+/// each node's newest link and refuses ops from older ones), B28 a bind whose user a newer bind
+/// on its node took before its answer put the connection it displaced elsewhere back instead
+/// of kicking it (the store held the newer bind; two phones kept one user and type).
 pub const KNOWN_FAILURES: &[(u64, &str)] = &[];
 
 /// The open bug a seed is known to hit, if any.

@@ -219,6 +219,10 @@ const REGRESSIONS: &[(u64, &str)] = &[
         69000987,
         "B27: the same, another seed (a held write landed 2 s after the marks of the node's later binds)",
     ),
+    (
+        85002247,
+        "B28: a bind whose user a newer bind on its node took before its answer put the connection it displaced elsewhere back instead of kicking it; two phones kept one user and type",
+    ),
 ];
 
 fn run_seed(seed: u64) -> pushgate_sim::RunReport {

@@ -190,6 +190,22 @@ impl Node {
         Some(bound)
     }
 
+    /// True when a connection here holds the user and client type of `displaced` (a route on
+    /// another node) with a bind that supersedes it: `displaced` has lost the user to it.
+    fn newer_bind_here(
+        &self,
+        user_id: &str,
+        client_type: ClientType,
+        displaced: &RouteRecord,
+    ) -> bool {
+        self.routes
+            .get(user_id, client_type)
+            .and_then(|holder| self.route_record(holder))
+            .is_some_and(|(_, _, held)| {
+                held.conn_id != displaced.conn_id && held.supersedes(displaced)
+            })
+    }
+
     /// Sends the offline mark of this node's bind `version` of (user, type) on connection
     /// `conn_id`: the store takes that binding (or an older one of the connection) offline, or
     /// remembers it ended; a newer route is never touched.
@@ -296,7 +312,10 @@ impl Node {
                 let displaced_elsewhere = previous.is_online()
                     && !previous.is_on(&self.cfg.node_addr)
                     && previous.conn_id != route.conn_id;
-                if displaced_elsewhere && !holds_user {
+                if displaced_elsewhere
+                    && !holds_user
+                    && !self.newer_bind_here(user_id, *client_type, &previous)
+                {
                     // The connection closed (or gave the user up) before its bind took effect:
                     // the connection it displaced on another node keeps the user, and its
                     // route goes back, unless a newer bind came since.
@@ -308,6 +327,9 @@ impl Node {
                         previous: Box::new(previous),
                     });
                 }
+                // (When this connection lost the user to a newer bind here, that bind's own
+                // write displaced only this one's route and kicks nobody: the connection
+                // displaced elsewhere gets its kick here, seed 85002247.)
                 // An older connection of this user and type on another node gets kicked there.
                 if let Some(old_conn_id) = previous.conn_id.clone() {
                     if displaced_elsewhere {
