@@ -5,41 +5,53 @@
 //! connection after one on a newer (`pushgate_core::store::RouteRecord::is_fenced`). Epochs
 //! come from the wall clock, so they also grow across a restart of the node; a node whose
 //! clock stepped back since an earlier run learns the newer epoch from the store's refusal
-//! (`StoreError::Fenced`) and continues above it ([`LinkEpochs::above`]), so its routes are
+//! (`StoreError::Fenced`) and continues above it ([`LinkEpochs::refused`]), so its routes are
 //! never refused for longer than one op.
+use pushgate_core::store::MAX_LINK_EPOCH;
+use std::sync::atomic::{AtomicU64, Ordering};
 
-/// The epochs of one node's store connections: the wall clock in µs when each opened, and
-/// strictly above every epoch used or learned before, even when the clock stepped back.
+/// The epochs of one node's store link, shared by the tasks that send on it: each connection's
+/// is the wall clock in µs when it opened, strictly above every epoch used or learned before,
+/// even when the clock stepped back.
 #[derive(Debug, Default)]
 pub struct LinkEpochs {
-    last: u64,
+    /// The highest epoch used or learned: every later one is above it.
+    highest: AtomicU64,
+    /// The epoch ops leaving now carry: the current connection's, or above a refusal's.
+    current: AtomicU64,
 }
 
 impl LinkEpochs {
-    /// The epoch of a connection opening now.
-    pub fn next_epoch(&mut self) -> u64 {
-        self.above(0)
-    }
-
-    /// An epoch above `floor` (a newer epoch of this node the store knows), above every epoch
-    /// before, and the clock's when that is higher. A floor past
-    /// [`MAX_LINK_EPOCH`](pushgate_core::store::MAX_LINK_EPOCH) is no epoch a node stamps
-    /// (stores ignore such links): not taken in.
-    pub fn above(&mut self, floor: u64) -> u64 {
-        let floor = if floor < pushgate_core::store::MAX_LINK_EPOCH {
-            floor
-        } else {
-            0
-        };
+    /// The epoch of a connection opening now; ops leave with it from now on.
+    pub fn open_connection(&self) -> u64 {
         let now_us = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |since| {
                 u64::try_from(since.as_micros()).unwrap_or(u64::MAX)
             });
-        self.last = now_us
-            .max(self.last.saturating_add(1))
-            .max(floor.saturating_add(1));
-        self.last
+        let epoch = now_us.max(self.highest.load(Ordering::Relaxed).saturating_add(1));
+        self.highest.fetch_max(epoch, Ordering::Relaxed);
+        self.current.store(epoch, Ordering::Relaxed);
+        epoch
+    }
+
+    /// The epoch an op leaving now carries.
+    pub fn current(&self) -> u64 {
+        self.current.load(Ordering::Relaxed)
+    }
+
+    /// The store refused an op, naming `newest` as this node's newer epoch. One this link used
+    /// means an op of a connection it has replaced was refused: the fence at work. One above
+    /// every epoch it used was stamped by an earlier run of the node whose clock was ahead: ops
+    /// continue above it (true). An epoch past [`MAX_LINK_EPOCH`] is none a node stamps (stores
+    /// ignore such links): not taken in.
+    pub fn refused(&self, newest: u64) -> bool {
+        if newest >= MAX_LINK_EPOCH || newest <= self.highest.load(Ordering::Relaxed) {
+            return false;
+        }
+        self.highest.fetch_max(newest + 1, Ordering::Relaxed);
+        self.current.fetch_max(newest + 1, Ordering::Relaxed);
+        true
     }
 }
 
@@ -49,22 +61,27 @@ mod tests {
 
     #[test]
     fn epochs_increase_and_pass_what_the_store_knows() {
-        let mut epochs = LinkEpochs::default();
-        let first = epochs.next_epoch();
+        let epochs = LinkEpochs::default();
+        let first = epochs.open_connection();
         assert!(
             first > 1_700_000_000_000_000,
             "the wall clock in µs: {first}"
         );
-        let second = epochs.next_epoch();
+        assert_eq!(epochs.current(), first);
+        let second = epochs.open_connection();
         assert!(second > first);
-        let ahead = second + 3_600_000_000;
-        assert_eq!(epochs.above(ahead), ahead + 1);
-        assert!(epochs.next_epoch() > ahead + 1);
-        let sane = epochs.next_epoch();
-        assert_eq!(
-            epochs.above(u64::MAX),
-            sane + 1,
-            "no epoch a node stamps: ignored"
+        assert!(
+            !epochs.refused(second),
+            "this link's own epoch: the fence at work"
         );
+        assert!(!epochs.refused(first));
+        assert_eq!(epochs.current(), second);
+        let ahead = second + 3_600_000_000;
+        assert!(epochs.refused(ahead));
+        assert_eq!(epochs.current(), ahead + 1);
+        assert!(epochs.open_connection() > ahead + 1);
+        let sane = epochs.current();
+        assert!(!epochs.refused(u64::MAX), "no epoch a node stamps: ignored");
+        assert_eq!(epochs.current(), sane);
     }
 }

@@ -252,7 +252,7 @@ async fn run_remote(
     connected: Arc<AtomicBool>,
 ) {
     let mut backoff_ms = 50;
-    let mut epochs = crate::link_epoch::LinkEpochs::default();
+    let epochs = crate::link_epoch::LinkEpochs::default();
     loop {
         let mut stream = match tokio::time::timeout(dead_after, TcpStream::connect(addr)).await {
             Ok(Ok(stream)) => stream,
@@ -264,7 +264,7 @@ async fn run_remote(
         };
         let _ = stream.set_nodelay(true);
         backoff_ms = 50;
-        let mut epoch = epochs.next_epoch();
+        epochs.open_connection();
         let mut out = BytesMut::new();
         encode_frame(&ToStore::Subscribe { node: node.clone() }, &mut out);
         if stream.write_all(&out).await.is_err() || stream.flush().await.is_err() {
@@ -293,12 +293,8 @@ async fn run_remote(
                             if let FromStore::Reply { id, result } = &message {
                                 unanswered.remove(id);
                                 if let Err(StoreError::Fenced { newest_epoch }) = result {
-                                    if *newest_epoch >= epoch {
-                                        // This connection is the node's newest, yet the store
-                                        // knows a newer epoch of it: the clock stepped back
-                                        // since an earlier run stamped that one.
-                                        tracing::warn!(epoch, newest_epoch, "the store knows a newer link epoch of this node; continuing above it");
-                                        epoch = epochs.above(*newest_epoch);
+                                    if epochs.refused(*newest_epoch) {
+                                        tracing::warn!(newest_epoch, "the store knows a newer link epoch of this node; continuing above it");
                                     }
                                 }
                             }
@@ -316,7 +312,7 @@ async fn run_remote(
                     for mut request in std::iter::once(request).chain(std::iter::from_fn(|| rx.try_recv().ok())) {
                         if let ToStore::Request { id, link, .. } = &mut request {
                             unanswered.insert(*id, sent_at);
-                            *link = epoch;
+                            *link = epochs.current();
                         }
                         encode_frame(&request, &mut out);
                     }
@@ -451,7 +447,7 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let (seen_tx, mut seen) = mpsc::unbounded_channel::<u64>();
         // An hour ahead of this clock.
-        let ahead = crate::link_epoch::LinkEpochs::default().next_epoch() + 3_600_000_000;
+        let ahead = crate::link_epoch::LinkEpochs::default().open_connection() + 3_600_000_000;
         tokio::spawn(async move {
             let (mut stream, _) = listener.accept().await.unwrap();
             let mut inbound = BytesMut::new();

@@ -318,7 +318,10 @@ impl Node {
                 {
                     // The connection closed (or gave the user up) before its bind took effect:
                     // the connection it displaced on another node keeps the user, and its
-                    // route goes back, unless a newer bind came since.
+                    // route goes back, unless a newer bind came since. (When a newer bind here
+                    // took the user, its own write displaced only this one's route and kicks
+                    // nobody: the connection displaced elsewhere is kicked below, seed
+                    // 85002247.)
                     return self.store_write(StoreOp::RestoreRoute {
                         user_id: user_id.clone(),
                         client_type: *client_type,
@@ -327,9 +330,6 @@ impl Node {
                         previous: Box::new(previous),
                     });
                 }
-                // (When this connection lost the user to a newer bind here, that bind's own
-                // write displaced only this one's route and kicks nobody: the connection
-                // displaced elsewhere gets its kick here, seed 85002247.)
                 // An older connection of this user and type on another node gets kicked there.
                 if let Some(old_conn_id) = previous.conn_id.clone() {
                     if displaced_elsewhere {

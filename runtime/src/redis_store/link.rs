@@ -12,13 +12,14 @@ use super::conn::{self, DataConn};
 use super::keys;
 use super::ops::{self, OpResult};
 use super::target::RedisTarget;
+use crate::link_epoch::LinkEpochs;
 use crate::metrics::names;
 use crate::store_net::{FromStore, StoreLinkEvent};
 use futures_util::StreamExt;
 use pushgate_core::store::{StoreError, StoreOp};
 use pushgate_core::NodeAddr;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
@@ -55,16 +56,12 @@ struct Request {
     op: StoreOp,
 }
 
-/// A request leaving on a connection, with that connection's epoch
-/// ([`crate::link_epoch::LinkEpochs`]), read when the op goes out, and the highest epoch this
-/// link has used on any connection. A refusal naming an epoch above that one names an earlier
-/// run of this node whose clock was ahead: the connection's epoch is raised past it. (One
-/// naming an epoch this link used refused an op of a connection it has replaced: the fence at
-/// work.)
+/// A request leaving on a connection, with the epoch it carries and the link's epochs (a
+/// refusal naming a newer one is reported there, [`LinkEpochs::refused`]).
 struct Outgoing {
     request: Request,
-    link_epoch: Arc<AtomicU64>,
-    highest_used: Arc<AtomicU64>,
+    epoch: u64,
+    epochs: Arc<LinkEpochs>,
 }
 
 /// The node side of the Redis store.
@@ -145,9 +142,7 @@ async fn run_link(
     // When the current outage began (None while up); the first connect counts as one.
     let mut outage: Option<(Instant, String)> = Some((Instant::now(), String::new()));
     let mut links = 0u64;
-    let mut epochs = crate::link_epoch::LinkEpochs::default();
-    let mut last_epoch = 0;
-    let highest_used = Arc::new(AtomicU64::new(0));
+    let epochs = Arc::new(LinkEpochs::default());
     loop {
         let opened = match conn::open(&target, options.op_timeout).await {
             Ok(mut opened) => {
@@ -187,9 +182,7 @@ async fn run_link(
             metrics::counter!(names::STORE_RECONNECTS).increment(1);
         }
         let data = opened.data;
-        // Above every epoch used before, also one a refusal raised on the last connection.
-        let link_epoch = Arc::new(AtomicU64::new(epochs.above(last_epoch)));
-        highest_used.fetch_max(link_epoch.load(Ordering::Relaxed), Ordering::Relaxed);
+        epochs.open_connection();
         let mut kicks = opened.pubsub.into_on_message();
         connected.store(true, Ordering::Relaxed);
         metrics::gauge!(names::STORE_CONNECTED).set(1.0);
@@ -245,8 +238,8 @@ async fn run_link(
                         data.clone(),
                         Outgoing {
                             request,
-                            link_epoch: link_epoch.clone(),
-                            highest_used: highest_used.clone(),
+                            epoch: epochs.current(),
+                            epochs: epochs.clone(),
                         },
                         arrived,
                         permit,
@@ -295,7 +288,6 @@ async fn run_link(
             }
         };
         connected.store(false, Ordering::Relaxed);
-        last_epoch = link_epoch.load(Ordering::Relaxed);
         metrics::gauge!(names::STORE_CONNECTED).set(0.0);
         metrics::counter!(names::STORE_OUTAGES).increment(1);
         tracing::warn!(redis = %target, %reason, "lost the Redis link; reconnecting");
@@ -359,8 +351,8 @@ async fn perform(
     mut data: DataConn,
     Outgoing {
         request,
-        link_epoch,
-        highest_used,
+        epoch,
+        epochs,
     }: Outgoing,
     arrived: Instant,
     slot: OwnedSemaphorePermit,
@@ -372,14 +364,9 @@ async fn perform(
     let left = limit.saturating_sub(arrived.elapsed());
     let outcome = tokio::time::timeout(left, async {
         let _slot = slot;
-        let epoch = link_epoch.load(Ordering::Relaxed);
         let done = ops::execute(&mut data, request.op, epoch).await;
         if let Err(ops::OpError::Fenced(newest)) = &done.reply {
-            if *newest > highest_used.load(Ordering::Relaxed) {
-                // No connection of this link used that epoch: an earlier run of the node did,
-                // with a clock ahead of this one's.
-                link_epoch.fetch_max(newest + 1, Ordering::Relaxed);
-                highest_used.fetch_max(newest + 1, Ordering::Relaxed);
+            if epochs.refused(*newest) {
                 tracing::warn!(
                     epoch,
                     newest,
