@@ -231,6 +231,11 @@ enum Stage {
 }
 
 impl<S> PhoneTask<S> {
+    /// The connection's stream (a phone group marks its socket's readiness here).
+    pub fn stream_mut(&mut self) -> &mut S {
+        &mut self.stream
+    }
+
     /// The most bytes a phone's task may hold (a unit test checks it). tokio 1.54 on x86_64
     /// allocates a task in 128-byte lines: a spawned future of at most 151 bytes takes 256
     /// bytes, one of 159 already 384 (measured). The accept loop wraps this future with the
@@ -688,7 +693,7 @@ async fn forward_frames(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// A phone's messages wait for room when the node's queue is full, and reach the node
@@ -762,7 +767,8 @@ mod tests {
         });
     }
 
-    fn test_settings() -> PhoneSettings {
+    /// Settings for a phone task outside a server (MPush's default key, default marks).
+    pub(crate) fn test_settings() -> PhoneSettings {
         let cfg = pushgate_core::NodeConfig::new(
             pushgate_core::NodeAddr::new("127.0.0.1", 3001),
             pushgate_core::crypto::ServerRsaKey::mpush_default(),

@@ -38,6 +38,8 @@ pub mod limits;
 pub mod link_epoch;
 pub mod metrics;
 pub mod node_clock;
+#[cfg(not(madsim))]
+pub mod phone_group;
 pub mod phone_queue;
 pub mod phone_timers;
 #[cfg(not(madsim))]

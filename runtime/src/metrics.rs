@@ -43,6 +43,10 @@ pub mod names {
     pub const NODE_TIMERS: &str = "pushgate_node_timers";
     /// A limit was hit (label `limit`: see [`crate::limits::Limit::name`]).
     pub const LIMIT_HITS: &str = "pushgate_limit_hits_total";
+    /// Phone groups (`net.phone_io = "groups"`): turns that stopped at their bound
+    /// ([`crate::phone_group::MAX_POLLS_PER_TURN`] phones polled) with phones still woken. Rising
+    /// steadily, the groups' cores are saturated.
+    pub const PHONE_GROUP_FULL_TURNS: &str = "pushgate_phone_group_full_turns_total";
     /// TLS handshakes that failed (label `port`: gateway, admin, connection).
     pub const TLS_FAILURES: &str = "pushgate_tls_handshake_failures_total";
     /// Bind checks (`security.bind_check_url`) by outcome (label `outcome`: allowed, refused,
@@ -216,6 +220,11 @@ mod imp {
         metrics::counter!(BIND_CHECKS, "outcome" => outcome).increment(1);
     }
 
+    /// A phone group's turn stopped at its bound with phones still to poll.
+    pub fn phone_group_turn_full() {
+        metrics::counter!(PHONE_GROUP_FULL_TURNS).increment(1);
+    }
+
     pub fn tls_handshake_failed(port: &'static str) {
         metrics::counter!(TLS_FAILURES, "port" => port).increment(1);
     }
@@ -303,6 +312,7 @@ mod imp {
     pub fn connection_opened() {}
     pub fn connection_closed() {}
     pub fn limit_hit(_limit: &'static str) {}
+    pub fn phone_group_turn_full() {}
     pub fn bind_check(_outcome: &'static str) {}
     pub fn record(_event: &Event) {}
     pub fn node_wake(_queue_depth: usize, _timers: usize) {}

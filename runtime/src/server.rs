@@ -224,6 +224,7 @@ pub async fn start_with(config: &Config, hooks: ServerHooks) -> anyhow::Result<R
             next_id.clone(),
             live.clone(),
             phone_door,
+            net.phone_io,
         )),
         tokio::spawn(accept_gateways(
             gateway,
@@ -477,19 +478,21 @@ enum Admit<Task> {
 }
 
 /// Accepts connections until the task is aborted. `start` registers each with the node and
-/// returns its connection task (see [`Admit`]).
+/// returns its connection task (see [`Admit`]); `launch` runs that task, with the guard that
+/// counts it as live for as long as it runs ([`spawn_task`], or a phone group).
 ///
 /// Connections are taken in batches of at most [`ACCEPT_BATCH`]: one wait, then whatever is
 /// already queued, then a yield.
-async fn accept_loop<F, Fut, Task>(
+async fn accept_loop<F, Fut, Task, L>(
     listener: TcpListener,
     port: &'static str,
     live: Arc<AtomicUsize>,
     mut start: F,
+    mut launch: L,
 ) where
     F: FnMut(TcpStream, SocketAddr) -> Fut,
     Fut: Future<Output = Admit<Task>>,
-    Task: Future<Output = ()> + Send + 'static,
+    L: FnMut(Task, LiveGuard),
 {
     let mut backoff = AcceptBackoff::default();
     loop {
@@ -511,11 +514,7 @@ async fn accept_loop<F, Fut, Task>(
                         }
                         Admit::Stop => return,
                     };
-                    let guard = LiveGuard::new(&live);
-                    // `map`, not an async block awaiting `task`: an async block would hold the
-                    // task's future twice (captured and awaited), and 19,000 idle phones hold
-                    // 19,000 of them.
-                    tokio::spawn(task.map(move |()| drop(guard)));
+                    launch(task, LiveGuard::new(&live));
                 }
                 Err(error) => {
                     if let Some(pause) = backoff.failed(&error) {
@@ -533,6 +532,13 @@ async fn accept_loop<F, Fut, Task>(
         }
         tokio::task::yield_now().await;
     }
+}
+
+/// Runs a connection task as a tokio task of its own, counted live until it ends.
+fn spawn_task<Task: Future<Output = ()> + Send + 'static>(task: Task, live: LiveGuard) {
+    // `map`, not an async block awaiting `task`: an async block would hold the task's future
+    // twice (captured and awaited), and 19,000 idle phones hold 19,000 of them.
+    tokio::spawn(task.map(move |()| drop(live)));
 }
 
 /// What the phones' accept loop checks before a connection reaches the node.
@@ -576,26 +582,91 @@ async fn accept_phones(
     next_id: Arc<AtomicU64>,
     live: Arc<AtomicUsize>,
     door: PhoneDoor,
+    io: crate::config::PhoneIo,
 ) {
-    accept_loop(listener, "connection", live, |stream, peer| {
+    #[cfg(not(madsim))]
+    if io == crate::config::PhoneIo::Groups {
+        let workers = tokio::runtime::Handle::current().metrics().num_workers();
+        match crate::phone_group::PhoneGroups::start(workers) {
+            Ok(groups) => {
+                return accept_grouped_phones(listener, node, settings, next_id, live, door, groups)
+                    .await
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot start phone groups; a task per phone instead")
+            }
+        }
+    }
+    #[cfg(madsim)]
+    let _ = io;
+    let wrap = |task: conn::PhoneTask<TcpStream>, slot: crate::limits::AddressSlot| {
+        task.map(move |()| drop(slot))
+    };
+    let parts = (node, settings, next_id, door);
+    accept_phones_with(listener, live, parts, Ok, wrap, spawn_task).await;
+}
+
+/// [`accept_phones`] handing each phone to a phone group ([`crate::phone_group`]) instead of a
+/// task of its own.
+#[cfg(not(madsim))]
+async fn accept_grouped_phones(
+    listener: TcpListener,
+    node: NodeHandle,
+    settings: Arc<PhoneSettings>,
+    next_id: Arc<AtomicU64>,
+    live: Arc<AtomicUsize>,
+    door: PhoneDoor,
+    groups: crate::phone_group::PhoneGroups,
+) {
+    use crate::phone_group::{GroupPhone, GroupStream};
+    let wrap = |task, door| GroupPhone { task, door };
+    let parts = (node, settings, next_id, door);
+    let launch = |phone, live| groups.add(phone, live);
+    accept_phones_with(listener, live, parts, GroupStream::from_tokio, wrap, launch).await;
+}
+
+/// The phones' accept loop: each connection within its address's limit is made a stream of
+/// the kind the phones run on (`convert`), taken in by the node, and its [`conn::PhoneTask`]
+/// (`wrap`ped with its address slot) `launch`ed.
+async fn accept_phones_with<S, C, W, Task, L>(
+    listener: TcpListener,
+    live: Arc<AtomicUsize>,
+    (node, settings, next_id, door): (NodeHandle, Arc<PhoneSettings>, Arc<AtomicU64>, PhoneDoor),
+    convert: C,
+    wrap: W,
+    launch: L,
+) where
+    S: conn::PhoneStream,
+    C: Fn(TcpStream) -> std::io::Result<S> + Copy,
+    W: Fn(conn::PhoneTask<S>, crate::limits::AddressSlot) -> Task + Copy,
+    L: FnMut(Task, LiveGuard),
+{
+    let start = |stream, peer: SocketAddr| {
         let node = node.clone();
         let settings = settings.clone();
         let admitted = door.admit(peer.ip());
         let conn = ConnId(next_id.fetch_add(1, Ordering::Relaxed));
         async move {
             let Some(slot) = admitted else {
-                drop(stream);
                 return Admit::Refused;
+            };
+            let stream = match convert(stream) {
+                Ok(stream) => stream,
+                Err(error) => {
+                    tracing::debug!(%error, "accepted socket unusable");
+                    return Admit::Refused;
+                }
             };
             let Some(queue) = open_phone(&node, conn, settings.max_queued_items()).await else {
                 return Admit::Stop;
             };
-            Admit::Run(
-                conn::run_phone(conn, stream, node, queue, settings).map(move |()| drop(slot)),
-            )
+            Admit::Run(wrap(
+                conn::run_phone(conn, stream, node, queue, settings),
+                slot,
+            ))
         }
-    })
-    .await;
+    };
+    accept_loop(listener, "connection", live, start, launch).await;
 }
 
 /// What the gateway's accept loop checks before a connection reaches the node.
@@ -615,23 +686,29 @@ async fn accept_gateways(
     live: Arc<AtomicUsize>,
 ) {
     let door = Arc::new(door);
-    accept_loop(listener, "gateway", live, |stream, peer| {
-        let node = node.clone();
-        let door = door.clone();
-        let gw = GatewayId(next_id.fetch_add(1, Ordering::Relaxed));
-        async move {
-            Admit::Run(async move {
-                #[cfg(not(madsim))]
-                if let Some(tls) = &door.tls {
-                    if let Some(stream) = tls.accept(stream, "gateway").await {
-                        serve_gateway(gw, stream, peer, node, &door).await;
+    accept_loop(
+        listener,
+        "gateway",
+        live,
+        |stream, peer| {
+            let node = node.clone();
+            let door = door.clone();
+            let gw = GatewayId(next_id.fetch_add(1, Ordering::Relaxed));
+            async move {
+                Admit::Run(async move {
+                    #[cfg(not(madsim))]
+                    if let Some(tls) = &door.tls {
+                        if let Some(stream) = tls.accept(stream, "gateway").await {
+                            serve_gateway(gw, stream, peer, node, &door).await;
+                        }
+                        return;
                     }
-                    return;
-                }
-                serve_gateway(gw, stream, peer, node, &door).await
-            })
-        }
-    })
+                    serve_gateway(gw, stream, peer, node, &door).await
+                })
+            }
+        },
+        spawn_task,
+    )
     .await;
 }
 
@@ -690,27 +767,34 @@ async fn accept_tls_phones(
     door: PhoneDoor,
     tls: Arc<crate::tls::TlsFiles>,
 ) {
-    accept_loop(listener, "connection-tls", live, |stream, peer| {
-        let node = node.clone();
-        let settings = settings.clone();
-        let tls = tls.clone();
-        let admitted = door.admit(peer.ip());
-        let conn = ConnId(next_id.fetch_add(1, Ordering::Relaxed));
-        async move {
-            let Some(slot) = admitted else {
-                return Admit::Refused;
-            };
-            Admit::Run(async move {
-                let Some(stream) = tls.accept(stream, "connection").await else {
-                    return;
+    accept_loop(
+        listener,
+        "connection-tls",
+        live,
+        |stream, peer| {
+            let node = node.clone();
+            let settings = settings.clone();
+            let tls = tls.clone();
+            let admitted = door.admit(peer.ip());
+            let conn = ConnId(next_id.fetch_add(1, Ordering::Relaxed));
+            async move {
+                let Some(slot) = admitted else {
+                    return Admit::Refused;
                 };
-                if let Some(queue) = open_phone(&node, conn, settings.max_queued_items()).await {
-                    conn::run_phone(conn, stream, node, queue, settings).await;
-                }
-                drop(slot);
-            })
-        }
-    })
+                Admit::Run(async move {
+                    let Some(stream) = tls.accept(stream, "connection").await else {
+                        return;
+                    };
+                    if let Some(queue) = open_phone(&node, conn, settings.max_queued_items()).await
+                    {
+                        conn::run_phone(conn, stream, node, queue, settings).await;
+                    }
+                    drop(slot);
+                })
+            }
+        },
+        spawn_task,
+    )
     .await;
 }
 

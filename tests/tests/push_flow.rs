@@ -255,6 +255,39 @@ async fn second_device_of_the_same_type_kicks_the_first() {
     .await;
 }
 
+/// `net.phone_io = "tasks"` (a tokio task per phone, as the simulator runs them, instead of
+/// the phone groups every other test here runs): the same handshake, bind, push, ACK and kick.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn phones_run_as_a_task_each_are_served_alike() {
+    bounded(LIMIT, async {
+        let server = TestServer::start_toml("[net]\nphone_io = \"tasks\"\n").await;
+        let first = server.bound_device("device-t1", "user-t", &[]).await;
+        let pusher = server.push_client().await;
+        let result = pusher
+            .push(request("user-t", "to a task", AckMode::Auto, 3000))
+            .await
+            .unwrap();
+        assert_eq!(result.status, PushStatus::AckSuccess, "{result:?}");
+        assert_eq!(&expect_push(&first, WAIT).await.content[..], b"to a task");
+
+        let second = server.bound_device("device-t2", "user-t", &[]).await;
+        match first.next_event_within(WAIT).await {
+            Ok(DeviceEvent::Kick { device_id, .. }) => assert_eq!(device_id, "device-t1"),
+            other => panic!("the first device expected a KICK, got {other:?}"),
+        }
+        let result = pusher
+            .push(request("user-t", "to the second", AckMode::Auto, 3000))
+            .await
+            .unwrap();
+        assert_eq!(result.status, PushStatus::AckSuccess, "{result:?}");
+        assert_eq!(
+            &expect_push(&second, WAIT).await.content[..],
+            b"to the second"
+        );
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fast_connect_after_reconnect_resumes_the_session() {
     bounded(LIMIT, async {

@@ -1,0 +1,564 @@
+//! Phone connections without a tokio task each: a few groups, each one task that polls its
+//! phones' machines ([`PhoneTask`], the same future the task-per-phone path spawns) from a
+//! slot table and learns which sockets are ready from an epoll set of its own.
+//!
+//! Why: an idle phone is all a push server holds most of the time, and per phone tokio costs a
+//! task (256 bytes: header and trailer in 128-byte lines around the phone's future) and a
+//! reactor registration (256 bytes: a cache-padded `ScheduledIo` behind an `Arc`). Here a phone
+//! is a slot of its group (the future inline, about 150 bytes, in chunks) and a 32-byte waker
+//! ([`SlotWake`]); its socket is a plain file descriptor in the group's epoll set, and that
+//! epoll set is the only thing the group registers with tokio. What runs per phone is
+//! unchanged: the same `PhoneTask` reads, decrypts, seals and writes, on whichever core the
+//! group's task runs.
+//!
+//! How a phone is polled:
+//! - when its socket has an event: the group marks the socket readable or writable
+//!   ([`GroupStream::note`]) and polls the phone;
+//! - when its waker is woken (the node queued something for it, its timer fired, the node's
+//!   queue has room for its message): the waker puts its slot on the group's ready list once
+//!   ([`SlotWake`]) and wakes the group.
+//!
+//! Bounds and fairness: one turn of a group polls at most [`MAX_POLLS_PER_TURN`] phones, then
+//! yields (a broadcast that wakes 10,000 phones of a group does not hold a worker thread for the
+//! whole fan-out); phones woken and not yet polled wait in arrival order. The group's lists give
+//! back a burst's capacity once drained. A group ends when the accept side is gone
+//! ([`PhoneGroups`] dropped) and its last phone has closed.
+//!
+//! Outside the simulator only (its sockets have no file descriptors): the simulator, and the
+//! TLS connection port, run a task per phone (`net.phone_io = "tasks"` selects that here too).
+mod slots;
+mod stream;
+
+pub use slots::Slots;
+pub use stream::GroupStream;
+
+use crate::conn::PhoneTask;
+use crate::limits::AddressSlot;
+use crate::server::LiveGuard;
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::Duration;
+use tokio::io::unix::AsyncFd;
+
+/// Most phones one turn of a group polls before it yields.
+pub const MAX_POLLS_PER_TURN: usize = 256;
+/// Socket events taken from the epoll set at once.
+const EVENTS_PER_WAIT: usize = 128;
+/// A drained list keeps at most this much capacity (a burst's is given back).
+const KEPT_LIST_CAPACITY: usize = 256;
+
+/// A phone as the accept loop hands it to a group: its machine and socket, and its slot in the
+/// per-address connection limit (held for as long as the phone is).
+pub struct GroupPhone {
+    pub task: PhoneTask<GroupStream>,
+    pub door: AddressSlot,
+}
+
+/// The accept side's handle on the groups: hands each new phone to one of them.
+pub struct PhoneGroups {
+    groups: Vec<Arc<Shared>>,
+    next: AtomicUsize,
+}
+
+impl PhoneGroups {
+    /// Starts `count` groups (at least one), each a task on the current runtime.
+    pub fn start(count: usize) -> std::io::Result<Self> {
+        let mut groups = Vec::with_capacity(count.max(1));
+        for _ in 0..count.max(1) {
+            let shared = Arc::new(Shared::default());
+            let group = Group {
+                epoll: watch_epoll(mio::Poll::new()?)?,
+                events: mio::Events::with_capacity(EVENTS_PER_WAIT),
+                shared: shared.clone(),
+                slots: Slots::default(),
+                incoming: VecDeque::new(),
+                woken: VecDeque::new(),
+                taken: Taken::default(),
+                fired: VecDeque::with_capacity(EVENTS_PER_WAIT),
+            };
+            tokio::spawn(group);
+            groups.push(shared);
+        }
+        Ok(Self {
+            groups,
+            next: AtomicUsize::new(0),
+        })
+    }
+
+    /// Phone polls of every group so far.
+    pub fn phones_polled(&self) -> u64 {
+        self.groups
+            .iter()
+            .map(|shared| shared.polls.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    /// Hands `phone` to the next group (round robin); `live` counts it until it closes.
+    pub(crate) fn add(&self, phone: GroupPhone, live: LiveGuard) {
+        let n = self.next.fetch_add(1, Ordering::Relaxed) % self.groups.len();
+        let shared = &self.groups[n];
+        let waiter = {
+            let mut state = shared.lock();
+            state.incoming.push((phone, live));
+            state.waiter.take()
+        };
+        if let Some(waiter) = waiter {
+            waiter.wake();
+        }
+    }
+}
+
+impl Drop for PhoneGroups {
+    /// The accept side is gone: each group ends once its phones have closed.
+    fn drop(&mut self) {
+        for shared in &self.groups {
+            let waiter = {
+                let mut state = shared.lock();
+                state.closed = true;
+                state.waiter.take()
+            };
+            if let Some(waiter) = waiter {
+                waiter.wake();
+            }
+        }
+    }
+}
+
+/// Registers a group's epoll set with tokio's reactor, which wakes the group when the set has
+/// events.
+fn watch_epoll(poll: mio::Poll) -> std::io::Result<AsyncFd<mio::Poll>> {
+    // SAFETY: `mio::Poll` owns its epoll file descriptor, keeps it open until dropped and
+    // returns that same descriptor from every `as_raw_fd` call; the `AsyncFd` owns the `Poll`.
+    let registered =
+        unsafe { AsyncFd::register_with_interest(poll, tokio::io::Interest::READABLE) };
+    registered.map_err(std::io::Error::from)
+}
+
+/// What a group shares with the accept side and its phones' wakers.
+#[derive(Default)]
+struct Shared {
+    state: Mutex<SharedState>,
+    /// Phone polls so far (for the turn bound's test and its metric).
+    polls: std::sync::atomic::AtomicU64,
+}
+
+#[derive(Default)]
+struct SharedState {
+    /// Phones handed over and not yet in a slot.
+    incoming: Vec<(GroupPhone, LiveGuard)>,
+    /// Slots woken since the group last looked (each at most once: [`SlotWake::queued`]).
+    ready: Vec<u32>,
+    /// The group's task, when it waits.
+    waiter: Option<Waker>,
+    /// The accept side is gone.
+    closed: bool,
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, SharedState> {
+        // Nothing panics while holding it; a poisoned lock still guards consistent data.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// A phone's waker: puts its slot on the group's ready list (once until the group polls it)
+/// and wakes the group. A waker that outlives its phone may wake the slot's next phone: a
+/// spurious poll, which every future takes.
+struct SlotWake {
+    shared: Arc<Shared>,
+    slot: u32,
+    /// On the ready list, not yet polled.
+    queued: AtomicBool,
+}
+
+impl Wake for SlotWake {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        if self.queued.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let waiter = {
+            let mut state = self.shared.lock();
+            state.ready.push(self.slot);
+            state.waiter.take()
+        };
+        if let Some(waiter) = waiter {
+            waiter.wake();
+        }
+    }
+}
+
+/// One phone of a group.
+struct Slot {
+    task: PhoneTask<GroupStream>,
+    wake: Arc<SlotWake>,
+    _door: AddressSlot,
+    _live: LiveGuard,
+}
+
+/// The lists a group takes from [`Shared`] at once (swapped, so both keep their capacity).
+#[derive(Default)]
+struct Taken {
+    incoming: Vec<(GroupPhone, LiveGuard)>,
+    ready: Vec<u32>,
+}
+
+/// A group's task.
+struct Group {
+    shared: Arc<Shared>,
+    epoll: AsyncFd<mio::Poll>,
+    events: mio::Events,
+    slots: Slots<Slot>,
+    /// Phones handed over and not yet in a slot, in the order they came.
+    incoming: VecDeque<(GroupPhone, LiveGuard)>,
+    /// Slots woken and not yet polled, in the order they were woken.
+    woken: VecDeque<u32>,
+    taken: Taken,
+    /// Socket events of the last wait not yet handled: slot, readable, writable.
+    fired: VecDeque<(u32, bool, bool)>,
+}
+
+impl Future for Group {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        let mut polls = 0;
+        loop {
+            let closed = this.take_shared(cx);
+            let mut worked = false;
+            while polls < MAX_POLLS_PER_TURN {
+                let Some((phone, live)) = this.incoming.pop_front() else {
+                    break;
+                };
+                this.admit(phone, live);
+                (worked, polls) = (true, polls + 1);
+            }
+            while polls < MAX_POLLS_PER_TURN {
+                let Some(slot) = this.woken.pop_front() else {
+                    break;
+                };
+                this.poll_slot(slot);
+                (worked, polls) = (true, polls + 1);
+            }
+            if polls < MAX_POLLS_PER_TURN && this.fired.is_empty() {
+                if let Err(error) = this.wait_events(cx) {
+                    tracing::error!(%error, "phone group: epoll failed; closing its phones");
+                    return Poll::Ready(());
+                }
+            }
+            while polls < MAX_POLLS_PER_TURN {
+                let Some((slot, readable, writable)) = this.fired.pop_front() else {
+                    break;
+                };
+                if let Some(held) = this.slots.get_mut(slot) {
+                    held.task.stream_mut().note(readable, writable);
+                }
+                this.poll_slot(slot);
+                (worked, polls) = (true, polls + 1);
+            }
+            this.give_back();
+            if polls >= MAX_POLLS_PER_TURN {
+                this.shared.polls.fetch_add(polls as u64, Ordering::Relaxed);
+                crate::metrics::phone_group_turn_full();
+                yield_turn(cx);
+                return Poll::Pending;
+            }
+            if !worked {
+                this.shared.polls.fetch_add(polls as u64, Ordering::Relaxed);
+                if closed && this.slots.is_empty() && this.incoming.is_empty() {
+                    return Poll::Ready(());
+                }
+                return Poll::Pending;
+            }
+        }
+    }
+}
+
+/// Ends a turn as `tokio::task::yield_now` does: the group is woken again after the tasks
+/// already waiting have run (a plain self-wake could be run again at once, from the worker's
+/// next-task slot).
+fn yield_turn(cx: &mut Context<'_>) {
+    let mut yielded = std::pin::pin!(tokio::task::yield_now());
+    if yielded.as_mut().poll(cx).is_ready() {
+        // Outside a runtime context it wakes at once.
+        cx.waker().wake_by_ref();
+    }
+}
+
+impl Group {
+    /// Takes what was handed over and woken, and registers the group's waker for what comes
+    /// next (in the same lock: nothing falls between); whether the accept side is gone.
+    fn take_shared(&mut self, cx: &mut Context<'_>) -> bool {
+        let mut state = self.shared.lock();
+        std::mem::swap(&mut state.incoming, &mut self.taken.incoming);
+        std::mem::swap(&mut state.ready, &mut self.taken.ready);
+        if !state
+            .waiter
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()))
+        {
+            state.waiter = Some(cx.waker().clone());
+        }
+        let closed = state.closed;
+        drop(state);
+        self.woken.extend(self.taken.ready.drain(..));
+        self.incoming.extend(self.taken.incoming.drain(..));
+        closed
+    }
+
+    /// Puts a new phone in a slot and its socket in the epoll set, and polls it once.
+    fn admit(&mut self, phone: GroupPhone, live: LiveGuard) {
+        let Some(slot) = self.slots.next_slot() else {
+            tracing::warn!("phone group: no slot numbers left; closing the connection");
+            return;
+        };
+        let mut task = phone.task;
+        let registered = self.epoll.get_ref().registry().register(
+            task.stream_mut().socket_mut(),
+            mio::Token(slot as usize),
+            mio::Interest::READABLE | mio::Interest::WRITABLE,
+        );
+        if let Err(error) = registered {
+            tracing::warn!(%error, "phone group: cannot watch the socket; closing the connection");
+            return;
+        }
+        let wake = Arc::new(SlotWake {
+            shared: self.shared.clone(),
+            slot,
+            queued: AtomicBool::new(false),
+        });
+        let held = self.slots.insert(Slot {
+            task,
+            wake,
+            _door: phone.door,
+            _live: live,
+        });
+        debug_assert_eq!(held, Some(slot));
+        self.poll_slot(slot);
+    }
+
+    /// Polls the phone in `slot` (nothing when the slot is empty); a phone that finished is
+    /// taken out of the epoll set and dropped, which closes its socket.
+    fn poll_slot(&mut self, slot: u32) {
+        let Some(held) = self.slots.get_mut(slot) else {
+            return;
+        };
+        held.wake.queued.store(false, Ordering::Release);
+        let waker = Waker::from(held.wake.clone());
+        let mut cx = Context::from_waker(&waker);
+        if Pin::new(&mut held.task).poll(&mut cx).is_pending() {
+            return;
+        }
+        if let Some(mut done) = self.slots.remove(slot) {
+            let registry = self.epoll.get_ref().registry();
+            let _ = registry.deregister(done.task.stream_mut().socket_mut());
+        }
+    }
+
+    /// Takes the epoll set's ready events into `fired` without blocking; when there are none,
+    /// tokio is asked to wake the group on the next one.
+    fn wait_events(&mut self, cx: &mut Context<'_>) -> std::io::Result<()> {
+        loop {
+            let mut guard = match self.epoll.poll_read_ready_mut(cx) {
+                Poll::Pending => return Ok(()),
+                Poll::Ready(ready) => ready?,
+            };
+            match guard
+                .get_inner_mut()
+                .poll(&mut self.events, Some(Duration::ZERO))
+            {
+                Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(error) => return Err(error),
+                Ok(()) => {}
+            }
+            if self.events.is_empty() {
+                // Drained: clear tokio's readiness and poll again, which registers the waker.
+                guard.clear_ready();
+                continue;
+            }
+            for event in self.events.iter() {
+                let Ok(slot) = u32::try_from(event.token().0) else {
+                    continue;
+                };
+                let failed = event.is_error();
+                self.fired.push_back((
+                    slot,
+                    event.is_readable() || event.is_read_closed() || failed,
+                    event.is_writable() || event.is_write_closed() || failed,
+                ));
+            }
+            return Ok(());
+        }
+    }
+
+    /// A drained list gives back what a burst made it grow to.
+    fn give_back(&mut self) {
+        if self.woken.is_empty() && self.woken.capacity() > KEPT_LIST_CAPACITY {
+            self.woken = VecDeque::new();
+        }
+        if self.incoming.is_empty() && self.incoming.capacity() > KEPT_LIST_CAPACITY {
+            self.incoming = VecDeque::new();
+        }
+        if self.taken.ready.capacity() > KEPT_LIST_CAPACITY {
+            self.taken.ready = Vec::new();
+        }
+        if self.taken.incoming.capacity() > KEPT_LIST_CAPACITY {
+            self.taken.incoming = Vec::new();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conn::{run_phone, tests::test_settings};
+    use crate::driver::NodeHandle;
+    use crate::phone_queue::PhoneQueue;
+    use pushgate_core::ConnId;
+    use tokio::io::AsyncReadExt;
+    use tokio::net::{TcpListener, TcpStream};
+
+    /// A group of `count` phones over loopback, each admitted by a node that never answers;
+    /// runs `test` with the groups, the phones' ends, their queues and the live count.
+    fn with_group<F, Fut>(count: usize, test: F)
+    where
+        F: FnOnce(PhoneGroups, Vec<TcpStream>, Vec<Arc<PhoneQueue>>, Arc<AtomicUsize>) -> Fut,
+        Fut: Future<Output = ()>,
+    {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let addr = listener.local_addr().expect("addr");
+            let groups = PhoneGroups::start(1).expect("group");
+            let settings = Arc::new(test_settings());
+            let (node, _node_rx) = NodeHandle::channel(count.max(1));
+            let live = Arc::new(AtomicUsize::new(0));
+            let (mut phones, mut queues) = (Vec::new(), Vec::new());
+            for n in 0..count {
+                phones.push(TcpStream::connect(addr).await.expect("connect"));
+                let (server_side, _) = listener.accept().await.expect("accept");
+                let queue = Arc::new(PhoneQueue::new(16));
+                queue.admit();
+                let stream = GroupStream::from_tokio(server_side).expect("socket");
+                let task = run_phone(
+                    ConnId(n as u64 + 1),
+                    stream,
+                    node.clone(),
+                    queue.clone(),
+                    settings.clone(),
+                );
+                let door = AddressSlot::unlimited();
+                groups.add(GroupPhone { task, door }, LiveGuard::new(&live));
+                queues.push(queue);
+            }
+            settle(&groups).await;
+            test(groups, phones, queues, live).await;
+        });
+    }
+
+    /// Yields until the group has polled nothing new for a while.
+    async fn settle(groups: &PhoneGroups) {
+        let mut quiet = 0;
+        let mut seen = groups.phones_polled();
+        while quiet < 20 {
+            tokio::task::yield_now().await;
+            let now = groups.phones_polled();
+            quiet = if now == seen { quiet + 1 } else { 0 };
+            seen = now;
+        }
+    }
+
+    /// Every phone of a group woken at once (as a broadcast wakes them): the group polls them
+    /// in turns of at most [`MAX_POLLS_PER_TURN`] and lets other tasks run between turns.
+    #[test]
+    fn a_turn_polls_at_most_its_bound_of_phones_then_yields() {
+        let count = 3 * MAX_POLLS_PER_TURN + 10;
+        with_group(count, |groups, _phones, queues, live| async move {
+            assert_eq!(live.load(Ordering::Relaxed), count);
+            let start = groups.phones_polled();
+            for queue in &queues {
+                queue.wake_timer(1);
+            }
+            // This task runs between the group's turns: what each turn polled.
+            let mut turns = Vec::new();
+            let mut seen = start;
+            for _ in 0..10_000 {
+                tokio::task::yield_now().await;
+                let now = groups.phones_polled();
+                if now > seen {
+                    turns.push(now - seen);
+                }
+                seen = now;
+                if seen >= start + count as u64 {
+                    break;
+                }
+            }
+            assert!(seen - start >= count as u64, "every woken phone polled");
+            assert!(
+                turns
+                    .iter()
+                    .all(|polls| *polls <= MAX_POLLS_PER_TURN as u64),
+                "turns polled {turns:?}"
+            );
+        });
+    }
+
+    /// Phones close both ways: a close the node asks for reaches the phone as the end of its
+    /// stream, a phone that hangs up leaves the group; each frees its slot and its live count.
+    #[test]
+    fn phones_that_close_leave_their_group() {
+        with_group(20, |groups, mut phones, queues, live| async move {
+            for queue in &queues[..10] {
+                queue.close();
+            }
+            for phone in &mut phones[..10] {
+                let mut byte = [0u8; 1];
+                let read =
+                    tokio::time::timeout(std::time::Duration::from_secs(5), phone.read(&mut byte))
+                        .await
+                        .expect("the server closes within 5 s");
+                assert_eq!(read.expect("read"), 0, "the stream ends");
+            }
+            drop(phones.split_off(10));
+            for _ in 0..500 {
+                if live.load(Ordering::Relaxed) == 0 {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            assert_eq!(
+                live.load(Ordering::Relaxed),
+                0,
+                "every phone left its group"
+            );
+            drop(groups);
+        });
+    }
+
+    /// What a grouped phone holds besides its boxed machine: the slot (in a chunk) and its
+    /// waker (an `Arc` in mimalloc's 32-byte class).
+    #[test]
+    fn a_grouped_phone_is_small() {
+        let slot = std::mem::size_of::<Option<Slot>>();
+        let wake = std::mem::size_of::<SlotWake>();
+        eprintln!("slot {slot} bytes, waker {wake} + 16 bytes");
+        assert!(slot <= 160, "a phone's slot holds {slot} bytes");
+        assert!(
+            wake <= 16,
+            "a phone's waker holds {wake} bytes besides the Arc's counts"
+        );
+    }
+}

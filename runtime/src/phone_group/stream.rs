@@ -1,0 +1,124 @@
+//! A phone's socket in a group: read and written when the group's epoll set says it can be,
+//! with no registration in tokio's reactor (that registration is a 256-byte allocation per
+//! socket, the largest single thing an idle phone held).
+//!
+//! The group registers the socket edge-triggered for reading and writing and, on each event,
+//! marks it readable or writable ([`GroupStream::note`]) before it polls the phone. A read or
+//! write that finds the socket drained (`WouldBlock`) clears the mark; the next edge sets it
+//! again. So a phone woken for another reason (a push queued for it) makes no read syscall
+//! unless bytes came, and the waker a poll is given is not kept: the group polls the phone on
+//! the socket's next event anyway.
+use crate::conn::PhoneStream;
+use bytes::BytesMut;
+use std::io::{Read, Write};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use tokio::io::AsyncWrite;
+
+/// Read buffer room made when the socket is readable (as the task-per-phone path does).
+const READ_CHUNK_BYTES: usize = 4096;
+
+/// A phone's TCP socket, driven by its group's readiness marks.
+pub struct GroupStream {
+    socket: mio::net::TcpStream,
+    readable: bool,
+    writable: bool,
+}
+
+impl GroupStream {
+    /// Takes `stream` out of tokio's reactor (its registration is freed) into a socket the
+    /// group registers in its own epoll set.
+    pub fn from_tokio(stream: tokio::net::TcpStream) -> std::io::Result<Self> {
+        // `into_std` leaves the socket non-blocking, as mio requires.
+        let socket = mio::net::TcpStream::from_std(stream.into_std()?);
+        Ok(Self {
+            socket,
+            // Bytes may have come before the registration: try once.
+            readable: true,
+            writable: true,
+        })
+    }
+
+    /// The socket, to register in (and take out of) the group's epoll set.
+    pub fn socket_mut(&mut self) -> &mut mio::net::TcpStream {
+        &mut self.socket
+    }
+
+    /// An event of the epoll set: what it says the socket can do now. A closed or failed
+    /// socket counts as both (the read or write then returns what happened).
+    pub fn note(&mut self, readable: bool, writable: bool) {
+        self.readable |= readable;
+        self.writable |= writable;
+    }
+}
+
+impl PhoneStream for GroupStream {
+    fn poll_read_some(
+        &mut self,
+        inbound: &mut BytesMut,
+        _cx: &mut Context<'_>,
+    ) -> Poll<std::io::Result<usize>> {
+        if !self.readable {
+            return Poll::Pending;
+        }
+        loop {
+            let start = inbound.len();
+            if inbound.capacity() - start < 64 {
+                inbound.reserve(READ_CHUNK_BYTES);
+            }
+            let room = inbound.capacity() - start;
+            inbound.resize(start + room, 0);
+            let read = self.socket.read(&mut inbound[start..]);
+            inbound.truncate(start + *read.as_ref().unwrap_or(&0));
+            match read {
+                Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
+                    self.readable = false;
+                    if inbound.is_empty() {
+                        *inbound = BytesMut::new();
+                    }
+                    return Poll::Pending;
+                }
+                read => return Poll::Ready(read),
+            }
+        }
+    }
+
+    fn peer_ip(&self) -> Option<std::net::IpAddr> {
+        self.socket.peer_addr().ok().map(|a| a.ip())
+    }
+}
+
+impl AsyncWrite for GroupStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        if !this.writable {
+            return Poll::Pending;
+        }
+        loop {
+            match this.socket.write(buf) {
+                Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
+                    this.writable = false;
+                    return Poll::Pending;
+                }
+                written => return Poll::Ready(written),
+            }
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.socket.shutdown(std::net::Shutdown::Write) {
+            Err(error) if error.kind() == std::io::ErrorKind::NotConnected => Poll::Ready(Ok(())),
+            done => Poll::Ready(done),
+        }
+    }
+}
