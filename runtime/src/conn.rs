@@ -1,5 +1,9 @@
 //! Connection tasks: one per phone and one per PushClient. Each owns its socket.
 //!
+//! A phone's [`PhoneTask`] is a future: spawned as a tokio task of its own (the simulator, the
+//! TLS connection port, `net.phone_io = "tasks"`), or held in a slot of a phone group
+//! ([`crate::phone_group`], the default on the plain port), which polls it the same way.
+//!
 //! A phone's task runs the phone's [`PhoneConn`] (the per-connection half of the core, sans-IO)
 //! beside its socket, so framing, RSA, AES, inflate, compression and sealing happen here, on
 //! whichever core the task runs, not on the node task. It feeds the connection what it reads,

@@ -2,12 +2,15 @@
 //! with no registration in tokio's reactor (that registration is a 256-byte allocation per
 //! socket, the largest single thing an idle phone held).
 //!
-//! The group registers the socket edge-triggered for reading and writing and, on each event,
-//! marks it readable or writable ([`GroupStream::note`]) before it polls the phone. A read or
-//! write that finds the socket drained (`WouldBlock`) clears the mark; the next edge sets it
-//! again. So a phone woken for another reason (a push queued for it) makes no read syscall
-//! unless bytes came, and the waker a poll is given is not kept: the group polls the phone on
-//! the socket's next event anyway.
+//! The group registers the socket edge-triggered for reading, and for writing only while a write
+//! found the socket's buffer full ([`GroupStream::wanted_interest`]): a socket registered for
+//! writing has an event each time the peer's ACKs free room, one per push on a live link, which
+//! would cost a wake-up of the group for nothing. On each event the group marks the socket
+//! readable or writable ([`GroupStream::note`]) and polls the phone if the mark is news. A read
+//! or write that finds the socket drained or full (`WouldBlock`) clears its mark; the next edge
+//! sets it again. So a phone woken for another reason (a push queued for it) makes no read
+//! syscall unless bytes came, and the waker a poll is given is not kept: the group polls the
+//! phone on the socket's next event anyway.
 use crate::conn::PhoneStream;
 use bytes::BytesMut;
 use std::io::{Read, Write};
@@ -23,6 +26,8 @@ pub struct GroupStream {
     socket: mio::net::TcpStream,
     readable: bool,
     writable: bool,
+    /// Registered for writing too (a write found the buffer full and its room is awaited).
+    watching_writes: bool,
 }
 
 impl GroupStream {
@@ -36,6 +41,7 @@ impl GroupStream {
             // Bytes may have come before the registration: try once.
             readable: true,
             writable: true,
+            watching_writes: false,
         })
     }
 
@@ -44,11 +50,31 @@ impl GroupStream {
         &mut self.socket
     }
 
-    /// An event of the epoll set: what it says the socket can do now. A closed or failed
-    /// socket counts as both (the read or write then returns what happened).
-    pub fn note(&mut self, readable: bool, writable: bool) {
+    /// The interests the socket is registered with at first.
+    pub const FIRST_INTEREST: mio::Interest = mio::Interest::READABLE;
+
+    /// An event of the epoll set: what it says the socket can do now (a closed or failed
+    /// socket counts as both: the read or write then returns what happened). True when that is
+    /// news to the phone: a read or a write it could not make can be made now.
+    pub fn note(&mut self, readable: bool, writable: bool) -> bool {
+        let news = (readable && !self.readable) || (writable && !self.writable);
         self.readable |= readable;
         self.writable |= writable;
+        news
+    }
+
+    /// After a poll: the interests the socket must now be registered with, when they changed
+    /// (writing is watched from a write that found the buffer full until one goes through).
+    pub fn wanted_interest(&mut self) -> Option<mio::Interest> {
+        let watch_writes = !self.writable;
+        if watch_writes == self.watching_writes {
+            return None;
+        }
+        self.watching_writes = watch_writes;
+        Some(match watch_writes {
+            true => mio::Interest::READABLE | mio::Interest::WRITABLE,
+            false => mio::Interest::READABLE,
+        })
     }
 }
 
