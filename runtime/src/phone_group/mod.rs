@@ -111,6 +111,11 @@ impl PhoneGroups {
         let shared = &self.groups[n];
         let waiter = {
             let mut state = shared.lock();
+            if state.ended {
+                drop(state);
+                tracing::warn!("phone group ended; closing a new connection");
+                return; // dropped: the socket closes
+            }
             state.incoming.push((phone, live));
             state.waiter.take()
         };
@@ -164,6 +169,8 @@ struct SharedState {
     waiter: Option<Waker>,
     /// The accept side is gone.
     closed: bool,
+    /// The group's task ended (its epoll set failed): it takes no more phones.
+    ended: bool,
 }
 
 impl Shared {
@@ -307,6 +314,18 @@ impl Future for Group {
     }
 }
 
+impl Drop for Group {
+    /// However the group ends, phones handed to it later are not left waiting.
+    fn drop(&mut self) {
+        let incoming = {
+            let mut state = self.shared.lock();
+            state.ended = true;
+            std::mem::take(&mut state.incoming)
+        };
+        drop(incoming);
+    }
+}
+
 /// Ends a turn as `tokio::task::yield_now` does: the group is woken again after the tasks
 /// already waiting have run (a plain self-wake could be run again at once, from the worker's
 /// next-task slot).
@@ -379,7 +398,17 @@ impl Group {
         held.wake.queued.store(false, Ordering::Release);
         let waker = Waker::from(held.wake.clone());
         let mut cx = Context::from_waker(&waker);
-        if Pin::new(&mut held.task).poll(&mut cx).is_pending() {
+        // A phone whose poll panics is dropped alone, as tokio drops a task that panicked: its
+        // group and the group's other phones go on.
+        let task = &mut held.task;
+        let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            Pin::new(task).poll(&mut cx)
+        }));
+        let polled = polled.unwrap_or_else(|_| {
+            tracing::error!(slot, "phone group: a phone's poll panicked; closing it");
+            Poll::Ready(())
+        });
+        if polled.is_pending() {
             let stream = held.task.stream_mut();
             if let Some(interest) = stream.wanted_interest() {
                 let registry = self.epoll.get_ref().registry();
