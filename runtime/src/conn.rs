@@ -410,10 +410,33 @@ impl<S: PhoneStream> PhoneTask<S> {
 }
 
 impl<S> Drop for PhoneTask<S> {
-    /// However the task ends (also when the runtime drops it), its timer goes with it.
+    /// However the task ends (also when the runtime drops it), its timer goes with it, and a
+    /// connection dropped while still open (a phone group that failed, a poll that panicked)
+    /// tells the node it closed, so the node does not keep a session for a socket that is
+    /// gone. Best effort: when the node's queue is full the message goes through a task of its
+    /// own; when the node is gone there is nobody to tell.
     fn drop(&mut self) {
-        let conn = self.phone.machine.id();
+        let machine = &mut self.phone.machine;
+        let conn = machine.id();
         self.wheel.disarm(&self.settings.timers, conn);
+        if machine.is_open() {
+            machine.handle_peer_closed(self.settings.now_ms());
+        }
+        while let Some(input) = machine.poll_input() {
+            match self.node.try_send(NodeMsg::Input(input)) {
+                Ok(()) => {}
+                Err(TrySend::Gone) => return,
+                #[cfg(not(madsim))]
+                Err(TrySend::Full(msg)) => {
+                    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                        let node = self.node.clone();
+                        runtime.spawn(async move { node.send(*msg).await });
+                    }
+                }
+                #[cfg(madsim)]
+                Err(TrySend::Full(_)) => {}
+            }
+        }
     }
 }
 
@@ -783,6 +806,34 @@ pub(crate) mod tests {
             seed: [7; 32],
             timers: Arc::new(PhoneTimers::new()),
         }
+    }
+
+    /// A phone's task dropped while its connection is open (a phone group that failed, a poll
+    /// that panicked) tells the node the connection closed: the node does not keep its session.
+    #[test]
+    fn a_phone_task_dropped_while_open_tells_the_node_it_closed() {
+        on_loopback(|_phone, stream| async move {
+            let (node, mut node_rx) = NodeHandle::channel(4);
+            let task = run_phone(
+                ConnId(9),
+                stream,
+                node,
+                Arc::new(PhoneQueue::new(16)),
+                Arc::new(test_settings()),
+            );
+            drop(task);
+            match node_rx.try_recv() {
+                Ok(NodeMsg::Input(Input::PhoneClosed { conn, reason })) => {
+                    assert_eq!(conn, ConnId(9));
+                    assert_eq!(reason, pushgate_core::CloseReason::PeerClosed);
+                }
+                other => panic!(
+                    "expected PhoneClosed, got {:?}",
+                    other.map(|_| "another message")
+                ),
+            }
+            assert!(node_rx.try_recv().is_err(), "told once");
+        });
     }
 
     /// An idle phone's task is this future plus tokio's task header and trailer: it must stay

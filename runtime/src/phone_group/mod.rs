@@ -87,6 +87,7 @@ impl PhoneGroups {
                 taken: Taken::default(),
                 fired: VecDeque::with_capacity(EVENTS_PER_WAIT),
                 put_off: false,
+                turn_was_full: false,
             };
             tokio::spawn(group);
             groups.push(shared);
@@ -107,21 +108,25 @@ impl PhoneGroups {
 
     /// Hands `phone` to the next group (round robin); `live` counts it until it closes.
     pub(crate) fn add(&self, phone: GroupPhone, live: LiveGuard) {
-        let n = self.next.fetch_add(1, Ordering::Relaxed) % self.groups.len();
-        let shared = &self.groups[n];
-        let waiter = {
-            let mut state = shared.lock();
-            if state.ended {
-                drop(state);
-                tracing::warn!("phone group ended; closing a new connection");
-                return; // dropped: the socket closes
+        let first = self.next.fetch_add(1, Ordering::Relaxed);
+        let mut phone = Some((phone, live));
+        for n in 0..self.groups.len() {
+            let shared = &self.groups[(first + n) % self.groups.len()];
+            let waiter = {
+                let mut state = shared.lock();
+                if state.ended {
+                    continue;
+                }
+                state.incoming.extend(phone.take());
+                state.waiter.take()
+            };
+            if let Some(waiter) = waiter {
+                waiter.wake();
             }
-            state.incoming.push((phone, live));
-            state.waiter.take()
-        };
-        if let Some(waiter) = waiter {
-            waiter.wake();
+            return;
         }
+        // Dropped: the socket closes and the node hears it (`PhoneTask`'s drop).
+        tracing::warn!("every phone group ended; closing a new connection");
     }
 }
 
@@ -242,6 +247,8 @@ struct Group {
     fired: VecDeque<(u32, bool, bool)>,
     /// This wake-up was put off once already ([`Group::poll`]).
     put_off: bool,
+    /// The last turn stopped at its bound (and yielded).
+    turn_was_full: bool,
 }
 
 impl Future for Group {
@@ -253,7 +260,9 @@ impl Future for Group {
         // turn): a phone that several pushes in a row woke then writes them in one go, not
         // one write each (with the turn's bound, 0.26 instead of 0.33 `sendto` per delivery in
         // the fan-out above; the wait is one pass of the runtime's scheduler).
-        this.put_off = !this.put_off;
+        // (A turn that stopped at its bound has yielded already.)
+        this.put_off = !this.put_off && !this.turn_was_full;
+        this.turn_was_full = false;
         if this.put_off {
             yield_turn(cx);
             return Poll::Pending;
@@ -262,7 +271,18 @@ impl Future for Group {
         loop {
             let closed = this.take_shared(cx);
             let mut worked = false;
-            while polls < MAX_POLLS_PER_TURN {
+            // Socket events first, at most half a turn: a write waiting for room or a phone's
+            // bytes are not held behind a fan-out's woken phones or a storm's new ones.
+            if this.fired.is_empty() {
+                if let Err(error) = this.wait_events(cx) {
+                    tracing::error!(%error, "phone group: epoll failed; closing its phones");
+                    return Poll::Ready(());
+                }
+            }
+            worked |= this.poll_fired(&mut polls, MAX_POLLS_PER_TURN / 2);
+            // Then new phones (at most a quarter) and woken ones, then events again with what
+            // is left of the turn.
+            while polls < MAX_POLLS_PER_TURN * 3 / 4 {
                 let Some((phone, live)) = this.incoming.pop_front() else {
                     break;
                 };
@@ -276,30 +296,12 @@ impl Future for Group {
                 this.poll_slot(slot);
                 (worked, polls) = (true, polls + 1);
             }
-            if polls < MAX_POLLS_PER_TURN && this.fired.is_empty() {
-                if let Err(error) = this.wait_events(cx) {
-                    tracing::error!(%error, "phone group: epoll failed; closing its phones");
-                    return Poll::Ready(());
-                }
-            }
-            while polls < MAX_POLLS_PER_TURN {
-                let Some((slot, readable, writable)) = this.fired.pop_front() else {
-                    break;
-                };
-                worked = true;
-                let news = this.slots.get_mut(slot).is_some_and(|held| {
-                    let stream = held.task.stream_mut();
-                    stream.note(readable, writable)
-                });
-                if news {
-                    this.poll_slot(slot);
-                    polls += 1;
-                }
-            }
+            worked |= this.poll_fired(&mut polls, MAX_POLLS_PER_TURN);
             this.give_back();
             if polls >= MAX_POLLS_PER_TURN {
                 this.shared.polls.fetch_add(polls as u64, Ordering::Relaxed);
                 crate::metrics::phone_group_turn_full();
+                this.turn_was_full = true;
                 yield_turn(cx);
                 return Poll::Pending;
             }
@@ -330,14 +332,33 @@ impl Drop for Group {
 /// already waiting have run (a plain self-wake could be run again at once, from the worker's
 /// next-task slot).
 fn yield_turn(cx: &mut Context<'_>) {
-    let mut yielded = std::pin::pin!(tokio::task::yield_now());
-    if yielded.as_mut().poll(cx).is_ready() {
-        // Outside a runtime context it wakes at once.
-        cx.waker().wake_by_ref();
-    }
+    // Its first poll defers the waker and is pending.
+    let yielded = std::pin::pin!(tokio::task::yield_now()).poll(cx);
+    debug_assert!(yielded.is_pending());
 }
 
 impl Group {
+    /// Polls the phones of the socket events taken (those for which the event is news) while
+    /// `polls` is under `limit`; whether any event was handled.
+    fn poll_fired(&mut self, polls: &mut usize, limit: usize) -> bool {
+        let mut handled = false;
+        while *polls < limit {
+            let Some((slot, readable, writable)) = self.fired.pop_front() else {
+                break;
+            };
+            handled = true;
+            let news = self.slots.get_mut(slot).is_some_and(|held| {
+                let stream = held.task.stream_mut();
+                stream.note(readable, writable)
+            });
+            if news {
+                self.poll_slot(slot);
+                *polls += 1;
+            }
+        }
+        handled
+    }
+
     /// Takes what was handed over and woken, and registers the group's waker for what comes
     /// next (in the same lock: nothing falls between); whether the accept side is gone.
     fn take_shared(&mut self, cx: &mut Context<'_>) -> bool {
@@ -396,6 +417,7 @@ impl Group {
             return;
         };
         held.wake.queued.store(false, Ordering::Release);
+        held.task.stream_mut().start_poll();
         let waker = Waker::from(held.wake.clone());
         let mut cx = Context::from_waker(&waker);
         // A phone whose poll panics is dropped alone, as tokio drops a task that panicked: its
@@ -668,6 +690,55 @@ mod tests {
                 "the phone is still connected"
             );
             drop(groups);
+        });
+    }
+
+    /// A phone whose peer sends without pause reads at most [`MAX_READS_PER_POLL`] times in
+    /// one poll, then asks to be polled again (its waker woken) and lets the group go on.
+    #[test]
+    fn a_poll_reads_at_most_its_budget_then_asks_to_be_polled_again() {
+        use crate::conn::PhoneStream;
+        use stream::MAX_READS_PER_POLL;
+        use tokio::io::AsyncWriteExt;
+        struct Count(AtomicUsize);
+        impl Wake for Count {
+            fn wake(self: Arc<Self>) {
+                self.0.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let mut phone = TcpStream::connect(listener.local_addr().expect("addr"))
+                .await
+                .expect("connect");
+            let (server_side, _) = listener.accept().await.expect("accept");
+            let mut stream = GroupStream::from_tokio(server_side).expect("socket");
+            phone.write_all(&vec![7u8; 1 << 20]).await.expect("write");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            let woken = Arc::new(Count(AtomicUsize::new(0)));
+            let waker = Waker::from(woken.clone());
+            let mut cx = Context::from_waker(&waker);
+            let mut inbound = bytes::BytesMut::new();
+            for _ in 0..2 {
+                stream.start_poll();
+                let before = woken.0.load(Ordering::Relaxed);
+                let mut reads = 0;
+                while let Poll::Ready(read) = stream.poll_read_some(&mut inbound, &mut cx) {
+                    assert!(read.expect("read") > 0);
+                    inbound.clear();
+                    reads += 1;
+                }
+                assert_eq!(reads, usize::from(MAX_READS_PER_POLL));
+                assert_eq!(
+                    woken.0.load(Ordering::Relaxed),
+                    before + 1,
+                    "asked to be polled again"
+                );
+            }
         });
     }
 

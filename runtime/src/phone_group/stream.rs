@@ -20,6 +20,10 @@ use tokio::io::AsyncWrite;
 
 /// Read buffer room made when the socket is readable (as the task-per-phone path does).
 const READ_CHUNK_BYTES: usize = 4096;
+/// Most reads in one poll of the phone: a peer that sends as fast as the server decodes gets
+/// back in line after these (tokio's budget does the same for a task of its own), so one phone
+/// does not hold its group.
+pub const MAX_READS_PER_POLL: u8 = 32;
 
 /// A phone's TCP socket, driven by its group's readiness marks.
 pub struct GroupStream {
@@ -28,6 +32,8 @@ pub struct GroupStream {
     writable: bool,
     /// Registered for writing too (a write found the buffer full and its room is awaited).
     watching_writes: bool,
+    /// Reads made in the current poll ([`MAX_READS_PER_POLL`]).
+    reads_this_poll: u8,
 }
 
 impl GroupStream {
@@ -42,12 +48,18 @@ impl GroupStream {
             readable: true,
             writable: true,
             watching_writes: false,
+            reads_this_poll: 0,
         })
     }
 
     /// The socket, to register in (and take out of) the group's epoll set.
     pub fn socket_mut(&mut self) -> &mut mio::net::TcpStream {
         &mut self.socket
+    }
+
+    /// The group is about to poll the phone: its read budget starts again.
+    pub fn start_poll(&mut self) {
+        self.reads_this_poll = 0;
     }
 
     /// The interests the socket is registered with at first.
@@ -82,11 +94,17 @@ impl PhoneStream for GroupStream {
     fn poll_read_some(
         &mut self,
         inbound: &mut BytesMut,
-        _cx: &mut Context<'_>,
+        cx: &mut Context<'_>,
     ) -> Poll<std::io::Result<usize>> {
         if !self.readable {
             return Poll::Pending;
         }
+        if self.reads_this_poll >= MAX_READS_PER_POLL {
+            // Still readable: the phone is polled again after the others woken before it.
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        self.reads_this_poll += 1;
         loop {
             let start = inbound.len();
             if inbound.capacity() - start < 64 {
