@@ -21,9 +21,12 @@
 //!
 //! Bounds and fairness: one turn of a group polls at most [`MAX_POLLS_PER_TURN`] phones, then
 //! yields (a broadcast that wakes 10,000 phones of a group does not hold a worker thread for the
-//! whole fan-out); phones woken and not yet polled wait in arrival order, and one woken again
-//! meanwhile is polled once for all of it (its frames written together). The group's lists give
-//! back a burst's capacity once drained. A group ends when the accept side is gone
+//! whole fan-out). Socket events get the first half of a turn (a write waiting for room, a
+//! phone's bytes), new phones at most a quarter, woken phones the rest; a poll reads at most
+//! [`stream::MAX_READS_PER_POLL`] times (a peer sending without pause does not hold the
+//! group). Phones woken and not yet polled wait in arrival order, and one woken again meanwhile
+//! is polled once for all of it (its frames written together). The group's lists give back a
+//! burst's capacity once drained. A phone whose poll panics is dropped alone. A group ends when the accept side is gone
 //! ([`PhoneGroups`] dropped) and its last phone has closed.
 //!
 //! Outside the simulator only (its sockets have no file descriptors): the simulator, and the
