@@ -46,6 +46,13 @@ pub fn shrink_queue<T>(queue: &mut std::collections::VecDeque<T>) {
     }
 }
 
+/// Shrinks `list` when [`worth_shrinking`].
+pub fn shrink_vec<T>(list: &mut Vec<T>) {
+    if worth_shrinking(list.capacity(), list.len()) {
+        list.shrink_to(keep_for(list.len()));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -66,6 +73,20 @@ mod tests {
         );
         assert!(map.capacity() >= 200);
         assert_eq!(map.len(), 100);
+    }
+
+    #[test]
+    fn a_drained_list_gives_its_burst_back() {
+        let mut list: Vec<u32> = (0..10_000).collect();
+        shrink_vec(&mut list);
+        assert!(list.capacity() >= 10_000, "a full list keeps its capacity");
+        list.clear();
+        shrink_vec(&mut list);
+        assert_eq!(list.capacity(), 0);
+        let mut queue: std::collections::VecDeque<u32> = (0..10_000).collect();
+        queue.truncate(10);
+        shrink_queue(&mut queue);
+        assert!(queue.capacity() < 1_000 && queue.len() == 10);
     }
 
     #[test]

@@ -433,6 +433,7 @@ impl<S> Drop for PhoneTask<S> {
                         runtime.spawn(async move { node.send(*msg).await });
                     }
                 }
+                // In the simulator a task is dropped when its node is killed: nobody to tell.
                 #[cfg(madsim)]
                 Err(TrySend::Full(_)) => {}
             }
@@ -773,7 +774,7 @@ pub(crate) mod tests {
 
     /// Runs `test` on a current-thread runtime with a connected loopback pair (the phone's
     /// end, the server's end).
-    fn on_loopback<F, Fut>(test: F)
+    pub(crate) fn on_loopback<F, Fut>(test: F)
     where
         F: FnOnce(TcpStream, TcpStream) -> Fut,
         Fut: std::future::Future<Output = ()>,

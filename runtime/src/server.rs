@@ -202,30 +202,17 @@ pub async fn start_with(config: &Config, hooks: ServerHooks) -> anyhow::Result<R
     );
     let live = Arc::new(AtomicUsize::new(0));
     let next_id = Arc::new(AtomicU64::new(1));
-    #[cfg(not(madsim))]
-    let tls_phones = match (&connect_tls, &tls) {
-        (Some(_), Some(files)) => Some((
-            PhoneDoor {
-                addresses: phone_door.addresses.clone(),
-                counters: counters.clone(),
-            },
-            files.clone(),
-        )),
-        _ => None,
+    let phones = PhonePort {
+        node: handle.clone(),
+        settings: phone_settings,
+        next_id: next_id.clone(),
+        door: phone_door,
     };
     #[cfg(not(madsim))]
-    let (phone_settings_tls, next_id_tls) = (phone_settings.clone(), next_id.clone());
+    let tls_phones = tls.clone().map(|files| (phones.clone(), files));
     #[cfg_attr(madsim, allow(unused_mut))]
     let mut accept_tasks = vec![
-        tokio::spawn(accept_phones(
-            connect,
-            handle.clone(),
-            phone_settings,
-            next_id.clone(),
-            live.clone(),
-            phone_door,
-            net.phone_io,
-        )),
+        tokio::spawn(accept_phones(connect, phones, live.clone(), net.phone_io)),
         tokio::spawn(accept_gateways(
             gateway,
             handle.clone(),
@@ -259,14 +246,11 @@ pub async fn start_with(config: &Config, hooks: ServerHooks) -> anyhow::Result<R
     #[cfg(madsim)]
     let ws_addr = None;
     #[cfg(not(madsim))]
-    if let (Some(listener), Some((door, files))) = (connect_tls, tls_phones) {
+    if let (Some(listener), Some((phones, files))) = (connect_tls, tls_phones) {
         accept_tasks.push(tokio::spawn(accept_tls_phones(
             listener,
-            handle.clone(),
-            phone_settings_tls,
-            next_id_tls,
+            phones,
             live.clone(),
-            door,
             files,
         )));
     }
@@ -542,6 +526,7 @@ fn spawn_task<Task: Future<Output = ()> + Send + 'static>(task: Task, live: Live
 }
 
 /// What the phones' accept loop checks before a connection reaches the node.
+#[derive(Clone)]
 struct PhoneDoor {
     addresses: Arc<AddressLimits>,
     counters: Arc<LimitCounters>,
@@ -575,22 +560,68 @@ pub(crate) async fn open_phone(
     node.send(opened).await.ok().map(|()| queue)
 }
 
-async fn accept_phones(
-    listener: TcpListener,
+/// What a phone listener's accept loop (plain or TLS) opens each connection with.
+#[derive(Clone)]
+struct PhonePort {
     node: NodeHandle,
     settings: Arc<PhoneSettings>,
     next_id: Arc<AtomicU64>,
-    live: Arc<AtomicUsize>,
     door: PhoneDoor,
+}
+
+/// A phone connection just accepted, before the node has heard of it.
+struct Accepted {
+    node: NodeHandle,
+    settings: Arc<PhoneSettings>,
+    conn: ConnId,
+}
+
+impl PhonePort {
+    /// A connection from `peer`: its slot in its address's limit (`None`: refused, counted)
+    /// and what opens it.
+    fn accepted(&self, peer: std::net::IpAddr) -> (Option<crate::limits::AddressSlot>, Accepted) {
+        let slot = self.door.admit(peer);
+        let accepted = Accepted {
+            node: self.node.clone(),
+            settings: self.settings.clone(),
+            conn: ConnId(self.next_id.fetch_add(1, Ordering::Relaxed)),
+        };
+        (slot, accepted)
+    }
+}
+
+impl Accepted {
+    /// Tells the node the connection opened: the phone's task over `stream`, or `None` when
+    /// the node is gone.
+    async fn open<S: conn::PhoneStream>(self, stream: S) -> Option<conn::PhoneTask<S>> {
+        let Self {
+            node,
+            settings,
+            conn,
+        } = self;
+        let queue = open_phone(&node, conn, settings.max_queued_items()).await?;
+        Some(conn::run_phone(conn, stream, node, queue, settings))
+    }
+}
+
+/// Phones on the plain connection port, run by phone groups ([`crate::phone_group`]) or, with
+/// `net.phone_io = "tasks"` (and in the simulator), a task each.
+async fn accept_phones(
+    listener: TcpListener,
+    phones: PhonePort,
+    live: Arc<AtomicUsize>,
     io: crate::config::PhoneIo,
 ) {
     #[cfg(not(madsim))]
     if io == crate::config::PhoneIo::Groups {
+        use crate::phone_group::{GroupPhone, GroupStream, PhoneGroups};
         let workers = tokio::runtime::Handle::current().metrics().num_workers();
-        match crate::phone_group::PhoneGroups::start(workers) {
+        match PhoneGroups::start(workers) {
             Ok(groups) => {
-                return accept_grouped_phones(listener, node, settings, next_id, live, door, groups)
-                    .await
+                let wrap = |task, door| GroupPhone { task, door };
+                let launch = |phone, live| groups.add(phone, live);
+                let convert = GroupStream::from_tokio;
+                return accept_phones_with(listener, phones, live, convert, wrap, launch).await;
             }
             Err(error) => {
                 tracing::warn!(%error, "cannot start phone groups; a task per phone instead")
@@ -602,36 +633,16 @@ async fn accept_phones(
     let wrap = |task: conn::PhoneTask<TcpStream>, slot: crate::limits::AddressSlot| {
         task.map(move |()| drop(slot))
     };
-    let parts = (node, settings, next_id, door);
-    accept_phones_with(listener, live, parts, Ok, wrap, spawn_task).await;
+    accept_phones_with(listener, phones, live, Ok, wrap, spawn_task).await;
 }
 
-/// [`accept_phones`] handing each phone to a phone group ([`crate::phone_group`]) instead of a
-/// task of its own.
-#[cfg(not(madsim))]
-async fn accept_grouped_phones(
-    listener: TcpListener,
-    node: NodeHandle,
-    settings: Arc<PhoneSettings>,
-    next_id: Arc<AtomicU64>,
-    live: Arc<AtomicUsize>,
-    door: PhoneDoor,
-    groups: crate::phone_group::PhoneGroups,
-) {
-    use crate::phone_group::{GroupPhone, GroupStream};
-    let wrap = |task, door| GroupPhone { task, door };
-    let parts = (node, settings, next_id, door);
-    let launch = |phone, live| groups.add(phone, live);
-    accept_phones_with(listener, live, parts, GroupStream::from_tokio, wrap, launch).await;
-}
-
-/// The phones' accept loop: each connection within its address's limit is made a stream of
-/// the kind the phones run on (`convert`), taken in by the node, and its [`conn::PhoneTask`]
-/// (`wrap`ped with its address slot) `launch`ed.
+/// The plain port's accept loop: each connection within its address's limit is made a stream
+/// of the kind the phones run on (`convert`), taken in by the node, and its
+/// [`conn::PhoneTask`] (`wrap`ped with its address slot) `launch`ed.
 async fn accept_phones_with<S, C, W, Task, L>(
     listener: TcpListener,
+    phones: PhonePort,
     live: Arc<AtomicUsize>,
-    (node, settings, next_id, door): (NodeHandle, Arc<PhoneSettings>, Arc<AtomicU64>, PhoneDoor),
     convert: C,
     wrap: W,
     launch: L,
@@ -642,12 +653,9 @@ async fn accept_phones_with<S, C, W, Task, L>(
     L: FnMut(Task, LiveGuard),
 {
     let start = |stream, peer: SocketAddr| {
-        let node = node.clone();
-        let settings = settings.clone();
-        let admitted = door.admit(peer.ip());
-        let conn = ConnId(next_id.fetch_add(1, Ordering::Relaxed));
+        let (slot, accepted) = phones.accepted(peer.ip());
         async move {
-            let Some(slot) = admitted else {
+            let Some(slot) = slot else {
                 return Admit::Refused;
             };
             let stream = match convert(stream) {
@@ -657,13 +665,10 @@ async fn accept_phones_with<S, C, W, Task, L>(
                     return Admit::Refused;
                 }
             };
-            let Some(queue) = open_phone(&node, conn, settings.max_queued_items()).await else {
-                return Admit::Stop;
-            };
-            Admit::Run(wrap(
-                conn::run_phone(conn, stream, node, queue, settings),
-                slot,
-            ))
+            match accepted.open(stream).await {
+                Some(task) => Admit::Run(wrap(task, slot)),
+                None => Admit::Stop,
+            }
         }
     };
     accept_loop(listener, "connection", live, start, launch).await;
@@ -760,42 +765,29 @@ async fn serve_gateway<S>(
 #[cfg(not(madsim))]
 async fn accept_tls_phones(
     listener: TcpListener,
-    node: NodeHandle,
-    settings: Arc<PhoneSettings>,
-    next_id: Arc<AtomicU64>,
+    phones: PhonePort,
     live: Arc<AtomicUsize>,
-    door: PhoneDoor,
     tls: Arc<crate::tls::TlsFiles>,
 ) {
-    accept_loop(
-        listener,
-        "connection-tls",
-        live,
-        |stream, peer| {
-            let node = node.clone();
-            let settings = settings.clone();
-            let tls = tls.clone();
-            let admitted = door.admit(peer.ip());
-            let conn = ConnId(next_id.fetch_add(1, Ordering::Relaxed));
-            async move {
-                let Some(slot) = admitted else {
-                    return Admit::Refused;
+    let start = |stream, peer: SocketAddr| {
+        let tls = tls.clone();
+        let (slot, accepted) = phones.accepted(peer.ip());
+        async move {
+            let Some(slot) = slot else {
+                return Admit::Refused;
+            };
+            Admit::Run(async move {
+                let Some(stream) = tls.accept(stream, "connection").await else {
+                    return;
                 };
-                Admit::Run(async move {
-                    let Some(stream) = tls.accept(stream, "connection").await else {
-                        return;
-                    };
-                    if let Some(queue) = open_phone(&node, conn, settings.max_queued_items()).await
-                    {
-                        conn::run_phone(conn, stream, node, queue, settings).await;
-                    }
-                    drop(slot);
-                })
-            }
-        },
-        spawn_task,
-    )
-    .await;
+                if let Some(task) = accepted.open(stream).await {
+                    task.await;
+                }
+                drop(slot);
+            })
+        }
+    };
+    accept_loop(listener, "connection-tls", live, start, spawn_task).await;
 }
 
 impl RunningServer {

@@ -25,8 +25,8 @@
 //! phone's bytes), new phones at most a quarter, woken phones the rest; a poll reads at most
 //! [`stream::MAX_READS_PER_POLL`] times (a peer sending without pause does not hold the
 //! group). Phones woken and not yet polled wait in arrival order, and one woken again meanwhile
-//! is polled once for all of it (its frames written together). The group's lists give back a
-//! burst's capacity once drained. A phone whose poll panics is dropped alone. A group ends when the accept side is gone
+//! is polled once for all of it (its frames written together). An idle group's lists give back
+//! a burst's capacity (`pushgate_core::spare`). A phone whose poll panics is dropped alone. A group ends when the accept side is gone
 //! ([`PhoneGroups`] dropped) and its last phone has closed.
 //!
 //! Outside the simulator only (its sockets have no file descriptors): the simulator, and the
@@ -58,8 +58,6 @@ use tokio::io::unix::AsyncFd;
 pub const MAX_POLLS_PER_TURN: usize = 64;
 /// Socket events taken from the epoll set at once.
 const EVENTS_PER_WAIT: usize = 128;
-/// A drained list keeps at most this much capacity (a burst's is given back).
-const KEPT_LIST_CAPACITY: usize = 256;
 
 /// A phone as the accept loop hands it to a group: its machine and socket, and its slot in the
 /// per-address connection limit (held for as long as the phone is).
@@ -87,7 +85,6 @@ impl PhoneGroups {
                 slots: Slots::default(),
                 incoming: VecDeque::new(),
                 woken: VecDeque::new(),
-                taken: Taken::default(),
                 fired: VecDeque::with_capacity(EVENTS_PER_WAIT),
                 put_off: false,
                 turn_was_full: false,
@@ -163,7 +160,7 @@ fn watch_epoll(poll: mio::Poll) -> std::io::Result<AsyncFd<mio::Poll>> {
 #[derive(Default)]
 struct Shared {
     state: Mutex<SharedState>,
-    /// Phone polls so far (for the turn bound's test and its metric).
+    /// Phone polls so far ([`PhoneGroups::phones_polled`]: what the turn bound's test watches).
     polls: std::sync::atomic::AtomicU64,
 }
 
@@ -228,13 +225,6 @@ struct Slot {
     _live: LiveGuard,
 }
 
-/// The lists a group takes from [`Shared`] at once (swapped, so both keep their capacity).
-#[derive(Default)]
-struct Taken {
-    incoming: Vec<(GroupPhone, LiveGuard)>,
-    ready: Vec<u32>,
-}
-
 /// A group's task.
 struct Group {
     shared: Arc<Shared>,
@@ -245,7 +235,6 @@ struct Group {
     incoming: VecDeque<(GroupPhone, LiveGuard)>,
     /// Slots woken and not yet polled, in the order they were woken.
     woken: VecDeque<u32>,
-    taken: Taken,
     /// Socket events of the last wait not yet handled: slot, readable, writable.
     fired: VecDeque<(u32, bool, bool)>,
     /// This wake-up was put off once already ([`Group::poll`]).
@@ -300,7 +289,6 @@ impl Future for Group {
                 (worked, polls) = (true, polls + 1);
             }
             worked |= this.poll_fired(&mut polls, MAX_POLLS_PER_TURN);
-            this.give_back();
             if polls >= MAX_POLLS_PER_TURN {
                 this.shared.polls.fetch_add(polls as u64, Ordering::Relaxed);
                 crate::metrics::phone_group_turn_full();
@@ -310,6 +298,7 @@ impl Future for Group {
             }
             if !worked {
                 this.shared.polls.fetch_add(polls as u64, Ordering::Relaxed);
+                this.shrink_spare();
                 if closed && this.slots.is_empty() && this.incoming.is_empty() {
                     return Poll::Ready(());
                 }
@@ -366,8 +355,8 @@ impl Group {
     /// next (in the same lock: nothing falls between); whether the accept side is gone.
     fn take_shared(&mut self, cx: &mut Context<'_>) -> bool {
         let mut state = self.shared.lock();
-        std::mem::swap(&mut state.incoming, &mut self.taken.incoming);
-        std::mem::swap(&mut state.ready, &mut self.taken.ready);
+        self.woken.extend(state.ready.drain(..));
+        self.incoming.extend(state.incoming.drain(..));
         if !state
             .waiter
             .as_ref()
@@ -375,11 +364,7 @@ impl Group {
         {
             state.waiter = Some(cx.waker().clone());
         }
-        let closed = state.closed;
-        drop(state);
-        self.woken.extend(self.taken.ready.drain(..));
-        self.incoming.extend(self.taken.incoming.drain(..));
-        closed
+        state.closed
     }
 
     /// Puts a new phone in a slot and its socket in the epoll set, and polls it once.
@@ -490,20 +475,13 @@ impl Group {
         }
     }
 
-    /// A drained list gives back what a burst made it grow to.
-    fn give_back(&mut self) {
-        if self.woken.is_empty() && self.woken.capacity() > KEPT_LIST_CAPACITY {
-            self.woken = VecDeque::new();
-        }
-        if self.incoming.is_empty() && self.incoming.capacity() > KEPT_LIST_CAPACITY {
-            self.incoming = VecDeque::new();
-        }
-        if self.taken.ready.capacity() > KEPT_LIST_CAPACITY {
-            self.taken.ready = Vec::new();
-        }
-        if self.taken.incoming.capacity() > KEPT_LIST_CAPACITY {
-            self.taken.incoming = Vec::new();
-        }
+    /// The group goes idle: its lists give back what a burst made them grow to.
+    fn shrink_spare(&mut self) {
+        pushgate_core::spare::shrink_queue(&mut self.woken);
+        pushgate_core::spare::shrink_queue(&mut self.incoming);
+        let mut state = self.shared.lock();
+        pushgate_core::spare::shrink_vec(&mut state.ready);
+        pushgate_core::spare::shrink_vec(&mut state.incoming);
     }
 }
 
@@ -709,16 +687,7 @@ mod tests {
                 self.0.fetch_add(1, Ordering::Relaxed);
             }
         }
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(async {
-            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-            let mut phone = TcpStream::connect(listener.local_addr().expect("addr"))
-                .await
-                .expect("connect");
-            let (server_side, _) = listener.accept().await.expect("accept");
+        crate::conn::tests::on_loopback(|mut phone, server_side| async move {
             let mut stream = GroupStream::from_tokio(server_side).expect("socket");
             phone.write_all(&vec![7u8; 1 << 20]).await.expect("write");
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
