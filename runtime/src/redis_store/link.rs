@@ -1,9 +1,9 @@
-//! The task between the node and Redis: it opens the connections (following Sentinel to the
-//! current master), subscribes to this node's kick channel, runs every request as its own
-//! pipelined command sequence with at most [`RedisOptions::max_in_flight`] in flight and a
-//! deadline each, pings to find a dead link, and reconnects with backoff. Requests beyond the
-//! slots wait in a queue as plain values, not as tasks: a connect burst of thousands of binds
-//! parked a 2 KiB task each.
+//! The task between the node and Redis, on a thread of its own ([`run_apart`] says why): it
+//! opens the connections (following Sentinel to the current master), subscribes to this node's
+//! kick channel, runs every request as its own pipelined command sequence with at most
+//! [`RedisOptions::max_in_flight`] in flight and a deadline each, pings to find a dead link,
+//! and reconnects with backoff. Requests beyond the slots wait in a queue as plain values, not
+//! as tasks: a connect burst of thousands of binds parked a 2 KiB task each.
 //!
 //! Requests are refused (the driver answers them as unavailable) while the link is down, and
 //! those accepted but not yet sent when it goes down are answered as unavailable. Each outage
@@ -19,6 +19,8 @@ use futures_util::StreamExt;
 use pushgate_core::store::{StoreError, StoreOp};
 use pushgate_core::NodeAddr;
 use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -81,14 +83,8 @@ impl RedisStore {
         let (tx, rx) = mpsc::unbounded_channel();
         let (deliver, delivered) = mpsc::unbounded_channel();
         let connected = Arc::new(AtomicBool::new(false));
-        tokio::spawn(run_link(
-            target,
-            node,
-            options,
-            rx,
-            deliver,
-            connected.clone(),
-        ));
+        let link = run_link(target, node, options, rx, deliver, connected.clone());
+        run_apart(Box::pin(link));
         (Self { tx, connected }, delivered)
     }
 
@@ -100,6 +96,55 @@ impl RedisStore {
     /// Sends a request; false when the link is down (the caller answers it as unavailable).
     pub fn request(&self, id: u64, op: StoreOp) -> bool {
         self.is_connected() && self.tx.send(Request { id, op }).is_ok()
+    }
+}
+
+/// Runs the link on a thread of its own, with a single-threaded runtime, rather than among
+/// the node's and the phones' tasks.
+///
+/// The reason is memory. Every op in flight holds a task and its command buffers (about
+/// 1 KiB, up to [`RedisOptions::max_in_flight`] at once), and a connect burst is a burst of
+/// ops. Allocated on the threads that also allocate the phones' long-lived records, these
+/// transients are interleaved with them in the allocator's pages, and once freed they leave
+/// holes no idle phone fills: 19,000 phones connecting 100 at a time kept about 0.35 KiB per
+/// phone of such pages (`bench/README.md`, run 12). The allocator (mimalloc) gives each thread
+/// its own pages, so on a thread of its own the link's transients free whole pages, which go
+/// back to the OS. (It also lets RESP encoding and parsing run beside the node on another
+/// core.)
+///
+/// When no thread can be started (the process is out of threads), the link runs as a task of
+/// the current runtime, as it would otherwise.
+fn run_apart(link: Pin<Box<dyn Future<Output = ()> + Send>>) {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            tracing::warn!(%error, "cannot build the Redis link's runtime; running it beside the node");
+            tokio::spawn(link);
+            return;
+        }
+    };
+    // The future goes over only once the thread runs: a thread that cannot start hands it back.
+    let (hand, take) = std::sync::mpsc::sync_channel::<Pin<Box<dyn Future<Output = ()> + Send>>>(1);
+    let started = std::thread::Builder::new()
+        .name("pushgate-redis".into())
+        .spawn(move || {
+            if let Ok(link) = take.recv() {
+                runtime.block_on(link);
+            }
+        });
+    match started {
+        Ok(_) => {
+            if let Err(std::sync::mpsc::SendError(link)) = hand.send(link) {
+                tokio::spawn(link); // the thread ended before it took the link
+            }
+        }
+        Err(error) => {
+            tracing::warn!(%error, "cannot start the Redis link's thread; running it beside the node");
+            tokio::spawn(link);
+        }
     }
 }
 
