@@ -7,7 +7,7 @@
 //! (`Arc<str>`), so handing a batch or a cursor to a broadcast copies no strings.
 use crate::ids::ConnId;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::ops::Bound;
 use std::sync::Arc;
 
@@ -101,13 +101,21 @@ impl std::hash::BuildHasher for RouteHasher {
     }
 }
 
-/// A user's connections, one slot per client type, packed: a slot holds the connection id
-/// plus one, 0 when empty (32 bytes instead of the 64 of four `Option<ConnId>`: every bound
-/// phone has a copy in both of the table's maps).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-struct Slots([u64; 4]);
+/// A user's connections, one per client type. Almost every user is online on one device: that
+/// route is held inline (its client type and connection, 16 bytes); a user on several types at
+/// once holds a boxed slot per type ([`Packed`]). Every bound phone has one of these in the
+/// table's index, so its size is per phone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Slots {
+    One(ClientType, ConnId),
+    Many(Box<Packed>),
+}
 
-impl Slots {
+/// One slot per client type, packed: a slot holds the connection id plus one, 0 when empty.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Packed([u64; 4]);
+
+impl Packed {
     fn get(&self, client_type: ClientType) -> Option<ConnId> {
         match self.0[client_type.slot()] {
             0 => None,
@@ -129,20 +137,82 @@ impl Slots {
         previous
     }
 
-    fn is_empty(&self) -> bool {
-        self.0 == [0; 4]
+    /// The routes held, in client-type order.
+    fn routes(&self) -> impl Iterator<Item = (ClientType, ConnId)> + '_ {
+        ClientType::ALL
+            .into_iter()
+            .filter_map(|ct| self.get(ct).map(|conn| (ct, conn)))
+    }
+}
+
+impl Slots {
+    fn get(&self, client_type: ClientType) -> Option<ConnId> {
+        match self {
+            Slots::One(ct, conn) => (*ct == client_type).then_some(*conn),
+            Slots::Many(packed) => packed.get(client_type),
+        }
+    }
+
+    /// The routes held, in client-type order.
+    fn routes(&self) -> impl Iterator<Item = (ClientType, ConnId)> + '_ {
+        let (one, many) = match self {
+            Slots::One(ct, conn) => (Some((*ct, *conn)), None),
+            Slots::Many(packed) => (None, Some(packed.routes())),
+        };
+        one.into_iter().chain(many.into_iter().flatten())
+    }
+
+    /// Puts `conn` in the slot of `client_type`; returns what it held.
+    fn insert(&mut self, client_type: ClientType, conn: ConnId) -> Option<ConnId> {
+        match self {
+            Slots::One(ct, held) if *ct == client_type => Some(std::mem::replace(held, conn)),
+            Slots::One(ct, held) => {
+                let mut packed = Packed::default();
+                packed.replace(*ct, Some(*held));
+                packed.replace(client_type, Some(conn));
+                *self = Slots::Many(Box::new(packed));
+                None
+            }
+            Slots::Many(packed) => packed.replace(client_type, Some(conn)),
+        }
+    }
+
+    /// Empties the slot of `client_type` if it holds `conn`; `None` when that left no route
+    /// (the user's entry goes), else whether it was removed.
+    fn remove_if(&mut self, client_type: ClientType, conn: ConnId) -> Option<bool> {
+        if self.get(client_type) != Some(conn) {
+            return Some(false);
+        }
+        let Slots::Many(packed) = self else {
+            return None;
+        };
+        packed.replace(client_type, None);
+        let (first, second) = {
+            let mut left = packed.routes();
+            (left.next(), left.next())
+        };
+        match (first, second) {
+            (None, _) => None,
+            // Back inline when one route is left: the box goes.
+            (Some((ct, held)), None) => {
+                *self = Slots::One(ct, held);
+                Some(true)
+            }
+            (Some(_), Some(_)) => Some(true),
+        }
     }
 }
 
 /// The node's local routes: user id → one slot per client type.
 ///
-/// Point lookups (every single push) go through a hash index; the ordered map serves the
-/// broadcasts' resumable walk. Both hold the same slots (the index is a copy kept in step, so
-/// neither path chases a pointer into the other; asserted in debug builds).
+/// Point lookups (every single push) go through a hash index, which holds the slots; the
+/// ordered set of user ids serves the broadcasts' resumable walk, which finds each user's slots
+/// in the index (one hash per user walked; a copy of the slots in the ordered map as well would
+/// cost every bound phone its size again).
 #[derive(Debug, Clone)]
 pub struct RouteTable {
     users: HashMap<Arc<str>, Slots, RouteHasher>,
-    order: BTreeMap<Arc<str>, Slots>,
+    order: BTreeSet<Arc<str>>,
     len: usize,
 }
 
@@ -162,17 +232,17 @@ impl RouteTable {
     pub fn with_hash_keys(k0: u64, k1: u64) -> Self {
         Self {
             users: HashMap::with_hasher(RouteHasher { k0, k1 }),
-            order: BTreeMap::new(),
+            order: BTreeSet::new(),
             len: 0,
         }
     }
 
-    /// Number of routes.
     /// Gives back capacity a crowd left behind ([`crate::spare`]).
     pub fn shrink_spare_capacity(&mut self) {
         crate::spare::shrink_map(&mut self.users);
     }
 
+    /// Number of routes.
     pub fn len(&self) -> usize {
         self.len
     }
@@ -197,10 +267,7 @@ impl RouteTable {
 
     /// Every route of a user, in client-type order.
     pub fn of_user(&self, user_id: &str) -> impl Iterator<Item = (ClientType, ConnId)> + '_ {
-        let slots = self.users.get(user_id).copied().unwrap_or_default();
-        ClientType::ALL
-            .into_iter()
-            .filter_map(move |ct| slots.get(ct).map(|c| (ct, c)))
+        self.users.get(user_id).into_iter().flat_map(Slots::routes)
     }
 
     /// Sets the route; returns the connection it replaced, if any.
@@ -210,25 +277,18 @@ impl RouteTable {
         client_type: ClientType,
         conn: ConnId,
     ) -> Option<ConnId> {
-        let slots = match self.users.get_mut(user_id) {
-            Some(slots) => slots,
-            None => self.users.entry(Arc::from(user_id)).or_default(),
+        let previous = match self.users.get_mut(user_id) {
+            Some(slots) => slots.insert(client_type, conn),
+            None => {
+                let user: Arc<str> = Arc::from(user_id);
+                self.users
+                    .insert(user.clone(), Slots::One(client_type, conn));
+                self.order.insert(user);
+                None
+            }
         };
-        let previous = slots.replace(client_type, Some(conn));
         if previous.is_none() {
             self.len += 1;
-        }
-        let slots = *slots;
-        match self.order.get_mut(user_id) {
-            Some(ordered) => *ordered = slots,
-            None => {
-                let user = self
-                    .users
-                    .get_key_value(user_id)
-                    .map(|(user, _)| user.clone())
-                    .unwrap_or_else(|| Arc::from(user_id));
-                self.order.insert(user, slots);
-            }
         }
         debug_assert_eq!(self.users.len(), self.order.len());
         previous
@@ -246,19 +306,19 @@ impl RouteTable {
         let Some(slots) = self.users.get_mut(user_id) else {
             return false;
         };
-        if slots.get(client_type) != Some(conn) {
-            return false;
-        }
-        slots.replace(client_type, None);
-        self.len -= 1;
-        if slots.is_empty() {
-            self.users.remove(user_id);
-            self.order.remove(user_id);
-        } else if let Some(ordered) = self.order.get_mut(user_id) {
-            *ordered = *slots;
+        let removed = match slots.remove_if(client_type, conn) {
+            Some(removed) => removed,
+            None => {
+                self.users.remove(user_id);
+                self.order.remove(user_id);
+                true
+            }
+        };
+        if removed {
+            self.len -= 1;
         }
         debug_assert_eq!(self.users.len(), self.order.len());
-        true
+        removed
     }
 
     /// Up to `limit` routes strictly after `cursor` in (user id, client type) order, from the
@@ -270,8 +330,11 @@ impl RouteTable {
         };
         let mut out = Vec::with_capacity(limit.min(1024));
         let range = self.order.range::<str, _>((lower, Bound::Unbounded));
-        'users: for (index, (user, slots)) in range.enumerate() {
-            debug_assert_eq!(self.users.get(user), Some(slots), "index in step");
+        'users: for (index, user) in range.enumerate() {
+            let Some(slots) = self.users.get(&**user) else {
+                debug_assert!(false, "{user} ordered but not indexed");
+                continue;
+            };
             // The range starts at the cursor's user, so only its first user can be the cursor's.
             let done_through = match cursor {
                 Some((cursor_user, cursor_ct)) if index == 0 && **user == *cursor_user => {
@@ -279,31 +342,31 @@ impl RouteTable {
                 }
                 _ => None,
             };
-            for ct in ClientType::ALL {
-                if out.len() >= limit {
-                    break 'users;
-                }
+            for (ct, conn) in slots.routes() {
                 if done_through.is_some_and(|done| ct <= done) {
                     continue;
                 }
-                if let Some(conn) = slots.get(ct) {
-                    out.push(RouteEntry {
-                        user_id: user.clone(),
-                        client_type: ct,
-                        conn,
-                    });
+                if out.len() >= limit {
+                    break 'users;
                 }
+                out.push(RouteEntry {
+                    user_id: user.clone(),
+                    client_type: ct,
+                    conn,
+                });
             }
         }
         out
     }
 
-    /// Every route (for invariant checks and admin views).
+    /// Every route (for invariant checks and admin views), in (user id, client type) order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, ClientType, ConnId)> {
-        self.order.iter().flat_map(|(user, slots)| {
-            ClientType::ALL
+        self.order.iter().flat_map(|user| {
+            self.users
+                .get(&**user)
                 .into_iter()
-                .filter_map(move |ct| slots.get(ct).map(|c| (&**user, ct, c)))
+                .flat_map(Slots::routes)
+                .map(move |(ct, conn)| (&**user, ct, conn))
         })
     }
 }
@@ -355,24 +418,48 @@ mod tests {
     /// A packed slot keeps every connection id, 0 included, apart from an empty slot.
     #[test]
     fn packed_slots_keep_every_connection_id() {
-        let mut slots = Slots::default();
-        assert!(slots.is_empty());
+        let mut packed = Packed::default();
+        assert_eq!(packed.routes().count(), 0);
         for (ct, id) in ClientType::ALL.into_iter().zip([0, 1, u64::MAX - 1, 7]) {
-            assert_eq!(slots.replace(ct, Some(ConnId(id))), None);
+            assert_eq!(packed.replace(ct, Some(ConnId(id))), None);
         }
-        assert_eq!(slots.get(ClientType::Mobile), Some(ConnId(0)));
-        assert_eq!(slots.get(ClientType::Web), Some(ConnId(u64::MAX - 1)));
+        assert_eq!(packed.get(ClientType::Mobile), Some(ConnId(0)));
+        assert_eq!(packed.get(ClientType::Web), Some(ConnId(u64::MAX - 1)));
         assert_eq!(
-            slots.replace(ClientType::Mobile, None),
+            packed.replace(ClientType::Mobile, None),
             Some(ConnId(0)),
             "the slot gives back what it held"
         );
-        assert_eq!(slots.get(ClientType::Mobile), None);
+        assert_eq!(packed.get(ClientType::Mobile), None);
         for ct in [ClientType::Pc, ClientType::Web, ClientType::Unknown] {
-            slots.replace(ct, None);
+            packed.replace(ct, None);
         }
-        assert!(slots.is_empty());
-        assert_eq!(std::mem::size_of::<Slots>(), 32);
+        assert_eq!(packed.routes().count(), 0);
+    }
+
+    /// One route is held inline in 16 bytes; a second type boxes the slots, and they go back
+    /// inline when one route is left.
+    #[test]
+    fn one_route_is_inline_and_more_are_boxed() {
+        assert_eq!(std::mem::size_of::<Slots>(), 16);
+        let mut slots = Slots::One(ClientType::Pc, ConnId(0));
+        assert_eq!(slots.insert(ClientType::Pc, ConnId(1)), Some(ConnId(0)));
+        assert_eq!(slots, Slots::One(ClientType::Pc, ConnId(1)));
+        assert_eq!(slots.insert(ClientType::Mobile, ConnId(2)), None);
+        assert!(matches!(slots, Slots::Many(_)));
+        assert_eq!(
+            slots.routes().collect::<Vec<_>>(),
+            vec![(ClientType::Mobile, ConnId(2)), (ClientType::Pc, ConnId(1))]
+        );
+        assert_eq!(slots.remove_if(ClientType::Mobile, ConnId(9)), Some(false));
+        assert_eq!(slots.remove_if(ClientType::Mobile, ConnId(2)), Some(true));
+        assert_eq!(slots, Slots::One(ClientType::Pc, ConnId(1)));
+        assert_eq!(slots.remove_if(ClientType::Web, ConnId(1)), Some(false));
+        assert_eq!(
+            slots.remove_if(ClientType::Pc, ConnId(1)),
+            None,
+            "no route left"
+        );
     }
 
     #[test]
@@ -413,7 +500,70 @@ mod tests {
         assert_eq!(t.user_count(), 3);
     }
 
+    /// One step of the model test: a bind or an unbind of (user, client type, connection).
+    #[derive(Debug, Clone)]
+    enum Step {
+        Insert(u8, usize, u64),
+        RemoveIf(u8, usize, u64),
+    }
+
+    fn step() -> impl proptest::strategy::Strategy<Value = Step> {
+        use proptest::prelude::*;
+        prop_oneof![
+            (0u8..6, 0usize..4, 0u64..8).prop_map(|(u, ct, c)| Step::Insert(u, ct, c)),
+            (0u8..6, 0usize..4, 0u64..8).prop_map(|(u, ct, c)| Step::RemoveIf(u, ct, c)),
+        ]
+    }
+
     proptest::proptest! {
+        /// Any sequence of binds and unbinds leaves the table answering as a plain ordered
+        /// map of (user, client type) → connection: lookups, a user's routes, the walk in
+        /// order, the counts; each call returns what the map says it replaced or removed.
+        #[test]
+        fn the_table_answers_as_an_ordered_map(steps in proptest::collection::vec(step(), 0..60)) {
+            use std::collections::BTreeMap;
+            let mut t = RouteTable::new();
+            let mut model: BTreeMap<(String, ClientType), ConnId> = BTreeMap::new();
+            for step in steps {
+                match step {
+                    Step::Insert(u, ct, c) => {
+                        let key = (format!("u{u}"), ClientType::ALL[ct]);
+                        let got = t.insert(&key.0, key.1, ConnId(c));
+                        proptest::prop_assert_eq!(got, model.insert(key, ConnId(c)));
+                    }
+                    Step::RemoveIf(u, ct, c) => {
+                        let key = (format!("u{u}"), ClientType::ALL[ct]);
+                        let expected = model.get(&key) == Some(&ConnId(c));
+                        if expected {
+                            model.remove(&key);
+                        }
+                        proptest::prop_assert_eq!(t.remove_if(&key.0, key.1, ConnId(c)), expected);
+                    }
+                }
+                proptest::prop_assert_eq!(t.len(), model.len());
+                let users: std::collections::BTreeSet<&String> = model.keys().map(|(u, _)| u).collect();
+                proptest::prop_assert_eq!(t.user_count(), users.len());
+            }
+            let walked: Vec<(String, ClientType, ConnId)> =
+                t.iter().map(|(u, ct, c)| (u.to_owned(), ct, c)).collect();
+            let expected: Vec<(String, ClientType, ConnId)> =
+                model.iter().map(|((u, ct), c)| (u.clone(), *ct, *c)).collect();
+            proptest::prop_assert_eq!(walked, expected);
+            for u in 0u8..6 {
+                let user = format!("u{u}");
+                let routes: Vec<(ClientType, ConnId)> = t.of_user(&user).collect();
+                let expected: Vec<(ClientType, ConnId)> = model
+                    .iter()
+                    .filter(|((mu, _), _)| *mu == user)
+                    .map(|((_, ct), c)| (*ct, *c))
+                    .collect();
+                proptest::prop_assert_eq!(&routes, &expected);
+                for ct in ClientType::ALL {
+                    proptest::prop_assert_eq!(t.get(&user, ct), model.get(&(user.clone(), ct)).copied());
+                }
+            }
+        }
+
         /// Walking the table in batches of any size, from the start or from any route,
         /// visits exactly the routes after the cursor, in (user, client type) order.
         #[test]
