@@ -201,6 +201,11 @@ impl WriteReports {
     pub fn clear(&mut self) {
         self.pending = VecDeque::new();
     }
+
+    /// True when no push waits for its write.
+    pub fn is_empty(&self) -> bool {
+        self.pending.is_empty()
+    }
 }
 
 #[cfg(test)]

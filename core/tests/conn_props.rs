@@ -539,8 +539,9 @@ impl Bench {
                 let sid = self.next_node_sid;
                 self.next_node_sid += 1;
                 let session = self.session.map(|(_, k, iv)| AesCipher::new(k, iv));
+                // Sealed as the node seals: with the connection's session cipher.
                 let seal = match (&session, sealed) {
-                    (Some(cipher), true) => Seal::Aes(cipher.clone()),
+                    (Some(_), true) => Seal::Session,
                     _ => Seal::Raw,
                 };
                 let frame = OutFrame::Packet {
@@ -557,6 +558,7 @@ impl Bench {
                 let inputs = self.drain();
                 if was_open && self.conn.is_open() {
                     let cipher = match &seal {
+                        Seal::Session => session.clone(),
                         Seal::Aes(cipher) => Some(cipher.clone()),
                         Seal::Raw => None,
                     };

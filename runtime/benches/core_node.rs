@@ -116,6 +116,9 @@ fn drain(
 ) -> (u64, u64) {
     let mut frames = 0;
     let mut statuses = 0;
+    // Sealed as the phone's connection seals: with its session cipher.
+    let cipher = AesCipher::new(session.session_key, session.iv);
+    let mut wire = bytes::BytesMut::new();
     while let Some(output) = node.poll_output() {
         match output {
             Output::Transmit {
@@ -125,7 +128,9 @@ fn drain(
             } => {
                 frames += 1;
                 if seal {
-                    std::hint::black_box(frame.to_packet(threshold));
+                    wire.clear();
+                    frame.encode(threshold, Some(&cipher), &mut wire);
+                    std::hint::black_box(&wire);
                 }
                 if let Some(sid) = report_write {
                     node.handle(

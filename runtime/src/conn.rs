@@ -872,8 +872,8 @@ pub(crate) mod tests {
                 "the spawned phone task holds {spawned_bytes} bytes"
             );
             assert!(
-                std::mem::size_of::<Phone>() <= 256,
-                "what a phone's task boxes apart should fit mimalloc's 256-byte class"
+                std::mem::size_of::<Phone>() <= 192,
+                "what a phone's task boxes apart should fit mimalloc's 192-byte class"
             );
         });
     }

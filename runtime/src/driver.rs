@@ -527,7 +527,8 @@ impl Driver {
         // cancelled per message).
         let mut deadline = None;
         let mut publish = None;
-        loop {
+        'wakes: loop {
+            self.flush_store();
             let core_due = self.node.poll_timeout().map(|at| self.instant_at(at));
             crate::node_clock::set_timer(&mut deadline, core_due);
             crate::node_clock::set_timer(&mut publish, Some(self.load.publish_at()));
@@ -558,11 +559,21 @@ impl Driver {
                 message = recv_store(&mut store_rx) => {
                     let woke = self.tick();
                     let queue_depth = rx.len();
+                    let mut events = 1;
                     match message {
                         Some(event) => self.on_store_event(event),
                         None => store_rx = None,
                     }
-                    self.end_wake(woke, queue_depth, 1, "store");
+                    // Take the store's other answers already waiting too (bounded, to stay
+                    // fair): a link on another thread answers in bursts.
+                    while events < MAX_MESSAGES_PER_WAKE {
+                        let Some(Ok(event)) = store_rx.as_mut().map(|link| link.try_recv()) else {
+                            break;
+                        };
+                        events += 1;
+                        self.on_store_event(event);
+                    }
+                    self.end_wake(woke, queue_depth, events, "store");
                 }
                 msg = rx.recv() => {
                     let Some(msg) = msg else { break };
@@ -579,7 +590,7 @@ impl Driver {
                         messages += 1;
                         kind = msg_kind(&msg);
                         if self.on_msg(msg) {
-                            return;
+                            break 'wakes;
                         }
                     }
                     self.end_wake(woke, queue_depth, messages, kind);
@@ -593,6 +604,8 @@ impl Driver {
                 }
             }
         }
+        // What the last wake-up (a shutdown's offline marks) asked of the store.
+        self.flush_store();
     }
 
     /// Handles one message at the wake-up's time; true when the task must stop.
@@ -773,7 +786,8 @@ impl Driver {
                         }
                         #[cfg(not(madsim))]
                         StoreBackend::Redis(redis) => {
-                            if !redis.request(request.id.0, request.op) {
+                            // Sent at the end of the wake-up, with the others ([`Driver::flush_store`]).
+                            if !redis.queue(request.id.0, request.op) {
                                 self.refuse_store_request(request.id);
                             }
                         }
@@ -801,6 +815,21 @@ impl Driver {
     }
 
     /// Answers a store request the link refused (it is down) as unavailable.
+    /// Sends the store requests this wake-up queued, as one batch (Redis); those the link
+    /// could not take are answered as unavailable.
+    fn flush_store(&mut self) {
+        #[cfg(not(madsim))]
+        if let StoreBackend::Redis(redis) = &mut self.store {
+            let refused = redis.flush();
+            for id in refused {
+                // Refused requests are answered now; what the answers ask of the store in
+                // turn goes with the next flush.
+                self.refuse_store_request(RequestId(id));
+                self.drain();
+            }
+        }
+    }
+
     fn refuse_store_request(&mut self, id: RequestId) {
         let reply = Err(StoreError::Unavailable("no link to the route store".into()));
         self.node

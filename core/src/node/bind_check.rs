@@ -91,7 +91,7 @@ impl Node {
         let Some(session) = self.sessions.get(&conn) else {
             return;
         };
-        let device_id = session.device_id.to_string();
+        let device_id = session.facts.device_id().to_owned();
         let client_type = session.client_type;
         let pending = PendingBindCheck {
             conn,
@@ -179,7 +179,7 @@ impl Node {
         let same_device = self
             .sessions
             .get(&conn)
-            .is_some_and(|s| s.is_ready() && *s.device_id == *device_id);
+            .is_some_and(|s| s.is_ready() && s.facts.device_id() == &*device_id);
         if !same_device {
             return; // handshaken again as another device since: that one must bind anew
         }

@@ -214,14 +214,16 @@ impl Node {
                 user_id: &entry.user_id,
                 client_type: entry.client_type,
                 tags: session.bound.as_ref().map_or("", |b| &*b.tags),
-                client_version: &session.client_version,
-                os_name: &session.os_name,
-                os_version: &session.os_version,
+                client_version: session.facts.client_version(),
+                os_name: session.facts.os_name(),
+                os_version: session.facts.os_version(),
             };
             let wanted = !task.reached.contains(&entry.conn)
                 && task.request.filter.matches(&candidate, tag_match)
                 && session.writable;
-            let Some(cipher) = session.cipher.clone().filter(|_| wanted) else {
+            // Only Ready connections are bound, so each has its session cipher.
+            debug_assert!(session.has_cipher() || !wanted);
+            if !wanted {
                 task.cursor = Some((entry.user_id, entry.client_type));
                 continue;
             };
@@ -255,7 +257,7 @@ impl Node {
                 flags: Flags::NONE,
                 session_id,
                 body: task.request.content.clone(),
-                seal: Seal::Aes(cipher),
+                seal: Seal::Session,
             };
             self.outputs.push_back(super::Output::Transmit {
                 conn: entry.conn,

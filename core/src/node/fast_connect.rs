@@ -68,7 +68,7 @@ impl Node {
             ..
         } = *wait;
         // A session that was Ready before (a fast connect on a live session) stays usable.
-        if session.cipher.is_some() {
+        if session.has_cipher() {
             session.state = SessionState::Ready;
         }
         let cached = match reply {

@@ -14,10 +14,9 @@
 //! [`PhoneMessage::Handshaken`]: crate::conn::PhoneMessage::Handshaken
 use super::Node;
 use crate::conn::Handshaken;
-use crate::crypto::AesCipher;
 use crate::ids::ConnId;
 use crate::route::ClientType;
-use crate::session::SessionState;
+use crate::session::{DeviceFacts, SessionState};
 use crate::store::{CachedSession, StoreOp};
 use crate::Event;
 
@@ -52,7 +51,9 @@ impl Node {
         }
     }
 
-    /// Takes on a session context: cipher, device facts; the connection is Ready.
+    /// Takes on a session context: the device's facts; the connection is Ready (its cipher
+    /// is the connection's: it opened the handshake, or takes the cached one from
+    /// [`super::Output::Resume`]).
     pub(super) fn adopt(&mut self, conn: ConnId, cached: &CachedSession) {
         let ready_version = self.next_version();
         let Some(session) = self.sessions.get_mut(&conn) else {
@@ -61,11 +62,12 @@ impl Node {
         if session.conn_version == 0 {
             session.conn_version = ready_version;
         }
-        session.cipher = Some(AesCipher::new(cached.session_key, cached.iv));
-        session.device_id = cached.device_id.as_str().into();
-        session.os_name = cached.os_name.as_str().into();
-        session.os_version = cached.os_version.as_str().into();
-        session.client_version = cached.client_version.as_str().into();
+        session.facts = DeviceFacts::new(
+            &cached.device_id,
+            &cached.os_name,
+            &cached.os_version,
+            &cached.client_version,
+        );
         session.client_type = ClientType::from_os_name(&cached.os_name);
         session.state = SessionState::Ready;
     }

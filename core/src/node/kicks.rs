@@ -24,13 +24,13 @@ impl Node {
             return;
         };
         let session = &self.sessions[&conn];
-        let device_id = session.device_id.to_string();
-        if let Some(cipher) = session.cipher.clone() {
+        let device_id = session.facts.device_id().to_owned();
+        if session.has_cipher() {
             let kick = Kick {
                 device_id: device_id.clone(),
                 user_id: bound.user_id.to_string(),
             };
-            self.send_sealed(conn, Command::Kick, Flags::NONE, 0, &kick, cipher);
+            self.send_sealed(conn, Command::Kick, Flags::NONE, 0, &kick);
         }
         self.stats.kicks += 1;
         self.emit(Event::Kicked {

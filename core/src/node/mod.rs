@@ -102,8 +102,14 @@ pub enum Input {
 pub enum Seal {
     /// Sent as encoded (OK, ERROR, FAST_CONNECT-ok, ACK).
     Raw,
-    /// Compressed above the threshold, then encrypted with this cipher.
+    /// Compressed above the threshold, then encrypted with this cipher (the connection's own
+    /// frames under a key it has not switched to yet: HANDSHAKE-ok under the client's key).
     Aes(AesCipher),
+    /// Compressed above the threshold, then encrypted with the connection's session cipher,
+    /// the one current when the connection seals the frame (as MPush encodes with the
+    /// session's cipher at write time). Everything the node sends a Ready connection: the node
+    /// does not hold the cipher, the connection does.
+    Session,
 }
 
 /// A frame for a phone, still in plaintext: the phone's connection ([`crate::conn::PhoneConn`])
@@ -121,34 +127,44 @@ pub enum OutFrame {
 }
 
 impl OutFrame {
-    /// The wire packet (compressing bodies above `compress_threshold_bytes` when sealed);
-    /// `None` for the heartbeat byte.
-    pub fn to_packet(&self, compress_threshold_bytes: usize) -> Option<Packet> {
-        match self {
-            OutFrame::Heartbeat => None,
-            OutFrame::Packet {
-                cmd,
-                flags,
-                session_id,
-                body,
-                seal,
-            } => Some(match seal {
-                Seal::Raw => Packet::new(*cmd, *flags, *session_id, body.clone()),
-                Seal::Aes(cipher) => {
-                    let (extra, wire) =
-                        crate::pipeline::seal(body, Some(cipher), compress_threshold_bytes);
-                    Packet::new(*cmd, flags.with(extra), *session_id, wire)
-                }
-            }),
-        }
-    }
-
-    /// Appends the frame's wire bytes to `out`.
-    pub fn encode<B: BufMut>(&self, compress_threshold_bytes: usize, out: &mut B) {
-        match self.to_packet(compress_threshold_bytes) {
-            None => crate::frame::encode_heartbeat(out),
-            Some(packet) => packet.encode(out),
-        }
+    /// Appends the frame's wire bytes to `out`, compressing bodies above
+    /// `compress_threshold_bytes` when sealed, with `session` as the connection's session
+    /// cipher. False, and nothing appended, for a [`Seal::Session`] frame without one.
+    pub fn encode<B: BufMut>(
+        &self,
+        compress_threshold_bytes: usize,
+        session: Option<&AesCipher>,
+        out: &mut B,
+    ) -> bool {
+        let OutFrame::Packet {
+            cmd,
+            flags,
+            session_id,
+            body,
+            seal,
+        } = self
+        else {
+            crate::frame::encode_heartbeat(out);
+            return true;
+        };
+        let cipher = match seal {
+            Seal::Raw => None,
+            Seal::Aes(cipher) => Some(cipher),
+            Seal::Session => match session {
+                Some(cipher) => Some(cipher),
+                None => return false,
+            },
+        };
+        let packet = match cipher {
+            None => Packet::new(*cmd, *flags, *session_id, body.clone()),
+            Some(cipher) => {
+                let (extra, wire) =
+                    crate::pipeline::seal(body, Some(cipher), compress_threshold_bytes);
+                Packet::new(*cmd, flags.with(extra), *session_id, wire)
+            }
+        };
+        packet.encode(out);
+        true
     }
 }
 

@@ -12,7 +12,6 @@
 use super::{CloseReason, Event, Node, OutFrame, Output, Seal};
 use crate::command::Command;
 use crate::conn::PhoneMessage;
-use crate::crypto::AesCipher;
 use crate::frame::Flags;
 use crate::ids::ConnId;
 use crate::in_flight::Owner;
@@ -150,14 +149,13 @@ impl Node {
         flags: Flags,
         sid: i32,
         body: &impl Body,
-        cipher: AesCipher,
     ) {
         let frame = OutFrame::Packet {
             cmd: cmd.code(),
             flags,
             session_id: sid,
             body: body.to_bytes(),
-            seal: Seal::Aes(cipher),
+            seal: Seal::Session,
         };
         self.transmit(conn, frame, None);
     }

@@ -130,11 +130,11 @@ impl Node {
         if !session.writable {
             return self.finish_single(id, PushStatus::Failure, Some(Reason::NotWritable));
         }
-        let Some(cipher) = session.cipher.clone() else {
-            // Only handshaken connections are bound, so a route always has a cipher.
+        if !session.has_cipher() {
+            // Only handshaken connections are bound, so a route always has a session cipher.
             debug_assert!(false, "route to {conn} without a session cipher");
             return self.finish_single(id, PushStatus::Failure, Some(Reason::NotReady));
-        };
+        }
         match self.global_flow.check(now) {
             FlowDecision::Go => {}
             FlowDecision::RetryInMs(delay_ms) => {
@@ -173,7 +173,7 @@ impl Node {
             flags: task.request.ack.flags(),
             session_id,
             body: task.request.content.clone(),
-            seal: Seal::Aes(cipher),
+            seal: Seal::Session,
         };
         self.transmit(conn, frame, Some(session_id));
         self.trace(|| Event::PushSent {

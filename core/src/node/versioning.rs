@@ -85,9 +85,9 @@ impl Node {
         let record = RouteRecord {
             host: self.cfg.node_addr.host.clone(),
             port: self.cfg.node_addr.port,
-            device_id: session.device_id.to_string(),
-            os_name: session.os_name.to_string(),
-            client_version: session.client_version.to_string(),
+            device_id: session.facts.device_id().to_owned(),
+            os_name: session.facts.os_name().to_owned(),
+            client_version: session.facts.client_version().to_owned(),
             conn_id: Some(session.conn_token.to_string()),
             version: bound.route_version,
             conn_version: session.conn_version,

@@ -53,6 +53,7 @@ impl Default for RedisOptions {
     }
 }
 
+#[derive(Debug)]
 struct Request {
     id: u64,
     op: StoreOp,
@@ -67,10 +68,12 @@ struct Outgoing {
 }
 
 /// The node side of the Redis store.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct RedisStore {
-    tx: mpsc::UnboundedSender<Request>,
+    tx: mpsc::UnboundedSender<Vec<Request>>,
     connected: Arc<AtomicBool>,
+    /// Requests queued since the last [`RedisStore::flush`].
+    queued: Vec<Request>,
 }
 
 impl RedisStore {
@@ -85,7 +88,12 @@ impl RedisStore {
         let connected = Arc::new(AtomicBool::new(false));
         let link = run_link(target, node, options, rx, deliver, connected.clone());
         run_apart(Box::pin(link));
-        (Self { tx, connected }, delivered)
+        let store = Self {
+            tx,
+            connected,
+            queued: Vec::new(),
+        };
+        (store, delivered)
     }
 
     /// True while the link to Redis is up.
@@ -93,9 +101,34 @@ impl RedisStore {
         self.connected.load(Ordering::Relaxed)
     }
 
-    /// Sends a request; false when the link is down (the caller answers it as unavailable).
+    /// Sends a request now; false when the link is down (the caller answers it as
+    /// unavailable).
     pub fn request(&self, id: u64, op: StoreOp) -> bool {
-        self.is_connected() && self.tx.send(Request { id, op }).is_ok()
+        self.is_connected() && self.tx.send(vec![Request { id, op }]).is_ok()
+    }
+
+    /// Queues a request for the next [`RedisStore::flush`]; false when the link is down (the
+    /// caller answers it as unavailable). The node task queues what one wake-up asks for and
+    /// flushes once: the link's thread then wakes once per batch, not once per request, and
+    /// its commands reach Redis pipelined together.
+    pub fn queue(&mut self, id: u64, op: StoreOp) -> bool {
+        if !self.is_connected() {
+            return false;
+        }
+        self.queued.push(Request { id, op });
+        true
+    }
+
+    /// Sends the queued requests to the link; the ids of those it could not take (its task
+    /// is gone), for the caller to answer as unavailable.
+    pub fn flush(&mut self) -> Vec<u64> {
+        if self.queued.is_empty() {
+            return Vec::new();
+        }
+        match self.tx.send(std::mem::take(&mut self.queued)) {
+            Ok(()) => Vec::new(),
+            Err(mpsc::error::SendError(refused)) => refused.iter().map(|r| r.id).collect(),
+        }
     }
 }
 
@@ -177,7 +210,7 @@ async fn run_link(
     target: RedisTarget,
     node: NodeAddr,
     options: RedisOptions,
-    mut rx: mpsc::UnboundedReceiver<Request>,
+    mut rx: mpsc::UnboundedReceiver<Vec<Request>>,
     deliver: mpsc::UnboundedSender<StoreLinkEvent>,
     connected: Arc<AtomicBool>,
 ) {
@@ -293,9 +326,10 @@ async fn run_link(
                         lost_tx.clone(),
                     ));
                 }
-                request = rx.recv() => {
-                    let Some(request) = request else { return };
-                    waiting.push_back((request, Instant::now()));
+                requests = rx.recv() => {
+                    let Some(requests) = requests else { return };
+                    let arrived = Instant::now();
+                    waiting.extend(requests.into_iter().map(|request| (request, arrived)));
                 }
                 () = sleep_until_some(head_deadline) => {
                     // Waited out its deadline without a slot: answered as timed out.
@@ -339,7 +373,8 @@ async fn run_link(
         outage = Some((Instant::now(), reason));
         // Accepted while up but not sent: answered now, as the driver answers refused ones.
         let unsent = waiting.drain(..).map(|(request, _)| request);
-        for request in unsent.chain(std::iter::from_fn(|| rx.try_recv().ok())) {
+        let queued = std::iter::from_fn(|| rx.try_recv().ok()).flatten();
+        for request in unsent.chain(queued) {
             let result = Err(StoreError::Unavailable("the Redis link is down".into()));
             answer(&deliver, request.id, result);
         }
