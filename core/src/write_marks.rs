@@ -87,12 +87,18 @@ impl Crossing {
 }
 
 /// The bytes a connection queued and has not written yet, and whether it is writable (see the
-/// module docs).
+/// module docs). Both in one word (every connection holds one): the count in the low 63 bits,
+/// "not writable" in the top bit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WriteMarks {
-    queued_bytes: usize,
-    writable: bool,
+    word: u64,
 }
+
+/// The top bit of [`WriteMarks`]' word: set while the connection is not writable.
+const NOT_WRITABLE: u64 = 1 << 63;
+
+/// The largest count [`WriteMarks`] holds (counts saturate there, far above any hard limit).
+const MAX_QUEUED_BYTES: u64 = NOT_WRITABLE - 1;
 
 impl Default for WriteMarks {
     fn default() -> Self {
@@ -103,32 +109,43 @@ impl Default for WriteMarks {
 impl WriteMarks {
     /// Nothing queued, writable.
     pub const fn new() -> Self {
-        Self {
-            queued_bytes: 0,
-            writable: true,
-        }
+        Self { word: 0 }
     }
 
     /// The bytes queued and not yet written.
     pub fn queued_bytes(&self) -> usize {
-        self.queued_bytes
+        usize::try_from(self.word & MAX_QUEUED_BYTES).unwrap_or(usize::MAX)
     }
 
     /// False between crossing the high-water mark and draining to the low-water mark.
     pub fn is_writable(&self) -> bool {
-        self.writable
+        self.word & NOT_WRITABLE == 0
+    }
+
+    fn set_queued_bytes(&mut self, bytes: usize) {
+        let bytes = u64::try_from(bytes).map_or(MAX_QUEUED_BYTES, |b| b.min(MAX_QUEUED_BYTES));
+        self.word = (self.word & NOT_WRITABLE) | bytes;
+    }
+
+    fn set_writable(&mut self, writable: bool) {
+        if writable {
+            self.word &= !NOT_WRITABLE;
+        } else {
+            self.word |= NOT_WRITABLE;
+        }
     }
 
     /// `bytes` more were queued. Past the hard limit the answer is [`Crossing::HardLimit`]
     /// (whatever the writable state); past the high-water mark while writable, the connection
     /// turns not writable.
     pub fn queued(&mut self, marks: &QueueMarks, bytes: usize) -> Crossing {
-        self.queued_bytes = self.queued_bytes.saturating_add(bytes);
-        if self.queued_bytes > marks.hard_limit_bytes {
+        let queued = self.queued_bytes().saturating_add(bytes);
+        self.set_queued_bytes(queued);
+        if queued > marks.hard_limit_bytes {
             return Crossing::HardLimit;
         }
-        if self.writable && self.queued_bytes > marks.high_water_bytes {
-            self.writable = false;
+        if self.is_writable() && queued > marks.high_water_bytes {
+            self.set_writable(false);
             return Crossing::NotWritable;
         }
         Crossing::None
@@ -137,20 +154,21 @@ impl WriteMarks {
     /// `bytes` more were queued on a closing connection, which tells the node nothing more
     /// and is not dropped for them: counted, no mark applies.
     pub fn queued_closing(&mut self, bytes: usize) {
-        self.queued_bytes = self.queued_bytes.saturating_add(bytes);
+        self.set_queued_bytes(self.queued_bytes().saturating_add(bytes));
     }
 
     /// `bytes` of the queued ones were written (at most what is queued). Down to the
     /// low-water mark while not writable, the connection is writable again.
     pub fn written(&mut self, marks: &QueueMarks, bytes: usize) -> Crossing {
         debug_assert!(
-            bytes <= self.queued_bytes,
+            bytes <= self.queued_bytes(),
             "{bytes} written of {} queued",
-            self.queued_bytes
+            self.queued_bytes()
         );
-        self.queued_bytes = self.queued_bytes.saturating_sub(bytes);
-        if !self.writable && self.queued_bytes <= marks.low_water_bytes {
-            self.writable = true;
+        let queued = self.queued_bytes().saturating_sub(bytes);
+        self.set_queued_bytes(queued);
+        if !self.is_writable() && queued <= marks.low_water_bytes {
+            self.set_writable(true);
             return Crossing::Writable;
         }
         Crossing::None
@@ -159,7 +177,7 @@ impl WriteMarks {
     /// Everything queued was dropped (the connection closed without flushing). The writable
     /// state is kept: a closed connection tells the node nothing more.
     pub fn clear(&mut self) {
-        self.queued_bytes = 0;
+        self.set_queued_bytes(0);
     }
 }
 
@@ -295,6 +313,24 @@ mod tests {
             v.sort_unstable();
             QueueMarks::new(v[0], v[1], v[2]).unwrap()
         })
+    }
+
+    /// Every connection holds one: the count and the writable state share a word.
+    #[test]
+    fn marks_take_one_word() {
+        assert_eq!(std::mem::size_of::<WriteMarks>(), 8);
+        let mut w = WriteMarks::new();
+        let marks = QueueMarks::new(1, 2, usize::MAX).expect("ordered");
+        assert_eq!(w.queued(&marks, usize::MAX), Crossing::NotWritable);
+        assert_eq!(
+            w.queued_bytes() as u64,
+            MAX_QUEUED_BYTES,
+            "saturates below the flag"
+        );
+        assert!(!w.is_writable());
+        assert_eq!(w.written(&marks, w.queued_bytes()), Crossing::Writable);
+        assert_eq!(w.queued_bytes(), 0);
+        assert!(w.is_writable());
     }
 
     proptest! {

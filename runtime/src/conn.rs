@@ -119,13 +119,39 @@ enum Wake {
     Read(std::io::Result<usize>),
 }
 
+/// A phone's read buffer: bytes read and not yet framed. An idle phone holds one pointer for
+/// it: the buffer (and the box around it) exists only from the moment its socket is readable
+/// until no partial frame waits in it.
+#[derive(Debug, Default)]
+pub struct Inbound(Option<Box<BytesMut>>);
+
+impl Inbound {
+    /// The buffer, made when first asked for.
+    pub fn buf(&mut self) -> &mut BytesMut {
+        self.0.get_or_insert_with(Box::default)
+    }
+
+    /// Drops the buffer when it holds no partial frame.
+    pub fn release_if_empty(&mut self) {
+        if self.0.as_ref().is_some_and(|buf| buf.is_empty()) {
+            self.0 = None;
+        }
+    }
+
+    /// True while a buffer is held.
+    pub fn is_held(&self) -> bool {
+        self.0.is_some()
+    }
+}
+
 /// A phone's byte stream: a TCP socket (read by readiness, so an idle phone holds no read
 /// buffer), or TLS over one (the TLS connection port).
 pub trait PhoneStream: AsyncWrite + Unpin + Send + 'static {
     /// Reads what the stream has into `inbound`; pending (waker registered) while nothing.
+    /// The buffer is made only once there is something to read.
     fn poll_read_some(
         &mut self,
-        inbound: &mut BytesMut,
+        inbound: &mut Inbound,
         cx: &mut Context<'_>,
     ) -> Poll<std::io::Result<usize>>;
 
@@ -136,7 +162,7 @@ pub trait PhoneStream: AsyncWrite + Unpin + Send + 'static {
 impl PhoneStream for TcpStream {
     fn poll_read_some(
         &mut self,
-        inbound: &mut BytesMut,
+        inbound: &mut Inbound,
         cx: &mut Context<'_>,
     ) -> Poll<std::io::Result<usize>> {
         poll_read_some(self, inbound, cx)
@@ -151,7 +177,7 @@ impl PhoneStream for TcpStream {
 impl PhoneStream for tokio_rustls::server::TlsStream<TcpStream> {
     fn poll_read_some(
         &mut self,
-        inbound: &mut BytesMut,
+        inbound: &mut Inbound,
         cx: &mut Context<'_>,
     ) -> Poll<std::io::Result<usize>> {
         poll_read_into(self, inbound, cx)
@@ -174,7 +200,7 @@ pub fn run_phone<S: PhoneStream>(
     PhoneTask {
         phone: Box::new(Phone {
             machine: PhoneConn::new(conn, &settings.cfg, now_ms),
-            inbound: BytesMut::new(),
+            inbound: Inbound::default(),
             rng_uses: 0,
         }),
         wheel: WheelEntry::default(),
@@ -213,7 +239,7 @@ struct Phone {
     /// The connection's machine (framing, ciphers, heartbeats, queued bytes).
     machine: PhoneConn,
     /// Bytes read and not yet framed; allocated only while the socket has some.
-    inbound: BytesMut,
+    inbound: Inbound,
     /// Uses of the connection's random generator ([`ConnRng`]).
     rng_uses: u32,
 }
@@ -401,8 +427,8 @@ impl<S: PhoneStream> PhoneTask<S> {
                     uses: rng_uses,
                     inner: None,
                 };
-                machine.handle_bytes(cfg, now, inbound, &mut rng);
-                release_if_empty(inbound);
+                machine.handle_bytes(cfg, now, inbound.buf(), &mut rng);
+                inbound.release_if_empty();
             }
             Wake::Read(_) => machine.handle_peer_closed(now),
         }
@@ -463,18 +489,19 @@ fn poll_write_some<S: AsyncWrite + Unpin>(
 #[cfg(not(madsim))]
 fn poll_read_some(
     stream: &mut TcpStream,
-    inbound: &mut BytesMut,
+    inbound: &mut Inbound,
     cx: &mut Context<'_>,
 ) -> Poll<std::io::Result<usize>> {
     loop {
         if let Err(error) = std::task::ready!(stream.poll_read_ready(cx)) {
             return Poll::Ready(Err(error));
         }
-        make_room(inbound);
-        match stream.try_read_buf(inbound) {
+        let buf = inbound.buf();
+        make_room(buf);
+        match stream.try_read_buf(buf) {
             // Readiness was stale (and is now cleared): poll again to register the waker.
             Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
-                release_if_empty(inbound);
+                inbound.release_if_empty();
             }
             read => return Poll::Ready(read),
         }
@@ -486,7 +513,7 @@ fn poll_read_some(
 #[cfg(madsim)]
 fn poll_read_some(
     stream: &mut TcpStream,
-    inbound: &mut BytesMut,
+    inbound: &mut Inbound,
     cx: &mut Context<'_>,
 ) -> Poll<std::io::Result<usize>> {
     poll_read_into(stream, inbound, cx)
@@ -496,22 +523,30 @@ fn poll_read_some(
 /// when nothing came (streams without a readiness API: the simulator's, TLS).
 fn poll_read_into<R: AsyncRead + Unpin>(
     stream: &mut R,
-    inbound: &mut BytesMut,
+    inbound: &mut Inbound,
     cx: &mut Context<'_>,
 ) -> Poll<std::io::Result<usize>> {
-    let start = inbound.len();
-    inbound.resize(start + READ_CHUNK_BYTES, 0);
-    let mut buf = tokio::io::ReadBuf::new(&mut inbound[start..]);
+    let held = inbound.buf();
+    let start = held.len();
+    held.resize(start + READ_CHUNK_BYTES, 0);
+    let mut buf = tokio::io::ReadBuf::new(&mut held[start..]);
     let polled = std::pin::Pin::new(&mut *stream).poll_read(cx, &mut buf);
     let read = buf.filled().len();
-    inbound.truncate(start + read);
+    held.truncate(start + read);
     match polled {
         Poll::Ready(Ok(())) => Poll::Ready(Ok(read)),
         Poll::Ready(Err(error)) => Poll::Ready(Err(error)),
         Poll::Pending => {
-            release_if_empty(inbound);
+            inbound.release_if_empty();
             Poll::Pending
         }
+    }
+}
+
+/// Drops a PushClient connection's read buffer when it holds no partial frame.
+fn release_if_empty(inbound: &mut BytesMut) {
+    if inbound.is_empty() && inbound.capacity() > 0 {
+        *inbound = BytesMut::new();
     }
 }
 
@@ -519,13 +554,6 @@ fn poll_read_into<R: AsyncRead + Unpin>(
 fn make_room(inbound: &mut BytesMut) {
     if inbound.capacity() - inbound.len() < 64 {
         inbound.reserve(READ_CHUNK_BYTES);
-    }
-}
-
-/// Drops the read buffer when it holds no partial frame.
-fn release_if_empty(inbound: &mut BytesMut) {
-    if inbound.is_empty() && inbound.capacity() > 0 {
-        *inbound = BytesMut::new();
     }
 }
 
@@ -837,6 +865,23 @@ pub(crate) mod tests {
         });
     }
 
+    /// The read buffer exists only while it holds bytes: made on first use, kept while a
+    /// partial frame waits in it, dropped once empty.
+    #[test]
+    fn a_read_buffer_is_held_only_while_it_holds_bytes() {
+        let mut inbound = Inbound::default();
+        assert!(!inbound.is_held());
+        inbound.release_if_empty();
+        assert!(!inbound.is_held());
+        inbound.buf().extend_from_slice(b"partial");
+        inbound.release_if_empty();
+        assert!(inbound.is_held(), "a partial frame keeps it");
+        assert_eq!(&inbound.buf()[..], b"partial");
+        inbound.buf().clear();
+        inbound.release_if_empty();
+        assert!(!inbound.is_held());
+    }
+
     /// An idle phone's task is this future plus tokio's task header and trailer: it must stay
     /// small, because 19,000 idle phones hold 19,000 of them.
     #[test]
@@ -872,8 +917,8 @@ pub(crate) mod tests {
                 "the spawned phone task holds {spawned_bytes} bytes"
             );
             assert!(
-                std::mem::size_of::<Phone>() <= 192,
-                "what a phone's task boxes apart should fit mimalloc's 192-byte class"
+                std::mem::size_of::<Phone>() <= 160,
+                "what a phone's task boxes apart should fit mimalloc's 160-byte class"
             );
         });
     }

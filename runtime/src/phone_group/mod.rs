@@ -694,14 +694,14 @@ mod tests {
             let woken = Arc::new(Count(AtomicUsize::new(0)));
             let waker = Waker::from(woken.clone());
             let mut cx = Context::from_waker(&waker);
-            let mut inbound = bytes::BytesMut::new();
+            let mut inbound = crate::conn::Inbound::default();
             for _ in 0..2 {
                 stream.start_poll();
                 let before = woken.0.load(Ordering::Relaxed);
                 let mut reads = 0;
                 while let Poll::Ready(read) = stream.poll_read_some(&mut inbound, &mut cx) {
                     assert!(read.expect("read") > 0);
-                    inbound.clear();
+                    inbound.buf().clear();
                     reads += 1;
                 }
                 assert_eq!(reads, usize::from(MAX_READS_PER_POLL));

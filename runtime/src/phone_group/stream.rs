@@ -11,8 +11,7 @@
 //! sets it again. So a phone woken for another reason (a push queued for it) makes no read
 //! syscall unless bytes came, and the waker a poll is given is not kept: the group polls the
 //! phone on the socket's next event anyway.
-use crate::conn::PhoneStream;
-use bytes::BytesMut;
+use crate::conn::{Inbound, PhoneStream};
 use std::io::{Read, Write};
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -93,7 +92,7 @@ impl GroupStream {
 impl PhoneStream for GroupStream {
     fn poll_read_some(
         &mut self,
-        inbound: &mut BytesMut,
+        inbound: &mut Inbound,
         cx: &mut Context<'_>,
     ) -> Poll<std::io::Result<usize>> {
         if !self.readable {
@@ -106,21 +105,20 @@ impl PhoneStream for GroupStream {
         }
         self.reads_this_poll += 1;
         loop {
-            let start = inbound.len();
-            if inbound.capacity() - start < 64 {
-                inbound.reserve(READ_CHUNK_BYTES);
+            let buf = inbound.buf();
+            let start = buf.len();
+            if buf.capacity() - start < 64 {
+                buf.reserve(READ_CHUNK_BYTES);
             }
-            let room = inbound.capacity() - start;
-            inbound.resize(start + room, 0);
-            let read = self.socket.read(&mut inbound[start..]);
-            inbound.truncate(start + *read.as_ref().unwrap_or(&0));
+            let room = buf.capacity() - start;
+            buf.resize(start + room, 0);
+            let read = self.socket.read(&mut buf[start..]);
+            buf.truncate(start + *read.as_ref().unwrap_or(&0));
             match read {
                 Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
                     self.readable = false;
-                    if inbound.is_empty() {
-                        *inbound = BytesMut::new();
-                    }
+                    inbound.release_if_empty();
                     return Poll::Pending;
                 }
                 read => return Poll::Ready(read),
