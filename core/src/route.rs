@@ -7,7 +7,7 @@
 //! (`Arc<str>`), so handing a batch or a cursor to a broadcast copies no strings.
 use crate::ids::ConnId;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
 use std::sync::Arc;
 
@@ -103,8 +103,8 @@ impl std::hash::BuildHasher for RouteHasher {
 
 /// A user's connections, one per client type. Almost every user is online on one device: that
 /// route is held inline (its client type and connection, 16 bytes); a user on several types at
-/// once holds a boxed slot per type ([`Packed`]). Every bound phone has one of these in the
-/// table's index, so its size is per phone.
+/// once holds a boxed slot per type ([`Packed`]). Every bound phone has one of these in each
+/// of the table's two maps, so its size counts twice per phone.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Slots {
     One(ClientType, ConnId),
@@ -205,14 +205,14 @@ impl Slots {
 
 /// The node's local routes: user id → one slot per client type.
 ///
-/// Point lookups (every single push) go through a hash index, which holds the slots; the
-/// ordered set of user ids serves the broadcasts' resumable walk, which finds each user's slots
-/// in the index (one hash per user walked; a copy of the slots in the ordered map as well would
-/// cost every bound phone its size again).
+/// Point lookups (every single push) go through a hash index; the ordered map serves the
+/// broadcasts' resumable walk. Both hold the same slots (16 bytes each: the index is a copy
+/// kept in step, so the walk reads each user's routes in order instead of hashing every user
+/// into the index, a cache miss each in a large table; asserted in debug builds).
 #[derive(Debug, Clone)]
 pub struct RouteTable {
     users: HashMap<Arc<str>, Slots, RouteHasher>,
-    order: BTreeSet<Arc<str>>,
+    order: BTreeMap<Arc<str>, Slots>,
     len: usize,
 }
 
@@ -232,7 +232,7 @@ impl RouteTable {
     pub fn with_hash_keys(k0: u64, k1: u64) -> Self {
         Self {
             users: HashMap::with_hasher(RouteHasher { k0, k1 }),
-            order: BTreeSet::new(),
+            order: BTreeMap::new(),
             len: 0,
         }
     }
@@ -278,12 +278,20 @@ impl RouteTable {
         conn: ConnId,
     ) -> Option<ConnId> {
         let previous = match self.users.get_mut(user_id) {
-            Some(slots) => slots.insert(client_type, conn),
+            Some(slots) => {
+                let previous = slots.insert(client_type, conn);
+                let copy = slots.clone();
+                match self.order.get_mut(user_id) {
+                    Some(ordered) => *ordered = copy,
+                    None => debug_assert!(false, "{user_id} indexed but not ordered"),
+                }
+                previous
+            }
             None => {
                 let user: Arc<str> = Arc::from(user_id);
-                self.users
-                    .insert(user.clone(), Slots::One(client_type, conn));
-                self.order.insert(user);
+                let slots = Slots::One(client_type, conn);
+                self.users.insert(user.clone(), slots.clone());
+                self.order.insert(user, slots);
                 None
             }
         };
@@ -307,7 +315,15 @@ impl RouteTable {
             return false;
         };
         let removed = match slots.remove_if(client_type, conn) {
-            Some(removed) => removed,
+            Some(removed) => {
+                if removed {
+                    let copy = slots.clone();
+                    if let Some(ordered) = self.order.get_mut(user_id) {
+                        *ordered = copy;
+                    }
+                }
+                removed
+            }
             None => {
                 self.users.remove(user_id);
                 self.order.remove(user_id);
@@ -330,11 +346,8 @@ impl RouteTable {
         };
         let mut out = Vec::with_capacity(limit.min(1024));
         let range = self.order.range::<str, _>((lower, Bound::Unbounded));
-        'users: for (index, user) in range.enumerate() {
-            let Some(slots) = self.users.get(&**user) else {
-                debug_assert!(false, "{user} ordered but not indexed");
-                continue;
-            };
+        'users: for (index, (user, slots)) in range.enumerate() {
+            debug_assert_eq!(self.users.get(user), Some(slots), "index in step");
             // The range starts at the cursor's user, so only its first user can be the cursor's.
             let done_through = match cursor {
                 Some((cursor_user, cursor_ct)) if index == 0 && **user == *cursor_user => {
@@ -361,13 +374,9 @@ impl RouteTable {
 
     /// Every route (for invariant checks and admin views), in (user id, client type) order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, ClientType, ConnId)> {
-        self.order.iter().flat_map(|user| {
-            self.users
-                .get(&**user)
-                .into_iter()
-                .flat_map(Slots::routes)
-                .map(move |(ct, conn)| (&**user, ct, conn))
-        })
+        self.order
+            .iter()
+            .flat_map(|(user, slots)| slots.routes().map(move |(ct, conn)| (&**user, ct, conn)))
     }
 }
 

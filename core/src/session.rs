@@ -1,24 +1,17 @@
 //! One phone connection as the node sees it (reference §9): where it is in the handshake, its
-//! cipher, its device facts and the user bound to it. What concerns only the connection
-//! (framing, decryption, heartbeats, idle checks, queued bytes) is its [`crate::conn::PhoneConn`].
+//! device facts and the user bound to it. What concerns only the connection (framing, the
+//! ciphers, heartbeats, idle checks, queued bytes) is its [`crate::conn::PhoneConn`].
 //!
-//! States: `Connected` (only HANDSHAKE, FAST_CONNECT and heartbeats are useful) →
-//! `FastConnecting` (waiting for the store's copy of the reusable session) → `Ready` (session
-//! cipher set; BIND, UNBIND, PUSH and ACK are legal). A failed fast connect returns to
-//! `Connected`, so the client can hand-shake on the same connection.
+//! States: connected (only HANDSHAKE, FAST_CONNECT and heartbeats are useful) → fast
+//! connecting (`fast_connect`: waiting for the store's copy of the reusable session) → ready
+//! (`ready`: the connection has its session cipher; BIND, UNBIND, PUSH and ACK are legal). A
+//! failed fast connect returns to connected (or to ready, on a session that was), so the client
+//! can hand-shake on the same connection. Every phone holds a `Session` for its whole life, so
+//! the states are a flag and an optional box, not an enum of 16 bytes.
 use crate::ids::RequestId;
 use crate::route::ClientType;
 use std::sync::Arc;
 use thin_vec::ThinVec;
-
-/// Where a connection is in its life.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SessionState {
-    Connected,
-    /// Boxed: a connection spends a store round trip here, and the rest of its life in `Ready`.
-    FastConnecting(Box<FastConnectWait>),
-    Ready,
-}
 
 /// A fast connect waiting for the store's copy of the reusable session.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -124,7 +117,12 @@ pub struct Session {
     /// Cluster-unique id of this connection, written into its store route as `connId`.
     /// (The strings of a session are boxed, without spare capacity: every phone holds one.)
     pub conn_token: ConnToken,
-    pub state: SessionState,
+    /// While a fast connect waits for the store's copy of the reusable session (boxed: a
+    /// connection spends one store round trip here, and the rest of its life without it).
+    pub fast_connect: Option<Box<FastConnectWait>>,
+    /// The handshake or fast connect completed: BIND, UNBIND, PUSH and ACK are legal. False
+    /// while a fast connect waits, also on a session that was ready before it.
+    pub ready: bool,
     /// The device's id, OS and client version (from its handshake). The session cipher is
     /// not here: the connection holds it and seals with it ([`crate::node::Seal::Session`]).
     pub facts: DeviceFacts,
@@ -145,7 +143,8 @@ impl Session {
     pub fn new(conn_token: ConnToken) -> Self {
         Self {
             conn_token,
-            state: SessionState::Connected,
+            fast_connect: None,
+            ready: false,
             facts: DeviceFacts::default(),
             client_type: ClientType::Unknown,
             bound: None,
@@ -157,7 +156,7 @@ impl Session {
 
     /// True once the handshake or fast connect completed.
     pub fn is_ready(&self) -> bool {
-        self.state == SessionState::Ready
+        self.ready
     }
 
     /// True once the connection holds a session cipher: it was made Ready once (by a handshake
@@ -177,13 +176,13 @@ impl Session {
 mod tests {
     use super::*;
 
-    /// The node keeps one per connection, boxed: 128 bytes is a size class of the allocator
-    /// (mimalloc), 136 would take 160.
+    /// The node keeps one per connection, boxed: 112 bytes is a size class of the allocator
+    /// (mimalloc), 120 would take 128.
     #[test]
     fn a_session_fits_its_size_class() {
         let bytes = std::mem::size_of::<Session>();
         eprintln!("Session: {bytes} bytes");
-        assert!(bytes <= 128, "a Session holds {bytes} bytes");
+        assert!(bytes <= 112, "a Session holds {bytes} bytes");
     }
 
     proptest::proptest! {

@@ -12,7 +12,7 @@ use crate::command::Command;
 use crate::conn::Resume;
 use crate::ids::{ConnId, RequestId};
 use crate::message::{ErrorCode, ErrorMessage, FastConnect, FastConnectOk};
-use crate::session::{FastConnectWait, SessionState};
+use crate::session::FastConnectWait;
 use crate::store::{StoreError, StoreOp, StoreReply};
 use crate::Event;
 
@@ -27,7 +27,8 @@ impl Node {
         ) {
             Some(request) => {
                 if let Some(session) = self.sessions.get_mut(&conn) {
-                    session.state = SessionState::FastConnecting(Box::new(FastConnectWait {
+                    session.ready = false;
+                    session.fast_connect = Some(Box::new(FastConnectWait {
                         request,
                         packet_session_id: sid,
                         device_id: fc.device_id,
@@ -52,13 +53,10 @@ impl Node {
         let Some(session) = self.sessions.get_mut(&conn) else {
             return;
         };
-        if !matches!(&session.state, SessionState::FastConnecting(wait) if wait.request == request)
-        {
+        if !matches!(&session.fast_connect, Some(wait) if wait.request == request) {
             return; // an answer to an earlier attempt
         }
-        let SessionState::FastConnecting(wait) =
-            std::mem::replace(&mut session.state, SessionState::Connected)
-        else {
+        let Some(wait) = session.fast_connect.take() else {
             return;
         };
         let FastConnectWait {
@@ -69,7 +67,7 @@ impl Node {
         } = *wait;
         // A session that was Ready before (a fast connect on a live session) stays usable.
         if session.has_cipher() {
-            session.state = SessionState::Ready;
+            session.ready = true;
         }
         let cached = match reply {
             Ok(StoreReply::Session(Some(cached))) => cached,

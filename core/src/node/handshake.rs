@@ -16,7 +16,7 @@ use super::Node;
 use crate::conn::Handshaken;
 use crate::ids::ConnId;
 use crate::route::ClientType;
-use crate::session::{DeviceFacts, SessionState};
+use crate::session::DeviceFacts;
 use crate::store::{CachedSession, StoreOp};
 use crate::Event;
 
@@ -69,6 +69,7 @@ impl Node {
             &cached.client_version,
         );
         session.client_type = ClientType::from_os_name(&cached.os_name);
-        session.state = SessionState::Ready;
+        session.fast_connect = None;
+        session.ready = true;
     }
 }

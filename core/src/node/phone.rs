@@ -16,7 +16,7 @@ use crate::frame::Flags;
 use crate::ids::ConnId;
 use crate::in_flight::Owner;
 use crate::message::Body;
-use crate::session::{ConnToken, Session, SessionState};
+use crate::session::{ConnToken, Session};
 use crate::status::PushStatus;
 use bytes::Bytes;
 use rand_core::RngCore;
@@ -122,7 +122,7 @@ impl Node {
         for sid in session.in_flight {
             self.on_written_failed(sid);
         }
-        if let SessionState::FastConnecting(wait) = session.state {
+        if let Some(wait) = session.fast_connect {
             self.forget_store_request(wait.request);
         }
         if close {
