@@ -553,6 +553,7 @@ impl Driver {
                         // already passed fires then (tokio's timer counts whole ms), where the
                         // held one, fired, would run the next turn at once.
                         deadline = None;
+                        self.flush_store();
                         tokio::task::yield_now().await;
                     }
                 }
@@ -814,7 +815,6 @@ impl Driver {
         }
     }
 
-    /// Answers a store request the link refused (it is down) as unavailable.
     /// Sends the store requests this wake-up queued, as one batch (Redis); those the link
     /// could not take are answered as unavailable.
     fn flush_store(&mut self) {
@@ -830,6 +830,7 @@ impl Driver {
         }
     }
 
+    /// Answers a store request the link refused (it is down) as unavailable.
     fn refuse_store_request(&mut self, id: RequestId) {
         let reply = Err(StoreError::Unavailable("no link to the route store".into()));
         self.node
