@@ -823,6 +823,17 @@ pub(crate) mod tests {
         });
     }
 
+    /// A phone task outside a server: its own queue (not admitted yet), [`test_settings`].
+    fn test_task(conn: ConnId, stream: TcpStream, node: NodeHandle) -> PhoneTask<TcpStream> {
+        run_phone(
+            conn,
+            stream,
+            node,
+            Arc::new(PhoneQueue::new(16)),
+            Arc::new(test_settings()),
+        )
+    }
+
     /// Settings for a phone task outside a server (MPush's default key, default marks).
     pub(crate) fn test_settings() -> PhoneSettings {
         let cfg = pushgate_core::NodeConfig::new(
@@ -843,13 +854,7 @@ pub(crate) mod tests {
     fn a_phone_task_dropped_while_open_tells_the_node_it_closed() {
         on_loopback(|_phone, stream| async move {
             let (node, mut node_rx) = NodeHandle::channel(4);
-            let task = run_phone(
-                ConnId(9),
-                stream,
-                node,
-                Arc::new(PhoneQueue::new(16)),
-                Arc::new(test_settings()),
-            );
+            let task = test_task(ConnId(9), stream, node);
             drop(task);
             match node_rx.try_recv() {
                 Ok(NodeMsg::Input(Input::PhoneClosed { conn, reason })) => {
@@ -889,13 +894,7 @@ pub(crate) mod tests {
         use futures_util::FutureExt;
         on_loopback(|_phone, stream| async move {
             let (node, _rx) = NodeHandle::channel(1);
-            let task = run_phone(
-                ConnId(1),
-                stream,
-                node,
-                Arc::new(PhoneQueue::new(16)),
-                Arc::new(test_settings()),
-            );
+            let task = test_task(ConnId(1), stream, node);
             let bytes = std::mem::size_of_val(&task);
             eprintln!(
                 "phone task {bytes} bytes; boxed apart: Phone {} bytes (PhoneConn {})",

@@ -26,7 +26,7 @@ async fn the_link_runs_on_its_own_thread_and_ends_with_its_store() {
     let redis = RedisServer::start();
     assert_eq!(threads_named("pushgate-redis"), 0, "no link yet");
     let target = RedisTarget::parse(&redis.url()).expect("a good URL");
-    let (store, mut rx) =
+    let (mut store, mut rx) =
         RedisStore::start(target, NodeAddr::new("h1", 3001), RedisOptions::default());
     assert_eq!(
         tokio::time::timeout(Duration::from_secs(10), rx.recv())

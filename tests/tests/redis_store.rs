@@ -1238,7 +1238,7 @@ async fn start_connected(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_beyond_the_slots_is_answered_in_full_and_waiting_requests_keep_their_deadline() {
     let redis = RedisServer::start();
-    let (store, mut rx) = start_connected(
+    let (mut store, mut rx) = start_connected(
         &redis,
         RedisOptions {
             op_timeout: Duration::from_millis(400),
@@ -1318,7 +1318,7 @@ async fn a_burst_beyond_the_slots_is_answered_in_full_and_waiting_requests_keep_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_waiting_for_a_slot_when_the_link_is_lost_are_answered_as_unavailable() {
     let mut redis = RedisServer::start();
-    let (store, mut rx) = start_connected(
+    let (mut store, mut rx) = start_connected(
         &redis,
         RedisOptions {
             op_timeout: Duration::from_secs(30),
@@ -1377,7 +1377,7 @@ async fn requests_waiting_for_a_slot_when_the_link_is_lost_are_answered_as_unava
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_redis_is_answered_within_the_deadline_and_the_link_recovers() {
     let redis = RedisServer::start();
-    let (store, mut rx) = start_connected(
+    let (mut store, mut rx) = start_connected(
         &redis,
         RedisOptions {
             op_timeout: Duration::from_millis(300),
@@ -1547,7 +1547,7 @@ async fn concurrent_binds_from_two_nodes_keep_the_newest() {
         links: Vec::new(),
     };
     for n in 0..BINDS {
-        let link = if n % 2 == 0 { &a } else { &b };
+        let link = if n % 2 == 0 { &mut a } else { &mut b };
         assert!(link.store.request(
             n + 1,
             StoreOp::PutRoute {

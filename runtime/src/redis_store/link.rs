@@ -101,10 +101,11 @@ impl RedisStore {
         self.connected.load(Ordering::Relaxed)
     }
 
-    /// Sends a request now; false when the link is down (the caller answers it as
+    /// Sends a request now (with any queued before it): [`RedisStore::queue`], then
+    /// [`RedisStore::flush`]; false when the link is down or gone (the caller answers it as
     /// unavailable).
-    pub fn request(&self, id: u64, op: StoreOp) -> bool {
-        self.is_connected() && self.tx.send(vec![Request { id, op }]).is_ok()
+    pub fn request(&mut self, id: u64, op: StoreOp) -> bool {
+        self.queue(id, op) && self.flush().is_empty()
     }
 
     /// Queues a request for the next [`RedisStore::flush`]; false when the link is down (the
