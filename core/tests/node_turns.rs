@@ -68,14 +68,26 @@ struct CallOutput {
 /// Drains every output of the node.
 fn drain(node: &mut Node) -> CallOutput {
     let mut out = CallOutput::default();
+    // Whether the last push frame went out as bulk work: a broadcast's deliveries do, a single
+    // push does not (the driver writes it ahead of them).
+    let mut last_bulk = None;
     while let Some(output) = node.poll_output() {
         match output {
             Output::Transmit {
                 conn,
                 report_write: Some(sid),
+                bulk,
                 ..
-            } => out.writes.push((conn, sid)),
+            } => {
+                out.writes.push((conn, sid));
+                last_bulk = Some(bulk);
+            }
             Output::Event(Event::PushSent { id, broadcast, .. }) => {
+                assert_eq!(
+                    last_bulk.take(),
+                    Some(broadcast),
+                    "a push frame is bulk exactly when it is a broadcast's"
+                );
                 if broadcast {
                     out.broadcast_frames += 1;
                 } else {

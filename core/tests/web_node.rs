@@ -71,6 +71,7 @@ impl World {
                         conn,
                         frame,
                         report_write,
+                        ..
                     } => {
                         if let Some(c) = self.conns.get_mut(&conn) {
                             c.handle_transmit(&self.cfg, self.now, frame, report_write);

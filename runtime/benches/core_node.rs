@@ -125,6 +125,7 @@ fn drain(
                 conn,
                 frame,
                 report_write,
+                ..
             } => {
                 frames += 1;
                 if seal {

@@ -726,7 +726,8 @@ impl Driver {
                     conn,
                     frame,
                     report_write,
-                } => self.transmit(conn, frame, report_write),
+                    bulk,
+                } => self.transmit(conn, frame, report_write, bulk),
                 Output::Resume { conn, resume } => {
                     if let Some(queue) = self.phones.get(&conn) {
                         queue.push(ToPhone::Resume(resume));
@@ -837,13 +838,20 @@ impl Driver {
             .handle(self.now, Input::StoreReply { request: id, reply });
     }
 
-    fn transmit(&mut self, conn: ConnId, frame: OutFrame, report_write: Option<i32>) {
+    /// Queues a frame for a phone; a broadcast's (`bulk`) wakes its connection on the bulk
+    /// lane ([`crate::bulk_wake`]).
+    fn transmit(&mut self, conn: ConnId, frame: OutFrame, report_write: Option<i32>, bulk: bool) {
         // Gone: the core hears PhoneClosed from its connection task shortly.
         if let Some(queue) = self.phones.get(&conn) {
-            queue.push(ToPhone::Frame {
+            let item = ToPhone::Frame {
                 frame,
                 report_write,
-            });
+            };
+            if bulk {
+                queue.push_bulk(item);
+            } else {
+                queue.push(item);
+            }
         }
     }
 

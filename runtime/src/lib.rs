@@ -24,6 +24,7 @@ pub mod access;
 #[cfg(not(madsim))]
 pub mod alloc;
 pub mod bind_check;
+pub mod bulk_wake;
 pub mod client;
 #[cfg(not(madsim))]
 pub mod cluster;

@@ -85,20 +85,43 @@ impl PhoneQueue {
     /// Appends an item. One queued after [`PhoneQueue::close`] is dropped: the connection is
     /// going away.
     pub fn push(&self, item: ToPhone) {
+        let Some(mut state) = self.append(item) else {
+            return;
+        };
+        let waiter = state.waiter.take();
+        drop(state);
+        if let Some(waiter) = waiter {
+            waiter.wake();
+        }
+    }
+
+    /// Appends a broadcast's frame: as [`PhoneQueue::push`], but the connection task is woken
+    /// on the bulk lane ([`crate::bulk_wake`]) and its waker is kept, so a frame pushed after
+    /// this one (a single push) can still wake it on the other lane, ahead of the broadcast's
+    /// other phones.
+    pub fn push_bulk(&self, item: ToPhone) {
+        let Some(state) = self.append(item) else {
+            return;
+        };
+        let waiter = state.waiter.clone();
+        drop(state);
+        if let Some(waiter) = waiter {
+            crate::bulk_wake::wake_bulk(&waiter);
+        }
+    }
+
+    /// Appends `item` within the bound; `None` when the queue is closed.
+    fn append(&self, item: ToPhone) -> Option<std::sync::MutexGuard<'_, State>> {
         let mut state = self.lock();
         if state.closed {
-            return;
+            return None;
         }
         if state.frames.len() >= self.max_items {
             state.overflow = true;
         } else {
             state.frames.push(item);
         }
-        let waiter = state.waiter.take();
-        drop(state);
-        if let Some(waiter) = waiter {
-            waiter.wake();
-        }
+        Some(state)
     }
 
     /// Asks the connection task to write what is queued and then close.
@@ -187,6 +210,12 @@ impl PhoneQueue {
         }
     }
 
+    /// Items queued and not yet taken (for tests of the connection's scheduling).
+    #[cfg(test)]
+    pub(crate) fn queued(&self) -> usize {
+        self.lock().frames.len()
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         // A panic while holding this lock leaves plain data behind; keep using it.
         self.state
@@ -261,6 +290,22 @@ mod tests {
         queue.push(frame());
         drop(queue.take());
         assert_eq!(queue.lock().frames.capacity(), 0);
+    }
+
+    #[test]
+    fn a_single_push_after_a_broadcast_frame_still_wakes_the_task_on_its_own_lane() {
+        let queue = PhoneQueue::new(16);
+        let lanes = std::sync::Arc::new(crate::bulk_wake::LaneCounts::default());
+        let waker = Waker::from(lanes.clone());
+        let mut cx = Context::from_waker(&waker);
+        assert!(queue.poll_ready(&mut cx).is_pending());
+        queue.push_bulk(frame());
+        queue.push_bulk(frame());
+        queue.push(frame());
+        // Taken by the lane the single push woke: a later broadcast frame waits with it.
+        queue.push_bulk(frame());
+        assert_eq!(lanes.counts(), (2, 1));
+        assert_eq!(queue.take().frames.len(), 4, "every frame, in one batch");
     }
 
     #[test]

@@ -263,6 +263,7 @@ impl Node {
                 conn: entry.conn,
                 frame,
                 report_write: Some(session_id),
+                bulk: true,
             });
             if self.cfg.trace_events {
                 self.outputs

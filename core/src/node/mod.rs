@@ -354,6 +354,11 @@ pub enum Output {
         conn: ConnId,
         frame: OutFrame,
         report_write: Option<i32>,
+        /// A broadcast's delivery: bulk work, which the driver may schedule after the
+        /// connections that have other frames (a single push, an answer) to write, so a
+        /// broadcast to every phone does not hold those up. Every frame to one connection
+        /// still goes out in the order it was transmitted.
+        bulk: bool,
     },
     /// A fast connect was accepted: the phone's connection takes on this session (after the
     /// frames transmitted before, FAST_CONNECT-ok last).
@@ -828,6 +833,7 @@ impl Node {
             conn,
             frame,
             report_write,
+            bulk: false,
         });
     }
 

@@ -395,6 +395,7 @@ impl World {
                 conn,
                 frame,
                 report_write,
+                ..
             } => {
                 assert!(
                     !self.closed_by_node.contains(&conn),

@@ -17,12 +17,16 @@
 //!   write waits for room, [`GroupStream::wanted_interest`]);
 //! - when its waker is woken (the node queued something for it, its timer fired, the node's
 //!   queue has room for its message): the waker puts its slot on the group's ready list once
-//!   ([`SlotWake`]) and wakes the group.
+//!   ([`SlotWake`]) and wakes the group. A wake-up for a broadcast's frame goes on a list of
+//!   its own, the bulk lane ([`crate::bulk_wake`]).
 //!
 //! Bounds and fairness: one turn of a group polls at most [`MAX_POLLS_PER_TURN`] phones, then
 //! yields (a broadcast that wakes 10,000 phones of a group does not hold a worker thread for the
 //! whole fan-out). Socket events get the first half of a turn (a write waiting for room, a
-//! phone's bytes), new phones at most a quarter, woken phones the rest; a poll reads at most
+//! phone's bytes), new phones at most a quarter, woken phones the rest, those woken for a
+//! broadcast last (a single push is not queued behind every phone a broadcast woke) but with
+//! at least a quarter of the turn when they wait (a stream of single pushes does not starve a
+//! broadcast); a poll reads at most
 //! [`stream::MAX_READS_PER_POLL`] times (a peer sending without pause does not hold the
 //! group). Phones woken and not yet polled wait in arrival order, and one woken again meanwhile
 //! is polled once for all of it (its frames written together). An idle group's lists give back
@@ -85,6 +89,7 @@ impl PhoneGroups {
                 slots: Slots::default(),
                 incoming: VecDeque::new(),
                 woken: VecDeque::new(),
+                bulk: VecDeque::new(),
                 fired: VecDeque::with_capacity(EVENTS_PER_WAIT),
                 put_off: false,
                 turn_was_full: false,
@@ -170,6 +175,9 @@ struct SharedState {
     incoming: Vec<(GroupPhone, LiveGuard)>,
     /// Slots woken since the group last looked (each at most once: [`SlotWake::queued`]).
     ready: Vec<u32>,
+    /// Slots woken for a broadcast's frame since the group last looked (each at most once:
+    /// [`SlotWake::bulk_queued`]).
+    bulk_ready: Vec<u32>,
     /// The group's task, when it waits.
     waiter: Option<Waker>,
     /// The accept side is gone.
@@ -187,7 +195,8 @@ impl Shared {
     }
 }
 
-/// A phone's waker: puts its slot on the group's ready list (once until the group polls it)
+/// A phone's waker: puts its slot on the group's ready list, or on its bulk list for a
+/// broadcast's frame ([`crate::bulk_wake`]), once each until the group polls it from there,
 /// and wakes the group. A waker that outlives its phone may wake the slot's next phone: a
 /// spurious poll, which every future takes.
 struct SlotWake {
@@ -195,6 +204,8 @@ struct SlotWake {
     slot: u32,
     /// On the ready list, not yet polled.
     queued: AtomicBool,
+    /// On the bulk list, not yet polled from it.
+    bulk_queued: AtomicBool,
 }
 
 impl Wake for SlotWake {
@@ -203,12 +214,22 @@ impl Wake for SlotWake {
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
-        if self.queued.swap(true, Ordering::AcqRel) {
+        let bulk = crate::bulk_wake::is_bulk_wake();
+        let queued = if bulk {
+            &self.bulk_queued
+        } else {
+            &self.queued
+        };
+        if queued.swap(true, Ordering::AcqRel) {
             return;
         }
         let waiter = {
             let mut state = self.shared.lock();
-            state.ready.push(self.slot);
+            if bulk {
+                state.bulk_ready.push(self.slot);
+            } else {
+                state.ready.push(self.slot);
+            }
             state.waiter.take()
         };
         if let Some(waiter) = waiter {
@@ -235,6 +256,8 @@ struct Group {
     incoming: VecDeque<(GroupPhone, LiveGuard)>,
     /// Slots woken and not yet polled, in the order they were woken.
     woken: VecDeque<u32>,
+    /// Slots woken for a broadcast's frame and not yet polled from here, in that order.
+    bulk: VecDeque<u32>,
     /// Socket events of the last wait not yet handled: slot, readable, writable.
     fired: VecDeque<(u32, bool, bool)>,
     /// This wake-up was put off once already ([`Group::poll`]).
@@ -281,13 +304,24 @@ impl Future for Group {
                 this.admit(phone, live);
                 (worked, polls) = (true, polls + 1);
             }
+            // Woken phones, those woken for a broadcast last, with a share kept for them.
+            let bulk_share = if this.bulk.is_empty() {
+                0
+            } else {
+                MAX_POLLS_PER_TURN / 4
+            };
+            worked |= this.poll_woken(&mut polls, MAX_POLLS_PER_TURN - bulk_share);
             while polls < MAX_POLLS_PER_TURN {
-                let Some(slot) = this.woken.pop_front() else {
+                let Some(slot) = this.bulk.pop_front() else {
                     break;
                 };
+                if let Some(held) = this.slots.get_mut(slot) {
+                    held.wake.bulk_queued.store(false, Ordering::Release);
+                }
                 this.poll_slot(slot);
                 (worked, polls) = (true, polls + 1);
             }
+            worked |= this.poll_woken(&mut polls, MAX_POLLS_PER_TURN);
             worked |= this.poll_fired(&mut polls, MAX_POLLS_PER_TURN);
             if polls >= MAX_POLLS_PER_TURN {
                 this.shared.polls.fetch_add(polls as u64, Ordering::Relaxed);
@@ -330,6 +364,20 @@ fn yield_turn(cx: &mut Context<'_>) {
 }
 
 impl Group {
+    /// Polls woken phones (not those of the bulk lane) while `polls` is under `limit`; whether
+    /// any was polled.
+    fn poll_woken(&mut self, polls: &mut usize, limit: usize) -> bool {
+        let mut polled = false;
+        while *polls < limit {
+            let Some(slot) = self.woken.pop_front() else {
+                break;
+            };
+            self.poll_slot(slot);
+            (polled, *polls) = (true, *polls + 1);
+        }
+        polled
+    }
+
     /// Polls the phones of the socket events taken (those for which the event is news) while
     /// `polls` is under `limit`; whether any event was handled.
     fn poll_fired(&mut self, polls: &mut usize, limit: usize) -> bool {
@@ -356,6 +404,7 @@ impl Group {
     fn take_shared(&mut self, cx: &mut Context<'_>) -> bool {
         let mut state = self.shared.lock();
         self.woken.extend(state.ready.drain(..));
+        self.bulk.extend(state.bulk_ready.drain(..));
         self.incoming.extend(state.incoming.drain(..));
         if !state
             .waiter
@@ -387,6 +436,7 @@ impl Group {
             shared: self.shared.clone(),
             slot,
             queued: AtomicBool::new(false),
+            bulk_queued: AtomicBool::new(false),
         });
         let held = self.slots.insert(Slot {
             task,
@@ -478,9 +528,11 @@ impl Group {
     /// The group goes idle: its lists give back what a burst made them grow to.
     fn shrink_spare(&mut self) {
         pushgate_core::spare::shrink_queue(&mut self.woken);
+        pushgate_core::spare::shrink_queue(&mut self.bulk);
         pushgate_core::spare::shrink_queue(&mut self.incoming);
         let mut state = self.shared.lock();
         pushgate_core::spare::shrink_vec(&mut state.ready);
+        pushgate_core::spare::shrink_vec(&mut state.bulk_ready);
         pushgate_core::spare::shrink_vec(&mut state.incoming);
     }
 }
@@ -590,6 +642,48 @@ mod tests {
                     .iter()
                     .all(|polls| *polls <= MAX_POLLS_PER_TURN as u64),
                 "turns polled {turns:?}"
+            );
+        });
+    }
+
+    /// A broadcast has woken more phones than a turn polls; then a single push comes for
+    /// another phone of the group. The group's next turn polls that phone, ahead of the
+    /// broadcast's, and still polls some of the broadcast's (their share of the turn).
+    #[test]
+    fn a_single_push_goes_ahead_of_a_broadcasts_phones() {
+        let count = 3 * MAX_POLLS_PER_TURN;
+        with_group(count, false, |groups, _phones, queues, _live| async move {
+            let frame = || crate::phone_queue::ToPhone::Frame {
+                frame: pushgate_core::OutFrame::Heartbeat,
+                report_write: None,
+            };
+            let (single, broadcast) = queues.split_last().expect("phones");
+            for queue in broadcast {
+                queue.push_bulk(frame());
+            }
+            single.push(frame());
+            let start = groups.phones_polled();
+            let mut turns = 0;
+            while groups.phones_polled() == start {
+                tokio::task::yield_now().await;
+                turns += 1;
+                assert!(turns < 1_000, "the group never polled");
+            }
+            let polled = groups.phones_polled() - start;
+            let broadcast_taken = broadcast.iter().filter(|q| q.queued() == 0).count();
+            assert_eq!(
+                single.queued(),
+                0,
+                "the single push's phone was polled first"
+            );
+            assert!(polled <= MAX_POLLS_PER_TURN as u64, "one turn: {polled}");
+            assert!(
+                broadcast_taken >= MAX_POLLS_PER_TURN / 4,
+                "the broadcast kept its share: {broadcast_taken}"
+            );
+            assert!(
+                broadcast_taken < broadcast.len(),
+                "one turn, not all of them"
             );
         });
     }
