@@ -1,15 +1,16 @@
 //! The fan-out receivers' thread: a second tokio runtime on its own OS thread, at the lowest
-//! CPU priority (`SCHED_IDLE`).
+//! CPU priority (`SCHED_IDLE`; the main thread, the measured path, runs first:
+//! [`crate::priority`]).
 //!
 //! Why: the generator runs on one core. Its fan-out receivers read and (for pushgate) decrypt
 //! every broadcast delivery — tens of thousands per second in the interference point — and on
 //! the main thread the sender, the statuses it reads and the single-push receivers waited
 //! behind that work: the generator's own send lag (p99.9 29 ms) hid the server's latency.
 //! Here the measured path keeps the main thread, and the kernel runs it first whenever it has
-//! work: a waking thread of the normal policy preempts a `SCHED_IDLE` one at once (nice 19
-//! measured the same, within the runs' spread, but guarantees less). The fan-out receivers
-//! take the rest of the core, which in a fan-out point is nearly all of it. Every target gets
-//! the same.
+//! work: this thread is in `SCHED_IDLE` and the main thread in `SCHED_FIFO` (in the normal
+//! policy it still waited for up to 4.6 ms behind this one; see [`crate::priority`]). The
+//! fan-out receivers take the rest of the core, which in a fan-out point is nearly all of it.
+//! Every target gets the same.
 use anyhow::Context;
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
@@ -33,7 +34,7 @@ impl BulkThread {
         let thread = std::thread::Builder::new()
             .name("fan-receivers".into())
             .spawn(move || {
-                lower_priority();
+                crate::priority::lower_bulk();
                 runtime.block_on(async {
                     let _ = stopped.await;
                 });
@@ -60,21 +61,6 @@ impl Drop for BulkThread {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
-    }
-}
-
-/// Puts the calling thread in the `SCHED_IDLE` policy. Lowering one's own priority needs no
-/// privilege; if it fails anyway the receivers still run, only without the measured path's
-/// precedence.
-fn lower_priority() {
-    let param = libc::sched_param { sched_priority: 0 };
-    // SAFETY: `param` outlives the call; pid 0 is the calling thread.
-    let result = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
-    if result != 0 {
-        eprintln!(
-            "pushgate-bench: could not lower the fan-out receivers' priority: {}",
-            std::io::Error::last_os_error()
-        );
     }
 }
 

@@ -21,6 +21,7 @@ mod pacer;
 mod payload;
 mod plot;
 mod point;
+mod priority;
 mod pushgate_target;
 mod report;
 mod resources;
@@ -299,6 +300,8 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         fan_runtime: Some(fans.handle().clone()),
         ..plan
     };
+    // The measured path runs on this thread: first whenever it has work.
+    let measured_path_policy = priority::raise_measured_path();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -320,6 +323,10 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             .map(|a| format!("{a:?}").to_lowercase())
             .collect();
         map.insert("ack_modes".into(), serde_json::json!(acks));
+        map.insert(
+            "measured_path_policy".into(),
+            serde_json::json!(measured_path_policy),
+        );
     }
     let run = point::TargetRun {
         target: label,

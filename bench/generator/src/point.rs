@@ -62,6 +62,16 @@ pub struct Point {
     /// without the generator's queues and the trips over loopback.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server_status: Option<LatencySummary>,
+    /// pushgate's single pushes: the rest of each status's latency on either side of the
+    /// server's share — from the generator handing the push to its PushClient to the node
+    /// taking it in (the write, loopback, the server's socket read and hand-over; the send lag
+    /// before it is `send_lag`), and from the node's answer to the generator reading the status
+    /// (the status write, loopback, the generator's read). Whole ms, the two processes' wall
+    /// clocks (one machine).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before_server: Option<LatencySummary>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after_server: Option<LatencySummary>,
     pub last_delivery: Option<LatencySummary>,
     /// Open loop: how late the generator sent each message after its intended time (this
     /// delay is inside every latency of the point; it is the generator's, not the server's).

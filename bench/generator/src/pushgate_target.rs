@@ -7,7 +7,7 @@
 //! frames, decrypts the body and (for AUTO_ACK / BIZ_ACK pushes) queues the ACK. That is the
 //! same framing and batching effort as the MQTT and NATS clients of this tool, plus what the
 //! protocol itself demands (AES, ACKs, statuses).
-use crate::payload::Stamp;
+use crate::payload::{now_ns, Stamp};
 use crate::tracker::{Outcome, Tracker};
 use anyhow::Context;
 use bytes::Bytes;
@@ -133,14 +133,16 @@ impl Pusher {
             ..SinglePushRequest::new(user_id, Bytes::copy_from_slice(&stamp.encode()))
         };
         let tracker = self.tracker.clone();
+        // When the generator hands the push over (its send lag, counted apart, is behind it).
+        let handed_ns = now_ns();
         match &self.client {
             Client::Direct(client) => {
                 let client = client.clone();
                 tokio::spawn(async move {
                     let outcome = match client.push(request).await {
                         Ok(result) => {
-                            if let Some(ms) = server_ms(&result.time_points) {
-                                tracker.on_server_time(stamp.point_id, stamp.seq, ms);
+                            if let Some(times) = ServerTimes::read(&result.time_points, handed_ns) {
+                                tracker.on_server_time(stamp.point_id, stamp.seq, times);
                             }
                             Outcome::Status(result.status)
                         }
@@ -190,22 +192,54 @@ impl Pusher {
     }
 }
 
-/// The server's own time for a push, from the time line its status carries: ms from its first
-/// point (`push-center-begin`, when the node took the push in) to its last (the status's end
-/// point). `None` without two points (a client-side timeout has no time line).
-fn server_ms(time_points: &[(String, i64)]) -> Option<u64> {
-    match time_points {
-        [(_, first), .., (_, last)] => Some(u64::try_from(last - first).unwrap_or(0)),
-        _ => None,
+/// Where a single push's status time went, read from the time line its status carries
+/// (`push-center-begin`, when the node took the push in, to its end point; whole ms on the
+/// server's wall clock) against this process's own clock (the same machine's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerTimes {
+    /// The node's own time: its time line's first point to its last.
+    pub node_ms: u64,
+    /// From the generator handing the push to its PushClient to the node taking it in: the
+    /// PushClient's write, loopback, and the server's socket read and hand-over to the node
+    /// (the generator's send lag before it is measured apart).
+    pub before_ms: u64,
+    /// From the node's last point to the status read here: the server's status write,
+    /// loopback, and the generator's read.
+    pub after_ms: u64,
+}
+
+impl ServerTimes {
+    /// The times of a status read now for a push handed to the PushClient at `sent_ns`
+    /// ([`now_ns`]); `None` without two points (a client-side timeout has no time line).
+    pub fn read(time_points: &[(String, i64)], sent_ns: u64) -> Option<Self> {
+        let now_epoch_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        let since_sent_ms =
+            i64::try_from(now_ns().saturating_sub(sent_ns) / 1_000_000).unwrap_or(i64::MAX);
+        Self::from_points(time_points, now_epoch_ms - since_sent_ms, now_epoch_ms)
+    }
+
+    /// As [`ServerTimes::read`], with the send and read instants given in epoch ms.
+    fn from_points(time_points: &[(String, i64)], sent_ms: i64, read_ms: i64) -> Option<Self> {
+        let ms = |from: i64, to: i64| u64::try_from(to - from).unwrap_or(0);
+        match time_points {
+            [(_, first), .., (_, last)] => Some(Self {
+                node_ms: ms(*first, *last),
+                before_ms: ms(sent_ms, *first),
+                after_ms: ms(*last, read_ms),
+            }),
+            _ => None,
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::server_ms;
+    use super::ServerTimes;
 
     #[test]
-    fn the_servers_time_is_the_span_of_the_time_line() {
+    fn the_status_time_splits_at_the_time_line() {
         let points = |p: &[(&str, i64)]| -> Vec<(String, i64)> {
             p.iter().map(|(n, t)| (n.to_string(), *t)).collect()
         };
@@ -214,8 +248,21 @@ mod tests {
             ("before-send", 1_001),
             ("success-end", 1_004),
         ]);
-        assert_eq!(server_ms(&line), Some(4));
-        assert_eq!(server_ms(&points(&[("push-center-begin", 1_000)])), None);
-        assert_eq!(server_ms(&[]), None);
+        assert_eq!(
+            ServerTimes::from_points(&line, 997, 1_009),
+            Some(ServerTimes {
+                node_ms: 4,
+                before_ms: 3,
+                after_ms: 5
+            })
+        );
+        // Whole-ms clocks may put the send after the node's first point: no negative times.
+        assert_eq!(
+            ServerTimes::from_points(&line, 1_001, 1_004).map(|t| (t.before_ms, t.after_ms)),
+            Some((0, 0))
+        );
+        let one = points(&[("push-center-begin", 1_000)]);
+        assert_eq!(ServerTimes::from_points(&one, 0, 0), None);
+        assert_eq!(ServerTimes::from_points(&[], 0, 0), None);
     }
 }

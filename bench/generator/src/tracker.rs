@@ -19,6 +19,7 @@
 //! with the single pushes' counts or latencies.
 use crate::latency::{Latency, LatencySummary};
 use crate::payload::{now_ns, Stamp};
+use crate::pushgate_target::ServerTimes;
 use pushgate_core::status::PushStatus;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, MutexGuard};
@@ -90,6 +91,10 @@ pub struct Counts {
     /// Single pushes: the server's own time per status, from its time line
     /// ([`Tracker::on_server_time`]).
     pub server_status: LatencySummary,
+    /// Single pushes: the rest of each status's time, before the node took the push in and
+    /// after it answered ([`crate::pushgate_target::ServerTimes`]).
+    pub before_server: LatencySummary,
+    pub after_server: LatencySummary,
     /// Fan-out: time until the last of the N phones had a broadcast.
     pub last_delivery: LatencySummary,
     /// The background broadcasts of a single-push point, if it ran any.
@@ -150,6 +155,8 @@ struct State {
     delivery: Latency,
     status: Latency,
     server_status: Latency,
+    before_server: Latency,
+    after_server: Latency,
 }
 
 /// See the module documentation.
@@ -179,6 +186,8 @@ impl Tracker {
                 delivery: Latency::new(),
                 status: Latency::new(),
                 server_status: Latency::new(),
+                before_server: Latency::new(),
+                after_server: Latency::new(),
             }),
             progress: Notify::new(),
         }
@@ -200,6 +209,8 @@ impl Tracker {
         st.delivery = Latency::new();
         st.status = Latency::new();
         st.server_status = Latency::new();
+        st.before_server = Latency::new();
+        st.after_server = Latency::new();
         st.point_id
     }
 
@@ -459,9 +470,9 @@ impl Tracker {
     }
 
     /// The server's own time for single push `seq`, read from its status's time line (ms
-    /// between its first and last point); counted when the push was sent inside the window.
-    /// Called before [`Tracker::on_status`] for the same push.
-    pub fn on_server_time(&self, point_id: u32, seq: u32, server_ms: u64) {
+    /// between its first and last point), and the time before and after it; counted when the
+    /// push was sent inside the window. Called before [`Tracker::on_status`] for the same push.
+    pub fn on_server_time(&self, point_id: u32, seq: u32, times: ServerTimes) {
         let mut guard = self.lock();
         let st = &mut *guard;
         if point_id != st.point_id || seq & BACKGROUND_SEQ != 0 {
@@ -472,8 +483,10 @@ impl Tracker {
                 .get(&seq)
                 .is_some_and(|slot| st.window.contains(slot.sent_ns))
             {
-                st.server_status
-                    .record_ns(server_ms.saturating_mul(1_000_000));
+                let ns = |ms: u64| ms.saturating_mul(1_000_000);
+                st.server_status.record_ns(ns(times.node_ms));
+                st.before_server.record_ns(ns(times.before_ms));
+                st.after_server.record_ns(ns(times.after_ms));
             }
         }
     }
@@ -487,6 +500,8 @@ impl Tracker {
         counts.delivery = st.delivery.summary();
         counts.status = st.status.summary();
         counts.server_status = st.server_status.summary();
+        counts.before_server = st.before_server.summary();
+        counts.after_server = st.after_server.summary();
         match work {
             Work::Single { slots, background } => {
                 counts.lost = slots.values().filter(|s| !s.delivered).count() as u64;
@@ -557,13 +572,20 @@ mod tests {
         tracker.sent(1, 1_500);
         tracker.sent(2, 500);
         tracker.sent_background(BACKGROUND_SEQ | 1, 1_500);
-        tracker.on_server_time(point, 1, 3);
-        tracker.on_server_time(point, 2, 40);
-        tracker.on_server_time(point, BACKGROUND_SEQ | 1, 50);
-        tracker.on_server_time(point + 1, 1, 60);
+        let times = |node_ms| ServerTimes {
+            node_ms,
+            before_ms: node_ms + 1,
+            after_ms: node_ms + 2,
+        };
+        tracker.on_server_time(point, 1, times(3));
+        tracker.on_server_time(point, 2, times(40));
+        tracker.on_server_time(point, BACKGROUND_SEQ | 1, times(50));
+        tracker.on_server_time(point + 1, 1, times(60));
         let counts = tracker.finish();
         assert_eq!(counts.server_status.count, 1);
         assert!((counts.server_status.max_us - 3_000.0).abs() < 10.0);
+        assert!((counts.before_server.max_us - 4_000.0).abs() < 10.0);
+        assert!((counts.after_server.max_us - 5_000.0).abs() < 10.0);
     }
 
     #[test]

@@ -739,6 +739,8 @@ fn point_from_counts(
         delivery: Some(counts.delivery),
         status: sender.has_statuses().then_some(counts.status),
         server_status: (counts.server_status.count > 0).then_some(counts.server_status),
+        before_server: (counts.before_server.count > 0).then_some(counts.before_server),
+        after_server: (counts.after_server.count > 0).then_some(counts.after_server),
         statuses: counts.statuses,
         rss_after_bytes: plan.server_pid.and_then(|pid| rss_bytes(pid).ok()),
         ..Point::default()
@@ -789,12 +791,25 @@ fn print_point(point: &Point) {
         if point.status.is_some() {
             line += &format!(", status {}", latency(&point.status));
         }
+        let whole_ms = |s: crate::latency::LatencySummary| {
+            format!(
+                "p99 {:.0} p999 {:.0} max {:.0} ms",
+                s.p99_us / 1000.0,
+                s.p999_us / 1000.0,
+                s.max_us / 1000.0
+            )
+        };
         if let Some(server) = point.server_status {
             line += &format!(
-                ", server's share (time line, whole ms) p99 {:.0} p999 {:.0} max {:.0} ms",
-                server.p99_us / 1000.0,
-                server.p999_us / 1000.0,
-                server.max_us / 1000.0
+                ", server's share (time line, whole ms) {}",
+                whole_ms(server)
+            );
+        }
+        if let (Some(before), Some(after)) = (point.before_server, point.after_server) {
+            line += &format!(
+                ", handed over → node {}, node → status read {}",
+                whole_ms(before),
+                whole_ms(after)
             );
         }
         if point.send_lag.is_some() {
