@@ -279,7 +279,7 @@ fi
 "$bin/pushgate-bench" report "${inputs[@]}" \
     --out "$results/$name.json" --table "$results/$name.txt" --png "$results/$name.png" --font "$font" \
     --note "$provenance; mosquitto $(mosquitto -h 2>/dev/null | head -1 | awk '{print $3}'), nats-server $(nats-server --version 2>/dev/null | awk '{print $2}')" \
-    --note "run: bench/run.sh ($mode), $(nproc) CPUs; servers pinned to CPU $server_cpu, load generator to CPU $load_cpu (its measured path — sender, statuses, single-push phones — one thread in SCHED_FIFO, its fan-out receivers one thread in SCHED_IDLE); 64-byte payloads" \
+    --note "run: bench/run.sh ($mode), $(nproc) CPUs; servers pinned to CPU $server_cpu, load generator to CPU $load_cpu (its measured path — sender, statuses, single-push phones — one thread, in SCHED_FIFO while its fan-out receivers run on another in SCHED_IDLE); 64-byte payloads" \
     --note "pushgate: bench/pushgate.toml - flow control off (limits 0 = unlimited) so the server is measured, not the limiter; per-push INFO log lines off (log.filter = warn)" \
     --note "peers: mosquitto and nats-server from Debian, bench/mosquitto.conf and bench/nats.conf; MQTT and NATS messages are QoS 0 / core publishes (no status), compared with pushgate ack none" \
     --note "storm: N phones connect once each (pushgate: RSA handshake + bind; peers: CONNECT + SUBSCRIBE), the given number under way at once; time to bind from the start of each connect; listen overflows / drops / SYN retransmissions are the kernel's TcpExt counters (nstat's names) over the point, for the whole machine" \

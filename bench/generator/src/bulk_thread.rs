@@ -7,7 +7,7 @@
 //! the main thread the sender, the statuses it reads and the single-push receivers waited
 //! behind that work: the generator's own send lag (p99.9 29 ms) hid the server's latency.
 //! Here the measured path keeps the main thread, and the kernel runs it first whenever it has
-//! work: this thread is in `SCHED_IDLE` and the main thread in `SCHED_FIFO` (in the normal
+//! work: this thread is in `SCHED_IDLE` and the main thread, while these run, in `SCHED_FIFO` (in the normal
 //! policy it still waited for up to 4.6 ms behind this one; see [`crate::priority`]). The
 //! fan-out receivers take the rest of the core, which in a fan-out point is nearly all of it.
 //! Every target gets the same.

@@ -300,8 +300,8 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         fan_runtime: Some(fans.handle().clone()),
         ..plan
     };
-    // The measured path runs on this thread: first whenever it has work.
-    let measured_path_policy = priority::raise_measured_path();
+    // The measured path runs on this thread, raised while the fan-out receivers run.
+    let measured_path_policy = priority::check();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

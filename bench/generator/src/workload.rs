@@ -454,6 +454,8 @@ async fn single_point(
     background: Option<usize>,
 ) -> anyhow::Result<Point> {
     let target = plan.ends.kind;
+    // With broadcasts beside, the fan-out receivers run: the measured path first.
+    let _first = background.map(|_| crate::priority::MeasuredPathFirst::raise());
     let window = window_from_now(plan);
     let point_id = tracker.begin_single(sender.has_statuses(), window, background);
     let mut background_seq: u32 = 0;
@@ -617,6 +619,8 @@ async fn fanout_point(
     phones: usize,
     in_flight: usize,
 ) -> anyhow::Result<Point> {
+    // The fan-out receivers run: the measured path first.
+    let _first = crate::priority::MeasuredPathFirst::raise();
     let window = window_from_now(plan);
     let point_id = tracker.begin_fanout(phones, sender.has_statuses(), window);
     let mut seq: u32 = 0;
