@@ -26,9 +26,8 @@
 //! phone's bytes), new phones at most a quarter, woken phones the rest, those woken for a
 //! broadcast last (a single push is not queued behind every phone a broadcast woke) but with
 //! at least a quarter of the turn when they wait (a stream of single pushes does not starve a
-//! broadcast); a poll reads at most
-//! [`stream::MAX_READS_PER_POLL`] times (a peer sending without pause does not hold the
-//! group). Phones woken and not yet polled wait in arrival order, and one woken again meanwhile
+//! broadcast); a poll reads at most [`stream::MAX_READS_PER_POLL`] times (a peer sending
+//! without pause does not hold the group). Phones woken and not yet polled wait in arrival order, and one woken again meanwhile
 //! is polled once for all of it (its frames written together). An idle group's lists give back
 //! a burst's capacity (`pushgate_core::spare`). A phone whose poll panics is dropped alone. A group ends when the accept side is gone
 //! ([`PhoneGroups`] dropped) and its last phone has closed.
