@@ -303,7 +303,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-#[cfg(unix)]
+#[cfg(all(unix, not(madsim)))]
 async fn wait_for_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     match signal(SignalKind::terminate()) {
@@ -319,7 +319,8 @@ async fn wait_for_signal() {
     }
 }
 
-#[cfg(not(unix))]
+/// Elsewhere, and in the simulator (whose tokio has no Unix signals): Ctrl-C only.
+#[cfg(any(not(unix), madsim))]
 async fn wait_for_signal() {
     let _ = tokio::signal::ctrl_c().await;
 }
