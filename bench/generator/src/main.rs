@@ -8,7 +8,9 @@
 //!   table with ratios and the targets as pass/fail lines, the merged JSON, and a PNG
 //!   of p99 latency against achieved throughput.
 //!
-//! The generator runs on one tokio thread (it gets one core of its own).
+//! The generator gets one core of its own: the measured path (sender, statuses, single-push
+//! phones) on the main thread's tokio runtime, the fan-out receivers on a second thread at the
+//! lowest priority ([`bulk_thread`], [`priority`]).
 #[cfg(test)]
 mod broker_check;
 mod bulk_thread;
