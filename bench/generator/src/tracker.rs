@@ -4,7 +4,7 @@
 //!
 //! Every receiving connection calls [`Tracker::on_delivery`] with the payload it got (the
 //! stamp in it names the point and the message); the PushClient side calls
-//! [`Tracker::on_status`]. A message counts as in flight from [`Tracker::sent_single`] until
+//! [`Tracker::on_status`]. A message counts as in flight from [`Tracker::sent`] until
 //! the phone has it and, for pushgate, its status has come back to the PushClient too (a
 //! status that is not a success completes it without a delivery). The window logic of the
 //! closed loop reads [`Tracker::in_flight`] and sleeps on [`Tracker::progress`], so it is the
