@@ -21,7 +21,7 @@
 //! - [`session`]: one phone connection as the node sees it (device facts, bound user).
 //! - [`route`]: local routes (user id + client type → connection).
 //! - [`push`]: push requests and broadcast filters; [`condition`]: the filter language.
-//! - [`flow`]: flow control; [`ack`]: pushes awaiting a write result or an ACK.
+//! - [`flow`]: flow control; [`in_flight`]: pushes awaiting a write result or an ACK.
 //! - [`status`]: the terminal statuses and how a PushClient is told.
 //! - [`store`]: the route-store operations the core asks the driver to perform;
 //!   [`store_state`]: what each operation does to a store (every store applies it).
