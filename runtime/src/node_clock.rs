@@ -1,9 +1,9 @@
 //! The node's clock: milliseconds since the node started (what the core's `now` is), and the
 //! instant a reading comes due (what a task's timer sleeps until). The node task and every
 //! connection task read it here, so under the simulator one host's clock fault
-//! (`crate::sim_hooks`, built under the simulator only: a skewed rate) applies to all of them alike. The wall clock (the
-//! versions' time base) is read here too, NTP-disciplined in production and off by the host's
-//! bounded offset under the simulator.
+//! (`crate::sim_hooks`, built under the simulator only: a skewed rate) applies to all of them
+//! alike. The wall clock (the versions' time base) is read here too, NTP-disciplined in
+//! production and off by the host's bounded offset under the simulator.
 use pushgate_core::Millis;
 use std::pin::Pin;
 use std::time::Duration;
