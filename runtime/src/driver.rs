@@ -490,8 +490,26 @@ impl Driver {
         rx: &mut mpsc::Receiver<NodeMsg>,
         store_rx: &mut Option<mpsc::UnboundedReceiver<StoreLinkEvent>>,
     ) -> (usize, bool) {
-        let mut handled = 0;
+        let mut handled = self.take_store_events(store_rx, MAX_MESSAGES_PER_WAKE);
         for _ in 0..MAX_MESSAGES_PER_WAKE {
+            let Ok(msg) = rx.try_recv() else { break };
+            handled += 1;
+            if self.on_msg(msg) {
+                return (handled, true);
+            }
+        }
+        (handled, false)
+    }
+
+    /// Handles up to `limit` store events already waiting, without waiting for more; how many.
+    /// A link that is gone is dropped (`store_rx` becomes `None`).
+    fn take_store_events(
+        &mut self,
+        store_rx: &mut Option<mpsc::UnboundedReceiver<StoreLinkEvent>>,
+        limit: usize,
+    ) -> usize {
+        let mut handled = 0;
+        while handled < limit {
             let Some(link) = store_rx.as_mut() else { break };
             match link.try_recv() {
                 Ok(event) => {
@@ -502,14 +520,7 @@ impl Driver {
                 Err(mpsc::error::TryRecvError::Disconnected) => *store_rx = None,
             }
         }
-        for _ in 0..MAX_MESSAGES_PER_WAKE {
-            let Ok(msg) = rx.try_recv() else { break };
-            handled += 1;
-            if self.on_msg(msg) {
-                return (handled, true);
-            }
-        }
-        (handled, false)
+        handled
     }
 
     /// True when the core has more work due now (a broadcast's next batch, more due timers).
@@ -560,20 +571,13 @@ impl Driver {
                 message = recv_store(&mut store_rx) => {
                     let woke = self.tick();
                     let queue_depth = rx.len();
-                    let mut events = 1;
                     match message {
                         Some(event) => self.on_store_event(event),
                         None => store_rx = None,
                     }
                     // Take the store's other answers already waiting too (bounded, to stay
                     // fair): a link on another thread answers in bursts.
-                    while events < MAX_MESSAGES_PER_WAKE {
-                        let Some(Ok(event)) = store_rx.as_mut().map(|link| link.try_recv()) else {
-                            break;
-                        };
-                        events += 1;
-                        self.on_store_event(event);
-                    }
+                    let events = 1 + self.take_store_events(&mut store_rx, MAX_MESSAGES_PER_WAKE - 1);
                     self.end_wake(woke, queue_depth, events, "store");
                 }
                 msg = rx.recv() => {

@@ -226,7 +226,7 @@ impl Node {
             if !wanted {
                 task.cursor = Some((entry.user_id, entry.client_type));
                 continue;
-            };
+            }
             match task.flow.check(now) {
                 FlowDecision::Go => {}
                 FlowDecision::RetryInMs(ms) => {
